@@ -1,0 +1,100 @@
+"""The event values the projections consume and emit: decoded input events and derived events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+ORCHESTRATOR: Final = "o"
+PATTERN: Final = "p"
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Event:
+    """One accepted input line, normalised by the contract (§1). Times are UTC microseconds.
+
+    `task` is the task key of an orchestrator event and the pattern_run_id of a pattern event.
+    """
+
+    __slots__ = (
+        "family",
+        "id",
+        "length",
+        "offset",
+        "payload",
+        "raw",
+        "run_id",
+        "severity",
+        "source_id",
+        "task",
+        "time",
+        "type",
+        "workstream",
+    )
+
+    def __init__(
+        self,
+        family: str,
+        id: str,
+        type: str,
+        time: int,
+        severity: str,
+        payload: dict[str, Any],
+        run_id: str | None,
+        task: str | None,
+        workstream: str | None,
+        raw: dict[str, Any],
+        source_id: int = 0,
+        offset: int = 0,
+        length: int = 0,
+    ) -> None:
+        self.family = family
+        self.id = id
+        self.type = type
+        self.time = time
+        self.severity = severity
+        self.payload = payload
+        self.run_id = run_id
+        self.task = task
+        self.workstream = workstream
+        self.raw = raw
+        self.source_id = source_id
+        self.offset = offset
+        self.length = length
+
+    def __repr__(self) -> str:
+        when = format_time(self.time)
+        return f"Event({self.type!r}, id={self.id!r}, run={self.run_id!r}, t={when})"
+
+
+@dataclass(frozen=True, slots=True)
+class DerivedEvent:
+    """Something processing observed (§3): depends on arrival order, not on converged state."""
+
+    type: str
+    time: int
+    run_id: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "event_time": format_time(self.time)}
+        if self.run_id is not None:
+            out["run_id"] = self.run_id
+        out.update(self.data)
+        return out
+
+
+def format_time(us: int | None) -> str | None:
+    """UTC microseconds → `YYYY-MM-DDTHH:MM:SS.ffffffZ`, the only time format in outputs."""
+    if us is None:
+        return None
+    return (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def to_micros(moment: datetime) -> int:
+    """An aware or naive (= UTC) datetime → UTC microseconds since the epoch."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(microseconds=1)

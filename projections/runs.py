@@ -1,0 +1,425 @@
+"""Runs, tasks and workstreams folded from orchestrator events (contract §2).
+
+A `RunState` is a join-semilattice (a state-based CRDT): every field is a min, a max, a set
+of event ids, or a latest-wins value under the key `(time, rank, id)`. So `apply` is
+idempotent and commutative, and `merge` of two partial states equals folding the union of
+their events; that is what lets replay fold file chunks in parallel. Both update the state in
+place: copying a run per event would cost more than the whole per-event budget. No I/O and no
+clock here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from .events import DerivedEvent, Event, format_time
+
+Key = tuple[int, int, str]
+
+TASK_TERMINAL: Final = frozenset({"succeeded", "failed", "skipped", "canceled"})
+RUN_TERMINAL: Final = frozenset({"succeeded", "failed", "partial", "quarantined", "canceled"})
+TASK_STATUSES: Final = ("pending", "running", "succeeded", "failed", "skipped", "canceled")
+
+# event type -> (rank, status); status None means "read payload.status" (step_completed).
+TASK_LIFECYCLE: Final[dict[str, tuple[int, str | None]]] = {
+    "task_created": (0, "pending"),
+    "task_assigned": (0, "pending"),
+    "task_started": (1, "running"),
+    "step_started": (1, "running"),
+    "task_progress": (2, "running"),
+    "task_completed": (3, "succeeded"),
+    "task_succeeded": (3, "succeeded"),
+    "task_failed": (3, "failed"),
+    "step_failed": (3, "failed"),
+    "task_skipped": (3, "skipped"),
+    "task_canceled": (3, "canceled"),
+    "task_cancelled": (3, "canceled"),
+    "step_completed": (3, None),
+}
+TASK_START: Final = frozenset({"task_started", "step_started"})
+
+# event type -> status; "" means "payload.status if valid, else derived from the tasks".
+RUN_EXPLICIT_END: Final[dict[str, str]] = {
+    "run_completed": "",
+    "run_succeeded": "succeeded",
+    "run_failed": "failed",
+    "run_quarantined": "quarantined",
+    "run_canceled": "canceled",
+    "run_cancelled": "canceled",
+}
+
+# workstream/job lifecycle suffix -> (rank, status)
+WORKSTREAM_LIFECYCLE: Final[dict[str, tuple[int, str]]] = {
+    "created": (0, "pending"),
+    "started": (1, "running"),
+    "paused": (2, "paused"),
+    "resumed": (2, "running"),
+    "completed": (3, "succeeded"),
+    "failed": (3, "failed"),
+    "cancelled": (3, "canceled"),
+    "canceled": (3, "canceled"),
+}
+
+_STEP_STATUS: Final = {
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "canceled": "canceled",
+    "cancelled": "canceled",
+    "skipped": "skipped",
+}
+_ERROR_SEVERITIES: Final = frozenset({"error", "critical"})
+
+
+class TaskState:
+    """One task of a run: latest lifecycle event decides its status."""
+
+    __slots__ = ("key", "started_at", "starts", "status", "workstream", "workstream_key")
+
+    def __init__(self) -> None:
+        self.status = "pending"
+        self.key: Key | None = None
+        self.started_at: int | None = None
+        self.starts: set[str] = set()
+        self.workstream: str | None = None
+        self.workstream_key: Key | None = None
+
+    def merge(self, other: TaskState) -> None:
+        if other.key is not None and (self.key is None or other.key > self.key):
+            self.key, self.status = other.key, other.status
+        if other.started_at is not None and (self.started_at is None
+                                             or other.started_at < self.started_at):
+            self.started_at = other.started_at
+        self.starts |= other.starts
+        if other.workstream_key is not None and (self.workstream_key is None
+                                                 or other.workstream_key > self.workstream_key):
+            self.workstream_key, self.workstream = other.workstream_key, other.workstream
+
+    @property
+    def ended_at(self) -> int | None:
+        if self.key is not None and self.status in TASK_TERMINAL:
+            return self.key[0]
+        return None
+
+    def to_list(self) -> list[Any]:
+        return [self.status, self.key, self.started_at, sorted(self.starts), self.workstream,
+                self.workstream_key]
+
+    @classmethod
+    def from_list(cls, data: list[Any]) -> TaskState:
+        task = cls()
+        task.status, key, task.started_at, starts, task.workstream, ws_key = data
+        task.starts = set(starts)
+        task.key = tuple(key) if key else None  # type: ignore[assignment]  # JSON gives lists
+        task.workstream_key = tuple(ws_key) if ws_key else None  # type: ignore[assignment]
+        return task
+
+
+class RunState:
+    """Everything needed to produce one run's rows, plus what was last reported about it."""
+
+    __slots__ = (
+        "created_at",
+        "declared_total",
+        "dirty_tasks",
+        "error_ids",
+        "explicit_key",
+        "explicit_status",
+        "last_event_at",
+        "reported_status",
+        "run_id",
+        "seen",
+        "stalled",
+        "started_at",
+        "tasks",
+        "workstreams",
+    )
+
+    def __init__(self, run_id: str, seen: set[str] | None = None) -> None:
+        self.run_id = run_id
+        self.seen: set[str] = set() if seen is None else seen
+        self.created_at: int | None = None
+        self.last_event_at: int | None = None
+        self.started_at: int | None = None
+        self.error_ids: set[str] = set()
+        self.declared_total = 0
+        self.explicit_key: Key | None = None
+        self.explicit_status = ""
+        self.tasks: dict[str, TaskState] = {}
+        self.workstreams: dict[str, tuple[Key, str] | None] = {}
+        # Arrival-dependent bookkeeping for derived events; not part of the converged rows.
+        self.reported_status = "pending"
+        self.stalled = False
+        self.dirty_tasks: set[str] = set()
+
+    def apply(self, e: Event) -> bool:
+        """Fold one orchestrator event of this run in; False (and no change) for a duplicate."""
+        if e.id in self.seen:
+            return False
+        self.seen.add(e.id)
+        t = e.time
+        if self.created_at is None or t < self.created_at:
+            self.created_at = t
+        if self.last_event_at is None or t > self.last_event_at:
+            self.last_event_at = t
+        etype = e.type
+        if e.severity in _ERROR_SEVERITIES or etype.endswith("_failed"):
+            self.error_ids.add(e.id)
+
+        if e.workstream is not None and e.workstream not in self.workstreams:
+            self.workstreams[e.workstream] = None  # every workstream named gets a row
+        if e.task is not None:
+            self._apply_task(e)
+
+        if etype.startswith("run_"):
+            self._apply_run_level(e)
+        elif etype.startswith(("workstream_", "job_")) and e.workstream is not None:
+            self._apply_workstream_level(e)
+        return True
+
+    def merge(self, other: RunState) -> None:
+        """Join a partial state of the same run, folded from other events, into this one."""
+        self.seen |= other.seen
+        self.error_ids |= other.error_ids
+        self.created_at = _min(self.created_at, other.created_at)
+        self.started_at = _min(self.started_at, other.started_at)
+        if other.last_event_at is not None and (self.last_event_at is None
+                                                or other.last_event_at > self.last_event_at):
+            self.last_event_at = other.last_event_at
+        self.declared_total = max(self.declared_total, other.declared_total)
+        if other.explicit_key is not None and (self.explicit_key is None
+                                               or other.explicit_key > self.explicit_key):
+            self.explicit_key, self.explicit_status = other.explicit_key, other.explicit_status
+        for task_id, task in other.tasks.items():
+            mine = self.tasks.get(task_id)
+            if mine is None:
+                self.tasks[task_id] = task
+            else:
+                mine.merge(task)
+            self.dirty_tasks.add(task_id)
+        for ws, explicit in other.workstreams.items():
+            current = self.workstreams.get(ws)
+            if current is None or (explicit is not None and explicit[0] > current[0]):
+                self.workstreams[ws] = explicit
+
+    def _apply_run_level(self, e: Event) -> None:
+        etype = e.type
+        if etype == "run_created":
+            for name in ("total_steps", "total_tasks"):
+                declared = e.payload.get(name)
+                if type(declared) is int and declared > self.declared_total:
+                    self.declared_total = declared
+        elif etype == "run_started":
+            self._note_start(e.time)
+        elif etype in RUN_EXPLICIT_END:
+            key = (e.time, 0, e.id)
+            if self.explicit_key is None or key > self.explicit_key:
+                self.explicit_key = key
+                status = RUN_EXPLICIT_END[etype]
+                if not status:
+                    declared = e.payload.get("status")
+                    if declared == "cancelled":
+                        declared = "canceled"
+                    status = declared if declared in RUN_TERMINAL else ""
+                self.explicit_status = status
+
+    def _apply_workstream_level(self, e: Event) -> None:
+        suffix = e.type.partition("_")[2]
+        lifecycle = WORKSTREAM_LIFECYCLE.get(suffix)
+        ws = e.workstream
+        assert ws is not None
+        if lifecycle is None:
+            self.workstreams.setdefault(ws, None)
+            return
+        rank, status = lifecycle
+        key = (e.time, rank, e.id)
+        current = self.workstreams.get(ws)
+        if current is None or key > current[0]:
+            self.workstreams[ws] = (key, status)
+
+    def _apply_task(self, e: Event) -> None:
+        task_id = e.task
+        assert task_id is not None
+        task = self.tasks.get(task_id)
+        if task is None:
+            task = self.tasks[task_id] = TaskState()
+        self.dirty_tasks.add(task_id)
+        ws = e.workstream
+        lifecycle = TASK_LIFECYCLE.get(e.type)
+        rank = lifecycle[0] if lifecycle is not None else -1
+        key = (e.time, rank, e.id)
+        if ws is not None and (task.workstream_key is None or key > task.workstream_key):
+            task.workstream_key = key
+            task.workstream = ws
+        if lifecycle is None:
+            return
+        if e.type in TASK_START:
+            task.starts.add(e.id)
+            if task.started_at is None or e.time < task.started_at:
+                task.started_at = e.time
+            self._note_start(e.time)
+        if task.key is None or key > task.key:
+            task.key = key
+            status = lifecycle[1]
+            if status is None:
+                status = _STEP_STATUS.get(str(e.payload.get("status")), "failed")
+            task.status = status
+
+    def _note_start(self, t: int) -> None:
+        if self.started_at is None or t < self.started_at:
+            self.started_at = t
+
+    def task_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(TASK_STATUSES, 0)
+        for task in self.tasks.values():
+            counts[task.status] += 1
+        return counts
+
+    def status(self) -> tuple[str, int | None]:
+        """(status, ended_at) by the contract: explicit end, implicit end, running, pending."""
+        if self.explicit_key is not None:
+            status = self.explicit_status or _derived_end_status(self.task_counts())
+            return status, self.explicit_key[0]
+        if self.declared_total >= 1:
+            ended = [t.key[0] for t in self.tasks.values() if t.key and t.status in TASK_TERMINAL]
+            if len(ended) >= self.declared_total:
+                return _derived_end_status(self.task_counts()), max(ended)
+        return ("running" if self.started_at is not None else "pending"), None
+
+    def is_terminal(self) -> bool:
+        return self.status()[0] in RUN_TERMINAL
+
+    def row(self) -> dict[str, Any]:
+        """The `runs` row; `stalled` is the flag last decided by `detect_stalls`."""
+        status, ended_at = self.status()
+        counts = self.task_counts()
+        duration = None
+        begin = self.started_at if self.started_at is not None else self.created_at
+        if ended_at is not None and begin is not None:
+            duration = (ended_at - begin) / 1e6
+        return {
+            "run_id": self.run_id,
+            "status": status,
+            "created_at": format_time(self.created_at),
+            "started_at": format_time(self.started_at),
+            "ended_at": format_time(ended_at),
+            "last_event_at": format_time(self.last_event_at),
+            "duration_s": duration,
+            "tasks_total": max(self.declared_total, len(self.tasks)),
+            "tasks_succeeded": counts["succeeded"],
+            "tasks_failed": counts["failed"],
+            "tasks_running": counts["running"],
+            "tasks_pending": counts["pending"],
+            "tasks_skipped": counts["skipped"],
+            "tasks_canceled": counts["canceled"],
+            "events_total": len(self.seen),
+            "error_events": len(self.error_ids),
+            "stalled": int(self.stalled and status not in RUN_TERMINAL),
+        }
+
+    def task_rows(self, task_ids: set[str] | None = None) -> list[dict[str, Any]]:
+        ids = self.tasks.keys() if task_ids is None else task_ids
+        rows = []
+        for task_id in sorted(ids):
+            task = self.tasks[task_id]
+            rows.append({
+                "run_id": self.run_id,
+                "task_id": task_id,
+                "workstream_id": task.workstream,
+                "status": task.status,
+                "attempts": len(task.starts),
+                "started_at": format_time(task.started_at),
+                "ended_at": format_time(task.ended_at),
+            })
+        return rows
+
+    def workstream_rows(self) -> list[dict[str, Any]]:
+        members: dict[str, list[str]] = {ws: [] for ws in self.workstreams}
+        for task in self.tasks.values():
+            if task.workstream is not None:
+                members.setdefault(task.workstream, []).append(task.status)
+        rows = []
+        for ws in sorted(members):
+            statuses = members[ws]
+            explicit = self.workstreams.get(ws)
+            status = explicit[1] if explicit is not None else _derived_workstream_status(statuses)
+            rows.append({
+                "run_id": self.run_id,
+                "workstream_id": ws,
+                "status": status,
+                "tasks_total": len(statuses),
+                "tasks_succeeded": statuses.count("succeeded"),
+                "tasks_failed": statuses.count("failed"),
+                "tasks_running": statuses.count("running"),
+            })
+        return rows
+
+    def observe(self) -> list[DerivedEvent]:
+        """Derived completion events for what changed since the last call (§3)."""
+        status, ended_at = self.status()
+        previous = self.reported_status
+        if status == previous:
+            return []
+        self.reported_status = status
+        at = ended_at if ended_at is not None else (self.last_event_at or 0)
+        was_terminal = previous in RUN_TERMINAL
+        if status in RUN_TERMINAL and not was_terminal:
+            row = self.row()
+            counts = {k: row[k] for k in ("tasks_total", "tasks_succeeded", "tasks_failed",
+                                          "events_total", "error_events", "duration_s")}
+            return [DerivedEvent("RUN_COMPLETED", at, self.run_id, {"status": status, **counts})]
+        if was_terminal:
+            return [DerivedEvent("RUN_STATUS_CHANGED", at, self.run_id,
+                                 {"previous_status": previous, "status": status})]
+        return []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "created_at": self.created_at,
+            "last_event_at": self.last_event_at,
+            "started_at": self.started_at,
+            "error_ids": sorted(self.error_ids),
+            "declared_total": self.declared_total,
+            "explicit_key": self.explicit_key,
+            "explicit_status": self.explicit_status,
+            "tasks": {k: t.to_list() for k, t in self.tasks.items()},
+            "workstreams": self.workstreams,
+            "reported_status": self.reported_status,
+            "stalled": self.stalled,
+        }
+
+    @classmethod
+    def from_dict(cls, run_id: str, data: dict[str, Any], seen: set[str]) -> RunState:
+        """Restore a state saved by `to_dict`; `seen` comes from the event index."""
+        state = cls(run_id, seen)
+        for name in ("created_at", "last_event_at", "started_at", "declared_total",
+                     "explicit_status", "reported_status", "stalled"):
+            setattr(state, name, data[name])
+        state.error_ids = set(data["error_ids"])
+        key = data["explicit_key"]
+        state.explicit_key = tuple(key) if key else None  # type: ignore[assignment]
+        state.tasks = {k: TaskState.from_list(v) for k, v in data["tasks"].items()}
+        state.workstreams = {
+            ws: ((tuple(v[0]), v[1]) if v else None)  # type: ignore[misc]
+            for ws, v in data["workstreams"].items()
+        }
+        return state
+
+
+def _min(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    return a if b is None or a <= b else b
+
+
+def _derived_end_status(counts: dict[str, int]) -> str:
+    if counts["failed"] == 0:
+        return "succeeded"
+    return "partial" if counts["succeeded"] else "failed"
+
+
+def _derived_workstream_status(statuses: list[str]) -> str:
+    if not statuses:
+        return "pending"
+    if all(s in TASK_TERMINAL for s in statuses):
+        return "failed" if "failed" in statuses else "succeeded"
+    return "running" if "running" in statuses else "pending"

@@ -1,0 +1,353 @@
+"""The SQLite projection store: converged rows, fold state, dead letters and checkpoints.
+
+Delivery contract: everything one `commit` is given lands in one transaction, so a crash
+at any instant leaves the rows, the dead letters and the checkpoints that cover them
+consistent: nothing lost, nothing applied twice. All writes are upserts keyed by the
+projection's primary keys, so writing the same state twice is harmless.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+SCHEMA_VERSION: Final = 1
+
+SCHEMA: Final = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (
+    run_id TEXT PRIMARY KEY, status TEXT NOT NULL,
+    created_at TEXT, started_at TEXT, ended_at TEXT, last_event_at TEXT, duration_s REAL,
+    tasks_total INTEGER NOT NULL, tasks_succeeded INTEGER NOT NULL, tasks_failed INTEGER NOT NULL,
+    tasks_running INTEGER NOT NULL, tasks_pending INTEGER NOT NULL,
+    tasks_skipped INTEGER NOT NULL, tasks_canceled INTEGER NOT NULL,
+    events_total INTEGER NOT NULL, error_events INTEGER NOT NULL, stalled INTEGER NOT NULL
+);
+CREATE INDEX runs_status ON runs (status);
+CREATE TABLE tasks (
+    run_id TEXT NOT NULL, task_id TEXT NOT NULL, workstream_id TEXT, status TEXT NOT NULL,
+    attempts INTEGER NOT NULL, started_at TEXT, ended_at TEXT,
+    PRIMARY KEY (run_id, task_id)
+) WITHOUT ROWID;
+CREATE TABLE workstreams (
+    run_id TEXT NOT NULL, workstream_id TEXT NOT NULL, status TEXT NOT NULL,
+    tasks_total INTEGER NOT NULL, tasks_succeeded INTEGER NOT NULL,
+    tasks_failed INTEGER NOT NULL, tasks_running INTEGER NOT NULL,
+    PRIMARY KEY (run_id, workstream_id)
+) WITHOUT ROWID;
+CREATE TABLE pattern_runs (
+    pattern_run_id TEXT PRIMARY KEY, pattern_id TEXT, job_id TEXT, step_id TEXT, run_id TEXT,
+    status TEXT NOT NULL, phase TEXT, started_at TEXT, finished_at TEXT, duration_s REAL,
+    error_message TEXT
+);
+CREATE TABLE dead_letters (
+    source TEXT NOT NULL, offset INTEGER NOT NULL, line INTEGER NOT NULL,
+    reason TEXT NOT NULL, detail TEXT NOT NULL, raw BLOB NOT NULL, raw_size INTEGER NOT NULL,
+    seen_at TEXT NOT NULL,
+    PRIMARY KEY (source, offset)
+);
+CREATE TABLE checkpoints (
+    source TEXT PRIMARY KEY, device INTEGER, inode INTEGER, fingerprint TEXT,
+    offset INTEGER NOT NULL, line INTEGER NOT NULL, tail_hash TEXT, updated_at TEXT NOT NULL
+);
+CREATE TABLE sources (source_id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
+CREATE TABLE fold_state (group_key TEXT PRIMARY KEY, state BLOB NOT NULL);
+CREATE TABLE event_index (
+    seq INTEGER PRIMARY KEY, group_key TEXT NOT NULL, entries BLOB NOT NULL
+);
+CREATE INDEX event_index_group ON event_index (group_key);
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE derived_events (
+    seq INTEGER PRIMARY KEY, type TEXT NOT NULL, run_id TEXT, event_time TEXT,
+    data BLOB NOT NULL, recorded_at TEXT NOT NULL
+);
+CREATE TABLE archival_log (
+    run_id TEXT NOT NULL, archive_path TEXT NOT NULL, sha256 TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL, members INTEGER NOT NULL, archived_at TEXT NOT NULL,
+    PRIMARY KEY (run_id, archive_path)
+);
+"""
+
+SNAPSHOT: Final = {
+    "runs": ("run_id", "*"),
+    "tasks": ("run_id, task_id", "*"),
+    "workstreams": ("run_id, workstream_id", "*"),
+    "pattern_runs": ("pattern_run_id", "*"),
+    "dead_letters": ("source, offset", "source, offset, line, reason, detail, raw, raw_size"),
+}
+"""The converged tables a rebuild reproduces row for row (order, columns): the wall-clock
+`seen_at` of dead letters is left out."""
+
+
+class StoreError(Exception):
+    """A database that cannot be used as it is; the message says what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """How far one source file has been committed, and how to recognise that file again."""
+
+    source: str
+    offset: int
+    line: int
+    device: int | None = None
+    inode: int | None = None
+    fingerprint: str | None = None
+    tail_hash: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A rejected line: where it was, why, and its bytes (the first 64 KiB)."""
+
+    source: str
+    offset: int
+    line: int
+    reason: str
+    detail: str
+    raw: bytes
+    raw_size: int
+
+
+@dataclass(slots=True)
+class Changes:
+    """Everything one transaction writes."""
+
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    workstreams: list[dict[str, Any]] = field(default_factory=list)
+    pattern_runs: list[dict[str, Any]] = field(default_factory=list)
+    states: list[tuple[str, bytes]] = field(default_factory=list)
+    index: list[tuple[str, bytes]] = field(default_factory=list)
+    stalled: list[tuple[int, str]] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+    derived: list[dict[str, Any]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return any((self.runs, self.tasks, self.workstreams, self.pattern_runs, self.states,
+                    self.index, self.stalled, self.dead_letters, self.checkpoints,
+                    self.counters, self.derived))
+
+
+def _upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
+    names = ", ".join(columns)
+    marks = ", ".join(f":{c}" for c in columns)
+    updates = ", ".join(f"{c}=excluded.{c}" for c in columns if c not in key)
+    return (f"INSERT INTO {table} ({names}) VALUES ({marks}) "
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
+
+
+RUN_COLUMNS: Final = (
+    "run_id", "status", "created_at", "started_at", "ended_at", "last_event_at", "duration_s",
+    "tasks_total", "tasks_succeeded", "tasks_failed", "tasks_running", "tasks_pending",
+    "tasks_skipped", "tasks_canceled", "events_total", "error_events", "stalled",
+)
+TASK_COLUMNS: Final = ("run_id", "task_id", "workstream_id", "status", "attempts", "started_at",
+                       "ended_at")
+WORKSTREAM_COLUMNS: Final = ("run_id", "workstream_id", "status", "tasks_total",
+                             "tasks_succeeded", "tasks_failed", "tasks_running")
+PATTERN_RUN_COLUMNS: Final = ("pattern_run_id", "pattern_id", "job_id", "step_id", "run_id",
+                              "status", "phase", "started_at", "finished_at", "duration_s",
+                              "error_message")
+
+_UPSERT_RUN: Final = _upsert("runs", RUN_COLUMNS, ("run_id",))
+_UPSERT_TASK: Final = _upsert("tasks", TASK_COLUMNS, ("run_id", "task_id"))
+_UPSERT_WORKSTREAM: Final = _upsert("workstreams", WORKSTREAM_COLUMNS,
+                                    ("run_id", "workstream_id"))
+_UPSERT_PATTERN_RUN: Final = _upsert("pattern_runs", PATTERN_RUN_COLUMNS, ("pattern_run_id",))
+
+
+class SqliteStore:
+    """One projection database file. Not thread-safe: one owner, one connection."""
+
+    def __init__(self, path: Path, *, fast_unsafe: bool = False) -> None:
+        """Open or create `path`. `fast_unsafe` turns off journaling, for a scratch file
+        that is thrown away unless the whole build finishes (replay)."""
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not path.exists() or path.stat().st_size == 0
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            if fresh:
+                self._create(fast_unsafe)
+            else:
+                self._check_version()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: not a usable runwatch database ({exc}); "
+                             "rebuild it from the logs with `runwatch replay`") from exc
+        if fast_unsafe:
+            self.db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;")
+        else:
+            self.db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self._source_ids: dict[str, int] = dict(
+            self.db.execute("SELECT path, source_id FROM sources").fetchall())
+
+    def _create(self, fast_unsafe: bool) -> None:
+        if not fast_unsafe:
+            self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA page_size=8192")
+        with self.transaction():
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self.db.execute(statement)
+            self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)",
+                            (str(SCHEMA_VERSION),))
+
+    def _check_version(self) -> None:
+        try:
+            row = self.db.execute(
+                "SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.OperationalError:
+            row = None
+        if row is None:
+            raise StoreError(f"{self.path}: not a runwatch database (no schema version); "
+                             "point --db at another file or rebuild with `runwatch replay`")
+        version = int(row[0])
+        if version != SCHEMA_VERSION:
+            newer = "newer" if version > SCHEMA_VERSION else "older"
+            raise StoreError(
+                f"{self.path}: schema version {version} is {newer} than this runwatch "
+                f"supports ({SCHEMA_VERSION}); rebuild it with `runwatch replay` "
+                f"or use a matching runwatch")
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    def source_id(self, path: str) -> int:
+        """A small stable number for a source path, used by the event index."""
+        found = self._source_ids.get(path)
+        if found is None:
+            cursor = self.db.execute(
+                "INSERT INTO sources (path) VALUES (?) ON CONFLICT (path) DO UPDATE "
+                "SET path=excluded.path RETURNING source_id", (path,))
+            found = self._source_ids[path] = int(cursor.fetchone()[0])
+        return found
+
+    def commit(self, changes: Changes, seen_at: str) -> None:
+        """Write one batch atomically (the whole delivery contract lives here)."""
+        with self.transaction():
+            self.write(changes, seen_at)
+
+    def write(self, changes: Changes, seen_at: str) -> None:
+        """Write inside an open transaction."""
+        db = self.db
+        if changes.runs:
+            db.executemany(_UPSERT_RUN, changes.runs)
+        if changes.tasks:
+            db.executemany(_UPSERT_TASK, changes.tasks)
+        if changes.workstreams:
+            db.executemany(_UPSERT_WORKSTREAM, changes.workstreams)
+        if changes.pattern_runs:
+            db.executemany(_UPSERT_PATTERN_RUN, changes.pattern_runs)
+        if changes.states:
+            db.executemany("INSERT OR REPLACE INTO fold_state VALUES (?, ?)", changes.states)
+        if changes.index:
+            db.executemany("INSERT INTO event_index (group_key, entries) VALUES (?, ?)",
+                           changes.index)
+        if changes.stalled:
+            db.executemany("UPDATE runs SET stalled=? WHERE run_id=?", changes.stalled)
+        if changes.dead_letters:
+            db.executemany(
+                "INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(d.source, d.offset, d.line, d.reason, d.detail, d.raw, d.raw_size, seen_at)
+                 for d in changes.dead_letters])
+        if changes.checkpoints:
+            db.executemany(
+                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(c.source, c.device, c.inode, c.fingerprint, c.offset, c.line, c.tail_hash,
+                  seen_at) for c in changes.checkpoints])
+        if changes.counters:
+            db.executemany(
+                "INSERT INTO counters VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                sorted(changes.counters.items()))
+        if changes.derived:
+            db.executemany(
+                "INSERT INTO derived_events (type, run_id, event_time, data, recorded_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(d["type"], d.get("run_id"), d["event_time"], orjson.dumps(d), seen_at)
+                 for d in changes.derived])
+
+    def load_group(self, group_key: str) -> tuple[dict[str, Any] | None, set[str]]:
+        """A group's saved fold state and the ids of the events already folded into it."""
+        row = self.db.execute("SELECT state FROM fold_state WHERE group_key=?",
+                              (group_key,)).fetchone()
+        if row is None:
+            return None, set()
+        seen: set[str] = set()
+        for (entries,) in self.db.execute(
+                "SELECT entries FROM event_index WHERE group_key=?", (group_key,)):
+            seen.update(entry[0] for entry in orjson.loads(entries))
+        return orjson.loads(row[0]), seen
+
+    def open_runs(self) -> Iterator[tuple[str, str, int]]:
+        """(run_id, last_event_at, stalled) of every run that is not terminal."""
+        return iter(self.db.execute(
+            "SELECT run_id, last_event_at, stalled FROM runs "
+            "WHERE status IN ('pending', 'running')").fetchall())
+
+    def checkpoints(self) -> dict[str, Checkpoint]:
+        rows = self.db.execute(
+            "SELECT source, offset, line, device, inode, fingerprint, tail_hash "
+            "FROM checkpoints").fetchall()
+        return {r[0]: Checkpoint(*r) for r in rows}
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT name, value FROM counters").fetchall())
+
+    def set_meta(self, items: Iterable[tuple[str, str]]) -> None:
+        with self.transaction():
+            self.db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(items))
+
+    def meta(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+
+    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        """Every converged row, in key order: equal snapshots mean equal projections."""
+        out = {}
+        for table, (order, columns) in SNAPSHOT.items():
+            cursor = self.db.execute(
+                f"SELECT {columns} FROM {table} ORDER BY {order}")
+            names = [d[0] for d in cursor.description]
+            out[table] = [dict(zip(names, row, strict=True)) for row in cursor]
+        return out
+
+    def finalize(self) -> None:
+        """Leave a compact WAL-mode file behind (replay's scratch file becomes the real one)."""
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+def fsync_path(path: Path) -> None:
+    """Make a file's (or a directory's) contents durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,234 @@
+"""`runwatch`: one command line over the library. Exit codes: 0 ok, 1 failure, 2 usage/config."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from runwatch.sinks.sqlite_store import RUN_COLUMNS, SqliteStore, StoreError
+
+from .console import table
+from .files import InputError, expand
+from .settings import ConfigError, Settings, load_settings
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad arguments; printed as one line, exit code 2."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except (ConfigError, UsageError, InputError) as exc:
+        print(f"runwatch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreError as exc:
+        print(f"runwatch: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("runwatch: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="runwatch",
+        description="Follow orchestrator and pattern JSONL event logs, fold them into run "
+                    "state, and report on it.")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    replay = commands.add_parser(
+        "replay", help="rebuild the projection database from JSONL files",
+        description="Rebuild the projection from JSONL files, directories (searched "
+                    "recursively for *.jsonl) or globs, into a fresh database that replaces "
+                    "--db only when complete. Delivers nothing outward.")
+    replay.add_argument("paths", nargs="*", metavar="PATH",
+                        help="files, directories or globs (default: the config's sources)")
+    _common(replay)
+    replay.add_argument("--stall-after", metavar="SECONDS",
+                        help="override stall_after (e.g. 1800, 30m)")
+    replay.add_argument("--json", action="store_true", help="print the summary as JSON")
+    replay.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="draw a progress bar (default: when stderr is a terminal)")
+    replay.set_defaults(handler=_replay)
+
+    status = commands.add_parser(
+        "status", help="show runs from the projection database",
+        description="Show the runs in the projection database, newest first.")
+    _common(status)
+    status.add_argument("--run", metavar="ID", help="show one run with its tasks, "
+                        "workstreams and pattern runs")
+    status.add_argument("--status", dest="only", metavar="STATUS",
+                        help="only runs with this status (e.g. failed, running)")
+    status.add_argument("--limit", type=int, default=50, help="at most this many runs (50)")
+    status.add_argument("--json", action="store_true",
+                        help="print a JSON list of run objects with the runs columns")
+    status.set_defaults(handler=_status)
+
+    simulate = commands.add_parser(
+        "simulate", help="write realistic orchestrator and pattern event files",
+        description="Write realistic orchestrator (both shapes) and pattern JSONL files "
+                    "with retries, failures and stalls; deterministic for a seed.")
+    from .simulate import add_arguments as simulate_arguments
+    from .simulate import run as simulate_run
+    simulate_arguments(simulate)
+    simulate.set_defaults(handler=simulate_run)
+
+    check = commands.add_parser(
+        "check-config", help="validate a configuration file",
+        description="Validate a configuration file and print the settings it gives.")
+    check.add_argument("file", nargs="?", type=Path, metavar="FILE",
+                       help="the file to check (default: config/runwatch.yaml)")
+    check.add_argument("--json", action="store_true", help="print the settings as JSON")
+    check.set_defaults(handler=_check_config)
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", type=Path, metavar="FILE",
+                        help="the projection database (default: the config's database)")
+    parser.add_argument("--config", type=Path, metavar="FILE",
+                        help="configuration file (default: config/runwatch.yaml if present)")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings, _ = load_settings(args.config, required=args.config is not None)
+    overrides: dict[str, Any] = {}
+    if getattr(args, "db", None) is not None:
+        overrides["database"] = args.db
+    if getattr(args, "stall_after", None) is not None:
+        overrides["stall_after"] = args.stall_after
+    if overrides:
+        try:
+            settings = Settings.model_validate({**settings.model_dump(), **overrides})
+        except ValueError as exc:
+            raise UsageError(f"bad option value: {exc}") from None
+    return settings
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from .replay import replay
+
+    settings = _settings(args)
+    patterns = args.paths or [p for source in settings.sources for p in source.paths]
+    if not patterns:
+        raise UsageError("replay: give PATHs, or list sources in the config file")
+    files = expand(patterns)
+    if not files:
+        raise UsageError(f"replay: no files match {' '.join(patterns)}")
+    summary = replay(files, settings.database, settings, progress=args.progress)
+    if args.json:
+        print(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK
+    data = summary.as_dict()
+    rejected = ", ".join(f"{k} {v:,}" for k, v in data["rejected_by_reason"].items())
+    runs = ", ".join(f"{k} {v:,}" for k, v in data["runs_by_status"].items()) or "none"
+    print(f"replayed {data['files']} file(s), {data['lines']:,} lines "
+          f"({data['bytes'] / 1e6:,.1f} MB) in {data['seconds']:.2f} s: "
+          f"{data['events_per_s']:,} events/s")
+    print(f"  events    accepted {data['events_accepted']:,}, duplicate "
+          f"{data['events_duplicate']:,}, rejected {data['events_rejected']:,}"
+          + (f" ({rejected})" if rejected else ""))
+    print(f"  runs      {sum(data['runs_by_status'].values()):,}: {runs}; "
+          f"stalled {data['stalled_runs']:,}")
+    print(f"  patterns  {data['pattern_runs']:,} pattern runs")
+    print(f"  database  {data['database']}")
+    return EXIT_OK
+
+
+def _open_existing(settings: Settings) -> SqliteStore:
+    if not settings.database.exists():
+        raise UsageError(f"{settings.database}: no such database; build one with "
+                         "`runwatch replay PATH...` or point --db at it")
+    return SqliteStore(settings.database)
+
+
+def _status(args: argparse.Namespace) -> int:
+    store = _open_existing(_settings(args))
+    try:
+        if args.run:
+            return _status_one(store, args.run, args.json)
+        where, params = ("WHERE status = ?", [args.only]) if args.only else ("", [])
+        cursor = store.db.execute(
+            f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {where} "
+            "ORDER BY last_event_at DESC, run_id LIMIT ?", [*params, args.limit])
+        runs = [dict(zip(RUN_COLUMNS, row, strict=True)) for row in cursor]
+        counts = dict(store.db.execute("SELECT status, count(*) FROM runs GROUP BY status"))
+    finally:
+        store.close()
+    if args.json:
+        for run in runs:
+            run["stalled"] = bool(run["stalled"])
+        print(orjson.dumps(runs, option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK
+    if not runs:
+        print("no runs" + (f" with status {args.only}" if args.only else ""))
+        return EXIT_OK
+    rows = [[r["run_id"], r["status"] + (" (stalled)" if r["stalled"] else ""),
+             f"{r['tasks_succeeded']}/{r['tasks_total']}", r["tasks_failed"], r["events_total"],
+             r["error_events"], r["duration_s"], r["last_event_at"]] for r in runs]
+    print(table(["RUN", "STATUS", "DONE", "FAILED", "EVENTS", "ERRORS", "DURATION_S",
+                 "LAST_EVENT"], rows))
+    print("\n" + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    return EXIT_OK
+
+
+def _status_one(store: SqliteStore, run_id: str, as_json: bool) -> int:
+    cursor = store.db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs "
+                              "WHERE run_id = ?", (run_id,))
+    row = cursor.fetchone()
+    if row is None:
+        print(f"runwatch: no run {run_id!r} in {store.path}", file=sys.stderr)
+        return EXIT_FAILURE
+    run: dict[str, Any] = dict(zip(RUN_COLUMNS, row, strict=True))
+    run["stalled"] = bool(run["stalled"])
+    detail = {
+        "tasks": _select(store, "SELECT * FROM tasks WHERE run_id=? ORDER BY task_id", run_id),
+        "workstreams": _select(store, "SELECT * FROM workstreams WHERE run_id=? "
+                               "ORDER BY workstream_id", run_id),
+        "pattern_runs": _select(store, "SELECT * FROM pattern_runs WHERE run_id=? "
+                                "ORDER BY started_at, pattern_run_id", run_id),
+    }
+    if as_json:
+        print(orjson.dumps({**run, **detail}, option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK
+    width = max(len(k) for k in run)
+    print("\n".join(f"{k.ljust(width)}  {'-' if v is None else v}" for k, v in run.items()))
+    for name, rows in detail.items():
+        if rows:
+            print(f"\n{name}:")
+            columns = [c for c in rows[0] if c != "run_id"]
+            print(table(columns, [[r[c] for c in columns] for r in rows]))
+    return EXIT_OK
+
+
+def _select(store: SqliteStore, sql: str, *params: object) -> list[dict[str, Any]]:
+    cursor = store.db.execute(sql, params)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings, source = load_settings(args.file, required=args.file is not None)
+    if args.json:
+        print(orjson.dumps(settings.model_dump(mode="json"), option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK
+    print(f"{source or 'built-in defaults'}: OK")
+    for key, value in settings.model_dump(mode="json").items():
+        print(f"  {key}: {value}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Terminal output: a progress bar for long work and plain aligned tables."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+
+class Progress:
+    """A one-line progress bar on stderr, drawn only on a terminal and at most 10 times/s."""
+
+    def __init__(self, total: int, label: str, stream: TextIO | None = None,
+                 enabled: bool | None = None) -> None:
+        self.total = max(total, 1)
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.done = 0
+        self.started = time.monotonic()
+        self._drawn = 0.0
+
+    def advance(self, amount: int, events: int) -> None:
+        self.done += amount
+        now = time.monotonic()
+        if self.enabled and now - self._drawn >= 0.1:
+            self._drawn = now
+            self._draw(events, now)
+
+    def _draw(self, events: int, now: float) -> None:
+        share = min(self.done / self.total, 1.0)
+        filled = int(share * 30)
+        rate = events / max(now - self.started, 1e-9)
+        self.stream.write(f"\r{self.label} {share:6.1%} |{'█' * filled}{' ' * (30 - filled)}| "
+                          f"{self.done / 1e6:,.1f}/{self.total / 1e6:,.1f} MB "
+                          f"{rate / 1000:,.0f}k events/s ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned text columns; numbers right-aligned; None shown as '-'."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    numeric = [all(isinstance(r[i], int | float) and not isinstance(r[i], bool)
+                   for r in rows) and rows for i in range(len(headers))]
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if numeric[i] else v.ljust(w)
+                 for i, (v, w) in enumerate(zip(values, widths, strict=True))]
+        return "  ".join(parts).rstrip()
+    return "\n".join([line(headers), *(line(r) for r in cells)])
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.1f}"
+    return str(value)

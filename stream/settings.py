@@ -1,0 +1,113 @@
+"""Configuration: YAML → `${ENV}` expansion → one validated, frozen `Settings`.
+
+Nothing else in runwatch reads YAML or environment variables for configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+DEFAULT_CONFIG: Final = Path("config/runwatch.yaml")
+_ENV_REF: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS: Final = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file, the key and the fix."""
+
+
+def _seconds(value: Any) -> Any:
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if not match:
+            raise ValueError("expected a duration such as 90, 45s, 30m or 1h")
+        return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
+
+
+class Source(BaseModel):
+    """A named set of input files (paths, directories or globs)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str = Field(min_length=1)
+    paths: list[str] = Field(min_length=1)
+
+
+class Settings(BaseModel):
+    """Everything runwatch can be told; see config/runwatch.yaml for the commented defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    database: Path = Path(".state/runwatch.db")
+    logs_dir: Path = Path("logs")
+    stall_after: Seconds = 1800.0
+    max_line_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    cache_groups: int = Field(default=4096, ge=1)
+    sources: list[Source] = Field(default_factory=list)
+
+
+def load_settings(path: Path | None, *, required: bool = False) -> tuple[Settings, Path | None]:
+    """Read and validate a config file. Without one, `config/runwatch.yaml` is used when it
+    exists, else the built-in defaults. Returns the settings and the file they came from."""
+    if path is None and not required and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    if path is None:
+        return Settings(), None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") \
+            from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, "
+                          f"not {type(data).__name__}")
+    data = _expand_env(data, path, "")
+    try:
+        return Settings.model_validate(data), path
+    except ValidationError as exc:
+        raise ConfigError(_explain(path, exc)) from None
+
+
+def _expand_env(value: Any, path: Path, where: str) -> Any:
+    if isinstance(value, dict):
+        return {k: _expand_env(v, path, f"{where}.{k}" if where else str(k))
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, path, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str):
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise ConfigError(f"{path}: {where}: environment variable {name} is not set; "
+                                  f"export it or remove ${{{name}}} from the file")
+            return os.environ[name]
+        return _ENV_REF.sub(substitute, value)
+    return value
+
+
+def _explain(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: {exc.error_count()} problem(s):"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling against config/runwatch.yaml)"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)

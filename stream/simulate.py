@@ -1,0 +1,887 @@
+"""Deterministic generator of realistic orchestrator and pattern event JSONL corpora."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import heapq
+import itertools
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from random import Random
+from typing import IO, Any, Final
+
+import orjson
+
+__all__ = ["SimulationSummary", "add_arguments", "run", "simulate"]
+
+DEFAULT_START: Final = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
+ROLL_LINES: Final = 50_000
+
+_S: Final = 1_000_000
+_MIN: Final = 60 * _S
+_HOUR: Final = 3600 * _S
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
+
+# Arrival gap chosen so that big corpora keep ~30-40 runs active at once (runs last ~20 min).
+_RUN_GAP: Final = 30 * _S
+_MIN_WINDOW: Final = 6 * _HOUR
+# A stalled run goes quiet within this long of its start and starts early enough that the
+# anchor run (created at the very end of the window) lies at least 2 h after its last event.
+_STALL_SPAN: Final = 1 * _HOUR
+_STALL_HEADROOM: Final = 3 * _HOUR + _MIN
+
+_LEGACY_SHARE: Final = 0.2
+_IMPLICIT_SHARE: Final = 0.15
+_CANCEL_SHARE: Final = 0.04
+_PATTERN_RUN_SHARE: Final = 0.5
+_PATTERN_TASK_SHARE: Final = 0.35
+_WORKSTREAM_EVENT_SHARE: Final = 0.5
+
+_ORCH: Final = 0
+_LEGACY: Final = 1
+_PATTERN: Final = 2
+
+_NO_TASK: Final = -1
+# Event-bus lines that name the job; tool calls and progress leave it null, as upstream does.
+_JOB_KINDS: Final = frozenset(
+    {"task_created", "task_started", "task_completed", "task_failed", "task_cancelled"}
+)
+
+_B32: Final = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+)
+_DUMPS: Final = orjson.dumps
+_NL: Final = orjson.OPT_APPEND_NEWLINE
+
+_WORKSTREAMS: Final = ("WS-A", "WS-B", "WS-C")
+_TOOLS: Final = ("git", "pytest", "ruff", "mypy", "aider", "semgrep", "fs", "llm")
+_FILES: Final = tuple(
+    f"src/{pkg}/{mod}.py"
+    for pkg in ("core", "api", "cli", "store")
+    for mod in ("models", "service", "utils", "handlers")
+)
+_TASK_NAMES: Final = (
+    "plan",
+    "scaffold",
+    "implement",
+    "refactor",
+    "lint",
+    "typecheck",
+    "unit-tests",
+    "integration-tests",
+    "docs",
+    "review",
+    "package",
+    "migrate",
+)
+_TASK_ERRORS: Final = (
+    "tool exited with status 1",
+    "timeout after 300s",
+    "patch did not apply cleanly",
+    "tests failed: 3 of 42",
+    "worker lost heartbeat",
+)
+# (pattern_id, operation_kind, tool, command)
+_PATTERNS: Final = (
+    ("PAT-SEMGRP-001", "semgrep_scan", "semgrep", "semgrep --config auto --severity medium+ src/"),
+    ("PAT-PYTEST-001", "pytest_suite", "pytest", "pytest -q tests/"),
+    ("PAT-RUFF-002", "ruff_lint", "ruff", "ruff check src/ tests/"),
+    ("PAT-MYPY-001", "mypy_check", "mypy", "mypy --strict src/"),
+    ("PAT-AIDER-003", "aider_refactor", "aider", "aider --yes --message-file task.md"),
+)
+_MESSAGES: Final = {
+    "run_created": "run created",
+    "run_started": "run started",
+    "run_completed": "run completed",
+    "run_failed": "run failed",
+    "run_cancelled": "run cancelled by operator",
+    "workstream_started": "workstream started",
+    "workstream_completed": "workstream completed",
+    "workstream_failed": "workstream failed",
+    "task_created": "task queued",
+    "task_started": "task started",
+    "task_progress": "task progress",
+    "tool_call_started": "tool call started",
+    "tool_call_completed": "tool call completed",
+    "task_completed": "task completed",
+    "task_failed": "task failed",
+    "task_cancelled": "task cancelled",
+}
+# The v1 shape has no separate failure or cancel kinds: they become a status in the payload.
+_LEGACY_KIND: Final = {
+    "run_created": ("run_created", None),
+    "run_started": ("run_started", None),
+    "task_started": ("step_started", None),
+    "task_completed": ("step_completed", "succeeded"),
+    "task_failed": ("step_completed", "failed"),
+    "task_cancelled": ("step_completed", "canceled"),
+    "tool_call_started": ("tool_call_started", None),
+    "tool_call_completed": ("tool_call_completed", None),
+    "run_completed": ("run_completed", None),
+    "run_failed": ("run_completed", "failed"),
+    "run_cancelled": ("run_completed", "canceled"),
+}
+
+# Contract §2 projection tables, used to compute what a correct projection must say.
+_TASK_RANK: Final[dict[str, tuple[int, str | None]]] = {
+    "task_created": (0, "pending"),
+    "task_assigned": (0, "pending"),
+    "task_started": (1, "running"),
+    "step_started": (1, "running"),
+    "task_progress": (2, "running"),
+    "task_completed": (3, "succeeded"),
+    "task_succeeded": (3, "succeeded"),
+    "task_failed": (3, "failed"),
+    "step_failed": (3, "failed"),
+    "task_skipped": (3, "skipped"),
+    "task_canceled": (3, "canceled"),
+    "task_cancelled": (3, "canceled"),
+    "step_completed": (3, None),
+}
+_TASK_TERMINAL: Final = frozenset({"succeeded", "failed", "skipped", "canceled"})
+_START_TYPES: Final = frozenset({"run_started", "task_started", "step_started"})
+_RUN_TERMINAL: Final[dict[str, str | None]] = {
+    "run_completed": None,
+    "run_succeeded": "succeeded",
+    "run_failed": "failed",
+    "run_quarantined": "quarantined",
+    "run_canceled": "canceled",
+    "run_cancelled": "canceled",
+}
+_RUN_COMPLETED_STATUSES: Final = frozenset(
+    {"succeeded", "failed", "partial", "quarantined", "canceled"}
+)
+
+# (time, seq, kind, task index, workstream, payload, severity, tool_id, file_id)
+_Ev = tuple[int, int, str, int, str | None, dict[str, Any], str, str | None, str | None]
+# (time, type, task key, payload) as written, for the expected-status projection
+_Rec = tuple[int, str, str | None, dict[str, Any]]
+# (time, sink, line)
+_Out = tuple[int, int, bytes]
+
+
+@dataclass(frozen=True)
+class SimulationSummary:
+    """What `simulate` wrote and what a correct projection of it must conclude."""
+
+    runs: int
+    events: int
+    files: list[str]
+    bytes_written: int
+    expected_status: dict[str, str]
+    stalled_runs: list[str]
+    last_event_time: str
+    lines: int
+
+
+def simulate(
+    out_dir: Path,
+    runs: int = 10,
+    seed: int = 0,
+    fail_rate: float = 0.2,
+    stall_rate: float = 0.1,
+    tasks_per_run: tuple[int, int] = (4, 12),
+    start: datetime | None = None,
+) -> SimulationSummary:
+    """Write a deterministic corpus of `runs` runs under `out_dir` and summarise it.
+
+    `events` counts distinct events; `lines` also counts the job-scoped pattern files, which
+    repeat lines of `patterns/pattern_events.jsonl`. Existing files with the same names are
+    overwritten, others are left alone.
+    """
+    if runs < 1:
+        raise ValueError(f"runs must be at least 1, got {runs}")
+    for name, rate in (("fail_rate", fail_rate), ("stall_rate", stall_rate)):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{name} must be between 0 and 1, got {rate}")
+    low, high = tasks_per_run
+    if not 1 <= low <= high:
+        raise ValueError(f"tasks_per_run must satisfy 1 <= MIN <= MAX, got {tasks_per_run}")
+    origin = start if start is not None else DEFAULT_START
+    if origin.tzinfo is None:
+        origin = origin.replace(tzinfo=UTC)
+    sim = _Simulator(Path(out_dir), runs, seed, fail_rate, stall_rate, (low, high), origin)
+    return sim.generate()
+
+
+def _micros(moment: datetime) -> int:
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _format_utc(us: int) -> str:
+    return (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _project(records: Iterable[_Rec]) -> tuple[str, dict[str, str]]:
+    """Run status and task statuses by the contract's semantics, from the events of one run."""
+    declared = 0
+    latest: dict[str, tuple[int, int, int, str]] = {}
+    explicit: tuple[int, int, str | None] | None = None
+    started = False
+    for order, (time, kind, task, payload) in enumerate(records):
+        if kind in _START_TYPES:
+            started = True
+        elif kind == "run_created":
+            for field in ("total_tasks", "total_steps"):
+                value = payload.get(field)
+                if isinstance(value, int) and value > declared:
+                    declared = value
+        life = _TASK_RANK.get(kind)
+        if life is not None and task is not None:
+            rank, status = life
+            if status is None:
+                given = payload.get("status")
+                status = given if given in _TASK_TERMINAL else "failed"
+            key = (time, rank, order, status)
+            if task not in latest or key > latest[task]:
+                latest[task] = key
+        if kind in _RUN_TERMINAL and (explicit is None or (time, order) > explicit[:2]):
+            status = _RUN_TERMINAL[kind]
+            if status is None:
+                given = payload.get("status")
+                status = given if given in _RUN_COMPLETED_STATUSES else None
+            explicit = (time, order, status)
+    tasks = {task: key[3] for task, key in latest.items()}
+    failed = sum(1 for s in tasks.values() if s == "failed")
+    succeeded = sum(1 for s in tasks.values() if s == "succeeded")
+    derived = "succeeded" if not failed else "partial" if succeeded else "failed"
+    if explicit is not None:
+        return explicit[2] or derived, tasks
+    terminal = sum(1 for s in tasks.values() if s in _TASK_TERMINAL)
+    if declared >= 1 and terminal >= declared:
+        return derived, tasks
+    return ("running" if started else "pending"), tasks
+
+
+def _abstract_records(events: Iterable[_Ev]) -> Iterable[_Rec]:
+    for time, _seq, kind, task, _ws, payload, _sev, _tool, _file in events:
+        if kind != "pattern":
+            yield time, kind, (str(task) if task != _NO_TASK else None), payload
+
+
+class _Simulator:
+    def __init__(
+        self,
+        out_dir: Path,
+        runs: int,
+        seed: int,
+        fail_rate: float,
+        stall_rate: float,
+        tasks_per_run: tuple[int, int],
+        origin: datetime,
+    ) -> None:
+        self.out_dir = out_dir
+        self.runs = runs
+        self.rng = Random(seed)
+        self.fail_rate = fail_rate
+        self.stall_rate = stall_rate
+        self.tasks_per_run = tasks_per_run
+        self.origin = _micros(origin)
+        self._dates: dict[int, str] = {}
+        self.files: list[str] = []
+        self.bytes_written = 0
+        self.lines = 0
+        self.events = 0
+
+    # -- identifiers and timestamps -----------------------------------------------------
+
+    def ulid(self, us: int) -> str:
+        """Crockford base32 ULID: 48-bit millisecond time + 80 bits from the seeded rng."""
+        value = (us // 1000) << 80 | self.rng.getrandbits(80)
+        return base64.b32encode(value.to_bytes(20, "big")).translate(_B32)[6:].decode()
+
+    def stamp(self, us: int, suffix: str) -> str:
+        secs, frac = divmod(us, _S)
+        days, secs = divmod(secs, 86400)
+        day = self._dates.get(days)
+        if day is None:
+            day = self._dates[days] = date.fromordinal(_EPOCH_ORDINAL + days).isoformat()
+        hours, secs = divmod(secs, 3600)
+        minutes, secs = divmod(secs, 60)
+        return f"{day}T{hours:02d}:{minutes:02d}:{secs:02d}.{frac:06d}{suffix}"
+
+    # -- corpus --------------------------------------------------------------------------
+
+    def plan(self) -> list[tuple[int, int, bool, bool]]:
+        """(start, index, stalled, legacy) per run, sorted by start time."""
+        rng = self.rng
+        count = self.runs
+        window = max(_MIN_WINDOW, count * _RUN_GAP)
+        plans = []
+        for index in range(count):
+            # The last run is created at the window's end and never stalls, so the corpus
+            # always extends at least 2 h beyond every stalled run's last event.
+            anchor = index == count - 1
+            stalled = not anchor and rng.random() < self.stall_rate
+            legacy = rng.random() < _LEGACY_SHARE
+            if index == 0:
+                offset = 0
+            elif anchor:
+                offset = window
+            elif stalled:
+                offset = rng.randrange(window - _STALL_HEADROOM)
+            else:
+                offset = rng.randrange(window)
+            plans.append((self.origin + offset, index, stalled, legacy))
+        plans.sort()
+        return plans
+
+    def generate(self) -> SimulationSummary:
+        plans = self.plan()
+        expected: dict[str, str] = {}
+        stalled_runs: list[str] = []
+        heap: list[tuple[int, int, int, list[_Out]]] = []
+        orch: IO[bytes] | None = None
+        orch_lines = 0
+        orch_index = 0
+        legacy: IO[bytes] | None = None
+        patterns: IO[bytes] | None = None
+        last = self.origin
+        next_plan = 0
+        total = len(plans)
+        try:
+            while next_plan < total or heap:
+                if next_plan < total and (not heap or plans[next_plan][0] <= heap[0][0]):
+                    start, _index, stalled, is_legacy = plans[next_plan]
+                    run_id, outs, status, quiet = self.build_run(start, stalled, is_legacy)
+                    expected[run_id] = status
+                    if quiet:
+                        stalled_runs.append(run_id)
+                    if outs:
+                        heapq.heappush(heap, (outs[0][0], next_plan, 0, outs))
+                    next_plan += 1
+                    continue
+                time, order, pos, outs = heap[0]
+                _t, sink, line = outs[pos]
+                if sink == _ORCH:
+                    if orch is None or orch_lines >= ROLL_LINES:
+                        if orch is not None:
+                            self.bytes_written += orch.tell()
+                            orch.close()
+                        orch = self.open(f"orchestrator/events-{orch_index:03d}.jsonl")
+                        orch_index += 1
+                        orch_lines = 0
+                    orch.write(line)
+                    orch_lines += 1
+                elif sink == _LEGACY:
+                    if legacy is None:
+                        legacy = self.open("legacy/run_events.jsonl")
+                    legacy.write(line)
+                else:
+                    if patterns is None:
+                        patterns = self.open("patterns/pattern_events.jsonl")
+                    patterns.write(line)
+                self.events += 1
+                last = time
+                pos += 1
+                if pos < len(outs):
+                    heapq.heapreplace(heap, (outs[pos][0], order, pos, outs))
+                else:
+                    heapq.heappop(heap)
+        finally:
+            for handle in (orch, legacy, patterns):
+                if handle is not None:
+                    self.bytes_written += handle.tell()
+                    handle.close()
+        self.lines += self.events
+        return SimulationSummary(
+            runs=total,
+            events=self.events,
+            files=sorted(self.files),
+            bytes_written=self.bytes_written,
+            expected_status=expected,
+            stalled_runs=stalled_runs,
+            last_event_time=_format_utc(last),
+            lines=self.lines,
+        )
+
+    def open(self, relative: str) -> IO[bytes]:
+        path = self.out_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.files.append(str(path))
+        return path.open("wb", buffering=1 << 20)
+
+    def write_job_file(self, job_id: str, lines: list[bytes]) -> None:
+        # A job belongs to one run, so its file is the run's pattern lines in the same
+        # (time, sequence) order the global merge writes them.
+        data = b"".join(lines)
+        path = self.out_dir / "patterns" / "jobs" / job_id / "pattern_events.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        self.files.append(str(path))
+        self.bytes_written += len(data)
+        self.lines += len(lines)
+
+    # -- one run -------------------------------------------------------------------------
+
+    def build_run(
+        self, start: int, stalled: bool, legacy: bool
+    ) -> tuple[str, list[_Out], str, bool]:
+        """Generate one run; returns (run_id, time-sorted lines, expected status, stalled)."""
+        rng = self.rng
+        total = rng.randint(*self.tasks_per_run)
+        width = min(total, rng.choice((2, 2, 3)))
+        order = list(range(total))
+        task_ws = [_WORKSTREAMS[i % width] for i in order]
+        rng.shuffle(task_ws)
+        failing = rng.random() < self.fail_rate
+        canceled = not failing and not stalled and rng.random() < _CANCEL_SHARE
+        implicit = not canceled and not stalled and rng.random() < _IMPLICIT_SHARE
+        with_patterns = rng.random() < _PATTERN_RUN_SHARE
+        ws_events = not legacy and rng.random() < _WORKSTREAM_EVENT_SHARE
+        suffix = "Z" if rng.random() < 0.35 else "+00:00"
+        final_fail: set[int] = set()
+        if failing:
+            if total == 1 or rng.random() < 0.25:
+                final_fail = set(order)
+            else:
+                final_fail = set(rng.sample(order, rng.randint(1, max(1, (total - 1) // 2))))
+
+        run_id = self.ulid(start) if legacy else "RUN-" + self.ulid(start)
+        job_id = "JOB-" + self.ulid(start)
+        task_ids = [self.ulid(start) if legacy else "TASK-" + self.ulid(start) for _ in order]
+        step_ids = ["STEP-" + self.ulid(start) for _ in order]
+        workers = [f"worker-{rng.randint(1, 24):02d}" for _ in order]
+        events: list[_Ev] = []
+        seq = itertools.count()
+
+        def add(
+            time: int,
+            kind: str,
+            task: int = _NO_TASK,
+            ws: str | None = None,
+            payload: dict[str, Any] | None = None,
+            severity: str = "info",
+            tool: str | None = None,
+            file: str | None = None,
+        ) -> None:
+            events.append((time, next(seq), kind, task, ws, payload or {}, severity, tool, file))
+
+        created: dict[str, Any] = {"total_tasks": total}
+        if legacy:
+            created = {"total_steps": total, "trigger": "schedule"}
+        elif rng.random() < 0.3:
+            created["total_steps"] = total
+        add(start, "run_created", payload=created)
+        started = start + rng.randint(200_000, 3 * _S)
+        add(started, "run_started", payload={"workstreams": width})
+        cursor = started
+        for task in order:
+            cursor += rng.randint(5_000, 400_000)
+            if not legacy:
+                name = _TASK_NAMES[task % len(_TASK_NAMES)]
+                add(cursor, "task_created", task, task_ws[task], {"name": name, "index": task})
+        if with_patterns and rng.random() < 0.2:
+            # A job-level pattern: no step, as in the upstream samples.
+            self.pattern_run(add, started + rng.randint(_S, 5 * _S), job_id, None, run_id, False)
+
+        ws_end: list[int] = []
+        for ws in _WORKSTREAMS[:width]:
+            clock = cursor + rng.randint(_S, 20 * _S)
+            if ws_events:
+                add(clock, "workstream_started", ws=ws)
+                clock += rng.randint(50_000, _S)
+            for task in order:
+                if task_ws[task] != ws:
+                    continue
+                clock = self.task(
+                    add,
+                    task,
+                    ws,
+                    clock,
+                    task in final_fail,
+                    legacy,
+                    with_patterns,
+                    job_id,
+                    step_ids[task],
+                    run_id,
+                )
+                clock += rng.randint(_S, 30 * _S)
+            if ws_events:
+                failed_here = any(task_ws[t] == ws for t in final_fail)
+                add(clock, "workstream_failed" if failed_here else "workstream_completed", ws=ws)
+            ws_end.append(clock)
+        end = max(ws_end) + rng.randint(_S, 15 * _S)
+
+        if stalled:
+            events = self.stall(events, start, started, total)
+        elif canceled:
+            self.cancel(events, started, end, task_ws, add)
+        elif not implicit:
+            status, _ = _project(_abstract_records(events))
+            if failing and rng.random() < 0.35:
+                add(end, "run_failed", payload={"reason": "tasks failed"}, severity="error")
+            else:
+                summary: dict[str, Any] = {"status": status}
+                if rng.random() < 0.1:
+                    # run_completed without a recognised status: projections must derive it.
+                    summary = {"result": "done"} if rng.random() < 0.5 else {}
+                add(end, "run_completed", payload=summary, severity="info")
+        events.sort()
+        outs, records, job_lines = self.serialise(
+            events, legacy, run_id, job_id, task_ids, task_ws, workers, suffix
+        )
+        status, _ = _project(records)
+        if job_lines:
+            self.write_job_file(job_id, job_lines)
+        quiet = stalled and status not in _RUN_COMPLETED_STATUSES
+        return run_id, outs, status, quiet
+
+    def task(
+        self,
+        add: Callable[..., None],
+        task: int,
+        ws: str,
+        clock: int,
+        final_fail: bool,
+        legacy: bool,
+        with_patterns: bool,
+        job_id: str,
+        step_id: str,
+        run_id: str,
+    ) -> int:
+        rng = self.rng
+        if final_fail:
+            # The v1 shape has one step_attempt_id per task, so legacy runs never retry.
+            outcomes = [True, True] if not legacy and rng.random() < 0.3 else [True]
+        elif not legacy and rng.random() < 0.08:
+            outcomes = [True, False]
+        else:
+            outcomes = [False]
+        random = rng.random
+        for attempt, fails in enumerate(outcomes, start=1):
+            if attempt > 1:
+                clock += rng.randint(5 * _S, 90 * _S)
+            add(clock, "task_started", task, ws, {"attempt": attempt})
+            steps = rng.randint(8, 17)
+            pattern_at = -1
+            if with_patterns and random() < _PATTERN_TASK_SHARE:
+                pattern_at = rng.randrange(steps)
+            # random() scaled to ints: randint is the generator's hottest cost on big corpora.
+            for step in range(steps):
+                clock += _S + int(random() * 29 * _S)
+                if step == pattern_at:
+                    clock = self.pattern_run(add, clock, job_id, step_id, run_id, fails, task)
+                elif random() < 0.3:
+                    if not legacy:
+                        pct = (step + 1) * 100 // (steps + 1)
+                        add(clock, "task_progress", task, ws, {"percent": pct, "step": step + 1})
+                else:
+                    tool = _TOOLS[int(random() * len(_TOOLS))]
+                    file = _FILES[int(random() * len(_FILES))] if random() < 0.5 else None
+                    call = step + 1
+                    add(clock, "tool_call_started", task, ws, {"call": call}, "info", tool, file)
+                    took = 200_000 + int(random() * 25 * _S)
+                    clock += took
+                    ok = random() >= 0.05
+                    result = {"call": call, "exit_code": int(not ok), "duration_ms": took // 1000}
+                    severity = "info" if ok else "error" if random() < 0.3 else "warning"
+                    add(clock, "tool_call_completed", task, ws, result, severity, tool, file)
+            clock += rng.randint(_S, 10 * _S)
+            if fails:
+                error = _TASK_ERRORS[rng.randrange(len(_TASK_ERRORS))]
+                add(clock, "task_failed", task, ws, {"attempt": attempt, "error": error}, "error")
+            else:
+                add(clock, "task_completed", task, ws, {"attempt": attempt, "exit_code": 0})
+        return clock
+
+    def pattern_run(
+        self,
+        add: Callable[..., None],
+        clock: int,
+        job_id: str,
+        step_id: str | None,
+        run_id: str,
+        fails: bool,
+        task: int = _NO_TASK,
+    ) -> int:
+        """Pattern lifecycle events; all but the execution outcome share one timestamp."""
+        rng = self.rng
+        pattern_id, kind, tool, command = _PATTERNS[rng.randrange(len(_PATTERNS))]
+        prun = "PRUN-" + self.ulid(clock)
+
+        def emit(time: int, phase: str, status: str, **details: Any) -> None:
+            details["run_id"] = run_id
+            line = {
+                "event_id": "EVT-" + self.ulid(time),
+                "event_type": "pattern." + phase,
+                "timestamp": None,
+                "job_id": job_id,
+                "pattern_run_id": prun,
+                "pattern_id": pattern_id,
+                "status": status,
+                "details": details,
+                "step_id": step_id,
+            }
+            add(time, "pattern", task, None, line)
+
+        context = {"tool": tool, "language": "python"}
+        emit(clock, "selection.started", "in_progress", operation_kind=kind, context=context,
+             candidate_patterns=[pattern_id])  # fmt: skip
+        if rng.random() < 0.03:
+            error = f"no enabled pattern matches operation {kind}"
+            emit(clock, "selection.failed", "failed", operation_kind=kind, reason="no_match",
+                 attempted_patterns=[pattern_id], error=error, error_message=error)  # fmt: skip
+            return clock
+        method = ("auto", "auto", "explicit", "fallback")[rng.randrange(4)]
+        emit(clock, "selection.resolved", "in_progress", operation_kind=kind,
+             pattern_id=pattern_id, selection_method=method,
+             inputs_preview={"target_paths": ["src/", "tests/"]})  # fmt: skip
+        emit(clock, "template.expanded", "in_progress", template_version="1.2.0",
+             variables_resolved=rng.randint(3, 16),
+             generated_artifacts=[f".worktrees/{job_id}/run_{tool}.sh"],
+             command_preview=command)  # fmt: skip
+        checks = ["tool_availability", "target_paths_exist", "config_file_valid"]
+        emit(clock, "validation.started", "in_progress", validation_type="preflight", checks=checks)
+        if rng.random() < 0.03:
+            error = f"{tool} not found on PATH"
+            emit(clock, "validation.failed", "failed", validation_type="preflight",
+                 checks_passed=2, checks_failed=1,
+                 failed_checks=[{"check": "tool_availability", "error": error}],
+                 error_message=error)  # fmt: skip
+            return clock
+        emit(clock, "validation.completed", "in_progress", validation_type="preflight",
+             checks_passed=3, checks_failed=0, warnings=[])  # fmt: skip
+        emit(clock, "execution.started", "in_progress", executor="subprocess", command=command,
+             working_dir=f".worktrees/{job_id}", timeout_seconds=300)  # fmt: skip
+        duration = rng.randint(150, 6000) / 100
+        finished = clock + int(duration * _S)
+        if fails:
+            emit(finished, "execution.failed", "failed", exit_code=1, duration_seconds=duration,
+                 error_type="NonZeroExit", error_message=f"{tool} exited with status 1",
+                 stderr_preview=f"{tool}: error: see report")  # fmt: skip
+        else:
+            roll = rng.random()
+            status = "success" if roll < 0.85 else "warning" if roll < 0.97 else "skipped"
+            summary = {
+                "finding_count": rng.randint(1, 20) if status == "warning" else 0,
+                "files_scanned": rng.randint(5, 90),
+            }
+            emit(finished, "execution.completed", status, exit_code=0,
+                 duration_seconds=duration, result_summary=summary,
+                 stdout_lines=rng.randint(5, 300), stderr_lines=rng.randint(0, 4))  # fmt: skip
+        return finished
+
+    def stall(self, events: list[_Ev], start: int, started: int, total: int) -> list[_Ev]:
+        """Cut a run short after a few tasks so that no terminal state is reachable."""
+        rng = self.rng
+        events.sort()
+        if rng.random() < 0.1:
+            # Stops right after run_created: a projection must call it pending.
+            return [ev for ev in events if ev[0] <= start]
+        finals = sorted(
+            max(ev[0] for ev in events if ev[3] == task and ev[2] in _TASK_RANK)
+            for task in range(total)
+        )
+        done = rng.randint(1, min(3, total - 1)) if total > 1 else 0
+        low = finals[done - 1] if done else started
+        cut = min(low + int(rng.random() * (finals[done] - low)), start + _STALL_SPAN)
+        kept = [ev for ev in events if ev[0] <= cut]
+        status, _ = _project(_abstract_records(kept))
+        if status in _RUN_COMPLETED_STATUSES:
+            kept = [ev for ev in events if ev[0] <= started]
+        return kept
+
+    def cancel(
+        self,
+        events: list[_Ev],
+        started: int,
+        end: int,
+        task_ws: list[str],
+        add: Callable[..., None],
+    ) -> None:
+        """Cut a run (in place) at a random moment and cancel whatever was in flight."""
+        rng = self.rng
+        events.sort()
+        cut = started + _S + int(rng.random() * max(1, end - started - _S))
+        events[:] = [ev for ev in events if ev[0] <= cut]
+        _, tasks = _project(_abstract_records(events))
+        clock = cut
+        for key, status in sorted(tasks.items(), key=lambda item: int(item[0])):
+            if status == "running":
+                clock += rng.randint(1000, 200_000)
+                task = int(key)
+                add(
+                    clock,
+                    "task_cancelled",
+                    task,
+                    task_ws[task],
+                    {"reason": "run cancelled"},
+                    "warning",
+                )
+        add(
+            clock + rng.randint(_S, 3 * _S),
+            "run_cancelled",
+            payload={"by": "operator"},
+            severity="warning",
+        )
+
+    def serialise(
+        self,
+        events: list[_Ev],
+        legacy: bool,
+        run_id: str,
+        job_id: str,
+        task_ids: list[str],
+        task_ws: list[str],
+        workers: list[str],
+        suffix: str,
+    ) -> tuple[list[_Out], list[_Rec], list[bytes]]:
+        outs: list[_Out] = []
+        records: list[_Rec] = []
+        job_lines: list[bytes] = []
+        stamp = self.stamp
+        for time, _seq, kind, task, ws, payload, severity, tool, file in events:
+            if kind == "pattern":
+                payload["timestamp"] = stamp(time, "+00:00")
+                line = _DUMPS(payload, option=_NL)
+                outs.append((time, _PATTERN, line))
+                job_lines.append(line)
+                continue
+            task_id = task_ids[task] if task != _NO_TASK else None
+            if legacy:
+                mapped = _LEGACY_KIND.get(kind)
+                if mapped is None:
+                    continue
+                kind, status = mapped
+                if status is not None:
+                    payload = {"status": status, **payload}
+                line = _DUMPS(
+                    {
+                        "event_id": self.ulid(time),
+                        "run_id": run_id,
+                        "ts": stamp(time, suffix),
+                        "kind": kind,
+                        "step_attempt_id": task_id,
+                        "payload": payload,
+                    },
+                    option=_NL,
+                )
+                outs.append((time, _LEGACY, line))
+            else:
+                if ws is None and task != _NO_TASK:
+                    ws = task_ws[task]
+                line = _DUMPS(
+                    {
+                        "event_type": kind,
+                        "timestamp": stamp(time, suffix),
+                        "severity": severity,
+                        "message": _MESSAGES[kind],
+                        "run_id": run_id,
+                        "workstream_id": ws,
+                        "job_id": job_id if kind in _JOB_KINDS else None,
+                        "task_id": task_id,
+                        "tool_id": tool,
+                        "worker_id": workers[task] if task != _NO_TASK else None,
+                        "file_id": file,
+                        "payload": payload,
+                    },
+                    option=_NL,
+                )
+                outs.append((time, _ORCH, line))
+            records.append((time, kind, task_id, payload))
+        return outs, records, job_lines
+
+
+# -- command line ----------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `runwatch simulate`."""
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="directory to write the event files into (created if missing)",
+    )
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=10,
+        metavar="N",
+        help="number of runs to simulate (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="S",
+        help="random seed; the same seed and options give byte-identical files "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--fail-rate",
+        type=float,
+        default=0.2,
+        metavar="P",
+        help="probability in [0, 1] that a run has failing tasks (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--stall-rate",
+        type=float,
+        default=0.1,
+        metavar="P",
+        help="probability in [0, 1] that a run goes quiet before finishing (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tasks",
+        default="4-12",
+        metavar="MIN-MAX",
+        help="range of tasks per run, 1 <= MIN <= MAX (default: %(default)s)",
+    )
+
+
+def _parse_tasks(text: str) -> tuple[int, int]:
+    low_text, sep, high_text = text.partition("-")
+    try:
+        low, high = int(low_text), int(high_text if sep else low_text)
+    except ValueError:
+        raise ValueError(f"expected MIN-MAX such as 4-12, got {text!r}") from None
+    if not 1 <= low <= high:
+        raise ValueError(f"need 1 <= MIN <= MAX, got {text!r}")
+    return low, high
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `runwatch simulate`: 0 ok, 1 write failure, 2 bad options."""
+
+    def usage(option: str, problem: str) -> int:
+        print(f"runwatch simulate: error: {option}: {problem}", file=sys.stderr)
+        return 2
+
+    try:
+        tasks = _parse_tasks(str(args.tasks))
+    except ValueError as exc:
+        return usage("--tasks", str(exc))
+    for option, rate in (("--fail-rate", args.fail_rate), ("--stall-rate", args.stall_rate)):
+        if not 0.0 <= rate <= 1.0:
+            return usage(option, f"must be between 0 and 1, got {rate}")
+    if args.runs < 1:
+        return usage("--runs", f"must be at least 1, got {args.runs}")
+    out = Path(args.out)
+    try:
+        summary = simulate(
+            out,
+            runs=args.runs,
+            seed=args.seed,
+            fail_rate=args.fail_rate,
+            stall_rate=args.stall_rate,
+            tasks_per_run=tasks,
+        )
+    except OSError as exc:
+        print(
+            f"runwatch simulate: error: cannot write {exc.filename or out}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"simulated {summary.runs} runs: {summary.events} events in {len(summary.files)} files, "
+        f"{summary.bytes_written / 1e6:.1f} MB -> {out}"
+    )
+    return 0
