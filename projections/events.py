@@ -10,6 +10,7 @@ ORCHESTRATOR: Final = "o"
 PATTERN: Final = "p"
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH: Final = datetime(1970, 1, 1)
 
 
 class Event:
@@ -90,7 +91,7 @@ def format_time(us: int | None) -> str | None:
     """UTC microseconds → `YYYY-MM-DDTHH:MM:SS.ffffffZ`, the only time format in outputs."""
     if us is None:
         return None
-    return (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return (_NAIVE_EPOCH + timedelta(microseconds=us)).isoformat(timespec="microseconds") + "Z"
 
 
 def to_micros(moment: datetime) -> int:

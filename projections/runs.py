@@ -10,7 +10,7 @@ clock here.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from .events import DerivedEvent, Event, format_time
 
@@ -109,8 +109,8 @@ class TaskState:
         task = cls()
         task.status, key, task.started_at, starts, task.workstream, ws_key = data
         task.starts = set(starts)
-        task.key = tuple(key) if key else None  # type: ignore[assignment]  # JSON gives lists
-        task.workstream_key = tuple(ws_key) if ws_key else None  # type: ignore[assignment]
+        task.key = tuple(key) if key else None  # JSON gives lists
+        task.workstream_key = tuple(ws_key) if ws_key else None
         return task
 
 
@@ -153,27 +153,48 @@ class RunState:
 
     def apply(self, e: Event) -> bool:
         """Fold one orchestrator event of this run in; False (and no change) for a duplicate."""
-        if e.id in self.seen:
+        # The hot path of replay: one type-table lookup replaces the string tests.
+        eid = e.id
+        seen = self.seen
+        if eid in seen:
             return False
-        self.seen.add(e.id)
+        seen.add(eid)
         t = e.time
         if self.created_at is None or t < self.created_at:
             self.created_at = t
         if self.last_event_at is None or t > self.last_event_at:
             self.last_event_at = t
-        etype = e.type
-        if e.severity in _ERROR_SEVERITIES or etype.endswith("_failed"):
-            self.error_ids.add(e.id)
-
-        if e.workstream is not None and e.workstream not in self.workstreams:
-            self.workstreams[e.workstream] = None  # every workstream named gets a row
-        if e.task is not None:
-            self._apply_task(e)
-
-        if etype.startswith("run_"):
+        kind = _KINDS.get(e.type) or _classify(e.type)
+        if kind.failed or e.severity in _ERROR_SEVERITIES:
+            self.error_ids.add(eid)
+        ws = e.workstream
+        if ws is not None and ws not in self.workstreams:
+            self.workstreams[ws] = None  # every workstream named gets a row
+        task_id = e.task
+        if task_id is not None:
+            task = self.tasks.get(task_id)
+            if task is None:
+                task = self.tasks[task_id] = TaskState()
+            self.dirty_tasks.add(task_id)
+            key = (t, kind.task_rank, eid)
+            if ws is not None and (task.workstream_key is None or key > task.workstream_key):
+                task.workstream_key = key
+                task.workstream = ws
+            if kind.task_rank >= 0:
+                if kind.task_start:
+                    task.starts.add(eid)
+                    if task.started_at is None or t < task.started_at:
+                        task.started_at = t
+                    if self.started_at is None or t < self.started_at:
+                        self.started_at = t
+                if task.key is None or key > task.key:
+                    task.key = key
+                    task.status = kind.task_status or _STEP_STATUS.get(
+                        str(e.payload.get("status")), "failed")
+        if kind.run_level:
             self._apply_run_level(e)
-        elif etype.startswith(("workstream_", "job_")) and e.workstream is not None:
-            self._apply_workstream_level(e)
+        elif kind.workstream_level and ws is not None:
+            self._apply_workstream_level(e, ws, kind.workstream_lifecycle)
         return True
 
     def merge(self, other: RunState) -> None:
@@ -222,47 +243,15 @@ class RunState:
                     status = declared if declared in RUN_TERMINAL else ""
                 self.explicit_status = status
 
-    def _apply_workstream_level(self, e: Event) -> None:
-        suffix = e.type.partition("_")[2]
-        lifecycle = WORKSTREAM_LIFECYCLE.get(suffix)
-        ws = e.workstream
-        assert ws is not None
+    def _apply_workstream_level(self, e: Event, ws: str,
+                                lifecycle: tuple[int, str] | None) -> None:
         if lifecycle is None:
-            self.workstreams.setdefault(ws, None)
             return
         rank, status = lifecycle
         key = (e.time, rank, e.id)
         current = self.workstreams.get(ws)
         if current is None or key > current[0]:
             self.workstreams[ws] = (key, status)
-
-    def _apply_task(self, e: Event) -> None:
-        task_id = e.task
-        assert task_id is not None
-        task = self.tasks.get(task_id)
-        if task is None:
-            task = self.tasks[task_id] = TaskState()
-        self.dirty_tasks.add(task_id)
-        ws = e.workstream
-        lifecycle = TASK_LIFECYCLE.get(e.type)
-        rank = lifecycle[0] if lifecycle is not None else -1
-        key = (e.time, rank, e.id)
-        if ws is not None and (task.workstream_key is None or key > task.workstream_key):
-            task.workstream_key = key
-            task.workstream = ws
-        if lifecycle is None:
-            return
-        if e.type in TASK_START:
-            task.starts.add(e.id)
-            if task.started_at is None or e.time < task.started_at:
-                task.started_at = e.time
-            self._note_start(e.time)
-        if task.key is None or key > task.key:
-            task.key = key
-            status = lifecycle[1]
-            if status is None:
-                status = _STEP_STATUS.get(str(e.payload.get("status")), "failed")
-            task.status = status
 
     def _note_start(self, t: int) -> None:
         if self.started_at is None or t < self.started_at:
@@ -396,13 +385,46 @@ class RunState:
             setattr(state, name, data[name])
         state.error_ids = set(data["error_ids"])
         key = data["explicit_key"]
-        state.explicit_key = tuple(key) if key else None  # type: ignore[assignment]
+        state.explicit_key = tuple(key) if key else None
         state.tasks = {k: TaskState.from_list(v) for k, v in data["tasks"].items()}
         state.workstreams = {
-            ws: ((tuple(v[0]), v[1]) if v else None)  # type: ignore[misc]
+            ws: ((tuple(v[0]), v[1]) if v else None)
             for ws, v in data["workstreams"].items()
         }
         return state
+
+
+class _Kind(NamedTuple):
+    """What an event type means to the run fold, worked out once per distinct type."""
+
+    failed: bool
+    run_level: bool
+    workstream_level: bool
+    workstream_lifecycle: tuple[int, str] | None
+    task_rank: int  # -1: not a task lifecycle event
+    task_status: str | None  # None: read payload.status (step_completed)
+    task_start: bool
+
+
+_KINDS: dict[str, _Kind] = {}
+
+
+def _classify(etype: str) -> _Kind:
+    lifecycle = TASK_LIFECYCLE.get(etype)
+    workstream_level = etype.startswith(("workstream_", "job_"))
+    kind = _Kind(
+        failed=etype.endswith("_failed"),
+        run_level=etype.startswith("run_"),
+        workstream_level=workstream_level,
+        workstream_lifecycle=WORKSTREAM_LIFECYCLE.get(etype.partition("_")[2])
+        if workstream_level else None,
+        task_rank=lifecycle[0] if lifecycle else -1,
+        task_status=lifecycle[1] if lifecycle else None,
+        task_start=etype in TASK_START,
+    )
+    if len(_KINDS) < 10_000:  # event types are a small set; never grow without bound
+        _KINDS[etype] = kind
+    return kind
 
 
 def _min(a: int | None, b: int | None) -> int | None:

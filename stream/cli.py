@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(replay)
     replay.add_argument("--stall-after", metavar="SECONDS",
                         help="override stall_after (e.g. 1800, 30m)")
+    replay.add_argument("--workers", type=int, metavar="N",
+                        help="worker processes that decode and fold large inputs "
+                             "(default: one per core, at most 4; 0: all in this process)")
     replay.add_argument("--json", action="store_true", help="print the summary as JSON")
     replay.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="draw a progress bar (default: when stderr is a terminal)")
@@ -127,7 +130,10 @@ def _replay(args: argparse.Namespace) -> int:
     files = expand(patterns)
     if not files:
         raise UsageError(f"replay: no files match {' '.join(patterns)}")
-    summary = replay(files, settings.database, settings, progress=args.progress)
+    if args.workers is not None and args.workers < 0:
+        raise UsageError("replay: --workers must be 0 or more")
+    summary = replay(files, settings.database, settings, progress=args.progress,
+                     workers=args.workers)
     if args.json:
         print(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2).decode())
         return EXIT_OK

@@ -45,6 +45,7 @@ _ONE_US: Final = timedelta(microseconds=1)
 _MIN_US: Final = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // _ONE_US
 _MAX_US: Final = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - _EPOCH) // _ONE_US
 _EMPTY: Final[dict[str, Any]] = {}
+fromisoformat = datetime.fromisoformat
 _TYPES: dict[str, str] = {}  # raw type string -> normalised; event types are a small set
 _TYPES_MAX: Final = 10_000
 
@@ -93,11 +94,19 @@ def _normalise(obj: dict[str, Any], line: bytes) -> Event:
         normal = _event_type(field, etype)
 
     when = get("timestamp")
-    if when is None:
+    time: int | None = None
+    if type(when) is str:  # the common case, inlined: ISO-8601 with an offset, in range
+        try:
+            moment = fromisoformat(when)
+            if moment.tzinfo is not None:
+                time = (moment - _EPOCH) // _ONE_US
+                if not _MIN_US <= time <= _MAX_US:
+                    time = None
+        except (ValueError, OverflowError):
+            pass
+    if time is None:
         field, when = _first(obj, TIME_FIELDS)
-    else:
-        field = "timestamp"
-    time = parse_time(when, field) if when is not None else _missing_time()
+        time = parse_time(when, field) if when is not None else _missing_time()
 
     payload = get("payload")
     if type(payload) is not dict:

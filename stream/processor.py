@@ -134,19 +134,19 @@ class Processor:
             else:
                 body = line[:-1] if line[-1] == 13 else line
                 event = decode(body)
-                if type(event) is Rejection:
+                if isinstance(event, Rejection):
                     self.reject(source, offset, number, line, size, event)
                 else:
                     if event.family == ORCHESTRATOR:
                         key = "o:" if event.run_id is None else "r:" + event.run_id
                     else:
-                        key = "p:" + event.task  # type: ignore[operator]
+                        key = "p:" + event.task  # type: ignore[operator]  # never None here
                     group = cache.get(key)
                     if group is None:
                         group = self._load(key)
                     else:
                         cache.move_to_end(key)
-                    if group.state.apply(event):  # type: ignore[arg-type]
+                    if group.state.apply(event):
                         group.new_index.append((event.id, source_id, offset, len(body)))
                         group.dirty = True
                         tally.accepted += 1

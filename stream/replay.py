@@ -142,7 +142,7 @@ def _build(files: list[Path], store: SqliteStore, settings: Settings, progress: 
         next_line = 1
         for path, chunk in chunks:
             next_line = chunk.merge_into(processor, str(path), source_ids[path], next_line)
-            bar.advance(chunk.bytes, processor.total.accepted + processor.pending.accepted)
+            bar.advance(chunk.size, processor.total.accepted + processor.pending.accepted)
             if chunk.file_end:
                 lines += next_line - 1
                 checkpoints.append(checkpoint_for(path, sizes[path], next_line))
@@ -165,7 +165,7 @@ def _build(files: list[Path], store: SqliteStore, settings: Settings, progress: 
 class Chunk:
     """Lines of one file region: either raw lines to fold here, or a worker's folded result."""
 
-    bytes: int
+    size: int
     file_end: bool
     lines: Lines | None = None
     groups: dict[str, tuple[State, bytes]] = field(default_factory=dict)
