@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,8 +54,10 @@ CREATE TABLE dead_letters (
     PRIMARY KEY (source, offset)
 );
 CREATE TABLE checkpoints (
-    source TEXT PRIMARY KEY, device INTEGER, inode INTEGER, fingerprint TEXT,
-    offset INTEGER NOT NULL, line INTEGER NOT NULL, tail_hash TEXT, updated_at TEXT NOT NULL
+    device INTEGER NOT NULL, inode INTEGER NOT NULL, source TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, offset INTEGER NOT NULL, line INTEGER NOT NULL,
+    tail_hash TEXT NOT NULL, updated_at TEXT NOT NULL,
+    PRIMARY KEY (device, inode)
 );
 CREATE TABLE sources (source_id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
 CREATE TABLE fold_state (group_key TEXT PRIMARY KEY, state BLOB NOT NULL);
@@ -91,15 +94,17 @@ class StoreError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """How far one source file has been committed, and how to recognise that file again."""
+    """How far one file has been committed, and how to recognise it again: the file is its
+    (device, inode); `fingerprint` hashes its first bytes (inode reuse shows as a mismatch)
+    and `tail_hash` the bytes before `offset` (a rewrite shows as a mismatch)."""
 
+    device: int
+    inode: int
     source: str
+    fingerprint: str
     offset: int
     line: int
-    device: int | None = None
-    inode: int | None = None
-    fingerprint: str | None = None
-    tail_hash: str | None = None
+    tail_hash: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +133,13 @@ class Changes:
     stalled: list[tuple[int, str]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    forget: list[tuple[int, int]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     derived: list[dict[str, Any]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return any((self.runs, self.tasks, self.workstreams, self.pattern_runs, self.states,
-                    self.index, self.stalled, self.dead_letters, self.checkpoints,
+                    self.index, self.stalled, self.dead_letters, self.checkpoints, self.forget,
                     self.counters, self.derived))
 
 
@@ -199,8 +205,8 @@ class SqliteStore:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     self.db.execute(statement)
-            self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)",
-                            (str(SCHEMA_VERSION),))
+            self.db.executemany("INSERT INTO meta VALUES (?, ?)", [
+                ("schema_version", str(SCHEMA_VERSION)), ("database_id", uuid.uuid4().hex)])
 
     def _check_version(self) -> None:
         try:
@@ -263,8 +269,10 @@ class SqliteStore:
         if changes.checkpoints:
             db.executemany(
                 "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(c.source, c.device, c.inode, c.fingerprint, c.offset, c.line, c.tail_hash,
+                [(c.device, c.inode, c.source, c.fingerprint, c.offset, c.line, c.tail_hash,
                   seen_at) for c in changes.checkpoints])
+        if changes.forget:
+            db.executemany("DELETE FROM checkpoints WHERE device=? AND inode=?", changes.forget)
         if changes.counters:
             db.executemany(
                 "INSERT INTO counters VALUES (?, ?) "
@@ -295,11 +303,12 @@ class SqliteStore:
             "SELECT run_id, last_event_at, stalled FROM runs "
             "WHERE status IN ('pending', 'running')").fetchall())
 
-    def checkpoints(self) -> dict[str, Checkpoint]:
+    def checkpoints(self) -> dict[tuple[int, int], Checkpoint]:
+        """Every checkpoint, keyed by the file's (device, inode)."""
         rows = self.db.execute(
-            "SELECT source, offset, line, device, inode, fingerprint, tail_hash "
+            "SELECT device, inode, source, fingerprint, offset, line, tail_hash "
             "FROM checkpoints").fetchall()
-        return {r[0]: Checkpoint(*r) for r in rows}
+        return {(r[0], r[1]): Checkpoint(*r) for r in rows}
 
     def counters(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT name, value FROM counters").fetchall())

@@ -14,6 +14,7 @@ from runwatch.sinks.sqlite_store import RUN_COLUMNS, SqliteStore, StoreError
 from .console import table
 from .files import InputError, expand
 from .settings import ConfigError, Settings, load_settings
+from .tail import DatabaseLock, ServiceError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -31,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError, InputError) as exc:
         print(f"runwatch: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except StoreError as exc:
+    except (StoreError, ServiceError) as exc:
         print(f"runwatch: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
@@ -66,6 +67,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="draw a progress bar (default: when stderr is a terminal)")
     replay.set_defaults(handler=_replay)
 
+    tail = commands.add_parser(
+        "tail", help="follow event files live and keep the projection current",
+        description="Follow JSONL event files (paths, directories searched recursively for "
+                    "*.jsonl, or globs; default: the config's sources) as they grow, rotate "
+                    "and truncate; fold every complete line into the projection database; "
+                    "write derived events to logs/monitor.jsonl and the console. Stops "
+                    "cleanly on SIGTERM/SIGINT.")
+    tail.add_argument("paths", nargs="*", metavar="PATH",
+                      help="files, directories or globs to follow")
+    _common(tail)
+    tail.add_argument("--poll", action="store_true",
+                      help="poll for changes instead of inotify (network filesystems)")
+    tail.add_argument("--quiet", action="store_true",
+                      help="do not print derived events on the console")
+    tail.set_defaults(handler=_tail)
+
     status = commands.add_parser(
         "status", help="show runs from the projection database",
         description="Show the runs in the projection database, newest first.")
@@ -74,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "workstreams and pattern runs")
     status.add_argument("--status", dest="only", metavar="STATUS",
                         help="only runs with this status (e.g. failed, running)")
-    status.add_argument("--limit", type=int, default=50, help="at most this many runs (50)")
+    status.add_argument("--limit", type=int, help="at most this many runs (default: 50 in "
+                        "the table, all with --json)")
     status.add_argument("--json", action="store_true",
                         help="print a JSON list of run objects with the runs columns")
     status.set_defaults(handler=_status)
@@ -132,8 +150,13 @@ def _replay(args: argparse.Namespace) -> int:
         raise UsageError(f"replay: no files match {' '.join(patterns)}")
     if args.workers is not None and args.workers < 0:
         raise UsageError("replay: --workers must be 0 or more")
-    summary = replay(files, settings.database, settings, progress=args.progress,
-                     workers=args.workers)
+    lock = DatabaseLock(settings.database)
+    lock.acquire()
+    try:
+        summary = replay(files, settings.database, settings, progress=args.progress,
+                         workers=args.workers)
+    finally:
+        lock.release()
     if args.json:
         print(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2).decode())
         return EXIT_OK
@@ -153,6 +176,17 @@ def _replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _tail(args: argparse.Namespace) -> int:
+    from .tail import TailService
+
+    settings = _settings(args)
+    patterns = args.paths or [p for source in settings.sources for p in source.paths]
+    if not patterns:
+        raise UsageError("tail: give PATHs, or list sources in the config file")
+    service = TailService(patterns, settings, poll=args.poll, quiet=args.quiet)
+    return service.run()
+
+
 def _open_existing(settings: Settings) -> SqliteStore:
     if not settings.database.exists():
         raise UsageError(f"{settings.database}: no such database; build one with "
@@ -168,7 +202,8 @@ def _status(args: argparse.Namespace) -> int:
         where, params = ("WHERE status = ?", [args.only]) if args.only else ("", [])
         cursor = store.db.execute(
             f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {where} "
-            "ORDER BY last_event_at DESC, run_id LIMIT ?", [*params, args.limit])
+            "ORDER BY last_event_at DESC, run_id LIMIT ?",
+            [*params, args.limit if args.limit is not None else (-1 if args.json else 50)])
         runs = [dict(zip(RUN_COLUMNS, row, strict=True)) for row in cursor]
         counts = dict(store.db.execute("SELECT status, count(*) FROM runs GROUP BY status"))
     finally:

@@ -56,5 +56,5 @@ def tail_hash(path: Path, offset: int) -> str:
 def checkpoint_for(path: Path, offset: int, line: int) -> Checkpoint:
     """Where reading of `path` stopped, with what identifies the file."""
     info = os.stat(path)
-    return Checkpoint(str(path), offset, line, info.st_dev, info.st_ino, fingerprint(path),
+    return Checkpoint(info.st_dev, info.st_ino, str(path), fingerprint(path), offset, line,
                       tail_hash(path, offset))

@@ -135,7 +135,7 @@ class Processor:
                 body = line[:-1] if line[-1] == 13 else line
                 event = decode(body)
                 if isinstance(event, Rejection):
-                    self.reject(source, offset, number, line, size, event)
+                    self.reject(source, offset, number, body, len(body), event)
                 else:
                     if event.family == ORCHESTRATOR:
                         key = "o:" if event.run_id is None else "r:" + event.run_id

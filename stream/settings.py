@@ -53,6 +53,11 @@ class Settings(BaseModel):
     max_line_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     cache_groups: int = Field(default=4096, ge=1)
     sources: list[Source] = Field(default_factory=list)
+    rescan_interval: Seconds = 5.0
+    tick_interval: Seconds = 1.0
+    heartbeat_interval: Seconds = 30.0
+    rotate_wait: Seconds = 5.0
+    batch_max_bytes: int = Field(default=4 * 1024 * 1024, ge=4096)
 
 
 def load_settings(path: Path | None, *, required: bool = False) -> tuple[Settings, Path | None]:

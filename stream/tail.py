@@ -1,0 +1,260 @@
+"""`runwatch tail`: the service that follows event files and keeps the projection current.
+
+One loop in one thread owns the database. Watchdog's observer thread only records which
+paths changed and wakes the loop; a periodic re-scan catches what notifications miss. Each
+pass reads what was appended (at most `batch_max_bytes`), folds it, and commits the rows
+together with the checkpoints that cover them, so `kill -9` at any instant loses nothing
+and applies nothing twice. The files themselves are the buffer: memory stays bounded
+however far behind the service is.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from runwatch.projections import DerivedEvent
+from runwatch.sinks.audit import AuditLog
+from runwatch.sinks.sqlite_store import SqliteStore
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from .follow import Follower, Read, watched_directories
+from .processor import Processor
+from .replay import wall_clock
+from .settings import Settings
+
+
+class ServiceError(Exception):
+    """The service cannot start; the message says why and what to do."""
+
+
+class DatabaseLock:
+    """An exclusive lock beside the database, so that two services never write one file."""
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(database.name + ".lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ServiceError(
+                f"{self.path.with_suffix('')}: already in use by another runwatch process "
+                f"(pid {holder}); stop it first, or give this one another --db") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.fd = fd
+
+    def held_elsewhere(self) -> bool:
+        """True when another process holds the lock (used by replay before replacing)."""
+        if not self.path.exists():
+            return False
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class _Wakeup(FileSystemEventHandler):
+    """Runs on the observer thread: note the changed paths and wake the loop, nothing more."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        self.wake = wake
+        self.lock = threading.Lock()
+        self.paths: set[str] = set()
+        self.rescan = False
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory and event.event_type != "created":
+            return
+        with self.lock:
+            self.paths.add(os.fsdecode(event.src_path))
+            if event.event_type in ("created", "moved", "deleted"):
+                self.rescan = True
+                if getattr(event, "dest_path", None):
+                    self.paths.add(os.fsdecode(event.dest_path))
+        self.wake.set()
+
+    def take(self) -> tuple[set[str], bool]:
+        with self.lock:
+            paths, rescan = self.paths, self.rescan
+            self.paths, self.rescan = set(), False
+        return paths, rescan
+
+
+@dataclass
+class Intervals:
+    """Seconds between the loop's periodic duties."""
+
+    rescan: float
+    tick: float
+    heartbeat: float
+
+
+class TailService:
+    """Follow `patterns`, fold, commit, audit; until `stop()` or SIGTERM/SIGINT."""
+
+    def __init__(self, patterns: list[str], settings: Settings, *, poll: bool = False,
+                 out: TextIO | None = None, quiet: bool = False) -> None:
+        self.patterns = patterns
+        self.settings = settings
+        self.poll = poll
+        self.out = out or sys.stdout
+        self.quiet = quiet
+        self.intervals = Intervals(settings.rescan_interval, settings.tick_interval,
+                                   settings.heartbeat_interval)
+        self.wake = threading.Event()
+        self.stopping = False
+        self.started = time.monotonic()
+        self.events_seen = 0
+
+    def stop(self, *_: Any) -> None:
+        self.stopping = True
+        self.wake.set()
+
+    def run(self) -> int:
+        lock = DatabaseLock(self.settings.database)
+        lock.acquire()
+        store = SqliteStore(self.settings.database)
+        notes: list[DerivedEvent] = []
+        processor = Processor(store, stall_after_s=self.settings.stall_after,
+                              max_line_bytes=self.settings.max_line_bytes,
+                              wall_clock=wall_clock, max_groups=self.settings.cache_groups)
+        follower = Follower(self.patterns, store, max_line_bytes=self.settings.max_line_bytes,
+                            rotate_wait_s=self.settings.rotate_wait, notes=notes)
+        audit = AuditLog(self.settings.logs_dir / "monitor.jsonl", store)
+        handler = _Wakeup(self.wake)
+        observer = self._observer(handler)
+        previous = self._install_signals()
+        try:
+            processor.derived.append(self._lifecycle("MONITOR_STARTED", {
+                "pid": os.getpid(), "database": str(self.settings.database),
+                "patterns": self.patterns}))
+            follower.discover()
+            self._commit(processor, follower, notes, audit)
+            observer.start()
+            self._loop(processor, follower, notes, audit, handler)
+            processor.derived.append(self._lifecycle("MONITOR_STOPPED", {
+                "uptime_s": round(time.monotonic() - self.started, 3)}))
+            self._commit(processor, follower, notes, audit)
+        finally:
+            observer.stop()
+            _restore_signals(previous)
+            follower.close()
+            store.close()
+            lock.release()
+            observer.join(timeout=2)
+        return 0
+
+    def _loop(self, processor: Processor, follower: Follower, notes: list[DerivedEvent],
+              audit: AuditLog, handler: _Wakeup) -> None:
+        now = time.monotonic()
+        due_rescan = now + self.intervals.rescan
+        due_tick = now + self.intervals.tick
+        due_heartbeat = now + self.intervals.heartbeat
+        budget = self.settings.batch_max_bytes
+        while not self.stopping:
+            self.wake.clear()
+            paths, rescan = handler.take()
+            now = time.monotonic()
+            if rescan or now >= due_rescan:
+                follower.discover()
+                due_rescan = now + self.intervals.rescan
+                paths_to_read: set[str] | None = None
+            else:
+                paths_to_read = paths
+            reads = follower.read(budget, paths_to_read)
+            follower.retire(reads)
+            for read in reads:
+                processor.process(read.cursor.source, read.cursor.source_id, read.lines)
+            if now >= due_tick:
+                processor.detect(time.time_ns() // 1000)
+                due_tick = now + self.intervals.tick
+            if now >= due_heartbeat:
+                processor.derived.append(self._lifecycle("HEARTBEAT", {
+                    "events_accepted": processor.total.accepted + processor.pending.accepted,
+                    "open_runs": len(processor.open_runs), "files": len(follower.cursors)}))
+                due_heartbeat = now + self.intervals.heartbeat
+            self._commit(processor, follower, notes, audit)
+            if _full(reads, budget):
+                continue  # more is waiting: keep reading without sleeping
+            timeout = max(0.0, min(due_rescan, due_tick, due_heartbeat) - time.monotonic())
+            self.wake.wait(timeout)
+
+    def _commit(self, processor: Processor, follower: Follower, notes: list[DerivedEvent],
+                audit: AuditLog) -> None:
+        checkpoints, forgotten = follower.checkpoints()
+        if notes:
+            processor.derived.extend(notes)
+            notes.clear()
+        if not (checkpoints or forgotten or processor.derived or processor.changes
+                or any(group.dirty for group in processor.cache.values())):
+            return
+        processor.changes.forget = forgotten
+        processor.commit(checkpoints)
+        for record in audit.drain():
+            if not self.quiet:
+                self.out.write(_console_line(record) + "\n")
+        self.out.flush()
+
+    def _lifecycle(self, kind: str, data: dict[str, Any]) -> DerivedEvent:
+        return DerivedEvent(kind, time.time_ns() // 1000, None, data)
+
+    def _observer(self, handler: _Wakeup) -> Any:
+        observer: Any = PollingObserver(timeout=1.0) if self.poll else Observer()
+        for directory, recursive in watched_directories(self.patterns):
+            if directory.is_dir():
+                observer.schedule(handler, str(directory), recursive=recursive)
+        return observer
+
+    def _install_signals(self) -> dict[int, Any]:
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous[signum] = signal.signal(signum, self.stop)
+        return previous
+
+
+def _restore_signals(previous: dict[int, Callable[[int, FrameType | None], Any] | Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+def _full(reads: list[Read], budget: int) -> bool:
+    return sum(r.lines.end - r.lines.offset for r in reads) >= budget
+
+
+def _console_line(record: dict[str, Any]) -> str:
+    """One readable line per audit record."""
+    kind = record["type"]
+    parts = [record.get("wall_time", ""), kind]
+    if record.get("run_id"):
+        parts.append(str(record["run_id"]))
+    skip = {"seq", "wall_time", "type", "run_id", "db", "db_seq", "event_time"}
+    parts.extend(f"{k}={v}" for k, v in record.items() if k not in skip and v is not None)
+    return " ".join(str(p) for p in parts)
