@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from random import Random
+from time import monotonic, sleep
 from typing import IO, Any, Final
 
 import orjson
@@ -19,6 +20,7 @@ import orjson
 __all__ = ["SimulationSummary", "add_arguments", "run", "simulate"]
 
 DEFAULT_START: Final = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
+LIVE_SPAN_HOURS: Final = 6
 ROLL_LINES: Final = 50_000
 
 _S: Final = 1_000_000
@@ -187,8 +189,12 @@ def simulate(
     stall_rate: float = 0.1,
     tasks_per_run: tuple[int, int] = (4, 12),
     start: datetime | None = None,
+    pace: float | None = None,
 ) -> SimulationSummary:
     """Write a deterministic corpus of `runs` runs under `out_dir` and summarise it.
+
+    With `pace`, lines are written in event-time order at about that many per second and
+    flushed as they go, so a running `runwatch tail` sees runs unfold live.
 
     `events` counts distinct events; `lines` also counts the job-scoped pattern files, which
     repeat lines of `patterns/pattern_events.jsonl`. Existing files with the same names are
@@ -206,6 +212,7 @@ def simulate(
     if origin.tzinfo is None:
         origin = origin.replace(tzinfo=UTC)
     sim = _Simulator(Path(out_dir), runs, seed, fail_rate, stall_rate, (low, high), origin)
+    sim.pace = pace
     return sim.generate()
 
 
@@ -287,6 +294,8 @@ class _Simulator:
         self.bytes_written = 0
         self.lines = 0
         self.events = 0
+        self.pace: float | None = None
+        self.paced_from = 0.0
 
     # -- identifiers and timestamps -----------------------------------------------------
 
@@ -378,6 +387,8 @@ class _Simulator:
                     patterns.write(line)
                 self.events += 1
                 last = time
+                if self.pace:
+                    self.keep_pace((orch, legacy, patterns))
                 pos += 1
                 if pos < len(outs):
                     heapq.heapreplace(heap, (outs[pos][0], order, pos, outs))
@@ -399,6 +410,20 @@ class _Simulator:
             last_event_time=_format_utc(last),
             lines=self.lines,
         )
+
+    def keep_pace(self, handles: tuple[IO[bytes] | None, ...]) -> None:
+        """Flush about 50 times a second and sleep to hold `pace` lines per second."""
+        assert self.pace is not None
+        if self.events == 1:
+            self.paced_from = monotonic()
+        if self.events % max(1, int(self.pace // 50)):
+            return
+        for handle in handles:
+            if handle is not None:
+                handle.flush()
+        ahead = self.paced_from + self.events / self.pace - monotonic()
+        if ahead > 0:
+            sleep(ahead)
 
     def open(self, relative: str) -> IO[bytes]:
         path = self.out_dir / relative
@@ -835,6 +860,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MIN-MAX",
         help="range of tasks per run, 1 <= MIN <= MAX (default: %(default)s)",
     )
+    parser.add_argument(
+        "--live",
+        type=float,
+        metavar="EVENTS_PER_S",
+        help="write at this rate, flushing as it goes, with event times ending about now "
+        "(for watching `runwatch tail` work); without it, as fast as possible from a fixed "
+        "start date",
+    )
 
 
 def _parse_tasks(text: str) -> tuple[int, int]:
@@ -864,7 +897,11 @@ def run(args: argparse.Namespace) -> int:
             return usage(option, f"must be between 0 and 1, got {rate}")
     if args.runs < 1:
         return usage("--runs", f"must be at least 1, got {args.runs}")
+    if args.live is not None and args.live <= 0:
+        return usage("--live", f"must be a positive rate, got {args.live}")
     out = Path(args.out)
+    # Live runs end around now, so the service's wall-clock stall check sees them as fresh.
+    start = datetime.now(UTC) - timedelta(hours=LIVE_SPAN_HOURS) if args.live else None
     try:
         summary = simulate(
             out,
@@ -873,6 +910,8 @@ def run(args: argparse.Namespace) -> int:
             fail_rate=args.fail_rate,
             stall_rate=args.stall_rate,
             tasks_per_run=tasks,
+            start=start,
+            pace=args.live,
         )
     except OSError as exc:
         print(

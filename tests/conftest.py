@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from helpers import replay_into, run_cli, snapshot
 
 __all__ = ["replay_into", "run_cli", "snapshot"]

@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +41,91 @@ def run_cli(*args: str | Path, cwd: Path | None = None,
     """Run `runwatch ARGS` as a real subprocess and capture its output."""
     return subprocess.run([*RUNWATCH, *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env={**os.environ, **(env or {})}, timeout=300, check=False)
+
+
+def counters(db: Path) -> dict[str, int]:
+    """The store's counters, read without disturbing a running service (WAL reader)."""
+    if not db.exists():
+        return {}
+    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return dict(connection.execute("SELECT name, value FROM counters").fetchall())
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        connection.close()
+
+
+def converged(db: Path) -> dict[str, Any]:
+    """Rows a live database must share with a replay of the same files: the stalled flag is
+    judged on the wall clock live and on event time in replay, so it is left out."""
+    rows = snapshot(db)
+    for row in rows["runs"]:
+        row.pop("stalled")
+    return rows
+
+
+class TailProcess:
+    """A real `runwatch tail` subprocess, with its output captured in files."""
+
+    def __init__(self, workdir: Path, db: Path, *patterns: str | Path,
+                 args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.db = db
+        self.command = [*RUNWATCH, "tail", *map(str, patterns), "--db", str(db), *args]
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> TailProcess:
+        self.starts += 1
+        out = (self.workdir / f"tail-{self.starts}.out").open("wb")
+        self.process = subprocess.Popen(self.command, cwd=self.workdir, env=self.env,
+                                        stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+        return self
+
+    def output(self) -> str:
+        return "".join((self.workdir / f"tail-{n}.out").read_text(errors="replace")
+                       for n in range(1, self.starts + 1))
+
+    def wait_for_accepted(self, count: int, timeout: float = 30.0) -> None:
+        """Block until the service has committed `count` accepted events."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if counters(self.db).get("events_accepted", 0) >= count:
+                return
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"tail exited with {self.process.returncode}:\n"
+                                     f"{self.output()}")
+            time.sleep(0.05)
+        raise AssertionError(f"only {counters(self.db).get('events_accepted', 0)} of {count} "
+                             f"events committed after {timeout} s:\n{self.output()}")
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"condition not met after {timeout} s:\n{self.output()}")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait: the service finishes its batch, commits and exits 0."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        """kill -9: no chance to clean up."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+    def __enter__(self) -> TailProcess:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)

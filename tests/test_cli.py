@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from helpers import RUNWATCH, run_cli
 from runwatch.sinks.sqlite_store import RUN_COLUMNS
 from runwatch.stream.cli import build_parser

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from helpers import replay_into, snapshot
 
 HERE = Path(__file__).parent

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from helpers import replay_into, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from helpers import replay_into, snapshot
 
 ORCHESTRATOR_TYPES = [
     "run_created", "run_started", "run_completed", "run_failed", "run_succeeded",

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
+
 from runwatch.projections import Event, RunState
 from runwatch.stream.decode import decode
 

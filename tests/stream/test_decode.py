@@ -9,9 +9,10 @@ from typing import Any
 
 import orjson
 import pytest
-from helpers import UPSTREAM
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from helpers import UPSTREAM
 from runwatch.projections import ORCHESTRATOR, PATTERN, Event, format_time, to_micros
 from runwatch.stream.decode import REASONS, Rejection, decode, parse_time
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from helpers import UPSTREAM, replay_into, run_cli
 from runwatch.stream.decode import RAW_KEEP
 from runwatch.stream.lines import BOM

@@ -6,6 +6,7 @@ import tracemalloc
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from runwatch.stream.lines import BOM, Lines, LineSplitter
 
 BIG = 1 << 30
