@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
 from runwatch.sinks.sqlite_store import RUN_COLUMNS, SqliteStore, StoreError
 
 from .console import table

@@ -8,6 +8,7 @@ from hashlib import blake2b
 from typing import Any, Final, NamedTuple
 
 import orjson
+
 from runwatch.projections import ORCHESTRATOR, PATTERN, Event
 
 RAW_KEEP: Final = 64 * 1024

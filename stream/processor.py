@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
 from runwatch.projections import (
     ORCHESTRATOR,
     DerivedEvent,
@@ -157,6 +158,16 @@ class Processor:
             offset += size + 1
             number += 1
 
+    @property
+    def seen(self) -> int:
+        """Events accepted so far, committed or not."""
+        return self.total.accepted + self.pending.accepted
+
+    @property
+    def crowded(self) -> bool:
+        """Evicted groups waiting for a commit are as many as the cache: commit soon."""
+        return len(self.limbo) >= self.max_groups
+
     def merge(self, key: str, partial: State, index: bytes) -> None:
         """Join a group state folded elsewhere (a replay worker) from the events whose
         serialised index entries are `index`."""
@@ -255,6 +266,11 @@ class Processor:
         """Write every dirty group, the dead letters, counters and checkpoints atomically.
         Returns the derived events this commit made durable. `everything=False` writes only
         what eviction already flushed: for a scratch build that is used only once complete."""
+        if len(self.cache) > self.max_groups // 2:
+            # Finished groups are rarely touched again: make room for the runs in flight.
+            for group in [g for g in self.cache.values() if _finished(g.state)]:
+                self._flush(group)
+                del self.cache[group.key]
         if everything:
             for group in self.cache.values():
                 self._flush(group)
@@ -272,6 +288,14 @@ class Processor:
         self.changes, self.pending, self.derived = Changes(), Tally(), []
         self.limbo.clear()
         return derived
+
+
+def _finished(state: State) -> bool:
+    if isinstance(state, RunState):
+        return state.is_terminal()
+    if isinstance(state, PatternRunState):
+        return state.raw_status != "in_progress"
+    return False
 
 
 def _restore(key: str, saved: dict[str, Any] | None, seen: set[str]) -> State:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import orjson
+
 from runwatch.sinks.sqlite_store import Checkpoint, DeadLetter, SqliteStore, fsync_path
 
 from .console import Progress
@@ -87,9 +88,11 @@ def default_workers() -> int:
 
 
 def replay(files: list[Path], target: Path, settings: Settings,
-           progress: bool | None = None, workers: int | None = None) -> ReplaySummary:
+           progress: bool | None = None, workers: int | None = None,
+           chunk_bytes: int = PARALLEL_CHUNK_BYTES) -> ReplaySummary:
     """Fold `files` (in order) into a new database and atomically replace `target` with it.
-    `workers` = 0 folds in this process; default: one worker per core (at most 4)."""
+    `workers` = 0 folds in this process; default: one worker per core (at most 4). Inputs
+    over 2 × `chunk_bytes` are cut into regions of about `chunk_bytes` for the workers."""
     started = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = target.with_name(f".{target.name}.replay-{os.getpid()}")
@@ -97,7 +100,7 @@ def replay(files: list[Path], target: Path, settings: Settings,
     store = SqliteStore(scratch, fast_unsafe=True)
     try:
         summary = _build(files, store, settings, progress, started,
-                         default_workers() if workers is None else workers)
+                         default_workers() if workers is None else workers, chunk_bytes)
         store.set_meta([("built_by", "replay"), ("built_at", wall_clock()),
                         ("inputs", str(len(files)))])
         store.finalize()
@@ -121,35 +124,47 @@ def replay(files: list[Path], target: Path, settings: Settings,
 
 
 def _build(files: list[Path], store: SqliteStore, settings: Settings, progress: bool | None,
-           started: float, workers: int) -> ReplaySummary:
+           started: float, workers: int, chunk_bytes: int) -> ReplaySummary:
     processor = Processor(store, stall_after_s=settings.stall_after,
                           max_line_bytes=settings.max_line_bytes, wall_clock=wall_clock,
                           max_groups=settings.cache_groups, known_groups=set())
     sizes = {path: path.stat().st_size for path in files}
     total_bytes = sum(sizes.values())
     bar = Progress(total_bytes, "replay", enabled=progress)
-    derived = lines = 0
+    source_ids = {path: store.source_id(str(path)) for path in files}
+    next_line = dict.fromkeys(files, 1)
+    derived = 0
     checkpoints: list[Checkpoint] = []
+
+    def count(region: Region, line_count: int, done: bool) -> None:
+        next_line[region.path] += line_count
+        if done and region.last:
+            checkpoints.append(checkpoint_for(region.path, region.end, next_line[region.path]))
+
     pool = None
-    if workers > 0 and total_bytes > 2 * PARALLEL_CHUNK_BYTES:
+    if workers > 0 and total_bytes > 2 * chunk_bytes:
         pool = multiprocessing.get_context("fork").Pool(workers)
     try:
-        source_ids = {path: store.source_id(str(path)) for path in files}
+        regions = _regions(sizes, source_ids, chunk_bytes)
         if pool is None:
-            chunks = _sequential_chunks(sizes, settings)
+            for region, lines, done in _read_regions(regions, settings.max_line_bytes):
+                processor.process(str(region.path), region.source_id, lines)
+                count(region, len(lines.items), done)
+                bar.advance(lines.end - lines.offset, processor.seen)
+                if processor.pending.accepted >= COMMIT_EVERY or processor.crowded:
+                    derived += len(processor.commit(checkpoints, everything=False))
+                    checkpoints = []
         else:
-            chunks = _parallel_chunks(pool, 2 * workers, sizes, source_ids, settings)
-        next_line = 1
-        for path, chunk in chunks:
-            next_line = chunk.merge_into(processor, str(path), source_ids[path], next_line)
-            bar.advance(chunk.size, processor.total.accepted + processor.pending.accepted)
-            if chunk.file_end:
-                lines += next_line - 1
-                checkpoints.append(checkpoint_for(path, sizes[path], next_line))
-                next_line = 1
-            if processor.pending.accepted >= COMMIT_EVERY:
-                derived += len(processor.commit(checkpoints, everything=False))
-                checkpoints = []
+            for folded in _fold_in_workers(pool, 2 * workers, regions, chunk_bytes,
+                                           settings.max_line_bytes):
+                folded.merge_into(processor, next_line)
+                for region, lines_in_region in zip(folded.regions, folded.line_counts,
+                                                   strict=True):
+                    count(region, lines_in_region, True)
+                bar.advance(sum(r.end - r.start for r in folded.regions), processor.seen)
+                if processor.pending.accepted >= COMMIT_EVERY or processor.crowded:
+                    derived += len(processor.commit(checkpoints, everything=False))
+                    checkpoints = []
     finally:
         if pool is not None:
             pool.terminate()
@@ -157,88 +172,110 @@ def _build(files: list[Path], store: SqliteStore, settings: Settings, progress: 
     store.set_meta([("event_time_now", str(processor.max_event_time))])
     derived += len(processor.commit(checkpoints))
     bar.close()
+    lines = sum(next_line.values()) - len(next_line)
     return ReplaySummary("", len(files), total_bytes, lines, time.perf_counter() - started,
                          processor.total, derived_events=derived)
 
 
+@dataclass(frozen=True, slots=True)
+class Region:
+    """[start, end) of one file, starting at a line start; `last` if it ends the file."""
+
+    path: Path
+    source_id: int
+    start: int
+    end: int
+    last: bool
+
+
 @dataclass(slots=True)
-class Chunk:
-    """Lines of one file region: either raw lines to fold here, or a worker's folded result."""
+class Folded:
+    """A worker's fold of some regions: partial group states plus per-region bookkeeping."""
 
-    size: int
-    file_end: bool
-    lines: Lines | None = None
-    groups: dict[str, tuple[State, bytes]] = field(default_factory=dict)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    tally: Tally = field(default_factory=Tally)
-    line_count: int = 0
-    max_event_time: int = 0
+    regions: list[Region]
+    line_counts: list[int]
+    dead_letters: list[list[DeadLetter]]  # per region; lines numbered from the region start
+    groups: dict[str, tuple[State, bytes]]
+    tally: Tally
+    max_event_time: int
 
-    def merge_into(self, processor: Processor, source: str, source_id: int,
-                   first_line: int) -> int:
-        """Fold or merge this chunk; returns the line number that follows it."""
-        if self.lines is not None:
-            processor.process(source, source_id, self.lines)
-            return first_line + len(self.lines.items)
+    def merge_into(self, processor: Processor, next_line: dict[Path, int]) -> None:
         for key, (state, index) in self.groups.items():
             processor.merge(key, state, index)
-        for letter in self.dead_letters:  # worker line numbers count from its chunk start
-            processor.changes.dead_letters.append(DeadLetter(
-                letter.source, letter.offset, letter.line + first_line - 1, letter.reason,
-                letter.detail, letter.raw, letter.raw_size))
+        for region, letters in zip(self.regions, self.dead_letters, strict=True):
+            base = next_line[region.path] - 1
+            processor.changes.dead_letters.extend(DeadLetter(
+                d.source, d.offset, d.line + base, d.reason, d.detail, d.raw, d.raw_size)
+                for d in letters)
         processor.pending.blank += self.tally.blank
         for reason, count in self.tally.rejected.items():
             processor.pending.rejected[reason] = processor.pending.rejected.get(reason, 0) + count
         processor.max_event_time = max(processor.max_event_time, self.max_event_time)
-        return first_line + self.line_count
 
 
-def _sequential_chunks(sizes: dict[Path, int], settings: Settings
-                       ) -> Iterator[tuple[Path, Chunk]]:
+def _regions(sizes: dict[Path, int], source_ids: dict[Path, int],
+             chunk_bytes: int) -> Iterator[Region]:
     for path, size in sizes.items():
-        splitter = LineSplitter(max_line_bytes=settings.max_line_bytes, keep=RAW_KEEP)
-        with path.open("rb") as handle:
-            remaining = size
+        if size <= 2 * chunk_bytes:
+            yield Region(path, source_ids[path], 0, size, True)
+            continue
+        for start, end in _line_aligned_ranges(path, size, chunk_bytes):
+            yield Region(path, source_ids[path], start, end, end == size)
+
+
+def _read_regions(regions: Iterator[Region], max_line_bytes: int
+                  ) -> Iterator[tuple[Region, Lines, bool]]:
+    """Lines of each region in bounded pieces; the flag marks a region's last piece."""
+    for region in regions:
+        splitter = LineSplitter(region.start, 1, max_line_bytes=max_line_bytes, keep=RAW_KEEP)
+        with region.path.open("rb") as handle:
+            handle.seek(region.start)
+            remaining = region.end - region.start
             while remaining > 0 and (data := handle.read(min(CHUNK_BYTES, remaining))):
                 remaining -= len(data)
-                yield path, Chunk(len(data), False, splitter.feed(data))
-        yield path, Chunk(0, True, splitter.finish())
+                yield region, splitter.feed(data), remaining <= 0 and not region.last
+        if region.last:
+            yield region, splitter.finish(), True
 
 
-def _parallel_chunks(pool: Any, window: int, sizes: dict[Path, int],
-                     source_ids: dict[Path, int], settings: Settings
-                     ) -> Iterator[tuple[Path, Chunk]]:
-    """Worker results in file order, with at most `window` regions in flight."""
-    pending: deque[tuple[Path, Any]] = deque()
-    for path, size in sizes.items():
-        for start, end in _line_aligned_ranges(path, size, PARALLEL_CHUNK_BYTES):
-            task = (str(path), source_ids[path], start, end, end == size,
-                    settings.max_line_bytes)
-            pending.append((path, pool.apply_async(_fold_region, (task,))))
-            if len(pending) >= window:
-                done, result = pending.popleft()
-                yield done, result.get()
-    while pending:
-        done, result = pending.popleft()
-        yield done, result.get()
+def _fold_in_workers(pool: Any, window: int, regions: Iterator[Region], chunk_bytes: int,
+                     max_line_bytes: int) -> Iterator[Folded]:
+    """Regions batched to about `chunk_bytes` per task (many small files share one),
+    folded by the pool; results in input order with at most `window` tasks in flight."""
+    pending: deque[Any] = deque()
+    batch: list[Region] = []
+    batch_bytes = 0
+    for region in itertools.chain(regions, [None]):
+        if region is not None:
+            batch.append(region)
+            batch_bytes += region.end - region.start
+        if batch and (region is None or batch_bytes >= chunk_bytes):
+            pending.append(pool.apply_async(_fold_regions, (batch, max_line_bytes)))
+            batch, batch_bytes = [], 0
+        while pending and (len(pending) >= window or region is None):
+            yield pending.popleft().get()
 
 
-def _fold_region(task: tuple[str, int, int, int, bool, int]) -> Chunk:
-    """In a worker: decode and fold the lines of one file region into partial group states."""
-    source, source_id, start, end, last, max_line_bytes = task
-    with open(source, "rb") as handle:
-        handle.seek(start)
-        data = handle.read(end - start)
+def _fold_regions(regions: list[Region], max_line_bytes: int) -> Folded:
+    """In a worker: decode and fold some regions into partial group states."""
     folder = Processor(None, stall_after_s=1, max_line_bytes=max_line_bytes,
                        wall_clock=wall_clock, max_groups=1 << 62)
-    splitter = LineSplitter(start, 1, max_line_bytes=max_line_bytes, keep=RAW_KEEP)
-    folder.process(source, source_id, splitter.feed(data))
-    if last:
-        folder.process(source, source_id, splitter.finish())
+    line_counts: list[int] = []
+    letters: list[list[DeadLetter]] = []
+    fresh = True
+    for region, lines, done in _read_regions(iter(regions), max_line_bytes):
+        if fresh:
+            line_counts.append(0)
+            letters.append([])
+        before = len(folder.changes.dead_letters)
+        folder.process(str(region.path), region.source_id, lines)
+        line_counts[-1] += len(lines.items)
+        letters[-1].extend(folder.changes.dead_letters[before:])
+        fresh = done
     groups = {key: (group.state, orjson.dumps(group.new_index))
               for key, group in folder.cache.items()}
-    return Chunk(len(data), last, None, groups, folder.changes.dead_letters, folder.pending,
-                 splitter.line - 1, folder.max_event_time)
+    return Folded(regions, line_counts, letters, groups, folder.pending,
+                  folder.max_event_time)
 
 
 def _line_aligned_ranges(path: Path, size: int, chunk: int) -> list[tuple[int, int]]:

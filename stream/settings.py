@@ -51,7 +51,7 @@ class Settings(BaseModel):
     logs_dir: Path = Path("logs")
     stall_after: Seconds = 1800.0
     max_line_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
-    cache_groups: int = Field(default=4096, ge=1)
+    cache_groups: int = Field(default=1024, ge=1)
     sources: list[Source] = Field(default_factory=list)
     rescan_interval: Seconds = 5.0
     tick_interval: Seconds = 1.0

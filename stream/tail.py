@@ -22,12 +22,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-from runwatch.projections import DerivedEvent
-from runwatch.sinks.audit import AuditLog
-from runwatch.sinks.sqlite_store import SqliteStore
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
+
+from runwatch.projections import DerivedEvent
+from runwatch.sinks.audit import AuditLog
+from runwatch.sinks.sqlite_store import SqliteStore
 
 from .follow import Follower, Read, watched_directories
 from .processor import Processor

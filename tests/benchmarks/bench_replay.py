@@ -61,6 +61,7 @@ TARGET_RATIO: Final = 1.0
 TARGET_RSS_MB: Final = 250.0
 TARGET_GROWTH: Final = 1.25  # "nearly flat": the 5M peak at most 25 % above the 1M peak
 WORKERS_ENV: Final = "RUNWATCH_REPLAY_WORKERS"
+SOURCE_LAYERS: Final = ("stream", "projections", "sinks")
 MAXRSS_WRAPPER: Final = (
     "import resource, subprocess, sys\n"
     "code = subprocess.call(sys.argv[2:])\n"
@@ -475,6 +476,15 @@ def source_revision() -> str:
     return f"{commit}{' + uncommitted changes' if dirty else ''}"
 
 
+def source_fingerprint() -> str:
+    """A digest of the package sources: replay runs them from the working tree (editable
+    install), so a change while the benchmark runs would mix two versions."""
+    digest = hashlib.sha256()
+    for path in sorted(p for layer in SOURCE_LAYERS for p in (REPO / layer).rglob("*.py")):
+        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def machine_facts(jq: str | None, cli: Sequence[str], workers_option: bool) -> dict[str, Any]:
     memory_kb = proc_kb("/proc/meminfo", "MemTotal")["MemTotal"]
     return {
@@ -490,6 +500,7 @@ def machine_facts(jq: str | None, cli: Sequence[str], workers_option: bool) -> d
         "maxrss_via": str(GNU_TIME) if GNU_TIME.exists() else "python RUSAGE_CHILDREN wrapper",
         "runwatch": shlex.join(cli),
         "runwatch_source": source_revision(),
+        "source_fingerprint": source_fingerprint(),
         "replay_workers_option": workers_option,
     }
 
@@ -591,7 +602,11 @@ def report(machine: dict[str, Any], corpora: Sequence[Corpus],
            measurements: Sequence[Measurement], has_jq: bool) -> dict[str, Any]:
     lines, figures = key_figures(measurements, corpora, has_jq)
     by_label = {c.label: c for c in corpora}
-    print(f"runwatch replay benchmark, {machine['date']}, source {machine['runwatch_source']}")
+    print(f"runwatch replay benchmark, {machine['date']}, source {machine['runwatch_source']} "
+          f"(sources {machine['source_fingerprint']})")
+    if machine["source_fingerprint_at_end"] != machine["source_fingerprint"]:
+        print(f"WARNING: the sources changed during the run (now "
+              f"{machine['source_fingerprint_at_end']}): the figures mix two versions")
     print(f"machine: nproc {machine['nproc']} (usable {machine['usable_cpus']}), "
           f"{machine['cpu']}, {machine['memory_gib']} GiB RAM; Python {machine['python']}; "
           f"{machine['jq']}; max RSS via {machine['maxrss_via']}; load average at start "
@@ -663,6 +678,7 @@ def run(args: argparse.Namespace) -> int:
         if corpora[1].label == corpora[0].label:
             corpora[1].label += " (big)"
         measurements += bench_corpus(cli, corpora[1], out, 1, jq is not None, False)
+    machine["source_fingerprint_at_end"] = source_fingerprint()
     figures = report(machine, corpora, measurements, jq is not None)
     if args.json:
         args.json.write_text(json.dumps(as_json(machine, corpora, measurements, figures),
