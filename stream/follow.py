@@ -97,6 +97,7 @@ class Follower:
         self.cursors: dict[FileId, Cursor] = {}
         self.by_path: dict[str, FileId] = {}
         self.forgotten: list[FileId] = []
+        self.unreadable: set[str] = set()
         self.saved = store.checkpoints()
 
     def discover(self) -> None:
@@ -111,8 +112,10 @@ class Follower:
             cursor = self.cursors.get(file_id)
             if cursor is not None:
                 if cursor.path != path:  # renamed to a name that matches too
-                    self.by_path.pop(str(cursor.path), None)
+                    if self.by_path.get(str(cursor.path)) == file_id:
+                        del self.by_path[str(cursor.path)]
                     cursor.path = path
+                cursor.rotated_at = None  # followed under this name from now on
                 self.by_path[str(path)] = file_id
                 continue
             self._open(path, file_id)
@@ -125,21 +128,21 @@ class Follower:
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
-            self._note("SOURCE_UNREADABLE", path, {"error": exc.strerror or str(exc)})
+            if str(path) not in self.unreadable:  # say it once, not at every re-scan
+                self.unreadable.add(str(path))
+                self._note("SOURCE_UNREADABLE", path, {"error": exc.strerror or str(exc)})
             return None
+        self.unreadable.discard(str(path))
         if (os.fstat(fd).st_dev, os.fstat(fd).st_ino) != file_id:  # replaced meanwhile
             os.close(fd)
             return None
         saved = self.saved.pop(file_id, None)
         start, line, source = 0, 1, str(path)
         if saved is not None:
-            if not _same_digest(fd, saved.fingerprint, 0):
-                self._note("SOURCE_REPLACED", path, {"reason": "inode reused by another file"})
-            elif not _same_digest(fd, saved.tail_hash, saved.offset):
-                self._note("SOURCE_TRUNCATED", path, {"offset": saved.offset, "copy": None,
-                                                      "while": "stopped"})
-            else:
+            if _holds(fd, saved):
                 start, line, source = saved.offset, saved.line, saved.source
+            else:
+                self._changed_while_stopped(path, fd, saved)
         splitter = LineSplitter(start, line, max_line_bytes=self.max_line_bytes, keep=RAW_KEEP)
         cursor = Cursor(path, source, self.store.source_id(source), file_id, fd, splitter)
         cursor.refresh_edges()
@@ -149,6 +152,32 @@ class Follower:
         if not rotated:
             self.by_path[str(path)] = file_id
         return cursor
+
+    def _changed_while_stopped(self, path: Path, fd: int, saved: Checkpoint) -> None:
+        """The checkpointed file no longer holds what was read: finish the old content from a
+        copy next to it (copytruncate while stopped), then the file is read from 0."""
+        for sibling in _siblings(path):
+            try:
+                copy_fd = os.open(sibling, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                info = os.fstat(copy_fd)
+                matches = _holds(copy_fd, saved)
+            finally:
+                os.close(copy_fd)
+            copy_id = (info.st_dev, info.st_ino)
+            if matches and copy_id not in self.cursors:
+                self._note("SOURCE_TRUNCATED", path, {"offset": saved.offset,
+                                                      "copy": str(sibling), "while": "stopped"})
+                self.saved[copy_id] = saved
+                self._open(sibling, copy_id, rotated=True)
+                return
+        if _same_digest(fd, saved.fingerprint, 0):
+            self._note("SOURCE_TRUNCATED", path, {"offset": saved.offset, "copy": None,
+                                                  "while": "stopped"})
+        else:
+            self._note("SOURCE_REPLACED", path, {"reason": "another file has its inode"})
 
     def _recover(self, file_id: FileId, saved: Checkpoint) -> None:
         """A checkpointed file no longer matches the patterns: find it renamed nearby."""
@@ -311,6 +340,13 @@ def watched_directories(patterns: list[str]) -> list[tuple[Path, bool]]:
             base = base.parent
         out[base.absolute()] = out.get(base.absolute(), False) or recursive
     return sorted(out.items())
+
+
+def _holds(fd: int, saved: Checkpoint) -> bool:
+    """Whether an open file still has the checkpoint's first bytes and the bytes before its
+    offset: then it is the same file, grown or not."""
+    return _same_digest(fd, saved.fingerprint, 0) and \
+        _same_digest(fd, saved.tail_hash, saved.offset)
 
 
 def _same_digest(fd: int, digest: str, end: int) -> bool:
