@@ -34,7 +34,9 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python tests/benchmarks/bench_replay.py
+	@command -v jq >/dev/null || (apt-get install -y jq >/dev/null 2>&1 || echo "jq not installed: the replay/jq ratio is skipped")
+	$(BIN)/python tests/benchmarks/bench_replay.py --json bench-out/replay.json
+	$(BIN)/python tests/benchmarks/bench_tail.py --json bench-out/tail.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check stream projections sinks tests

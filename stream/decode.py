@@ -95,6 +95,8 @@ def _normalise(obj: dict[str, Any], line: bytes) -> Event:
         normal = _event_type(field, etype)
 
     when = get("timestamp")
+    if when is None:
+        when = get("ts")
     time: int | None = None
     if type(when) is str:  # the common case, inlined: ISO-8601 with an offset, in range
         try:
@@ -213,15 +215,12 @@ def _id(obj: dict[str, Any], name: str, prefix: str = "") -> str | None:
 
 
 def _scoped_id(obj: dict[str, Any], payload: dict[str, Any], fields: tuple[str, ...]) -> str | None:
-    for name in fields:
-        value = _id(obj, name)
-        if value is not None:
-            return value
-    if payload:
+    """The first of `fields` present at the top level, else in the payload."""
+    for where, prefix in ((obj, ""), (payload, "payload.")):
         for name in fields:
-            value = _id(payload, name, "payload.")
-            if value is not None:
-                return value
+            value = where.get(name)
+            if value is not None and value != "":
+                return value if type(value) is str else _id(where, name, prefix)
     return None
 
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from runwatch.projections import DerivedEvent
 from runwatch.sinks.sqlite_store import Checkpoint, SqliteStore
@@ -26,6 +27,8 @@ from .files import FINGERPRINT_BYTES, TAIL_HASH_BYTES
 from .lines import Lines, LineSplitter
 
 FileId = tuple[int, int]
+MIN_READ: Final = 64 * 1024
+"""A pass stops reading once less than this is left of its budget."""
 
 
 def _digest(data: bytes) -> str:
@@ -98,6 +101,7 @@ class Follower:
         self.by_path: dict[str, FileId] = {}
         self.forgotten: list[FileId] = []
         self.unreadable: set[str] = set()
+        self.behind = False
         self.saved = store.checkpoints()
 
     def discover(self) -> None:
@@ -195,8 +199,9 @@ class Follower:
         self._note("SOURCE_GONE", Path(saved.source), {"offset": saved.offset})
 
     def read(self, budget: int, paths: Iterable[str] | None = None) -> list[Read]:
-        """Read what has been appended, at most `budget` bytes in all. `paths` limits the
-        reading to files known to have changed (rotated files are always read)."""
+        """Read what has been appended, at most about `budget` bytes in all. `paths` limits
+        the reading to files known to have changed (rotated files are always read). Sets
+        `behind` when bytes were left unread for lack of budget."""
         if paths is None:
             cursors = list(self.cursors.values())
         else:
@@ -204,13 +209,16 @@ class Follower:
             cursors = [c for c in self.cursors.values()
                        if c.file_id in wanted or c.rotated_at is not None]
         reads = []
+        self.behind = False
         for cursor in cursors:
-            if budget <= 0:
+            if budget < MIN_READ:
+                self.behind = True
                 break
             self._check_name(cursor)
-            lines = self._read_one(cursor, budget)
+            lines, used, left = self._read_one(cursor, budget)
+            budget -= used
+            self.behind = self.behind or left > 0
             if lines is not None:
-                budget -= lines.end - lines.offset
                 reads.append(Read(cursor, lines))
         return reads
 
@@ -231,22 +239,24 @@ class Follower:
             if current is not None and current not in self.cursors:
                 self._open(cursor.path, current)
 
-    def _read_one(self, cursor: Cursor, budget: int) -> Lines | None:
+    def _read_one(self, cursor: Cursor, budget: int) -> tuple[Lines | None, int, int]:
+        """(lines, bytes read, bytes left unread) for one file."""
         size = os.fstat(cursor.fd).st_size
         if cursor.rewritten(size):
             self._truncated(cursor)
             size = os.fstat(cursor.fd).st_size
         position = cursor.position
         if size <= position:
-            return None
+            return None, 0, 0
         data = os.pread(cursor.fd, min(budget, size - position), position)
+        left = size - position - len(data)
         if not data:
-            return None
+            return None, 0, left
         lines = cursor.splitter.feed(data)
         if lines.items:
             cursor.refresh_edges()
             cursor.advanced = True
-        return lines
+        return lines, len(data), left
 
     def _truncated(self, cursor: Cursor) -> None:
         """Finish the old content from its copy, if one is next to it, then start over at 0."""
@@ -311,7 +321,8 @@ def matching_files(patterns: list[str]) -> list[Path]:
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            found.update(p.absolute() for p in path.rglob("*.jsonl") if p.is_file())
+            for folder, _dirs, names in os.walk(path.absolute()):
+                found.update(Path(folder, name) for name in names if name.endswith(".jsonl"))
         elif glob.has_magic(pattern):
             found.update(Path(p).absolute() for p in glob.glob(pattern, recursive=True)
                          if os.path.isfile(p))

@@ -30,7 +30,7 @@ from runwatch.projections import DerivedEvent
 from runwatch.sinks.audit import AuditLog
 from runwatch.sinks.sqlite_store import SqliteStore
 
-from .follow import Follower, Read, watched_directories
+from .follow import Follower, watched_directories
 from .processor import Processor
 from .replay import wall_clock
 from .settings import Settings
@@ -175,20 +175,22 @@ class TailService:
     def _loop(self, processor: Processor, follower: Follower, notes: list[DerivedEvent],
               audit: AuditLog, handler: _Wakeup) -> None:
         now = time.monotonic()
-        due_rescan = now  # the first pass reads everything already in the files
+        due_rescan = now + self.intervals.rescan
         due_tick = now + self.intervals.tick
         due_heartbeat = now + self.intervals.heartbeat
         budget = self.settings.batch_max_bytes
+        behind = True  # unread bytes may be in any file (at the start: everything is unread)
         while not self.stopping:
             self.wake.clear()
             paths, rescan = handler.take()
             now = time.monotonic()
+            paths_to_read: set[str] | None = paths
             if rescan or now >= due_rescan:
                 follower.discover()
                 due_rescan = now + self.intervals.rescan
-                paths_to_read: set[str] | None = None
-            else:
-                paths_to_read = paths
+                paths_to_read = None
+            elif behind:
+                paths_to_read = None
             reads = follower.read(budget, paths_to_read)
             follower.retire(reads)
             for read in reads:
@@ -202,7 +204,8 @@ class TailService:
                     "open_runs": len(processor.open_runs), "files": len(follower.cursors)}))
                 due_heartbeat = now + self.intervals.heartbeat
             self._commit(processor, follower, notes, audit)
-            if _full(reads, budget):
+            behind = follower.behind
+            if behind:
                 continue  # more is waiting: keep reading without sleeping
             timeout = max(0.0, min(due_rescan, due_tick, due_heartbeat) - time.monotonic())
             self.wake.wait(timeout)
@@ -244,10 +247,6 @@ class TailService:
 def _restore_signals(previous: dict[int, Callable[[int, FrameType | None], Any] | Any]) -> None:
     for signum, handler in previous.items():
         signal.signal(signum, handler)
-
-
-def _full(reads: list[Read], budget: int) -> bool:
-    return sum(r.lines.end - r.lines.offset for r in reads) >= budget
 
 
 def _console_line(record: dict[str, Any]) -> str:
