@@ -58,6 +58,7 @@ class Settings(BaseModel):
     heartbeat_interval: Seconds = 30.0
     rotate_wait: Seconds = 5.0
     batch_max_bytes: int = Field(default=4 * 1024 * 1024, ge=4096)
+    linger: float = Field(default=0.01, ge=0, le=1)
 
 
 def load_settings(path: Path | None, *, required: bool = False) -> tuple[Settings, Path | None]:

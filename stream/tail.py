@@ -10,6 +10,7 @@ however far behind the service is.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -139,37 +140,39 @@ class TailService:
         self.wake.set()
 
     def run(self) -> int:
-        lock = DatabaseLock(self.settings.database)
-        lock.acquire()
-        store = SqliteStore(self.settings.database)
-        notes: list[DerivedEvent] = []
-        processor = Processor(store, stall_after_s=self.settings.stall_after,
-                              max_line_bytes=self.settings.max_line_bytes,
-                              wall_clock=wall_clock, max_groups=self.settings.cache_groups)
-        follower = Follower(self.patterns, store, max_line_bytes=self.settings.max_line_bytes,
-                            rotate_wait_s=self.settings.rotate_wait, notes=notes)
-        audit = AuditLog(self.settings.logs_dir / "monitor.jsonl", store)
-        handler = _Wakeup(self.wake)
-        observer = self._observer(handler)
+        """Serve until stopped; returns the exit code. A stop requested while starting up is
+        honoured as soon as the service is consistent (it still writes MONITOR_STOPPED)."""
         previous = self._install_signals()
-        try:
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(_restore_signals, previous)
+            lock = DatabaseLock(self.settings.database)
+            lock.acquire()
+            cleanup.callback(lock.release)
+            store = SqliteStore(self.settings.database)
+            cleanup.callback(store.close)
+            notes: list[DerivedEvent] = []
+            processor = Processor(store, stall_after_s=self.settings.stall_after,
+                                  max_line_bytes=self.settings.max_line_bytes,
+                                  wall_clock=wall_clock, max_groups=self.settings.cache_groups)
+            follower = Follower(self.patterns, store,
+                                max_line_bytes=self.settings.max_line_bytes,
+                                rotate_wait_s=self.settings.rotate_wait, notes=notes)
+            cleanup.callback(follower.close)
+            audit = AuditLog(self.settings.logs_dir / "monitor.jsonl", store)
+            handler = _Wakeup(self.wake)
+            observer = self._observer(handler)
             processor.derived.append(self._lifecycle("MONITOR_STARTED", {
                 "pid": os.getpid(), "database": str(self.settings.database),
                 "patterns": self.patterns}))
             follower.discover()
             self._commit(processor, follower, notes, audit)
             observer.start()
+            cleanup.callback(observer.join, 0.2)  # daemon threads; everything is committed
+            cleanup.callback(observer.stop)
             self._loop(processor, follower, notes, audit, handler)
             processor.derived.append(self._lifecycle("MONITOR_STOPPED", {
                 "uptime_s": round(time.monotonic() - self.started, 3)}))
             self._commit(processor, follower, notes, audit)
-        finally:
-            observer.stop()
-            _restore_signals(previous)
-            follower.close()
-            store.close()
-            lock.release()
-            observer.join(timeout=0.2)  # its threads are daemons; all is committed
         return 0
 
     def _loop(self, processor: Processor, follower: Follower, notes: list[DerivedEvent],
@@ -181,6 +184,8 @@ class TailService:
         budget = self.settings.batch_max_bytes
         behind = True  # unread bytes may be in any file (at the start: everything is unread)
         while not self.stopping:
+            if not behind and self.settings.linger > 0:
+                time.sleep(self.settings.linger)  # let a trickle of lines share one commit
             self.wake.clear()
             paths, rescan = handler.take()
             now = time.monotonic()
