@@ -15,6 +15,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from runwatch.stream import simulate as simulate_module
 from runwatch.stream.simulate import SimulationSummary, add_arguments, run, simulate
 
