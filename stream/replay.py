@@ -172,8 +172,8 @@ def _build(files: list[Path], store: SqliteStore, settings: Settings, progress: 
     store.set_meta([("event_time_now", str(processor.max_event_time))])
     derived += len(processor.commit(checkpoints))
     bar.close()
-    lines = sum(next_line.values()) - len(next_line)
-    return ReplaySummary("", len(files), total_bytes, lines, time.perf_counter() - started,
+    line_total = sum(next_line.values()) - len(next_line)
+    return ReplaySummary("", len(files), total_bytes, line_total, time.perf_counter() - started,
                          processor.total, derived_events=derived)
 
 
