@@ -10,6 +10,7 @@ lines seen twice through a copy are applied once.
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import hashlib
 import os
@@ -93,6 +94,7 @@ class Follower:
     def __init__(self, patterns: list[str], store: SqliteStore, *, max_line_bytes: int,
                  rotate_wait_s: float, notes: list[DerivedEvent]) -> None:
         self.patterns = patterns
+        self.scanner = Scanner(patterns)
         self.store = store
         self.max_line_bytes = max_line_bytes
         self.rotate_wait_s = rotate_wait_s
@@ -107,7 +109,10 @@ class Follower:
     def discover(self) -> None:
         """Pick up files matching the patterns; resume each from its checkpoint if it is the
         same file, and finish files rotated away while the service was down."""
-        for path in matching_files(self.patterns):
+        for name in self.scanner.files():
+            if name in self.by_path:
+                continue  # followed already; renames and replacements show in _check_name
+            path = Path(name)
             try:
                 info = path.stat()
             except FileNotFoundError:
@@ -210,8 +215,9 @@ class Follower:
                        if c.file_id in wanted or c.rotated_at is not None]
         reads = []
         self.behind = False
+        full = budget
         for cursor in cursors:
-            if budget < MIN_READ:
+            if budget <= 0 or budget < min(MIN_READ, full):
                 self.behind = True
                 break
             self._check_name(cursor)
@@ -242,10 +248,13 @@ class Follower:
     def _read_one(self, cursor: Cursor, budget: int) -> tuple[Lines | None, int, int]:
         """(lines, bytes read, bytes left unread) for one file."""
         size = os.fstat(cursor.fd).st_size
+        position = cursor.position
+        if size == position:
+            return None, 0, 0  # unchanged (a rewrite to the very same size shows once it grows)
         if cursor.rewritten(size):
             self._truncated(cursor)
             size = os.fstat(cursor.fd).st_size
-        position = cursor.position
+            position = cursor.position
         if size <= position:
             return None, 0, 0
         data = os.pread(cursor.fd, min(budget, size - position), position)
@@ -314,21 +323,81 @@ class Follower:
         self.notes.append(DerivedEvent(kind, _now_us(), None, {"source": str(path), **data}))
 
 
-def matching_files(patterns: list[str]) -> list[Path]:
-    """Files matching patterns now: a directory means every `*.jsonl` below it. Unlike
-    replay's `expand`, a pattern that matches nothing yet is not an error."""
-    found: set[Path] = set()
-    for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():
-            for folder, _dirs, names in os.walk(path.absolute()):
-                found.update(Path(folder, name) for name in names if name.endswith(".jsonl"))
-        elif glob.has_magic(pattern):
-            found.update(Path(p).absolute() for p in glob.glob(pattern, recursive=True)
-                         if os.path.isfile(p))
-        elif path.is_file():
-            found.add(path.absolute())
-    return sorted(found)
+class Scanner:
+    """Lists the files the patterns match now; a directory means every `*.jsonl` below it,
+    and a pattern that matches nothing yet is not an error (unlike replay's `expand`).
+
+    Re-scans are cheap on big trees: a directory whose modification time has not changed
+    has the same entries, so it costs one stat instead of a listing."""
+
+    def __init__(self, patterns: list[str]) -> None:
+        self.patterns = patterns
+        self.listings: dict[str, tuple[int, list[str], list[str]]] = {}
+
+    def files(self) -> list[str]:
+        found: set[str] = set()
+        for pattern in self.patterns:
+            absolute = os.path.abspath(pattern)
+            if os.path.isdir(absolute):
+                found.update(self._tree(absolute, "*.jsonl"))
+            elif glob.has_magic(pattern):
+                base = _static_prefix(absolute)
+                if "**" in pattern:
+                    # fnmatch's * crosses "/"; glob's "**/" may also match no folder at all
+                    shallow = absolute.replace("**" + os.sep, "")
+                    found.update(p for p in self._tree(base, "*")
+                                 if fnmatch.fnmatchcase(p, absolute)
+                                 or fnmatch.fnmatchcase(p, shallow))
+                else:
+                    found.update(os.path.abspath(p) for p in glob.glob(pattern)
+                                 if os.path.isfile(p))
+            elif os.path.isfile(absolute):
+                found.add(absolute)
+        return sorted(found)
+
+    def _tree(self, root: str, name_pattern: str) -> list[str]:
+        out: list[str] = []
+        stack = [root]
+        while stack:
+            folder = stack.pop()
+            try:
+                modified = os.stat(folder).st_mtime_ns
+            except OSError:
+                self.listings.pop(folder, None)
+                continue
+            listing = self.listings.get(folder)
+            if listing is None or listing[0] != modified:
+                listing = (modified, *_list(folder))
+                self.listings[folder] = listing
+            out.extend(p for p in listing[2]
+                       if fnmatch.fnmatchcase(os.path.basename(p), name_pattern))
+            stack.extend(listing[1])
+        return out
+
+
+def _list(folder: str) -> tuple[list[str], list[str]]:
+    """(subdirectories, files) of one directory; links are not followed."""
+    subdirectories, files = [], []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    subdirectories.append(entry.path)
+                elif entry.is_file():
+                    files.append(entry.path)
+    except OSError:
+        pass
+    return subdirectories, files
+
+
+def _static_prefix(pattern: str) -> str:
+    """The directory part of a glob before its first wildcard."""
+    parts = []
+    for part in pattern.split(os.sep):
+        if glob.has_magic(part):
+            break
+        parts.append(part)
+    return os.sep.join(parts) or os.sep
 
 
 def watched_directories(patterns: list[str]) -> list[tuple[Path, bool]]:

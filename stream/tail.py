@@ -204,8 +204,9 @@ class TailService:
                 processor.detect(time.time_ns() // 1000)
                 due_tick = now + self.intervals.tick
             if now >= due_heartbeat:
+                accepted = follower.store.counters().get("events_accepted", 0)
                 processor.derived.append(self._lifecycle("HEARTBEAT", {
-                    "events_accepted": processor.total.accepted + processor.pending.accepted,
+                    "events_accepted": accepted + processor.pending.accepted,
                     "open_runs": len(processor.open_runs), "files": len(follower.cursors)}))
                 due_heartbeat = now + self.intervals.heartbeat
             self._commit(processor, follower, notes, audit)
