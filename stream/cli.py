@@ -139,13 +139,19 @@ def _settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def _patterns(args: argparse.Namespace, settings: Settings, command: str) -> list[str]:
+    """PATH arguments, else every path of the config's sources."""
+    patterns: list[str] = args.paths or [p for source in settings.sources for p in source.paths]
+    if not patterns:
+        raise UsageError(f"{command}: give PATHs, or list sources in the config file")
+    return patterns
+
+
 def _replay(args: argparse.Namespace) -> int:
     from .replay import replay
 
     settings = _settings(args)
-    patterns = args.paths or [p for source in settings.sources for p in source.paths]
-    if not patterns:
-        raise UsageError("replay: give PATHs, or list sources in the config file")
+    patterns = _patterns(args, settings, "replay")
     files = expand(patterns)
     if not files:
         raise UsageError(f"replay: no files match {' '.join(patterns)}")
@@ -181,10 +187,8 @@ def _tail(args: argparse.Namespace) -> int:
     from .tail import TailService
 
     settings = _settings(args)
-    patterns = args.paths or [p for source in settings.sources for p in source.paths]
-    if not patterns:
-        raise UsageError("tail: give PATHs, or list sources in the config file")
-    service = TailService(patterns, settings, poll=args.poll, quiet=args.quiet)
+    service = TailService(_patterns(args, settings, "tail"), settings, poll=args.poll,
+                          quiet=args.quiet)
     return service.run()
 
 
