@@ -188,6 +188,8 @@ def parse_time(value: Any, field: str = "timestamp") -> int:
         seconds = value / 1000 if value > 1e11 else value
         if not math.isfinite(seconds) or seconds < 0:
             raise BadField("bad_time", f"{field} is not a valid epoch time: {value!r}")
+        if seconds > _MAX_US / 1_000_000:  # before multiplying: a huge float overflows
+            raise BadField("bad_time", f"{field} is out of range: {value!r}")
         micros = round(seconds * 1_000_000)
         if micros > _MAX_US:
             raise BadField("bad_time", f"{field} is out of range: {value!r}")

@@ -432,3 +432,11 @@ def test_time_helper_exposes_microseconds() -> None:
     since_epoch = (datetime(2025, 11, 26, 14, 46, 52, 742613, tzinfo=UTC)
                    - datetime(1970, 1, 1, tzinfo=UTC))
     assert since_epoch // timedelta(microseconds=1) == T0_US
+
+
+def test_huge_float_epoch_is_bad_time_not_a_crash() -> None:
+    """A float so large that converting it to microseconds overflows is rejected, not raised."""
+    result = decode(b'{"event_type":"run_started","timestamp":1.797693134862316e+305,'
+                    b'"run_id":"r"}')
+    assert isinstance(result, Rejection)
+    assert result.reason == "bad_time"
