@@ -93,7 +93,6 @@ class Follower:
 
     def __init__(self, patterns: list[str], store: SqliteStore, *, max_line_bytes: int,
                  rotate_wait_s: float, notes: list[DerivedEvent]) -> None:
-        self.patterns = patterns
         self.scanner = Scanner(patterns)
         self.store = store
         self.max_line_bytes = max_line_bytes
@@ -306,13 +305,6 @@ class Follower:
                 advanced.append(cursor.checkpoint())
         forgotten, self.forgotten = self.forgotten, []
         return advanced, forgotten
-
-    def backlog(self) -> int:
-        """Bytes appended to followed files and not yet read."""
-        total = 0
-        for cursor in self.cursors.values():
-            total += max(0, os.fstat(cursor.fd).st_size - cursor.position)
-        return total
 
     def close(self) -> None:
         for cursor in self.cursors.values():

@@ -18,7 +18,6 @@ import orjson
 from runwatch.projections import (
     ORCHESTRATOR,
     DerivedEvent,
-    Event,
     OrphanEvents,
     PatternRunState,
     RunState,
@@ -45,13 +44,6 @@ class Group:
         self.new_index: list[IndexEntry] = []
         self.index_blobs: list[bytes] = []  # index entries already serialised by a worker
         self.dirty = False
-
-
-def group_key(event: Event) -> str:
-    """Which group an event folds into: its run, its pattern run, or the runless group."""
-    if event.family == ORCHESTRATOR:
-        return "o:" if event.run_id is None else "r:" + event.run_id
-    return "p:" + event.task  # type: ignore[operator]  # decode guarantees a pattern_run_id
 
 
 def new_state(key: str, seen: set[str] | None = None) -> State:

@@ -63,19 +63,6 @@ class DatabaseLock:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self.fd = fd
 
-    def held_elsewhere(self) -> bool:
-        """True when another process holds the lock (used by replay before replacing)."""
-        if not self.path.exists():
-            return False
-        fd = os.open(self.path, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
-
     def release(self) -> None:
         if self.fd is not None:
             os.close(self.fd)
@@ -133,7 +120,6 @@ class TailService:
         self.wake = threading.Event()
         self.stopping = False
         self.started = time.monotonic()
-        self.events_seen = 0
 
     def stop(self, *_: Any) -> None:
         self.stopping = True
