@@ -10,9 +10,6 @@ lines seen twice through a copy are applied once.
 
 from __future__ import annotations
 
-import fnmatch
-import glob
-import hashlib
 import os
 import time
 from collections.abc import Iterable
@@ -24,16 +21,12 @@ from runwatch.projections import DerivedEvent
 from runwatch.sinks.sqlite_store import Checkpoint, SqliteStore
 
 from .decode import RAW_KEEP
-from .files import FINGERPRINT_BYTES, TAIL_HASH_BYTES
+from .files import FINGERPRINT_BYTES, TAIL_HASH_BYTES, Scanner, digest
 from .lines import Lines, LineSplitter
 
 FileId = tuple[int, int]
 MIN_READ: Final = 64 * 1024
 """A pass stops reading once less than this is left of its budget."""
-
-
-def _digest(data: bytes) -> str:
-    return f"{len(data)}:{hashlib.blake2b(data, digest_size=16).hexdigest()}"
 
 
 class Cursor:
@@ -58,8 +51,8 @@ class Cursor:
         return self.splitter.offset + self.splitter.pending_bytes
 
     def checkpoint(self) -> Checkpoint:
-        return Checkpoint(self.file_id[0], self.file_id[1], self.source, _digest(self.head),
-                          self.splitter.offset, self.splitter.line, _digest(self.tail))
+        return Checkpoint(self.file_id[0], self.file_id[1], self.source, digest(self.head),
+                          self.splitter.offset, self.splitter.line, digest(self.tail))
 
     def refresh_edges(self) -> None:
         """Re-read the head (while short) and the tail bytes before the committed offset."""
@@ -315,105 +308,6 @@ class Follower:
         self.notes.append(DerivedEvent(kind, _now_us(), None, {"source": str(path), **data}))
 
 
-class Scanner:
-    """Lists the files the patterns match now; a directory means every `*.jsonl` below it,
-    and a pattern that matches nothing yet is not an error (unlike replay's `expand`).
-
-    Re-scans are cheap on big trees: a directory whose modification time has not changed
-    has the same entries, so it costs one stat instead of a listing."""
-
-    def __init__(self, patterns: list[str]) -> None:
-        self.patterns = patterns
-        self.listings: dict[str, tuple[int, list[str], list[str]]] = {}
-
-    def files(self) -> list[str]:
-        found: set[str] = set()
-        for pattern in self.patterns:
-            absolute = os.path.abspath(pattern)
-            if os.path.isdir(absolute):
-                found.update(self._tree(absolute, "*.jsonl"))
-            elif glob.has_magic(pattern):
-                base = _static_prefix(absolute)
-                if "**" in pattern:
-                    # fnmatch's * crosses "/"; glob's "**/" may also match no folder at all
-                    shallow = absolute.replace("**" + os.sep, "")
-                    found.update(p for p in self._tree(base, "*")
-                                 if fnmatch.fnmatchcase(p, absolute)
-                                 or fnmatch.fnmatchcase(p, shallow))
-                else:
-                    found.update(os.path.abspath(p) for p in glob.glob(pattern)
-                                 if os.path.isfile(p))
-            elif os.path.isfile(absolute):
-                found.add(absolute)
-        return sorted(found)
-
-    def _tree(self, root: str, name_pattern: str) -> list[str]:
-        out: list[str] = []
-        stack = [root]
-        while stack:
-            folder = stack.pop()
-            try:
-                modified = os.stat(folder).st_mtime_ns
-            except OSError:
-                self.listings.pop(folder, None)
-                continue
-            listing = self.listings.get(folder)
-            if listing is None or listing[0] != modified:
-                listing = (modified, *_list(folder))
-                self.listings[folder] = listing
-            out.extend(p for p in listing[2]
-                       if fnmatch.fnmatchcase(os.path.basename(p), name_pattern))
-            stack.extend(listing[1])
-        return out
-
-
-def _list(folder: str) -> tuple[list[str], list[str]]:
-    """(subdirectories, files) of one directory; links are not followed."""
-    subdirectories, files = [], []
-    try:
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    subdirectories.append(entry.path)
-                elif entry.is_file():
-                    files.append(entry.path)
-    except OSError:
-        pass
-    return subdirectories, files
-
-
-def _static_prefix(pattern: str) -> str:
-    """The directory part of a glob before its first wildcard."""
-    parts = []
-    for part in pattern.split(os.sep):
-        if glob.has_magic(part):
-            break
-        parts.append(part)
-    return os.sep.join(parts) or os.sep
-
-
-def watched_directories(patterns: list[str]) -> list[tuple[Path, bool]]:
-    """(directory, recursive) pairs to watch so that every matching file is seen."""
-    out: dict[Path, bool] = {}
-    for pattern in patterns:
-        path = Path(pattern)
-        if path.is_dir():
-            out[path.absolute()] = True
-            continue
-        parts = path.parts
-        static = []
-        for part in parts:
-            if glob.has_magic(part):
-                break
-            static.append(part)
-        recursive = len(static) < len(parts) - 1 or "**" in pattern
-        base = Path(*static) if static else Path(".")
-        if len(static) == len(parts):
-            base = base.parent
-        out[base.absolute()] = out.get(base.absolute(), False) or recursive
-    return sorted(out.items())
-
-
 def _holds(fd: int, saved: Checkpoint) -> bool:
     """Whether an open file still has the checkpoint's first bytes and the bytes before its
     offset: then it is the same file, grown or not."""
@@ -421,12 +315,12 @@ def _holds(fd: int, saved: Checkpoint) -> bool:
         _same_digest(fd, saved.tail_hash, saved.offset)
 
 
-def _same_digest(fd: int, digest: str, end: int) -> bool:
-    """Whether the bytes that `digest` covers (its length of them, from 0 when `end` is 0,
+def _same_digest(fd: int, expected: str, end: int) -> bool:
+    """Whether the bytes that `expected` covers (its length of them, from 0 when `end` is 0,
     else just before `end`) still hash the same."""
-    length = int(digest.split(":", 1)[0])
+    length = int(expected.split(":", 1)[0])
     start = 0 if end == 0 else end - length
-    return start >= 0 and _digest(os.pread(fd, length, start)) == digest
+    return start >= 0 and digest(os.pread(fd, length, start)) == expected
 
 
 def _siblings(path: Path) -> list[Path]:

@@ -31,7 +31,8 @@ from runwatch.projections import DerivedEvent
 from runwatch.sinks.audit import AuditLog
 from runwatch.sinks.sqlite_store import SqliteStore
 
-from .follow import Follower, watched_directories
+from .files import watched_directories
+from .follow import Follower
 from .processor import Processor
 from .replay import wall_clock
 from .settings import Settings
