@@ -277,9 +277,10 @@ class RunState:
     def is_terminal(self) -> bool:
         return self.status()[0] in RUN_TERMINAL
 
-    def row(self) -> dict[str, Any]:
-        """The `runs` row; `stalled` is the flag last decided by `detect_stalls`."""
-        status, ended_at = self.status()
+    def row(self, current: tuple[str, int | None] | None = None) -> dict[str, Any]:
+        """The `runs` row; `stalled` is the flag last decided by `detect_stalls`. `current`
+        is `status()` when the caller already has it."""
+        status, ended_at = current or self.status()
         counts = self.task_counts()
         duration = None
         begin = self.started_at if self.started_at is not None else self.created_at
@@ -342,9 +343,9 @@ class RunState:
             })
         return rows
 
-    def observe(self) -> list[DerivedEvent]:
+    def observe(self, current: tuple[str, int | None] | None = None) -> list[DerivedEvent]:
         """Derived completion events for what changed since the last call (§3)."""
-        status, ended_at = self.status()
+        status, ended_at = current or self.status()
         previous = self.reported_status
         if status == previous:
             return []
@@ -352,7 +353,7 @@ class RunState:
         at = ended_at if ended_at is not None else (self.last_event_at or 0)
         was_terminal = previous in RUN_TERMINAL
         if status in RUN_TERMINAL and not was_terminal:
-            row = self.row()
+            row = self.row((status, ended_at))
             counts = {k: row[k] for k in ("tasks_total", "tasks_succeeded", "tasks_failed",
                                           "events_total", "error_events", "duration_s")}
             return [DerivedEvent("RUN_COMPLETED", at, self.run_id, {"status": status, **counts})]

@@ -17,6 +17,7 @@ import orjson
 
 from runwatch.projections import (
     ORCHESTRATOR,
+    RUN_TERMINAL,
     DerivedEvent,
     OrphanEvents,
     PatternRunState,
@@ -218,9 +219,10 @@ class Processor:
         if self.known_groups is not None:
             self.known_groups.add(group.key)
         if isinstance(state, RunState):
-            self.derived.extend(state.observe())
-            self._track_open(state)
-            changes.runs.append(state.row())
+            current = state.status()  # one pass over the tasks serves all three below
+            self.derived.extend(state.observe(current))
+            self._track_open(state, current[0] in RUN_TERMINAL)
+            changes.runs.append(state.row(current))
             changes.tasks.extend(state.task_rows(state.dirty_tasks))
             state.dirty_tasks.clear()
             changes.workstreams.extend(state.workstream_rows())
@@ -229,8 +231,8 @@ class Processor:
             changes.pattern_runs.append(state.row())
             changes.states.append((group.key, orjson.dumps(state.to_dict())))
 
-    def _track_open(self, state: RunState) -> None:
-        if state.is_terminal():
+    def _track_open(self, state: RunState, terminal: bool) -> None:
+        if terminal:
             self.open_runs.pop(state.run_id, None)
             if state.stalled:
                 state.stalled = False
