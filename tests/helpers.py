@@ -22,6 +22,21 @@ FIXTURES = Path(__file__).parent / "fixtures"
 UPSTREAM = FIXTURES / "upstream"
 RUNWATCH = [sys.executable, "-m", "runwatch.stream.cli"]
 
+# The pattern_runs row the real upstream semgrep sample must give (six phases share one time).
+SEMGREP_RUN = {
+    "pattern_run_id": "PRUN-01KB0A3BJ6Y76MT7R6HYDJAQC5",
+    "pattern_id": "PAT-SEMGRP-001",
+    "job_id": "JOB-01JH9F8P2ZJ1A8E5R6C792Q2EQ",
+    "step_id": "STEP-003",
+    "run_id": None,
+    "status": "succeeded",
+    "phase": "execution",
+    "started_at": "2025-11-26T14:46:52.742613Z",
+    "finished_at": "2025-11-26T14:46:53.254031Z",
+    "duration_s": 18.74,
+    "error_message": None,
+}
+
 
 def replay_into(db: Path, *paths: Path | str, **settings: Any) -> ReplaySummary:
     """Replay files (or directories) into `db` with default settings, no progress bar."""

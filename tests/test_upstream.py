@@ -4,21 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers import UPSTREAM, replay_into, snapshot
+from helpers import SEMGREP_RUN, UPSTREAM, replay_into, snapshot
 
-SEMGREP_RUN = {
-    "pattern_run_id": "PRUN-01KB0A3BJ6Y76MT7R6HYDJAQC5",
-    "pattern_id": "PAT-SEMGRP-001",
-    "job_id": "JOB-01JH9F8P2ZJ1A8E5R6C792Q2EQ",
-    "step_id": "STEP-003",
-    "run_id": None,
-    "status": "succeeded",
-    "phase": "execution",
-    "started_at": "2025-11-26T14:46:52.742613Z",
-    "finished_at": "2025-11-26T14:46:53.254031Z",
-    "duration_s": 18.74,
-    "error_message": None,
-}
 PYTEST_RUN = {
     "pattern_run_id": "PRUN-TEST-001",
     "pattern_id": "PAT-PYTEST-001",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from helpers import SEMGREP_RUN
 from runwatch.projections import Event, PatternRunState
 from runwatch.stream.decode import decode
 
@@ -25,19 +26,7 @@ def test_upstream_semgrep_run_ends_succeeded_in_execution() -> None:
     for event in reversed(events_of(UPSTREAM / "pattern_events.jsonl")):
         if event.task == state.pattern_run_id:
             state.apply(event)
-    assert state.row() == {
-        "pattern_run_id": "PRUN-01KB0A3BJ6Y76MT7R6HYDJAQC5",
-        "pattern_id": "PAT-SEMGRP-001",
-        "job_id": "JOB-01JH9F8P2ZJ1A8E5R6C792Q2EQ",
-        "step_id": "STEP-003",
-        "run_id": None,
-        "status": "succeeded",
-        "phase": "execution",
-        "started_at": "2025-11-26T14:46:52.742613Z",
-        "finished_at": "2025-11-26T14:46:53.254031Z",
-        "duration_s": 18.74,
-        "error_message": None,
-    }
+    assert state.row() == SEMGREP_RUN
 
 
 def test_same_timestamp_without_terminal_event_picks_highest_phase() -> None:
