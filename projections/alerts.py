@@ -1,0 +1,359 @@
+"""Alert decisions: which events trigger which rules, and when a notification is due.
+
+Everything here runs in event time and is a pure function of the triggers offered and the
+`now` passed in, so a replay of the same logs reaches the same decisions, and the state that
+throttling needs is stored with the projection (it is part of the fold, not of delivery).
+
+Per (rule, group) an alert is `firing` or `resolved`. A notification goes out when the state
+to announce differs from the last one announced, or when a new trigger fires after `throttle`
+has passed since the last notification. Inside the throttle window changes are held back, and
+`due(now)` sends the latest state once the window is over — so a stall that flaps between
+stalled and recovered gives one notification, then (with `send_resolved`) one resolution.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import operator
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from .events import DerivedEvent, Event, format_time
+
+SEVERITY_RANK: Final = {"debug": 0, "info": 1, "warning": 2, "error": 3, "critical": 4}
+"""Event severities, as decoding normalises them (§1)."""
+
+ALERT_SEVERITIES: Final = ("info", "low", "medium", "high", "critical")
+
+Role = Literal["fire", "resolve"]
+_COMPARISON: Final = re.compile(r"^\s*(>=|<=|!=|==|>|<)\s*(.+?)\s*$")
+_OPERATORS: Final[dict[str, Callable[[Any, Any], bool]]] = {
+    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
+    "==": operator.eq, "!=": operator.ne,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One field test: equality, membership in a list, or a comparison such as `>= error`."""
+
+    field: str
+    op: str
+    value: Any
+
+    @classmethod
+    def parse(cls, name: str, spec: Any) -> Condition:
+        if isinstance(spec, list):
+            return cls(name, "in", frozenset(str(v) for v in spec))
+        if isinstance(spec, str) and (match := _COMPARISON.match(spec)):
+            return cls(name, match.group(1), _comparable(name, match.group(2)))
+        return cls(name, "==", str(spec) if not isinstance(spec, bool | int | float) else spec)
+
+    def holds(self, fields: Mapping[str, Any]) -> bool:
+        value = fields.get(self.field)
+        if value is None:
+            return self.op == "!="
+        if self.op == "in":
+            return str(value) in self.value
+        if self.op in ("==", "!=") and not isinstance(self.value, int | float):
+            return _OPERATORS[self.op](str(value), self.value)
+        left = _comparable(self.field, value)
+        try:
+            return _OPERATORS[self.op](left, self.value)
+        except TypeError:
+            return False
+
+
+def _comparable(name: str, value: Any) -> Any:
+    """Severities compare by rank, numbers as numbers, anything else as text."""
+    if name == "severity" and str(value).lower() in SEVERITY_RANK:
+        return SEVERITY_RANK[str(value).lower()]
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int | float):
+        return value
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    """An event type glob and the conditions its fields must meet."""
+
+    type: str
+    where: tuple[Condition, ...] = ()
+
+    def matches_type(self, event_type: str) -> bool:
+        return fnmatch.fnmatchcase(event_type, self.type)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """When to alert, how loudly, through which channels, and how often at most."""
+
+    name: str
+    severity: str
+    channels: tuple[str, ...]
+    fire: tuple[Matcher, ...]
+    resolve: tuple[Matcher, ...] = ()
+    group_by: tuple[str, ...] = ("run_id",)
+    throttle_us: int = 0
+    send_resolved: bool = False
+    summary: str = "{type} {run_id}"
+
+    def matchers(self) -> Iterator[tuple[Role, Matcher]]:
+        for matcher in self.fire:
+            yield "fire", matcher
+        for matcher in self.resolve:
+            yield "resolve", matcher
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """An event that matched a rule: enough to decide, and to say what happened."""
+
+    rule: str
+    group_key: str
+    role: Role
+    event_id: str
+    time: int
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """A decided notification. `id` is stable: the same logs always give the same ids."""
+
+    id: str
+    rule: str
+    group_key: str
+    state: Literal["firing", "resolved"]
+    severity: str
+    channels: tuple[str, ...]
+    event_id: str
+    event_time: int
+    starts_at: int
+    ends_at: int | None
+    suppressed: int
+    labels: dict[str, str]
+    summary: str
+    event: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alert_id": self.id, "rule": self.rule, "state": self.state,
+            "severity": self.severity, "group_key": self.group_key, "labels": self.labels,
+            "summary": self.summary, "run_id": self.labels.get("run_id"),
+            "event": self.event, "event_id": self.event_id,
+            "event_time": format_time(self.event_time), "starts_at": format_time(self.starts_at),
+            "ends_at": format_time(self.ends_at), "suppressed": self.suppressed,
+        }
+
+
+class RuleSet:
+    """The rules, with a per-event-type cache of which ones can match at all: most event
+    types match none, and then the cost per event is one dict lookup."""
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self.rules = {rule.name: rule for rule in rules}
+        self._by_type: dict[str, tuple[tuple[Rule, Role, Matcher], ...]] = {}
+
+    def candidates(self, event_type: str) -> tuple[tuple[Rule, Role, Matcher], ...]:
+        found = self._by_type.get(event_type)
+        if found is None:
+            found = tuple((rule, role, matcher) for rule in self.rules.values()
+                          for role, matcher in rule.matchers() if matcher.matches_type(event_type))
+            if len(self._by_type) < 10_000:
+                self._by_type[event_type] = found
+        return found
+
+    def match_event(self, event: Event) -> list[Trigger]:
+        """Triggers for one accepted input event (usually none)."""
+        candidates = self.candidates(event.type)
+        return _triggers(candidates, event.id, event.time, event_fields(event)) \
+            if candidates else []
+
+    def match_derived(self, event: DerivedEvent) -> list[Trigger]:
+        """Triggers for one derived event."""
+        candidates = self.candidates(event.type)
+        if not candidates:
+            return []
+        fields = event.to_dict()
+        return _triggers(candidates, derived_id(event), event.time, fields)
+
+
+def _triggers(candidates: tuple[tuple[Rule, Role, Matcher], ...], event_id: str, time: int,
+              fields: dict[str, Any]) -> list[Trigger]:
+    out: dict[tuple[str, Role], Trigger] = {}
+    for rule, role, matcher in candidates:
+        if (rule.name, role) not in out and all(c.holds(fields) for c in matcher.where):
+            group = ",".join(f"{k}={fields.get(k)}" for k in rule.group_by)
+            out[(rule.name, role)] = Trigger(rule.name, group, role, event_id, time, fields)
+    return list(out.values())
+
+
+def event_fields(event: Event) -> dict[str, Any]:
+    """The flat view of an input event that conditions and summaries read: the event's
+    scalar fields and payload scalars, with the normalised fields taking precedence."""
+    fields: dict[str, Any] = {k: v for k, v in event.payload.items() if _scalar(v)}
+    fields.update((k, v) for k, v in event.raw.items() if _scalar(v))
+    fields.update(type=event.type, event_id=event.id, event_time=format_time(event.time),
+                  severity=event.severity, run_id=event.run_id)
+    if event.family == "p":
+        fields["pattern_run_id"] = event.task
+    else:
+        fields["task_id"] = event.task
+        fields["workstream_id"] = event.workstream
+    return fields
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
+
+
+def derived_id(event: DerivedEvent) -> str:
+    """A stable id for a derived event: what it is, about which run, and when."""
+    text = f"{event.type}\x1f{event.run_id}\x1f{event.time}\x1f{event.data.get('status', '')}"
+    return "d:" + hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+@dataclass(slots=True)
+class AlertState:
+    """What one (rule, group) alert is doing, and what was last announced about it."""
+
+    current: str = "resolved"
+    starts_at: int = 0
+    ends_at: int | None = None
+    notified: str | None = None
+    notified_at: int | None = None
+    suppressed: int = 0
+    held: Trigger | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        held = self.held
+        return {
+            "current": self.current, "starts_at": self.starts_at, "ends_at": self.ends_at,
+            "notified": self.notified, "notified_at": self.notified_at,
+            "suppressed": self.suppressed,
+            "held": None if held is None else [held.rule, held.group_key, held.role,
+                                               held.event_id, held.time, held.fields],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AlertState:
+        held = data.get("held")
+        return cls(data["current"], data["starts_at"], data["ends_at"], data["notified"],
+                   data["notified_at"], data["suppressed"],
+                   None if held is None else Trigger(*held))
+
+
+@dataclass
+class AlertBook:
+    """Every (rule, group) alert's state; `offer` and `due` return the notifications to send."""
+
+    rules: RuleSet
+    states: dict[tuple[str, str], AlertState] = field(default_factory=dict)
+    dirty: set[tuple[str, str]] = field(default_factory=set)
+
+    def offer(self, trigger: Trigger) -> Notification | None:
+        rule = self.rules.rules.get(trigger.rule)
+        if rule is None:
+            return None
+        key = (trigger.rule, trigger.group_key)
+        state = self.states.get(key)
+        if state is None:
+            if trigger.role == "resolve":
+                return None  # nothing is firing: nothing to resolve
+            state = self.states[key] = AlertState()
+        self.dirty.add(key)
+        if trigger.role == "fire":
+            return self._fire(rule, state, trigger)
+        return self._resolve(rule, state, trigger)
+
+    def _fire(self, rule: Rule, state: AlertState, trigger: Trigger) -> Notification | None:
+        if state.current != "firing":
+            state.current, state.starts_at, state.ends_at = "firing", trigger.time, None
+        if _window_over(rule, state, trigger.time):
+            return self._notify(rule, state, trigger)
+        state.suppressed += 1
+        state.held = trigger if state.notified != "firing" else None
+        return None
+
+    def _resolve(self, rule: Rule, state: AlertState, trigger: Trigger) -> Notification | None:
+        if state.current != "firing":
+            return None
+        state.current, state.ends_at = "resolved", trigger.time
+        if state.notified != "firing":
+            state.held = None  # it came and went inside the window: nothing to announce
+            return None
+        if not rule.send_resolved:
+            return None
+        if _window_over(rule, state, trigger.time):
+            return self._notify(rule, state, trigger)
+        state.held = trigger
+        return None
+
+    def due(self, now: int) -> list[Notification]:
+        """Held-back changes whose throttle window is over by `now`, oldest first."""
+        out = []
+        for key in sorted(self.states, key=lambda k: (self.states[k].notified_at or 0, k)):
+            state = self.states[key]
+            if state.held is None or not _window_over(self.rules.rules[key[0]], state, now):
+                continue
+            rule = self.rules.rules[key[0]]
+            self.dirty.add(key)
+            out.append(self._notify(rule, state, state.held))
+        return out
+
+    def _notify(self, rule: Rule, state: AlertState, trigger: Trigger) -> Notification:
+        announced: Literal["firing", "resolved"] = \
+            "firing" if state.current == "firing" else "resolved"
+        text = f"{rule.name}\x1f{trigger.group_key}\x1f{announced}\x1f{trigger.event_id}"
+        labels = {"alertname": rule.name, "severity": rule.severity}
+        labels.update((k, str(trigger.fields.get(k))) for k in rule.group_by
+                      if trigger.fields.get(k) is not None)
+        if trigger.fields.get("run_id") is not None:
+            labels.setdefault("run_id", str(trigger.fields["run_id"]))
+        notification = Notification(
+            id=hashlib.blake2b(text.encode(), digest_size=16).hexdigest(),
+            rule=rule.name, group_key=trigger.group_key, state=announced,
+            severity=rule.severity, channels=rule.channels, event_id=trigger.event_id,
+            event_time=trigger.time, starts_at=state.starts_at,
+            ends_at=state.ends_at if announced == "resolved" else None,
+            suppressed=state.suppressed, labels=labels,
+            summary=render(rule.summary, trigger.fields)
+            + ("" if announced == "firing" else " (resolved)"),
+            event=trigger.fields)
+        state.notified, state.notified_at = announced, trigger.time
+        state.suppressed, state.held = 0, None
+        return notification
+
+    def take_dirty(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """(rule, group, state) of every alert changed since the last call, for storing."""
+        out = [(rule, group, self.states[(rule, group)].to_dict())
+               for rule, group in sorted(self.dirty)]
+        self.dirty.clear()
+        return out
+
+
+def _window_over(rule: Rule, state: AlertState, now: int) -> bool:
+    return state.notified_at is None or now - state.notified_at >= rule.throttle_us
+
+
+class _Missing(dict[str, Any]):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+def render(template: str, fields: Mapping[str, Any]) -> str:
+    """A rule's summary with `{field}`s filled in; an unknown field shows as `?`."""
+    try:
+        return template.format_map(_Missing({k: "-" if v is None else v
+                                             for k, v in fields.items()}))
+    except (ValueError, IndexError, AttributeError):
+        return template
