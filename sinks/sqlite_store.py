@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import orjson
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 SCHEMA: Final = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -68,8 +68,25 @@ CREATE INDEX event_index_group ON event_index (group_key);
 CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE derived_events (
     seq INTEGER PRIMARY KEY, type TEXT NOT NULL, run_id TEXT, event_time TEXT,
-    data BLOB NOT NULL, recorded_at TEXT NOT NULL
+    data BLOB NOT NULL, recorded_at TEXT NOT NULL, unevaluated INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX derived_unevaluated ON derived_events (seq) WHERE unevaluated = 1;
+CREATE TABLE outbox (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, target TEXT NOT NULL, alert_id TEXT,
+    rule TEXT, run_id TEXT, state TEXT NOT NULL, payload BLOB NOT NULL, event_time TEXT,
+    decided_at TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0, last_error TEXT, done_at TEXT
+);
+CREATE INDEX outbox_due ON outbox (target, next_attempt_at) WHERE state = 'pending';
+CREATE INDEX outbox_recent ON outbox (decided_at);
+CREATE VIEW alerts AS
+    SELECT id, alert_id, rule, target AS channel, run_id, state, attempts, last_error,
+           event_time, decided_at, done_at, payload
+    FROM outbox WHERE kind = 'alert';
+CREATE TABLE alert_state (
+    rule TEXT NOT NULL, group_key TEXT NOT NULL, state BLOB NOT NULL,
+    PRIMARY KEY (rule, group_key)
+) WITHOUT ROWID;
 CREATE TABLE archival_log (
     run_id TEXT NOT NULL, archive_path TEXT NOT NULL, sha256 TEXT NOT NULL,
     size_bytes INTEGER NOT NULL, members INTEGER NOT NULL, archived_at TEXT NOT NULL,
@@ -136,11 +153,31 @@ class Changes:
     forget: list[tuple[int, int]] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
     derived: list[dict[str, Any]] = field(default_factory=list)
+    outbox: list[OutboxEntry] = field(default_factory=list)
+    alert_states: list[tuple[str, str, bytes]] = field(default_factory=list)
+    evaluated: list[int] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return any((self.runs, self.tasks, self.workstreams, self.pattern_runs, self.states,
                     self.index, self.stalled, self.dead_letters, self.checkpoints, self.forget,
-                    self.counters, self.derived))
+                    self.counters, self.derived, self.outbox, self.alert_states,
+                    self.evaluated))
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    """One external effect to carry out: an alert to one channel, or a job (report, archive).
+    `id` is stable, so recording it twice is harmless and receivers can drop repeats."""
+
+    id: str
+    kind: str
+    target: str
+    state: str
+    payload: dict[str, Any]
+    run_id: str | None = None
+    alert_id: str | None = None
+    rule: str | None = None
+    event_time: str | None = None
 
 
 def _upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
@@ -225,8 +262,8 @@ class SqliteStore:
                 f"supports ({SCHEMA_VERSION}); rebuild it with `runwatch replay` "
                 f"or use a matching runwatch")
 
-    def transaction(self) -> _Transaction:
-        return _Transaction(self.db)
+    def transaction(self) -> Transaction:
+        return Transaction(self.db)
 
     def source_id(self, path: str) -> int:
         """A small stable number for a source path, used by the event index."""
@@ -284,6 +321,18 @@ class SqliteStore:
                 "VALUES (?, ?, ?, ?, ?)",
                 [(d["type"], d.get("run_id"), d["event_time"], orjson.dumps(d), seen_at)
                  for d in changes.derived])
+        if changes.outbox:
+            db.executemany(
+                "INSERT OR IGNORE INTO outbox (id, kind, target, alert_id, rule, run_id, state, "
+                "payload, event_time, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(o.id, o.kind, o.target, o.alert_id, o.rule, o.run_id, o.state,
+                  orjson.dumps(o.payload), o.event_time, seen_at) for o in changes.outbox])
+        if changes.alert_states:
+            db.executemany("INSERT OR REPLACE INTO alert_state VALUES (?, ?, ?)",
+                           changes.alert_states)
+        if changes.evaluated:
+            db.executemany("UPDATE derived_events SET unevaluated=0 WHERE seq=?",
+                           [(seq,) for seq in changes.evaluated])
 
     def load_group(self, group_key: str) -> tuple[dict[str, Any] | None, set[str]]:
         """A group's saved fold state and the ids of the events already folded into it."""
@@ -309,6 +358,17 @@ class SqliteStore:
             "SELECT device, inode, source, fingerprint, offset, line, tail_hash "
             "FROM checkpoints").fetchall()
         return {(r[0], r[1]): Checkpoint(*r) for r in rows}
+
+    def alert_states(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """Every stored (rule, group, state) of the alert book."""
+        for rule, group, blob in self.db.execute("SELECT * FROM alert_state"):
+            yield rule, group, orjson.loads(blob)
+
+    def unevaluated(self) -> list[tuple[int, dict[str, Any]]]:
+        """Derived events recorded outside the fold (by deliveries and jobs) that alert rules
+        have not seen yet."""
+        return [(seq, orjson.loads(data)) for seq, data in self.db.execute(
+            "SELECT seq, data FROM derived_events WHERE unevaluated=1 ORDER BY seq")]
 
     def counters(self) -> dict[str, int]:
         return dict(self.db.execute("SELECT name, value FROM counters").fetchall())
@@ -339,7 +399,7 @@ class SqliteStore:
         self.db.close()
 
 
-class _Transaction:
+class Transaction:
     """BEGIN IMMEDIATE … COMMIT, rolled back on any exception."""
 
     def __init__(self, db: sqlite3.Connection) -> None:

@@ -24,8 +24,10 @@ from runwatch.projections import (
     RunState,
     detect_stalls,
 )
+from runwatch.projections.alerts import RuleSet, Trigger
 from runwatch.sinks.sqlite_store import Changes, Checkpoint, DeadLetter, SqliteStore
 
+from .alerting import Decisions
 from .decode import RAW_KEEP, Rejection, decode, parse_time
 from .lines import Lines
 
@@ -88,11 +90,17 @@ class Processor:
 
     def __init__(self, store: SqliteStore | None, *, stall_after_s: float, max_line_bytes: int,
                  wall_clock: Callable[[], str], max_groups: int = 4096,
-                 known_groups: set[str] | None = None) -> None:
+                 known_groups: set[str] | None = None, rules: RuleSet | None = None,
+                 decisions: Decisions | None = None) -> None:
         """Without a store the processor only folds in memory (a replay worker's chunk).
         `known_groups`, when given, is every group key the store holds (a fresh store: empty),
-        which spares a lookup for each new group."""
+        which spares a lookup for each new group. With `rules`, new input events that match
+        an alert rule become `triggers`; `decisions` turns them into outbox entries at commit."""
         self.store = store
+        self.match = None if rules is None else rules.match_event
+        self.triggers: list[Trigger] = []
+        self.decisions = decisions
+        self.outboxed = 0
         self.known_groups = known_groups
         self.stall_after_us = int(stall_after_s * 1_000_000)
         self.max_line_bytes = max_line_bytes
@@ -116,6 +124,7 @@ class Processor:
         oversize = lines.oversize
         tally = self.pending
         cache = self.cache
+        match = self.match
         for index, line in enumerate(lines.items):
             size = len(line)
             if oversize and index in oversize:
@@ -146,6 +155,8 @@ class Processor:
                         tally.accepted += 1
                         if event.time > self.max_event_time:
                             self.max_event_time = event.time
+                        if match is not None and (found := match(event)):
+                            self.triggers.extend(found)
                     else:
                         tally.duplicate += 1
             offset += size + 1
@@ -255,11 +266,15 @@ class Processor:
             self._flush(group)
             self.derived.append(change)
 
-    def commit(self, checkpoints: list[Checkpoint], *,
-               everything: bool = True) -> list[DerivedEvent]:
-        """Write every dirty group, the dead letters, counters and checkpoints atomically.
-        Returns the derived events this commit made durable. `everything=False` writes only
-        what eviction already flushed: for a scratch build that is used only once complete."""
+    def commit(self, checkpoints: list[Checkpoint], *, everything: bool = True,
+               now: int | None = None, evaluated: list[tuple[int, dict[str, Any]]] | None = None,
+               release: bool = False) -> list[DerivedEvent]:
+        """Write every dirty group, the dead letters, counters, checkpoints and the alert
+        decisions they cause atomically. Returns the derived events this commit made durable.
+        `everything=False` writes only what eviction already flushed: for a scratch build that
+        is used only once complete. `now` (default: the greatest event time) ends throttle
+        windows; `evaluated` are derived events recorded outside the fold that the rules
+        see now; `release` decides what a holding replay kept back."""
         if len(self.cache) > self.max_groups // 2:
             # Finished groups are rarely touched again: make room for the runs in flight.
             for group in [g for g in self.cache.values() if _finished(g.state)]:
@@ -275,6 +290,17 @@ class Processor:
             "source": d.source, "offset": d.offset, "line": d.line, "reason": d.reason,
             "detail": d.detail}) for d in changes.dead_letters)
         changes.derived = [d.to_dict() for d in self.derived]
+        if self.decisions is not None:
+            moment = self.max_event_time if now is None else now
+            outside = []
+            if evaluated:
+                outside = self.decisions.derived_from_rows(evaluated)
+                changes.evaluated = [seq for seq, _ in evaluated]
+            self.decisions.decide(self.triggers, self.derived + outside, moment, changes)
+            if release:
+                self.decisions.release(moment, changes)
+        self.triggers = []
+        self.outboxed = len(changes.outbox)
         assert self.store is not None, "an in-memory processor has nothing to commit to"
         self.store.commit(changes, self.wall_clock())
         self.total.add(self.pending)

@@ -25,8 +25,11 @@ from typing import Any, Final
 
 import orjson
 
+from runwatch.projections.alerts import RuleSet, Trigger
 from runwatch.sinks.sqlite_store import Checkpoint, DeadLetter, SqliteStore, fsync_path
 
+from .alert_config import AlertSetup, default_alert_setup
+from .alerting import Decisions
 from .console import Progress
 from .decode import RAW_KEEP
 from .files import checkpoint_for
@@ -89,10 +92,14 @@ def default_workers() -> int:
 
 def replay(files: list[Path], target: Path, settings: Settings,
            progress: bool | None = None, workers: int | None = None,
-           chunk_bytes: int = PARALLEL_CHUNK_BYTES) -> ReplaySummary:
+           chunk_bytes: int = PARALLEL_CHUNK_BYTES, alerts: AlertSetup | None = None,
+           deliver: bool = False) -> ReplaySummary:
     """Fold `files` (in order) into a new database and atomically replace `target` with it.
     `workers` = 0 folds in this process; default: one worker per core (at most 4). Inputs
-    over 2 × `chunk_bytes` are cut into regions of about `chunk_bytes` for the workers."""
+    over 2 × `chunk_bytes` are cut into regions of about `chunk_bytes` for the workers.
+    Alert decisions and completion jobs are recorded (`alerts`: default the built-in rules);
+    they are left to deliver only with `deliver`."""
+    alerts = alerts or default_alert_setup()
     started = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = target.with_name(f".{target.name}.replay-{os.getpid()}")
@@ -100,7 +107,8 @@ def replay(files: list[Path], target: Path, settings: Settings,
     store = SqliteStore(scratch, fast_unsafe=True)
     try:
         summary = _build(files, store, settings, progress, started,
-                         default_workers() if workers is None else workers, chunk_bytes)
+                         default_workers() if workers is None else workers, chunk_bytes,
+                         alerts, deliver)
         store.set_meta([("built_by", "replay"), ("built_at", wall_clock()),
                         ("inputs", str(len(files)))])
         store.finalize()
@@ -124,10 +132,13 @@ def replay(files: list[Path], target: Path, settings: Settings,
 
 
 def _build(files: list[Path], store: SqliteStore, settings: Settings, progress: bool | None,
-           started: float, workers: int, chunk_bytes: int) -> ReplaySummary:
+           started: float, workers: int, chunk_bytes: int, alerts: AlertSetup,
+           deliver: bool) -> ReplaySummary:
+    decisions = Decisions(alerts.rules, None, alerts.policy(deliver=deliver), hold=True)
     processor = Processor(store, stall_after_s=settings.stall_after,
                           max_line_bytes=settings.max_line_bytes, wall_clock=wall_clock,
-                          max_groups=settings.cache_groups, known_groups=set())
+                          max_groups=settings.cache_groups, known_groups=set(),
+                          rules=alerts.rules, decisions=decisions)
     sizes = {path: path.stat().st_size for path in files}
     total_bytes = sum(sizes.values())
     bar = Progress(total_bytes, "replay", enabled=progress)
@@ -156,7 +167,7 @@ def _build(files: list[Path], store: SqliteStore, settings: Settings, progress: 
                     checkpoints = []
         else:
             for folded in _fold_in_workers(pool, 2 * workers, regions, chunk_bytes,
-                                           settings.max_line_bytes):
+                                           settings.max_line_bytes, alerts.rules):
                 folded.merge_into(processor, next_line)
                 for region, lines_in_region in zip(folded.regions, folded.line_counts,
                                                    strict=True):
@@ -170,7 +181,7 @@ def _build(files: list[Path], store: SqliteStore, settings: Settings, progress: 
             pool.terminate()
     processor.detect(processor.max_event_time)
     store.set_meta([("event_time_now", str(processor.max_event_time))])
-    derived += len(processor.commit(checkpoints))
+    derived += len(processor.commit(checkpoints, release=True))
     bar.close()
     line_total = sum(next_line.values()) - len(next_line)
     return ReplaySummary("", len(files), total_bytes, line_total, time.perf_counter() - started,
@@ -198,6 +209,7 @@ class Folded:
     groups: dict[str, tuple[State, bytes]]
     tally: Tally
     max_event_time: int
+    triggers: list[Trigger]
 
     def merge_into(self, processor: Processor, next_line: dict[Path, int]) -> None:
         for key, (state, index) in self.groups.items():
@@ -211,6 +223,7 @@ class Folded:
         for reason, count in self.tally.rejected.items():
             processor.pending.rejected[reason] = processor.pending.rejected.get(reason, 0) + count
         processor.max_event_time = max(processor.max_event_time, self.max_event_time)
+        processor.triggers.extend(self.triggers)
 
 
 def _regions(sizes: dict[Path, int], source_ids: dict[Path, int],
@@ -239,7 +252,7 @@ def _read_regions(regions: Iterator[Region], max_line_bytes: int
 
 
 def _fold_in_workers(pool: Any, window: int, regions: Iterator[Region], chunk_bytes: int,
-                     max_line_bytes: int) -> Iterator[Folded]:
+                     max_line_bytes: int, rules: RuleSet | None) -> Iterator[Folded]:
     """Regions batched to about `chunk_bytes` per task (many small files share one),
     folded by the pool; results in input order with at most `window` tasks in flight."""
     pending: deque[Any] = deque()
@@ -250,16 +263,16 @@ def _fold_in_workers(pool: Any, window: int, regions: Iterator[Region], chunk_by
             batch.append(region)
             batch_bytes += region.end - region.start
         if batch and (region is None or batch_bytes >= chunk_bytes):
-            pending.append(pool.apply_async(_fold_regions, (batch, max_line_bytes)))
+            pending.append(pool.apply_async(_fold_regions, (batch, max_line_bytes, rules)))
             batch, batch_bytes = [], 0
         while pending and (len(pending) >= window or region is None):
             yield pending.popleft().get()
 
 
-def _fold_regions(regions: list[Region], max_line_bytes: int) -> Folded:
+def _fold_regions(regions: list[Region], max_line_bytes: int, rules: RuleSet | None) -> Folded:
     """In a worker: decode and fold some regions into partial group states."""
     folder = Processor(None, stall_after_s=1, max_line_bytes=max_line_bytes,
-                       wall_clock=wall_clock, max_groups=1 << 62)
+                       wall_clock=wall_clock, max_groups=1 << 62, rules=rules)
     line_counts: list[int] = []
     letters: list[list[DeadLetter]] = []
     fresh = True
@@ -275,7 +288,7 @@ def _fold_regions(regions: list[Region], max_line_bytes: int) -> Folded:
     groups = {key: (group.state, orjson.dumps(group.new_index))
               for key, group in folder.cache.items()}
     return Folded(regions, line_counts, letters, groups, folder.pending,
-                  folder.max_event_time)
+                  folder.max_event_time, folder.triggers)
 
 
 def _line_aligned_ranges(path: Path, size: int, chunk: int) -> list[tuple[int, int]]:

@@ -13,8 +13,11 @@ from typing import Annotated, Any, Final
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from runwatch.sinks.archive import ArchiveConfig
+from runwatch.sinks.reports import ReportsConfig
+
 DEFAULT_CONFIG: Final = Path("config/runwatch.yaml")
-_ENV_REF: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_ENV_REF: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS: Final = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
@@ -23,7 +26,7 @@ class ConfigError(Exception):
     """The configuration cannot be used; the message names the file, the key and the fix."""
 
 
-def _seconds(value: Any) -> Any:
+def parse_duration(value: Any) -> Any:
     if isinstance(value, str):
         match = _DURATION.match(value)
         if not match:
@@ -32,7 +35,7 @@ def _seconds(value: Any) -> Any:
     return value
 
 
-Seconds = Annotated[float, BeforeValidator(_seconds), Field(gt=0)]
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 
 
 class Source(BaseModel):
@@ -59,6 +62,8 @@ class Settings(BaseModel):
     rotate_wait: Seconds = 5.0
     batch_max_bytes: int = Field(default=4 * 1024 * 1024, ge=4096)
     linger: float = Field(default=0.01, ge=0, le=1)
+    reports: ReportsConfig = ReportsConfig()
+    archive: ArchiveConfig = ArchiveConfig()
 
 
 def load_settings(path: Path | None, *, required: bool = False) -> tuple[Settings, Path | None]:
@@ -68,6 +73,15 @@ def load_settings(path: Path | None, *, required: bool = False) -> tuple[Setting
         path = DEFAULT_CONFIG
     if path is None:
         return Settings(), None
+    data = read_yaml(path)
+    try:
+        return Settings.model_validate(data), path
+    except ValidationError as exc:
+        raise ConfigError(explain(path, exc)) from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A config file's mapping, with `${ENV}` references expanded."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -84,11 +98,8 @@ def load_settings(path: Path | None, *, required: bool = False) -> tuple[Setting
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, "
                           f"not {type(data).__name__}")
-    data = _expand_env(data, path, "")
-    try:
-        return Settings.model_validate(data), path
-    except ValidationError as exc:
-        raise ConfigError(_explain(path, exc)) from None
+    expanded: dict[str, Any] = _expand_env(data, path, "")
+    return expanded
 
 
 def _expand_env(value: Any, path: Path, where: str) -> Any:
@@ -99,21 +110,23 @@ def _expand_env(value: Any, path: Path, where: str) -> Any:
         return [_expand_env(v, path, f"{where}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, str):
         def substitute(match: re.Match[str]) -> str:
-            name = match.group(1)
-            if name not in os.environ:
-                raise ConfigError(f"{path}: {where}: environment variable {name} is not set; "
-                                  f"export it or remove ${{{name}}} from the file")
-            return os.environ[name]
+            name, fallback = match.group(1), match.group(2)
+            if name in os.environ and (os.environ[name] or fallback is None):
+                return os.environ[name]
+            if fallback is not None:
+                return fallback
+            raise ConfigError(f"{path}: {where}: environment variable {name} is not set; "
+                              f"export it, or write ${{{name}:-}} to make it optional")
         return _ENV_REF.sub(substitute, value)
     return value
 
 
-def _explain(path: Path, exc: ValidationError) -> str:
+def explain(path: Path | str, exc: ValidationError, prefix: str = "") -> str:
     lines = [f"{path}: {exc.error_count()} problem(s):"]
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        key = prefix + ".".join(str(part) for part in error["loc"]) or "(top level)"
         message = error["msg"]
         if error["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling against config/runwatch.yaml)"
+            message = "unknown key (check the spelling against the shipped file in config/)"
         lines.append(f"  {key}: {message}")
     return "\n".join(lines)

@@ -31,8 +31,12 @@ from runwatch.projections import DerivedEvent
 from runwatch.sinks.audit import AuditLog
 from runwatch.sinks.sqlite_store import SqliteStore
 
+from .alert_config import AlertSetup, default_alert_setup
+from .alerting import Decisions
+from .deliver import Dispatcher
 from .files import watched_directories
 from .follow import Follower
+from .handlers import build_handlers
 from .processor import Processor
 from .replay import wall_clock
 from .settings import Settings
@@ -110,15 +114,20 @@ class TailService:
     """Follow `patterns`, fold, commit, audit; until `stop()` or SIGTERM/SIGINT."""
 
     def __init__(self, patterns: list[str], settings: Settings, *, poll: bool = False,
-                 out: TextIO | None = None, quiet: bool = False) -> None:
+                 out: TextIO | None = None, quiet: bool = False,
+                 alerts: AlertSetup | None = None) -> None:
         self.patterns = patterns
         self.settings = settings
+        self.alerts = alerts or default_alert_setup()
+        self.print_lock = threading.Lock()
+        self.recorded = threading.Event()
         self.poll = poll
         self.out = out or sys.stdout
         self.quiet = quiet
         self.intervals = Intervals(settings.rescan_interval, settings.tick_interval,
                                    settings.heartbeat_interval)
         self.wake = threading.Event()
+        self.dispatcher: Dispatcher | None = None
         self.stopping = False
         self.started = time.monotonic()
 
@@ -138,9 +147,16 @@ class TailService:
             store = SqliteStore(self.settings.database)
             cleanup.callback(store.close)
             notes: list[DerivedEvent] = []
+            decisions = Decisions(self.alerts.rules, store, self.alerts.policy(
+                deliver=True, since_us=self._alerts_since(store)))
             processor = Processor(store, stall_after_s=self.settings.stall_after,
                                   max_line_bytes=self.settings.max_line_bytes,
-                                  wall_clock=wall_clock, max_groups=self.settings.cache_groups)
+                                  wall_clock=wall_clock, max_groups=self.settings.cache_groups,
+                                  rules=self.alerts.rules, decisions=decisions)
+            dispatcher = Dispatcher(
+                self.settings.database,
+                build_handlers(self.alerts, self.settings, out=self.out, lock=self.print_lock),
+                self.alerts.delivery, on_record=self._recorded, on_failure=self._failed)
             follower = Follower(self.patterns, store,
                                 max_line_bytes=self.settings.max_line_bytes,
                                 rotate_wait_s=self.settings.rotate_wait, notes=notes)
@@ -153,10 +169,15 @@ class TailService:
                 "patterns": self.patterns}))
             follower.discover()
             self._commit(processor, follower, notes, audit)
+            dispatcher.start()
+            cleanup.callback(dispatcher.stop)
+            self.dispatcher = dispatcher
             observer.start()
             cleanup.callback(observer.join, 0.2)  # daemon threads; everything is committed
             cleanup.callback(observer.stop)
             self._loop(processor, follower, notes, audit, handler)
+            dispatcher.stop()
+            self.recorded.set()  # what the deliveries recorded last is evaluated and audited
             processor.derived.append(self._lifecycle("MONITOR_STOPPED", {
                 "uptime_s": round(time.monotonic() - self.started, 3)}))
             self._commit(processor, follower, notes, audit)
@@ -209,15 +230,52 @@ class TailService:
         if notes:
             processor.derived.extend(notes)
             notes.clear()
+        now = time.time_ns() // 1000
+        recorded = self.recorded.is_set()
         if not (checkpoints or forgotten or processor.derived or processor.changes
-                or any(group.dirty for group in processor.cache.values())):
+                or processor.triggers or recorded
+                or any(group.dirty for group in processor.cache.values())
+                or (processor.decisions is not None and processor.decisions.has_due(now))):
             return
+        self.recorded.clear()
+        evaluated = follower.store.unevaluated() if recorded else None
         processor.changes.forget = forgotten
-        processor.commit(checkpoints)
-        for record in audit.drain():
-            if not self.quiet:
-                self.out.write(_console_line(record) + "\n")
-        self.out.flush()
+        processor.commit(checkpoints, now=now, evaluated=evaluated)
+        if processor.outboxed and self.dispatcher is not None:
+            self.dispatcher.poke()
+        records = audit.drain()
+        if records and not self.quiet:
+            lines = [_console_line(r) for r in records if r["type"] not in QUIET_TYPES]
+            with self.print_lock:
+                self.out.write("".join(line + "\n" for line in lines))
+                self.out.flush()
+
+    def _recorded(self) -> None:
+        """On a delivery thread: something was recorded; the loop evaluates and audits it."""
+        self.recorded.set()
+        self.wake.set()
+
+    def _failed(self, payload: dict[str, Any], detail: str) -> None:
+        """The console is the fallback: a notification that could not be delivered shows
+        here, whatever channel it was for."""
+        if self.quiet:
+            return
+        what = payload.get("summary") or payload.get("job") or payload.get("id")
+        line = (f"{wall_clock()} DELIVERY FAILED {payload.get('rule') or payload.get('job')} "
+                f"run={payload.get('run_id')}: {detail} ({what})")
+        with self.print_lock:
+            self.out.write(line + "\n")
+            self.out.flush()
+
+    def _alerts_since(self, store: SqliteStore) -> int:
+        """The alert horizon: fixed when a database is first served, so a restart still
+        alerts on what happened while the service was down, but a new service does not
+        alert on history older than `alert_lookback`."""
+        since = store.meta().get("alerts_since")
+        if since is None:
+            since = str(time.time_ns() // 1000 - int(self.alerts.lookback_s * 1_000_000))
+            store.set_meta([("alerts_since", since)])
+        return int(since)
 
     def _lifecycle(self, kind: str, data: dict[str, Any]) -> DerivedEvent:
         return DerivedEvent(kind, time.time_ns() // 1000, None, data)
@@ -242,12 +300,16 @@ def _restore_signals(previous: dict[int, Callable[[int, FrameType | None], Any] 
         signal.signal(signum, handler)
 
 
+QUIET_TYPES = frozenset({"ALERT_SENT"})
+"""Audit records not echoed on the console: the console channel already showed the alert."""
+
+
 def _console_line(record: dict[str, Any]) -> str:
     """One readable line per audit record."""
     kind = record["type"]
     parts = [record.get("wall_time", ""), kind]
     if record.get("run_id"):
         parts.append(str(record["run_id"]))
-    skip = {"seq", "wall_time", "type", "run_id", "db", "db_seq", "event_time"}
+    skip = {"seq", "wall_time", "type", "run_id", "db", "db_seq", "event_time", "prev", "hash"}
     parts.extend(f"{k}={v}" for k, v in record.items() if k not in skip and v is not None)
     return " ".join(str(p) for p in parts)

@@ -1,0 +1,53 @@
+"""The dispatcher's targets: one handler per enabled channel, and the two completion jobs."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from runwatch.sinks.channels import Channel, ConsoleConfig
+
+from . import jobs
+from .alert_config import AlertSetup, ChannelConfig
+from .deliver import Handler, Result
+from .settings import Settings
+
+
+def build_channel(name: str, config: ChannelConfig, *, out: TextIO | None = None,
+                  lock: threading.Lock | None = None) -> Channel:
+    if isinstance(config, ConsoleConfig):
+        return config.build(name, stream=out, lock=lock)
+    return config.build(name)
+
+
+def channel_handler(channel: Channel) -> Handler:
+    def send(payload: dict[str, Any]) -> Result:
+        outcome = channel.send(payload)
+        return Result(outcome.status, outcome.detail, outcome.retry_after)
+    return send
+
+
+def job_handler(settings: Settings,
+                run: Callable[[sqlite3.Connection, Settings, str], Result]) -> Handler:
+    """A job reads the committed projection through its own connection."""
+    def execute(payload: dict[str, Any]) -> Result:
+        connection = sqlite3.connect(settings.database)
+        connection.execute("PRAGMA busy_timeout=10000")
+        try:
+            return run(connection, settings, payload["run_id"])
+        finally:
+            connection.close()
+    return execute
+
+
+def build_handlers(alerts: AlertSetup, settings: Settings, *, out: TextIO | None = None,
+                   lock: threading.Lock | None = None, with_jobs: bool = True
+                   ) -> dict[str, Handler]:
+    handlers = {name: channel_handler(build_channel(name, config, out=out, lock=lock))
+                for name, config in alerts.channels.items() if config is not None}
+    if with_jobs:
+        handlers["report"] = job_handler(settings, jobs.report)
+        handlers["archive"] = job_handler(settings, jobs.archive)
+    return handlers
