@@ -12,6 +12,7 @@ import orjson
 
 from runwatch.sinks.sqlite_store import RUN_COLUMNS, SqliteStore, StoreError
 
+from .alert_config import load_alerts
 from .console import table
 from .files import InputError, expand
 from .settings import ConfigError, Settings, load_settings
@@ -64,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="worker processes that decode and fold large inputs "
                              "(default: one per core, at most 4; 0: all in this process)")
     replay.add_argument("--json", action="store_true", help="print the summary as JSON")
+    replay.add_argument("--alerts", type=Path, metavar="FILE",
+                        help="alert rules (default: config/alerts.yaml if present, else the "
+                             "built-in rules); decisions are recorded, not delivered")
+    replay.add_argument("--deliver", action="store_true",
+                        help="also deliver the recorded alerts and run the completion jobs "
+                             "(reports, archives), then wait until the outbox is empty")
     replay.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="draw a progress bar (default: when stderr is a terminal)")
     replay.set_defaults(handler=_replay)
@@ -82,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="poll for changes instead of inotify (network filesystems)")
     tail.add_argument("--quiet", action="store_true",
                       help="do not print derived events on the console")
+    tail.add_argument("--alerts", type=Path, metavar="FILE",
+                      help="alert rules and channels (default: config/alerts.yaml if present, "
+                           "else the built-in defaults)")
     tail.set_defaults(handler=_tail)
 
     status = commands.add_parser(
@@ -107,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate_arguments(simulate)
     simulate.set_defaults(handler=simulate_run)
 
+    _alerts_commands(commands)
+    _completion_commands(commands)
+
     check = commands.add_parser(
         "check-config", help="validate a configuration file",
         description="Validate a configuration file and print the settings it gives.")
@@ -124,7 +137,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="configuration file (default: config/runwatch.yaml if present)")
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def settings_from_args(args: argparse.Namespace) -> Settings:
     settings, _ = load_settings(args.config, required=args.config is not None)
     overrides: dict[str, Any] = {}
     if getattr(args, "db", None) is not None:
@@ -150,7 +163,7 @@ def _patterns(args: argparse.Namespace, settings: Settings, command: str) -> lis
 def _replay(args: argparse.Namespace) -> int:
     from .replay import replay
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     patterns = _patterns(args, settings, "replay")
     files = expand(patterns)
     if not files:
@@ -160,8 +173,13 @@ def _replay(args: argparse.Namespace) -> int:
     lock = DatabaseLock(settings.database)
     lock.acquire()
     try:
+        alerts = load_alerts(args.alerts, required=args.alerts is not None)
         summary = replay(files, settings.database, settings, progress=args.progress,
-                         workers=args.workers)
+                         workers=args.workers, alerts=alerts, deliver=args.deliver)
+        if args.deliver:
+            from .operate import deliver_outbox
+
+            deliver_outbox(settings, alerts, quiet=args.json)
     finally:
         lock.release()
     if args.json:
@@ -186,13 +204,14 @@ def _replay(args: argparse.Namespace) -> int:
 def _tail(args: argparse.Namespace) -> int:
     from .tail import TailService
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
+    alerts = load_alerts(args.alerts, required=args.alerts is not None)
     service = TailService(_patterns(args, settings, "tail"), settings, poll=args.poll,
-                          quiet=args.quiet)
+                          quiet=args.quiet, alerts=alerts)
     return service.run()
 
 
-def _open_existing(settings: Settings) -> SqliteStore:
+def open_existing(settings: Settings) -> SqliteStore:
     if not settings.database.exists():
         raise UsageError(f"{settings.database}: no such database; build one with "
                          "`runwatch replay PATH...` or point --db at it")
@@ -200,7 +219,7 @@ def _open_existing(settings: Settings) -> SqliteStore:
 
 
 def _status(args: argparse.Namespace) -> int:
-    store = _open_existing(_settings(args))
+    store = open_existing(settings_from_args(args))
     try:
         if args.run:
             return _status_one(store, args.run, args.json)
@@ -274,6 +293,78 @@ def _check_config(args: argparse.Namespace) -> int:
     for key, value in settings.model_dump(mode="json").items():
         print(f"  {key}: {value}")
     return EXIT_OK
+
+
+def _alerts_commands(commands: Any) -> None:
+    from . import operate
+
+    alerts = commands.add_parser(
+        "alerts", help="check, test and list alert notifications",
+        description="Alert rules, channels and the outbox of decided notifications.")
+    sub = alerts.add_subparsers(title="commands", metavar="COMMAND", required=True,
+                                help="check, test or list")
+    check = sub.add_parser("check", help="validate an alerts file",
+                           description="Validate an alerts file (default: config/alerts.yaml "
+                                       "if present, else the built-in defaults) and show its "
+                                       "rules and channels, secrets hidden.")
+    check.add_argument("file", nargs="?", type=Path, metavar="FILE",
+                       help="the alerts file to check")
+    check.set_defaults(handler=operate.alerts_check)
+    test = sub.add_parser("test", help="send a test notification",
+                          description="Send one test notification through every enabled "
+                                      "channel, or one; exit 1 if any delivery fails.")
+    test.add_argument("--channel", metavar="NAME", help="only this channel")
+    test.add_argument("--alerts", type=Path, metavar="FILE", help="alerts file")
+    test.add_argument("--config", type=Path, metavar="FILE", help="configuration file")
+    test.set_defaults(handler=operate.alerts_test)
+    listing = sub.add_parser("list", help="show recent alerts and their delivery state",
+                             description="Show the newest decided notifications, one row per "
+                                         "channel, with their delivery state.")
+    _common(listing)
+    listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    listing.add_argument("--state", metavar="STATE",
+                         help="only pending, delivered, failed, recorded or skipped")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(handler=operate.alerts_list)
+
+
+def _completion_commands(commands: Any) -> None:
+    from . import operate
+
+    report = commands.add_parser(
+        "report", help="write a run's reports",
+        description="Write reports/<run>_summary.json, _metrics.json and <run>.html for a run, "
+                    "and refresh reports/index.html. Idempotent.")
+    report.add_argument("run", metavar="RUN", help="the run id")
+    _common(report)
+    report.set_defaults(handler=operate.report_run)
+    archive = commands.add_parser(
+        "archive", help="archive a run, or verify archives",
+        description="Write .archive/<run>.zip (artifacts, events, reports, manifest) for a run. "
+                    "An existing valid archive is never rewritten. With --verify, re-check "
+                    "archives against their manifests instead.")
+    archive.add_argument("run", nargs="?", metavar="RUN", help="the run id")
+    _common(archive)
+    archive.add_argument("--new-version", action="store_true",
+                         help="write a new version beside the existing archive")
+    archive.add_argument("--verify", action="store_true",
+                         help="verify RUN's archives (default: every archive)")
+    archive.add_argument("--json", action="store_true", help="print JSON")
+    archive.set_defaults(handler=operate.archive_run)
+    audit = commands.add_parser(
+        "audit", help="check the audit trail",
+        description="The audit trail logs/monitor.jsonl is hash-chained.")
+    sub = audit.add_subparsers(title="commands", metavar="COMMAND", required=True,
+                               help="verify")
+    verify = sub.add_parser("verify", help="check the hash chain",
+                            description="Check every record's hash, the chain and the "
+                                        "sequence, and the database's anchor of the trail's "
+                                        "head; name the first bad line. Exit 1 if bad.")
+    verify.add_argument("file", nargs="?", type=Path, metavar="FILE",
+                        help="the trail (default: logs_dir/monitor.jsonl)")
+    _common(verify)
+    verify.add_argument("--json", action="store_true", help="print JSON")
+    verify.set_defaults(handler=operate.audit_verify)
 
 
 if __name__ == "__main__":

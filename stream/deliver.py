@@ -144,8 +144,8 @@ class Dispatcher:
             else:
                 connection.execute(
                     "UPDATE outbox SET state=?, attempts=?, last_error=?, done_at=? WHERE id=?",
-                    (status, attempts, result.detail or None, format_time(int(now * 1e6)),
-                     entry_id))
+                    (status, attempts, None if status == "delivered" else result.detail,
+                     format_time(int(now * 1e6)), entry_id))
             record(connection, derived, result.writes, now)
         if status == "failed":
             self.on_failure(payload, result.detail)

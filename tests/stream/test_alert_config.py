@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import run_cli
 
+from helpers import run_cli
 from runwatch.stream.alert_config import BUILT_IN, load_alerts
 from runwatch.stream.settings import ConfigError
 
@@ -103,5 +103,5 @@ channels:
 
 def test_reserved_channel_names_are_refused(tmp_path: Path) -> None:
     """`report` and `archive` are the completion jobs' outbox targets."""
-    with pytest.raises(ConfigError, match="channels.archive"):
+    with pytest.raises(ConfigError, match=r"channels\.archive"):
         load_alerts(write(tmp_path, "channels:\n  archive: {type: console}\n"))

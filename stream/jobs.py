@@ -1,0 +1,194 @@
+"""Completion jobs: a finished run's reports and archive, from the projection and the logs.
+
+A job reads only committed rows, and the run's own events through the event index (source,
+offset, length), so it never rescans the logs. Every job is idempotent: reports are rewritten
+only when their bytes change, and an archive that exists and verifies is never rewritten.
+Used by the dispatcher (RUN_COMPLETED, RUN_STATUS_CHANGED) and by `runwatch report|archive`.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from runwatch.projections import Event
+from runwatch.projections.events import format_time
+from runwatch.sinks.archive import ArchiveError, ArchiveResult, apply_retention, build_archive
+from runwatch.sinks.reports import build_index, build_run_reports, write_reports
+
+from .decode import decode
+from .deliver import Result
+from .settings import Settings
+
+
+@dataclass(slots=True)
+class RunData:
+    """One run as the reports and the archive see it."""
+
+    run: dict[str, Any]
+    tasks: list[dict[str, Any]]
+    workstreams: list[dict[str, Any]]
+    pattern_runs: list[dict[str, Any]]
+    lines: list[bytes]
+    events: list[dict[str, Any]]
+    missing: int
+
+
+def load_run(connection: sqlite3.Connection, run_id: str) -> RunData | None:
+    """The run's rows and its accepted events in (time, id) order; None if there is no run.
+    `missing` counts indexed events whose bytes are no longer where they were read."""
+    run = _rows(connection, "SELECT * FROM runs WHERE run_id=?", run_id)
+    if not run:
+        return None
+    lines, events, missing = _run_events(connection, run_id)
+    return RunData(
+        run[0],
+        _rows(connection, "SELECT * FROM tasks WHERE run_id=? ORDER BY task_id", run_id),
+        _rows(connection, "SELECT * FROM workstreams WHERE run_id=? ORDER BY workstream_id",
+              run_id),
+        _rows(connection, "SELECT * FROM pattern_runs WHERE run_id=? "
+              "ORDER BY started_at, pattern_run_id", run_id),
+        lines, events, missing)
+
+
+def _rows(connection: sqlite3.Connection, sql: str, *params: object) -> list[dict[str, Any]]:
+    cursor = connection.execute(sql, params)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+def _run_events(connection: sqlite3.Connection,
+                run_id: str) -> tuple[list[bytes], list[dict[str, Any]], int]:
+    sources = dict(connection.execute("SELECT source_id, path FROM sources"))
+    entries: list[tuple[str, int, int, int]] = []
+    for (blob,) in connection.execute("SELECT entries FROM event_index WHERE group_key=?",
+                                      ("r:" + run_id,)):
+        entries.extend(tuple(e) for e in orjson.loads(blob))
+    found: dict[str, tuple[Event, bytes]] = {}
+    missing = 0
+    handles: dict[int, Any] = {}
+    try:
+        for event_id, source_id, offset, length in sorted(entries, key=lambda e: (e[1], e[2])):
+            if event_id in found:
+                continue
+            line = _read_at(handles, sources.get(source_id), source_id, offset, length)
+            event = decode(line) if line is not None else None
+            if isinstance(event, Event) and event.id == event_id:
+                found[event_id] = (event, line)  # type: ignore[assignment]  # not None here
+            else:
+                missing += 1  # rotated away or rewritten since it was read
+    finally:
+        for handle in handles.values():
+            handle.close()
+    ordered = sorted(found.values(), key=lambda pair: (pair[0].time, pair[0].id))
+    return [line for _, line in ordered], [_event_dict(e) for e, _ in ordered], missing
+
+
+def _read_at(handles: dict[int, Any], path: str | None, source_id: int, offset: int,
+             length: int) -> bytes | None:
+    if path is None:
+        return None
+    handle = handles.get(source_id)
+    if handle is None:
+        try:
+            handle = handles[source_id] = open(path, "rb")  # noqa: SIM115  # closed by caller
+        except OSError:
+            return None
+    data = os.pread(handle.fileno(), length, offset)
+    return data if len(data) == length else None
+
+
+def _event_dict(event: Event) -> dict[str, Any]:
+    return {"id": event.id, "type": event.type, "time": format_time(event.time),
+            "severity": event.severity,
+            "task_id": event.task if event.family == "o" else None,
+            "workstream_id": event.workstream, "payload": event.payload}
+
+
+def report(connection: sqlite3.Connection, settings: Settings, run_id: str) -> Result:
+    """Write the run's reports and refresh index.html; REPORT_GENERATED or REPORT_FAILED."""
+    data = load_run(connection, run_id)
+    if data is None:
+        return Result("failed", f"no run {run_id!r} in the database")
+    try:
+        files = _reports(data)
+        written = write_reports(settings.reports.directory, files)
+        runs = _rows(connection, "SELECT * FROM runs")
+        written += write_reports(settings.reports.directory, {"index.html": build_index(runs)})
+    except OSError as exc:
+        return Result("retry", f"writing reports: {exc.strerror}", derived=[_event(
+            "REPORT_FAILED", run_id, {"error": f"{exc.strerror}: {exc.filename}"})])
+    return Result("delivered", f"{len(written)} file(s) written", derived=[_event(
+        "REPORT_GENERATED", run_id, {
+            "directory": str(settings.reports.directory), "files": sorted(files),
+            "changed": sorted(p.name for p in written), "events_missing": data.missing})])
+
+
+def _reports(data: RunData) -> dict[str, bytes]:
+    return build_run_reports(data.run, data.tasks, data.workstreams, data.pattern_runs,
+                             data.events)
+
+
+def archive(connection: sqlite3.Connection, settings: Settings, run_id: str, *,
+            new_version: bool = False) -> Result:
+    """Archive the run (artifacts, events, reports, manifest) and apply retention;
+    RUN_ARCHIVED, or ARCHIVAL_FAILED with a reason (retried: space may be freed)."""
+    data = load_run(connection, run_id)
+    if data is None:
+        return Result("failed", f"no run {run_id!r} in the database")
+    now = datetime.now(UTC)
+    try:
+        result = build_archive(run_id, config=settings.archive, events=b"".join(
+            line + b"\n" for line in data.lines), reports=_reports(data),
+            new_version=new_version, now=now)
+    except ArchiveError as exc:
+        return Result("retry", f"{exc.reason}: {exc.detail}", derived=[_event(
+            "ARCHIVAL_FAILED", run_id, {"reason": exc.reason, "detail": exc.detail})])
+    derived = [_event("RUN_ARCHIVED", run_id, _archived(result, data.missing))]
+    writes: list[tuple[str, tuple[Any, ...]]] = []
+    if result.created:
+        archived_at = format_time(int(now.timestamp() * 1e6))
+        writes.append(("INSERT OR IGNORE INTO archival_log VALUES (?, ?, ?, ?, ?, ?)",
+                       (run_id, str(result.path), result.sha256, result.size_bytes,
+                        result.members, archived_at)))
+        _append_line(settings.logs_dir / "archival.jsonl", {
+            "run_id": run_id, "archive_path": str(result.path), "sha256": result.sha256,
+            "size_bytes": result.size_bytes, "members": result.members,
+            "archived_at": archived_at})
+    for path in apply_retention(settings.archive, now):
+        derived.append(_event("ARCHIVE_PRUNED", None, {"path": str(path)}))
+    return Result("delivered", str(result.path), derived=derived, writes=writes)
+
+
+def _archived(result: ArchiveResult, missing: int) -> dict[str, Any]:
+    return {"path": str(result.path), "sha256": result.sha256,
+            "size_bytes": result.size_bytes, "members": result.members,
+            "created": result.created, "events_missing": missing,
+            "skipped": [list(item) for item in result.skipped],
+            "corrupt": [[str(path), problem] for path, problem in result.corrupt]}
+
+
+def _event(kind: str, run_id: str | None, data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": kind, "event_time": format_time(
+        int(datetime.now(UTC).timestamp() * 1e6))}
+    if run_id is not None:
+        out["run_id"] = run_id
+    return {**out, **data}
+
+
+def _append_line(path: Path, record: dict[str, Any]) -> None:
+    """At least once: a crash before the database commit repeats the line on retry, with
+    the same run, path and sha256, so readers can drop the repeat."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, orjson.dumps(record) + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
