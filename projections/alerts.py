@@ -259,6 +259,10 @@ class AlertBook:
     rules: RuleSet
     states: dict[tuple[str, str], AlertState] = field(default_factory=dict)
     dirty: set[tuple[str, str]] = field(default_factory=set)
+    held: set[tuple[str, str]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.held.update(key for key, state in self.states.items() if state.held is not None)
 
     def offer(self, trigger: Trigger) -> Notification | None:
         rule = self.rules.rules.get(trigger.rule)
@@ -272,8 +276,14 @@ class AlertBook:
             state = self.states[key] = AlertState()
         self.dirty.add(key)
         if trigger.role == "fire":
-            return self._fire(rule, state, trigger)
-        return self._resolve(rule, state, trigger)
+            notification = self._fire(rule, state, trigger)
+        else:
+            notification = self._resolve(rule, state, trigger)
+        if state.held is None:
+            self.held.discard(key)
+        else:
+            self.held.add(key)
+        return notification
 
     def _fire(self, rule: Rule, state: AlertState, trigger: Trigger) -> Notification | None:
         if state.current != "firing":
@@ -301,14 +311,20 @@ class AlertBook:
     def due(self, now: int) -> list[Notification]:
         """Held-back changes whose throttle window is over by `now`, oldest first."""
         out = []
-        for key in sorted(self.states, key=lambda k: (self.states[k].notified_at or 0, k)):
+        for key in sorted(self.held, key=lambda k: (self.states[k].notified_at or 0, k)):
             state = self.states[key]
-            if state.held is None or not _window_over(self.rules.rules[key[0]], state, now):
+            rule = self.rules.rules.get(key[0])
+            if rule is None or state.held is None or not _window_over(rule, state, now):
                 continue
-            rule = self.rules.rules[key[0]]
             self.dirty.add(key)
+            self.held.discard(key)
             out.append(self._notify(rule, state, state.held))
         return out
+
+    def has_due(self, now: int) -> bool:
+        """Some held-back change can be sent by `now`."""
+        return any(_window_over(self.rules.rules[key[0]], self.states[key], now)
+                   for key in self.held if key[0] in self.rules.rules)
 
     def _notify(self, rule: Rule, state: AlertState, trigger: Trigger) -> Notification:
         announced: Literal["firing", "resolved"] = \

@@ -47,15 +47,15 @@ class Decisions:
         triggers in event-time order, so its decisions do not depend on file order."""
         self.rules = rules
         self.policy = policy
-        self.book = AlertBook(rules)
+        saved = {} if store is None else {
+            (rule, group): AlertState.from_dict(state)
+            for rule, group, state in store.alert_states() if rule in rules.rules}
+        self.book = AlertBook(rules, saved)
         self.hold = hold
+        self.dedupe = hold  # live, a duplicate never triggers: the fold rejects it first
         self.held: list[tuple[int, int, str, Trigger]] = []
         self.held_derived: list[DerivedEvent] = []
         self.seen_events: set[tuple[str, str, str]] = set()
-        if store is not None:
-            for rule, group, state in store.alert_states():
-                if rule in rules.rules:
-                    self.book.states[(rule, group)] = AlertState.from_dict(state)
 
     def derived_from_rows(self, rows: Iterable[tuple[int, dict[str, Any]]]
                           ) -> list[DerivedEvent]:
@@ -90,10 +90,10 @@ class Decisions:
                 now: int, changes: Changes) -> None:
         ordered.sort(key=lambda item: item[:3])
         for _, _, _, trigger in ordered:
-            key = (trigger.rule, trigger.role, trigger.event_id)
-            if key in self.seen_events:
-                continue  # the same input event read twice (files that repeat each other)
-            if len(self.seen_events) < 1_000_000:
+            if self.dedupe:
+                key = (trigger.rule, trigger.role, trigger.event_id)
+                if key in self.seen_events:
+                    continue  # the same input event in two files that repeat each other
                 self.seen_events.add(key)
             notification = self.book.offer(trigger)
             if notification is not None:
@@ -107,12 +107,7 @@ class Decisions:
 
     def has_due(self, now: int) -> bool:
         """A held-back notification's window is over: a commit should happen now."""
-        for (rule_name, _), state in self.book.states.items():
-            rule = self.rules.rules.get(rule_name)
-            if state.held is not None and rule is not None and (
-                    state.notified_at is None or now - state.notified_at >= rule.throttle_us):
-                return True
-        return False
+        return self.book.has_due(now)
 
     def _state(self, event_time: int) -> str:
         if not self.policy.deliver:
@@ -123,7 +118,7 @@ class Decisions:
 
     def _entries(self, notification: Notification) -> list[OutboxEntry]:
         payload = notification.to_dict()
-        state = self._state(notification.event_time)
+        state = self._state(_began(notification))
         out = []
         for channel in notification.channels:
             if self.policy.channels is not None and channel not in self.policy.channels:
@@ -148,6 +143,15 @@ class Decisions:
                             "job", kind, state, {**payload, "job": kind}, run_id=event.run_id,
                             event_time=when)
                 for kind in kinds if kind in self.policy.jobs]
+
+
+def _began(notification: Notification) -> int:
+    """When the problem began, for the lookback: a stall began when the run went silent,
+    not when a newly started service noticed it."""
+    silent_since = notification.event.get("last_event_at")
+    if notification.event.get("type") == "RUN_STALLED" and isinstance(silent_since, str):
+        return min(parse_time(silent_since), notification.event_time)
+    return notification.event_time
 
 
 def _digest(*parts: str) -> str:

@@ -17,12 +17,15 @@ from .console import table
 from .files import InputError, expand
 from .settings import ConfigError, Settings, load_settings
 from .tail import DatabaseLock, ServiceError
-
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-
-class UsageError(Exception):
-    """Bad arguments; printed as one line, exit code 2."""
+from .usage import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    common_options,
+    open_existing,
+    settings_from_args,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "--db only when complete. Delivers nothing outward.")
     replay.add_argument("paths", nargs="*", metavar="PATH",
                         help="files, directories or globs (default: the config's sources)")
-    _common(replay)
+    common_options(replay)
     replay.add_argument("--stall-after", metavar="SECONDS",
                         help="override stall_after (e.g. 1800, 30m)")
     replay.add_argument("--workers", type=int, metavar="N",
@@ -84,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "cleanly on SIGTERM/SIGINT.")
     tail.add_argument("paths", nargs="*", metavar="PATH",
                       help="files, directories or globs to follow")
-    _common(tail)
+    common_options(tail)
     tail.add_argument("--poll", action="store_true",
                       help="poll for changes instead of inotify (network filesystems)")
     tail.add_argument("--quiet", action="store_true",
@@ -97,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status", help="show runs from the projection database",
         description="Show the runs in the projection database, newest first.")
-    _common(status)
+    common_options(status)
     status.add_argument("--run", metavar="ID", help="show one run with its tasks, "
                         "workstreams and pattern runs")
     status.add_argument("--status", dest="only", metavar="STATUS",
@@ -128,28 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print the settings as JSON")
     check.set_defaults(handler=_check_config)
     return parser
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", type=Path, metavar="FILE",
-                        help="the projection database (default: the config's database)")
-    parser.add_argument("--config", type=Path, metavar="FILE",
-                        help="configuration file (default: config/runwatch.yaml if present)")
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    settings, _ = load_settings(args.config, required=args.config is not None)
-    overrides: dict[str, Any] = {}
-    if getattr(args, "db", None) is not None:
-        overrides["database"] = args.db
-    if getattr(args, "stall_after", None) is not None:
-        overrides["stall_after"] = args.stall_after
-    if overrides:
-        try:
-            settings = Settings.model_validate({**settings.model_dump(), **overrides})
-        except ValueError as exc:
-            raise UsageError(f"bad option value: {exc}") from None
-    return settings
 
 
 def _patterns(args: argparse.Namespace, settings: Settings, command: str) -> list[str]:
@@ -209,13 +190,6 @@ def _tail(args: argparse.Namespace) -> int:
     service = TailService(_patterns(args, settings, "tail"), settings, poll=args.poll,
                           quiet=args.quiet, alerts=alerts)
     return service.run()
-
-
-def open_existing(settings: Settings) -> SqliteStore:
-    if not settings.database.exists():
-        raise UsageError(f"{settings.database}: no such database; build one with "
-                         "`runwatch replay PATH...` or point --db at it")
-    return SqliteStore(settings.database)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -320,7 +294,7 @@ def _alerts_commands(commands: Any) -> None:
     listing = sub.add_parser("list", help="show recent alerts and their delivery state",
                              description="Show the newest decided notifications, one row per "
                                          "channel, with their delivery state.")
-    _common(listing)
+    common_options(listing)
     listing.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
     listing.add_argument("--state", metavar="STATE",
                          help="only pending, delivered, failed, recorded or skipped")
@@ -336,7 +310,7 @@ def _completion_commands(commands: Any) -> None:
         description="Write reports/<run>_summary.json, _metrics.json and <run>.html for a run, "
                     "and refresh reports/index.html. Idempotent.")
     report.add_argument("run", metavar="RUN", help="the run id")
-    _common(report)
+    common_options(report)
     report.set_defaults(handler=operate.report_run)
     archive = commands.add_parser(
         "archive", help="archive a run, or verify archives",
@@ -344,7 +318,7 @@ def _completion_commands(commands: Any) -> None:
                     "An existing valid archive is never rewritten. With --verify, re-check "
                     "archives against their manifests instead.")
     archive.add_argument("run", nargs="?", metavar="RUN", help="the run id")
-    _common(archive)
+    common_options(archive)
     archive.add_argument("--new-version", action="store_true",
                          help="write a new version beside the existing archive")
     archive.add_argument("--verify", action="store_true",
@@ -362,7 +336,7 @@ def _completion_commands(commands: Any) -> None:
                                         "head; name the first bad line. Exit 1 if bad.")
     verify.add_argument("file", nargs="?", type=Path, metavar="FILE",
                         help="the trail (default: logs_dir/monitor.jsonl)")
-    _common(verify)
+    common_options(verify)
     verify.add_argument("--json", action="store_true", help="print JSON")
     verify.set_defaults(handler=operate.audit_verify)
 

@@ -20,12 +20,12 @@ from runwatch.sinks.sqlite_store import Changes, SqliteStore, StoreError
 from . import jobs
 from .alert_config import AlertSetup, load_alerts
 from .alerting import Decisions
-from .cli import EXIT_FAILURE, EXIT_OK, UsageError, open_existing, settings_from_args
 from .console import table
 from .deliver import Dispatcher, Result, record
 from .handlers import build_channel, build_handlers
 from .settings import Settings
 from .tail import DatabaseLock, ServiceError
+from .usage import EXIT_FAILURE, EXIT_OK, UsageError, open_existing, settings_from_args
 
 
 def alerts_check(args: argparse.Namespace) -> int:
@@ -117,14 +117,23 @@ def archive_run(args: argparse.Namespace) -> int:
 
 def _manual_job(settings: Settings, run_id: str, job: Any) -> int:
     """Run a job now and record it like the dispatcher would (the alert rules see its
-    derived events at the service's next commit)."""
+    derived events at the service's next commit). The trail is appended here only when no
+    service holds the database; otherwise the service appends these records itself."""
     store = open_existing(settings)
+    lock = DatabaseLock(settings.database)
+    try:
+        lock.acquire()
+        audit: AuditLog | None = AuditLog(settings.logs_dir / "monitor.jsonl", store)
+    except ServiceError:
+        audit = None
     try:
         result: Result = job(store.db)
         with store.transaction():
             record(store.db, result.derived, result.writes, time.time())
-        _audit_if_free(settings, store)
+        if audit is not None:
+            audit.drain()
     finally:
+        lock.release()
         store.close()
     for event in result.derived:
         print(" ".join(f"{k}={v}" for k, v in event.items() if v not in (None, [], "")))
@@ -132,19 +141,6 @@ def _manual_job(settings: Settings, run_id: str, job: Any) -> int:
         print(f"runwatch: {run_id}: {result.detail}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
-
-
-def _audit_if_free(settings: Settings, store: SqliteStore) -> None:
-    """Append to the trail only when no service holds the database (it would append too)."""
-    lock = DatabaseLock(settings.database)
-    try:
-        lock.acquire()
-    except ServiceError:
-        return
-    try:
-        AuditLog(settings.logs_dir / "monitor.jsonl", store).drain()
-    finally:
-        lock.release()
 
 
 def _verify_archives(settings: Settings, run_id: str | None, as_json: bool) -> int:

@@ -317,3 +317,24 @@ def test_email_channel_delivers_through_smtp(tmp_path: Path, logs: Path) -> None
             [mail] = smtp.wait_for(1, timeout=10)
             assert service.stop() == 0
     assert "CRITICAL" in mail.message["Subject"] and "R1" in mail.message["Subject"]
+
+
+def test_alerts_test_command_reports_each_channel(tmp_path: Path) -> None:
+    """`alerts test` is how a user checks a new webhook before trusting it with a real page."""
+    with WebhookReceiver() as hook:
+        env = {"ALERT_WEBHOOK_URL": hook.url, "ALERT_WEBHOOK_SECRET": SECRET}
+        sent = run_cli("alerts", "test", "--channel", "webhook", cwd=tmp_path, env=env)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        [request] = hook.wait_for(1)
+        assert request.json["runwatch"]["test"] is True
+        assert verify(SECRET, request.headers["webhook-id"],
+                      int(request.headers["webhook-timestamp"]), request.body,
+                      request.headers["webhook-signature"])
+        hook.script((500,))
+        failed = run_cli("alerts", "test", "--channel", "webhook", cwd=tmp_path, env=env)
+    assert failed.returncode == 1 and "HTTP 500" in failed.stdout
+    off = run_cli("alerts", "test", "--channel", "slack", cwd=tmp_path,
+                  env={"SLACK_WEBHOOK_URL": ""})
+    assert off.returncode == 1 and "off" in off.stdout
+    unknown = run_cli("alerts", "test", "--channel", "pager", cwd=tmp_path)
+    assert unknown.returncode == 2 and "pager" in unknown.stderr

@@ -229,3 +229,21 @@ def test_audit_verify_detects_one_changed_byte(tmp_path: Path) -> None:
     bad = run_cli("audit", "verify", trail, cwd=tmp_path)
     assert bad.returncode == 1
     assert "line 2" in bad.stdout
+
+
+def test_retention_prunes_the_oldest_archive_with_an_audit_record(tmp_path: Path) -> None:
+    """Retention must not delete silently: each removal is on the record."""
+    logs = tmp_path / "in"
+    logs.mkdir()
+    append(logs / "events.jsonl", finished_run("R1") + finished_run("R2"))
+    (tmp_path / "rw.yaml").write_text("archive:\n  keep_last: 1\n")
+    db = tmp_path / "rw.db"
+    config = ("--config", str(tmp_path / "rw.yaml"))
+    assert run_cli("replay", logs, "--db", db, *config, cwd=tmp_path).returncode == 0
+    assert run_cli("archive", "R1", "--db", db, *config, cwd=tmp_path).returncode == 0
+    os.utime(tmp_path / ".archive" / "R1.zip", (1, 1))  # clearly the oldest
+    second = run_cli("archive", "R2", "--db", db, *config, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "ARCHIVE_PRUNED" in second.stdout
+    assert [p.name for p in (tmp_path / ".archive").glob("*.zip")] == ["R2.zip"]
+    assert "ARCHIVE_PRUNED" in trail_types(tmp_path)

@@ -1,0 +1,88 @@
+"""Alert decisions and jobs as replay and the service make them, on real databases."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+
+from runwatch.projections import DerivedEvent
+from runwatch.projections.events import to_micros
+from runwatch.sinks.sqlite_store import Changes
+from runwatch.stream.alert_config import default_alert_setup
+from runwatch.stream.alerting import Decisions
+from runwatch.stream.files import expand
+from runwatch.stream.replay import replay
+from runwatch.stream.settings import Settings
+from runwatch.stream.simulate import simulate
+
+
+def outbox(db: Path) -> set[tuple[str, str, str, str]]:
+    connection = sqlite3.connect(db)
+    try:
+        return set(connection.execute("SELECT id, kind, target, state FROM outbox"))
+    finally:
+        connection.close()
+
+
+def test_replay_decides_the_same_whatever_the_workers(tmp_path: Path) -> None:
+    """Decisions are made in event time: file order and worker count must not change them,
+    or a rebuilt database would disagree with itself about what was announced."""
+    corpus = tmp_path / "corpus"
+    simulate(corpus, runs=40, seed=11, fail_rate=0.4, stall_rate=0.2)
+    files = expand([str(corpus)])
+    replay(files, tmp_path / "one.db", Settings(), progress=False, workers=0)
+    replay(list(reversed(files)), tmp_path / "many.db", Settings(), progress=False, workers=2,
+           chunk_bytes=16 * 1024)
+    one, many = outbox(tmp_path / "one.db"), outbox(tmp_path / "many.db")
+    assert one == many
+    kinds = {(kind, target) for _, kind, target, _ in one}
+    assert ("alert", "console") in kinds and ("job", "archive") in kinds
+    assert {state for *_, state in one} == {"recorded"}, "replay delivers nothing"
+
+
+def test_files_that_repeat_each_other_trigger_once(tmp_path: Path) -> None:
+    """Job files repeat the global pattern file: one failure must not become two alerts."""
+    corpus = tmp_path / "corpus"
+    simulate(corpus, runs=30, seed=3, fail_rate=0.5)
+    replay(expand([str(corpus)]), tmp_path / "rw.db", Settings(), progress=False, workers=0)
+    connection = sqlite3.connect(tmp_path / "rw.db")
+    rows = connection.execute("SELECT alert_id, count(*) FROM alerts "
+                              "GROUP BY alert_id, channel HAVING count(*) > 1").fetchall()
+    pattern = connection.execute(
+        "SELECT count(*) FROM alerts WHERE rule='pattern_failure'").fetchone()[0]
+    connection.close()
+    assert rows == [] and pattern > 0
+
+
+def test_a_stall_that_began_before_the_horizon_is_history() -> None:
+    """A new service must not page about runs that went quiet long before it started."""
+    setup = default_alert_setup()
+    now = to_micros(datetime(2026, 1, 2, 12, 0))
+    hour = 3_600_000_000
+    decisions = Decisions(setup.rules, None, setup.policy(deliver=True, since_us=now - hour))
+    changes = Changes()
+    old = DerivedEvent("RUN_STALLED", now, "OLD",
+                       {"last_event_at": "2026-01-02T09:00:00.000000Z", "silent_s": 10800.0})
+    fresh = DerivedEvent("RUN_STALLED", now, "NEW",
+                         {"last_event_at": "2026-01-02T11:20:00.000000Z", "silent_s": 2400.0})
+    decisions.decide([], [old, fresh], now, changes)
+    states = {entry.run_id: entry.state for entry in changes.outbox}
+    assert states == {"OLD": "skipped", "NEW": "pending"}
+
+
+def test_completed_runs_start_report_and_archive_jobs_with_stable_ids() -> None:
+    """Jobs are idempotent by id: deciding the same completion twice gives the same ids."""
+    setup = default_alert_setup()
+    done = DerivedEvent("RUN_COMPLETED", 5, "R1", {"status": "succeeded"})
+    changed = DerivedEvent("RUN_STATUS_CHANGED", 9, "R1", {"status": "failed",
+                                                            "previous_status": "succeeded"})
+    ids = []
+    for _ in range(2):
+        changes = Changes()
+        Decisions(setup.rules, None, setup.policy(deliver=True)).decide(
+            [], [done, changed], 10, changes)
+        ids.append([(e.target, e.id) for e in changes.outbox if e.kind == "job"])
+    assert ids[0] == ids[1]
+    assert [target for target, _ in ids[0]] == ["report", "archive", "report"]
+    assert len({job_id for _, job_id in ids[0]}) == 3
