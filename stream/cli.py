@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="poll for changes instead of inotify (network filesystems)")
     tail.add_argument("--quiet", action="store_true",
                       help="do not print derived events on the console")
+    tail.add_argument("--metrics-addr", metavar="HOST:PORT",
+                      help="serve Prometheus /metrics and /healthz, /livez, /readyz here "
+                           "(e.g. 127.0.0.1:9464; a bare :PORT binds to 127.0.0.1)")
     tail.add_argument("--alerts", type=Path, metavar="FILE",
                       help="alert rules and channels (default: config/alerts.yaml if present, "
                            "else the built-in defaults)")
@@ -119,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     from .simulate import run as simulate_run
     simulate_arguments(simulate)
     simulate.set_defaults(handler=simulate_run)
+
+    health = commands.add_parser(
+        "health", help="run the health checks from a shell",
+        description="Run the service's health checks from outside it (for cron, systemd, "
+                    "load balancers): monitor_heartbeat (from the service's status file), "
+                    "db_connection_check, archival_storage_check and ingest_lag. Exit 0 when "
+                    "all pass, 1 when any fails.")
+    common_options(health)
+    health.add_argument("--json", action="store_true", help="print the checks as JSON")
+    health.set_defaults(handler=_health)
 
     _alerts_commands(commands)
     _completion_commands(commands)
@@ -256,6 +269,18 @@ def _select(store: SqliteStore, sql: str, *params: object) -> list[dict[str, Any
     cursor = store.db.execute(sql, params)
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+def _health(args: argparse.Namespace) -> int:
+    from .health import from_status_file, report
+
+    checks = from_status_file(settings_from_args(args))
+    if args.json:
+        print(orjson.dumps(report(checks), option=orjson.OPT_INDENT_2).decode())
+    else:
+        for check in checks:
+            print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<24} {check.detail}")
+    return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILURE
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -66,7 +66,7 @@ class Scanner:
             if os.path.isdir(absolute):
                 found.update(self._tree(absolute, "*.jsonl"))
             elif glob.has_magic(pattern):
-                base = _static_prefix(absolute)
+                base = static_prefix(absolute)
                 if "**" in pattern:
                     # fnmatch's * crosses "/"; glob's "**/" may also match no folder at all
                     shallow = absolute.replace("**" + os.sep, "")
@@ -115,7 +115,7 @@ def _list(folder: str) -> tuple[list[str], list[str]]:
     return subdirectories, files
 
 
-def _static_prefix(pattern: str) -> str:
+def static_prefix(pattern: str) -> str:
     """The directory part of a glob before its first wildcard."""
     parts = []
     for part in pattern.split(os.sep):

@@ -289,6 +289,22 @@ class Follower:
             del self.cursors[cursor.file_id]
             self.forgotten.append(cursor.file_id)
 
+    def lag(self, now: float) -> tuple[int, float]:
+        """Bytes appended to followed files but not read yet, and the age of the newest such
+        byte (now − the file's mtime): how far the projection is behind its sources."""
+        pending = 0
+        age = 0.0
+        for cursor in self.cursors.values():
+            try:
+                info = os.fstat(cursor.fd)
+            except OSError:
+                continue
+            unread = info.st_size - cursor.position
+            if unread > 0:
+                pending += unread
+                age = max(age, now - info.st_mtime)
+        return pending, max(age, 0.0)
+
     def checkpoints(self) -> tuple[list[Checkpoint], list[FileId]]:
         """Checkpoints of files that advanced, and files to forget, since the last call."""
         advanced = []

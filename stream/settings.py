@@ -38,12 +38,39 @@ def parse_duration(value: Any) -> Any:
 Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 
 
+def parse_address(text: str) -> tuple[str, int]:
+    """`host:port`, `:port` or `port`; without a host the server binds to 127.0.0.1."""
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not host:port (e.g. 127.0.0.1:9464)")
+    return host, int(port)
+
+
+def _address(value: Any) -> Any:
+    if isinstance(value, str):
+        parse_address(value)
+    return value
+
+
+Address = Annotated[str, BeforeValidator(_address)]
+
+
 class Source(BaseModel):
     """A named set of input files (paths, directories or globs)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str = Field(min_length=1)
     paths: list[str] = Field(min_length=1)
+
+
+class HealthLimits(BaseModel):
+    """When a health check fails."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    max_loop_age: Seconds = 15.0
+    max_ingest_lag: Seconds = 60.0
+    min_free_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
 
 
 class Settings(BaseModel):
@@ -62,6 +89,8 @@ class Settings(BaseModel):
     rotate_wait: Seconds = 5.0
     batch_max_bytes: int = Field(default=4 * 1024 * 1024, ge=4096)
     linger: float = Field(default=0.01, ge=0, le=1)
+    metrics_addr: Address | None = None
+    health: HealthLimits = HealthLimits()
     reports: ReportsConfig = ReportsConfig()
     archive: ArchiveConfig = ArchiveConfig()
 

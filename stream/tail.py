@@ -29,17 +29,19 @@ from watchdog.observers.polling import PollingObserver
 
 from runwatch.projections import DerivedEvent
 from runwatch.sinks.audit import AuditLog
+from runwatch.sinks.metrics import Metrics, MetricsServer
 from runwatch.sinks.sqlite_store import SqliteStore
 
 from .alert_config import AlertSetup, default_alert_setup
 from .alerting import Decisions
 from .deliver import Dispatcher
-from .files import watched_directories
+from .files import static_prefix, watched_directories
 from .follow import Follower
 from .handlers import build_handlers
+from .health import report, run_checks, status_path, write_status
 from .processor import Processor
 from .replay import wall_clock
-from .settings import Settings
+from .settings import Settings, Source, parse_address
 
 
 class ServiceError(Exception):
@@ -128,8 +130,13 @@ class TailService:
                                    settings.heartbeat_interval)
         self.wake = threading.Event()
         self.dispatcher: Dispatcher | None = None
+        self.metrics = Metrics()
+        self.ingest = IngestCounts(settings.sources)
+        self.last_loop = time.monotonic()
+        self.lag_s = 0.0
         self.stopping = False
         self.started = time.monotonic()
+        self.started_at = wall_clock()
 
     def stop(self, *_: Any) -> None:
         self.stopping = True
@@ -172,6 +179,9 @@ class TailService:
             dispatcher.start()
             cleanup.callback(dispatcher.stop)
             self.dispatcher = dispatcher
+            self._serve_metrics(cleanup)
+            self._publish(processor, follower)
+            cleanup.callback(status_path(self.settings.database).unlink, missing_ok=True)
             observer.start()
             cleanup.callback(observer.join, 0.2)  # daemon threads; everything is committed
             cleanup.callback(observer.stop)
@@ -207,9 +217,12 @@ class TailService:
             reads = follower.read(budget, paths_to_read)
             follower.retire(reads)
             for read in reads:
+                before = processor.pending.accepted
                 processor.process(read.cursor.source, read.cursor.source_id, read.lines)
+                self.ingest.add(read.cursor.source, processor.pending.accepted - before)
             if now >= due_tick:
                 processor.detect(time.time_ns() // 1000)
+                self._publish(processor, follower)
                 due_tick = now + self.intervals.tick
             if now >= due_heartbeat:
                 accepted = follower.store.counters().get("events_accepted", 0)
@@ -218,6 +231,7 @@ class TailService:
                     "open_runs": len(processor.open_runs), "files": len(follower.cursors)}))
                 due_heartbeat = now + self.intervals.heartbeat
             self._commit(processor, follower, notes, audit)
+            self.last_loop = time.monotonic()
             behind = follower.behind
             if behind:
                 continue  # more is waiting: keep reading without sleeping
@@ -241,13 +255,58 @@ class TailService:
         evaluated = follower.store.unevaluated() if recorded else None
         processor.changes.forget = forgotten
         processor.commit(checkpoints, now=now, evaluated=evaluated)
+        self.ingest.committed(self.metrics)
         if processor.outboxed and self.dispatcher is not None:
             self.dispatcher.poke()
         records = audit.drain()
+        self.metrics.record(records)
         if records and not self.quiet:
             lines = [_console_line(r) for r in records if r["type"] not in QUIET_TYPES]
             with self.print_lock:
                 self.out.write("".join(line + "\n" for line in lines))
+                self.out.flush()
+
+    def _publish(self, processor: Processor, follower: Follower) -> None:
+        """Gauges and the status file: what the service is doing now, for scrapers, health
+        checks and `status --watch`."""
+        lag_bytes, self.lag_s = follower.lag(time.time())
+        stalled = sum(1 for _, flagged in processor.open_runs.values() if flagged)
+        pending = follower.store.db.execute(
+            "SELECT count(*) FROM outbox WHERE state='pending'").fetchone()[0]
+        metrics = self.metrics
+        metrics.lag_seconds.set(self.lag_s)
+        metrics.lag_bytes.set(lag_bytes)
+        metrics.active_runs.set(len(processor.open_runs))
+        metrics.stalled_runs.set(stalled)
+        metrics.outbox_pending.set(pending)
+        write_status(status_path(self.settings.database), {
+            "pid": os.getpid(), "started_at": self.started_at, "updated_at": wall_clock(),
+            "updated_unix": time.time(), "ingest_lag_seconds": round(self.lag_s, 3),
+            "ingest_lag_bytes": lag_bytes, "files": len(follower.cursors),
+            "open_runs": len(processor.open_runs), "stalled_runs": stalled,
+            "outbox_pending": pending, "events_accepted": processor.seen})
+
+    def _health(self, endpoint: str) -> tuple[bool, dict[str, Any]]:
+        """On the metrics thread: the checks, with the loop's own liveness."""
+        checks = run_checks(self.settings, loop_age_s=time.monotonic() - self.last_loop,
+                            lag_s=self.lag_s, only_liveness=endpoint == "livez")
+        return all(c.ok for c in checks), report(checks)
+
+    def _serve_metrics(self, cleanup: contextlib.ExitStack) -> None:
+        if self.settings.metrics_addr is None:
+            return
+        host, port = parse_address(self.settings.metrics_addr)
+        try:
+            server = MetricsServer(host, port, self.metrics, self._health)
+        except OSError as exc:
+            raise ServiceError(f"metrics_addr {self.settings.metrics_addr}: cannot listen "
+                               f"({exc.strerror})") from None
+        server.start()
+        cleanup.callback(server.stop)
+        if not self.quiet:
+            with self.print_lock:
+                self.out.write(f"metrics and health on http://{host}:{server.port}"
+                               "/metrics, /healthz\n")
                 self.out.flush()
 
     def _recorded(self) -> None:
@@ -298,6 +357,30 @@ class TailService:
 def _restore_signals(previous: dict[int, Callable[[int, FrameType | None], Any] | Any]) -> None:
     for signum, handler in previous.items():
         signal.signal(signum, handler)
+
+
+class IngestCounts:
+    """Accepted events per configured source, counted into the metric only once committed.
+    Files are labelled by the source whose paths they fall under (bounded cardinality)."""
+
+    def __init__(self, sources: list[Source]) -> None:
+        self.prefixes = [(os.path.abspath(static_prefix(path)), source.name)
+                         for source in sources for path in source.paths]
+        self.names: dict[str, str] = {}
+        self.pending: dict[str, int] = {}
+
+    def add(self, path: str, count: int) -> None:
+        if count:
+            name = self.names.get(path)
+            if name is None:
+                name = self.names[path] = next(
+                    (n for prefix, n in self.prefixes if path.startswith(prefix)), "default")
+            self.pending[name] = self.pending.get(name, 0) + count
+
+    def committed(self, metrics: Metrics) -> None:
+        for name, count in self.pending.items():
+            metrics.ingested.labels(name).inc(count)
+        self.pending.clear()
 
 
 QUIET_TYPES = frozenset({"ALERT_SENT"})

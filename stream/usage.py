@@ -31,6 +31,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         overrides["database"] = args.db
     if getattr(args, "stall_after", None) is not None:
         overrides["stall_after"] = args.stall_after
+    if getattr(args, "metrics_addr", None) is not None:
+        overrides["metrics_addr"] = args.metrics_addr
     if overrides:
         try:
             settings = Settings.model_validate({**settings.model_dump(), **overrides})
