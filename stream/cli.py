@@ -112,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "the table, all with --json)")
     status.add_argument("--json", action="store_true",
                         help="print a JSON list of run objects with the runs columns")
+    status.add_argument("--watch", action="store_true",
+                        help="refresh in place until q or Ctrl-C: active runs with progress, "
+                             "stalls, recent completions and alerts, ingest lag")
+    status.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                        help="with --watch: seconds between refreshes (default 1)")
     status.set_defaults(handler=_status)
 
     simulate = commands.add_parser(
@@ -133,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--json", action="store_true", help="print the checks as JSON")
     health.set_defaults(handler=_health)
 
+    from .analyze import add_command as analyze_command  # TEMP-ANALYZE
+    analyze_command(commands)  # TEMP-ANALYZE
     _alerts_commands(commands)
     _completion_commands(commands)
 
@@ -206,6 +213,12 @@ def _tail(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.watch:
+        if args.run or args.only or args.json:
+            raise UsageError("status: --watch cannot be combined with --run, --status or --json")
+        from .watch import watch
+
+        return watch(settings_from_args(args), interval=args.interval)
     store = open_existing(settings_from_args(args))
     try:
         if args.run:

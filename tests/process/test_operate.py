@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import requests
+
 from helpers import TailProcess, run_cli
 
 
