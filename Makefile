@@ -53,6 +53,8 @@ bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_replay.py --json bench-out/replay.json
 	$(BIN)/python tests/benchmarks/bench_tail.py --json bench-out/tail.json
 	$(BIN)/python tests/benchmarks/bench_alerts.py --json bench-out/alerts.json
+	$(BIN)/python tests/benchmarks/bench_analyze.py --json bench-out/analyze.json
+	$(BIN)/python tests/benchmarks/bench_scaleout.py --json bench-out/scaleout.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check stream projections sinks tests

@@ -42,7 +42,8 @@ from typing import Any, Final
 
 import orjson
 
-from .sqlite_store import SqliteStore, fsync_path
+from .sqlite_store import fsync_path
+from .store import Store
 
 GENESIS: Final = "0" * 64
 HEAD_KEY: Final = "audit_head"
@@ -76,16 +77,19 @@ class TrailReport:
 class AuditLog:
     """Appends `derived_events` rows to a JSONL hash chain, exactly once each."""
 
-    def __init__(self, path: Path, store: SqliteStore) -> None:
+    def __init__(self, path: Path, store: Store, *, head_key: str = HEAD_KEY) -> None:
+        """`head_key` names the anchor in `meta`: one per trail when several services
+        (partition processors) share one database."""
         self.path = path
         self.store = store
+        self.head_key = head_key
         meta = store.meta()
         self.database_id = meta["database_id"]
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()
             fsync_path(path.parent)
-        head = max(_trail_head(path), _stored_head(meta), key=lambda h: h.seq)
+        head = max(_trail_head(path), _stored_head(meta, head_key), key=lambda h: h.seq)
         self.seq, self.prev = head.seq, head.hash
         if head.db == self.database_id:
             self.position = head.db_seq
@@ -103,7 +107,7 @@ class AuditLog:
         records, lines = self._extend(rows)
         _append(self.path, lines)
         self.seq, self.prev, self.position = records[-1]["seq"], records[-1]["hash"], rows[-1][0]
-        self.store.set_meta([(HEAD_KEY, orjson.dumps(
+        self.store.set_meta([(self.head_key, orjson.dumps(
             {"seq": self.seq, "hash": self.prev, "db_seq": self.position}).decode())])
         return records
 
@@ -124,11 +128,12 @@ class AuditLog:
         return records, b"".join(lines)
 
 
-def verify_trail(path: Path, store: SqliteStore | None = None) -> TrailReport:
+def verify_trail(path: Path, store: Store | None = None, *,
+                 head_key: str = HEAD_KEY) -> TrailReport:
     """Check every line (chain, hashes, canonical form, gapless seq), and with `store` the
     anchored head too. Streams line by line, so a trail of any size fits in memory; raises
     OSError if the file cannot be read."""
-    anchor = _stored_head(store.meta()) if store is not None else Head()
+    anchor = _stored_head(store.meta(), head_key) if store is not None else Head()
     check = _Verifier(anchor)
     with path.open("rb") as handle:
         for number, line in enumerate(handle, 1):
@@ -249,11 +254,11 @@ def _append(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _stored_head(meta: dict[str, str]) -> Head:
+def _stored_head(meta: dict[str, str], key: str) -> Head:
     """The head anchored in the database's meta (the trail may be ahead of it, never behind)."""
-    if HEAD_KEY not in meta:
+    if key not in meta:
         return Head()
-    head = orjson.loads(meta[HEAD_KEY])
+    head = orjson.loads(meta[key])
     return Head(int(head["seq"]), str(head["hash"]), meta["database_id"], int(head["db_seq"]))
 
 

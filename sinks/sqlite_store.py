@@ -9,6 +9,7 @@ projection's primary keys, so writing the same state twice is harmless.
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -18,7 +19,7 @@ from typing import Any, Final
 
 import orjson
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 SCHEMA: Final = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -92,6 +93,9 @@ CREATE TABLE archival_log (
     size_bytes INTEGER NOT NULL, members INTEGER NOT NULL, archived_at TEXT NOT NULL,
     PRIMARY KEY (run_id, archive_path)
 );
+CREATE TABLE stream_positions (
+    stream TEXT PRIMARY KEY, position INTEGER NOT NULL, owner TEXT, updated_at TEXT
+);
 """
 
 SNAPSHOT: Final = {
@@ -107,6 +111,21 @@ SNAPSHOT: Final = {
 
 class StoreError(Exception):
     """A database that cannot be used as it is; the message says what to do."""
+
+
+class OwnershipLost(StoreError):
+    """A stream position moved under us: another process owns the stream, so this one stops
+    before it writes anything (its whole transaction is rolled back)."""
+
+    def __init__(self, stream: str, expected: int | None, found: int | None,
+                 owner: str | None) -> None:
+        self.stream, self.expected, self.found, self.owner = stream, expected, found, owner
+        was = "no position" if expected is None else f"position {expected}"
+        now = "none" if found is None else str(found)
+        by = f", written by {owner}" if owner else ""
+        super().__init__(
+            f"another process owns stream {stream!r} (expected {was}, found {now}{by}); "
+            "this one stops to avoid corrupting the projection")
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +175,14 @@ class Changes:
     outbox: list[OutboxEntry] = field(default_factory=list)
     alert_states: list[tuple[str, str, bytes]] = field(default_factory=list)
     evaluated: list[int] = field(default_factory=list)
+    positions: list[tuple[str, int | None, int]] = field(default_factory=list)
+    """(stream, expected position or None when never seen, new position): compare-and-set."""
 
     def __bool__(self) -> bool:
         return any((self.runs, self.tasks, self.workstreams, self.pattern_runs, self.states,
                     self.index, self.stalled, self.dead_letters, self.checkpoints, self.forget,
                     self.counters, self.derived, self.outbox, self.alert_states,
-                    self.evaluated))
+                    self.evaluated, self.positions))
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,13 +275,7 @@ class SqliteStore:
         if row is None:
             raise StoreError(f"{self.path}: not a runwatch database (no schema version); "
                              "point --db at another file or rebuild with `runwatch replay`")
-        version = int(row[0])
-        if version != SCHEMA_VERSION:
-            newer = "newer" if version > SCHEMA_VERSION else "older"
-            raise StoreError(
-                f"{self.path}: schema version {version} is {newer} than this runwatch "
-                f"supports ({SCHEMA_VERSION}); rebuild it with `runwatch replay` "
-                f"or use a matching runwatch")
+        check_version(self.path, row[0])
 
     def transaction(self) -> Transaction:
         return Transaction(self.db)
@@ -281,8 +296,11 @@ class SqliteStore:
             self.write(changes, seen_at)
 
     def write(self, changes: Changes, seen_at: str) -> None:
-        """Write inside an open transaction."""
+        """Write inside an open transaction; stream positions first, so a lost stream
+        raises OwnershipLost before anything else is written."""
         db = self.db
+        for stream, expected, new in changes.positions:
+            self._advance(stream, expected, new, seen_at)
         if changes.runs:
             db.executemany(_UPSERT_RUN, changes.runs)
         if changes.tasks:
@@ -333,6 +351,27 @@ class SqliteStore:
         if changes.evaluated:
             db.executemany("UPDATE derived_events SET unevaluated=0 WHERE seq=?",
                            [(seq,) for seq in changes.evaluated])
+
+    def _advance(self, stream: str, expected: int | None, new: int, seen_at: str) -> None:
+        """Compare-and-set one stream position; no matching row means another owner."""
+        if expected is None:
+            cursor = self.db.execute(
+                "INSERT INTO stream_positions VALUES (?, ?, ?, ?) ON CONFLICT (stream) DO NOTHING",
+                (stream, new, owner_name(), seen_at))
+        else:
+            cursor = self.db.execute(
+                "UPDATE stream_positions SET position=?, owner=?, updated_at=? "
+                "WHERE stream=? AND position=?", (new, owner_name(), seen_at, stream, expected))
+        if cursor.rowcount != 1:
+            row = self.db.execute("SELECT position, owner FROM stream_positions WHERE stream=?",
+                                  (stream,)).fetchone()
+            raise OwnershipLost(stream, expected, *(row or (None, None)))
+
+    def position(self, stream: str) -> int | None:
+        """The committed position of a stream, or None if no process has claimed it yet."""
+        row = self.db.execute("SELECT position FROM stream_positions WHERE stream=?",
+                              (stream,)).fetchone()
+        return None if row is None else int(row[0])
 
     def load_group(self, group_key: str) -> tuple[dict[str, Any] | None, set[str]]:
         """A group's saved fold state and the ids of the events already folded into it."""
@@ -411,6 +450,22 @@ class Transaction:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         self.db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+def check_version(where: Path | str, value: str) -> None:
+    """Refuse a database whose `meta.schema_version` is not this runwatch's (any backend)."""
+    version = int(value)
+    if version != SCHEMA_VERSION:
+        newer = "newer" if version > SCHEMA_VERSION else "older"
+        raise StoreError(
+            f"{where}: schema version {version} is {newer} than this runwatch "
+            f"supports ({SCHEMA_VERSION}); rebuild it with `runwatch replay` "
+            f"or use a matching runwatch")
+
+
+def owner_name() -> str:
+    """Who writes a stream position: host and pid (read at each write, so a fork shows)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def fsync_path(path: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -19,7 +19,8 @@ import orjson
 from runwatch.projections import DerivedEvent
 from runwatch.projections.alerts import AlertBook, AlertState, Notification, RuleSet, Trigger
 from runwatch.projections.events import format_time
-from runwatch.sinks.sqlite_store import Changes, OutboxEntry, SqliteStore
+from runwatch.sinks.sqlite_store import Changes, OutboxEntry
+from runwatch.sinks.store import Store
 
 from .decode import parse_time
 
@@ -37,11 +38,14 @@ class Policy:
     channels: frozenset[str] | None = None
     jobs: frozenset[str] = frozenset({"report", "archive"})
 
+    def without_jobs(self) -> Policy:
+        return replace(self, jobs=frozenset())
+
 
 class Decisions:
     """The alert book of one database, and the outbox entries its decisions make."""
 
-    def __init__(self, rules: RuleSet, store: SqliteStore | None, policy: Policy, *,
+    def __init__(self, rules: RuleSet, store: Store | None, policy: Policy, *,
                  hold: bool = False) -> None:
         """`hold` keeps every trigger until `release`: a replay decides once, over all
         triggers in event-time order, so its decisions do not depend on file order."""

@@ -10,7 +10,8 @@ from typing import Any
 
 import orjson
 
-from runwatch.sinks.sqlite_store import RUN_COLUMNS, SqliteStore, StoreError
+from runwatch.sinks.sqlite_store import RUN_COLUMNS, StoreError
+from runwatch.sinks.store import Store
 
 from .alert_config import load_alerts
 from .console import table
@@ -92,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="poll for changes instead of inotify (network filesystems)")
     tail.add_argument("--quiet", action="store_true",
                       help="do not print derived events on the console")
+    tail.add_argument("--nats", metavar="URL",
+                      help="consume a partition of the JetStream event log instead of files "
+                           "(with --partition K/N and a postgresql:// --db)")
+    tail.add_argument("--partition", metavar="K[,K]/N",
+                      help="with --nats: own partition K of N (0 <= K < N), or several as "
+                           "K,K/N; a second processor for a partition waits as a standby")
     tail.add_argument("--metrics-addr", metavar="HOST:PORT",
                       help="serve Prometheus /metrics and /healthz, /livez, /readyz here "
                            "(e.g. 127.0.0.1:9464; a bare :PORT binds to 127.0.0.1)")
@@ -138,10 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--json", action="store_true", help="print the checks as JSON")
     health.set_defaults(handler=_health)
 
-    from .analyze import add_command as analyze_command  # TEMP-ANALYZE
-    analyze_command(commands)  # TEMP-ANALYZE
     _alerts_commands(commands)
     _completion_commands(commands)
+    from .analyze import add_command as analyze_command
+    from .ship import add_command as ship_command
+
+    analyze_command(commands)
+    ship_command(commands)
 
     check = commands.add_parser(
         "check-config", help="validate a configuration file",
@@ -207,9 +217,30 @@ def _tail(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     alerts = load_alerts(args.alerts, required=args.alerts is not None)
+    if args.nats or args.partition:
+        return _tail_partition(args, settings, alerts)
     service = TailService(_patterns(args, settings, "tail"), settings, poll=args.poll,
                           quiet=args.quiet, alerts=alerts)
     return service.run()
+
+
+def _tail_partition(args: argparse.Namespace, settings: Settings, alerts: Any) -> int:
+    from runwatch.sinks.store import is_postgres
+
+    from .partition import Partitions, PartitionService
+
+    if not (args.nats and args.partition):
+        raise UsageError("tail: --nats and --partition K/N go together")
+    if args.paths:
+        raise UsageError("tail: with --nats, events come from JetStream, not from PATHs")
+    if settings.database_url is None or not is_postgres(settings.database_url):
+        raise UsageError("tail --nats: processors share one PostgreSQL projection; give "
+                         "--db postgresql://…")
+    try:
+        partitions = Partitions.parse(args.partition)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return PartitionService(args.nats, partitions, settings, alerts, quiet=args.quiet).run()
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -224,10 +255,13 @@ def _status(args: argparse.Namespace) -> int:
         if args.run:
             return _status_one(store, args.run, args.json)
         where, params = ("WHERE status = ?", [args.only]) if args.only else ("", [])
+        limit = args.limit if args.limit is not None else (None if args.json else 50)
+        if limit is not None:
+            params.append(limit)
         cursor = store.db.execute(
             f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {where} "
-            "ORDER BY last_event_at DESC, run_id LIMIT ?",
-            [*params, args.limit if args.limit is not None else (-1 if args.json else 50)])
+            "ORDER BY last_event_at DESC, run_id" + ("" if limit is None else " LIMIT ?"),
+            params)
         runs = [dict(zip(RUN_COLUMNS, row, strict=True)) for row in cursor]
         counts = dict(store.db.execute("SELECT status, count(*) FROM runs GROUP BY status"))
     finally:
@@ -249,7 +283,7 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _status_one(store: SqliteStore, run_id: str, as_json: bool) -> int:
+def _status_one(store: Store, run_id: str, as_json: bool) -> int:
     cursor = store.db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs "
                               "WHERE run_id = ?", (run_id,))
     row = cursor.fetchone()
@@ -278,7 +312,7 @@ def _status_one(store: SqliteStore, run_id: str, as_json: bool) -> int:
     return EXIT_OK
 
 
-def _select(store: SqliteStore, sql: str, *params: object) -> list[dict[str, Any]]:
+def _select(store: Store, sql: str, *params: object) -> list[dict[str, Any]]:
     cursor = store.db.execute(sql, params)
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor]

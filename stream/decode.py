@@ -16,7 +16,8 @@ RAW_KEEP: Final = 64 * 1024
 
 REASONS: Final = {
     "invalid_utf8": "the line is not valid UTF-8",
-    "nul_bytes": "the line contains NUL bytes (often a crash left the file padded)",
+    "nul_bytes": "the line contains NUL bytes (often a crash left the file padded), or a "
+                 "\\u0000 escape, which no text column of PostgreSQL can hold",
     "invalid_json": "the line is not valid JSON",
     "not_object": "the line is JSON but not an object",
     "missing_type": "no event_type / kind / type / event field",
@@ -75,6 +76,9 @@ def decode(line: bytes) -> Event | Rejection:
         return _undecodable(line, exc)
     if type(obj) is not dict:
         return Rejection("not_object", f"expected a JSON object, got {type(obj).__name__}")
+    escaped = line.find(b"\\u0000")
+    if escaped >= 0:  # a NUL in a value: no text column of PostgreSQL can hold it
+        return Rejection("nul_bytes", f"escaped NUL (\\u0000) at column {escaped + 1}")
     try:
         return _normalise(obj, line)
     except BadField as bad:

@@ -10,7 +10,6 @@ thread per target: a receiver that hangs delays only its own channel.
 from __future__ import annotations
 
 import random
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -21,11 +20,13 @@ from typing import Any, Literal
 import orjson
 
 from runwatch.projections.events import format_time
-from runwatch.sinks.sqlite_store import Transaction
+from runwatch.sinks.store import Connection, connect, is_postgres, transaction
 
 from .alert_config import DeliverySpec
 
 MAX_RETRY_AFTER = 3600.0
+LEASE_S = 15.0
+"""How long a claimed entry is reserved for its processor (longer than any attempt)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +57,8 @@ def backoff(attempts: int, delivery: DeliverySpec, retry_after: float | None,
 class Dispatcher:
     """Delivers pending outbox entries of the given targets until stopped."""
 
-    def __init__(self, database: Path, handlers: dict[str, Handler], delivery: DeliverySpec, *,
+    def __init__(self, database: Path | str, handlers: dict[str, Handler],
+                 delivery: DeliverySpec, *,
                  on_record: Callable[[], None] = lambda: None,
                  on_failure: Callable[[dict[str, Any], str], None] = lambda _p, _d: None,
                  rng: random.Random | None = None) -> None:
@@ -70,6 +72,7 @@ class Dispatcher:
         self.wakeups = {target: threading.Event() for target in handlers}
         self.busy = dict.fromkeys(handlers, False)
         self.threads: list[threading.Thread] = []
+        self.claim = _lease if is_postgres(database) else _next_due
 
     def start(self) -> None:
         for target in self.handlers:
@@ -92,7 +95,7 @@ class Dispatcher:
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
-    def idle(self, connection: sqlite3.Connection, horizon: float = 0.0) -> bool:
+    def idle(self, connection: Connection, horizon: float = 0.0) -> bool:
         """Nothing pending is due within `horizon` seconds and no attempt is in flight."""
         row = connection.execute(
             "SELECT count(*) FROM outbox WHERE state='pending' AND next_attempt_at <= ?",
@@ -100,12 +103,12 @@ class Dispatcher:
         return int(row[0]) == 0 and not any(self.busy.values())
 
     def _serve(self, target: str) -> None:
-        connection = _connect(self.database)
+        connection = connect(self.database)
         wakeup = self.wakeups[target]
         try:
             while not self.stopping.is_set():
                 wakeup.clear()
-                entry = _next_due(connection, target, time.time())
+                entry = self.claim(connection, target, time.time())
                 if entry is None:
                     wakeup.wait(_sleep_for(connection, target))
                     continue
@@ -117,7 +120,7 @@ class Dispatcher:
         finally:
             connection.close()
 
-    def _attempt(self, connection: sqlite3.Connection, target: str,
+    def _attempt(self, connection: Connection, target: str,
                  entry: tuple[str, str, bytes, int]) -> None:
         entry_id, kind, blob, attempts = entry
         payload = orjson.loads(blob)
@@ -135,7 +138,7 @@ class Dispatcher:
         derived = list(result.derived)
         if kind == "alert" and status != "retry":
             derived.append(_alert_event(payload, target, status, attempts, result.detail, now))
-        with Transaction(connection):
+        with transaction(connection):
             if status == "retry":
                 delay = backoff(attempts, self.delivery, result.retry_after, self.rng)
                 connection.execute(
@@ -153,7 +156,7 @@ class Dispatcher:
             self.on_record()
 
 
-def record(connection: sqlite3.Connection, derived: list[dict[str, Any]],
+def record(connection: Connection, derived: list[dict[str, Any]],
            writes: list[tuple[str, tuple[Any, ...]]], now: float) -> None:
     """Inside an open transaction: a job's own rows, and derived events that the alert rules
     have yet to see (the service evaluates them at its next commit) and the audit trail has
@@ -181,14 +184,9 @@ def _alert_event(payload: dict[str, Any], channel: str, status: str, attempts: i
     return event
 
 
-def _connect(database: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(database, isolation_level=None, check_same_thread=False)
-    connection.execute("PRAGMA busy_timeout=10000")
-    return connection
-
-
-def _next_due(connection: sqlite3.Connection, target: str,
+def _next_due(connection: Connection, target: str,
               now: float) -> tuple[str, str, bytes, int] | None:
+    """The next due entry of `target`; one dispatcher per database (SQLite's one writer)."""
     row = connection.execute(
         "SELECT id, kind, payload, attempts FROM outbox "
         "WHERE state='pending' AND target=? AND next_attempt_at <= ? "
@@ -196,7 +194,20 @@ def _next_due(connection: sqlite3.Connection, target: str,
     return None if row is None else (row[0], row[1], row[2], int(row[3]))
 
 
-def _sleep_for(connection: sqlite3.Connection, target: str) -> float:
+def _lease(connection: Connection, target: str,
+           now: float) -> tuple[str, str, bytes, int] | None:
+    """Claim the next due entry of `target` among several processors sharing PostgreSQL:
+    the row is locked with SKIP LOCKED (no two claim it) and leased for LEASE_S, so if this
+    process dies mid-attempt another one retries it once the lease ends."""
+    row = connection.execute(
+        "UPDATE outbox SET next_attempt_at = ? WHERE id = ("
+        "SELECT id FROM outbox WHERE state='pending' AND target=? AND next_attempt_at <= ? "
+        "ORDER BY next_attempt_at, decided_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) "
+        "RETURNING id, kind, payload, attempts", (now + LEASE_S, target, now)).fetchone()
+    return None if row is None else (row[0], row[1], bytes(row[2]), int(row[3]))
+
+
+def _sleep_for(connection: Connection, target: str) -> float:
     """Until the next retry falls due, but never long: new entries also poke the thread."""
     row = connection.execute(
         "SELECT min(next_attempt_at) FROM outbox WHERE state='pending' AND target=?",

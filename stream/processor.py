@@ -19,13 +19,15 @@ from runwatch.projections import (
     ORCHESTRATOR,
     RUN_TERMINAL,
     DerivedEvent,
+    Event,
     OrphanEvents,
     PatternRunState,
     RunState,
     detect_stalls,
 )
 from runwatch.projections.alerts import RuleSet, Trigger
-from runwatch.sinks.sqlite_store import Changes, Checkpoint, DeadLetter, SqliteStore
+from runwatch.sinks.sqlite_store import Changes, Checkpoint, DeadLetter
+from runwatch.sinks.store import Store
 
 from .alerting import Decisions
 from .decode import RAW_KEEP, Rejection, decode, parse_time
@@ -34,6 +36,8 @@ from .lines import Lines
 State = RunState | PatternRunState | OrphanEvents
 IndexEntry = tuple[str, int, int, int]
 """(event id, source id, byte offset, length): where an accepted event's bytes are."""
+Observe = Callable[[Event, str, bool], None]
+"""Called with each decoded event, its source and whether it was new to this fold."""
 
 
 class Group:
@@ -88,16 +92,19 @@ class Tally:
 class Processor:
     """Folds decoded events into groups and commits them with the checkpoints they cover."""
 
-    def __init__(self, store: SqliteStore | None, *, stall_after_s: float, max_line_bytes: int,
+    def __init__(self, store: Store | None, *, stall_after_s: float, max_line_bytes: int,
                  wall_clock: Callable[[], str], max_groups: int = 4096,
                  known_groups: set[str] | None = None, rules: RuleSet | None = None,
-                 decisions: Decisions | None = None) -> None:
+                 decisions: Decisions | None = None, observe: Observe | None = None) -> None:
         """Without a store the processor only folds in memory (a replay worker's chunk).
         `known_groups`, when given, is every group key the store holds (a fresh store: empty),
         which spares a lookup for each new group. With `rules`, new input events that match
-        an alert rule become `triggers`; `decisions` turns them into outbox entries at commit."""
+        an alert rule become `triggers`; `decisions` turns them into outbox entries at commit.
+        `observe`, when given, sees every decoded event (offline analysis); else it costs
+        nothing."""
         self.store = store
         self.match = None if rules is None else rules.match_event
+        self.observe = observe
         self.triggers: list[Trigger] = []
         self.decisions = decisions
         self.outboxed = 0
@@ -125,6 +132,7 @@ class Processor:
         tally = self.pending
         cache = self.cache
         match = self.match
+        observe = self.observe
         for index, line in enumerate(lines.items):
             size = len(line)
             if oversize and index in oversize:
@@ -149,7 +157,8 @@ class Processor:
                         group = self._load(key)
                     else:
                         cache.move_to_end(key)
-                    if group.state.apply(event):
+                    fresh = group.state.apply(event)
+                    if fresh:
                         group.new_index.append((event.id, source_id, offset, len(body)))
                         group.dirty = True
                         tally.accepted += 1
@@ -159,6 +168,8 @@ class Processor:
                             self.triggers.extend(found)
                     else:
                         tally.duplicate += 1
+                    if observe is not None:
+                        observe(event, source, fresh)
             offset += size + 1
             number += 1
 
@@ -172,9 +183,9 @@ class Processor:
         """Evicted groups waiting for a commit are as many as the cache: commit soon."""
         return len(self.limbo) >= self.max_groups
 
-    def merge(self, key: str, partial: State, index: bytes) -> None:
+    def merge(self, key: str, partial: State, index: bytes) -> set[str]:
         """Join a group state folded elsewhere (a replay worker) from the events whose
-        serialised index entries are `index`."""
+        serialised index entries are `index`; returns the ids it already had (repeats)."""
         group = self.cache.get(key)
         if group is None:
             group = self._load(key)
@@ -190,6 +201,7 @@ class Processor:
         group.dirty = True
         self.pending.accepted += len(partial.seen) - len(known)
         self.pending.duplicate += len(known)
+        return known
 
     def reject(self, source: str, offset: int, number: int, line: bytes, size: int,
                why: Rejection) -> None:

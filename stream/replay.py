@@ -20,18 +20,20 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol, Self
 
 import orjson
 
+from runwatch.projections import Event
 from runwatch.projections.alerts import RuleSet, Trigger
 from runwatch.sinks.sqlite_store import Checkpoint, DeadLetter, SqliteStore, fsync_path
 
 from .alert_config import AlertSetup, default_alert_setup
 from .alerting import Decisions
 from .console import Progress
-from .decode import RAW_KEEP
+from .decode import RAW_KEEP, decode
 from .files import checkpoint_for
 from .lines import Lines, LineSplitter
 from .processor import Processor, State, Tally
@@ -40,6 +42,20 @@ from .settings import Settings
 CHUNK_BYTES: Final = 1 << 20
 PARALLEL_CHUNK_BYTES: Final = 8 << 20
 COMMIT_EVERY: Final = 200_000
+
+
+class Observer(Protocol):
+    """Sees every decoded event of a replay (offline analysis). Each worker fills an `empty()`
+    copy that the parent `merge`s in input order; an event that two workers both saw as new
+    is then `forget`-ten once, so what is observed as fresh counts every event id once."""
+
+    def observe(self, event: Event, source: str, fresh: bool) -> None: ...
+
+    def forget(self, event: Event) -> None: ...
+
+    def empty(self) -> Self: ...
+
+    def merge(self, later: Self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -93,12 +109,12 @@ def default_workers() -> int:
 def replay(files: list[Path], target: Path, settings: Settings,
            progress: bool | None = None, workers: int | None = None,
            chunk_bytes: int = PARALLEL_CHUNK_BYTES, alerts: AlertSetup | None = None,
-           deliver: bool = False) -> ReplaySummary:
+           deliver: bool = False, observer: Observer | None = None) -> ReplaySummary:
     """Fold `files` (in order) into a new database and atomically replace `target` with it.
     `workers` = 0 folds in this process; default: one worker per core (at most 4). Inputs
     over 2 × `chunk_bytes` are cut into regions of about `chunk_bytes` for the workers.
     Alert decisions and completion jobs are recorded (`alerts`: default the built-in rules);
-    they are left to deliver only with `deliver`."""
+    they are left to deliver only with `deliver`. `observer` is shown every decoded event."""
     alerts = alerts or default_alert_setup()
     started = time.perf_counter()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -108,7 +124,7 @@ def replay(files: list[Path], target: Path, settings: Settings,
     try:
         summary = _build(files, store, settings, progress, started,
                          default_workers() if workers is None else workers, chunk_bytes,
-                         alerts, deliver)
+                         alerts, deliver, observer)
         store.set_meta([("built_by", "replay"), ("built_at", wall_clock()),
                         ("inputs", str(len(files)))])
         store.finalize()
@@ -133,12 +149,13 @@ def replay(files: list[Path], target: Path, settings: Settings,
 
 def _build(files: list[Path], store: SqliteStore, settings: Settings, progress: bool | None,
            started: float, workers: int, chunk_bytes: int, alerts: AlertSetup,
-           deliver: bool) -> ReplaySummary:
+           deliver: bool, observer: Observer | None) -> ReplaySummary:
     decisions = Decisions(alerts.rules, None, alerts.policy(deliver=deliver), hold=True)
     processor = Processor(store, stall_after_s=settings.stall_after,
                           max_line_bytes=settings.max_line_bytes, wall_clock=wall_clock,
                           max_groups=settings.cache_groups, known_groups=set(),
-                          rules=alerts.rules, decisions=decisions)
+                          rules=alerts.rules, decisions=decisions,
+                          observe=None if observer is None else observer.observe)
     sizes = {path: path.stat().st_size for path in files}
     total_bytes = sum(sizes.values())
     bar = Progress(total_bytes, "replay", enabled=progress)
@@ -167,8 +184,8 @@ def _build(files: list[Path], store: SqliteStore, settings: Settings, progress: 
                     checkpoints = []
         else:
             for folded in _fold_in_workers(pool, 2 * workers, regions, chunk_bytes,
-                                           settings.max_line_bytes, alerts.rules):
-                folded.merge_into(processor, next_line)
+                                           settings.max_line_bytes, alerts.rules, observer):
+                folded.merge_into(processor, next_line, observer)
                 for region, lines_in_region in zip(folded.regions, folded.line_counts,
                                                    strict=True):
                     count(region, lines_in_region, True)
@@ -210,10 +227,15 @@ class Folded:
     tally: Tally
     max_event_time: int
     triggers: list[Trigger]
+    observer: Observer | None
 
-    def merge_into(self, processor: Processor, next_line: dict[Path, int]) -> None:
+    def merge_into(self, processor: Processor, next_line: dict[Path, int],
+                   observer: Observer | None = None) -> None:
+        repeats: list[list[Any]] = []
         for key, (state, index) in self.groups.items():
-            processor.merge(key, state, index)
+            known = processor.merge(key, state, index)
+            if known and observer is not None:
+                repeats.extend(entry for entry in orjson.loads(index) if entry[0] in known)
         for region, letters in zip(self.regions, self.dead_letters, strict=True):
             base = next_line[region.path] - 1
             processor.changes.dead_letters.extend(DeadLetter(
@@ -224,6 +246,22 @@ class Folded:
             processor.pending.rejected[reason] = processor.pending.rejected.get(reason, 0) + count
         processor.max_event_time = max(processor.max_event_time, self.max_event_time)
         processor.triggers.extend(self.triggers)
+        if observer is not None and self.observer is not None:
+            observer.merge(self.observer)
+            _forget(observer, repeats, {r.source_id: r.path for r in self.regions})
+
+
+def _forget(observer: Observer, repeats: list[list[Any]], paths: dict[int, Path]) -> None:
+    """Re-read the events a worker took as new that an earlier batch already had, and take
+    back their observation. Such repeats are rare, so this costs little."""
+    repeats.sort(key=itemgetter(1, 2))
+    for source_id, entries in itertools.groupby(repeats, key=itemgetter(1)):
+        with paths[source_id].open("rb") as handle:
+            for _, _, offset, length in entries:
+                handle.seek(offset)
+                event = decode(handle.read(length))
+                if isinstance(event, Event):
+                    observer.forget(event)
 
 
 def _regions(sizes: dict[Path, int], source_ids: dict[Path, int],
@@ -252,7 +290,8 @@ def _read_regions(regions: Iterator[Region], max_line_bytes: int
 
 
 def _fold_in_workers(pool: Any, window: int, regions: Iterator[Region], chunk_bytes: int,
-                     max_line_bytes: int, rules: RuleSet | None) -> Iterator[Folded]:
+                     max_line_bytes: int, rules: RuleSet | None,
+                     observer: Observer | None) -> Iterator[Folded]:
     """Regions batched to about `chunk_bytes` per task (many small files share one),
     folded by the pool; results in input order with at most `window` tasks in flight."""
     pending: deque[Any] = deque()
@@ -263,16 +302,20 @@ def _fold_in_workers(pool: Any, window: int, regions: Iterator[Region], chunk_by
             batch.append(region)
             batch_bytes += region.end - region.start
         if batch and (region is None or batch_bytes >= chunk_bytes):
-            pending.append(pool.apply_async(_fold_regions, (batch, max_line_bytes, rules)))
+            blank = None if observer is None else observer.empty()
+            pending.append(pool.apply_async(_fold_regions,
+                                            (batch, max_line_bytes, rules, blank)))
             batch, batch_bytes = [], 0
         while pending and (len(pending) >= window or region is None):
             yield pending.popleft().get()
 
 
-def _fold_regions(regions: list[Region], max_line_bytes: int, rules: RuleSet | None) -> Folded:
+def _fold_regions(regions: list[Region], max_line_bytes: int, rules: RuleSet | None,
+                  observer: Observer | None) -> Folded:
     """In a worker: decode and fold some regions into partial group states."""
     folder = Processor(None, stall_after_s=1, max_line_bytes=max_line_bytes,
-                       wall_clock=wall_clock, max_groups=1 << 62, rules=rules)
+                       wall_clock=wall_clock, max_groups=1 << 62, rules=rules,
+                       observe=None if observer is None else observer.observe)
     line_counts: list[int] = []
     letters: list[list[DeadLetter]] = []
     fresh = True
@@ -288,7 +331,7 @@ def _fold_regions(regions: list[Region], max_line_bytes: int, rules: RuleSet | N
     groups = {key: (group.state, orjson.dumps(group.new_index))
               for key, group in folder.cache.items()}
     return Folded(regions, line_counts, letters, groups, folder.pending,
-                  folder.max_event_time, folder.triggers)
+                  folder.max_event_time, folder.triggers, observer)
 
 
 def _line_aligned_ranges(path: Path, size: int, chunk: int) -> list[tuple[int, int]]:

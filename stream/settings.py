@@ -78,6 +78,7 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     database: Path = Path(".state/runwatch.db")
+    database_url: str | None = Field(default=None, pattern=r"^postgres(ql)?://")
     logs_dir: Path = Path("logs")
     stall_after: Seconds = 1800.0
     max_line_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)

@@ -261,7 +261,7 @@ class TailService:
         records = audit.drain()
         self.metrics.record(records)
         if records and not self.quiet:
-            lines = [_console_line(r) for r in records if r["type"] not in QUIET_TYPES]
+            lines = [console_line(r) for r in records if r["type"] not in QUIET_TYPES]
             with self.print_lock:
                 self.out.write("".join(line + "\n" for line in lines))
                 self.out.flush()
@@ -387,7 +387,7 @@ QUIET_TYPES = frozenset({"ALERT_SENT"})
 """Audit records not echoed on the console: the console channel already showed the alert."""
 
 
-def _console_line(record: dict[str, Any]) -> str:
+def console_line(record: dict[str, Any]) -> str:
     """One readable line per audit record."""
     kind = record["type"]
     parts = [record.get("wall_time", ""), kind]

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from runwatch.sinks.sqlite_store import SqliteStore
+from runwatch.sinks.store import Store, open_store
 
 from .settings import Settings, load_settings
 
@@ -18,8 +18,9 @@ class UsageError(Exception):
 
 
 def common_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--db", type=Path, metavar="FILE",
-                        help="the projection database (default: the config's database)")
+    parser.add_argument("--db", metavar="FILE|URL",
+                        help="the projection database: a SQLite file, or postgresql://… "
+                             "(default: the config's database)")
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help="configuration file (default: config/runwatch.yaml if present)")
 
@@ -28,7 +29,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     settings, _ = load_settings(args.config, required=args.config is not None)
     overrides: dict[str, Any] = {}
     if getattr(args, "db", None) is not None:
-        overrides["database"] = args.db
+        key = "database_url" if args.db.startswith(("postgresql://", "postgres://")) \
+            else "database"
+        overrides[key] = args.db
     if getattr(args, "stall_after", None) is not None:
         overrides["stall_after"] = args.stall_after
     if getattr(args, "metrics_addr", None) is not None:
@@ -41,8 +44,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def open_existing(settings: Settings) -> SqliteStore:
+def open_existing(settings: Settings) -> Store:
+    """The configured database, which must exist (a PostgreSQL URL is opened as given)."""
+    if settings.database_url is not None:
+        return open_store(settings.database_url)
     if not settings.database.exists():
         raise UsageError(f"{settings.database}: no such database; build one with "
                          "`runwatch replay PATH...` or point --db at it")
-    return SqliteStore(settings.database)
+    return open_store(settings.database)

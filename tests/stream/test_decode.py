@@ -39,6 +39,7 @@ REJECTIONS = [
     ("invalid_utf8", b'{"event_type": "note\xff\xfe", "timestamp": "2025-01-01T00:00:00Z"}',
      "byte 21"),
     ("nul_bytes", b'{"event_type": "note"}\x00\x00\x00', "column 23"),
+    ("nul_bytes", b'{"event_type": "note", "run_id": "a\\u0000"}', "escaped NUL"),
     ("invalid_json", b'{"event_type": "note", "timestamp": ', ""),
     ("not_object", b"[1, 2, 3]", "list"),
     ("missing_type", line(timestamp=T0, run_id="r1"), "event_type"),
