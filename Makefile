@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := demo
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean services
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,19 @@ bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_alerts.py --json bench-out/alerts.json
 	$(BIN)/python tests/benchmarks/bench_analyze.py --json bench-out/analyze.json
 	$(BIN)/python tests/benchmarks/bench_scaleout.py --json bench-out/scaleout.json
+
+# For the scale-out tests on a plain Debian machine: PostgreSQL and NATS with JetStream,
+# from Debian's packages, on 127.0.0.1 (the embedded default never needs them).
+PROBE = python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 2)"
+services:
+	@command -v pg_ctlcluster >/dev/null || apt-get install -y postgresql >/dev/null
+	@$(PROBE) 5432 2>/dev/null || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+	@su postgres -c "psql -tAc \"SELECT 1 FROM pg_database WHERE datname='test'\"" | grep -q 1 || \
+		su postgres -c "createdb test"
+	@command -v nats-server >/dev/null || test -x /usr/sbin/nats-server || apt-get install -y nats-server >/dev/null
+	@$(PROBE) 4222 2>/dev/null || start-stop-daemon --start --oknodo --background \
+		--exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server
+	@echo "PostgreSQL on 127.0.0.1:5432 (tests use RUNWATCH_TEST_POSTGRES, default postgresql://postgres@127.0.0.1:5432/test), nats-server installed"
 
 lint: $(STAMP)
 	$(BIN)/ruff check stream projections sinks tests

@@ -181,12 +181,17 @@ def _replay(args: argparse.Namespace) -> int:
         raise UsageError(f"replay: no files match {' '.join(patterns)}")
     if args.workers is not None and args.workers < 0:
         raise UsageError("replay: --workers must be 0 or more")
+    if settings.database_url is not None and args.deliver:
+        raise UsageError("replay --deliver: carrying out the outbox needs a SQLite --db; into "
+                         "PostgreSQL the processors deliver it")
     lock = DatabaseLock(settings.database)
-    lock.acquire()
+    if settings.database_url is None:  # PostgreSQL's swap takes the schema's writer lock
+        lock.acquire()
     try:
         alerts = load_alerts(args.alerts, required=args.alerts is not None)
-        summary = replay(files, settings.database, settings, progress=args.progress,
-                         workers=args.workers, alerts=alerts, deliver=args.deliver)
+        summary = replay(files, settings.database_url or settings.database, settings,
+                         progress=args.progress, workers=args.workers, alerts=alerts,
+                         deliver=args.deliver)
         if args.deliver:
             from .operate import deliver_outbox
 

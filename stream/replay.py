@@ -28,7 +28,10 @@ import orjson
 
 from runwatch.projections import Event
 from runwatch.projections.alerts import RuleSet, Trigger
+from runwatch.sinks.postgres_dialect import Target, with_schema
+from runwatch.sinks.postgres_store import PostgresStore, drop_schema, swap_schema
 from runwatch.sinks.sqlite_store import Checkpoint, DeadLetter, SqliteStore, fsync_path
+from runwatch.sinks.store import Store, is_postgres
 
 from .alert_config import AlertSetup, default_alert_setup
 from .alerting import Decisions
@@ -106,21 +109,21 @@ def default_workers() -> int:
     return min(os.cpu_count() or 1, 4)
 
 
-def replay(files: list[Path], target: Path, settings: Settings,
+def replay(files: list[Path], target: Path | str, settings: Settings,
            progress: bool | None = None, workers: int | None = None,
            chunk_bytes: int = PARALLEL_CHUNK_BYTES, alerts: AlertSetup | None = None,
            deliver: bool = False, observer: Observer | None = None) -> ReplaySummary:
-    """Fold `files` (in order) into a new database and atomically replace `target` with it.
-    `workers` = 0 folds in this process; default: one worker per core (at most 4). Inputs
-    over 2 × `chunk_bytes` are cut into regions of about `chunk_bytes` for the workers.
-    Alert decisions and completion jobs are recorded (`alerts`: default the built-in rules);
-    they are left to deliver only with `deliver`. `observer` is shown every decoded event."""
+    """Fold `files` (in order) into a new database and atomically replace `target` with it
+    (a SQLite file, or the schema a PostgreSQL URL names). `workers` = 0 folds in this
+    process; default: one worker per core (at most 4). Inputs over 2 × `chunk_bytes` are cut
+    into regions of about `chunk_bytes` for the workers. Alert decisions and completion jobs
+    are recorded (`alerts`: default the built-in rules); they are left to deliver only with
+    `deliver`. `observer` is shown every decoded event."""
     alerts = alerts or default_alert_setup()
     started = time.perf_counter()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = target.with_name(f".{target.name}.replay-{os.getpid()}")
-    _remove_database(scratch)
-    store = SqliteStore(scratch, fast_unsafe=True)
+    scratch: _Scratch = _PostgresScratch(str(target)) if is_postgres(target) \
+        else _SqliteScratch(Path(target))
+    store = scratch.open()
     try:
         summary = _build(files, store, settings, progress, started,
                          default_workers() if workers is None else workers, chunk_bytes,
@@ -134,20 +137,66 @@ def replay(files: list[Path], target: Path, settings: Settings,
             "SELECT count(*) FROM runs WHERE stalled=1").fetchone()[0]
         summary.pattern_runs = store.db.execute("SELECT count(*) FROM pattern_runs").fetchone()[0]
         store.close()
-        fsync_path(scratch)
-        _retire(target)
-        os.replace(scratch, target)
-        fsync_path(target.parent)
+        scratch.publish()
     except BaseException:
         store.close()
-        _remove_database(scratch)
+        scratch.discard()
         raise
     summary.seconds = time.perf_counter() - started
-    summary.database = str(target)
+    summary.database = str(store.path) if is_postgres(target) else str(target)
     return summary
 
 
-def _build(files: list[Path], store: SqliteStore, settings: Settings, progress: bool | None,
+class _Scratch(Protocol):
+    """Where a replay builds, and how the finished build replaces the target at once."""
+
+    def open(self) -> Store: ...
+    def publish(self) -> None: ...
+    def discard(self) -> None: ...
+
+
+class _SqliteScratch:
+    """A file beside the target, renamed over it."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.path = target.with_name(f".{target.name}.replay-{os.getpid()}")
+
+    def open(self) -> Store:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_database(self.path)
+        return SqliteStore(self.path, fast_unsafe=True)
+
+    def publish(self) -> None:
+        fsync_path(self.path)
+        _retire(self.target)
+        os.replace(self.path, self.target)
+        fsync_path(self.target.parent)
+
+    def discard(self) -> None:
+        _remove_database(self.path)
+
+
+class _PostgresScratch:
+    """A schema beside the target schema, swapped in by one transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.schema = Target.parse(url).schema
+        self.scratch = f"{self.schema[:40]}_replay_{os.getpid()}"
+
+    def open(self) -> Store:
+        drop_schema(with_schema(self.url, self.scratch))
+        return PostgresStore(with_schema(self.url, self.scratch), fast_unsafe=True)
+
+    def publish(self) -> None:
+        swap_schema(self.url, self.scratch, self.schema)
+
+    def discard(self) -> None:
+        drop_schema(with_schema(self.url, self.scratch))
+
+
+def _build(files: list[Path], store: Store, settings: Settings, progress: bool | None,
            started: float, workers: int, chunk_bytes: int, alerts: AlertSetup,
            deliver: bool, observer: Observer | None) -> ReplaySummary:
     decisions = Decisions(alerts.rules, None, alerts.policy(deliver=deliver), hold=True)

@@ -177,3 +177,22 @@ def test_a_standby_takes_over_when_the_owner_dies(tmp_path: Path, postgres_url: 
     finally:
         shared.close()
         replayed.close()
+
+
+def test_replay_into_postgresql_equals_replay_into_sqlite(tmp_path: Path,
+                                                          postgres_url: str) -> None:
+    """Moving from SQLite is one replay; a second replay swaps the schema atomically."""
+    simulate(tmp_path / "events", runs=25, seed=41)
+    for _ in range(2):
+        done = run_cli("replay", tmp_path / "events", "--db", postgres_url, "--json")
+        assert done.returncode == 0, done.stderr
+        assert "password" not in done.stdout
+    assert run_cli("replay", tmp_path / "events", "--db", tmp_path / "rw.db").returncode == 0
+    shared, local = open_store(postgres_url), open_store(str(tmp_path / "rw.db"))
+    try:
+        assert shared.snapshot() == local.snapshot()
+    finally:
+        shared.close()
+        local.close()
+    listed = run_cli("status", "--db", postgres_url, "--json")
+    assert listed.returncode == 0 and len(orjson.loads(listed.stdout)) == 25
