@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -37,9 +37,6 @@ class Policy:
     since_us: int | None = None
     channels: frozenset[str] | None = None
     jobs: frozenset[str] = frozenset({"report", "archive"})
-
-    def without_jobs(self) -> Policy:
-        return replace(self, jobs=frozenset())
 
 
 class Decisions:

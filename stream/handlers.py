@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Callable
 from typing import Any, TextIO
 
 from runwatch.sinks.channels import Channel, ConsoleConfig
+from runwatch.sinks.store import connect
 
 from . import jobs
 from .alert_config import AlertSetup, ChannelConfig
@@ -29,25 +29,24 @@ def channel_handler(channel: Channel) -> Handler:
     return send
 
 
-def job_handler(settings: Settings,
-                run: Callable[[sqlite3.Connection, Settings, str], Result]) -> Handler:
+def job_handler(settings: Settings, run: Callable[..., Result],
+                fetch: jobs.Fetch | None = None) -> Handler:
     """A job reads the committed projection through its own connection."""
     def execute(payload: dict[str, Any]) -> Result:
-        connection = sqlite3.connect(settings.database)
-        connection.execute("PRAGMA busy_timeout=10000")
+        connection = connect(settings.database_url or settings.database)
         try:
-            return run(connection, settings, payload["run_id"])
+            return run(connection, settings, payload["run_id"], fetch=fetch)
         finally:
             connection.close()
     return execute
 
 
 def build_handlers(alerts: AlertSetup, settings: Settings, *, out: TextIO | None = None,
-                   lock: threading.Lock | None = None, with_jobs: bool = True
-                   ) -> dict[str, Handler]:
+                   lock: threading.Lock | None = None, with_jobs: bool = True,
+                   fetch: jobs.Fetch | None = None) -> dict[str, Handler]:
     handlers = {name: channel_handler(build_channel(name, config, out=out, lock=lock))
                 for name, config in alerts.channels.items() if config is not None}
     if with_jobs:
-        handlers["report"] = job_handler(settings, jobs.report)
-        handlers["archive"] = job_handler(settings, jobs.archive)
+        handlers["report"] = job_handler(settings, jobs.report, fetch)
+        handlers["archive"] = job_handler(settings, jobs.archive, fetch)
     return handlers

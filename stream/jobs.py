@@ -9,7 +9,7 @@ Used by the dispatcher (RUN_COMPLETED, RUN_STATUS_CHANGED) and by `runwatch repo
 from __future__ import annotations
 
 import os
-import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +21,7 @@ from runwatch.projections import Event
 from runwatch.projections.events import format_time
 from runwatch.sinks.archive import ArchiveError, ArchiveResult, apply_retention, build_archive
 from runwatch.sinks.reports import build_index, build_run_reports, write_reports
+from runwatch.sinks.store import Connection
 
 from .decode import decode
 from .deliver import Result
@@ -40,13 +41,18 @@ class RunData:
     missing: int
 
 
-def load_run(connection: sqlite3.Connection, run_id: str) -> RunData | None:
+Fetch = Callable[[str], list[bytes]]
+"""run id → raw lines that hold the run's events (and maybe others), when the logs are
+not local files (a processor reads them back from JetStream)."""
+
+
+def load_run(connection: Connection, run_id: str, fetch: Fetch | None = None) -> RunData | None:
     """The run's rows and its accepted events in (time, id) order; None if there is no run.
     `missing` counts indexed events whose bytes are no longer where they were read."""
     run = _rows(connection, "SELECT * FROM runs WHERE run_id=?", run_id)
     if not run:
         return None
-    lines, events, missing = _run_events(connection, run_id)
+    lines, events, missing = _run_events(connection, run_id, fetch)
     return RunData(
         run[0],
         _rows(connection, "SELECT * FROM tasks WHERE run_id=? ORDER BY task_id", run_id),
@@ -57,19 +63,21 @@ def load_run(connection: sqlite3.Connection, run_id: str) -> RunData | None:
         lines, events, missing)
 
 
-def _rows(connection: sqlite3.Connection, sql: str, *params: object) -> list[dict[str, Any]]:
+def _rows(connection: Connection, sql: str, *params: object) -> list[dict[str, Any]]:
     cursor = connection.execute(sql, params)
     names = [d[0] for d in cursor.description]
     return [dict(zip(names, row, strict=True)) for row in cursor]
 
 
-def _run_events(connection: sqlite3.Connection,
-                run_id: str) -> tuple[list[bytes], list[dict[str, Any]], int]:
-    sources = dict(connection.execute("SELECT source_id, path FROM sources"))
+def _run_events(connection: Connection, run_id: str, fetch: Fetch | None
+                ) -> tuple[list[bytes], list[dict[str, Any]], int]:
     entries: list[tuple[str, int, int, int]] = []
     for (blob,) in connection.execute("SELECT entries FROM event_index WHERE group_key=?",
                                       ("r:" + run_id,)):
         entries.extend(tuple(e) for e in orjson.loads(blob))
+    if fetch is not None:
+        return _fetched_events(fetch(run_id), {entry[0] for entry in entries})
+    sources = dict(connection.execute("SELECT source_id, path FROM sources"))
     found: dict[str, tuple[Event, bytes]] = {}
     missing = 0
     handles: dict[int, Any] = {}
@@ -88,6 +96,19 @@ def _run_events(connection: sqlite3.Connection,
             handle.close()
     ordered = sorted(found.values(), key=lambda pair: (pair[0].time, pair[0].id))
     return [line for _, line in ordered], [_event_dict(e) for e, _ in ordered], missing
+
+
+def _fetched_events(lines: list[bytes], accepted: set[str]
+                    ) -> tuple[list[bytes], list[dict[str, Any]], int]:
+    """The accepted events among fetched lines, each once, in (time, id) order."""
+    found: dict[str, tuple[Event, bytes]] = {}
+    for line in lines:
+        event = decode(line)
+        if isinstance(event, Event) and event.id in accepted and event.id not in found:
+            found[event.id] = (event, line)
+    ordered = sorted(found.values(), key=lambda pair: (pair[0].time, pair[0].id))
+    return ([line for _, line in ordered], [_event_dict(e) for e, _ in ordered],
+            len(accepted) - len(found))
 
 
 def _read_at(handles: dict[int, Any], path: str | None, source_id: int, offset: int,
@@ -111,9 +132,10 @@ def _event_dict(event: Event) -> dict[str, Any]:
             "workstream_id": event.workstream, "payload": event.payload}
 
 
-def report(connection: sqlite3.Connection, settings: Settings, run_id: str) -> Result:
+def report(connection: Connection, settings: Settings, run_id: str, *,
+           fetch: Fetch | None = None) -> Result:
     """Write the run's reports and refresh index.html; REPORT_GENERATED or REPORT_FAILED."""
-    data = load_run(connection, run_id)
+    data = load_run(connection, run_id, fetch)
     if data is None:
         return Result("failed", f"no run {run_id!r} in the database")
     try:
@@ -135,11 +157,11 @@ def _reports(data: RunData) -> dict[str, bytes]:
                              data.events)
 
 
-def archive(connection: sqlite3.Connection, settings: Settings, run_id: str, *,
-            new_version: bool = False) -> Result:
+def archive(connection: Connection, settings: Settings, run_id: str, *,
+            new_version: bool = False, fetch: Fetch | None = None) -> Result:
     """Archive the run (artifacts, events, reports, manifest) and apply retention;
     RUN_ARCHIVED, or ARCHIVAL_FAILED with a reason (retried: space may be freed)."""
-    data = load_run(connection, run_id)
+    data = load_run(connection, run_id, fetch)
     if data is None:
         return Result("failed", f"no run {run_id!r} in the database")
     now = datetime.now(UTC)

@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, TextIO
 from urllib.parse import unquote
@@ -88,6 +89,35 @@ async def _fetch(subscription: Any, batch: int) -> list[Any]:
     return messages
 
 
+def stream_lines(nats_url: str) -> Callable[[str], list[bytes]]:
+    """A job's event source: every line of a run, read back from the stream by its subject
+    (the shippers' files are on other hosts)."""
+    def fetch(run_id: str) -> list[bytes]:
+        return asyncio.run(_read_subject(nats_url, f"{STREAM}.part.*.{run_token(run_id)}"))
+    return fetch
+
+
+async def _read_subject(nats_url: str, subject: str) -> list[bytes]:
+    client = await nats.connect(nats_url)
+    try:
+        js = client.jetstream()
+        subscription = await js.subscribe(subject, ordered_consumer=True,
+                                          deliver_policy=DeliverPolicy.ALL)
+        lines: list[bytes] = []
+        while True:
+            try:
+                message = await subscription.next_msg(timeout=2.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                break  # no (more) messages on the subject
+            lines.append(message.data)
+            if message.metadata.num_pending == 0:
+                break
+        await subscription.unsubscribe()
+        return lines
+    finally:
+        await client.close()
+
+
 def fnv1a_32(data: bytes) -> int:
     value = 0x811C9DC5
     for byte in data:
@@ -118,6 +148,7 @@ class PartitionService:
         self.quiet = quiet
         self.batch = batch
         self.stopping = threading.Event()
+        self.recorded = threading.Event()
         self.print_lock = threading.Lock()
 
     def stop(self, *_: Any) -> None:
@@ -169,19 +200,21 @@ class PartitionService:
             since = str(time.time_ns() // 1000 - int(self.alerts.lookback_s * 1e6))
             store.set_meta([("alerts_since", since)])
         policy = self.alerts.policy(deliver=True, since_us=int(since))
-        decisions = Decisions(self.alerts.rules, store, policy.without_jobs())
+        decisions = Decisions(self.alerts.rules, store, policy)
         processor = Processor(store, stall_after_s=self.settings.stall_after,
                               max_line_bytes=self.settings.max_line_bytes, wall_clock=wall_clock,
                               max_groups=self.settings.cache_groups, rules=self.alerts.rules,
                               decisions=decisions)
         processor.open_runs = {run: seen for run, seen in processor.open_runs.items()
                                if parts.owns(run_token(run))}
+        self.recorded.set()  # what jobs recorded while no processor ran is evaluated first
         label = "-".join(map(str, parts.indices))
         audit = AuditLog(self.settings.logs_dir / f"monitor-part-{label}.jsonl", store,
                          head_key=f"audit_head:part-{label}")
         dispatcher = Dispatcher(self.target, build_handlers(
-            self.alerts, self.settings, out=self.out, lock=self.print_lock, with_jobs=False),
-            self.alerts.delivery)
+            self.alerts, self.settings, out=self.out, lock=self.print_lock,
+            fetch=stream_lines(self.nats_url)), self.alerts.delivery,
+            on_record=self.recorded.set)
         client = await nats.connect(self.nats_url, max_reconnect_attempts=-1,
                                     reconnect_time_wait=0.5)
         try:
@@ -246,8 +279,9 @@ class PartitionService:
                 due_tick = now + self.settings.tick_interval
             processor.changes.positions = [(parts.key(k), positions[k], seq)
                                            for k, seq in moved.items()]
-            if moved or processor.derived or processor.triggers or ticked:
-                processor.commit([], now=time.time_ns() // 1000)
+            evaluated = self._unevaluated(store) if self.recorded.is_set() else []
+            if moved or processor.derived or processor.triggers or ticked or evaluated:
+                processor.commit([], now=time.time_ns() // 1000, evaluated=evaluated)
                 positions.update(moved)
                 for k in moved:
                     await batches[k][-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
@@ -258,6 +292,13 @@ class PartitionService:
                                               {"partitions": str(parts)}))
         processor.commit([], now=time.time_ns() // 1000)
         self._print(audit.drain())
+
+    def _unevaluated(self, store: Any) -> list[tuple[int, dict[str, Any]]]:
+        """What deliveries and jobs recorded about this processor's runs (a job may run on
+        any processor; the alert rules of a run are decided by its partition's owner)."""
+        self.recorded.clear()
+        return [(seq, data) for seq, data in store.unevaluated()
+                if self.partitions.owns(run_token(data.get("run_id")))]
 
     @staticmethod
     def _fold(processor: Processor, store: Any, source_ids: dict[str, int],

@@ -41,7 +41,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from hashlib import sha256
 from pathlib import Path
 from typing import Any, Final, NamedTuple, TextIO, TypeVar
@@ -58,16 +58,16 @@ from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
 from runwatch.projections import DerivedEvent
-from runwatch.sinks.sqlite_store import Changes, SqliteStore, StoreError
+from runwatch.sinks.sqlite_store import Changes, SqliteStore
 
 from .decode import RAW_KEEP, Rejection, decode
 from .files import watched_directories
 from .follow import Follower, Read
 from .lines import Lines
 from .replay import wall_clock
-from .settings import ConfigError, Settings
-from .tail import DatabaseLock, ServiceError
-from .usage import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError, settings_from_args
+from .settings import Settings
+from .tail import DatabaseLock
+from .usage import EXIT_OK, UsageError, settings_from_args
 
 T = TypeVar("T")
 
@@ -501,22 +501,3 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"ship: --stream {args.stream!r}: use letters, digits, _ and -")
     return ShipService(patterns, settings, url=args.nats, database=args.checkpoints,
                        stream=args.stream, poll=args.poll).run()
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m runwatch.stream.ship ship ...` until `ship` is wired into stream/cli.py."""
-    parser = argparse.ArgumentParser(prog="runwatch")
-    add_command(parser.add_subparsers(required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.handler(args))
-    except (ConfigError, UsageError) as exc:
-        print(f"runwatch: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (StoreError, ServiceError) as exc:
-        print(f"runwatch: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-
-
-if __name__ == "__main__":
-    sys.exit(main())

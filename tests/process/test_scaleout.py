@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import orjson
 from helpers import RUNWATCH, run_cli
 from natsserver import NatsServer
 from receivers import WebhookReceiver
+from runwatch.sinks.archive import verify_archive
 from runwatch.sinks.store import open_store
 from runwatch.stream.simulate import simulate
 
@@ -136,6 +138,8 @@ rules:
             assert ours[table] == theirs[table], table
         failures = shared.db.execute(
             "SELECT count(*) FROM alerts WHERE rule='run_failure'").fetchone()[0]
+        finished = dict(shared.db.execute(
+            "SELECT run_id, events_total FROM runs WHERE status NOT IN ('pending', 'running')"))
     finally:
         shared.close()
         replayed.close()
@@ -144,6 +148,14 @@ rules:
                  if any(0 <= kill - first_sent[i] <= 2.0 for kill in kills)}
     assert repeated == in_flight, "an acknowledged alert was delivered again"
     assert len(set(ids)) == failures > 0, "every decided alert is delivered"
+    archives = {path.stem: path for path in (tmp_path / ".archive").glob("*.zip")}
+    assert set(archives) == set(finished), "every finished run is archived once"
+    for run_id, path in archives.items():
+        assert verify_archive(path) == []
+        with zipfile.ZipFile(path) as opened:
+            events = opened.read("events.jsonl").splitlines()
+        assert len(events) == finished[run_id], "the run's events, read back from JetStream"
+    assert len(list((tmp_path / "reports").glob("*.html"))) == len(finished) + 1
 
 
 def test_a_standby_takes_over_when_the_owner_dies(tmp_path: Path, postgres_url: str) -> None:

@@ -20,11 +20,12 @@ import nats
 import orjson
 import pytest
 
+from helpers import RUNWATCH
 from natsserver import NatsServer
 from runwatch.stream.ship import line_id, subject_token
 
-SHIP = [sys.executable, "-m", "runwatch.stream.ship", "ship"]
-"""The command under test; once wired into the CLI: [*RUNWATCH, "ship"] (helpers.RUNWATCH)."""
+SHIP = [*RUNWATCH, "ship"]
+"""The command under test."""
 CONFIG = "rotate_wait: 1s\nrescan_interval: 1s\nbatch_max_bytes: 65536\n"
 STREAM = "runwatch"
 
@@ -33,7 +34,6 @@ STREAM = "runwatch"
 class Stored:
     """One message as the stream holds it."""
 
-    seq: int
     subject: str
     headers: dict[str, str]
     data: bytes
@@ -53,8 +53,7 @@ async def _stored(url: str) -> list[Stored]:
         out = []
         for _ in range(total):
             msg = await sub.next_msg(timeout=5)
-            out.append(Stored(msg.metadata.sequence.stream, msg.subject, dict(msg.headers or {}),
-                              msg.data))
+            out.append(Stored(msg.subject, dict(msg.headers or {}), msg.data))
         await sub.unsubscribe()
         return out
     finally:
