@@ -9,8 +9,6 @@ Every string that came from the logs is HTML-escaped; the pages load nothing fro
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -23,8 +21,8 @@ from pydantic import BaseModel, ConfigDict
 
 from runwatch.projections import to_micros
 
+from .atomic import write_atomically
 from .naming import safe_filename
-from .sqlite_store import fsync_path
 
 Row = Mapping[str, Any]
 
@@ -124,25 +122,11 @@ def write_reports(directory: Path, files: Mapping[str, bytes]) -> list[Path]:
     for name in sorted(files):
         target = directory / name
         if not (target.is_file() and target.read_bytes() == files[name]):
-            _replace(target, files[name])
+            write_atomically(target, files[name])
             written.append(target)
     return written
 
 
-def _replace(target: Path, data: bytes) -> None:
-    """Readers see the old file or the new one, never a torn one, even after a crash."""
-    fd, scratch = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fchmod(out.fileno(), 0o644)
-            os.fsync(out.fileno())
-        os.replace(scratch, target)
-    except BaseException:
-        Path(scratch).unlink(missing_ok=True)
-        raise
-    fsync_path(target.parent)
 
 
 # -- contents --------------------------------------------------------------------------

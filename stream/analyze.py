@@ -73,8 +73,8 @@ import orjson
 
 from runwatch.projections import ORCHESTRATOR, PATTERN, RUN_TERMINAL, Event, format_time
 from runwatch.sinks.analysis import FORMATS, RUN_STATUSES, render
+from runwatch.sinks.atomic import write_atomically
 from runwatch.sinks.reports import ERROR_FIELDS, PERCENTILES, nearest_rank
-from runwatch.sinks.sqlite_store import fsync_path
 
 from .decode import BadField, parse_time
 from .files import expand
@@ -826,20 +826,3 @@ def window_from_args(since: str | None, until: str | None, now: datetime) -> Win
     if window.lo >= window.hi:
         raise UsageError("analyze: --since must be before --until")
     return window
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Readers see the old file or the whole new one, never a part, even after a crash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, scratch = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fchmod(out.fileno(), 0o644)
-            os.fsync(out.fileno())
-        os.replace(scratch, path)
-    except BaseException:
-        Path(scratch).unlink(missing_ok=True)
-        raise
-    fsync_path(path.parent)

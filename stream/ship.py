@@ -53,20 +53,16 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import PubAck, StorageType, StreamConfig, StreamInfo
 from nats.js.errors import NoStreamResponseError, NotFoundError, TooManyStalledMsgsError
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-from watchdog.observers.polling import PollingObserver
 
 from runwatch.projections import DerivedEvent
 from runwatch.sinks.sqlite_store import Changes, SqliteStore
 
 from .decode import RAW_KEEP, Rejection, decode
-from .files import watched_directories
 from .follow import Follower, Read
 from .lines import Lines
 from .replay import wall_clock
 from .settings import Settings
-from .tail import DatabaseLock
+from .tail import DatabaseLock, FileChanges, watch_files
 from .usage import EXIT_OK, UsageError, settings_from_args
 
 T = TypeVar("T")
@@ -174,33 +170,6 @@ async def publish_all(js: JetStreamContext, batch: list[Outgoing]) -> list[PubAc
                 future.exception()  # retrieved: a failed batch is reported once, not per line
 
 
-class _Changes(FileSystemEventHandler):
-    """On the observer thread: note the changed paths and wake the loop, nothing more."""
-
-    def __init__(self, poke: Callable[[], None]) -> None:
-        self.poke = poke
-        self.lock = threading.Lock()
-        self.paths: set[str] = set()
-        self.rescan = False
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.is_directory and event.event_type != "created":
-            return
-        with self.lock:
-            self.paths.add(os.fsdecode(event.src_path))
-            if event.event_type in ("created", "moved", "deleted"):
-                self.rescan = True
-                if getattr(event, "dest_path", None):
-                    self.paths.add(os.fsdecode(event.dest_path))
-        self.poke()
-
-    def take(self) -> tuple[set[str], bool]:
-        with self.lock:
-            paths, rescan = self.paths, self.rescan
-            self.paths, self.rescan = set(), False
-        return paths, rescan
-
-
 class ShipService:
     """Follow `patterns` and publish every line to JetStream, until `stop()` or SIGTERM/SIGINT.
     A checkpoint never passes a line whose publish JetStream has not acked."""
@@ -249,8 +218,8 @@ class ShipService:
         notes: list[DerivedEvent] = []
         follower = Follower(self.patterns, store, max_line_bytes=self.settings.max_line_bytes,
                             rotate_wait_s=self.settings.rotate_wait, notes=notes)
-        changes = _Changes(self._poke)
-        observer = self._observer(changes)
+        changes = FileChanges(self._poke)
+        observer = watch_files(self.patterns, changes, poll=self.poll)
         observer.start()
         self._say(f"ship started (pid {os.getpid()}): {' '.join(self.patterns)} -> "
                   f"{_redact(self.url)} stream {self.stream}, checkpoints in {self.database}")
@@ -289,7 +258,7 @@ class ShipService:
         self._say(f"connected to {_redact(where)} (max_payload {nc.max_payload} bytes)")
         return nc
 
-    async def _ship_until_stopped(self, nc: NATS, follower: Follower, changes: _Changes,
+    async def _ship_until_stopped(self, nc: NATS, follower: Follower, changes: FileChanges,
                                   notes: list[DerivedEvent]) -> None:
         js = nc.jetstream()
         info = await self._retry("stream setup", lambda: self._ensure_stream(js))
@@ -311,7 +280,7 @@ class ShipService:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), self.due_rescan - time.monotonic())
 
-    def _read(self, follower: Follower, changes: _Changes, *, everything: bool) -> list[Read]:
+    def _read(self, follower: Follower, changes: FileChanges, *, everything: bool) -> list[Read]:
         """The next batch: from the files that changed, or from all of them when a re-scan is
         due or the last batch left bytes unread."""
         self.wake.clear()
@@ -404,13 +373,6 @@ class ShipService:
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             if loop is not None and not loop.is_closed():
                 loop.call_soon_threadsafe(wake)
-
-    def _observer(self, changes: _Changes) -> Any:
-        observer: Any = PollingObserver(timeout=1.0) if self.poll else Observer()
-        for directory, recursive in watched_directories(self.patterns):
-            if directory.is_dir():
-                observer.schedule(changes, str(directory), recursive=recursive)
-        return observer
 
     def _report(self, *, force: bool = False) -> None:
         """A line about what was shipped, at most every REPORT_EVERY_S."""

@@ -76,11 +76,11 @@ class DatabaseLock:
             self.fd = None
 
 
-class _Wakeup(FileSystemEventHandler):
-    """Runs on the observer thread: note the changed paths and wake the loop, nothing more."""
+class FileChanges(FileSystemEventHandler):
+    """Runs on the observer thread: note the changed paths and `poke` the loop, nothing more."""
 
-    def __init__(self, wake: threading.Event) -> None:
-        self.wake = wake
+    def __init__(self, poke: Callable[[], None]) -> None:
+        self.poke = poke
         self.lock = threading.Lock()
         self.paths: set[str] = set()
         self.rescan = False
@@ -94,7 +94,7 @@ class _Wakeup(FileSystemEventHandler):
                 self.rescan = True
                 if getattr(event, "dest_path", None):
                     self.paths.add(os.fsdecode(event.dest_path))
-        self.wake.set()
+        self.poke()
 
     def take(self) -> tuple[set[str], bool]:
         with self.lock:
@@ -169,8 +169,8 @@ class TailService:
                                 rotate_wait_s=self.settings.rotate_wait, notes=notes)
             cleanup.callback(follower.close)
             audit = AuditLog(self.settings.logs_dir / "monitor.jsonl", store)
-            handler = _Wakeup(self.wake)
-            observer = self._observer(handler)
+            handler = FileChanges(self.wake.set)
+            observer = watch_files(self.patterns, handler, poll=self.poll)
             processor.derived.append(self._lifecycle("MONITOR_STARTED", {
                 "pid": os.getpid(), "database": str(self.settings.database),
                 "patterns": self.patterns}))
@@ -194,7 +194,7 @@ class TailService:
         return 0
 
     def _loop(self, processor: Processor, follower: Follower, notes: list[DerivedEvent],
-              audit: AuditLog, handler: _Wakeup) -> None:
+              audit: AuditLog, handler: FileChanges) -> None:
         now = time.monotonic()
         due_rescan = now + self.intervals.rescan
         due_tick = now + self.intervals.tick
@@ -339,19 +339,21 @@ class TailService:
     def _lifecycle(self, kind: str, data: dict[str, Any]) -> DerivedEvent:
         return DerivedEvent(kind, time.time_ns() // 1000, None, data)
 
-    def _observer(self, handler: _Wakeup) -> Any:
-        observer: Any = PollingObserver(timeout=1.0) if self.poll else Observer()
-        for directory, recursive in watched_directories(self.patterns):
-            if directory.is_dir():
-                observer.schedule(handler, str(directory), recursive=recursive)
-        return observer
-
     def _install_signals(self) -> dict[int, Any]:
         previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 previous[signum] = signal.signal(signum, self.stop)
         return previous
+
+
+def watch_files(patterns: list[str], handler: FileChanges, *, poll: bool) -> Any:
+    """An unstarted watchdog observer over the folders the patterns can match."""
+    observer: Any = PollingObserver(timeout=1.0) if poll else Observer()
+    for directory, recursive in watched_directories(patterns):
+        if directory.is_dir():
+            observer.schedule(handler, str(directory), recursive=recursive)
+    return observer
 
 
 def _restore_signals(previous: dict[int, Callable[[int, FrameType | None], Any] | Any]) -> None:
