@@ -110,6 +110,7 @@ class Dispatcher:
                 wakeup.clear()
                 entry = self.claim(connection, target, time.time())
                 if entry is None:
+                    self._idle(target)
                     wakeup.wait(_sleep_for(connection, target))
                     continue
                 self.busy[target] = True
@@ -117,8 +118,15 @@ class Dispatcher:
                     self._attempt(connection, target, entry)
                 finally:
                     self.busy[target] = False
+            self._idle(target)  # a clean stop leaves deferred work (the report index) done
         finally:
             connection.close()
+
+    def _idle(self, target: str) -> None:
+        """A handler's deferred work, done when its queue is empty."""
+        when_idle = getattr(self.handlers[target], "when_idle", None)
+        if when_idle is not None:
+            when_idle()
 
     def _attempt(self, connection: Connection, target: str,
                  entry: tuple[str, str, bytes, int]) -> None:

@@ -29,15 +29,32 @@ def channel_handler(channel: Channel) -> Handler:
     return send
 
 
-def job_handler(settings: Settings, run: Callable[..., Result],
-                fetch: jobs.Fetch | None = None) -> Handler:
+def job_handler(settings: Settings, run: Callable[..., Result], **options: Any) -> Handler:
     """A job reads the committed projection through its own connection."""
     def execute(payload: dict[str, Any]) -> Result:
         connection = connect(settings.database_url or settings.database)
         try:
-            return run(connection, settings, payload["run_id"], fetch=fetch)
+            return run(connection, settings, payload["run_id"], **options)
         finally:
             connection.close()
+    return execute
+
+
+def report_handler(settings: Settings, fetch: jobs.Fetch | None) -> Handler:
+    """Reports, with index.html rebuilt at a bounded rate and once more when idle."""
+    index = jobs.RunIndex()
+    execute = job_handler(settings, jobs.report, fetch=fetch, index=index)
+
+    def when_idle() -> None:
+        if index.dirty:
+            connection = connect(settings.database_url or settings.database)
+            try:
+                index.refresh(connection, settings, force=True)
+            except OSError:
+                pass  # the next report retries it
+            finally:
+                connection.close()
+    execute.when_idle = when_idle  # type: ignore[attr-defined]  # read by the dispatcher
     return execute
 
 
@@ -47,6 +64,6 @@ def build_handlers(alerts: AlertSetup, settings: Settings, *, out: TextIO | None
     handlers = {name: channel_handler(build_channel(name, config, out=out, lock=lock))
                 for name, config in alerts.channels.items() if config is not None}
     if with_jobs:
-        handlers["report"] = job_handler(settings, jobs.report, fetch)
-        handlers["archive"] = job_handler(settings, jobs.archive, fetch)
+        handlers["report"] = report_handler(settings, fetch)
+        handlers["archive"] = job_handler(settings, jobs.archive, fetch=fetch)
     return handlers

@@ -9,6 +9,7 @@ Used by the dispatcher (RUN_COMPLETED, RUN_STATUS_CHANGED) and by `runwatch repo
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -132,17 +133,41 @@ def _event_dict(event: Event) -> dict[str, Any]:
             "workstream_id": event.workstream, "payload": event.payload}
 
 
+class RunIndex:
+    """`reports/index.html` lists every run, so rebuilding it after each of thousands of
+    reports (a service catching up) would cost O(runs²): it is rebuilt at most every
+    INDEX_EVERY_S while reports are being written, and once more when they stop."""
+
+    INDEX_EVERY_S = 2.0
+
+    def __init__(self) -> None:
+        self.dirty = False
+        self.written_at = 0.0
+
+    def refresh(self, connection: Connection, settings: Settings, *,
+                force: bool = False) -> list[Path]:
+        now = time.monotonic()
+        if not self.dirty or (not force and now - self.written_at < self.INDEX_EVERY_S):
+            return []
+        runs = _rows(connection, "SELECT * FROM runs")
+        written = write_reports(settings.reports.directory, {"index.html": build_index(runs)})
+        self.dirty, self.written_at = False, now
+        return written
+
+
 def report(connection: Connection, settings: Settings, run_id: str, *,
-           fetch: Fetch | None = None) -> Result:
-    """Write the run's reports and refresh index.html; REPORT_GENERATED or REPORT_FAILED."""
+           fetch: Fetch | None = None, index: RunIndex | None = None) -> Result:
+    """Write the run's reports and refresh index.html (now, or soon with `index`);
+    REPORT_GENERATED or REPORT_FAILED."""
     data = load_run(connection, run_id, fetch)
     if data is None:
         return Result("failed", f"no run {run_id!r} in the database")
+    index = index or RunIndex()
     try:
         files = _reports(data)
         written = write_reports(settings.reports.directory, files)
-        runs = _rows(connection, "SELECT * FROM runs")
-        written += write_reports(settings.reports.directory, {"index.html": build_index(runs)})
+        index.dirty = True
+        written += index.refresh(connection, settings)
     except OSError as exc:
         return Result("retry", f"writing reports: {exc.strerror}", derived=[_event(
             "REPORT_FAILED", run_id, {"error": f"{exc.strerror}: {exc.filename}"})])

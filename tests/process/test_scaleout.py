@@ -156,6 +156,8 @@ rules:
             events = opened.read("events.jsonl").splitlines()
         assert len(events) == finished[run_id], "the run's events, read back from JetStream"
     assert len(list((tmp_path / "reports").glob("*.html"))) == len(finished) + 1
+    index = (tmp_path / "reports" / "index.html").read_text()
+    assert all(run_id in index for run_id in finished), "the index, rebuilt when idle, is whole"
 
 
 def test_a_standby_takes_over_when_the_owner_dies(tmp_path: Path, postgres_url: str) -> None:
