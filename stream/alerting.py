@@ -138,7 +138,7 @@ class Decisions:
         when = format_time(event.time) or ""
         payload = {"run_id": event.run_id, "trigger": event.type, "event_time": when,
                    "status": event.data.get("status")}
-        state = "pending" if self.policy.deliver else "recorded"
+        state = self._state(event.time)
         return [OutboxEntry(_digest(kind, event.run_id, event.type, when,
                                     str(event.data.get("status"))),
                             "job", kind, state, {**payload, "job": kind}, run_id=event.run_id,

@@ -247,3 +247,20 @@ def test_retention_prunes_the_oldest_archive_with_an_audit_record(tmp_path: Path
     assert "ARCHIVE_PRUNED" in second.stdout
     assert [p.name for p in (tmp_path / ".archive").glob("*.zip")] == ["R2.zip"]
     assert "ARCHIVE_PRUNED" in trail_types(tmp_path)
+
+
+def test_a_new_service_does_not_archive_history(tmp_path: Path) -> None:
+    """Months of old logs must not start thousands of jobs on the first start."""
+    logs = tmp_path / "in"
+    logs.mkdir()
+    old = finished_run("OLD").replace(
+        datetime.now(UTC).strftime("%Y-%m-%d").encode(), b"2025-01-01")
+    append(logs / "events.jsonl", old)
+    db = tmp_path / "rw.db"
+    with TailProcess(tmp_path, db, logs) as service:
+        service.wait_until(lambda: jobs(db) == {"OLD/report": "skipped",
+                                                "OLD/archive": "skipped"})
+        append(logs / "events.jsonl", finished_run("NEW"))
+        service.wait_until(lambda: jobs(db).get("NEW/archive") == "delivered")
+        assert service.stop() == 0
+    assert [p.name for p in (tmp_path / ".archive").glob("*.zip")] == ["NEW.zip"]
