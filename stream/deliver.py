@@ -73,6 +73,9 @@ class Dispatcher:
         self.busy = dict.fromkeys(handlers, False)
         self.threads: list[threading.Thread] = []
         self.claim = _lease if is_postgres(database) else _next_due
+        # Alone on SQLite, every new entry comes with a poke; processors sharing PostgreSQL
+        # also deliver what the others decided, unannounced, so they look more often.
+        self.longest_wait = 1.0 if is_postgres(database) else 5.0
 
     def start(self) -> None:
         for target in self.handlers:
@@ -111,7 +114,7 @@ class Dispatcher:
                 entry = self.claim(connection, target, time.time())
                 if entry is None:
                     self._idle(target)
-                    wakeup.wait(_sleep_for(connection, target))
+                    wakeup.wait(_sleep_for(connection, target, self.longest_wait))
                     continue
                 self.busy[target] = True
                 try:
@@ -215,11 +218,11 @@ def _lease(connection: Connection, target: str,
     return None if row is None else (row[0], row[1], bytes(row[2]), int(row[3]))
 
 
-def _sleep_for(connection: Connection, target: str) -> float:
-    """Until the next retry falls due, but never long: new entries also poke the thread."""
+def _sleep_for(connection: Connection, target: str, longest: float) -> float:
+    """Until the next retry falls due, at most `longest`: new entries also poke the thread."""
     row = connection.execute(
         "SELECT min(next_attempt_at) FROM outbox WHERE state='pending' AND target=?",
         (target,)).fetchone()
     if row[0] is None:
-        return 1.0
-    return min(max(float(row[0]) - time.time(), 0.005), 1.0)
+        return longest
+    return min(max(float(row[0]) - time.time(), 0.005), longest)
