@@ -134,6 +134,8 @@ class TailService:
         self.ingest = IngestCounts(settings.sources)
         self.last_loop = time.monotonic()
         self.lag_s = 0.0
+        self.lag_bytes = 0
+        self.due_lag = 0.0
         self.stopping = False
         self.started = time.monotonic()
         self.started_at = wall_clock()
@@ -269,7 +271,10 @@ class TailService:
     def _publish(self, processor: Processor, follower: Follower) -> None:
         """Gauges and the status file: what the service is doing now, for scrapers, health
         checks and `status --watch`."""
-        lag_bytes, self.lag_s = follower.lag(time.time())
+        if time.monotonic() >= self.due_lag:  # a stat of every file: not on every tick
+            self.lag_bytes, self.lag_s = follower.lag(time.time())
+            self.due_lag = time.monotonic() + self.intervals.rescan
+        lag_bytes = self.lag_bytes
         stalled = sum(1 for _, flagged in processor.open_runs.values() if flagged)
         pending = follower.store.db.execute(
             "SELECT count(*) FROM outbox WHERE state='pending'").fetchone()[0]
