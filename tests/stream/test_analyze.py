@@ -19,15 +19,13 @@ from helpers import UPSTREAM, replay_into, run_cli
 from runwatch.sinks.analysis import SECTIONS, render
 from runwatch.stream.analyze import (
     NEEDS_LOGS,
-    Window,
     add_command,
     analyze_database,
     analyze_logs,
-    normalise,
-    parse_moment,
     window_from_args,
 )
 from runwatch.stream.files import expand
+from runwatch.stream.observe import Window, normalise, parse_moment
 from runwatch.stream.replay import ReplaySummary
 from runwatch.stream.settings import Settings
 from runwatch.stream.simulate import simulate
