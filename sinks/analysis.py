@@ -33,6 +33,7 @@ class Section(NamedTuple):
 
 
 FORMATS: Final = ("table", "json", "csv", "html")
+_FORMULA_START: Final = frozenset("=+-@\t\r")
 RUN_STATUSES: Final = ("succeeded", "partial", "failed", "quarantined", "canceled", "running",
                        "pending")
 SECTIONS: Final = (
@@ -113,7 +114,13 @@ def _csv(analysis: Mapping[str, Any]) -> bytes:
 
 
 def _csv_cell(value: object) -> object:
-    return "" if value is None else value
+    """Text from the logs that a spreadsheet would run as a formula (=, +, -, @, tab, CR)
+    gets a leading apostrophe, the usual guard; numbers stay numbers."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in _FORMULA_START:
+        return "'" + value
+    return value
 
 
 # --- table --------------------------------------------------------------------------------

@@ -337,3 +337,18 @@ def test_cli_usage_errors_exit_2_with_one_line(args: tuple[str, ...], message: s
     result = run_cli("analyze", *argv, cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+
+def test_csv_cells_from_the_logs_cannot_become_formulas(tmp_path: Path) -> None:
+    """Analysts open the CSV in a spreadsheet; a log string must not run there as a formula."""
+    log = tmp_path / "formula.jsonl"
+    formula = '=HYPERLINK("http://x","y")'
+    log.write_bytes(b"".join([
+        line("task_started", T0, run_id="R", task_id="t", workstream_id=formula),
+        line("task_failed", "2026-01-05T10:00:02Z", run_id="R", task_id="t"),
+    ]))
+    cells = [cell for row in csv.reader(io.StringIO(render(analyse(log), "csv").decode()))
+             for cell in row]
+    assert "'" + formula in cells
+    assert formula not in cells
