@@ -14,7 +14,7 @@ Replay: build with `PostgresStore(url naming a scratch schema, fast_unsafe=True)
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -35,15 +35,12 @@ from .sqlite_store import (
     PATTERN_RUN_COLUMNS,
     RUN_COLUMNS,
     SCHEMA_VERSION,
-    SNAPSHOT,
     TASK_COLUMNS,
     WORKSTREAM_COLUMNS,
     Changes,
-    Checkpoint,
-    OwnershipLost,
+    SharedQueries,
     StoreError,
     check_version,
-    owner_name,
 )
 
 
@@ -145,7 +142,7 @@ def _rows(changes: Changes, seen_at: str) -> Iterator[tuple[str, Sequence[Sequen
     yield "evaluated", [(seq,) for seq in changes.evaluated]
 
 
-class PostgresStore:
+class PostgresStore(SharedQueries):
     """One projection in one schema of a PostgreSQL database. Not thread-safe: one owner,
     one connection; other threads and processes open their own with `store.connect`."""
 
@@ -231,11 +228,6 @@ class PostgresStore:
             found = self._source_ids[path] = int(row[0])
         return found
 
-    def commit(self, changes: Changes, seen_at: str) -> None:
-        """Write one batch atomically (the whole delivery contract lives here)."""
-        with self.transaction():
-            self.write(changes, seen_at)
-
     def write(self, changes: Changes, seen_at: str) -> None:
         """Write inside an open transaction, the same rows as SqliteStore.write; stream
         positions first, so a lost stream raises OwnershipLost before anything is written."""
@@ -250,86 +242,6 @@ class PostgresStore:
                 cursor.executemany(_SMALL[name], rows)
             else:
                 cursor.execute(self._inserts[name], batch.arrays(rows, self._types[batch.table]))
-
-    def _advance(self, stream: str, expected: int | None, new: int, seen_at: str) -> None:
-        """Compare-and-set one stream position; no matching row means another owner."""
-        if expected is None:
-            cursor = self._raw.execute(
-                "INSERT INTO stream_positions VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (stream) DO NOTHING", (stream, new, owner_name(), seen_at))
-        else:
-            cursor = self._raw.execute(
-                "UPDATE stream_positions SET position=%s, owner=%s, updated_at=%s "
-                "WHERE stream=%s AND position=%s",
-                (new, owner_name(), seen_at, stream, expected))
-        if cursor.rowcount != 1:
-            row = self._raw.execute("SELECT position, owner FROM stream_positions "
-                                    "WHERE stream=%s", (stream,)).fetchone()
-            raise OwnershipLost(stream, expected, *(row or (None, None)))
-
-    def position(self, stream: str) -> int | None:
-        """The committed position of a stream, or None if no process has claimed it yet."""
-        row = self._raw.execute("SELECT position FROM stream_positions WHERE stream=%s",
-                                (stream,)).fetchone()
-        return None if row is None else int(row[0])
-
-    def load_group(self, group_key: str) -> tuple[dict[str, Any] | None, set[str]]:
-        """A group's saved fold state and the ids of the events already folded into it."""
-        row = self._raw.execute("SELECT state FROM fold_state WHERE group_key=%s",
-                                (group_key,)).fetchone()
-        if row is None:
-            return None, set()
-        seen: set[str] = set()
-        for (entries,) in self._raw.execute(
-                "SELECT entries FROM event_index WHERE group_key=%s", (group_key,)):
-            seen.update(entry[0] for entry in orjson.loads(entries))
-        return orjson.loads(row[0]), seen
-
-    def open_runs(self) -> Iterator[tuple[str, str, int]]:
-        """(run_id, last_event_at, stalled) of every run that is not terminal."""
-        return iter(self._raw.execute(
-            "SELECT run_id, last_event_at, stalled FROM runs "
-            "WHERE status IN ('pending', 'running')").fetchall())
-
-    def checkpoints(self) -> dict[tuple[int, int], Checkpoint]:
-        """Every checkpoint, keyed by the file's (device, inode)."""
-        rows = self._raw.execute(
-            'SELECT device, inode, source, fingerprint, "offset", line, tail_hash '
-            "FROM checkpoints").fetchall()
-        return {(r[0], r[1]): Checkpoint(*r) for r in rows}
-
-    def alert_states(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
-        """Every stored (rule, group, state) of the alert book."""
-        for rule, group, blob in self._raw.execute("SELECT * FROM alert_state").fetchall():
-            yield rule, group, orjson.loads(blob)
-
-    def unevaluated(self) -> list[tuple[int, dict[str, Any]]]:
-        """Derived events recorded outside the fold that alert rules have not seen yet."""
-        return [(seq, orjson.loads(data)) for seq, data in self._raw.execute(
-            "SELECT seq, data FROM derived_events WHERE unevaluated=1 ORDER BY seq")]
-
-    def counters(self) -> dict[str, int]:
-        return dict(self._raw.execute("SELECT name, value FROM counters").fetchall())
-
-    def set_meta(self, items: Iterable[tuple[str, str]]) -> None:
-        with self.transaction():
-            self._raw.cursor().executemany(
-                "INSERT INTO meta VALUES (%s, %s) "
-                "ON CONFLICT (key) DO UPDATE SET value=excluded.value", list(items))
-
-    def meta(self) -> dict[str, str]:
-        return dict(self._raw.execute("SELECT key, value FROM meta").fetchall())
-
-    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
-        """Every converged row, in key order, with SQLite's Python types: equal snapshots
-        mean equal projections, whichever the backend."""
-        out = {}
-        for table, (order, columns) in SNAPSHOT.items():
-            cursor = self._raw.execute(to_postgres(
-                f"SELECT {columns} FROM {table} ORDER BY {order}", False))
-            names = [d.name for d in cursor.description or ()]
-            out[table] = [dict(zip(names, row, strict=True)) for row in cursor]
-        return out
 
     def finalize(self) -> None:
         """Refresh the planner's statistics (replay's scratch schema becomes the real one)."""
