@@ -28,6 +28,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+from benchkit import percentile, report_figures
+
 from receivers import WebhookReceiver  # the tests' own loopback receiver
 
 TARGET_P99_MS = 150.0
@@ -54,11 +56,6 @@ rules:
     channels: [hook]
     throttle: 15m
 """)
-
-
-def percentile(values: list[float], percent: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, -(-int(percent * len(ordered)) // 100) - 1)]
 
 
 def run(args: argparse.Namespace) -> dict[str, object]:
@@ -112,12 +109,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    figures = run(args)
-    for key, value in figures.items():
-        print(f"{key:>20}: {value}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    report_figures(run(args), args.json)
     return 0
 
 

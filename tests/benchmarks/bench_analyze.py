@@ -34,7 +34,6 @@ from typing import Any, Final
 
 from bench_replay import (
     REPO,
-    BenchError,
     Corpus,
     Stats,
     TreeSampler,
@@ -51,6 +50,7 @@ from bench_replay import (
     source_revision,
     with_maxrss,
 )
+from benchkit import BenchError, main_for
 
 COMMANDS: Final = ("replay", "analyze (logs)", "analyze --db")
 
@@ -197,15 +197,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except BenchError as exc:
-        print(f"bench_analyze: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench_analyze: interrupted", file=sys.stderr)
-        return 130
+    return main_for("bench_analyze", parse_args, run, argv)
 
 
 if __name__ == "__main__":

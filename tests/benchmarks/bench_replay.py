@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import os
 import platform
@@ -50,6 +49,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
+
+from benchkit import BenchError, count_lines, main_for, simulator_digest
 
 REPO: Final = Path(__file__).resolve().parents[2]
 EVENTS_PER_RUN: Final = 199
@@ -69,10 +70,6 @@ MAXRSS_WRAPPER: Final = (
     "    out.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
     "sys.exit(code)\n"
 )
-
-
-class BenchError(Exception):
-    """A command the benchmark runs failed; printed as one message, exit code 1."""
 
 
 # --- figures ------------------------------------------------------------------------------
@@ -189,13 +186,6 @@ def label_for(events: int) -> str:
     return str(events)
 
 
-def simulator_digest() -> str:
-    spec = importlib.util.find_spec("runwatch.stream.simulate")
-    if spec is None or spec.origin is None:
-        return "unknown"
-    return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()
-
-
 def corpus_files(path: Path) -> list[Path]:
     return sorted(path.rglob("*.jsonl"))
 
@@ -227,16 +217,6 @@ def generate(cli: Sequence[str], path: Path, runs: int) -> tuple[str, float]:
     started = time.perf_counter()
     result = run_checked(command, env=child_env())
     return result.stdout.strip(), time.perf_counter() - started
-
-
-def count_lines(files: Sequence[Path]) -> int:
-    """Newline count; reading every byte also warms the page cache before timing."""
-    lines = 0
-    for path in files:
-        with path.open("rb") as handle:
-            while block := handle.read(8 << 20):
-                lines += block.count(b"\n")
-    return lines
 
 
 def ensure_corpus(cli: Sequence[str], out: Path, events: int) -> Corpus:
@@ -688,15 +668,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except BenchError as exc:
-        print(f"bench_replay: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench_replay: interrupted", file=sys.stderr)
-        return 130
+    return main_for("bench_replay", parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
+from benchkit import percentile, report_figures
+
 from natsserver import NatsServer  # the tests' private nats-server
 from runwatch.stream.simulate import simulate
 
@@ -178,20 +180,13 @@ def latency(args: argparse.Namespace, nats_url: str, url: str, schema: str,
     finally:
         os.close(fd)
         stop([shipper])
-    ordered = sorted(samples)
     return {"p50": round(statistics.median(samples), 1),
-            "p99": round(ordered[max(0, -(-99 * len(ordered) // 100) - 1)], 1),
-            "max": round(ordered[-1], 1)}
+            "p99": round(percentile(samples, 99), 1), "max": round(max(samples), 1)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    figures = run(args)
-    for key, value in figures.items():
-        print(f"{key:>24}: {value}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+    report_figures(run(args), args.json)
     return 0
 
 

@@ -38,8 +38,6 @@ Usage:  .venv/bin/python tests/benchmarks/bench_tail.py [--seconds 60] [--rate 1
 from __future__ import annotations
 
 import argparse
-import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -58,6 +56,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final
+
+from benchkit import BenchError, count_lines, main_for, simulator_digest
 
 REPO: Final = Path(__file__).resolve().parents[2]
 RUNWATCH: Final = [sys.executable, "-m", "runwatch.stream.cli"]
@@ -139,10 +139,6 @@ for path in files:
 print(json.dumps({"first_ns": first, "last_ns": time.time_ns(), "bytes": written,
                   "files": len(files)}))
 '''
-
-
-class BenchError(Exception):
-    """A command the benchmark runs failed; printed as one message, exit code 1."""
 
 
 def log(message: str) -> None:
@@ -346,23 +342,6 @@ class CounterPoller:
 
 
 # --- corpus -------------------------------------------------------------------------------
-
-
-def simulator_digest() -> str:
-    spec = importlib.util.find_spec("runwatch.stream.simulate")
-    if spec is None or spec.origin is None:
-        return "unknown"
-    return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()
-
-
-def count_lines(files: Sequence[Path]) -> int:
-    """Newline count; reading every byte also warms the page cache."""
-    lines = 0
-    for path in files:
-        with path.open("rb") as handle:
-            while block := handle.read(8 << 20):
-                lines += block.count(b"\n")
-    return lines
 
 
 @dataclass(slots=True)
@@ -791,15 +770,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        return run(args)
-    except BenchError as exc:
-        print(f"bench_tail: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("bench_tail: interrupted", file=sys.stderr)
-        return 130
+    return main_for("bench_tail", parse_args, run, argv)
 
 
 if __name__ == "__main__":
