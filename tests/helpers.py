@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from runwatch.sinks.sqlite_store import SqliteStore
 from runwatch.stream.files import expand
@@ -80,29 +80,69 @@ def converged(db: Path) -> dict[str, Any]:
     return rows
 
 
-class TailProcess:
-    """A real `runwatch tail` subprocess, with its output captured in files."""
+class RunwatchProcess:
+    """A real `runwatch ARGS` subprocess, restartable, with the output of every start
+    captured in `<name>-<n>.out` in its working directory."""
 
-    def __init__(self, workdir: Path, db: Path, *patterns: str | Path,
-                 args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, name: str, *args: str | Path,
+                 env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
-        self.db = db
-        self.command = [*RUNWATCH, "tail", *map(str, patterns), "--db", str(db), *args]
+        self.name = name
+        self.command = [*RUNWATCH, *map(str, args)]
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self) -> TailProcess:
+    def start(self) -> Self:
         self.starts += 1
-        out = (self.workdir / f"tail-{self.starts}.out").open("wb")
-        self.process = subprocess.Popen(self.command, cwd=self.workdir, env=self.env,
-                                        stdout=out, stderr=subprocess.STDOUT)
-        out.close()
+        with (self.workdir / f"{self.name}-{self.starts}.out").open("wb") as out:
+            self.process = subprocess.Popen(self.command, cwd=self.workdir, env=self.env,
+                                            stdout=out, stderr=subprocess.STDOUT)
         return self
 
     def output(self) -> str:
-        return "".join((self.workdir / f"tail-{n}.out").read_text(errors="replace")
+        return "".join((self.workdir / f"{self.name}-{n}.out").read_text(errors="replace")
                        for n in range(1, self.starts + 1))
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"condition not met after {timeout} s:\n{self.output()}")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait: a runwatch service finishes its batch, commits and exits 0."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def kill(self) -> None:
+        """kill -9: no chance to clean up."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        if self.running():
+            self.kill()
+
+
+class TailProcess(RunwatchProcess):
+    """A real `runwatch tail` subprocess on database `db`."""
+
+    def __init__(self, workdir: Path, db: Path, *patterns: str | Path,
+                 args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+        super().__init__(workdir, "tail", "tail", *patterns, "--db", db, *args, env=env)
+        self.db = db
 
     def wait_for_accepted(self, count: int, timeout: float = 30.0) -> None:
         """Block until the service has committed `count` accepted events."""
@@ -116,31 +156,3 @@ class TailProcess:
             time.sleep(0.05)
         raise AssertionError(f"only {counters(self.db).get('events_accepted', 0)} of {count} "
                              f"events committed after {timeout} s:\n{self.output()}")
-
-    def wait_until(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"condition not met after {timeout} s:\n{self.output()}")
-
-    def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM and wait: the service finishes its batch, commits and exits 0."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
-
-    def kill(self) -> None:
-        """kill -9: no chance to clean up."""
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(10)
-
-    def __enter__(self) -> TailProcess:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import time
 import zipfile
 from datetime import UTC, datetime, timedelta
@@ -11,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from helpers import RUNWATCH, run_cli
+from helpers import RunwatchProcess, run_cli
 from natsserver import NatsServer
 from receivers import WebhookReceiver
 from runwatch.sinks.archive import verify_archive
@@ -21,35 +19,10 @@ from runwatch.stream.simulate import simulate
 NEVER_STALLS = "stall_after: 36500d\ntick_interval: 0.2s\n"
 
 
-class Proc:
-    """A runwatch subprocess with its output in a file, killable with -9 and restartable."""
-
-    def __init__(self, workdir: Path, name: str, *args: str) -> None:
-        self.workdir, self.name, self.args = workdir, name, [*RUNWATCH, *args]
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> Proc:
-        self.starts += 1
-        with (self.workdir / f"{self.name}-{self.starts}.out").open("wb") as out:
-            self.process = subprocess.Popen(self.args, cwd=self.workdir, stdout=out,
-                                            stderr=subprocess.STDOUT)
-        return self
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(20)
-
-    def output(self) -> str:
-        return "".join((self.workdir / f"{self.name}-{n}.out").read_text(errors="replace")
-                       for n in range(1, self.starts + 1))
+def shipper_of(host: Path, nats_url: str) -> RunwatchProcess:
+    """`runwatch ship` for one host's events folder, with the host's own checkpoints."""
+    return RunwatchProcess(host, "ship", "ship", host / "events", "--nats", nats_url,
+                           "--db", host / "ship.db")
 
 
 def accepted(url: str) -> int:
@@ -73,7 +46,7 @@ def pending(url: str) -> int:
         store.close()
 
 
-def wait_until(predicate: object, timeout: float, what: str, *procs: Proc) -> None:
+def wait_until(predicate: object, timeout: float, what: str, *procs: RunwatchProcess) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():  # type: ignore[operator]
@@ -104,10 +77,9 @@ rules:
 """)
         common = ("--config", str(tmp_path / "rw.yaml"), "--alerts", str(tmp_path / "alerts.yaml"),
                   "--db", postgres_url, "--nats", nats.url, "--quiet")
-        processors = [Proc(tmp_path, "p0", "tail", "--partition", "0,1/4", *common),
-                      Proc(tmp_path, "p1", "tail", "--partition", "2,3/4", *common)]
-        shippers = [Proc(host, "ship", "ship", str(host / "events"), "--nats", nats.url,
-                         "--db", str(host / "ship.db")) for host in hosts]
+        processors = [RunwatchProcess(tmp_path, "p0", "tail", "--partition", "0,1/4", *common),
+                      RunwatchProcess(tmp_path, "p1", "tail", "--partition", "2,3/4", *common)]
+        shippers = [shipper_of(host, nats.url) for host in hosts]
         for proc in [*processors, *shippers]:
             proc.start()
         everyone = [*processors, *shippers]
@@ -125,7 +97,7 @@ rules:
         wait_until(lambda: accepted(postgres_url) >= total, 120, f"{total} events", *everyone)
         wait_until(lambda: pending(postgres_url) == 0, 60, "an empty outbox", *everyone)
         for proc in everyone:
-            assert proc.stop() == 0, proc.output()[-2000:]
+            assert proc.stop(timeout=20) == 0, proc.output()[-2000:]
         ids = [r.headers["webhook-id"] for r in hook.requests]
         first_sent = {}
         for request in hook.requests:
@@ -169,13 +141,12 @@ def test_a_standby_takes_over_when_the_owner_dies(tmp_path: Path, postgres_url: 
     with NatsServer(tmp_path / "nats", partitions=1) as nats:
         common = ("--config", str(tmp_path / "rw.yaml"), "--db", postgres_url,
                   "--nats", nats.url, "--partition", "0/1")
-        owner = Proc(tmp_path, "owner", "tail", *common).start()
+        owner = RunwatchProcess(tmp_path, "owner", "tail", *common).start()
         wait_until(lambda: "owner of partition(s) 0/1" in owner.output(), 30, "ownership",
                    owner)
-        standby = Proc(tmp_path, "standby", "tail", *common).start()
+        standby = RunwatchProcess(tmp_path, "standby", "tail", *common).start()
         wait_until(lambda: "standby" in standby.output(), 30, "standby", standby)
-        shipper = Proc(host, "ship", "ship", str(host / "events"), "--nats", nats.url,
-                       "--db", str(host / "ship.db")).start()
+        shipper = shipper_of(host, nats.url).start()
         wait_until(lambda: accepted(postgres_url) > 500, 60, "first events", owner, shipper)
         owner.kill()
         wait_until(lambda: "owner of partition(s) 0/1" in standby.output(), 30, "takeover",

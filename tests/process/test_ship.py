@@ -7,7 +7,6 @@ the shipper as a subprocess, and reads the stream back with nats-py.
 from __future__ import annotations
 
 import asyncio
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -20,12 +19,10 @@ import nats
 import orjson
 import pytest
 
-from helpers import RUNWATCH
+from helpers import RunwatchProcess
 from natsserver import NatsServer
 from runwatch.stream.ship import line_id, subject_token
 
-SHIP = [*RUNWATCH, "ship"]
-"""The command under test."""
 CONFIG = "rotate_wait: 1s\nrescan_interval: 1s\nbatch_max_bytes: 65536\n"
 STREAM = "runwatch"
 
@@ -98,49 +95,15 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) 
     raise AssertionError(f"{what}: not after {timeout} s")
 
 
-class Shipper:
-    """A real shipper subprocess, its output captured in files."""
+class Shipper(RunwatchProcess):
+    """A real `runwatch ship` subprocess with its own checkpoint database."""
 
     def __init__(self, workdir: Path, url: str, *paths: Path) -> None:
         config = workdir / "runwatch.yaml"
         config.write_text(CONFIG)
-        self.workdir = workdir
         self.db = workdir / "ship.db"
-        self.command = [*SHIP, *map(str, paths), "--nats", url, "--db", str(self.db),
-                        "--config", str(config)]
-        self.process: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> Shipper:
-        self.starts += 1
-        with (self.workdir / f"ship-{self.starts}.out").open("wb") as out:
-            self.process = subprocess.Popen(self.command, cwd=self.workdir, stdout=out,
-                                            stderr=subprocess.STDOUT)
-        return self
-
-    def output(self) -> str:
-        return "".join((self.workdir / f"ship-{n}.out").read_text(errors="replace")
-                       for n in range(1, self.starts + 1))
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(10)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(10)
-
-    def __enter__(self) -> Shipper:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        if self.running():
-            self.kill()
+        super().__init__(workdir, "ship", "ship", *paths, "--nats", url, "--db", self.db,
+                         "--config", config)
 
 
 class Lines:
