@@ -161,22 +161,27 @@ class RuleSet:
 
     def __init__(self, rules: Iterable[Rule]) -> None:
         self.rules = {rule.name: rule for rule in rules}
-        self._by_type: dict[str, tuple[tuple[Rule, Role, Matcher], ...]] = {}
+        self.by_type: dict[str, tuple[tuple[Rule, Role, Matcher], ...]] = {}
+        """Event type → the rules that can match it; an empty tuple for most types, which the
+        fold's hot loop checks inline before it pays for a call."""
 
     def candidates(self, event_type: str) -> tuple[tuple[Rule, Role, Matcher], ...]:
-        found = self._by_type.get(event_type)
+        found = self.by_type.get(event_type)
         if found is None:
             found = tuple((rule, role, matcher) for rule in self.rules.values()
                           for role, matcher in rule.matchers() if matcher.matches_type(event_type))
-            if len(self._by_type) < 10_000:
-                self._by_type[event_type] = found
+            if len(self.by_type) < 10_000:
+                self.by_type[event_type] = found
         return found
 
     def match_event(self, event: Event) -> list[Trigger]:
-        """Triggers for one accepted input event (usually none)."""
+        """Triggers for one accepted input event (usually none). Conditions read the few
+        fields they name; the whole flat view is built only for an event that triggers."""
         candidates = self.candidates(event.type)
-        return _triggers(candidates, event.id, event.time, event_fields(event)) \
-            if candidates else []
+        if not candidates:
+            return []
+        return _triggers(candidates, event.id, event.time, _EventView(event),
+                         lambda: event_fields(event))
 
     def match_derived(self, event: DerivedEvent) -> list[Trigger]:
         """Triggers for one derived event."""
@@ -184,17 +189,56 @@ class RuleSet:
         if not candidates:
             return []
         fields = event.to_dict()
-        return _triggers(candidates, derived_id(event), event.time, fields)
+        return _triggers(candidates, derived_id(event), event.time, fields, lambda: fields)
 
 
 def _triggers(candidates: tuple[tuple[Rule, Role, Matcher], ...], event_id: str, time: int,
-              fields: dict[str, Any]) -> list[Trigger]:
+              view: Mapping[str, Any], fields: Callable[[], dict[str, Any]]
+              ) -> list[Trigger]:
     out: dict[tuple[str, Role], Trigger] = {}
     for rule, role, matcher in candidates:
-        if (rule.name, role) not in out and all(c.holds(fields) for c in matcher.where):
-            group = ",".join(f"{k}={fields.get(k)}" for k in rule.group_by)
-            out[(rule.name, role)] = Trigger(rule.name, group, role, event_id, time, fields)
+        if (rule.name, role) not in out and all(c.holds(view) for c in matcher.where):
+            group = ",".join(f"{k}={view.get(k)}" for k in rule.group_by)
+            out[(rule.name, role)] = Trigger(rule.name, group, role, event_id, time, fields())
     return list(out.values())
+
+
+class _EventView(Mapping[str, Any]):
+    """`event_fields(event)` read key by key, without building it."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+
+    def __getitem__(self, key: str) -> Any:
+        event = self.event
+        own = _PATTERN_FIELDS if event.family == "p" else _TASK_FIELDS
+        field = _COMMON.get(key) or own.get(key)
+        if field is not None:
+            return field(event)
+        for source in (event.raw, event.payload):  # the precedence of event_fields
+            value = source.get(key, _MISSING)
+            if value is not _MISSING and _scalar(value):
+                return value
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(event_fields(self.event))
+
+    def __len__(self) -> int:
+        return len(event_fields(self.event))
+
+
+_MISSING: Final = object()
+_COMMON: Final[dict[str, Callable[[Event], Any]]] = {
+    "type": lambda e: e.type, "event_id": lambda e: e.id,
+    "event_time": lambda e: format_time(e.time), "severity": lambda e: e.severity,
+    "run_id": lambda e: e.run_id,
+}
+_PATTERN_FIELDS: Final[dict[str, Callable[[Event], Any]]] = {"pattern_run_id": lambda e: e.task}
+_TASK_FIELDS: Final[dict[str, Callable[[Event], Any]]] = {
+    "task_id": lambda e: e.task, "workstream_id": lambda e: e.workstream}
 
 
 def event_fields(event: Event) -> dict[str, Any]:

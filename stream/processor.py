@@ -103,7 +103,7 @@ class Processor:
         `observe`, when given, sees every decoded event (offline analysis); else it costs
         nothing."""
         self.store = store
-        self.match = None if rules is None else rules.match_event
+        self.rules = rules
         self.observe = observe
         self.triggers: list[Trigger] = []
         self.decisions = decisions
@@ -131,7 +131,8 @@ class Processor:
         oversize = lines.oversize
         tally = self.pending
         cache = self.cache
-        match = self.match
+        rules = self.rules
+        rule_types = {} if rules is None else rules.by_type
         observe = self.observe
         for index, line in enumerate(lines.items):
             size = len(line)
@@ -164,7 +165,8 @@ class Processor:
                         tally.accepted += 1
                         if event.time > self.max_event_time:
                             self.max_event_time = event.time
-                        if match is not None and (found := match(event)):
+                        if rules is not None and rule_types.get(event.type, True) and (
+                                found := rules.match_event(event)):
                             self.triggers.extend(found)
                     else:
                         tally.duplicate += 1
