@@ -58,21 +58,18 @@ class Decisions:
         self.held_derived: list[DerivedEvent] = []
         self.seen_events: set[tuple[str, str, str]] = set()
 
-    def derived_from_rows(self, rows: Iterable[tuple[int, dict[str, Any]]]
-                          ) -> list[DerivedEvent]:
-        """Derived events recorded by deliveries and jobs, back as values."""
-        out = []
-        for _, data in rows:
-            rest = {k: v for k, v in data.items() if k not in ("type", "event_time", "run_id")}
-            out.append(DerivedEvent(data["type"], parse_time(data["event_time"]),
-                                    data.get("run_id"), rest))
-        return out
-
     def decide(self, triggers: list[Trigger], derived: list[DerivedEvent], now: int,
-               changes: Changes) -> None:
+               changes: Changes, recorded: Iterable[tuple[int, dict[str, Any]]] = ()) -> None:
         """Offer this commit's triggers (input events and derived ones) in event-time order;
         put the notifications and jobs that result, and the changed alert states, in
-        `changes`. Derived events come first at equal times: they carry the counts."""
+        `changes`. Derived events come first at equal times: they carry the counts.
+        `recorded` are (seq, event) rows that deliveries and jobs recorded outside the fold:
+        decided here too, and marked evaluated by the same commit."""
+        for seq, data in recorded:
+            rest = {k: v for k, v in data.items() if k not in ("type", "event_time", "run_id")}
+            derived = [*derived, DerivedEvent(data["type"], parse_time(data["event_time"]),
+                                              data.get("run_id"), rest)]
+            changes.evaluated.append(seq)
         ordered = [(d.time, 0, "", t) for d in derived for t in self.rules.match_derived(d)]
         ordered.extend((t.time, 1, t.event_id, t) for t in triggers)
         if self.hold:

@@ -217,9 +217,8 @@ def deliver_outbox(settings: Settings, alerts: AlertSetup, *, quiet: bool = Fals
             rows = store.unevaluated()
             if not rows:
                 break
-            changes = Changes(evaluated=[seq for seq, _ in rows])
-            decisions.decide([], decisions.derived_from_rows(rows), time.time_ns() // 1000,
-                             changes)
+            changes = Changes()
+            decisions.decide([], [], time.time_ns() // 1000, changes, recorded=rows)
             store.commit(changes, format_time(time.time_ns() // 1000) or "")
         audit.drain()
     finally:

@@ -306,11 +306,8 @@ class Processor:
         changes.derived = [d.to_dict() for d in self.derived]
         if self.decisions is not None:
             moment = self.max_event_time if now is None else now
-            outside = []
-            if evaluated:
-                outside = self.decisions.derived_from_rows(evaluated)
-                changes.evaluated = [seq for seq, _ in evaluated]
-            self.decisions.decide(self.triggers, self.derived + outside, moment, changes)
+            self.decisions.decide(self.triggers, self.derived, moment, changes,
+                                  recorded=evaluated or ())
             if release:
                 self.decisions.release(moment, changes)
         self.triggers = []
