@@ -42,6 +42,7 @@ from .lines import Lines
 from .processor import Processor
 from .replay import wall_clock
 from .settings import Settings
+from .ship import subject_token
 from .tail import QUIET_TYPES, console_line
 
 STREAM: Final = "runwatch"
@@ -93,7 +94,7 @@ def stream_lines(nats_url: str) -> Callable[[str], list[bytes]]:
     """A job's event source: every line of a run, read back from the stream by its subject
     (the shippers' files are on other hosts)."""
     def fetch(run_id: str) -> list[bytes]:
-        return asyncio.run(_read_subject(nats_url, f"{STREAM}.part.*.{run_token(run_id)}"))
+        return asyncio.run(_read_subject(nats_url, f"{STREAM}.part.*.{subject_token(run_id)}"))
     return fetch
 
 
@@ -123,13 +124,6 @@ def fnv1a_32(data: bytes) -> int:
     for byte in data:
         value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
     return value
-
-
-def run_token(run_id: str | None) -> str:
-    """The subject token of a run, as the shipper writes it."""
-    from .ship import subject_token
-
-    return subject_token(run_id)
 
 
 class PartitionService:
@@ -206,7 +200,7 @@ class PartitionService:
                               max_groups=self.settings.cache_groups, rules=self.alerts.rules,
                               decisions=decisions)
         processor.open_runs = {run: seen for run, seen in processor.open_runs.items()
-                               if parts.owns(run_token(run))}
+                               if parts.owns(subject_token(run))}
         self.recorded.set()  # what jobs recorded while no processor ran is evaluated first
         label = "-".join(map(str, parts.indices))
         audit = AuditLog(self.settings.logs_dir / f"monitor-part-{label}.jsonl", store,
@@ -265,7 +259,9 @@ class PartitionService:
         source_ids: dict[str, int] = {}
         due_tick = time.monotonic() + self.settings.tick_interval
         while not self.stopping.is_set():
-            batches = {k: await _fetch(sub, self.batch) for k, sub in subscriptions.items()}
+            fetched = await asyncio.gather(*(_fetch(sub, self.batch)
+                                             for sub in subscriptions.values()))
+            batches = dict(zip(subscriptions, fetched, strict=True))  # waits once, not per part
             moved = {}
             for k, messages in batches.items():
                 for message in messages:
@@ -298,7 +294,7 @@ class PartitionService:
         any processor; the alert rules of a run are decided by its partition's owner)."""
         self.recorded.clear()
         return [(seq, data) for seq, data in store.unevaluated()
-                if self.partitions.owns(run_token(data.get("run_id")))]
+                if self.partitions.owns(subject_token(data.get("run_id")))]
 
     @staticmethod
     def _fold(processor: Processor, store: Any, source_ids: dict[str, int],
