@@ -190,6 +190,7 @@ def simulate(
     tasks_per_run: tuple[int, int] = (4, 12),
     start: datetime | None = None,
     pace: float | None = None,
+    roll_lines: int = ROLL_LINES,
 ) -> SimulationSummary:
     """Write a deterministic corpus of `runs` runs under `out_dir` and summarise it.
 
@@ -198,7 +199,8 @@ def simulate(
 
     `events` counts distinct events; `lines` also counts the job-scoped pattern files, which
     repeat lines of `patterns/pattern_events.jsonl`. Existing files with the same names are
-    overwritten, others are left alone.
+    overwritten, others are left alone. The orchestrator log rolls over to a new numbered
+    file every `roll_lines` lines.
     """
     if runs < 1:
         raise ValueError(f"runs must be at least 1, got {runs}")
@@ -213,6 +215,7 @@ def simulate(
         origin = origin.replace(tzinfo=UTC)
     sim = _Simulator(Path(out_dir), runs, seed, fail_rate, stall_rate, (low, high), origin)
     sim.pace = pace
+    sim.roll_lines = roll_lines
     return sim.generate()
 
 
@@ -295,6 +298,7 @@ class _Simulator:
         self.lines = 0
         self.events = 0
         self.pace: float | None = None
+        self.roll_lines = ROLL_LINES
         self.paced_from = 0.0
 
     # -- identifiers and timestamps -----------------------------------------------------
@@ -368,7 +372,7 @@ class _Simulator:
                 time, order, pos, outs = heap[0]
                 _t, sink, line = outs[pos]
                 if sink == _ORCH:
-                    if orch is None or orch_lines >= ROLL_LINES:
+                    if orch is None or orch_lines >= self.roll_lines:
                         if orch is not None:
                             self.bytes_written += orch.tell()
                             orch.close()

@@ -16,7 +16,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runwatch.stream import simulate as simulate_module
 from runwatch.stream.simulate import SimulationSummary, add_arguments, run, simulate
 
 ULID = r"[0-9A-HJKMNP-TV-Z]{26}"
@@ -240,10 +239,9 @@ def test_concurrent_runs_interleave(corpus: tuple[Path, SimulationSummary]) -> N
     assert switches > len(set(runs)) * 5
 
 
-def test_orchestrator_files_roll_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_orchestrator_files_roll_over(tmp_path: Path) -> None:
     """Big corpora spread over numbered files; a run may span two of them."""
-    monkeypatch.setattr(simulate_module, "ROLL_LINES", 400)
-    simulate(tmp_path, runs=20, seed=3)
+    simulate(tmp_path, runs=20, seed=3, roll_lines=400)
     files = sorted((tmp_path / "orchestrator").glob("events-*.jsonl"))
     assert [p.name for p in files] == [f"events-{i:03d}.jsonl" for i in range(len(files))]
     assert len(files) >= 3
