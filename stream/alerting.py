@@ -116,7 +116,7 @@ class Decisions:
 
     def _entries(self, notification: Notification) -> list[OutboxEntry]:
         payload = notification.to_dict()
-        state = self._state(_began(notification))
+        state = self._state(notification.event_time)
         out = []
         for channel in notification.channels:
             if self.policy.channels is not None and channel not in self.policy.channels:
@@ -141,15 +141,6 @@ class Decisions:
                             "job", kind, state, {**payload, "job": kind}, run_id=event.run_id,
                             event_time=when)
                 for kind in kinds if kind in self.policy.jobs]
-
-
-def _began(notification: Notification) -> int:
-    """When the problem began, for the lookback: a stall began when the run went silent,
-    not when a newly started service noticed it."""
-    silent_since = notification.event.get("last_event_at")
-    if notification.event.get("type") == "RUN_STALLED" and isinstance(silent_since, str):
-        return min(parse_time(silent_since), notification.event_time)
-    return notification.event_time
 
 
 def _digest(*parts: str) -> str:

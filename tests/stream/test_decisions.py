@@ -6,7 +6,7 @@ import sqlite3
 from datetime import datetime
 from pathlib import Path
 
-from runwatch.projections import DerivedEvent
+from runwatch.projections import DerivedEvent, detect_stalls
 from runwatch.projections.events import to_micros
 from runwatch.sinks.sqlite_store import Changes
 from runwatch.stream.alert_config import default_alert_setup
@@ -62,11 +62,11 @@ def test_a_stall_that_began_before_the_horizon_is_history() -> None:
     hour = 3_600_000_000
     decisions = Decisions(setup.rules, None, setup.policy(deliver=True, since_us=now - hour))
     changes = Changes()
-    old = DerivedEvent("RUN_STALLED", now, "OLD",
-                       {"last_event_at": "2026-01-02T09:00:00.000000Z", "silent_s": 10800.0})
-    fresh = DerivedEvent("RUN_STALLED", now, "NEW",
-                         {"last_event_at": "2026-01-02T11:20:00.000000Z", "silent_s": 2400.0})
-    decisions.decide([], [old, fresh], now, changes)
+    silent_since = {"OLD": to_micros(datetime(2026, 1, 2, 9, 0)),
+                    "NEW": to_micros(datetime(2026, 1, 2, 11, 20))}
+    stalls = detect_stalls({run: (last, False) for run, last in silent_since.items()}, now,
+                           1800 * 1_000_000)
+    decisions.decide([], stalls, now, changes)
     states = {entry.run_id: entry.state for entry in changes.outbox}
     assert states == {"OLD": "skipped", "NEW": "pending"}
 
