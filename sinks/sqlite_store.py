@@ -230,6 +230,29 @@ _UPSERT_WORKSTREAM: Final = _upsert("workstreams", WORKSTREAM_COLUMNS,
 _UPSERT_PATTERN_RUN: Final = _upsert("pattern_runs", PATTERN_RUN_COLUMNS, ("pattern_run_id",))
 
 
+def fetch_dicts(db: Any, sql: str, params: Sequence[object] = ()) -> list[dict[str, Any]]:
+    """Rows as dicts keyed by column name, from any store connection (`?` parameters)."""
+    cursor = db.execute(sql, params)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+def run_detail(db: Any, run_id: str) -> dict[str, Any] | None:
+    """A run's row with its tasks, workstreams and pattern runs; None if there is no run."""
+    found = fetch_dicts(db, "SELECT * FROM runs WHERE run_id=?", (run_id,))
+    if not found:
+        return None
+    return {
+        "run": found[0],
+        "tasks": fetch_dicts(db, "SELECT * FROM tasks WHERE run_id=? ORDER BY task_id",
+                             (run_id,)),
+        "workstreams": fetch_dicts(db, "SELECT * FROM workstreams WHERE run_id=? "
+                                   "ORDER BY workstream_id", (run_id,)),
+        "pattern_runs": fetch_dicts(db, "SELECT * FROM pattern_runs WHERE run_id=? "
+                                    "ORDER BY started_at, pattern_run_id", (run_id,)),
+    }
+
+
 class SharedQueries:
     """What both stores do the same way, in SQL their `db` connections both take (`?`
     parameters; PostgreSQL's connection rewrites them): the reads, the metadata and the
@@ -320,10 +343,7 @@ class SharedQueries:
         """Every converged row, in key order: equal snapshots mean equal projections."""
         out = {}
         for table, (order, columns) in SNAPSHOT.items():
-            cursor = self.db.execute(
-                f"SELECT {columns} FROM {table} ORDER BY {order}")
-            names = [d[0] for d in cursor.description]
-            out[table] = [dict(zip(names, row, strict=True)) for row in cursor]
+            out[table] = fetch_dicts(self.db, f"SELECT {columns} FROM {table} ORDER BY {order}")
         return out
 
 

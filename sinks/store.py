@@ -19,10 +19,19 @@ import psycopg
 
 from .postgres_dialect import PgConnection, Target
 from .postgres_store import PostgresStore
-from .sqlite_store import Changes, Checkpoint, OwnershipLost, SqliteStore, StoreError
+from .sqlite_store import (
+    Changes,
+    Checkpoint,
+    OwnershipLost,
+    SqliteStore,
+    StoreError,
+    fetch_dicts,
+    run_detail,
+)
 
 __all__ = ["DB_ERRORS", "Connection", "Cursor", "OwnershipLost", "PostgresStore", "SqliteStore",
-           "Store", "StoreError", "connect", "is_postgres", "open_store", "transaction"]
+           "Store", "StoreError", "connect", "fetch_dicts", "is_postgres", "open_store",
+           "run_detail", "transaction"]
 
 DB_ERRORS: Final = (sqlite3.Error, psycopg.Error)
 """What a database call may raise, whichever the backend."""

@@ -71,6 +71,7 @@ from runwatch.projections import RUN_TERMINAL, format_time
 from runwatch.sinks.analysis import FORMATS, RUN_STATUSES, render
 from runwatch.sinks.atomic import write_atomically
 from runwatch.sinks.reports import PERCENTILES, nearest_rank
+from runwatch.sinks.store import fetch_dicts
 
 from .decode import parse_time
 from .files import expand
@@ -260,12 +261,10 @@ def _slowest_tasks(tasks: list[tuple[Any, ...]], top: int) -> list[Row]:
 
 def _pattern_rows(db: Db, window: Window) -> list[Row]:
     where, bounds = window.where("started_at")
-    cursor = db.execute(
-        "SELECT pattern_run_id, pattern_id, run_id, status, phase, started_at, finished_at, "
+    rows = fetch_dicts(
+        db, "SELECT pattern_run_id, pattern_id, run_id, status, phase, started_at, finished_at, "
         f"duration_s, error_message FROM pattern_runs WHERE started_at IS NOT NULL AND {where}",
         bounds)
-    names = [d[0] for d in cursor.description]
-    rows = [dict(zip(names, row, strict=True)) for row in cursor]
     for row in rows:
         if row["duration_s"] is None:
             row["duration_s"] = _span_s(row["started_at"], row["finished_at"])

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from runwatch.sinks.sqlite_store import RUN_COLUMNS, StoreError
-from runwatch.sinks.store import Store
+from runwatch.sinks.store import Store, run_detail
 
 from .alert_config import load_alerts
 from .console import table
@@ -289,21 +289,13 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _status_one(store: Store, run_id: str, as_json: bool) -> int:
-    cursor = store.db.execute(f"SELECT {', '.join(RUN_COLUMNS)} FROM runs "
-                              "WHERE run_id = ?", (run_id,))
-    row = cursor.fetchone()
-    if row is None:
+    found = run_detail(store.db, run_id)
+    if found is None:
         print(f"runwatch: no run {run_id!r} in {store.path}", file=sys.stderr)
         return EXIT_FAILURE
-    run: dict[str, Any] = dict(zip(RUN_COLUMNS, row, strict=True))
+    run: dict[str, Any] = found.pop("run")
     run["stalled"] = bool(run["stalled"])
-    detail = {
-        "tasks": _select(store, "SELECT * FROM tasks WHERE run_id=? ORDER BY task_id", run_id),
-        "workstreams": _select(store, "SELECT * FROM workstreams WHERE run_id=? "
-                               "ORDER BY workstream_id", run_id),
-        "pattern_runs": _select(store, "SELECT * FROM pattern_runs WHERE run_id=? "
-                                "ORDER BY started_at, pattern_run_id", run_id),
-    }
+    detail = found
     if as_json:
         print(orjson.dumps({**run, **detail}, option=orjson.OPT_INDENT_2).decode())
         return EXIT_OK
@@ -315,12 +307,6 @@ def _status_one(store: Store, run_id: str, as_json: bool) -> int:
             columns = [c for c in rows[0] if c != "run_id"]
             print(table(columns, [[r[c] for c in columns] for r in rows]))
     return EXIT_OK
-
-
-def _select(store: Store, sql: str, *params: object) -> list[dict[str, Any]]:
-    cursor = store.db.execute(sql, params)
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor]
 
 
 def _health(args: argparse.Namespace) -> int:

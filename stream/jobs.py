@@ -22,7 +22,7 @@ from runwatch.projections import Event
 from runwatch.projections.events import format_time
 from runwatch.sinks.archive import ArchiveError, ArchiveResult, apply_retention, build_archive
 from runwatch.sinks.reports import build_index, build_run_reports, write_reports
-from runwatch.sinks.store import Connection
+from runwatch.sinks.store import Connection, fetch_dicts, run_detail
 
 from .decode import decode
 from .deliver import Result
@@ -50,24 +50,12 @@ not local files (a processor reads them back from JetStream)."""
 def load_run(connection: Connection, run_id: str, fetch: Fetch | None = None) -> RunData | None:
     """The run's rows and its accepted events in (time, id) order; None if there is no run.
     `missing` counts indexed events whose bytes are no longer where they were read."""
-    run = _rows(connection, "SELECT * FROM runs WHERE run_id=?", run_id)
-    if not run:
+    detail = run_detail(connection, run_id)
+    if detail is None:
         return None
     lines, events, missing = _run_events(connection, run_id, fetch)
-    return RunData(
-        run[0],
-        _rows(connection, "SELECT * FROM tasks WHERE run_id=? ORDER BY task_id", run_id),
-        _rows(connection, "SELECT * FROM workstreams WHERE run_id=? ORDER BY workstream_id",
-              run_id),
-        _rows(connection, "SELECT * FROM pattern_runs WHERE run_id=? "
-              "ORDER BY started_at, pattern_run_id", run_id),
-        lines, events, missing)
-
-
-def _rows(connection: Connection, sql: str, *params: object) -> list[dict[str, Any]]:
-    cursor = connection.execute(sql, params)
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor]
+    return RunData(detail["run"], detail["tasks"], detail["workstreams"],
+                   detail["pattern_runs"], lines, events, missing)
 
 
 def _run_events(connection: Connection, run_id: str, fetch: Fetch | None
@@ -149,7 +137,7 @@ class RunIndex:
         now = time.monotonic()
         if not self.dirty or (not force and now - self.written_at < self.INDEX_EVERY_S):
             return []
-        runs = _rows(connection, "SELECT * FROM runs")
+        runs = fetch_dicts(connection, "SELECT * FROM runs")
         written = write_reports(settings.reports.directory, {"index.html": build_index(runs)})
         self.dirty, self.written_at = False, now
         return written
