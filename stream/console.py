@@ -1,11 +1,14 @@
-"""Terminal output: a progress bar for long work and plain aligned tables."""
+"""Terminal output: a progress bar for long work, plain aligned tables, and a service's
+console lines."""
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Sequence
-from typing import TextIO
+from datetime import UTC, datetime
+from typing import Any, TextIO
 
 
 class Progress:
@@ -64,3 +67,47 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:,.1f}"
     return str(value)
+
+
+QUIET_TYPES = frozenset({"ALERT_SENT"})
+"""Audit records not echoed on the console: the console channel already showed the alert."""
+
+
+def wall_clock() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def console_line(record: dict[str, Any]) -> str:
+    """One readable line per audit record."""
+    kind = record["type"]
+    parts = [record.get("wall_time", ""), kind]
+    if record.get("run_id"):
+        parts.append(str(record["run_id"]))
+    skip = {"seq", "wall_time", "type", "run_id", "db", "db_seq", "event_time", "prev", "hash"}
+    parts.extend(f"{k}={v}" for k, v in record.items() if k not in skip and v is not None)
+    return " ".join(str(p) for p in parts)
+
+
+class ServiceConsole:
+    """A service's console: whole lines even when several threads write (the loop, the
+    delivery threads and the console channel share `lock`), and nothing when quiet."""
+
+    def __init__(self, out: TextIO | None = None, *, quiet: bool = False) -> None:
+        self.out = out or sys.stdout
+        self.quiet = quiet
+        self.lock = threading.Lock()
+
+    def write(self, *lines: str) -> None:
+        if self.quiet or not lines:
+            return
+        with self.lock:
+            self.out.write("".join(line + "\n" for line in lines))
+            self.out.flush()
+
+    def say(self, text: str) -> None:
+        """A line about the service itself, stamped with the wall clock."""
+        self.write(f"{wall_clock()} {text}")
+
+    def records(self, records: list[dict[str, Any]]) -> None:
+        """The audit records just appended, one readable line each."""
+        self.write(*(console_line(r) for r in records if r["type"] not in QUIET_TYPES))

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -36,14 +35,13 @@ from runwatch.sinks.store import OwnershipLost, connect, open_store
 
 from .alert_config import AlertSetup
 from .alerting import Decisions
+from .console import ServiceConsole, wall_clock
 from .deliver import Dispatcher
 from .handlers import build_handlers
 from .lines import Lines
 from .processor import Processor
-from .replay import wall_clock
 from .settings import Settings
 from .ship import subject_token
-from .tail import QUIET_TYPES, console_line
 
 STREAM: Final = "runwatch"
 LOCK_CLASS: Final = 0x72770001
@@ -138,12 +136,10 @@ class PartitionService:
         assert settings.database_url is not None, "processors share a PostgreSQL database"
         self.target = settings.database_url
         self.alerts = alerts
-        self.out = out or sys.stdout
-        self.quiet = quiet
+        self.console = ServiceConsole(out, quiet=quiet)
         self.batch = batch
         self.stopping = threading.Event()
         self.recorded = threading.Event()
-        self.print_lock = threading.Lock()
 
     def stop(self, *_: Any) -> None:
         self.stopping.set()
@@ -168,13 +164,13 @@ class PartitionService:
             missing = [k for k in missing if not lock.execute(
                 "SELECT pg_try_advisory_lock(?, ?)", (LOCK_CLASS, k)).fetchone()[0]]
             if missing and not waiting:
-                self._say(f"standby: partition(s) {missing} of {self.partitions.count} are "
-                          "owned by another processor; waiting to take over")
+                self.console.say(f"standby: partition(s) {missing} of {self.partitions.count} are "
+                                 "owned by another processor; waiting to take over")
                 waiting = True
             if missing:
                 self.stopping.wait(0.5)
         if not missing:
-            self._say(f"owner of partition(s) {self.partitions}")
+            self.console.say(f"owner of partition(s) {self.partitions}")
         return not missing
 
     async def _serve(self) -> int:
@@ -182,7 +178,7 @@ class PartitionService:
         try:
             return await self._consume(store)
         except OwnershipLost as exc:
-            self._say(f"stopping: {exc}")
+            self.console.say(f"stopping: {exc}")
             return 1
         finally:
             store.close()
@@ -206,7 +202,7 @@ class PartitionService:
         audit = AuditLog(self.settings.logs_dir / f"monitor-part-{label}.jsonl", store,
                          head_key=f"audit_head:part-{label}")
         dispatcher = Dispatcher(self.target, build_handlers(
-            self.alerts, self.settings, out=self.out, lock=self.print_lock,
+            self.alerts, self.settings, out=self.console.out, lock=self.console.lock,
             fetch=stream_lines(self.nats_url)), self.alerts.delivery,
             on_record=self.recorded.set)
         client = await nats.connect(self.nats_url, max_reconnect_attempts=-1,
@@ -247,8 +243,8 @@ class PartitionService:
                 return
             except NotFoundError:
                 if not said:
-                    self._say(f"waiting for the JetStream stream {STREAM!r} (a shipper "
-                              "creates it)")
+                    self.console.say(f"waiting for the JetStream stream {STREAM!r} (a shipper "
+                                     "creates it)")
                     said = True
                 await asyncio.sleep(0.5)
 
@@ -283,11 +279,11 @@ class PartitionService:
                     await batches[k][-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
                 if processor.outboxed:
                     dispatcher.poke()
-                self._print(audit.drain())
+                self.console.records(audit.drain())
         processor.derived.append(DerivedEvent("MONITOR_STOPPED", time.time_ns() // 1000, None,
                                               {"partitions": str(parts)}))
         processor.commit([], now=time.time_ns() // 1000)
-        self._print(audit.drain())
+        self.console.records(audit.drain())
 
     def _unevaluated(self, store: Any) -> list[tuple[int, dict[str, Any]]]:
         """What deliveries and jobs recorded about this processor's runs (a job may run on
@@ -311,17 +307,3 @@ class PartitionService:
         processor.process(source, source_id, Lines(
             offset, int(headers.get("Runwatch-Line", 0)), [message.data], offset + size + 1,
             {0: size} if oversize else {}))
-
-    def _print(self, records: list[dict[str, Any]]) -> None:
-        if self.quiet or not records:
-            return
-        lines = [console_line(r) for r in records if r["type"] not in QUIET_TYPES]
-        with self.print_lock:
-            self.out.write("".join(line + "\n" for line in lines))
-            self.out.flush()
-
-    def _say(self, text: str) -> None:
-        if not self.quiet:
-            with self.print_lock:
-                self.out.write(f"{wall_clock()} {text}\n")
-                self.out.flush()

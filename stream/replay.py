@@ -19,7 +19,6 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final, Protocol, Self
@@ -35,7 +34,7 @@ from runwatch.sinks.store import Store, is_postgres
 
 from .alert_config import AlertSetup, default_alert_setup
 from .alerting import Decisions
-from .console import Progress
+from .console import Progress, wall_clock
 from .decode import RAW_KEEP, decode
 from .files import checkpoint_for
 from .lines import Lines, LineSplitter
@@ -99,10 +98,6 @@ class ReplaySummary:
             "pattern_runs": self.pattern_runs,
             "derived_events": self.derived_events,
         }
-
-
-def wall_clock() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def default_workers() -> int:

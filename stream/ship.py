@@ -38,7 +38,6 @@ import contextlib
 import os
 import re
 import signal
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -57,10 +56,10 @@ from nats.js.errors import NoStreamResponseError, NotFoundError, TooManyStalledM
 from runwatch.projections import DerivedEvent
 from runwatch.sinks.sqlite_store import Changes, SqliteStore
 
+from .console import ServiceConsole, wall_clock
 from .decode import RAW_KEEP, Rejection, decode
 from .follow import Follower, Read
 from .lines import Lines
-from .replay import wall_clock
 from .settings import Settings
 from .tail import DatabaseLock, FileChanges, watch_files
 from .usage import EXIT_OK, UsageError, settings_from_args
@@ -183,7 +182,7 @@ class ShipService:
         self.database = database
         self.stream = stream
         self.poll = poll
-        self.out = out or sys.stdout
+        self.console = ServiceConsole(out)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.wake = asyncio.Event()
         self.halt = asyncio.Event()
@@ -221,8 +220,9 @@ class ShipService:
         changes = FileChanges(self._poke)
         observer = watch_files(self.patterns, changes, poll=self.poll)
         observer.start()
-        self._say(f"ship started (pid {os.getpid()}): {' '.join(self.patterns)} -> "
-                  f"{_redact(self.url)} stream {self.stream}, checkpoints in {self.database}")
+        self.console.say(f"ship started (pid {os.getpid()}): {' '.join(self.patterns)} -> "
+                         f"{_redact(self.url)} stream {self.stream}, "
+                         f"checkpoints in {self.database}")
         try:
             nc = await self._connect()
             if nc is not None:
@@ -236,7 +236,7 @@ class ShipService:
             observer.join(0.2)
             follower.close()
         self._report(force=True)
-        self._say("ship stopped")
+        self.console.say("ship stopped")
 
     async def _connect(self) -> NATS | None:
         """A connection that reconnects for ever; None if stopped before one was made."""
@@ -255,7 +255,7 @@ class ShipService:
         nc = connecting.result()
         self.trouble = ""
         where = nc.connected_url.geturl() if nc.connected_url else self.url
-        self._say(f"connected to {_redact(where)} (max_payload {nc.max_payload} bytes)")
+        self.console.say(f"connected to {_redact(where)} (max_payload {nc.max_payload} bytes)")
         return nc
 
     async def _ship_until_stopped(self, nc: NATS, follower: Follower, changes: FileChanges,
@@ -264,8 +264,8 @@ class ShipService:
         info = await self._retry("stream setup", lambda: self._ensure_stream(js))
         if info is None:
             return
-        self._say(f"stream {self.stream}: subjects {', '.join(info.config.subjects or [])}, "
-                  f"{info.state.messages} messages")
+        self.console.say(f"stream {self.stream}: subjects {', '.join(info.config.subjects or [])}, "
+                         f"{info.state.messages} messages")
         behind = True  # unread bytes may be in any file (at the start: everything is unread)
         while not self.halt.is_set():
             if not behind and self.settings.linger > 0:
@@ -340,7 +340,7 @@ class ShipService:
                 result = await self._attempt(attempt)
             except _RETRYABLE as exc:
                 if self.halt.is_set():
-                    self._say(f"{what} failed ({_describe(exc)}); stopping, not committed")
+                    self.console.say(f"{what} failed ({_describe(exc)}); stopping, not committed")
                     return None
                 self._complain(f"{what} failed ({_describe(exc)}); retrying, checkpoints held")
                 with contextlib.suppress(TimeoutError):
@@ -349,7 +349,7 @@ class ShipService:
                 continue
             if self.trouble:
                 self.trouble = ""
-                self._say(f"{what}: ok")
+                self.console.say(f"{what}: ok")
             return result
 
     async def _attempt(self, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -378,36 +378,32 @@ class ShipService:
         """A line about what was shipped, at most every REPORT_EVERY_S."""
         now = time.monotonic()
         if self.shipped and (force or now - self.reported_at >= REPORT_EVERY_S):
-            self._say(f"shipped {self.shipped} lines ({self.duplicates} already in the stream), "
-                      f"{self.committed} checkpoints committed")
+            self.console.say(f"shipped {self.shipped} lines ({self.duplicates} already in the "
+                             f"stream), {self.committed} checkpoints committed")
             self.shipped = self.duplicates = self.committed = 0
             self.reported_at = now
 
     def _show(self, notes: list[DerivedEvent]) -> None:
         for note in notes:
-            self._say(f"{note.type} " + " ".join(f"{k}={v}" for k, v in note.data.items()))
+            self.console.say(f"{note.type} " + " ".join(f"{k}={v}" for k, v in note.data.items()))
         notes.clear()
 
     def _complain(self, text: str) -> None:
         """Say a problem once, not at every retry."""
         if text != self.trouble:
             self.trouble = text
-            self._say(text)
+            self.console.say(text)
 
     async def _nats_error(self, exc: Exception) -> None:
         self._complain(_describe(exc))
 
     async def _disconnected(self) -> None:
         if not self.halt.is_set():  # closing the connection at the end is no news
-            self._say("disconnected from NATS; reconnecting")
+            self.console.say("disconnected from NATS; reconnecting")
 
     async def _reconnected(self) -> None:
         self.trouble = ""
-        self._say("reconnected to NATS")
-
-    def _say(self, text: str) -> None:
-        self.out.write(f"{wall_clock()} {text}\n")
-        self.out.flush()
+        self.console.say("reconnected to NATS")
 
 
 def _describe(exc: BaseException) -> str:

@@ -14,7 +14,6 @@ import contextlib
 import fcntl
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -34,13 +33,13 @@ from runwatch.sinks.sqlite_store import SqliteStore
 
 from .alert_config import AlertSetup, default_alert_setup
 from .alerting import Decisions
+from .console import ServiceConsole, wall_clock
 from .deliver import Dispatcher
 from .files import static_prefix, watched_directories
 from .follow import Follower
 from .handlers import build_handlers
 from .health import report, run_checks, status_path, write_status
 from .processor import Processor
-from .replay import wall_clock
 from .settings import Settings, Source, parse_address
 
 
@@ -121,11 +120,9 @@ class TailService:
         self.patterns = patterns
         self.settings = settings
         self.alerts = alerts or default_alert_setup()
-        self.print_lock = threading.Lock()
+        self.console = ServiceConsole(out, quiet=quiet)
         self.recorded = threading.Event()
         self.poll = poll
-        self.out = out or sys.stdout
-        self.quiet = quiet
         self.intervals = Intervals(settings.rescan_interval, settings.tick_interval,
                                    settings.heartbeat_interval)
         self.wake = threading.Event()
@@ -164,7 +161,8 @@ class TailService:
                                   rules=self.alerts.rules, decisions=decisions)
             dispatcher = Dispatcher(
                 self.settings.database,
-                build_handlers(self.alerts, self.settings, out=self.out, lock=self.print_lock),
+                build_handlers(self.alerts, self.settings, out=self.console.out,
+                               lock=self.console.lock),
                 self.alerts.delivery, on_record=self._recorded, on_failure=self._failed)
             follower = Follower(self.patterns, store,
                                 max_line_bytes=self.settings.max_line_bytes,
@@ -262,11 +260,7 @@ class TailService:
             self.dispatcher.poke()
         records = audit.drain()
         self.metrics.record(records)
-        if records and not self.quiet:
-            lines = [console_line(r) for r in records if r["type"] not in QUIET_TYPES]
-            with self.print_lock:
-                self.out.write("".join(line + "\n" for line in lines))
-                self.out.flush()
+        self.console.records(records)
 
     def _publish(self, processor: Processor, follower: Follower) -> None:
         """Gauges and the status file: what the service is doing now, for scrapers, health
@@ -308,11 +302,7 @@ class TailService:
                                f"({exc.strerror})") from None
         server.start()
         cleanup.callback(server.stop)
-        if not self.quiet:
-            with self.print_lock:
-                self.out.write(f"metrics and health on http://{host}:{server.port}"
-                               "/metrics, /healthz\n")
-                self.out.flush()
+        self.console.write(f"metrics and health on http://{host}:{server.port}/metrics, /healthz")
 
     def _recorded(self) -> None:
         """On a delivery thread: something was recorded; the loop evaluates and audits it."""
@@ -322,14 +312,9 @@ class TailService:
     def _failed(self, payload: dict[str, Any], detail: str) -> None:
         """The console is the fallback: a notification that could not be delivered shows
         here, whatever channel it was for."""
-        if self.quiet:
-            return
         what = payload.get("summary") or payload.get("job") or payload.get("id")
-        line = (f"{wall_clock()} DELIVERY FAILED {payload.get('rule') or payload.get('job')} "
-                f"run={payload.get('run_id')}: {detail} ({what})")
-        with self.print_lock:
-            self.out.write(line + "\n")
-            self.out.flush()
+        self.console.say(f"DELIVERY FAILED {payload.get('rule') or payload.get('job')} "
+                         f"run={payload.get('run_id')}: {detail} ({what})")
 
     def _alerts_since(self, store: SqliteStore) -> int:
         """The alert horizon: fixed when a database is first served, so a restart still
@@ -388,18 +373,3 @@ class IngestCounts:
         for name, count in self.pending.items():
             metrics.ingested.labels(name).inc(count)
         self.pending.clear()
-
-
-QUIET_TYPES = frozenset({"ALERT_SENT"})
-"""Audit records not echoed on the console: the console channel already showed the alert."""
-
-
-def console_line(record: dict[str, Any]) -> str:
-    """One readable line per audit record."""
-    kind = record["type"]
-    parts = [record.get("wall_time", ""), kind]
-    if record.get("run_id"):
-        parts.append(str(record["run_id"]))
-    skip = {"seq", "wall_time", "type", "run_id", "db", "db_seq", "event_time", "prev", "hash"}
-    parts.extend(f"{k}={v}" for k, v in record.items() if k not in skip and v is not None)
-    return " ".join(str(p) for p in parts)
