@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Self
 
@@ -80,6 +80,19 @@ def converged(db: Path) -> dict[str, Any]:
     return rows
 
 
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0,
+               show: Iterable[RunwatchProcess] = ()) -> None:
+    """Poll until `predicate` holds; on timeout fail naming `what`, with the output of the
+    processes in `show`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{what}: not after {timeout} s\n"
+                         + "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for p in show))
+
+
 class RunwatchProcess:
     """A real `runwatch ARGS` subprocess, restartable, with the output of every start
     captured in `<name>-<n>.out` in its working directory."""
@@ -108,12 +121,7 @@ class RunwatchProcess:
         return self.process is not None and self.process.poll() is None
 
     def wait_until(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"condition not met after {timeout} s:\n{self.output()}")
+        wait_until(predicate, "condition", timeout, show=[self])
 
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM and wait: a runwatch service finishes its batch, commits and exits 0."""

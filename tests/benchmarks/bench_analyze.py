@@ -21,11 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -36,19 +32,16 @@ from bench_replay import (
     REPO,
     Corpus,
     Stats,
-    TreeSampler,
-    child_env,
     cpu_model,
     ensure_corpus,
     log,
-    read_maxrss_mb,
     remove_database,
     render,
     run_checked,
+    run_measured,
     runwatch_command,
     source_fingerprint,
     source_revision,
-    with_maxrss,
 )
 from benchkit import BenchError, main_for
 
@@ -74,18 +67,8 @@ class Timings:
 
 def timed(command: Sequence[str], cwd: Path) -> tuple[Run, str]:
     """Run `command` once: wall time, memory, and its stdout."""
-    with tempfile.TemporaryDirectory(dir=cwd) as scratch:
-        report = Path(scratch) / "maxrss"
-        started = time.perf_counter()
-        process = subprocess.Popen(with_maxrss(command, report), stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, cwd=cwd, env=child_env())
-        with TreeSampler(process.pid) as sampler:
-            stdout, stderr = process.communicate()
-        wall = time.perf_counter() - started
-        if process.returncode != 0:
-            raise BenchError(f"`{shlex.join(command)}` exited with {process.returncode}:\n"
-                             f"{stderr.strip()}")
-        return Run(wall, read_maxrss_mb(report), sampler.memory.tree_rss_mb), stdout
+    wall, memory, stdout = run_measured(command, cwd)
+    return Run(wall, memory.largest_process_mb, memory.tree_rss_mb), stdout
 
 
 def mismatches(replayed: dict[str, Any], analysis: dict[str, Any]) -> list[str]:

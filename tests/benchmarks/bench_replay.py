@@ -373,12 +373,17 @@ def replay_command(cli: Sequence[str], corpus: Corpus, db: Path,
 def time_replay(cli: Sequence[str], corpus: Corpus, out: Path, workers: int | None) -> ReplayRun:
     db = out / "bench.db"
     remove_database(db)  # every run starts from nothing, as the first one does
-    command = replay_command(cli, corpus, db, workers)
-    with tempfile.TemporaryDirectory(dir=out) as scratch:
+    wall, memory, stdout = run_measured(replay_command(cli, corpus, db, workers), out)
+    return ReplayRun(wall, memory, db.stat().st_size / 1e6, json.loads(stdout))
+
+
+def run_measured(command: Sequence[str], cwd: Path) -> tuple[float, Memory, str]:
+    """Run `command` once under the tree sampler: wall time, memory, and its stdout."""
+    with tempfile.TemporaryDirectory(dir=cwd) as scratch:
         report = Path(scratch) / "maxrss"
         started = time.perf_counter()
         process = subprocess.Popen(with_maxrss(command, report), stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, cwd=out, env=child_env())
+                                   stderr=subprocess.PIPE, text=True, cwd=cwd, env=child_env())
         with TreeSampler(process.pid) as sampler:
             stdout, stderr = process.communicate()
         wall = time.perf_counter() - started
@@ -386,7 +391,7 @@ def time_replay(cli: Sequence[str], corpus: Corpus, out: Path, workers: int | No
             raise BenchError(f"`{shlex.join(command)}` exited with {process.returncode}:\n"
                              f"{stderr.strip()}")
         sampler.memory.largest_process_mb = read_maxrss_mb(report)
-    return ReplayRun(wall, sampler.memory, db.stat().st_size / 1e6, json.loads(stdout))
+    return wall, sampler.memory, stdout
 
 
 def replay_label(workers: int | None) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 
-from helpers import RunwatchProcess, run_cli
+from helpers import RunwatchProcess, run_cli, wait_until
 from natsserver import NatsServer
 from receivers import WebhookReceiver
 from runwatch.sinks.archive import verify_archive
@@ -46,16 +46,6 @@ def pending(url: str) -> int:
         store.close()
 
 
-def wait_until(predicate: object, timeout: float, what: str, *procs: RunwatchProcess) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached in {timeout} s:\n"
-                         + "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for p in procs))
-
-
 def test_two_shippers_two_processors_killed_and_restarted_converge(
         tmp_path: Path, postgres_url: str) -> None:
     """The scale-out promise: whatever crashes, the shared projection equals a SQLite replay
@@ -83,7 +73,7 @@ rules:
         for proc in [*processors, *shippers]:
             proc.start()
         everyone = [*processors, *shippers]
-        wait_until(lambda: accepted(postgres_url) > 2000, 60, "first events", *everyone)
+        wait_until(lambda: accepted(postgres_url) > 2000, "first events", 60, show=everyone)
         kills = []
         for proc in [*shippers, *processors]:
             kills.append(time.time())
@@ -94,8 +84,8 @@ rules:
                            tmp_path / "replay.db", "--stall-after", "36500d", "--json")
         assert expected.returncode == 0, expected.stderr
         total = orjson.loads(expected.stdout)["events_accepted"]
-        wait_until(lambda: accepted(postgres_url) >= total, 120, f"{total} events", *everyone)
-        wait_until(lambda: pending(postgres_url) == 0, 60, "an empty outbox", *everyone)
+        wait_until(lambda: accepted(postgres_url) >= total, f"{total} events", 120, show=everyone)
+        wait_until(lambda: pending(postgres_url) == 0, "an empty outbox", 60, show=everyone)
         for proc in everyone:
             assert proc.stop(timeout=20) == 0, proc.output()[-2000:]
         ids = [r.headers["webhook-id"] for r in hook.requests]
@@ -142,19 +132,19 @@ def test_a_standby_takes_over_when_the_owner_dies(tmp_path: Path, postgres_url: 
         common = ("--config", str(tmp_path / "rw.yaml"), "--db", postgres_url,
                   "--nats", nats.url, "--partition", "0/1")
         owner = RunwatchProcess(tmp_path, "owner", "tail", *common).start()
-        wait_until(lambda: "owner of partition(s) 0/1" in owner.output(), 30, "ownership",
-                   owner)
+        wait_until(lambda: "owner of partition(s) 0/1" in owner.output(), "ownership", 30,
+                   show=[owner])
         standby = RunwatchProcess(tmp_path, "standby", "tail", *common).start()
-        wait_until(lambda: "standby" in standby.output(), 30, "standby", standby)
+        wait_until(lambda: "standby" in standby.output(), "standby", 30, show=[standby])
         shipper = shipper_of(host, nats.url).start()
-        wait_until(lambda: accepted(postgres_url) > 500, 60, "first events", owner, shipper)
+        wait_until(lambda: accepted(postgres_url) > 500, "first events", 60, show=[owner, shipper])
         owner.kill()
-        wait_until(lambda: "owner of partition(s) 0/1" in standby.output(), 30, "takeover",
-                   standby)
+        wait_until(lambda: "owner of partition(s) 0/1" in standby.output(), "takeover", 30,
+                   show=[standby])
         expected = run_cli("replay", host / "events", "--db", tmp_path / "replay.db",
                            "--stall-after", "36500d", "--json")
         total = orjson.loads(expected.stdout)["events_accepted"]
-        wait_until(lambda: accepted(postgres_url) >= total, 60, f"{total} events", standby)
+        wait_until(lambda: accepted(postgres_url) >= total, f"{total} events", 60, show=[standby])
         assert standby.stop() == 0 and shipper.stop() == 0
     shared, replayed = open_store(postgres_url), open_store(str(tmp_path / "replay.db"))
     try:

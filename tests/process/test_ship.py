@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import nats
 import orjson
 import pytest
 
-from helpers import RunwatchProcess
+from helpers import RunwatchProcess, wait_until
 from natsserver import NatsServer
 from runwatch.stream.ship import line_id, subject_token
 
@@ -84,15 +84,6 @@ def checkpoint(db: Path, path: Path) -> int:
         return 0
     finally:
         connection.close()
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{what}: not after {timeout} s")
 
 
 class Shipper(RunwatchProcess):
