@@ -71,6 +71,7 @@ services:
 
 lint: $(STAMP)
 	$(BIN)/ruff check stream projections sinks tests
+	$(BIN)/ruff format --check stream projections sinks tests
 	@rm -rf .build && mkdir -p .build/runwatch && for d in stream projections sinks; do \
 		ln -s ../../$$d .build/runwatch/$$d; done
 	cd .build && ../$(BIN)/mypy -p runwatch.projections -p runwatch.stream -p runwatch.sinks

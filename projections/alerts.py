@@ -31,8 +31,12 @@ ALERT_SEVERITIES: Final = ("info", "low", "medium", "high", "critical")
 Role = Literal["fire", "resolve"]
 _COMPARISON: Final = re.compile(r"^\s*(>=|<=|!=|==|>|<)\s*(.+?)\s*$")
 _OPERATORS: Final[dict[str, Callable[[Any, Any], bool]]] = {
-    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
-    "==": operator.eq, "!=": operator.ne,
+    ">=": operator.ge,
+    "<=": operator.le,
+    ">": operator.gt,
+    "<": operator.lt,
+    "==": operator.eq,
+    "!=": operator.ne,
 }
 
 
@@ -146,12 +150,20 @@ class Notification:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "alert_id": self.id, "rule": self.rule, "state": self.state,
-            "severity": self.severity, "group_key": self.group_key, "labels": self.labels,
-            "summary": self.summary, "run_id": self.labels.get("run_id"),
-            "event": self.event, "event_id": self.event_id,
-            "event_time": format_time(self.event_time), "starts_at": format_time(self.starts_at),
-            "ends_at": format_time(self.ends_at), "suppressed": self.suppressed,
+            "alert_id": self.id,
+            "rule": self.rule,
+            "state": self.state,
+            "severity": self.severity,
+            "group_key": self.group_key,
+            "labels": self.labels,
+            "summary": self.summary,
+            "run_id": self.labels.get("run_id"),
+            "event": self.event,
+            "event_id": self.event_id,
+            "event_time": format_time(self.event_time),
+            "starts_at": format_time(self.starts_at),
+            "ends_at": format_time(self.ends_at),
+            "suppressed": self.suppressed,
         }
 
 
@@ -168,8 +180,12 @@ class RuleSet:
     def candidates(self, event_type: str) -> tuple[tuple[Rule, Role, Matcher], ...]:
         found = self.by_type.get(event_type)
         if found is None:
-            found = tuple((rule, role, matcher) for rule in self.rules.values()
-                          for role, matcher in rule.matchers() if matcher.matches_type(event_type))
+            found = tuple(
+                (rule, role, matcher)
+                for rule in self.rules.values()
+                for role, matcher in rule.matchers()
+                if matcher.matches_type(event_type)
+            )
             if len(self.by_type) < 10_000:
                 self.by_type[event_type] = found
         return found
@@ -180,8 +196,9 @@ class RuleSet:
         candidates = self.candidates(event.type)
         if not candidates:
             return []
-        return _triggers(candidates, event.id, event.time, _EventView(event),
-                         lambda: event_fields(event))
+        return _triggers(
+            candidates, event.id, event.time, _EventView(event), lambda: event_fields(event)
+        )
 
     def match_derived(self, event: DerivedEvent) -> list[Trigger]:
         """Triggers for one derived event."""
@@ -192,9 +209,13 @@ class RuleSet:
         return _triggers(candidates, derived_id(event), event.time, fields, lambda: fields)
 
 
-def _triggers(candidates: tuple[tuple[Rule, Role, Matcher], ...], event_id: str, time: int,
-              view: Mapping[str, Any], fields: Callable[[], dict[str, Any]]
-              ) -> list[Trigger]:
+def _triggers(
+    candidates: tuple[tuple[Rule, Role, Matcher], ...],
+    event_id: str,
+    time: int,
+    view: Mapping[str, Any],
+    fields: Callable[[], dict[str, Any]],
+) -> list[Trigger]:
     out: dict[tuple[str, Role], Trigger] = {}
     for rule, role, matcher in candidates:
         if (rule.name, role) not in out and all(c.holds(view) for c in matcher.where):
@@ -232,13 +253,17 @@ class _EventView(Mapping[str, Any]):
 
 _MISSING: Final = object()
 _COMMON: Final[dict[str, Callable[[Event], Any]]] = {
-    "type": lambda e: e.type, "event_id": lambda e: e.id,
-    "event_time": lambda e: format_time(e.time), "severity": lambda e: e.severity,
+    "type": lambda e: e.type,
+    "event_id": lambda e: e.id,
+    "event_time": lambda e: format_time(e.time),
+    "severity": lambda e: e.severity,
     "run_id": lambda e: e.run_id,
 }
 _PATTERN_FIELDS: Final[dict[str, Callable[[Event], Any]]] = {"pattern_run_id": lambda e: e.task}
 _TASK_FIELDS: Final[dict[str, Callable[[Event], Any]]] = {
-    "task_id": lambda e: e.task, "workstream_id": lambda e: e.workstream}
+    "task_id": lambda e: e.task,
+    "workstream_id": lambda e: e.workstream,
+}
 
 
 def event_fields(event: Event) -> dict[str, Any]:
@@ -246,8 +271,13 @@ def event_fields(event: Event) -> dict[str, Any]:
     scalar fields and payload scalars, with the normalised fields taking precedence."""
     fields: dict[str, Any] = {k: v for k, v in event.payload.items() if _scalar(v)}
     fields.update((k, v) for k, v in event.raw.items() if _scalar(v))
-    fields.update(type=event.type, event_id=event.id, event_time=format_time(event.time),
-                  severity=event.severity, run_id=event.run_id)
+    fields.update(
+        type=event.type,
+        event_id=event.id,
+        event_time=format_time(event.time),
+        severity=event.severity,
+        run_id=event.run_id,
+    )
     if event.family == "p":
         fields["pattern_run_id"] = event.task
     else:
@@ -281,19 +311,29 @@ class AlertState:
     def to_dict(self) -> dict[str, Any]:
         held = self.held
         return {
-            "current": self.current, "starts_at": self.starts_at, "ends_at": self.ends_at,
-            "notified": self.notified, "notified_at": self.notified_at,
+            "current": self.current,
+            "starts_at": self.starts_at,
+            "ends_at": self.ends_at,
+            "notified": self.notified,
+            "notified_at": self.notified_at,
             "suppressed": self.suppressed,
-            "held": None if held is None else [held.rule, held.group_key, held.role,
-                                               held.event_id, held.time, held.fields],
+            "held": None
+            if held is None
+            else [held.rule, held.group_key, held.role, held.event_id, held.time, held.fields],
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AlertState:
         held = data.get("held")
-        return cls(data["current"], data["starts_at"], data["ends_at"], data["notified"],
-                   data["notified_at"], data["suppressed"],
-                   None if held is None else Trigger(*held))
+        return cls(
+            data["current"],
+            data["starts_at"],
+            data["ends_at"],
+            data["notified"],
+            data["notified_at"],
+            data["suppressed"],
+            None if held is None else Trigger(*held),
+        )
 
 
 @dataclass
@@ -367,36 +407,52 @@ class AlertBook:
 
     def has_due(self, now: int) -> bool:
         """Some held-back change can be sent by `now`."""
-        return any(_window_over(self.rules.rules[key[0]], self.states[key], now)
-                   for key in self.held if key[0] in self.rules.rules)
+        return any(
+            _window_over(self.rules.rules[key[0]], self.states[key], now)
+            for key in self.held
+            if key[0] in self.rules.rules
+        )
 
     def _notify(self, rule: Rule, state: AlertState, trigger: Trigger) -> Notification:
-        announced: Literal["firing", "resolved"] = \
+        announced: Literal["firing", "resolved"] = (
             "firing" if state.current == "firing" else "resolved"
+        )
         text = f"{rule.name}\x1f{trigger.group_key}\x1f{announced}\x1f{trigger.event_id}"
         labels = {"alertname": rule.name, "severity": rule.severity}
-        labels.update((k, str(trigger.fields.get(k))) for k in rule.group_by
-                      if trigger.fields.get(k) is not None)
+        labels.update(
+            (k, str(trigger.fields.get(k)))
+            for k in rule.group_by
+            if trigger.fields.get(k) is not None
+        )
         if trigger.fields.get("run_id") is not None:
             labels.setdefault("run_id", str(trigger.fields["run_id"]))
         notification = Notification(
             id=hashlib.blake2b(text.encode(), digest_size=16).hexdigest(),
-            rule=rule.name, group_key=trigger.group_key, state=announced,
-            severity=rule.severity, channels=rule.channels, event_id=trigger.event_id,
-            event_time=trigger.time, starts_at=state.starts_at,
+            rule=rule.name,
+            group_key=trigger.group_key,
+            state=announced,
+            severity=rule.severity,
+            channels=rule.channels,
+            event_id=trigger.event_id,
+            event_time=trigger.time,
+            starts_at=state.starts_at,
             ends_at=state.ends_at if announced == "resolved" else None,
-            suppressed=state.suppressed, labels=labels,
+            suppressed=state.suppressed,
+            labels=labels,
             summary=render(rule.summary, trigger.fields)
             + ("" if announced == "firing" else " (resolved)"),
-            event=trigger.fields)
+            event=trigger.fields,
+        )
         state.notified, state.notified_at = announced, trigger.time
         state.suppressed, state.held = 0, None
         return notification
 
     def take_dirty(self) -> list[tuple[str, str, dict[str, Any]]]:
         """(rule, group, state) of every alert changed since the last call, for storing."""
-        out = [(rule, group, self.states[(rule, group)].to_dict())
-               for rule, group in sorted(self.dirty)]
+        out = [
+            (rule, group, self.states[(rule, group)].to_dict())
+            for rule, group in sorted(self.dirty)
+        ]
         self.dirty.clear()
         return out
 
@@ -413,7 +469,8 @@ class _Missing(dict[str, Any]):
 def render(template: str, fields: Mapping[str, Any]) -> str:
     """A rule's summary with `{field}`s filled in; an unknown field shows as `?`."""
     try:
-        return template.format_map(_Missing({k: "-" if v is None else v
-                                             for k, v in fields.items()}))
+        return template.format_map(
+            _Missing({k: "-" if v is None else v for k, v in fields.items()})
+        )
     except (ValueError, IndexError, AttributeError):
         return template

@@ -22,12 +22,26 @@ def detect_stalls(open_runs: OpenRuns, now: int, stall_after_us: int) -> list[De
         last_event_at, flagged = open_runs[run_id]
         silent = last_event_at < horizon
         if silent and not flagged:
-            changes.append(DerivedEvent("RUN_STALLED", last_event_at + stall_after_us, run_id, {
-                "last_event_at": format_time(last_event_at),
-                "silent_s": (now - last_event_at) / 1e6,
-            }))
+            changes.append(
+                DerivedEvent(
+                    "RUN_STALLED",
+                    last_event_at + stall_after_us,
+                    run_id,
+                    {
+                        "last_event_at": format_time(last_event_at),
+                        "silent_s": (now - last_event_at) / 1e6,
+                    },
+                )
+            )
         elif flagged and not silent:
-            changes.append(DerivedEvent("RUN_RECOVERED", last_event_at, run_id, {
-                "last_event_at": format_time(last_event_at),
-            }))
+            changes.append(
+                DerivedEvent(
+                    "RUN_RECOVERED",
+                    last_event_at,
+                    run_id,
+                    {
+                        "last_event_at": format_time(last_event_at),
+                    },
+                )
+            )
     return changes

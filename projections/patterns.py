@@ -40,8 +40,17 @@ ATTRIBUTES: Final = ("pattern_id", "job_id", "step_id", "run_id")
 class PatternRunState:
     """One pattern run: the latest event gives status and phase."""
 
-    __slots__ = ("attributes", "duration", "error", "key", "pattern_run_id", "phase",
-                 "raw_status", "seen", "started_at")
+    __slots__ = (
+        "attributes",
+        "duration",
+        "error",
+        "key",
+        "pattern_run_id",
+        "phase",
+        "raw_status",
+        "seen",
+        "started_at",
+    )
 
     def __init__(self, pattern_run_id: str, seen: set[str] | None = None) -> None:
         self.pattern_run_id = pattern_run_id
@@ -59,7 +68,7 @@ class PatternRunState:
         if e.id in self.seen:
             return False
         self.seen.add(e.id)
-        phase = e.type[len("pattern."):]
+        phase = e.type[len("pattern.") :]
         key = (e.time, PHASE_RANK.get(phase, -1), e.id)
         if self.started_at is None or e.time < self.started_at:
             self.started_at = e.time
@@ -72,11 +81,15 @@ class PatternRunState:
         details = e.payload
         duration = details.get("duration_seconds")
         is_number = isinstance(duration, int | float) and not isinstance(duration, bool)
-        if phase in EXECUTION_END and is_number and (self.duration is None
-                                                      or key > self.duration[0]):
+        if (
+            phase in EXECUTION_END
+            and is_number
+            and (self.duration is None or key > self.duration[0])
+        ):
             self.duration = (key, float(duration))  # type: ignore[arg-type]
-        if (status == "failed" or phase.endswith(".failed")) and \
-                (self.error is None or key > self.error[0]):
+        if (status == "failed" or phase.endswith(".failed")) and (
+            self.error is None or key > self.error[0]
+        ):
             message = details.get("error_message") or details.get("error")
             self.error = (key, None if message is None else str(message))
         for name in ATTRIBUTES:
@@ -94,11 +107,13 @@ class PatternRunState:
         self.seen |= other.seen
         if other.key is not None and (self.key is None or other.key > self.key):
             self.key, self.raw_status, self.phase = other.key, other.raw_status, other.phase
-        if other.started_at is not None and (self.started_at is None
-                                             or other.started_at < self.started_at):
+        if other.started_at is not None and (
+            self.started_at is None or other.started_at < self.started_at
+        ):
             self.started_at = other.started_at
-        if other.duration is not None and (self.duration is None
-                                           or other.duration[0] > self.duration[0]):
+        if other.duration is not None and (
+            self.duration is None or other.duration[0] > self.duration[0]
+        ):
             self.duration = other.duration
         if other.error is not None and (self.error is None or other.error[0] > self.error[0]):
             self.error = other.error
@@ -134,20 +149,19 @@ class PatternRunState:
         }
 
     @classmethod
-    def from_dict(cls, pattern_run_id: str, data: dict[str, Any],
-                  seen: set[str]) -> PatternRunState:
+    def from_dict(
+        cls, pattern_run_id: str, data: dict[str, Any], seen: set[str]
+    ) -> PatternRunState:
         """Restore a state saved by `to_dict`; `seen` comes from the event index."""
         state = cls(pattern_run_id, seen)
         state.key = _key(data["key"])
         state.raw_status = data["raw_status"]
         state.phase = data["phase"]
         state.started_at = data["started_at"]
-        state.duration = (_key(data["duration"][0]), data["duration"][1]) \
-            if data["duration"] else None  # type: ignore[assignment]
-        state.error = (_key(data["error"][0]), data["error"][1]) \
-            if data["error"] else None  # type: ignore[assignment]
-        state.attributes = {k: (_key(v[0]), v[1]) for k, v in  # type: ignore[misc]
-                            data["attributes"].items()}
+        duration, error = data["duration"], data["error"]
+        state.duration = (_known(duration[0]), duration[1]) if duration else None
+        state.error = (_known(error[0]), error[1]) if error else None
+        state.attributes = {k: (_known(v[0]), v[1]) for k, v in data["attributes"].items()}
         return state
 
 
@@ -171,3 +185,8 @@ class OrphanEvents:
 
 def _key(value: list[Any] | None) -> Key | None:
     return (value[0], value[1], value[2]) if value else None
+
+
+def _known(value: list[Any]) -> Key:
+    """A key saved beside a value: always present."""
+    return (value[0], value[1], value[2])

@@ -86,12 +86,14 @@ class TaskState:
     def merge(self, other: TaskState) -> None:
         if other.key is not None and (self.key is None or other.key > self.key):
             self.key, self.status = other.key, other.status
-        if other.started_at is not None and (self.started_at is None
-                                             or other.started_at < self.started_at):
+        if other.started_at is not None and (
+            self.started_at is None or other.started_at < self.started_at
+        ):
             self.started_at = other.started_at
         self.starts |= other.starts
-        if other.workstream_key is not None and (self.workstream_key is None
-                                                 or other.workstream_key > self.workstream_key):
+        if other.workstream_key is not None and (
+            self.workstream_key is None or other.workstream_key > self.workstream_key
+        ):
             self.workstream_key, self.workstream = other.workstream_key, other.workstream
 
     @property
@@ -101,8 +103,14 @@ class TaskState:
         return None
 
     def to_list(self) -> list[Any]:
-        return [self.status, self.key, self.started_at, sorted(self.starts), self.workstream,
-                self.workstream_key]
+        return [
+            self.status,
+            self.key,
+            self.started_at,
+            sorted(self.starts),
+            self.workstream,
+            self.workstream_key,
+        ]
 
     @classmethod
     def from_list(cls, data: list[Any]) -> TaskState:
@@ -190,7 +198,8 @@ class RunState:
                 if task.key is None or key > task.key:
                     task.key = key
                     task.status = kind.task_status or _STEP_STATUS.get(
-                        str(e.payload.get("status")), "failed")
+                        str(e.payload.get("status")), "failed"
+                    )
         if kind.run_level:
             self._apply_run_level(e)
         elif kind.workstream_level and ws is not None:
@@ -203,12 +212,14 @@ class RunState:
         self.error_ids |= other.error_ids
         self.created_at = _min(self.created_at, other.created_at)
         self.started_at = _min(self.started_at, other.started_at)
-        if other.last_event_at is not None and (self.last_event_at is None
-                                                or other.last_event_at > self.last_event_at):
+        if other.last_event_at is not None and (
+            self.last_event_at is None or other.last_event_at > self.last_event_at
+        ):
             self.last_event_at = other.last_event_at
         self.declared_total = max(self.declared_total, other.declared_total)
-        if other.explicit_key is not None and (self.explicit_key is None
-                                               or other.explicit_key > self.explicit_key):
+        if other.explicit_key is not None and (
+            self.explicit_key is None or other.explicit_key > self.explicit_key
+        ):
             self.explicit_key, self.explicit_status = other.explicit_key, other.explicit_status
         for task_id, task in other.tasks.items():
             mine = self.tasks.get(task_id)
@@ -243,8 +254,7 @@ class RunState:
                     status = declared if declared in RUN_TERMINAL else ""
                 self.explicit_status = status
 
-    def _apply_workstream_level(self, e: Event, ws: str,
-                                lifecycle: tuple[int, str] | None) -> None:
+    def _apply_workstream_level(self, e: Event, ws: str, lifecycle: tuple[int, str] | None) -> None:
         if lifecycle is None:
             return
         rank, status = lifecycle
@@ -311,15 +321,17 @@ class RunState:
         rows = []
         for task_id in sorted(ids):
             task = self.tasks[task_id]
-            rows.append({
-                "run_id": self.run_id,
-                "task_id": task_id,
-                "workstream_id": task.workstream,
-                "status": task.status,
-                "attempts": len(task.starts),
-                "started_at": format_time(task.started_at),
-                "ended_at": format_time(task.ended_at),
-            })
+            rows.append(
+                {
+                    "run_id": self.run_id,
+                    "task_id": task_id,
+                    "workstream_id": task.workstream,
+                    "status": task.status,
+                    "attempts": len(task.starts),
+                    "started_at": format_time(task.started_at),
+                    "ended_at": format_time(task.ended_at),
+                }
+            )
         return rows
 
     def workstream_rows(self) -> list[dict[str, Any]]:
@@ -332,15 +344,17 @@ class RunState:
             statuses = members[ws]
             explicit = self.workstreams.get(ws)
             status = explicit[1] if explicit is not None else _derived_workstream_status(statuses)
-            rows.append({
-                "run_id": self.run_id,
-                "workstream_id": ws,
-                "status": status,
-                "tasks_total": len(statuses),
-                "tasks_succeeded": statuses.count("succeeded"),
-                "tasks_failed": statuses.count("failed"),
-                "tasks_running": statuses.count("running"),
-            })
+            rows.append(
+                {
+                    "run_id": self.run_id,
+                    "workstream_id": ws,
+                    "status": status,
+                    "tasks_total": len(statuses),
+                    "tasks_succeeded": statuses.count("succeeded"),
+                    "tasks_failed": statuses.count("failed"),
+                    "tasks_running": statuses.count("running"),
+                }
+            )
         return rows
 
     def observe(self, current: tuple[str, int | None] | None = None) -> list[DerivedEvent]:
@@ -354,12 +368,27 @@ class RunState:
         was_terminal = previous in RUN_TERMINAL
         if status in RUN_TERMINAL and not was_terminal:
             row = self.row((status, ended_at))
-            counts = {k: row[k] for k in ("tasks_total", "tasks_succeeded", "tasks_failed",
-                                          "events_total", "error_events", "duration_s")}
+            counts = {
+                k: row[k]
+                for k in (
+                    "tasks_total",
+                    "tasks_succeeded",
+                    "tasks_failed",
+                    "events_total",
+                    "error_events",
+                    "duration_s",
+                )
+            }
             return [DerivedEvent("RUN_COMPLETED", at, self.run_id, {"status": status, **counts})]
         if was_terminal:
-            return [DerivedEvent("RUN_STATUS_CHANGED", at, self.run_id,
-                                 {"previous_status": previous, "status": status})]
+            return [
+                DerivedEvent(
+                    "RUN_STATUS_CHANGED",
+                    at,
+                    self.run_id,
+                    {"previous_status": previous, "status": status},
+                )
+            ]
         return []
 
     def to_dict(self) -> dict[str, Any]:
@@ -381,16 +410,22 @@ class RunState:
     def from_dict(cls, run_id: str, data: dict[str, Any], seen: set[str]) -> RunState:
         """Restore a state saved by `to_dict`; `seen` comes from the event index."""
         state = cls(run_id, seen)
-        for name in ("created_at", "last_event_at", "started_at", "declared_total",
-                     "explicit_status", "reported_status", "stalled"):
+        for name in (
+            "created_at",
+            "last_event_at",
+            "started_at",
+            "declared_total",
+            "explicit_status",
+            "reported_status",
+            "stalled",
+        ):
             setattr(state, name, data[name])
         state.error_ids = set(data["error_ids"])
         key = data["explicit_key"]
         state.explicit_key = tuple(key) if key else None
         state.tasks = {k: TaskState.from_list(v) for k, v in data["tasks"].items()}
         state.workstreams = {
-            ws: ((tuple(v[0]), v[1]) if v else None)
-            for ws, v in data["workstreams"].items()
+            ws: ((tuple(v[0]), v[1]) if v else None) for ws, v in data["workstreams"].items()
         }
         return state
 
@@ -418,7 +453,8 @@ def _classify(etype: str) -> _Kind:
         run_level=etype.startswith("run_"),
         workstream_level=workstream_level,
         workstream_lifecycle=WORKSTREAM_LIFECYCLE.get(etype.partition("_")[2])
-        if workstream_level else None,
+        if workstream_level
+        else None,
         task_rank=lifecycle[0] if lifecycle else -1,
         task_status=lifecycle[1] if lifecycle else None,
         task_start=etype in TASK_START,

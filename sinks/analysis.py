@@ -34,30 +34,60 @@ class Section(NamedTuple):
 
 FORMATS: Final = ("table", "json", "csv", "html")
 _FORMULA_START: Final = frozenset("=+-@\t\r")
-RUN_STATUSES: Final = ("succeeded", "partial", "failed", "quarantined", "canceled", "running",
-                       "pending")
+RUN_STATUSES: Final = (
+    "succeeded",
+    "partial",
+    "failed",
+    "quarantined",
+    "canceled",
+    "running",
+    "pending",
+)
 SECTIONS: Final = (
-    Section("runs_by_day", "Runs by day (created_at) and status",
-            ("day", "runs", *RUN_STATUSES, "success_rate")),
-    Section("durations", "Durations in seconds (nearest-rank percentiles)",
-            ("kind", "name", "count", "min", "p50", "p90", "p99", "max")),
-    Section("slowest_tasks", "Slowest tasks",
-            ("run_id", "task_id", "workstream_id", "status", "attempts", "started_at",
-             "duration_s")),
-    Section("failing", "Top failing tasks, tools, patterns and event types",
-            ("scope", "name", "run_id", "failures", "messages", "top_message", "top_count")),
-    Section("error_messages", "Most common error messages (normalised)",
-            ("scope", "name", "run_id", "message", "count", "example")),
-    Section("stall_incidents", "Stall incidents",
-            ("run_id", "silent_from", "resumed_at", "silent_s", "open")),
+    Section(
+        "runs_by_day",
+        "Runs by day (created_at) and status",
+        ("day", "runs", *RUN_STATUSES, "success_rate"),
+    ),
+    Section(
+        "durations",
+        "Durations in seconds (nearest-rank percentiles)",
+        ("kind", "name", "count", "min", "p50", "p90", "p99", "max"),
+    ),
+    Section(
+        "slowest_tasks",
+        "Slowest tasks",
+        ("run_id", "task_id", "workstream_id", "status", "attempts", "started_at", "duration_s"),
+    ),
+    Section(
+        "failing",
+        "Top failing tasks, tools, patterns and event types",
+        ("scope", "name", "run_id", "failures", "messages", "top_message", "top_count"),
+    ),
+    Section(
+        "error_messages",
+        "Most common error messages (normalised)",
+        ("scope", "name", "run_id", "message", "count", "example"),
+    ),
+    Section(
+        "stall_incidents",
+        "Stall incidents",
+        ("run_id", "silent_from", "resumed_at", "silent_s", "open"),
+    ),
     Section("events_per_hour", "Events per hour", ("hour", "events")),
     Section("dead_letters", "Dead letters by reason", ("reason", "count", "first")),
-    Section("clock_skew", "Clock skew by file", ("source", "backwards", "future",
-                                                 "worst_backwards_s")),
+    Section(
+        "clock_skew", "Clock skew by file", ("source", "backwards", "future", "worst_backwards_s")
+    ),
 )
 COLOURS: Final = {
-    "succeeded": "#2e9e55", "failed": "#d64545", "running": "#3b7dd8", "pending": "#9aa3ad",
-    "canceled": "#e08a2c", "partial": "#d9a400", "quarantined": "#8e5bd0",
+    "succeeded": "#2e9e55",
+    "failed": "#d64545",
+    "running": "#3b7dd8",
+    "pending": "#9aa3ad",
+    "canceled": "#e08a2c",
+    "partial": "#d9a400",
+    "quarantined": "#8e5bd0",
 }
 MAX_CELL: Final = 60
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -78,7 +108,11 @@ _PERCENTILE_COLOURS: Final = (("p50", "#2e9e55"), ("p90", "#d9a400"), ("p99", "#
 def render(analysis: Mapping[str, Any], fmt: str) -> bytes:
     """The analysis as bytes in one of FORMATS."""
     renderers: dict[str, Callable[[Mapping[str, Any]], bytes]] = {
-        "table": _text, "json": _json, "csv": _csv, "html": _html}
+        "table": _text,
+        "json": _json,
+        "csv": _csv,
+        "html": _html,
+    }
     return renderers[fmt](analysis)
 
 
@@ -107,8 +141,10 @@ def _csv(analysis: Mapping[str, Any]) -> bytes:
         writer.writerow([])
     for section in SECTIONS:
         writer.writerow(["section", *section.columns])
-        writer.writerows([section.key, *(_csv_cell(row.get(c)) for c in section.columns)]
-                         for row in analysis[section.key])
+        writer.writerows(
+            [section.key, *(_csv_cell(row.get(c)) for c in section.columns)]
+            for row in analysis[section.key]
+        )
         writer.writerow([])
     return out.getvalue().encode()
 
@@ -141,14 +177,17 @@ def _text(analysis: Mapping[str, Any]) -> bytes:
 def _source(about: Mapping[str, Any]) -> str:
     if about["source"] == "database":
         return f"the database {about['database']}"
-    return (f"{about['files']:,} log file(s), {about['lines']:,} lines "
-            f"({about['bytes'] / 1e6:,.1f} MB)")
+    return (
+        f"{about['files']:,} log file(s), {about['lines']:,} lines ({about['bytes'] / 1e6:,.1f} MB)"
+    )
 
 
 def _window_text(about: Mapping[str, Any]) -> str:
-    return (f"window {about['since'] or 'start'} .. {about['until'] or 'end'}; horizon "
-            f"{about['horizon'] or '-'}; stall_after {about['stall_after_s']:g} s; "
-            "percentiles nearest-rank")
+    return (
+        f"window {about['since'] or 'start'} .. {about['until'] or 'end'}; horizon "
+        f"{about['horizon'] or '-'}; stall_after {about['stall_after_s']:g} s; "
+        "percentiles nearest-rank"
+    )
 
 
 def _text_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -158,8 +197,10 @@ def _text_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str
     numeric = [all(_is_number(r[i]) or r[i] is None for r in rows) for i in range(len(headers))]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if numeric[i] else v.ljust(w)
-                         for i, (v, w) in enumerate(zip(values, widths, strict=True))).rstrip()
+        return "  ".join(
+            v.rjust(w) if numeric[i] else v.ljust(w)
+            for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        ).rstrip()
 
     return "\n".join([line(headers), *(line(r) for r in cells)])
 
@@ -174,7 +215,7 @@ def _text_cell(value: object) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     text = _CONTROL.sub(lambda c: f"\\x{ord(c[0]):02x}", " ".join(str(value).split()))
-    return text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "…"
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
 def _is_number(value: object) -> bool:
@@ -193,17 +234,20 @@ def _html(analysis: Mapping[str, Any]) -> bytes:
         f"</title><style>{_CSS}</style></head><body>\n<h1>runwatch analysis</h1>\n",
         f"<p>{_e(_source(about))}; {_e(_window_text(about))}</p>\n",
         f"<p>Without the logs:</p><ul>{missing}</ul>\n" if missing else "",
-        "<h2>Totals</h2>\n", _table(("key", "value"), list(_pairs(analysis["totals"]))),
+        "<h2>Totals</h2>\n",
+        _table(("key", "value"), list(_pairs(analysis["totals"]))),
     ]
-    charts = {"runs_by_day": _runs_chart, "events_per_hour": _hours_chart,
-              "durations": _durations_chart}
+    charts = {
+        "runs_by_day": _runs_chart,
+        "events_per_hour": _hours_chart,
+        "durations": _durations_chart,
+    }
     for section in SECTIONS:
         rows = analysis[section.key]
         parts.append(f"<h2>{_e(section.title)}</h2>\n")
         if section.key in charts and rows:
             parts.append(charts[section.key](rows))
-        parts.append(_table(section.columns, [[r.get(c) for c in section.columns]
-                                              for r in rows]))
+        parts.append(_table(section.columns, [[r.get(c) for c in section.columns] for r in rows]))
     parts.append("</body></html>\n")
     return "".join(parts).encode()
 
@@ -224,9 +268,12 @@ def _html_cell(value: object) -> str:
 
 
 def _svg(width: int, height: int, body: Iterable[str], label: str) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(label)}">'
-            + "".join(body) + "</svg>\n")
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(label)}">'
+        + "".join(body)
+        + "</svg>\n"
+    )
 
 
 def _runs_chart(days: Sequence[Mapping[str, Any]]) -> str:
@@ -240,17 +287,24 @@ def _runs_chart(days: Sequence[Mapping[str, Any]]) -> str:
             if day.get(status):
                 height = day[status] * _PLOT_H / most
                 bottom -= height
-                body.append(f'<rect x="{40 + i * step:.1f}" y="{bottom + 20:.1f}" '
-                            f'width="{max(step - 2, 1):.1f}" height="{height:.1f}" '
-                            f'fill="{COLOURS[status]}"><title>{_e(day["day"])}: {day[status]} '
-                            f"{status}</title></rect>")
+                body.append(
+                    f'<rect x="{40 + i * step:.1f}" y="{bottom + 20:.1f}" '
+                    f'width="{max(step - 2, 1):.1f}" height="{height:.1f}" '
+                    f'fill="{COLOURS[status]}"><title>{_e(day["day"])}: {day[status]} '
+                    f"{status}</title></rect>"
+                )
         if len(days) <= 31 or i % (len(days) // 15 + 1) == 0:
-            body.append(f'<text x="{40 + i * step:.1f}" y="{_PLOT_H + 34}">'
-                        f"{_e(day['day'][5:])}</text>")
-    legend = "".join(f'<span><i class="swatch" style="background:{COLOURS[s]}"></i>{s}</span>'
-                     for s in RUN_STATUSES)
-    return (_svg(_PLOT_W + 60, _PLOT_H + 40, body, "runs per day by status")
-            + f'<p class="legend">{legend}</p>\n')
+            body.append(
+                f'<text x="{40 + i * step:.1f}" y="{_PLOT_H + 34}">{_e(day["day"][5:])}</text>'
+            )
+    legend = "".join(
+        f'<span><i class="swatch" style="background:{COLOURS[s]}"></i>{s}</span>'
+        for s in RUN_STATUSES
+    )
+    return (
+        _svg(_PLOT_W + 60, _PLOT_H + 40, body, "runs per day by status")
+        + f'<p class="legend">{legend}</p>\n'
+    )
 
 
 def _hours_chart(hours: Sequence[Mapping[str, Any]]) -> str:
@@ -263,12 +317,16 @@ def _hours_chart(hours: Sequence[Mapping[str, Any]]) -> str:
     for h in hours:
         x = 40 + (_hour_index(h["hour"]) - first) * step
         height = h["events"] * _PLOT_H / most
-        body.append(f'<rect x="{x:.1f}" y="{_PLOT_H + 20 - height:.1f}" '
-                    f'width="{max(step - 1, 0.5):.1f}" height="{height:.1f}" fill="#3b7dd8">'
-                    f"<title>{_e(h['hour'])}: {h['events']} events</title></rect>")
-    body.append(f'<text x="40" y="{_PLOT_H + 34}">{_e(hours[0]["hour"])}</text>'
-                f'<text x="{_PLOT_W + 40}" y="{_PLOT_H + 34}" text-anchor="end">'
-                f"{_e(hours[-1]['hour'])}</text>")
+        body.append(
+            f'<rect x="{x:.1f}" y="{_PLOT_H + 20 - height:.1f}" '
+            f'width="{max(step - 1, 0.5):.1f}" height="{height:.1f}" fill="#3b7dd8">'
+            f"<title>{_e(h['hour'])}: {h['events']} events</title></rect>"
+        )
+    body.append(
+        f'<text x="40" y="{_PLOT_H + 34}">{_e(hours[0]["hour"])}</text>'
+        f'<text x="{_PLOT_W + 40}" y="{_PLOT_H + 34}" text-anchor="end">'
+        f"{_e(hours[-1]['hour'])}</text>"
+    )
     return _svg(_PLOT_W + 60, _PLOT_H + 40, body, "events per hour")
 
 
@@ -278,9 +336,11 @@ def _hour_index(hour: str) -> int:
 
 
 def _axis_label(most: int, unit: str) -> str:
-    return (f'<g class="axis"><line x1="38" y1="20" x2="38" y2="{_PLOT_H + 20}"/></g>'
-            f'<text x="2" y="28">{most:,}</text><text x="2" y="{_PLOT_H + 20}">0</text>'
-            f'<text x="2" y="14">{unit}</text>')
+    return (
+        f'<g class="axis"><line x1="38" y1="20" x2="38" y2="{_PLOT_H + 20}"/></g>'
+        f'<text x="2" y="28">{most:,}</text><text x="2" y="{_PLOT_H + 20}">0</text>'
+        f'<text x="2" y="14">{unit}</text>'
+    )
 
 
 def _durations_chart(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -296,19 +356,27 @@ def _durations_chart(rows: Sequence[Mapping[str, Any]]) -> str:
         for i, row in enumerate(group):
             y = 6 + i * (_BAR_H * 3 + 8)
             label = row["name"] if len(row["name"]) <= 32 else row["name"][:31] + "…"
-            body.append(f'<text x="{_LABEL_W - 6}" y="{y + _BAR_H * 2}" text-anchor="end">'
-                        f"{_e(label)}</text>")
+            body.append(
+                f'<text x="{_LABEL_W - 6}" y="{y + _BAR_H * 2}" text-anchor="end">'
+                f"{_e(label)}</text>"
+            )
             for j, (p, colour) in enumerate(_PERCENTILE_COLOURS):
                 width = max(row[p] * scale, 1)
-                body.append(f'<rect x="{_LABEL_W}" y="{y + j * _BAR_H}" width="{width:.1f}" '
-                            f'height="{_BAR_H - 1}" fill="{colour}"><title>{_e(row["name"])} '
-                            f"{p}: {row[p]:,.3f} s</title></rect>")
-            body.append(f'<text x="{_LABEL_W + row["p99"] * scale + 4:.1f}" '
-                        f'y="{y + _BAR_H * 3 - 1}">{row["p99"]:,.1f} s</text>')
+                body.append(
+                    f'<rect x="{_LABEL_W}" y="{y + j * _BAR_H}" width="{width:.1f}" '
+                    f'height="{_BAR_H - 1}" fill="{colour}"><title>{_e(row["name"])} '
+                    f"{p}: {row[p]:,.3f} s</title></rect>"
+                )
+            body.append(
+                f'<text x="{_LABEL_W + row["p99"] * scale + 4:.1f}" '
+                f'y="{y + _BAR_H * 3 - 1}">{row["p99"]:,.1f} s</text>'
+            )
         height = 12 + len(group) * (_BAR_H * 3 + 8)
         out.append(f"<h3>{_e(kind)}</h3>\n" + _svg(_PLOT_W, height, body, f"{kind} durations"))
-    legend = "".join(f'<span><i class="swatch" style="background:{c}"></i>{p}</span>'
-                     for p, c in _PERCENTILE_COLOURS)
+    legend = "".join(
+        f'<span><i class="swatch" style="background:{c}"></i>{p}</span>'
+        for p, c in _PERCENTILE_COLOURS
+    )
     return f'<p class="legend">{legend}</p>\n' + "".join(out)
 
 

@@ -44,7 +44,7 @@ from typing import BinaryIO, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .naming import safe_filename
+from runwatch.sinks.naming import safe_filename
 
 MANIFEST: Final = "manifest.json"
 _CHUNK: Final = 1 << 20
@@ -53,8 +53,16 @@ _LINK_MODE: Final = stat.S_IFLNK | 0o777
 _DIRECTORY: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a fifo never blocks
 # What zipfile raises, depending on which byte is damaged, when it reads a corrupt archive.
-_CORRUPT: Final = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError,
-                   ValueError, struct.error, OSError)
+_CORRUPT: Final = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+    ValueError,
+    struct.error,
+    OSError,
+)
 
 
 class ArchiveConfig(BaseModel):
@@ -147,9 +155,15 @@ class _File:
     mode: int
 
 
-def build_archive(run_id: str, *, config: ArchiveConfig, events: bytes,
-                  reports: dict[str, bytes], new_version: bool = False,
-                  now: datetime) -> ArchiveResult:
+def build_archive(
+    run_id: str,
+    *,
+    config: ArchiveConfig,
+    events: bytes,
+    reports: dict[str, bytes],
+    new_version: bool = False,
+    now: datetime,
+) -> ArchiveResult:
     """The run's archive: its newest one if that verifies, else a new verified version."""
     directory, stem = config.directory, safe_filename(run_id)
     try:
@@ -160,8 +174,14 @@ def build_archive(run_id: str, *, config: ArchiveConfig, events: bytes,
                 return _result(newest, latest, created=False)
             members, skipped, artifacts = _plan(run_id, config.artifacts, events, reports)
             _preflight(config, sum(member.size for member in members))
-            head = _Manifest(run_id=run_id, created_at=now, version=latest + 1,
-                             artifacts=artifacts, members=[], skipped={})
+            head = _Manifest(
+                run_id=run_id,
+                created_at=now,
+                version=latest + 1,
+                artifacts=artifacts,
+                members=[],
+                skipped={},
+            )
             path = _write(directory, stem, members, skipped, head)
             os.fsync(lock)
             corrupt = ((newest, "; ".join(problems)),) if newest and problems else ()
@@ -188,8 +208,11 @@ def run_archives(directory: Path, run_id: str) -> dict[int, Path]:
     if not directory.is_dir():
         return {}
     pattern = re.compile(re.escape(safe_filename(run_id)) + r"(?:\+v([2-9]|[1-9][0-9]+))?\.zip")
-    found = {int(match[1] or 1): directory / name for name in os.listdir(directory)
-             if (match := pattern.fullmatch(name))}
+    found = {
+        int(match[1] or 1): directory / name
+        for name in os.listdir(directory)
+        if (match := pattern.fullmatch(name))
+    }
     return dict(sorted(found.items()))
 
 
@@ -212,8 +235,9 @@ def apply_retention(config: ArchiveConfig, now: datetime) -> list[Path]:
 # --- what goes in -------------------------------------------------------------------------
 
 
-def _plan(run_id: str, template: str, events: bytes, reports: dict[str, bytes]
-          ) -> tuple[list[_Blob | _File], dict[str, str], Literal["present", "missing"]]:
+def _plan(
+    run_id: str, template: str, events: bytes, reports: dict[str, bytes]
+) -> tuple[list[_Blob | _File], dict[str, str], Literal["present", "missing"]]:
     """The members to write, in order, and each entry that will not be archived, with why."""
     members: list[_Blob | _File] = [_Blob("events.jsonl", events)]
     skipped: dict[str, str] = {}
@@ -316,23 +340,38 @@ def _preflight(config: ArchiveConfig, member_bytes: int) -> None:
     needed = math.ceil(config.free_space_factor * member_bytes) + config.reserve_bytes
     free = shutil.disk_usage(config.directory).free
     if free < needed:
-        raise ArchiveError("insufficient_space", f"{config.directory}: {free} bytes free, "
-                           f"{needed} needed for {member_bytes} bytes of members")
+        raise ArchiveError(
+            "insufficient_space",
+            f"{config.directory}: {free} bytes free, "
+            f"{needed} needed for {member_bytes} bytes of members",
+        )
 
 
-def _write(directory: Path, stem: str, members: list[_Blob | _File], skipped: dict[str, str],
-           head: _Manifest) -> Path:
+def _write(
+    directory: Path,
+    stem: str,
+    members: list[_Blob | _File],
+    skipped: dict[str, str],
+    head: _Manifest,
+) -> Path:
     """The archive appears only complete, fsynced and verified; a failed attempt leaves none."""
     path = directory / (f"{stem}+v{head.version}.zip" if head.version > 1 else f"{stem}.zip")
     temp = directory / f".{stem}.{secrets.token_hex(8)}.tmp"
     try:
         with temp.open("xb") as handle:
             with zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
-                entries = [entry for member in members
-                           if (entry := _add(archive, member, skipped, head.created_at))]
+                entries = [
+                    entry
+                    for member in members
+                    if (entry := _add(archive, member, skipped, head.created_at))
+                ]
                 manifest = head.model_copy(update={"members": entries, "skipped": skipped})
-                _add(archive, _Blob(MANIFEST, manifest.model_dump_json(indent=2).encode()),
-                     skipped, head.created_at)
+                _add(
+                    archive,
+                    _Blob(MANIFEST, manifest.model_dump_json(indent=2).encode()),
+                    skipped,
+                    head.created_at,
+                )
             handle.flush()
             os.fsync(handle.fileno())
         if problems := verify_archive(temp):
@@ -343,8 +382,9 @@ def _write(directory: Path, stem: str, members: list[_Blob | _File], skipped: di
     return path
 
 
-def _add(archive: zipfile.ZipFile, member: _Blob | _File, skipped: dict[str, str],
-         now: datetime) -> _Entry | None:
+def _add(
+    archive: zipfile.ZipFile, member: _Blob | _File, skipped: dict[str, str], now: datetime
+) -> _Entry | None:
     """Stores one member and returns its manifest entry, or None if it could not be read."""
     if isinstance(member, _Blob):
         return _store(archive, member, [member.data], now)
@@ -381,8 +421,9 @@ def _open_beneath(run: Path, relative: str, flags: int) -> int:
         os.close(fd)
 
 
-def _store(archive: zipfile.ZipFile, member: _Blob | _File, chunks: Iterable[bytes],
-           now: datetime) -> _Entry:
+def _store(
+    archive: zipfile.ZipFile, member: _Blob | _File, chunks: Iterable[bytes], now: datetime
+) -> _Entry:
     """Writes the chunks as one member, hashing exactly the bytes that went in."""
     info = zipfile.ZipInfo(member.name, now.timetuple()[:6])
     info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, member.mode << 16
@@ -426,16 +467,24 @@ def _check_member(archive: zipfile.ZipFile, entry: _Entry) -> list[str]:
     return [] if digest.hexdigest() == entry.sha256 else [f"{entry.name}: sha256 mismatch"]
 
 
-def _result(path: Path, version: int, *, created: bool,
-            corrupt: tuple[tuple[Path, str], ...] = ()) -> ArchiveResult:
+def _result(
+    path: Path, version: int, *, created: bool, corrupt: tuple[tuple[Path, str], ...] = ()
+) -> ArchiveResult:
     """What a verified archive on disk holds, read back from the archive itself."""
     with zipfile.ZipFile(path) as archive:
         manifest = _Manifest.model_validate_json(archive.read(MANIFEST))
     with path.open("rb") as handle:
         sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
-    return ArchiveResult(path=path, sha256=sha256, size_bytes=path.stat().st_size,
-                         members=len(manifest.members) + 1, created=created, version=version,
-                         skipped=tuple(manifest.skipped.items()), corrupt=corrupt)
+    return ArchiveResult(
+        path=path,
+        sha256=sha256,
+        size_bytes=path.stat().st_size,
+        members=len(manifest.members) + 1,
+        created=created,
+        version=version,
+        skipped=tuple(manifest.skipped.items()),
+        corrupt=corrupt,
+    )
 
 
 # --- the directory ------------------------------------------------------------------------
@@ -473,14 +522,21 @@ def _remove_stale_temps(directory: Path, stem: str) -> None:
 def _archives(directory: Path) -> list[tuple[float, str, int, Path]]:
     """The `*.zip` regular files directly in `directory`, oldest (mtime, then name) first."""
     with os.scandir(directory) as scan:
-        return sorted((entry.stat(follow_symlinks=False).st_mtime, entry.name,
-                       entry.stat(follow_symlinks=False).st_size, Path(entry.path))
-                      for entry in scan
-                      if entry.name.endswith(".zip") and entry.is_file(follow_symlinks=False))
+        return sorted(
+            (
+                entry.stat(follow_symlinks=False).st_mtime,
+                entry.name,
+                entry.stat(follow_symlinks=False).st_size,
+                Path(entry.path),
+            )
+            for entry in scan
+            if entry.name.endswith(".zip") and entry.is_file(follow_symlinks=False)
+        )
 
 
-def _expired(archives: list[tuple[float, str, int, Path]], config: ArchiveConfig,
-             now: datetime) -> list[Path]:
+def _expired(
+    archives: list[tuple[float, str, int, Path]], config: ArchiveConfig, now: datetime
+) -> list[Path]:
     """Oldest first, each archive that breaks the age, count or total-size limit."""
     days = config.max_age_days
     cutoff = now.timestamp() - days * 86400 if days is not None else -math.inf

@@ -6,8 +6,6 @@ import os
 import tempfile
 from pathlib import Path
 
-from .sqlite_store import fsync_path
-
 
 def write_atomically(path: Path, data: bytes) -> None:
     """Readers see the old file or the whole new one, never a part, even after a crash."""
@@ -24,3 +22,12 @@ def write_atomically(path: Path, data: bytes) -> None:
         Path(scratch).unlink(missing_ok=True)
         raise
     fsync_path(path.parent)
+
+
+def fsync_path(path: Path) -> None:
+    """Make a file's (or a directory's) contents durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

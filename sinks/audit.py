@@ -42,8 +42,8 @@ from typing import Any, Final
 
 import orjson
 
-from .sqlite_store import fsync_path
-from .store import Store
+from runwatch.sinks.atomic import fsync_path
+from runwatch.sinks.store import Store
 
 GENESIS: Final = "0" * 64
 HEAD_KEY: Final = "audit_head"
@@ -101,14 +101,23 @@ class AuditLog:
         """Append every recorded event not yet in the trail; returns the records written."""
         rows = self.store.db.execute(
             "SELECT seq, recorded_at, data FROM derived_events WHERE seq > ? ORDER BY seq",
-            (self.position,)).fetchall()
+            (self.position,),
+        ).fetchall()
         if not rows:
             return []
         records, lines = self._extend(rows)
         _append(self.path, lines)
         self.seq, self.prev, self.position = records[-1]["seq"], records[-1]["hash"], rows[-1][0]
-        self.store.set_meta([(self.head_key, orjson.dumps(
-            {"seq": self.seq, "hash": self.prev, "db_seq": self.position}).decode())])
+        self.store.set_meta(
+            [
+                (
+                    self.head_key,
+                    orjson.dumps(
+                        {"seq": self.seq, "hash": self.prev, "db_seq": self.position}
+                    ).decode(),
+                )
+            ]
+        )
         return records
 
     def _extend(self, rows: list[tuple[int, str, bytes]]) -> tuple[list[dict[str, Any]], bytes]:
@@ -117,9 +126,13 @@ class AuditLog:
         lines: list[bytes] = []
         prev = self.prev
         for number, (db_seq, recorded_at, data) in enumerate(rows, self.seq + 1):
-            record = orjson.loads(data) | {"seq": number, "wall_time": recorded_at,
-                                           "db": self.database_id, "db_seq": db_seq,
-                                           "prev": prev}
+            record = orjson.loads(data) | {
+                "seq": number,
+                "wall_time": recorded_at,
+                "db": self.database_id,
+                "db_seq": db_seq,
+                "prev": prev,
+            }
             record.pop("hash", None)
             canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
             record["hash"] = prev = hashlib.sha256(canonical).hexdigest()
@@ -128,8 +141,9 @@ class AuditLog:
         return records, b"".join(lines)
 
 
-def verify_trail(path: Path, store: Store | None = None, *,
-                 head_key: str = HEAD_KEY) -> TrailReport:
+def verify_trail(
+    path: Path, store: Store | None = None, *, head_key: str = HEAD_KEY
+) -> TrailReport:
     """Check every line (chain, hashes, canonical form, gapless seq), and with `store` the
     anchored head too. Streams line by line, so a trail of any size fits in memory; raises
     OSError if the file cannot be read."""
@@ -141,8 +155,11 @@ def verify_trail(path: Path, store: Store | None = None, *,
             if problem is not None:
                 return check.report(number, problem)
     if anchor.seq > check.seq:
-        return check.report(check.records + 1, f"the trail ends at seq {check.seq} but the "
-                            f"database's {HEAD_KEY} is seq {anchor.seq} (tail truncated)")
+        return check.report(
+            check.records + 1,
+            f"the trail ends at seq {check.seq} but the "
+            f"database's {HEAD_KEY} is seq {anchor.seq} (tail truncated)",
+        )
     return check.report(None, None)
 
 
@@ -175,8 +192,9 @@ class _Verifier:
             self._advance(record["seq"], line, claimed)
         return problem
 
-    def _chain(self, number: int, line: bytes, record: dict[str, Any], claimed: object
-               ) -> str | None:
+    def _chain(
+        self, number: int, line: bytes, record: dict[str, Any], claimed: object
+    ) -> str | None:
         """A chained line must hash to its claim, be canonical, and link to the line before."""
         if not isinstance(claimed, str):
             return "hash missing or malformed (record altered)"
@@ -190,8 +208,10 @@ class _Verifier:
         if number == 1:
             return "prev is not the genesis value (the trail's beginning is missing)"
         if not self.chained:
-            return (f"prev does not match the seal of legacy lines 1-{number - 1} "
-                    "(a legacy line altered, removed or reordered)")
+            return (
+                f"prev does not match the seal of legacy lines 1-{number - 1} "
+                "(a legacy line altered, removed or reordered)"
+            )
         return f"prev does not match line {number - 1}'s hash (line removed or reordered)"
 
     def _unchained(self) -> str | None:
@@ -221,9 +241,14 @@ class _Verifier:
 
     def report(self, number: int | None, problem: str | None) -> TrailReport:
         """The outcome, stopping at line `number` (None: the whole trail is good)."""
-        return TrailReport(problem is None, self.records, number,
-                           problem and f"line {number}: {problem}", self.hash,
-                           self.legacy_lines)
+        return TrailReport(
+            problem is None,
+            self.records,
+            number,
+            problem and f"line {number}: {problem}",
+            self.hash,
+            self.legacy_lines,
+        )
 
 
 def _record(line: bytes) -> dict[str, Any] | str:
@@ -248,7 +273,7 @@ def _append(path: Path, data: bytes) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -40,30 +40,42 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         r = self.registry
-        self.runs_completed = Counter("runs_completed", "Runs that reached a terminal status",
-                                      ["status"], registry=r)
-        self.runs_failed = Counter("runs_failed", "Runs that ended failed, partial or "
-                                   "quarantined", registry=r)
+        self.runs_completed = Counter(
+            "runs_completed", "Runs that reached a terminal status", ["status"], registry=r
+        )
+        self.runs_failed = Counter(
+            "runs_failed", "Runs that ended failed, partial or quarantined", registry=r
+        )
         self.archived = Counter("artifacts_archived", "Run archives written", registry=r)
         self.archive_size = Histogram(
-            "archive_size_bytes", "Size of each run archive written", registry=r,
-            buckets=(1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10))
-        self.ingested = Counter("events_ingested", "Input events accepted into the projection",
-                                ["source"], registry=r)
-        self.rejected = Counter("events_rejected", "Input lines dead-lettered", ["reason"],
-                                registry=r)
-        self.lag_seconds = Gauge("ingest_lag_seconds", "Age of the newest appended byte not "
-                                 "yet committed (0 when caught up)", registry=r)
-        self.lag_bytes = Gauge("ingest_lag_bytes", "Appended bytes not yet committed",
-                               registry=r)
+            "archive_size_bytes",
+            "Size of each run archive written",
+            registry=r,
+            buckets=(1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10),
+        )
+        self.ingested = Counter(
+            "events_ingested", "Input events accepted into the projection", ["source"], registry=r
+        )
+        self.rejected = Counter(
+            "events_rejected", "Input lines dead-lettered", ["reason"], registry=r
+        )
+        self.lag_seconds = Gauge(
+            "ingest_lag_seconds",
+            "Age of the newest appended byte not yet committed (0 when caught up)",
+            registry=r,
+        )
+        self.lag_bytes = Gauge("ingest_lag_bytes", "Appended bytes not yet committed", registry=r)
         self.active_runs = Gauge("active_runs", "Runs not yet terminal", registry=r)
         self.stalled_runs = Gauge("stalled_runs", "Active runs flagged as stalled", registry=r)
-        self.alerts_sent = Counter("alerts_sent", "Notifications delivered", ["channel"],
-                                   registry=r)
-        self.alerts_failed = Counter("alerts_failed", "Notifications given up on",
-                                     ["channel"], registry=r)
-        self.outbox_pending = Gauge("outbox_pending", "Alerts and jobs waiting for delivery",
-                                    registry=r)
+        self.alerts_sent = Counter(
+            "alerts_sent", "Notifications delivered", ["channel"], registry=r
+        )
+        self.alerts_failed = Counter(
+            "alerts_failed", "Notifications given up on", ["channel"], registry=r
+        )
+        self.outbox_pending = Gauge(
+            "outbox_pending", "Alerts and jobs waiting for delivery", registry=r
+        )
 
     def record(self, records: list[dict[str, Any]]) -> None:
         """Count what a batch of audit records says happened."""
@@ -97,8 +109,9 @@ class MetricsServer:
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
         self.port = self.server.server_port
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.2,),
-                                       daemon=True, name="metrics")
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, args=(0.2,), daemon=True, name="metrics"
+        )
 
     def start(self) -> None:
         self.thread.start()
@@ -118,11 +131,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, CONTENT_TYPE_LATEST, self.metrics.exposition())
         elif path in ("/healthz", "/livez", "/readyz"):
             healthy, body = type(self).health(path[1:])
-            self._reply(200 if healthy else 503, "application/json",
-                        orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n")
+            self._reply(
+                200 if healthy else 503,
+                "application/json",
+                orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n",
+            )
         else:
-            self._reply(404, "text/plain; charset=utf-8",
-                        b"not found: try /metrics, /healthz, /livez or /readyz\n")
+            self._reply(
+                404,
+                "text/plain; charset=utf-8",
+                b"not found: try /metrics, /healthz, /livez or /readyz\n",
+            )
 
     def _reply(self, status: int, content_type: str, body: bytes) -> None:
         self.send_response(status)

@@ -20,9 +20,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict
 
 from runwatch.projections import to_micros
-
-from .atomic import write_atomically
-from .naming import safe_filename
+from runwatch.sinks.atomic import write_atomically
+from runwatch.sinks.naming import safe_filename
 
 Row = Mapping[str, Any]
 
@@ -31,9 +30,16 @@ ERROR_FIELDS: Final = ("error_message", "error", "message", "reason")
 """Payload fields that hold an error text, most specific first."""
 PERCENTILES: Final = (50, 90, 99)
 _COLOURS: Final = {
-    "succeeded": "#2e9e55", "failed": "#d64545", "running": "#3b7dd8", "pending": "#9aa3ad",
-    "skipped": "#c5cbd3", "canceled": "#e08a2c", "partial": "#d9a400", "warning": "#d9a400",
-    "quarantined": "#8e5bd0", "other": "#5f6b7a",
+    "succeeded": "#2e9e55",
+    "failed": "#d64545",
+    "running": "#3b7dd8",
+    "pending": "#9aa3ad",
+    "skipped": "#c5cbd3",
+    "canceled": "#e08a2c",
+    "partial": "#d9a400",
+    "warning": "#d9a400",
+    "quarantined": "#8e5bd0",
+    "other": "#5f6b7a",
 }
 _JSON: Final = orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2
 _MAX_MESSAGE: Final = 2000
@@ -70,20 +76,28 @@ class _Bar(NamedTuple):
     title: str
 
 
-def build_run_reports(run: Row, tasks: Sequence[Row], workstreams: Sequence[Row],
-                      pattern_runs: Sequence[Row], events: Sequence[Row]) -> dict[str, bytes]:
+def build_run_reports(
+    run: Row,
+    tasks: Sequence[Row],
+    workstreams: Sequence[Row],
+    pattern_runs: Sequence[Row],
+    events: Sequence[Row],
+) -> dict[str, bytes]:
     """The three report files of one run, keyed by file name; same inputs, same bytes."""
     stem = safe_filename(run["run_id"])
-    tasks = sorted(tasks, key=lambda t: (t["started_at"] is None, t["started_at"] or "",
-                                         t["task_id"]))
+    tasks = sorted(
+        tasks, key=lambda t: (t["started_at"] is None, t["started_at"] or "", t["task_id"])
+    )
     workstreams = sorted(workstreams, key=lambda w: w["workstream_id"])
     pattern_runs = sorted(pattern_runs, key=lambda p: (p["started_at"] or "", p["pattern_run_id"]))
     failed = _failed_tasks(tasks, events)
     summary = _summary(run, tasks, workstreams, pattern_runs, events, failed)
     return {
         f"{stem}_summary.json": orjson.dumps(summary, option=_JSON) + b"\n",
-        f"{stem}_metrics.json": orjson.dumps(_metrics(run, tasks, pattern_runs, events),
-                                             option=_JSON) + b"\n",
+        f"{stem}_metrics.json": orjson.dumps(
+            _metrics(run, tasks, pattern_runs, events), option=_JSON
+        )
+        + b"\n",
         f"{stem}.html": _page(run, tasks, workstreams, pattern_runs, failed),
     }
 
@@ -100,15 +114,27 @@ def nearest_rank(values: Sequence[float], percent: int) -> float | None:
 
 def build_index(runs: Sequence[Row]) -> bytes:
     """`index.html`: every run, newest first (last_event_at, then run_id), linked to its page."""
-    ordered = sorted(sorted(runs, key=lambda r: r["run_id"]),
-                     key=lambda r: r["last_event_at"] or "", reverse=True)
-    rows = [(_Html(f'<a href="./{_e(safe_filename(r["run_id"]))}.html">{_e(r["run_id"])}</a>'),
-             _badge(r["status"]), "yes" if r["stalled"] else "", r["tasks_total"],
-             r["tasks_failed"], r["last_event_at"], _ms(r["duration_s"])) for r in ordered]
-    body = _table(("run", "status", "stalled", "tasks", "failed", "last event", "duration s"),
-                  rows)
-    return (_head("runwatch runs") + f"<h1>Runs ({len(rows)})</h1>\n{body}"
-            "</body></html>\n").encode()
+    ordered = sorted(
+        sorted(runs, key=lambda r: r["run_id"]),
+        key=lambda r: r["last_event_at"] or "",
+        reverse=True,
+    )
+    rows = [
+        (
+            _Html(f'<a href="./{_e(safe_filename(r["run_id"]))}.html">{_e(r["run_id"])}</a>'),
+            _badge(r["status"]),
+            "yes" if r["stalled"] else "",
+            r["tasks_total"],
+            r["tasks_failed"],
+            r["last_event_at"],
+            _ms(r["duration_s"]),
+        )
+        for r in ordered
+    ]
+    body = _table(("run", "status", "stalled", "tasks", "failed", "last event", "duration s"), rows)
+    return (
+        _head("runwatch runs") + f"<h1>Runs ({len(rows)})</h1>\n{body}</body></html>\n"
+    ).encode()
 
 
 def write_reports(directory: Path, files: Mapping[str, bytes]) -> list[Path]:
@@ -127,45 +153,84 @@ def write_reports(directory: Path, files: Mapping[str, bytes]) -> list[Path]:
     return written
 
 
-
-
 # -- contents --------------------------------------------------------------------------
 
 
-def _summary(run: Row, tasks: Sequence[Row], workstreams: Sequence[Row],
-             pattern_runs: Sequence[Row], events: Sequence[Row],
-             failed: list[dict[str, Any]]) -> dict[str, Any]:
+def _summary(
+    run: Row,
+    tasks: Sequence[Row],
+    workstreams: Sequence[Row],
+    pattern_runs: Sequence[Row],
+    events: Sequence[Row],
+    failed: list[dict[str, Any]],
+) -> dict[str, Any]:
     """The run at a glance; counts come from the rows, error texts from the events."""
     by_status = Counter(t["status"] for t in tasks)
     errors = [e for e in events if _is_error(e)]
     return {
-        "run_id": run["run_id"], "status": run["status"], "stalled": bool(run["stalled"]),
-        "counts": {"tasks": {"total": run["tasks_total"],
-                             **{s: by_status.get(s, 0) for s in TASK_STATUSES}},
-                   "events": run["events_total"], "error_events": run["error_events"]},
-        "timings": {**{k: run[k] for k in ("created_at", "started_at", "ended_at",
-                                           "last_event_at")}, "duration_s": _ms(run["duration_s"])},
-        "errors": {"failed_tasks": failed,
-                   "error_events_by_type": dict(Counter(e["type"] for e in errors)),
-                   "error_events_by_severity": dict(Counter(e["severity"] for e in errors))},
+        "run_id": run["run_id"],
+        "status": run["status"],
+        "stalled": bool(run["stalled"]),
+        "counts": {
+            "tasks": {
+                "total": run["tasks_total"],
+                **{s: by_status.get(s, 0) for s in TASK_STATUSES},
+            },
+            "events": run["events_total"],
+            "error_events": run["error_events"],
+        },
+        "timings": {
+            **{k: run[k] for k in ("created_at", "started_at", "ended_at", "last_event_at")},
+            "duration_s": _ms(run["duration_s"]),
+        },
+        "errors": {
+            "failed_tasks": failed,
+            "error_events_by_type": dict(Counter(e["type"] for e in errors)),
+            "error_events_by_severity": dict(Counter(e["severity"] for e in errors)),
+        },
         "workstreams": [{k: v for k, v in w.items() if k != "run_id"} for w in workstreams],
         "pattern_runs": [dict(p) | {"duration_s": _pattern_s(p)} for p in pattern_runs],
     }
 
 
-def _metrics(run: Row, tasks: Sequence[Row], pattern_runs: Sequence[Row],
-             events: Sequence[Row]) -> dict[str, Any]:
+def _metrics(
+    run: Row, tasks: Sequence[Row], pattern_runs: Sequence[Row], events: Sequence[Row]
+) -> dict[str, Any]:
     """Durations (seconds, to the millisecond) with nearest-rank percentiles; event counts."""
-    task_items = [{"task_id": t["task_id"], "status": t["status"],
-                   "duration_s": _span_s(t["started_at"], t["ended_at"])} for t in tasks]
-    pattern_items = [{"pattern_run_id": p["pattern_run_id"], "pattern_id": p["pattern_id"],
-                      "status": p["status"], "duration_s": _pattern_s(p)} for p in pattern_runs]
-    errors = [{"id": e["id"], "type": e["type"], "time": e["time"], "severity": e["severity"],
-               "task_id": e["task_id"], "message": _message(e["payload"])}
-              for e in events if _is_error(e)]
+    task_items = [
+        {
+            "task_id": t["task_id"],
+            "status": t["status"],
+            "duration_s": _span_s(t["started_at"], t["ended_at"]),
+        }
+        for t in tasks
+    ]
+    pattern_items = [
+        {
+            "pattern_run_id": p["pattern_run_id"],
+            "pattern_id": p["pattern_id"],
+            "status": p["status"],
+            "duration_s": _pattern_s(p),
+        }
+        for p in pattern_runs
+    ]
+    errors = [
+        {
+            "id": e["id"],
+            "type": e["type"],
+            "time": e["time"],
+            "severity": e["severity"],
+            "task_id": e["task_id"],
+            "message": _message(e["payload"]),
+        }
+        for e in events
+        if _is_error(e)
+    ]
     return {
-        "run_id": run["run_id"], "percentile_method": "nearest-rank",
-        "task_durations": _stats(task_items), "pattern_run_durations": _stats(pattern_items),
+        "run_id": run["run_id"],
+        "percentile_method": "nearest-rank",
+        "task_durations": _stats(task_items),
+        "pattern_run_durations": _stats(pattern_items),
         "events_total": len(events),
         "events_by_type": dict(Counter(e["type"] for e in events)),
         "events_by_severity": dict(Counter(e["severity"] for e in events)),
@@ -176,18 +241,35 @@ def _metrics(run: Row, tasks: Sequence[Row], pattern_runs: Sequence[Row],
 def _stats(items: list[dict[str, Any]]) -> dict[str, Any]:
     values = [i["duration_s"] for i in items if i["duration_s"] is not None]
     percentiles = {f"p{p}": nearest_rank(values, p) for p in PERCENTILES}
-    return {"count": len(values), "min": min(values, default=None),
-            "max": max(values, default=None), **percentiles, "items": items}
+    return {
+        "count": len(values),
+        "min": min(values, default=None),
+        "max": max(values, default=None),
+        **percentiles,
+        "items": items,
+    }
 
 
 def _failed_tasks(tasks: Sequence[Row], events: Sequence[Row]) -> list[dict[str, Any]]:
     """Failed tasks with the text of their latest error event that carries one."""
-    texts = {e["task_id"]: text for e in events
-             if e["task_id"] is not None and _is_error(e)
-             and (text := _message(e["payload"])) is not None}
-    return [{"task_id": t["task_id"], "workstream_id": t["workstream_id"],
-             "attempts": t["attempts"], "ended_at": t["ended_at"], "error": texts.get(t["task_id"])}
-            for t in sorted(tasks, key=lambda t: t["task_id"]) if t["status"] == "failed"]
+    texts = {
+        e["task_id"]: text
+        for e in events
+        if e["task_id"] is not None
+        and _is_error(e)
+        and (text := _message(e["payload"])) is not None
+    }
+    return [
+        {
+            "task_id": t["task_id"],
+            "workstream_id": t["workstream_id"],
+            "attempts": t["attempts"],
+            "ended_at": t["ended_at"],
+            "error": texts.get(t["task_id"]),
+        }
+        for t in sorted(tasks, key=lambda t: t["task_id"])
+        if t["status"] == "failed"
+    ]
 
 
 def _is_error(event: Row) -> bool:
@@ -202,8 +284,11 @@ def _message(payload: Mapping[str, Any]) -> str | None:
         if isinstance(value, Mapping) and isinstance(value.get("message"), str):
             value = value["message"]
         if value is not None and value != "":
-            text = value if isinstance(value, str) else orjson.dumps(
-                value, option=orjson.OPT_SORT_KEYS).decode()
+            text = (
+                value
+                if isinstance(value, str)
+                else orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+            )
             return text[:_MAX_MESSAGE]
     return None
 
@@ -231,26 +316,58 @@ def _pattern_s(row: Row) -> float | None:
 # -- HTML ------------------------------------------------------------------------------
 
 
-def _page(run: Row, tasks: Sequence[Row], workstreams: Sequence[Row],
-          pattern_runs: Sequence[Row], failed: list[dict[str, Any]]) -> bytes:
+def _page(
+    run: Row,
+    tasks: Sequence[Row],
+    workstreams: Sequence[Row],
+    pattern_runs: Sequence[Row],
+    failed: list[dict[str, Any]],
+) -> bytes:
     """The run's single self-contained page: header, timelines and tables."""
-    times = [_us(t) for r in (run, *tasks, *pattern_runs) for k in ("created_at", "started_at",
-             "ended_at", "last_event_at", "finished_at") if (t := r.get(k)) is not None]
+    times = [
+        _us(t)
+        for r in (run, *tasks, *pattern_runs)
+        for k in ("created_at", "started_at", "ended_at", "last_event_at", "finished_at")
+        if (t := r.get(k)) is not None
+    ]
     lo, hi = min(times, default=0), max(times, default=0)
     parts = [
-        _head(f"Run {run['run_id']}"), _header(run, tasks),
-        "<h2>Task timeline</h2>\n", _legend(t["status"] for t in tasks),
+        _head(f"Run {run['run_id']}"),
+        _header(run, tasks),
+        "<h2>Task timeline</h2>\n",
+        _legend(t["status"] for t in tasks),
         _gantt([_task_bar(t, hi) for t in tasks], lo, hi, "data-task"),
         f"<h2>Failed tasks ({len(failed)})</h2>\n",
-        _table(("task", "workstream", "attempts", "ended", "error"),
-               [(f["task_id"], f["workstream_id"], f["attempts"], f["ended_at"],
-                 _Html(f'<span class="msg">{_e(f["error"])}</span>')) for f in failed]),
+        _table(
+            ("task", "workstream", "attempts", "ended", "error"),
+            [
+                (
+                    f["task_id"],
+                    f["workstream_id"],
+                    f["attempts"],
+                    f["ended_at"],
+                    _Html(f'<span class="msg">{_e(f["error"])}</span>'),
+                )
+                for f in failed
+            ],
+        ),
         "<h2>Workstreams</h2>\n",
-        _table(("workstream", "status", "tasks", "succeeded", "failed", "running"),
-               [(w["workstream_id"], _badge(w["status"]), w["tasks_total"],
-                 w["tasks_succeeded"], w["tasks_failed"], w["tasks_running"])
-                for w in workstreams]),
-        f"<h2>Pattern runs ({len(pattern_runs)})</h2>\n", _patterns(pattern_runs, lo, hi),
+        _table(
+            ("workstream", "status", "tasks", "succeeded", "failed", "running"),
+            [
+                (
+                    w["workstream_id"],
+                    _badge(w["status"]),
+                    w["tasks_total"],
+                    w["tasks_succeeded"],
+                    w["tasks_failed"],
+                    w["tasks_running"],
+                )
+                for w in workstreams
+            ],
+        ),
+        f"<h2>Pattern runs ({len(pattern_runs)})</h2>\n",
+        _patterns(pattern_runs, lo, hi),
         "</body></html>\n",
     ]
     return "".join(parts).encode()
@@ -260,11 +377,30 @@ def _header(run: Row, tasks: Sequence[Row]) -> str:
     by_status = Counter(t["status"] for t in tasks)
     counts = ", ".join(f"{by_status[s]} {s}" for s in TASK_STATUSES if by_status[s])
     stalled = ' <span class="badge s-warning">stalled</span>' if run["stalled"] else ""
-    facts = _table(("tasks", "events", "error events", "created", "started", "ended",
-                    "last event", "duration s"),
-                   [(f"{run['tasks_total']} ({counts or 'none seen'})", run["events_total"],
-                     run["error_events"], run["created_at"], run["started_at"], run["ended_at"],
-                     run["last_event_at"], _ms(run["duration_s"]))])
+    facts = _table(
+        (
+            "tasks",
+            "events",
+            "error events",
+            "created",
+            "started",
+            "ended",
+            "last event",
+            "duration s",
+        ),
+        [
+            (
+                f"{run['tasks_total']} ({counts or 'none seen'})",
+                run["events_total"],
+                run["error_events"],
+                run["created_at"],
+                run["started_at"],
+                run["ended_at"],
+                run["last_event_at"],
+                _ms(run["duration_s"]),
+            )
+        ],
+    )
     return f"<h1>Run {_e(run['run_id'])} {_badge(run['status'])}{stalled}</h1>\n{facts}"
 
 
@@ -273,11 +409,23 @@ def _patterns(pattern_runs: Sequence[Row], lo: int, hi: int) -> str:
     if not pattern_runs:
         return "<p>none</p>\n"
     return _gantt([_pattern_bar(p, hi) for p in pattern_runs], lo, hi, "data-pattern-run") + (
-        _table(("pattern run", "pattern", "step", "status", "phase", "started", "duration s",
-                "error"),
-               [(p["pattern_run_id"], p["pattern_id"], p["step_id"], _badge(p["status"]),
-                 p["phase"], p["started_at"], _pattern_s(p), p["error_message"])
-                for p in pattern_runs]))
+        _table(
+            ("pattern run", "pattern", "step", "status", "phase", "started", "duration s", "error"),
+            [
+                (
+                    p["pattern_run_id"],
+                    p["pattern_id"],
+                    p["step_id"],
+                    _badge(p["status"]),
+                    p["phase"],
+                    p["started_at"],
+                    _pattern_s(p),
+                    p["error_message"],
+                )
+                for p in pattern_runs
+            ],
+        )
+    )
 
 
 def _task_bar(task: Row, hi: int) -> _Bar:
@@ -285,18 +433,27 @@ def _task_bar(task: Row, hi: int) -> _Bar:
     start = task["started_at"] or task["ended_at"]
     begin = _us(start) if start else hi
     end = _us(task["ended_at"]) if task["ended_at"] else (hi if task["started_at"] else begin)
-    title = (f"{task['task_id']}: {task['status']}, attempts {task['attempts']}, "
-             f"{task['started_at'] or '-'} → {task['ended_at'] or 'open'}")
+    title = (
+        f"{task['task_id']}: {task['status']}, attempts {task['attempts']}, "
+        f"{task['started_at'] or '-'} → {task['ended_at'] or 'open'}"
+    )
     return _Bar(task["task_id"], task["status"], begin, end, task["ended_at"] is None, title)
 
 
 def _pattern_bar(row: Row, hi: int) -> _Bar:
     begin = _us(row["started_at"]) if row["started_at"] else hi
     finished = row["finished_at"]
-    title = (f"{row['pattern_run_id']} {row['pattern_id']}: {row['status']} in {row['phase']}"
-             + (f": {row['error_message']}" if row["error_message"] else ""))
-    return _Bar(row["pattern_run_id"], row["status"], begin, _us(finished) if finished else hi,
-                finished is None, title)
+    title = f"{row['pattern_run_id']} {row['pattern_id']}: {row['status']} in {row['phase']}" + (
+        f": {row['error_message']}" if row["error_message"] else ""
+    )
+    return _Bar(
+        row["pattern_run_id"],
+        row["status"],
+        begin,
+        _us(finished) if finished else hi,
+        finished is None,
+        title,
+    )
 
 
 def _gantt(bars: Sequence[_Bar], lo: int, hi: int, key_attr: str) -> str:
@@ -310,24 +467,30 @@ def _gantt(bars: Sequence[_Bar], lo: int, hi: int, key_attr: str) -> str:
     def x(us: int) -> float:
         return _LABEL_W + (us - lo) * _PLOT_W / span
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="gantt" width="{width}" '
-           f'height="{height}" viewBox="0 0 {width} {height}"><g class="axis">']
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="gantt" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}"><g class="axis">'
+    ]
     for k in range(5):
         tick = x(lo + span * k // 4)
-        out.append(f'<line x1="{tick:.1f}" y1="{_TOP - 6}" x2="{tick:.1f}" y2="{height}"/>'
-                   f'<text x="{tick:.1f}" y="{_TOP - 10}" text-anchor="middle">'
-                   f"{_elapsed(span * k // 4)}</text>")
+        out.append(
+            f'<line x1="{tick:.1f}" y1="{_TOP - 6}" x2="{tick:.1f}" y2="{height}"/>'
+            f'<text x="{tick:.1f}" y="{_TOP - 10}" text-anchor="middle">'
+            f"{_elapsed(span * k // 4)}</text>"
+        )
     out.append("</g>")
     for row, bar in enumerate(bars):
         y = _TOP + row * _ROW_H
         left = x(bar.start)
         right = max(x(bar.end), left + 2)
         label = bar.key if len(bar.key) <= 36 else bar.key[:35] + "…"
-        out.append(f'<text x="{_LABEL_W - 6}" y="{y + 12}" text-anchor="end">{_e(label)}</text>'
-                   f'<rect class="bar {_status_class(bar.status)}{" open" if bar.is_open else ""}"'
-                   f' {key_attr}="{_e(bar.key)}" x="{left:.1f}" y="{y + 2}"'
-                   f' width="{right - left:.1f}" height="{_ROW_H - 4}"><title>{_e(bar.title)}'
-                   "</title></rect>")
+        out.append(
+            f'<text x="{_LABEL_W - 6}" y="{y + 12}" text-anchor="end">{_e(label)}</text>'
+            f'<rect class="bar {_status_class(bar.status)}{" open" if bar.is_open else ""}"'
+            f' {key_attr}="{_e(bar.key)}" x="{left:.1f}" y="{y + 2}"'
+            f' width="{right - left:.1f}" height="{_ROW_H - 4}"><title>{_e(bar.title)}'
+            "</title></rect>"
+        )
     out.append("</svg>\n")
     return "".join(out)
 
@@ -339,15 +502,17 @@ def _elapsed(us: int) -> str:
 
 def _legend(statuses: Iterable[str]) -> str:
     seen = sorted(set(statuses))
-    items = "".join(f'<span>{_badge(s)}</span>' for s in seen)
+    items = "".join(f"<span>{_badge(s)}</span>" for s in seen)
     return f'<p class="legend">{items} time since the first event; faded bars are open</p>\n'
 
 
 def _head(title: str) -> str:
     """No script, nothing fetched: the policy makes any injected markup inert as well."""
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta '
-            f'http-equiv="Content-Security-Policy" content="{_CSP}"><title>{_e(title)}</title>'
-            f"<style>{_CSS}</style></head><body>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><meta '
+        f'http-equiv="Content-Security-Policy" content="{_CSP}"><title>{_e(title)}</title>'
+        f"<style>{_CSS}</style></head><body>\n"
+    )
 
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
@@ -377,4 +542,3 @@ def _status_class(status: str | None) -> str:
 def _e(value: object) -> str:
     """Escape for text and attribute values alike: log strings never become markup."""
     return escape("–" if value is None else str(value), quote=True)
-

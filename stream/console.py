@@ -14,8 +14,9 @@ from typing import Any, TextIO
 class Progress:
     """A one-line progress bar on stderr, drawn only on a terminal and at most 10 times/s."""
 
-    def __init__(self, total: int, label: str, stream: TextIO | None = None,
-                 enabled: bool | None = None) -> None:
+    def __init__(
+        self, total: int, label: str, stream: TextIO | None = None, enabled: bool | None = None
+    ) -> None:
         self.total = max(total, 1)
         self.label = label
         self.stream = stream or sys.stderr
@@ -35,9 +36,11 @@ class Progress:
         share = min(self.done / self.total, 1.0)
         filled = int(share * 30)
         rate = events / max(now - self.started, 1e-9)
-        self.stream.write(f"\r{self.label} {share:6.1%} |{'█' * filled}{' ' * (30 - filled)}| "
-                          f"{self.done / 1e6:,.1f}/{self.total / 1e6:,.1f} MB "
-                          f"{rate / 1000:,.0f}k events/s ")
+        self.stream.write(
+            f"\r{self.label} {share:6.1%} |{'█' * filled}{' ' * (30 - filled)}| "
+            f"{self.done / 1e6:,.1f}/{self.total / 1e6:,.1f} MB "
+            f"{rate / 1000:,.0f}k events/s "
+        )
         self.stream.flush()
 
     def close(self) -> None:
@@ -52,12 +55,18 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     widths = [len(h) for h in headers]
     for row in cells:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    numeric = [all(isinstance(r[i], int | float) and not isinstance(r[i], bool)
-                   for r in rows) and rows for i in range(len(headers))]
+    numeric = [
+        all(isinstance(r[i], int | float) and not isinstance(r[i], bool) for r in rows) and rows
+        for i in range(len(headers))
+    ]
+
     def line(values: Sequence[str]) -> str:
-        parts = [v.rjust(w) if numeric[i] else v.ljust(w)
-                 for i, (v, w) in enumerate(zip(values, widths, strict=True))]
+        parts = [
+            v.rjust(w) if numeric[i] else v.ljust(w)
+            for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        ]
         return "  ".join(parts).rstrip()
+
     return "\n".join([line(headers), *(line(r) for r in cells)])
 
 

@@ -23,8 +23,7 @@ if os.environ.get("CI"):
 
 __all__ = ["replay_into", "run_cli", "snapshot"]
 
-POSTGRES_URL = os.environ.get("RUNWATCH_TEST_POSTGRES",
-                              "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get("RUNWATCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 SKIPPED_SERVICES: dict[str, tuple[str, int]] = {}
 """Service name → (why its tests were skipped, how many), for the terminal summary."""
 
@@ -74,5 +73,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     for service, (message, count) in sorted(SKIPPED_SERVICES.items()):
         if reporter is not None:
-            reporter.write_sep("!", f"{service} TESTS SKIPPED: {message} — {count} test(s)",
-                               red=True, bold=True)
+            reporter.write_sep(
+                "!", f"{service} TESTS SKIPPED: {message} — {count} test(s)", red=True, bold=True
+            )

@@ -1,6 +1,5 @@
 """Test helpers shared by every test folder (importable as `helpers`)."""
 
-
 from __future__ import annotations
 
 import os
@@ -13,14 +12,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Self
 
-from runwatch.sinks.sqlite_store import SqliteStore
-from runwatch.stream.files import expand
-from runwatch.stream.replay import ReplaySummary, replay
-from runwatch.stream.settings import Settings
+from runwatch.sinks.store.sqlite import SqliteStore
+from runwatch.stream.services.replay import ReplaySummary, replay
+from runwatch.stream.settings.service import Settings
+from runwatch.stream.sources.discovery import expand
 
 FIXTURES = Path(__file__).parent / "fixtures"
 UPSTREAM = FIXTURES / "upstream"
-RUNWATCH = [sys.executable, "-m", "runwatch.stream.cli"]
+RUNWATCH = [sys.executable, "-m", "runwatch.stream.cli.main"]
 
 # The pattern_runs row the real upstream semgrep sample must give (six phases share one time).
 SEMGREP_RUN = {
@@ -51,11 +50,19 @@ def snapshot(db: Path) -> dict[str, list[dict[str, Any]]]:
         store.close()
 
 
-def run_cli(*args: str | Path, cwd: Path | None = None,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `runwatch ARGS` as a real subprocess and capture its output."""
-    return subprocess.run([*RUNWATCH, *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=300, check=False)
+    return subprocess.run(
+        [*RUNWATCH, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+        check=False,
+    )
 
 
 def counters(db: Path) -> dict[str, int]:
@@ -80,8 +87,12 @@ def converged(db: Path) -> dict[str, Any]:
     return rows
 
 
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0,
-               show: Iterable[RunwatchProcess] = ()) -> None:
+def wait_until(
+    predicate: Callable[[], bool],
+    what: str,
+    timeout: float = 30.0,
+    show: Iterable[RunwatchProcess] = (),
+) -> None:
     """Poll until `predicate` holds; on timeout fail naming `what`, with the output of the
     processes in `show`."""
     deadline = time.monotonic() + timeout
@@ -89,16 +100,19 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 30.0,
         if predicate():
             return
         time.sleep(0.05)
-    raise AssertionError(f"{what}: not after {timeout} s\n"
-                         + "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for p in show))
+    raise AssertionError(
+        f"{what}: not after {timeout} s\n"
+        + "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for p in show)
+    )
 
 
 class RunwatchProcess:
     """A real `runwatch ARGS` subprocess, restartable, with the output of every start
     captured in `<name>-<n>.out` in its working directory."""
 
-    def __init__(self, workdir: Path, name: str, *args: str | Path,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, name: str, *args: str | Path, env: dict[str, str] | None = None
+    ) -> None:
         self.workdir = workdir
         self.name = name
         self.command = [*RUNWATCH, *map(str, args)]
@@ -109,13 +123,16 @@ class RunwatchProcess:
     def start(self) -> Self:
         self.starts += 1
         with (self.workdir / f"{self.name}-{self.starts}.out").open("wb") as out:
-            self.process = subprocess.Popen(self.command, cwd=self.workdir, env=self.env,
-                                            stdout=out, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                self.command, cwd=self.workdir, env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
         return self
 
     def output(self) -> str:
-        return "".join((self.workdir / f"{self.name}-{n}.out").read_text(errors="replace")
-                       for n in range(1, self.starts + 1))
+        return "".join(
+            (self.workdir / f"{self.name}-{n}.out").read_text(errors="replace")
+            for n in range(1, self.starts + 1)
+        )
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -147,8 +164,14 @@ class RunwatchProcess:
 class TailProcess(RunwatchProcess):
     """A real `runwatch tail` subprocess on database `db`."""
 
-    def __init__(self, workdir: Path, db: Path, *patterns: str | Path,
-                 args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        db: Path,
+        *patterns: str | Path,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(workdir, "tail", "tail", *patterns, "--db", db, *args, env=env)
         self.db = db
 
@@ -159,8 +182,11 @@ class TailProcess(RunwatchProcess):
             if counters(self.db).get("events_accepted", 0) >= count:
                 return
             if self.process is not None and self.process.poll() is not None:
-                raise AssertionError(f"tail exited with {self.process.returncode}:\n"
-                                     f"{self.output()}")
+                raise AssertionError(
+                    f"tail exited with {self.process.returncode}:\n{self.output()}"
+                )
             time.sleep(0.05)
-        raise AssertionError(f"only {counters(self.db).get('events_accepted', 0)} of {count} "
-                             f"events committed after {timeout} s:\n{self.output()}")
+        raise AssertionError(
+            f"only {counters(self.db).get('events_accepted', 0)} of {count} "
+            f"events committed after {timeout} s:\n{self.output()}"
+        )

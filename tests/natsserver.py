@@ -45,8 +45,10 @@ def mapping(partitions: int) -> str:
     """The server-config mapping that spreads runwatch.events.<token> over N partitions."""
     if partitions == 0:
         return ""
-    return ('mappings = {\n  "runwatch.events.*": '
-            f'"runwatch.part.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}"\n}}\n')
+    return (
+        'mappings = {\n  "runwatch.events.*": '
+        f'"runwatch.part.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}"\n}}\n'
+    )
 
 
 def fnv1a_32(data: bytes) -> int:
@@ -59,11 +61,11 @@ def fnv1a_32(data: bytes) -> int:
 class NatsServer:
     """One nats-server subprocess that can be stopped, killed and started again in place."""
 
-    def __init__(self, directory: Path | None = None, *, partitions: int = 4,
-                 extra: str = "") -> None:
+    def __init__(
+        self, directory: Path | None = None, *, partitions: int = 4, extra: str = ""
+    ) -> None:
         self.owned = directory is None
-        self.directory = Path(tempfile.mkdtemp(prefix="nats-")) if directory is None \
-            else directory
+        self.directory = Path(tempfile.mkdtemp(prefix="nats-")) if directory is None else directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.partitions = partitions
         self.port = free_port()
@@ -74,7 +76,8 @@ class NatsServer:
         self.config.write_text(
             f"listen: 127.0.0.1:{self.port}\n"
             f"jetstream {{ store_dir: {json.dumps(str(self.store_dir))} }}\n"
-            f"{mapping(partitions)}{extra}\n")
+            f"{mapping(partitions)}{extra}\n"
+        )
         self.process: subprocess.Popen[bytes] | None = None
 
     def partition_of(self, token: str) -> int:
@@ -88,21 +91,26 @@ class NatsServer:
 
             skip_unreachable("NATS", NATS_SERVER, "not installed; `make services` installs it")
         with self.log.open("ab") as log:
-            self.process = subprocess.Popen([NATS_SERVER, "-c", str(self.config)],
-                                            stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [NATS_SERVER, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"nats-server exited with {self.process.returncode}:\n"
-                                   f"{self.log.read_text(errors='replace')}")
+                raise RuntimeError(
+                    f"nats-server exited with {self.process.returncode}:\n"
+                    f"{self.log.read_text(errors='replace')}"
+                )
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return self
             except OSError:
                 time.sleep(0.02)
         self.kill()
-        raise RuntimeError(f"nats-server not listening after {READY_TIMEOUT_S} s:\n"
-                           f"{self.log.read_text(errors='replace')}")
+        raise RuntimeError(
+            f"nats-server not listening after {READY_TIMEOUT_S} s:\n"
+            f"{self.log.read_text(errors='replace')}"
+        )
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM and wait: a clean shutdown."""

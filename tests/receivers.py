@@ -132,8 +132,12 @@ class WebhookReceiver:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
         self.stop()
 
     def _next_reply(self) -> Response:
@@ -154,15 +158,22 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         receiver = self.server.receiver
-        receiver.received.add(ReceivedRequest(
-            method=self.command, path=self.path,
-            headers={k.lower(): v for k, v in self.headers.items()}, body=body,
-            json=_json(body), received_at=time.monotonic(), received_wall=time.time()))
+        receiver.received.add(
+            ReceivedRequest(
+                method=self.command,
+                path=self.path,
+                headers={k.lower(): v for k, v in self.headers.items()},
+                body=body,
+                json=_json(body),
+                received_at=time.monotonic(),
+                received_wall=time.time(),
+            )
+        )
         reply = receiver._next_reply()
         if reply[0] == "hang":
             time.sleep(reply[1])
             reply = (200,)
-        status, headers, payload = (*reply, *_DEFAULT_REPLY[len(reply):])
+        status, headers, payload = (*reply, *_DEFAULT_REPLY[len(reply) :])
         try:
             self.send_response(status)
             for name, value in headers.items():
@@ -204,8 +215,7 @@ class SmtpReceiver:
     without TLS here, on loopback only); `tls_context` offers STARTTLS with that context.
     """
 
-    def __init__(self, credentials: tuple[str, str] | None = None,
-                 tls_context: Any = None) -> None:
+    def __init__(self, credentials: tuple[str, str] | None = None, tls_context: Any = None) -> None:
         self.host = "127.0.0.1"
         self.port = free_port()
         self.credentials = credentials
@@ -214,8 +224,11 @@ class SmtpReceiver:
         self._lock = threading.Lock()
         options: dict[str, Any] = {"tls_context": tls_context} if tls_context else {}
         if credentials:
-            options |= {"authenticator": self._authenticate, "auth_required": True,
-                        "auth_require_tls": False}
+            options |= {
+                "authenticator": self._authenticate,
+                "auth_required": True,
+                "auth_require_tls": False,
+            }
         self._controller = Controller(self, hostname=self.host, port=self.port, **options)
 
     def script(self, *replies: int | str) -> None:
@@ -235,8 +248,12 @@ class SmtpReceiver:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
         self.stop()
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -248,14 +265,19 @@ class SmtpReceiver:
             return reply
         data = cast(bytes, envelope.original_content)
         message = email.message_from_bytes(data, policy=email.policy.default)
-        self.received.add(ReceivedMail(str(envelope.mail_from), list(envelope.rcpt_tos),
-                                       message, data))
+        self.received.add(
+            ReceivedMail(str(envelope.mail_from), list(envelope.rcpt_tos), message, data)
+        )
         return "250 2.0.0 OK"
 
-    def _authenticate(self, server: SMTP, session: Session, envelope: Envelope,
-                      mechanism: str, data: Any) -> AuthResult:
-        valid = (isinstance(data, LoginPassword) and self.credentials is not None
-                 and (data.login.decode(), data.password.decode()) == self.credentials)
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        valid = (
+            isinstance(data, LoginPassword)
+            and self.credentials is not None
+            and (data.login.decode(), data.password.decode()) == self.credentials
+        )
         return AuthResult(success=valid, handled=False)  # unhandled: aiosmtpd replies 535
 
 

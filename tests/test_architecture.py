@@ -6,8 +6,24 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]
-IMPURE = {"os", "io", "sqlite3", "requests", "watchdog", "socket", "subprocess", "time",
-          "pathlib", "shutil", "tempfile", "orjson", "yaml", "random", "threading", "logging"}
+IMPURE = {
+    "os",
+    "io",
+    "sqlite3",
+    "requests",
+    "watchdog",
+    "socket",
+    "subprocess",
+    "time",
+    "pathlib",
+    "shutil",
+    "tempfile",
+    "orjson",
+    "yaml",
+    "random",
+    "threading",
+    "logging",
+}
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -36,5 +52,6 @@ def test_projections_do_not_read_the_clock() -> None:
 def test_sinks_do_not_import_stream() -> None:
     """Dependencies point inward: sinks never reach back into the runner."""
     for path in sorted((ROOT / "sinks").glob("*.py")):
-        assert "stream" not in imported_modules(path) and "runwatch.stream" not in \
-            path.read_text(), path.name
+        assert (
+            "stream" not in imported_modules(path) and "runwatch.stream" not in path.read_text()
+        ), path.name

@@ -16,9 +16,9 @@ import orjson
 import pytest
 
 from helpers import RUNWATCH, run_cli
-from runwatch.sinks.sqlite_store import RUN_COLUMNS
-from runwatch.stream.cli import build_parser
-from runwatch.stream.simulate import simulate
+from runwatch.sinks.store.schema import RUN_COLUMNS
+from runwatch.stream.cli.main import build_parser
+from runwatch.stream.devtools.simulate import simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / "config" / "runwatch.yaml"
@@ -36,6 +36,7 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
                 for name, child in action.choices.items():
                     found[prefix + name] = child
                     collect(child, prefix + name + " ")
+
     collect(build_parser(), "")
     return found
 
@@ -49,8 +50,14 @@ def command_help() -> dict[str, str | None]:
 
 def bus(etype: str, second: int, run_id: str, **fields: Any) -> bytes:
     """One event-bus line at 2026-02-01T10:00:SS."""
-    return orjson.dumps({"event_type": etype, "timestamp": f"2026-02-01T10:00:{second:02d}Z",
-                         "run_id": run_id, **fields})
+    return orjson.dumps(
+        {
+            "event_type": etype,
+            "timestamp": f"2026-02-01T10:00:{second:02d}Z",
+            "run_id": run_id,
+            **fields,
+        }
+    )
 
 
 def corpus(folder: Path) -> Path:
@@ -82,8 +89,7 @@ def ok(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def status_json(db: Path, cwd: Path, *extra: str) -> Any:
-    return json.loads(ok("status", "--db", db, "--json", "--limit", "1000", *extra,
-                         cwd=cwd).stdout)
+    return json.loads(ok("status", "--db", db, "--json", "--limit", "1000", *extra, cwd=cwd).stdout)
 
 
 def clean_failure(result: subprocess.CompletedProcess[str], code: int) -> str:
@@ -138,8 +144,7 @@ def test_every_command_has_help(name: str, tmp_path: Path) -> None:
 def test_status_table_shows_the_runs(built: Path, tmp_path: Path) -> None:
     """The default view must name every run with its status, or the monitor shows nothing."""
     out = ok("status", "--db", built, cwd=tmp_path).stdout
-    for run_id, status in (("run-ok", "succeeded"), ("run-bad", "failed"),
-                           ("run-open", "running")):
+    for run_id, status in (("run-ok", "succeeded"), ("run-bad", "failed"), ("run-open", "running")):
         line = next(line for line in out.splitlines() if line.startswith(run_id + " "))
         assert status in line
 
@@ -149,7 +154,10 @@ def test_status_json_rows_have_exactly_the_runs_columns(built: Path, tmp_path: P
     runs = status_json(built, tmp_path)
     assert isinstance(runs, list)
     assert {run["run_id"]: run["status"] for run in runs} == {
-        "run-ok": "succeeded", "run-bad": "failed", "run-open": "running"}
+        "run-ok": "succeeded",
+        "run-bad": "failed",
+        "run-open": "running",
+    }
     for run in runs:
         assert isinstance(run, dict)
         assert set(run) == set(RUN_COLUMNS)
@@ -162,13 +170,16 @@ def test_status_of_one_run_includes_tasks_and_workstreams(built: Path, tmp_path:
     assert "succeeded" in text
     for name in ("tasks:", "t1", "t2", "workstreams:", "WS-1", "WS-2"):
         assert name in text
-    detail = json.loads(ok("status", "--db", built, "--run", "run-bad", "--json",
-                           cwd=tmp_path).stdout)
+    detail = json.loads(
+        ok("status", "--db", built, "--run", "run-bad", "--json", cwd=tmp_path).stdout
+    )
     assert {k: detail[k] for k in RUN_COLUMNS}["status"] == "failed"
     assert [(t["task_id"], t["status"], t["workstream_id"]) for t in detail["tasks"]] == [
-        ("b1", "failed", "WS-1")]
-    assert [(w["workstream_id"], w["status"], w["tasks_failed"])
-            for w in detail["workstreams"]] == [("WS-1", "failed", 1)]
+        ("b1", "failed", "WS-1")
+    ]
+    assert [
+        (w["workstream_id"], w["status"], w["tasks_failed"]) for w in detail["workstreams"]
+    ] == [("WS-1", "failed", 1)]
 
 
 def test_status_of_an_unknown_run_fails_with_a_message(built: Path, tmp_path: Path) -> None:
@@ -215,13 +226,18 @@ def not_sqlite(path: Path) -> None:
     path.write_bytes(b"this is a text file, not a database\n" * 200)
 
 
-@pytest.mark.parametrize(("make", "words"), [
-    (foreign_sqlite, "not a runwatch database"),
-    (other_schema_version, "schema version 99"),
-    (not_sqlite, "not a usable runwatch database"),
-], ids=["foreign-sqlite", "schema-99", "not-sqlite"])
-def test_status_refuses_a_database_it_cannot_read(make: Callable[[Path], None], words: str,
-                                                   tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (foreign_sqlite, "not a runwatch database"),
+        (other_schema_version, "schema version 99"),
+        (not_sqlite, "not a usable runwatch database"),
+    ],
+    ids=["foreign-sqlite", "schema-99", "not-sqlite"],
+)
+def test_status_refuses_a_database_it_cannot_read(
+    make: Callable[[Path], None], words: str, tmp_path: Path
+) -> None:
     """Pointing --db at the wrong file gives a clear message and leaves that file untouched."""
     path = tmp_path / "other.db"
     make(path)
@@ -232,8 +248,7 @@ def test_status_refuses_a_database_it_cannot_read(make: Callable[[Path], None], 
     assert path.read_bytes() == before
 
 
-def test_replaying_the_same_files_twice_gives_the_same_status(built: Path,
-                                                              tmp_path: Path) -> None:
+def test_replaying_the_same_files_twice_gives_the_same_status(built: Path, tmp_path: Path) -> None:
     """Replay is a rebuild: doing it again over the same logs must not change what users see."""
     first = status_json(built, tmp_path)
     ok("replay", tmp_path / "events", "--db", built, cwd=tmp_path)
@@ -243,30 +258,46 @@ def test_replaying_the_same_files_twice_gives_the_same_status(built: Path,
 def test_failed_replay_leaves_the_old_database(built: Path, tmp_path: Path) -> None:
     """A replay that cannot start must not cost the user the database they already have."""
     before = status_json(built, tmp_path)
-    message = clean_failure(run_cli("replay", tmp_path / "no-such-dir", "--db", built,
-                                    cwd=tmp_path), 2)
+    message = clean_failure(
+        run_cli("replay", tmp_path / "no-such-dir", "--db", built, cwd=tmp_path), 2
+    )
     assert "no-such-dir" in message
     assert status_json(built, tmp_path) == before
 
 
 def big_corpus(path: Path, lines: int = 200_000) -> Path:
     """A file large enough that replaying it takes a second or so."""
-    path.write_bytes(b"".join(
-        orjson.dumps({"event_type": "task_progress", "timestamp": 1767261600 + i,
-                      "run_id": f"big-{i % 300}", "task_id": f"t{i % 5}"}) + b"\n"
-        for i in range(lines)))
+    path.write_bytes(
+        b"".join(
+            orjson.dumps(
+                {
+                    "event_type": "task_progress",
+                    "timestamp": 1767261600 + i,
+                    "run_id": f"big-{i % 300}",
+                    "task_id": f"t{i % 5}",
+                }
+            )
+            + b"\n"
+            for i in range(lines)
+        )
+    )
     return path
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["sigint", "kill-9"])
-def test_interrupted_replay_leaves_the_old_database(sig: signal.Signals, built: Path,
-                                                    tmp_path: Path) -> None:
+def test_interrupted_replay_leaves_the_old_database(
+    sig: signal.Signals, built: Path, tmp_path: Path
+) -> None:
     """Ctrl-C or a crash halfway through a rebuild must leave the previous database in place."""
     before = status_json(built, tmp_path)
     big = big_corpus(tmp_path / "big.jsonl")
-    proc = subprocess.Popen([*RUNWATCH, "replay", str(big), "--db", str(built), "--workers",
-                             "0", "--no-progress"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*RUNWATCH, "replay", str(big), "--db", str(built), "--workers", "0", "--no-progress"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     scratch = built.with_name(f".{built.name}.replay-{proc.pid}")
     deadline = time.monotonic() + 20
     while not scratch.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -294,16 +325,21 @@ def test_shipped_config_is_valid(tmp_path: Path) -> None:
     assert "OK" in result.stdout
 
 
-@pytest.mark.parametrize(("text", "named"), [
-    ("stall_after: [30\n", "line"),
-    ("stall_aftr: 30m\n", "stall_aftr"),
-    ("stall_after: -5\n", "stall_after"),
-    ("stall_after: soon\n", "stall_after"),
-    ("sources:\n  - name: x\n    paths: []\n", "sources.0.paths"),
-    ("database: ${RUNWATCH_TEST_SURELY_UNSET_VAR}/x.db\n", "RUNWATCH_TEST_SURELY_UNSET_VAR"),
-], ids=["bad-yaml", "unknown-key", "negative", "not-a-duration", "empty-paths", "unset-env"])
-def test_bad_config_is_one_message_naming_the_problem(text: str, named: str,
-                                                      tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("stall_after: [30\n", "line"),
+        ("stall_aftr: 30m\n", "stall_aftr"),
+        ("stall_after: -5\n", "stall_after"),
+        ("stall_after: soon\n", "stall_after"),
+        ("sources:\n  - name: x\n    paths: []\n", "sources.0.paths"),
+        ("database: ${RUNWATCH_TEST_SURELY_UNSET_VAR}/x.db\n", "RUNWATCH_TEST_SURELY_UNSET_VAR"),
+    ],
+    ids=["bad-yaml", "unknown-key", "negative", "not-a-duration", "empty-paths", "unset-env"],
+)
+def test_bad_config_is_one_message_naming_the_problem(
+    text: str, named: str, tmp_path: Path
+) -> None:
     """A config mistake must point at the file and the key, never dump a traceback."""
     config = tmp_path / "runwatch.yaml"
     config.write_text(text, encoding="utf-8")
@@ -324,8 +360,7 @@ def test_bad_config_stops_other_commands_too(built: Path, tmp_path: Path) -> Non
     """Every command validates --config the same way, with exit 2 and no traceback."""
     config = tmp_path / "bad.yaml"
     config.write_text("stall_after: -5\n", encoding="utf-8")
-    message = clean_failure(run_cli("status", "--db", built, "--config", config,
-                                    cwd=tmp_path), 2)
+    message = clean_failure(run_cli("status", "--db", built, "--config", config, cwd=tmp_path), 2)
     assert "stall_after" in message
 
 
@@ -336,8 +371,20 @@ def test_simulated_corpus_replays_to_the_simulators_expectation(tmp_path: Path) 
     """The simulator knows the right answer for its corpus; the whole pipeline must agree."""
     runs, seed, stall_rate, fail_rate = 25, 11, 0.3, 0.4
     out = tmp_path / "events"
-    ok("simulate", "--out", out, "--runs", str(runs), "--seed", str(seed), "--stall-rate",
-       str(stall_rate), "--fail-rate", str(fail_rate), cwd=tmp_path)
+    ok(
+        "simulate",
+        "--out",
+        out,
+        "--runs",
+        str(runs),
+        "--seed",
+        str(seed),
+        "--stall-rate",
+        str(stall_rate),
+        "--fail-rate",
+        str(fail_rate),
+        cwd=tmp_path,
+    )
     again = tmp_path / "again"
     summary = simulate(again, runs=runs, seed=seed, stall_rate=stall_rate, fail_rate=fail_rate)
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*.jsonl"))

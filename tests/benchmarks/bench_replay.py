@@ -150,7 +150,7 @@ def runwatch_command() -> list[str]:
     script = Path(sys.executable).parent / "runwatch"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "runwatch.stream.cli"]
+    return [sys.executable, "-m", "runwatch.stream.cli.main"]
 
 
 def child_env() -> dict[str, str]:
@@ -162,8 +162,9 @@ def child_env() -> dict[str, str]:
 def run_checked(command: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(command, capture_output=True, text=True, check=False, **kwargs)
     if result.returncode != 0:
-        raise BenchError(f"`{shlex.join(command)}` exited with {result.returncode}:\n"
-                         f"{result.stderr.strip()}")
+        raise BenchError(
+            f"`{shlex.join(command)}` exited with {result.returncode}:\n{result.stderr.strip()}"
+        )
     return result
 
 
@@ -197,8 +198,11 @@ def read_marker(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     files = corpus_files(path)
-    if (record.get("key") != key or record.get("files") != len(files)
-            or record.get("bytes") != sum(f.stat().st_size for f in files)):
+    if (
+        record.get("key") != key
+        or record.get("files") != len(files)
+        or record.get("bytes") != sum(f.stat().st_size for f in files)
+    ):
         return None
     return record
 
@@ -222,23 +226,38 @@ def generate(cli: Sequence[str], path: Path, runs: int) -> tuple[str, float]:
 def ensure_corpus(cli: Sequence[str], out: Path, events: int) -> Corpus:
     runs = max(1, events // EVENTS_PER_RUN)
     path = out / f"corpus-{runs}runs-seed{SEED}"
-    key = {"argv": ["simulate", "--runs", runs, "--seed", SEED],
-           "simulator_sha256": simulator_digest()}
+    key = {
+        "argv": ["simulate", "--runs", runs, "--seed", SEED],
+        "simulator_sha256": simulator_digest(),
+    }
     record = read_marker(path, key)
     generated_s = None
     if record is None:
         output, generated_s = generate(cli, path, runs)
         files = corpus_files(path)
-        record = {"key": key, "output": output, "files": len(files),
-                  "bytes": sum(f.stat().st_size for f in files)}
+        record = {
+            "key": key,
+            "output": output,
+            "files": len(files),
+            "bytes": sum(f.stat().st_size for f in files),
+        }
         (path / MARKER).write_text(json.dumps(record, indent=2) + "\n")
     else:
         log(f"reusing {path.name} ({record['output']})")
     files = corpus_files(path)
     lines = count_lines(files)
     found = parse_simulate_output(record["output"])
-    return Corpus(label_for(events), str(path), runs, lines if found is None else found, lines,
-                  len(files), record["bytes"], generated_s, record["output"])
+    return Corpus(
+        label_for(events),
+        str(path),
+        runs,
+        lines if found is None else found,
+        lines,
+        len(files),
+        record["bytes"],
+        generated_s,
+        record["output"],
+    )
 
 
 # --- memory sampling ----------------------------------------------------------------------
@@ -349,8 +368,10 @@ def read_maxrss_mb(report: Path) -> float:
 
 
 def jq_script(corpus: Corpus) -> str:
-    return (f"find {shlex.quote(corpus.path)} -name '*.jsonl' -print0 "
-            "| xargs -0 jq -c .run_id > /dev/null")
+    return (
+        f"find {shlex.quote(corpus.path)} -name '*.jsonl' -print0 "
+        "| xargs -0 jq -c .run_id > /dev/null"
+    )
 
 
 def time_jq(corpus: Corpus) -> float:
@@ -364,8 +385,7 @@ def remove_database(db: Path) -> None:
         Path(f"{db}{suffix}").unlink(missing_ok=True)
 
 
-def replay_command(cli: Sequence[str], corpus: Corpus, db: Path,
-                   workers: int | None) -> list[str]:
+def replay_command(cli: Sequence[str], corpus: Corpus, db: Path, workers: int | None) -> list[str]:
     command = [*cli, "replay", corpus.path, "--db", str(db), "--json", "--no-progress"]
     return command if workers is None else [*command, "--workers", str(workers)]
 
@@ -382,14 +402,21 @@ def run_measured(command: Sequence[str], cwd: Path) -> tuple[float, Memory, str]
     with tempfile.TemporaryDirectory(dir=cwd) as scratch:
         report = Path(scratch) / "maxrss"
         started = time.perf_counter()
-        process = subprocess.Popen(with_maxrss(command, report), stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, cwd=cwd, env=child_env())
+        process = subprocess.Popen(
+            with_maxrss(command, report),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=cwd,
+            env=child_env(),
+        )
         with TreeSampler(process.pid) as sampler:
             stdout, stderr = process.communicate()
         wall = time.perf_counter() - started
         if process.returncode != 0:
-            raise BenchError(f"`{shlex.join(command)}` exited with {process.returncode}:\n"
-                             f"{stderr.strip()}")
+            raise BenchError(
+                f"`{shlex.join(command)}` exited with {process.returncode}:\n{stderr.strip()}"
+            )
         sampler.memory.largest_process_mb = read_maxrss_mb(report)
     return wall, sampler.memory, stdout
 
@@ -398,29 +425,39 @@ def replay_label(workers: int | None) -> str:
     return "replay (default workers)" if workers is None else f"replay --workers {workers}"
 
 
-def measure_replay(cli: Sequence[str], corpus: Corpus, out: Path, workers: int | None,
-                   measurement: Measurement | None = None) -> Measurement:
+def measure_replay(
+    cli: Sequence[str],
+    corpus: Corpus,
+    out: Path,
+    workers: int | None,
+    measurement: Measurement | None = None,
+) -> Measurement:
     measurement = measurement or Measurement(corpus.label, replay_label(workers))
     run = time_replay(cli, corpus, out, workers)
     measurement.wall_s.append(run.wall_s)
     measurement.replays.append(run)
     check_summary(corpus, run.summary)
-    log(f"{corpus.label}: {measurement.command}: {run.wall_s:.2f} s, peak tree RSS "
-        f"{run.memory.tree_rss_mb:.0f} MB")
+    log(
+        f"{corpus.label}: {measurement.command}: {run.wall_s:.2f} s, peak tree RSS "
+        f"{run.memory.tree_rss_mb:.0f} MB"
+    )
     return measurement
 
 
 def check_summary(corpus: Corpus, summary: dict[str, Any]) -> None:
     seen = summary["events_accepted"] + summary["events_duplicate"] + summary["events_rejected"]
     if summary["lines"] != corpus.lines or seen != corpus.lines:
-        log(f"warning: {corpus.label}: replay read {summary['lines']:,} lines and saw "
-            f"{seen:,} events, the corpus has {corpus.lines:,} lines")
+        log(
+            f"warning: {corpus.label}: replay read {summary['lines']:,} lines and saw "
+            f"{seen:,} events, the corpus has {corpus.lines:,} lines"
+        )
     if summary["events_rejected"]:
         log(f"warning: {corpus.label}: {summary['events_rejected']:,} events rejected")
 
 
-def bench_corpus(cli: Sequence[str], corpus: Corpus, out: Path, repeat: int, jq: bool,
-                 in_process: bool) -> list[Measurement]:
+def bench_corpus(
+    cli: Sequence[str], corpus: Corpus, out: Path, repeat: int, jq: bool, in_process: bool
+) -> list[Measurement]:
     """jq and replay interleaved `repeat` times, then one in-process replay if asked."""
     jq_times = Measurement(corpus.label, "jq -c .run_id")
     replays = Measurement(corpus.label, replay_label(None))
@@ -456,8 +493,12 @@ def cpu_model() -> str:
 def source_revision() -> str:
     git = ["git", "--no-optional-locks", "-C", str(REPO)]
     commit = first_line([*git, "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, check=False).stdout.strip()
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     return f"{commit}{' + uncommitted changes' if dirty else ''}"
 
 
@@ -498,16 +539,27 @@ def render(headers: Sequence[str], rows: Sequence[Sequence[str]], text_columns: 
     widths = [max(map(len, column)) for column in zip(headers, *rows, strict=True)]
 
     def line(cells: Sequence[str]) -> str:
-        return "  ".join(cell.ljust(width) if i < text_columns else cell.rjust(width)
-                         for i, (cell, width) in enumerate(zip(cells, widths, strict=True)))
+        return "  ".join(
+            cell.ljust(width) if i < text_columns else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        )
 
     return "\n".join([line(headers), *map(line, rows)]).rstrip()
 
 
 def corpus_table(corpora: Sequence[Corpus]) -> str:
-    rows = [[c.label, f"{c.runs:,}", f"{c.events:,}", f"{c.lines:,}", f"{c.files:,}",
-             f"{c.mb:,.1f}", "reused" if c.generated_s is None else f"{c.generated_s:.1f} s"]
-            for c in corpora]
+    rows = [
+        [
+            c.label,
+            f"{c.runs:,}",
+            f"{c.events:,}",
+            f"{c.lines:,}",
+            f"{c.files:,}",
+            f"{c.mb:,.1f}",
+            "reused" if c.generated_s is None else f"{c.generated_s:.1f} s",
+        ]
+        for c in corpora
+    ]
     return render(["corpus", "runs", "events", "lines", "files", "MB", "generated"], rows, 1)
 
 
@@ -515,31 +567,77 @@ def timing_table(measurements: Sequence[Measurement], corpora: dict[str, Corpus]
     rows = []
     for m in measurements:
         s, lines = m.stats, corpora[m.corpus].lines
-        reported = (f"{statistics.median(r.summary['events_per_s'] for r in m.replays):,.0f}"
-                    if m.replays else "-")
-        rows.append([m.corpus, m.command, str(s.n), f"{s.median:.2f}", f"{s.min:.2f}",
-                     f"{s.max:.2f}", f"{lines / s.median:,.0f}", reported])
-    return render(["corpus", "command", "n", "median s", "min s", "max s", "lines/s (wall)",
-                   "events/s (runwatch)"], rows)
+        reported = (
+            f"{statistics.median(r.summary['events_per_s'] for r in m.replays):,.0f}"
+            if m.replays
+            else "-"
+        )
+        rows.append(
+            [
+                m.corpus,
+                m.command,
+                str(s.n),
+                f"{s.median:.2f}",
+                f"{s.min:.2f}",
+                f"{s.max:.2f}",
+                f"{lines / s.median:,.0f}",
+                reported,
+            ]
+        )
+    return render(
+        [
+            "corpus",
+            "command",
+            "n",
+            "median s",
+            "min s",
+            "max s",
+            "lines/s (wall)",
+            "events/s (runwatch)",
+        ],
+        rows,
+    )
 
 
 def memory_table(measurements: Sequence[Measurement]) -> str:
-    rows = [[m.corpus, m.command, f"{m.peak('largest_process_mb'):.0f}",
-             f"{m.peak('parent_hwm_mb'):.0f}", f"{m.peak('sum_of_hwm_mb'):.0f}",
-             f"{m.peak('tree_rss_mb'):.0f}", f"{m.peak('tree_pss_mb'):.0f}",
-             str(max(r.memory.processes for r in m.replays)),
-             f"{m.replays[-1].db_mb:.1f}"]
-            for m in measurements if m.replays]
-    return render(["corpus", "command", "largest proc", "parent HWM", "sum HWM",
-                   "peak tree RSS", "peak tree PSS", "procs", "db MB"], rows)
+    rows = [
+        [
+            m.corpus,
+            m.command,
+            f"{m.peak('largest_process_mb'):.0f}",
+            f"{m.peak('parent_hwm_mb'):.0f}",
+            f"{m.peak('sum_of_hwm_mb'):.0f}",
+            f"{m.peak('tree_rss_mb'):.0f}",
+            f"{m.peak('tree_pss_mb'):.0f}",
+            str(max(r.memory.processes for r in m.replays)),
+            f"{m.replays[-1].db_mb:.1f}",
+        ]
+        for m in measurements
+        if m.replays
+    ]
+    return render(
+        [
+            "corpus",
+            "command",
+            "largest proc",
+            "parent HWM",
+            "sum HWM",
+            "peak tree RSS",
+            "peak tree PSS",
+            "procs",
+            "db MB",
+        ],
+        rows,
+    )
 
 
 def verdict(ok: bool) -> str:
     return "meets target" if ok else "MISSES target"
 
 
-def key_figures(measurements: Sequence[Measurement], corpora: Sequence[Corpus],
-                has_jq: bool) -> tuple[list[str], dict[str, Any]]:
+def key_figures(
+    measurements: Sequence[Measurement], corpora: Sequence[Corpus], has_jq: bool
+) -> tuple[list[str], dict[str, Any]]:
     """Readable lines and the same figures as a dict for --json."""
     by = {(m.corpus, m.command): m for m in measurements}
     lines: list[str] = []
@@ -551,31 +649,46 @@ def key_figures(measurements: Sequence[Measurement], corpora: Sequence[Corpus],
         rss, pss = replay.peak("tree_rss_mb"), replay.peak("tree_pss_mb")
         peaks.append(rss)
         entry: dict[str, Any] = {
-            "events": corpus.events, "lines": corpus.lines, "mb": round(corpus.mb, 1),
+            "events": corpus.events,
+            "lines": corpus.lines,
+            "mb": round(corpus.mb, 1),
             "replay_median_s": round(replay.stats.median, 3),
             "replay_lines_per_s": round(corpus.lines / replay.stats.median),
-            "peak_tree_rss_mb": round(rss, 1), "peak_tree_pss_mb": round(pss, 1),
-            "largest_process_mb": round(replay.peak("largest_process_mb"), 1)}
-        text = (f"{corpus.label}: {corpus.events:,} events, {corpus.mb:,.0f} MB; replay "
-                f"{replay.stats.median:.2f} s = {corpus.lines / replay.stats.median:,.0f} "
-                "lines/s")
+            "peak_tree_rss_mb": round(rss, 1),
+            "peak_tree_pss_mb": round(pss, 1),
+            "largest_process_mb": round(replay.peak("largest_process_mb"), 1),
+        }
+        text = (
+            f"{corpus.label}: {corpus.events:,} events, {corpus.mb:,.0f} MB; replay "
+            f"{replay.stats.median:.2f} s = {corpus.lines / replay.stats.median:,.0f} "
+            "lines/s"
+        )
         if jq and has_jq:
             ratio = replay.stats.median / jq.stats.median
-            entry |= {"jq_median_s": round(jq.stats.median, 3), "ratio_replay_jq":
-                      round(ratio, 3), "ratio_meets_target": ratio <= TARGET_RATIO}
-            text += (f"; jq {jq.stats.median:.2f} s; ratio replay/jq {ratio:.2f} "
-                     f"(target <= {TARGET_RATIO:.1f}: {verdict(ratio <= TARGET_RATIO)})")
+            entry |= {
+                "jq_median_s": round(jq.stats.median, 3),
+                "ratio_replay_jq": round(ratio, 3),
+                "ratio_meets_target": ratio <= TARGET_RATIO,
+            }
+            text += (
+                f"; jq {jq.stats.median:.2f} s; ratio replay/jq {ratio:.2f} "
+                f"(target <= {TARGET_RATIO:.1f}: {verdict(ratio <= TARGET_RATIO)})"
+            )
         lines.append(text)
-        lines.append(f"    peak RSS {rss:.0f} MB (PSS {pss:.0f} MB; largest single process "
-                     f"{replay.peak('largest_process_mb'):.0f} MB) (target <= "
-                     f"{TARGET_RSS_MB:.0f} MB: {verdict(rss <= TARGET_RSS_MB)})")
+        lines.append(
+            f"    peak RSS {rss:.0f} MB (PSS {pss:.0f} MB; largest single process "
+            f"{replay.peak('largest_process_mb'):.0f} MB) (target <= "
+            f"{TARGET_RSS_MB:.0f} MB: {verdict(rss <= TARGET_RSS_MB)})"
+        )
         entry["rss_meets_target"] = rss <= TARGET_RSS_MB
         figures[corpus.label] = entry
     if len(peaks) == 2 and peaks[0] > 0:
         growth = peaks[1] / peaks[0]
-        lines.append(f"peak RSS {corpora[0].label} -> {corpora[1].label}: {peaks[0]:.0f} -> "
-                     f"{peaks[1]:.0f} MB, x{growth:.2f} (target nearly flat, <= "
-                     f"x{TARGET_GROWTH:.2f}: {verdict(growth <= TARGET_GROWTH)})")
+        lines.append(
+            f"peak RSS {corpora[0].label} -> {corpora[1].label}: {peaks[0]:.0f} -> "
+            f"{peaks[1]:.0f} MB, x{growth:.2f} (target nearly flat, <= "
+            f"x{TARGET_GROWTH:.2f}: {verdict(growth <= TARGET_GROWTH)})"
+        )
         figures["rss_growth"] = round(growth, 3)
         figures["rss_growth_meets_target"] = growth <= TARGET_GROWTH
     if not has_jq:
@@ -583,39 +696,67 @@ def key_figures(measurements: Sequence[Measurement], corpora: Sequence[Corpus],
     return lines, figures
 
 
-def report(machine: dict[str, Any], corpora: Sequence[Corpus],
-           measurements: Sequence[Measurement], has_jq: bool) -> dict[str, Any]:
+def report(
+    machine: dict[str, Any],
+    corpora: Sequence[Corpus],
+    measurements: Sequence[Measurement],
+    has_jq: bool,
+) -> dict[str, Any]:
     lines, figures = key_figures(measurements, corpora, has_jq)
     by_label = {c.label: c for c in corpora}
-    print(f"runwatch replay benchmark, {machine['date']}, source {machine['runwatch_source']} "
-          f"(sources {machine['source_fingerprint']})")
+    print(
+        f"runwatch replay benchmark, {machine['date']}, source {machine['runwatch_source']} "
+        f"(sources {machine['source_fingerprint']})"
+    )
     if machine["source_fingerprint_at_end"] != machine["source_fingerprint"]:
-        print(f"WARNING: the sources changed during the run (now "
-              f"{machine['source_fingerprint_at_end']}): the figures mix two versions")
-    print(f"machine: nproc {machine['nproc']} (usable {machine['usable_cpus']}), "
-          f"{machine['cpu']}, {machine['memory_gib']} GiB RAM; Python {machine['python']}; "
-          f"{machine['jq']}; max RSS via {machine['maxrss_via']}; load average at start "
-          f"{' '.join(map(str, machine['load_average_1_5_15']))}")
+        print(
+            f"WARNING: the sources changed during the run (now "
+            f"{machine['source_fingerprint_at_end']}): the figures mix two versions"
+        )
+    print(
+        f"machine: nproc {machine['nproc']} (usable {machine['usable_cpus']}), "
+        f"{machine['cpu']}, {machine['memory_gib']} GiB RAM; Python {machine['python']}; "
+        f"{machine['jq']}; max RSS via {machine['maxrss_via']}; load average at start "
+        f"{' '.join(map(str, machine['load_average_1_5_15']))}"
+    )
     print(f"\ncorpora (runwatch simulate --seed {SEED}):\n{corpus_table(corpora)}")
-    print("\nwall-clock time (jq: find | xargs -0 jq -c .run_id > /dev/null):\n"
-          + timing_table(measurements, by_label))
-    print("\npeak memory per replay, MB (max over repeats; tree = replay process + "
-          f"workers, polled every {POLL_S * 1000:.0f} ms):\n{memory_table(measurements)}")
+    print(
+        "\nwall-clock time (jq: find | xargs -0 jq -c .run_id > /dev/null):\n"
+        + timing_table(measurements, by_label)
+    )
+    print(
+        "\npeak memory per replay, MB (max over repeats; tree = replay process + "
+        f"workers, polled every {POLL_S * 1000:.0f} ms):\n{memory_table(measurements)}"
+    )
     print("\nkey figures:\n" + "\n".join(f"  {line}" for line in lines))
     return figures
 
 
-def as_json(machine: dict[str, Any], corpora: Sequence[Corpus],
-            measurements: Sequence[Measurement], figures: dict[str, Any]) -> dict[str, Any]:
+def as_json(
+    machine: dict[str, Any],
+    corpora: Sequence[Corpus],
+    measurements: Sequence[Measurement],
+    figures: dict[str, Any],
+) -> dict[str, Any]:
     return {
         "machine": machine,
-        "targets": {"ratio_replay_jq_max": TARGET_RATIO, "peak_rss_mb_max": TARGET_RSS_MB,
-                    "rss_growth_max": TARGET_GROWTH},
+        "targets": {
+            "ratio_replay_jq_max": TARGET_RATIO,
+            "peak_rss_mb_max": TARGET_RSS_MB,
+            "rss_growth_max": TARGET_GROWTH,
+        },
         "figures": figures,
         "corpora": [asdict(c) | {"mb": round(c.mb, 1)} for c in corpora],
-        "measurements": [{"corpus": m.corpus, "command": m.command,
-                          "stats": asdict(m.stats), "wall_s": m.wall_s,
-                          "replays": [asdict(r) for r in m.replays]} for m in measurements],
+        "measurements": [
+            {
+                "corpus": m.corpus,
+                "command": m.command,
+                "stats": asdict(m.stats),
+                "wall_s": m.wall_s,
+                "replays": [asdict(r) for r in m.replays],
+            }
+            for m in measurements
+        ],
     }
 
 
@@ -625,19 +766,36 @@ def as_json(machine: dict[str, Any], corpora: Sequence[Corpus],
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Time `runwatch replay` against jq on a simulated corpus and measure "
-                    "its peak memory at two corpus sizes.")
-    parser.add_argument("--events", type=int, default=1_000_000,
-                        help="events in the main corpus (default: %(default)s)")
-    parser.add_argument("--big-events", type=int, default=5_000_000,
-                        help="events in the big corpus, timed once; 0 skips it "
-                             "(default: %(default)s)")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="timed runs on the main corpus; the median is reported "
-                             "(default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench-out", metavar="DIR",
-                        help="corpora and scratch databases (default: bench-out/ in the repo)")
-    parser.add_argument("--json", type=Path, metavar="FILE",
-                        help="also write every figure as JSON to FILE")
+        "its peak memory at two corpus sizes."
+    )
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=1_000_000,
+        help="events in the main corpus (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--big-events",
+        type=int,
+        default=5_000_000,
+        help="events in the big corpus, timed once; 0 skips it (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="timed runs on the main corpus; the median is reported (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "bench-out",
+        metavar="DIR",
+        help="corpora and scratch databases (default: bench-out/ in the repo)",
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write every figure as JSON to FILE"
+    )
     args = parser.parse_args(argv)
     if args.events < 1 or args.big_events < 0 or args.repeat < 1:
         parser.error("--events and --repeat must be at least 1, --big-events at least 0")
@@ -656,8 +814,7 @@ def run(args: argparse.Namespace) -> int:
         log("`runwatch replay` has no --workers option: no in-process replay timing")
     machine = machine_facts(jq, cli, workers_option)
     corpora = [ensure_corpus(cli, out, args.events)]
-    measurements = bench_corpus(cli, corpora[0], out, args.repeat, jq is not None,
-                                workers_option)
+    measurements = bench_corpus(cli, corpora[0], out, args.repeat, jq is not None, workers_option)
     if args.big_events:
         corpora.append(ensure_corpus(cli, out, args.big_events))
         if corpora[1].label == corpora[0].label:
@@ -666,8 +823,9 @@ def run(args: argparse.Namespace) -> int:
     machine["source_fingerprint_at_end"] = source_fingerprint()
     figures = report(machine, corpora, measurements, jq is not None)
     if args.json:
-        args.json.write_text(json.dumps(as_json(machine, corpora, measurements, figures),
-                                        indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(as_json(machine, corpora, measurements, figures), indent=2) + "\n"
+        )
         print(f"\nfigures written to {args.json}")
     return 0
 

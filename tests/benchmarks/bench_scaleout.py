@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from benchkit import percentile, report_figures
 
 from natsserver import NatsServer  # the tests' private nats-server
-from runwatch.stream.simulate import simulate
+from runwatch.stream.devtools.simulate import simulate
 
-RUNWATCH = [sys.executable, "-m", "runwatch.stream.cli"]
+RUNWATCH = [sys.executable, "-m", "runwatch.stream.cli.main"]
 SPLITS = {1: ["0,1,2,3/4"], 2: ["0,1/4", "2,3/4"], 4: ["0/4", "1/4", "2/4", "3/4"]}
 
 
@@ -51,8 +51,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=400, help="simulated runs in the corpus")
     parser.add_argument("--latency", type=int, default=100, help="lines timed for latency")
-    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test",
-                        help="PostgreSQL URL (a throw-away schema is created and dropped)")
+    parser.add_argument(
+        "--postgres",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        help="PostgreSQL URL (a throw-away schema is created and dropped)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     return parser.parse_args(argv)
 
@@ -68,8 +71,7 @@ def scalar(url: str, schema: str, sql: str) -> int:
 
 def start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
-        return subprocess.Popen([*RUNWATCH, *args], cwd=cwd, stdout=out,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen([*RUNWATCH, *args], cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
 
 
 def stop(processes: list[subprocess.Popen[bytes]]) -> None:
@@ -99,6 +101,7 @@ def stream_count(nats_url: str) -> int:
             return 0
         finally:
             await client.close()
+
     return asyncio.run(count())
 
 
@@ -109,12 +112,16 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     lines = sum(len(p.read_bytes().splitlines()) for p in corpus.rglob("*.jsonl"))
     figures: dict[str, object] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
-                   f"{platform.python_version()}",
-        "corpus": f"{args.runs} runs, {summary.events} events, {lines} lines"}
+        f"{platform.python_version()}",
+        "corpus": f"{args.runs} runs, {summary.events} events, {lines} lines",
+    }
     with NatsServer(work / "nats", partitions=4) as nats_server:
         began = time.monotonic()
-        shipper = start(["ship", str(corpus), "--nats", nats_server.url, "--db",
-                         str(work / "ship.db")], work, work / "ship.log")
+        shipper = start(
+            ["ship", str(corpus), "--nats", nats_server.url, "--db", str(work / "ship.db")],
+            work,
+            work / "ship.log",
+        )
         seen, last_change = 0, time.monotonic()
         while seen == 0 or time.monotonic() - last_change < 2.0:  # shipped, then quiet
             time.sleep(0.05)
@@ -129,11 +136,27 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             schema = f"rwbench_{uuid.uuid4().hex[:10]}"
             url = f"{args.postgres}?schema={schema}"
             began = time.monotonic()
-            processors = [start(["tail", "--nats", nats_server.url, "--partition", split,
-                                 "--db", url, "--quiet"], work, work / f"p{count}.log")
-                          for split in splits]
-            while scalar(args.postgres, schema, "value FROM $counters "
-                         "WHERE name='events_accepted'") < summary.events:
+            processors = [
+                start(
+                    [
+                        "tail",
+                        "--nats",
+                        nats_server.url,
+                        "--partition",
+                        split,
+                        "--db",
+                        url,
+                        "--quiet",
+                    ],
+                    work,
+                    work / f"p{count}.log",
+                )
+                for split in splits
+            ]
+            while (
+                scalar(args.postgres, schema, "value FROM $counters WHERE name='events_accepted'")
+                < summary.events
+            ):
                 time.sleep(0.05)
             elapsed = time.monotonic() - began
             rates[count] = round(summary.events / elapsed)
@@ -149,39 +172,54 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     figures["processor_events_per_cpu_s"] = per_core
     best = max(per_core.values())
     figures["model_n_machines_events_per_s"] = {
-        n: n * best for n in (1, 2, 4, 8)}  # one processor per machine, CPU-bound
+        n: n * best for n in (1, 2, 4, 8)
+    }  # one processor per machine, CPU-bound
     figures["speedup_2_vs_1"] = round(rates[2] / rates[1], 2)
     figures["speedup_4_vs_1"] = round(rates[4] / rates[1], 2)
     return figures
 
 
-def latency(args: argparse.Namespace, nats_url: str, url: str, schema: str,
-            work: Path) -> dict[str, float]:
+def latency(
+    args: argparse.Namespace, nats_url: str, url: str, schema: str, work: Path
+) -> dict[str, float]:
     """Append → the run's row committed in PostgreSQL, one line at a time."""
     live = work / "live"
     live.mkdir(exist_ok=True)
-    shipper = start(["ship", str(live), "--nats", nats_url, "--db", str(work / "live.db")],
-                    work, work / "live-ship.log")
+    shipper = start(
+        ["ship", str(live), "--nats", nats_url, "--db", str(work / "live.db")],
+        work,
+        work / "live-ship.log",
+    )
     time.sleep(2.0)
     samples = []
     fd = os.open(live / "events.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         for n in range(args.latency):
             run_id = f"LAT-{uuid.uuid4().hex[:12]}"
-            line = json.dumps({"event_id": f"lat-{n}", "event_type": "run_started",
-                               "run_id": run_id,
-                               "timestamp": datetime.now(UTC).isoformat()}).encode() + b"\n"
+            line = (
+                json.dumps(
+                    {
+                        "event_id": f"lat-{n}",
+                        "event_type": "run_started",
+                        "run_id": run_id,
+                        "timestamp": datetime.now(UTC).isoformat(),
+                    }
+                ).encode()
+                + b"\n"
+            )
             sent = time.monotonic()
             os.write(fd, line)
-            while not scalar(args.postgres, schema,
-                             f"count(*) FROM $runs WHERE run_id='{run_id}'"):
+            while not scalar(args.postgres, schema, f"count(*) FROM $runs WHERE run_id='{run_id}'"):
                 time.sleep(0.002)
             samples.append((time.monotonic() - sent) * 1000)
     finally:
         os.close(fd)
         stop([shipper])
-    return {"p50": round(statistics.median(samples), 1),
-            "p99": round(percentile(samples, 99), 1), "max": round(max(samples), 1)}
+    return {
+        "p50": round(statistics.median(samples), 1),
+        "p99": round(percentile(samples, 99), 1),
+        "max": round(max(samples), 1),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

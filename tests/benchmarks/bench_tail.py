@@ -60,7 +60,7 @@ from typing import IO, Any, Final
 from benchkit import BenchError, count_lines, main_for, simulator_digest
 
 REPO: Final = Path(__file__).resolve().parents[2]
-RUNWATCH: Final = [sys.executable, "-m", "runwatch.stream.cli"]
+RUNWATCH: Final = [sys.executable, "-m", "runwatch.stream.cli.main"]
 EVENTS_PER_RUN: Final = 199  # what `runwatch simulate` writes per run, on average
 SEED: Final = 1
 MARKER: Final = ".bench-corpus.json"
@@ -170,8 +170,9 @@ class Tailer:
         self.starts += 1
         with (self.workdir / f"tail-{self.starts}.out").open("wb") as out:
             self.started_ns = time.time_ns()
-            self.process = subprocess.Popen(self.command, cwd=self.workdir, stdout=out,
-                                            stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                self.command, cwd=self.workdir, stdout=out, stderr=subprocess.STDOUT
+            )
         return self
 
     def output(self) -> str:
@@ -180,8 +181,9 @@ class Tailer:
 
     def check_alive(self) -> None:
         if self.process is not None and self.process.poll() is not None:
-            raise BenchError(f"`runwatch tail` exited with {self.process.returncode}:\n"
-                             f"{self.output()}")
+            raise BenchError(
+                f"`runwatch tail` exited with {self.process.returncode}:\n{self.output()}"
+            )
 
     def wait_started(self, timeout: float = 30.0) -> None:
         """Until this start's MONITOR_STARTED is committed (the observer starts right
@@ -230,8 +232,9 @@ class Tailer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-            raise BenchError(f"`runwatch tail` did not stop within {timeout} s of SIGTERM") \
-                from None
+            raise BenchError(
+                f"`runwatch tail` did not stop within {timeout} s of SIGTERM"
+            ) from None
         return code, time.monotonic() - started
 
     def kill(self) -> None:
@@ -246,8 +249,9 @@ def read_derived(db: Path, kind: str) -> int:
     try:
         connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
         try:
-            row = connection.execute("SELECT count(*) FROM derived_events WHERE type=?",
-                                     (kind,)).fetchone()
+            row = connection.execute(
+                "SELECT count(*) FROM derived_events WHERE type=?", (kind,)
+            ).fetchone()
         finally:
             connection.close()
     except sqlite3.OperationalError:
@@ -259,7 +263,8 @@ def open_runs(db: Path) -> int:
     connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
         row = connection.execute(
-            "SELECT count(*) FROM runs WHERE status IN ('pending', 'running')").fetchone()
+            "SELECT count(*) FROM runs WHERE status IN ('pending', 'running')"
+        ).fetchone()
     finally:
         connection.close()
     return int(row[0])
@@ -303,8 +308,9 @@ class CounterPoller:
 
     def _loop(self) -> None:
         try:
-            connection = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5,
-                                         check_same_thread=False)
+            connection = sqlite3.connect(
+                f"file:{self.db}?mode=ro", uri=True, timeout=5, check_same_thread=False
+            )
             query = "SELECT name, value FROM counters"
             accepted = seen = -1
             while not self._stop.is_set():
@@ -313,8 +319,11 @@ class CounterPoller:
                 self.polls += 1
                 counts = dict(rows)
                 new_accepted = counts.get("events_accepted", 0)
-                new_seen = new_accepted + counts.get("events_duplicate", 0) + sum(
-                    v for k, v in counts.items() if k.startswith("rejected."))
+                new_seen = (
+                    new_accepted
+                    + counts.get("events_duplicate", 0)
+                    + sum(v for k, v in counts.items() if k.startswith("rejected."))
+                )
                 if new_accepted != accepted or new_seen != seen:
                     accepted, seen = new_accepted, new_seen
                     self.changes.append(Seen(now, accepted, seen))
@@ -369,16 +378,18 @@ def ensure_corpus(out: Path, events: int) -> Corpus:
         if path.exists():
             shutil.rmtree(path)
         log(f"generating {path.name}: runwatch simulate --runs {runs} --seed {SEED}")
-        result = subprocess.run([*RUNWATCH, "simulate", "--out", str(path), "--runs", str(runs),
-                                 "--seed", str(SEED)], capture_output=True, text=True,
-                                check=False)
+        result = subprocess.run(
+            [*RUNWATCH, "simulate", "--out", str(path), "--runs", str(runs), "--seed", str(SEED)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if result.returncode != 0:
             raise BenchError(f"runwatch simulate failed:\n{result.stderr.strip()}")
         files = sorted(path.rglob("*.jsonl"))
         match = re.search(r"simulated \d+ runs: (\d+) events", result.stdout)
         distinct = int(match.group(1)) if match else count_lines(files)
-        record = {"key": key, "events": distinct,
-                  "bytes": sum(f.stat().st_size for f in files)}
+        record = {"key": key, "events": distinct, "bytes": sum(f.stat().st_size for f in files)}
         (path / MARKER).write_text(json.dumps(record, indent=2) + "\n")
     else:
         log(f"reusing {path.name}")
@@ -396,8 +407,9 @@ def fresh_dir(path: Path) -> Path:
 
 
 def run_writer(script: str, *args: object) -> dict[str, Any]:
-    result = subprocess.run([sys.executable, "-c", script, *map(str, args)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, check=False
+    )
     if result.returncode != 0:
         raise BenchError(f"writer failed ({result.returncode}):\n{result.stderr.strip()}")
     data: dict[str, Any] = json.loads(result.stdout)
@@ -429,8 +441,7 @@ def bench_latency(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         code, stop_s = tailer.stop()
     finally:
         tailer.kill()
-    sent = [json.loads(line)["payload"]["sent_ns"]
-            for line in log_file.read_bytes().splitlines()]
+    sent = [json.loads(line)["payload"]["sent_ns"] for line in log_file.read_bytes().splitlines()]
     latencies: list[float] = []
     changes = iter(poller.changes)
     current: Seen | None = next(changes, None)
@@ -442,34 +453,62 @@ def bench_latency(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         latencies.append((current.ns - sent_ns) / 1e6)
     ordered = sorted(latencies)
     result: dict[str, Any] = {
-        "rate": args.rate, "seconds": args.seconds, "lines": lines,
-        "writer_seconds": round(written["seconds"], 3), "committed": len(latencies),
-        "complete": done is not None, "poll_ms": args.poll_ms, "polls": poller.polls,
-        "commits_seen": len(poller.changes), "tail_cpu_s": round(cpu, 2),
-        "exit_code": code, "sigterm_to_exit_s": round(stop_s, 3)}
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "lines": lines,
+        "writer_seconds": round(written["seconds"], 3),
+        "committed": len(latencies),
+        "complete": done is not None,
+        "poll_ms": args.poll_ms,
+        "polls": poller.polls,
+        "commits_seen": len(poller.changes),
+        "tail_cpu_s": round(cpu, 2),
+        "exit_code": code,
+        "sigterm_to_exit_s": round(stop_s, 3),
+    }
     if ordered:
-        result |= {"p50_ms": percentile(ordered, 50), "p90_ms": percentile(ordered, 90),
-                   "p99_ms": percentile(ordered, 99), "max_ms": ordered[-1],
-                   "mean_ms": statistics.fmean(ordered)}
+        result |= {
+            "p50_ms": percentile(ordered, 50),
+            "p90_ms": percentile(ordered, 90),
+            "p99_ms": percentile(ordered, 99),
+            "max_ms": ordered[-1],
+            "mean_ms": statistics.fmean(ordered),
+        }
         result["meets_target"] = done is not None and result["p99_ms"] <= TARGET_P99_MS
     return result
 
 
-def time_replay(corpus_dir: Path, workdir: Path, lines: int,
-                *options: str) -> dict[str, Any]:
+def time_replay(corpus_dir: Path, workdir: Path, lines: int, *options: str) -> dict[str, Any]:
     db = workdir / "replay.db"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db}{suffix}").unlink(missing_ok=True)
     started = time.perf_counter()
-    result = subprocess.run([*RUNWATCH, "replay", str(corpus_dir), "--db", str(db), "--json",
-                             "--no-progress", *options], capture_output=True, text=True,
-                            cwd=workdir, check=False)
+    result = subprocess.run(
+        [
+            *RUNWATCH,
+            "replay",
+            str(corpus_dir),
+            "--db",
+            str(db),
+            "--json",
+            "--no-progress",
+            *options,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        check=False,
+    )
     wall = time.perf_counter() - started
     if result.returncode != 0:
         raise BenchError(f"runwatch replay failed:\n{result.stderr.strip()}")
     summary = json.loads(result.stdout)
-    return {"wall_s": round(wall, 3), "lines_per_s": round(lines / wall),
-            "reported_events_per_s": summary["events_per_s"], "lines": summary["lines"]}
+    return {
+        "wall_s": round(wall, 3),
+        "lines_per_s": round(lines / wall),
+        "reported_events_per_s": summary["events_per_s"],
+        "lines": summary["lines"],
+    }
 
 
 def bench_throughput(args: argparse.Namespace, out: Path, corpus: Corpus) -> dict[str, Any]:
@@ -494,21 +533,26 @@ def bench_throughput(args: argparse.Namespace, out: Path, corpus: Corpus) -> dic
     seconds = (end_ns - written["first_ns"]) / 1e9
     committed = done.seen if done is not None else poller.last.seen
     result: dict[str, Any] = {
-        "lines": corpus.lines, "bytes": corpus.bytes, "complete": done is not None,
-        "committed": committed, "seconds": round(seconds, 3),
+        "lines": corpus.lines,
+        "bytes": corpus.bytes,
+        "complete": done is not None,
+        "committed": committed,
+        "seconds": round(seconds, 3),
         "lines_per_s": round(committed / seconds) if seconds > 0 else 0,
         "writer_seconds": round((written["last_ns"] - written["first_ns"]) / 1e9, 3),
-        "committed_when_writer_done": at_writer_end, "tail_cpu_s": round(cpu, 2),
-        "tail_peak_rss_mb": round(rss, 1), "exit_code": code,
-        "sigterm_to_exit_s": round(stop_s, 3)}
+        "committed_when_writer_done": at_writer_end,
+        "tail_cpu_s": round(cpu, 2),
+        "tail_peak_rss_mb": round(rss, 1),
+        "exit_code": code,
+        "sigterm_to_exit_s": round(stop_s, 3),
+    }
     log("throughput: timing runwatch replay of the same files")
     replay = time_replay(watched, workdir, corpus.lines)
     result["replay"] = replay
     result["ratio_to_replay"] = round(result["lines_per_s"] / replay["lines_per_s"], 3)
     single = time_replay(watched, workdir, corpus.lines, "--workers", "0")
     result["replay_one_process"] = single
-    result["ratio_to_replay_one_process"] = round(
-        result["lines_per_s"] / single["lines_per_s"], 3)
+    result["ratio_to_replay_one_process"] = round(result["lines_per_s"] / single["lines_per_s"], 3)
     result["meets_target"] = done is not None and result["ratio_to_replay"] >= TARGET_RATIO
     return result
 
@@ -519,9 +563,20 @@ def bench_idle(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     (watched / "patterns").mkdir(parents=True)
     for n in range(3):  # a few files, read to their end before the measurement
         name = watched / ("patterns" if n else "") / f"events-{n}.jsonl"
-        name.write_bytes(b"".join(json.dumps({
-            "event_type": "task_started", "timestamp": f"2026-01-05T08:00:{i % 60:02d}Z",
-            "run_id": f"IDLE-{n}", "task_id": f"t{i}"}).encode() + b"\n" for i in range(100)))
+        name.write_bytes(
+            b"".join(
+                json.dumps(
+                    {
+                        "event_type": "task_started",
+                        "timestamp": f"2026-01-05T08:00:{i % 60:02d}Z",
+                        "run_id": f"IDLE-{n}",
+                        "task_id": f"t{i}",
+                    }
+                ).encode()
+                + b"\n"
+                for i in range(100)
+            )
+        )
     tailer = Tailer(workdir, workdir / "state" / "tail.db", watched, args.tail_config).start()
     try:
         tailer.wait_started()
@@ -530,22 +585,31 @@ def bench_idle(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         before, threads_before = tailer.cpu_seconds(), tailer.thread_cpu_seconds()
         time.sleep(args.idle_seconds)
         tailer.check_alive()
-        cpu, threads_cpu = (tailer.cpu_seconds() - before,
-                            tailer.thread_cpu_seconds() - threads_before)
+        cpu, threads_cpu = (
+            tailer.cpu_seconds() - before,
+            tailer.thread_cpu_seconds() - threads_before,
+        )
         threads = tailer.threads()
         code, stop_s = tailer.stop()
     finally:
         tailer.kill()
     per_60 = cpu * 60 / args.idle_seconds
-    return {"seconds": args.idle_seconds, "cpu_s": round(cpu, 3),
-            "cpu_s_live_threads": round(threads_cpu, 3), "cpu_s_per_60s": round(per_60, 3),
-            "threads": threads, "tick_s": 1 / CLK_TCK, "exit_code": code,
-            "sigterm_to_exit_s": round(stop_s, 3),
-            "meets_target": per_60 <= TARGET_IDLE_CPU_S}
+    return {
+        "seconds": args.idle_seconds,
+        "cpu_s": round(cpu, 3),
+        "cpu_s_live_threads": round(threads_cpu, 3),
+        "cpu_s_per_60s": round(per_60, 3),
+        "threads": threads,
+        "tick_s": 1 / CLK_TCK,
+        "exit_code": code,
+        "sigterm_to_exit_s": round(stop_s, 3),
+        "meets_target": per_60 <= TARGET_IDLE_CPU_S,
+    }
 
 
-def bench_catchup(args: argparse.Namespace, out: Path, corpus: Corpus,
-                  replay: dict[str, Any] | None) -> dict[str, Any]:
+def bench_catchup(
+    args: argparse.Namespace, out: Path, corpus: Corpus, replay: dict[str, Any] | None
+) -> dict[str, Any]:
     workdir = fresh_dir(out / "tail-catchup")
     watched = workdir / "events"
     watched.mkdir()
@@ -576,15 +640,22 @@ def bench_catchup(args: argparse.Namespace, out: Path, corpus: Corpus,
     seconds = (end_ns - tailer.started_ns) / 1e9
     committed = done.seen if done is not None else poller.last.seen
     result: dict[str, Any] = {
-        "lines": corpus.lines, "complete": done is not None, "committed": committed,
+        "lines": corpus.lines,
+        "complete": done is not None,
+        "committed": committed,
         "seconds": round(seconds, 3),
         "first_commit_s": round((first.ns - tailer.started_ns) / 1e9, 3) if first else None,
         "lines_per_s": round(committed / seconds) if seconds > 0 else 0,
-        "tail_cpu_s": round(cpu, 2), "tail_peak_rss_mb": round(rss, 1), "exit_code": code,
-        "sigterm_to_exit_s": round(stop_s, 3), "files": corpus.files,
-        "open_runs": open_runs(tailer.db), "idle_seconds": args.idle_seconds,
+        "tail_cpu_s": round(cpu, 2),
+        "tail_peak_rss_mb": round(rss, 1),
+        "exit_code": code,
+        "sigterm_to_exit_s": round(stop_s, 3),
+        "files": corpus.files,
+        "open_runs": open_runs(tailer.db),
+        "idle_seconds": args.idle_seconds,
         "idle_cpu_s": round(idle_cpu, 3),
-        "idle_cpu_s_per_60s": round(idle_cpu * 60 / args.idle_seconds, 3)}
+        "idle_cpu_s_per_60s": round(idle_cpu * 60 / args.idle_seconds, 3),
+    }
     result["idle_meets_target"] = result["idle_cpu_s_per_60s"] <= TARGET_IDLE_CPU_S
     if replay is not None:
         result["ratio_to_replay"] = round(result["lines_per_s"] / replay["lines_per_s"], 3)
@@ -595,18 +666,32 @@ def bench_catchup(args: argparse.Namespace, out: Path, corpus: Corpus,
 
 
 def machine_facts() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     git = ["git", "--no-optional-locks", "-C", str(REPO)]
-    commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, check=False).stdout.strip()
-    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True, check=False).stdout.strip()
-    return {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
-            "runwatch_source": f"{commit}{' + uncommitted changes' if dirty else ''}"}
+    commit = subprocess.run(
+        [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "runwatch_source": f"{commit}{' + uncommitted changes' if dirty else ''}",
+    }
 
 
 def verdict(ok: bool | None) -> str:
@@ -618,81 +703,176 @@ def rows_for(figures: dict[str, Any]) -> list[list[str]]:
     lat = figures.get("latency")
     if lat:
         if "p99_ms" in lat:
-            rows.append(["latency", f"p50 / p90 / p99 / max (ms), {lat['rate']:g} ev/s "
-                         f"for {lat['seconds']:g} s",
-                         f"{lat['p50_ms']:.1f} / {lat['p90_ms']:.1f} / {lat['p99_ms']:.1f} / "
-                         f"{lat['max_ms']:.1f}", f"p99 <= {TARGET_P99_MS:.0f}",
-                         verdict(lat["meets_target"])])
-        rows.append(["latency", "lines committed / written",
-                     f"{lat['committed']:,} / {lat['lines']:,}", "all", verdict(
-                         lat["complete"])])
+            rows.append(
+                [
+                    "latency",
+                    f"p50 / p90 / p99 / max (ms), {lat['rate']:g} ev/s for {lat['seconds']:g} s",
+                    f"{lat['p50_ms']:.1f} / {lat['p90_ms']:.1f} / {lat['p99_ms']:.1f} / "
+                    f"{lat['max_ms']:.1f}",
+                    f"p99 <= {TARGET_P99_MS:.0f}",
+                    verdict(lat["meets_target"]),
+                ]
+            )
+        rows.append(
+            [
+                "latency",
+                "lines committed / written",
+                f"{lat['committed']:,} / {lat['lines']:,}",
+                "all",
+                verdict(lat["complete"]),
+            ]
+        )
     thr = figures.get("throughput")
     if thr:
         rep = thr["replay"]
-        rows.append(["throughput", f"live, {thr['lines']:,} lines appended flat out",
-                     f"{thr['lines_per_s']:,} lines/s in {thr['seconds']:.1f} s", "", ""])
-        rows.append(["throughput", "replay of the same files (wall)",
-                     f"{rep['lines_per_s']:,} lines/s in {rep['wall_s']:.1f} s", "", ""])
-        rows.append(["throughput", "live / replay", f"{thr['ratio_to_replay']:.2f}",
-                     f">= {TARGET_RATIO:.2f}", verdict(thr["meets_target"])])
+        rows.append(
+            [
+                "throughput",
+                f"live, {thr['lines']:,} lines appended flat out",
+                f"{thr['lines_per_s']:,} lines/s in {thr['seconds']:.1f} s",
+                "",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                "throughput",
+                "replay of the same files (wall)",
+                f"{rep['lines_per_s']:,} lines/s in {rep['wall_s']:.1f} s",
+                "",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                "throughput",
+                "live / replay",
+                f"{thr['ratio_to_replay']:.2f}",
+                f">= {TARGET_RATIO:.2f}",
+                verdict(thr["meets_target"]),
+            ]
+        )
         one = thr["replay_one_process"]
-        rows.append(["throughput", "replay --workers 0 (one process), live / that",
-                     f"{one['lines_per_s']:,} lines/s in {one['wall_s']:.1f} s; "
-                     f"{thr['ratio_to_replay_one_process']:.2f}", "", ""])
-        rows.append(["throughput", "committed when the writer finished",
-                     f"{thr['committed_when_writer_done']:,} (writer "
-                     f"{thr['writer_seconds']:.2f} s)", "", ""])
-        rows.append(["throughput", "tail CPU s / peak RSS MB",
-                     f"{thr['tail_cpu_s']:.1f} / {thr['tail_peak_rss_mb']:.0f}", "", ""])
+        rows.append(
+            [
+                "throughput",
+                "replay --workers 0 (one process), live / that",
+                f"{one['lines_per_s']:,} lines/s in {one['wall_s']:.1f} s; "
+                f"{thr['ratio_to_replay_one_process']:.2f}",
+                "",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                "throughput",
+                "committed when the writer finished",
+                f"{thr['committed_when_writer_done']:,} (writer {thr['writer_seconds']:.2f} s)",
+                "",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                "throughput",
+                "tail CPU s / peak RSS MB",
+                f"{thr['tail_cpu_s']:.1f} / {thr['tail_peak_rss_mb']:.0f}",
+                "",
+                "",
+            ]
+        )
     idle = figures.get("idle")
     if idle:
-        rows.append(["idle", f"CPU over {idle['seconds']:g} s (per 60 s)",
-                     f"{idle['cpu_s']:.2f} s ({idle['cpu_s_per_60s']:.2f} s)",
-                     f"<= {TARGET_IDLE_CPU_S} s / 60 s", verdict(idle["meets_target"])])
+        rows.append(
+            [
+                "idle",
+                f"CPU over {idle['seconds']:g} s (per 60 s)",
+                f"{idle['cpu_s']:.2f} s ({idle['cpu_s_per_60s']:.2f} s)",
+                f"<= {TARGET_IDLE_CPU_S} s / 60 s",
+                verdict(idle["meets_target"]),
+            ]
+        )
     cat = figures.get("catchup")
     if cat:
         first = "-" if cat["first_commit_s"] is None else f"{cat['first_commit_s']:.2f} s"
-        rows.append(["catch-up", f"{cat['lines']:,}-line backlog, start to last commit",
-                     f"{cat['seconds']:.1f} s = {cat['lines_per_s']:,} lines/s",
-                     "", verdict(None) if cat["complete"] else "INCOMPLETE"])
+        rows.append(
+            [
+                "catch-up",
+                f"{cat['lines']:,}-line backlog, start to last commit",
+                f"{cat['seconds']:.1f} s = {cat['lines_per_s']:,} lines/s",
+                "",
+                verdict(None) if cat["complete"] else "INCOMPLETE",
+            ]
+        )
         rows.append(["catch-up", "start to first commit", first, "", ""])
         if "ratio_to_replay" in cat:
-            rows.append(["catch-up", "catch-up / replay rate", f"{cat['ratio_to_replay']:.2f}",
-                         "", ""])
-        rows.append(["catch-up", "tail CPU s / peak RSS MB",
-                     f"{cat['tail_cpu_s']:.1f} / {cat['tail_peak_rss_mb']:.0f}", "", ""])
-        rows.append(["idle", f"CPU over {cat['idle_seconds']:g} s after the catch-up "
-                     f"({cat['files']:,} files, {cat['open_runs']:,} open runs) (per 60 s)",
-                     f"{cat['idle_cpu_s']:.2f} s ({cat['idle_cpu_s_per_60s']:.2f} s)",
-                     f"<= {TARGET_IDLE_CPU_S} s / 60 s", verdict(cat["idle_meets_target"])])
+            rows.append(
+                ["catch-up", "catch-up / replay rate", f"{cat['ratio_to_replay']:.2f}", "", ""]
+            )
+        rows.append(
+            [
+                "catch-up",
+                "tail CPU s / peak RSS MB",
+                f"{cat['tail_cpu_s']:.1f} / {cat['tail_peak_rss_mb']:.0f}",
+                "",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                "idle",
+                f"CPU over {cat['idle_seconds']:g} s after the catch-up "
+                f"({cat['files']:,} files, {cat['open_runs']:,} open runs) (per 60 s)",
+                f"{cat['idle_cpu_s']:.2f} s ({cat['idle_cpu_s_per_60s']:.2f} s)",
+                f"<= {TARGET_IDLE_CPU_S} s / 60 s",
+                verdict(cat["idle_meets_target"]),
+            ]
+        )
     for phase in ("latency", "throughput", "idle", "catchup"):
         entry = figures.get(phase)
         if entry and "sigterm_to_exit_s" in entry:
-            rows.append([phase, "exit code, SIGTERM to exit",
-                         f"{entry['exit_code']}, {entry['sigterm_to_exit_s']:.2f} s",
-                         "0, < 2 s", verdict(entry["exit_code"] == 0
-                                             and entry["sigterm_to_exit_s"] < 2)])
+            rows.append(
+                [
+                    phase,
+                    "exit code, SIGTERM to exit",
+                    f"{entry['exit_code']}, {entry['sigterm_to_exit_s']:.2f} s",
+                    "0, < 2 s",
+                    verdict(entry["exit_code"] == 0 and entry["sigterm_to_exit_s"] < 2),
+                ]
+            )
     return rows
 
 
 def render(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(map(len, column)) for column in zip(headers, *rows, strict=True)]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
-                     .rstrip() for row in [headers, *rows])
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in [headers, *rows]
+    )
 
 
-def report(machine: dict[str, Any], corpus: Corpus | None, figures: dict[str, Any],
-           stream: IO[str]) -> None:
-    print(f"runwatch tail benchmark, {machine['date']}, source {machine['runwatch_source']}",
-          file=stream)
-    print(f"machine: nproc {machine['nproc']}, {machine['cpu']}, Python {machine['python']}, "
-          f"load at start {' '.join(map(str, machine['load_average_1_5_15']))}", file=stream)
+def report(
+    machine: dict[str, Any], corpus: Corpus | None, figures: dict[str, Any], stream: IO[str]
+) -> None:
+    print(
+        f"runwatch tail benchmark, {machine['date']}, source {machine['runwatch_source']}",
+        file=stream,
+    )
+    print(
+        f"machine: nproc {machine['nproc']}, {machine['cpu']}, Python {machine['python']}, "
+        f"load at start {' '.join(map(str, machine['load_average_1_5_15']))}",
+        file=stream,
+    )
     if corpus is not None:
-        print(f"corpus: {corpus.path.name}: {corpus.events:,} events, {corpus.lines:,} lines, "
-              f"{corpus.files} files, {corpus.bytes / 1e6:,.0f} MB", file=stream)
+        print(
+            f"corpus: {corpus.path.name}: {corpus.events:,} events, {corpus.lines:,} lines, "
+            f"{corpus.files} files, {corpus.bytes / 1e6:,.0f} MB",
+            file=stream,
+        )
     print("", file=stream)
-    print(render(["phase", "measure", "value", "target", "verdict"], rows_for(figures)),
-          file=stream)
+    print(
+        render(["phase", "measure", "value", "target", "verdict"], rows_for(figures)), file=stream
+    )
 
 
 # --- main ---------------------------------------------------------------------------------
@@ -701,29 +881,63 @@ def report(machine: dict[str, Any], corpus: Corpus | None, figures: dict[str, An
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Measure `runwatch tail` from the outside: commit latency, live "
-                    "throughput against replay, idle CPU and restart catch-up.")
-    parser.add_argument("--seconds", type=float, default=60.0,
-                        help="latency: how long the writer appends (default: %(default)s)")
-    parser.add_argument("--rate", type=float, default=1000.0,
-                        help="latency: events per second (default: %(default)s)")
-    parser.add_argument("--events", type=int, default=1_000_000,
-                        help="throughput and catch-up: events in the corpus "
-                             "(default: %(default)s)")
-    parser.add_argument("--idle-seconds", type=float, default=60.0,
-                        help="idle: how long CPU time is measured (default: %(default)s)")
-    parser.add_argument("--phases", default=",".join(PHASES),
-                        help="comma-separated subset of %(default)s")
-    parser.add_argument("--poll-ms", type=float, default=2.0,
-                        help="how often the counters are read (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=1800.0,
-                        help="give up waiting for a phase's commits after this many seconds "
-                             "(default: %(default)s)")
-    parser.add_argument("--tail-config", type=Path, metavar="FILE",
-                        help="a config file for the service (default: built-in defaults)")
-    parser.add_argument("--out", type=Path, default=REPO / "bench-out", metavar="DIR",
-                        help="corpus and scratch folders (default: bench-out/ in the repo)")
-    parser.add_argument("--json", type=Path, metavar="FILE",
-                        help="also write every figure as JSON to FILE")
+        "throughput against replay, idle CPU and restart catch-up."
+    )
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=60.0,
+        help="latency: how long the writer appends (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=1000.0,
+        help="latency: events per second (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=1_000_000,
+        help="throughput and catch-up: events in the corpus (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=60.0,
+        help="idle: how long CPU time is measured (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--phases", default=",".join(PHASES), help="comma-separated subset of %(default)s"
+    )
+    parser.add_argument(
+        "--poll-ms",
+        type=float,
+        default=2.0,
+        help="how often the counters are read (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=1800.0,
+        help="give up waiting for a phase's commits after this many seconds (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tail-config",
+        type=Path,
+        metavar="FILE",
+        help="a config file for the service (default: built-in defaults)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "bench-out",
+        metavar="DIR",
+        help="corpus and scratch folders (default: bench-out/ in the repo)",
+    )
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write every figure as JSON to FILE"
+    )
     args = parser.parse_args(argv)
     args.phase_list = [p.strip() for p in args.phases.split(",") if p.strip()]
     unknown = set(args.phase_list) - set(PHASES)
@@ -755,16 +969,34 @@ def run(args: argparse.Namespace) -> int:
         figures["catchup"] = bench_catchup(args, out, corpus, replay)
     report(machine, corpus, figures, sys.stdout)
     if args.json:
-        args.json.write_text(json.dumps({
-            "machine": machine, "options": {k: str(v) if isinstance(v, Path) else v
-                                            for k, v in vars(args).items()},
-            "targets": {"latency_p99_ms_max": TARGET_P99_MS,
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": machine,
+                    "options": {
+                        k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                    },
+                    "targets": {
+                        "latency_p99_ms_max": TARGET_P99_MS,
                         "throughput_ratio_to_replay_min": TARGET_RATIO,
-                        "idle_cpu_s_per_60s_max": TARGET_IDLE_CPU_S},
-            "corpus": None if corpus is None else {
-                "path": str(corpus.path), "runs": corpus.runs, "events": corpus.events,
-                "lines": corpus.lines, "files": corpus.files, "bytes": corpus.bytes},
-            "figures": figures}, indent=2) + "\n")
+                        "idle_cpu_s_per_60s_max": TARGET_IDLE_CPU_S,
+                    },
+                    "corpus": None
+                    if corpus is None
+                    else {
+                        "path": str(corpus.path),
+                        "runs": corpus.runs,
+                        "events": corpus.events,
+                        "lines": corpus.lines,
+                        "files": corpus.files,
+                        "bytes": corpus.bytes,
+                    },
+                    "figures": figures,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         print(f"\nfigures written to {args.json}")
     return 0
 

@@ -20,7 +20,7 @@ class BenchError(Exception):
 
 def simulator_digest() -> str:
     """Names the simulator's code, so a cached corpus is regenerated when it changes."""
-    spec = importlib.util.find_spec("runwatch.stream.simulate")
+    spec = importlib.util.find_spec("runwatch.stream.devtools.simulate")
     if spec is None or spec.origin is None:
         return "unknown"
     return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()
@@ -53,8 +53,12 @@ def report_figures(figures: dict[str, Any], path: Path | None) -> None:
         path.write_text(json.dumps(figures, indent=2) + "\n")
 
 
-def main_for(name: str, parse_args: Callable[[Sequence[str] | None], argparse.Namespace],
-             run: Callable[[argparse.Namespace], int], argv: Sequence[str] | None) -> int:
+def main_for(
+    name: str,
+    parse_args: Callable[[Sequence[str] | None], argparse.Namespace],
+    run: Callable[[argparse.Namespace], int],
+    argv: Sequence[str] | None,
+) -> int:
     """A benchmark's entry point: failures are one message and exit 1, never a traceback."""
     args = parse_args(argv)
     try:

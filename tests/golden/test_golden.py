@@ -38,10 +38,14 @@ Rows = dict[str, list[dict[str, Any]]]
 def portable(rows: Rows, input_dir: Path) -> Rows:
     """The snapshot with dead-letter paths relative to the input folder and raw bytes as text."""
     base = input_dir.resolve()
-    letters = [{**row,
-                "source": Path(row["source"]).relative_to(base).as_posix(),
-                "raw": bytes(row["raw"]).decode("utf-8", "backslashreplace")}
-               for row in rows["dead_letters"]]
+    letters = [
+        {
+            **row,
+            "source": Path(row["source"]).relative_to(base).as_posix(),
+            "raw": bytes(row["raw"]).decode("utf-8", "backslashreplace"),
+        }
+        for row in rows["dead_letters"]
+    ]
     letters.sort(key=lambda row: (row["source"], row["offset"]))
     return {**rows, "dead_letters": letters}
 
@@ -81,10 +85,12 @@ def test_golden_cases_are_present() -> None:
 
 def test_differences_name_table_key_and_column() -> None:
     """A golden failure must say exactly which row and column moved, or nobody can review it."""
-    expected: Rows = {"runs": [{"run_id": "r1", "status": "succeeded"},
-                               {"run_id": "r2", "status": "failed"}]}
-    actual: Rows = {"runs": [{"run_id": "r1", "status": "partial"},
-                             {"run_id": "r3", "status": "failed"}]}
+    expected: Rows = {
+        "runs": [{"run_id": "r1", "status": "succeeded"}, {"run_id": "r2", "status": "failed"}]
+    }
+    actual: Rows = {
+        "runs": [{"run_id": "r1", "status": "partial"}, {"run_id": "r3", "status": "failed"}]
+    }
     assert differences(expected, actual) == [
         "runs[r1].status: expected 'succeeded', got 'partial'",
         "runs[r2]: missing row (expected {'run_id': 'r2', 'status': 'failed'})",
@@ -101,8 +107,9 @@ def test_golden(case: str, tmp_path: Path) -> None:
     actual = portable(snapshot(db), folder / "input")
     expected_file = folder / "expected.json"
     if UPDATE:
-        expected_file.write_text(json.dumps(actual, indent=2, ensure_ascii=False) + "\n",
-                                 encoding="utf-8")
+        expected_file.write_text(
+            json.dumps(actual, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         assert json.loads(expected_file.read_text(encoding="utf-8")) == actual
         return
     expected = json.loads(expected_file.read_text(encoding="utf-8"))
@@ -110,4 +117,5 @@ def test_golden(case: str, tmp_path: Path) -> None:
     assert not problems, (
         f"{case}: {len(problems)} difference(s) from {expected_file.relative_to(HERE)} "
         "(RUNWATCH_UPDATE_GOLDEN=1 rewrites it if the change is intended):\n  "
-        + "\n  ".join(problems))
+        + "\n  ".join(problems)
+    )

@@ -18,9 +18,17 @@ from runwatch.sinks.channels import verify
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-def alerts_file(path: Path, hook_url: str, *, throttle: str = "15m", timeout: str = "0.5s",
-                max_attempts: int = 6, extra_channels: str = "", channels: str = "console, hook",
-                stall_throttle: str = "60m") -> Path:
+def alerts_file(
+    path: Path,
+    hook_url: str,
+    *,
+    throttle: str = "15m",
+    timeout: str = "0.5s",
+    max_attempts: int = 6,
+    extra_channels: str = "",
+    channels: str = "console, hook",
+    stall_throttle: str = "60m",
+) -> Path:
     path.write_text(f"""
 alert_lookback: 1h
 delivery: {{max_attempts: {max_attempts}, backoff_initial: 0.2s, backoff_max: 1s}}
@@ -51,18 +59,30 @@ def stamp(moment: datetime) -> str:
 
 
 def event(kind: str, run_id: str, at: datetime, n: int, **extra: Any) -> bytes:
-    return orjson.dumps({"event_id": f"{run_id}-{n}-{kind}", "event_type": kind,
-                         "run_id": run_id, "timestamp": stamp(at), **extra}) + b"\n"
+    return (
+        orjson.dumps(
+            {
+                "event_id": f"{run_id}-{n}-{kind}",
+                "event_type": kind,
+                "run_id": run_id,
+                "timestamp": stamp(at),
+                **extra,
+            }
+        )
+        + b"\n"
+    )
 
 
 def failing_run(run_id: str, at: datetime | None = None) -> bytes:
     at = at or datetime.now(UTC)
-    return b"".join([
-        event("run_started", run_id, at, 1),
-        event("task_started", run_id, at, 2, task_id="T1"),
-        event("task_failed", run_id, at, 3, task_id="T1", payload={"error": "boom"}),
-        event("run_failed", run_id, at, 4),
-    ])
+    return b"".join(
+        [
+            event("run_started", run_id, at, 1),
+            event("task_started", run_id, at, 2, task_id="T1"),
+            event("task_failed", run_id, at, 3, task_id="T1", payload={"error": "boom"}),
+            event("run_failed", run_id, at, 4),
+        ]
+    )
 
 
 def append(path: Path, data: bytes) -> None:
@@ -77,8 +97,10 @@ def outbox(db: Path) -> list[dict[str, Any]]:
     connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         try:
-            cursor = connection.execute("SELECT id, kind, target, state, attempts, last_error "
-                                        "FROM outbox ORDER BY decided_at, id")
+            cursor = connection.execute(
+                "SELECT id, kind, target, state, attempts, last_error "
+                "FROM outbox ORDER BY decided_at, id"
+            )
         except sqlite3.OperationalError:
             return []
         names = [d[0] for d in cursor.description]
@@ -99,31 +121,39 @@ def logs(tmp_path: Path) -> Path:
 
 
 def tail(tmp_path: Path, logs: Path, alerts: Path, *args: str) -> TailProcess:
-    return TailProcess(tmp_path, tmp_path / "rw.db", logs, args=("--alerts", str(alerts),
-                                                                 *args))
+    return TailProcess(tmp_path, tmp_path / "rw.db", logs, args=("--alerts", str(alerts), *args))
 
 
 def test_failed_run_is_announced_once_signed_and_alertmanager_shaped(
-        tmp_path: Path, logs: Path) -> None:
+    tmp_path: Path, logs: Path
+) -> None:
     """The core promise: a failure reaches the receiver within seconds, once, verifiably."""
-    with WebhookReceiver() as hook, tail(tmp_path, logs, alerts_file(
-            tmp_path / "alerts.yaml", hook.url)) as service:
+    with (
+        WebhookReceiver() as hook,
+        tail(tmp_path, logs, alerts_file(tmp_path / "alerts.yaml", hook.url)) as service,
+    ):
         service.wait_until(lambda: (tmp_path / "rw.db").exists())
         append(logs / "events.jsonl", failing_run("R1"))
         [request] = hook.wait_for(1, timeout=10)
         time.sleep(1.0)
         assert len(hook.requests) == 1, "run_failed and RUN_COMPLETED are one problem"
         headers = request.headers
-        assert verify(SECRET, headers["webhook-id"], int(headers["webhook-timestamp"]),
-                      request.body, headers["webhook-signature"])
+        assert verify(
+            SECRET,
+            headers["webhook-id"],
+            int(headers["webhook-timestamp"]),
+            request.body,
+            headers["webhook-signature"],
+        )
         body = request.json
         assert body["version"] == "4" and body["status"] == "firing"
         labels = body["alerts"][0]["labels"]
         assert labels["alertname"] == "run_failure" and labels["severity"] == "critical"
         assert labels["run_id"] == "R1"
         assert body["runwatch"]["id"] == headers["webhook-id"]
-        service.wait_until(lambda: [r["state"] for r in hook_entries(tmp_path / "rw.db")]
-                           == ["delivered"])
+        service.wait_until(
+            lambda: [r["state"] for r in hook_entries(tmp_path / "rw.db")] == ["delivered"]
+        )
         assert service.stop() == 0
     assert "CRITICAL run_failure" in service.output()
     listed = run_cli("alerts", "list", "--db", tmp_path / "rw.db", "--json")
@@ -138,11 +168,13 @@ def test_receiver_down_then_up_gets_the_alert_once(tmp_path: Path, logs: Path) -
     """Alertmanager users lose alerts when a receiver restarts; here they wait and arrive."""
     hook = WebhookReceiver().start()
     hook.stop()  # keep its port, refuse connections
-    with tail(tmp_path, logs, alerts_file(tmp_path / "alerts.yaml", hook.url,
-                                          max_attempts=30)) as service:
+    with tail(
+        tmp_path, logs, alerts_file(tmp_path / "alerts.yaml", hook.url, max_attempts=30)
+    ) as service:
         append(logs / "events.jsonl", failing_run("R1"))
-        service.wait_until(lambda: any(r["attempts"] >= 2
-                                       for r in hook_entries(tmp_path / "rw.db")))
+        service.wait_until(
+            lambda: any(r["attempts"] >= 2 for r in hook_entries(tmp_path / "rw.db"))
+        )
         hook.start()
         try:
             hook.wait_for(1, timeout=10)
@@ -155,43 +187,54 @@ def test_receiver_down_then_up_gets_the_alert_once(tmp_path: Path, logs: Path) -
 
 def test_503_then_200_and_429_retry_after_is_honoured(tmp_path: Path, logs: Path) -> None:
     """Retries follow the receiver's word: Retry-After: 2 means no new attempt for 2 s."""
-    with WebhookReceiver() as hook, tail(tmp_path, logs, alerts_file(
-            tmp_path / "alerts.yaml", hook.url)) as service:
+    with (
+        WebhookReceiver() as hook,
+        tail(tmp_path, logs, alerts_file(tmp_path / "alerts.yaml", hook.url)) as service,
+    ):
         hook.script((503,), (429, {"Retry-After": "2"}))
         append(logs / "events.jsonl", failing_run("R1"))
         first, second, third = hook.wait_for(3, timeout=15)
         assert third.received_at - second.received_at >= 1.95
         assert second.received_at - first.received_at < 1.9  # backoff, not Retry-After
-        assert {r.headers["webhook-id"] for r in (first, second, third)} \
-            == {first.headers["webhook-id"]}, "a retry keeps its id"
-        service.wait_until(lambda: [r["state"] for r in hook_entries(tmp_path / "rw.db")]
-                           == ["delivered"])
+        assert {r.headers["webhook-id"] for r in (first, second, third)} == {
+            first.headers["webhook-id"]
+        }, "a retry keeps its id"
+        service.wait_until(
+            lambda: [r["state"] for r in hook_entries(tmp_path / "rw.db")] == ["delivered"]
+        )
         assert hook_entries(tmp_path / "rw.db")[0]["attempts"] == 3
         assert service.stop() == 0
 
 
 def test_hanging_receiver_times_out_and_is_retried(tmp_path: Path, logs: Path) -> None:
     """A receiver that never answers must not wedge delivery."""
-    with WebhookReceiver() as hook, tail(tmp_path, logs, alerts_file(
-            tmp_path / "alerts.yaml", hook.url, timeout="0.3s")) as service:
+    with (
+        WebhookReceiver() as hook,
+        tail(
+            tmp_path, logs, alerts_file(tmp_path / "alerts.yaml", hook.url, timeout="0.3s")
+        ) as service,
+    ):
         hook.script(("hang", 1.5))
         append(logs / "events.jsonl", failing_run("R1"))
         first, second = hook.wait_for(2, timeout=10)
         assert second.received_at - first.received_at < 1.5, "retried before the hang ended"
-        service.wait_until(lambda: [r["state"] for r in hook_entries(tmp_path / "rw.db")]
-                           == ["delivered"])
+        service.wait_until(
+            lambda: [r["state"] for r in hook_entries(tmp_path / "rw.db")] == ["delivered"]
+        )
         assert service.stop() == 0
 
 
-def test_400_is_not_retried_and_the_failure_reaches_the_console(
-        tmp_path: Path, logs: Path) -> None:
+def test_400_is_not_retried_and_the_failure_reaches_the_console(tmp_path: Path, logs: Path) -> None:
     """A request the receiver rejects will never succeed: say so at once, on the console."""
-    with WebhookReceiver() as hook, tail(tmp_path, logs, alerts_file(
-            tmp_path / "alerts.yaml", hook.url)) as service:
+    with (
+        WebhookReceiver() as hook,
+        tail(tmp_path, logs, alerts_file(tmp_path / "alerts.yaml", hook.url)) as service,
+    ):
         hook.script((400,))
         append(logs / "events.jsonl", failing_run("R1"))
-        service.wait_until(lambda: [r["state"] for r in hook_entries(tmp_path / "rw.db")]
-                           == ["failed"])
+        service.wait_until(
+            lambda: [r["state"] for r in hook_entries(tmp_path / "rw.db")] == ["failed"]
+        )
         time.sleep(0.8)
         assert len(hook.requests) == 1
         assert service.stop() == 0
@@ -203,8 +246,7 @@ def test_kill_9_before_delivery_delivers_after_restart(tmp_path: Path, logs: Pat
     """A decision recorded but not yet delivered survives kill -9 and is delivered once."""
     hook = WebhookReceiver().start()
     hook.stop()
-    service = tail(tmp_path, logs, alerts_file(tmp_path / "alerts.yaml", hook.url,
-                                               max_attempts=50))
+    service = tail(tmp_path, logs, alerts_file(tmp_path / "alerts.yaml", hook.url, max_attempts=50))
     service.start()
     append(logs / "events.jsonl", failing_run("R1") + failing_run("R2"))
     service.wait_until(lambda: len(hook_entries(tmp_path / "rw.db")) == 2)
@@ -222,26 +264,30 @@ def test_kill_9_before_delivery_delivers_after_restart(tmp_path: Path, logs: Pat
         hook.stop()
 
 
-def test_kill_9_during_delivery_resends_only_the_unacknowledged(
-        tmp_path: Path, logs: Path) -> None:
+def test_kill_9_during_delivery_resends_only_the_unacknowledged(tmp_path: Path, logs: Path) -> None:
     """Killed while a request is in flight: that one is sent again with the same id (a
     genuine retry); what was acknowledged before the kill is never sent again."""
     with WebhookReceiver() as hook:
-        service = tail(tmp_path, logs, alerts_file(tmp_path / "alerts.yaml", hook.url,
-                                                   timeout="5s"))
+        service = tail(
+            tmp_path, logs, alerts_file(tmp_path / "alerts.yaml", hook.url, timeout="5s")
+        )
         service.start()
         append(logs / "events.jsonl", failing_run("R1"))
         [acknowledged] = hook.wait_for(1, timeout=10)
-        service.wait_until(lambda: [r["state"] for r in hook_entries(tmp_path / "rw.db")]
-                           == ["delivered"])
+        service.wait_until(
+            lambda: [r["state"] for r in hook_entries(tmp_path / "rw.db")] == ["delivered"]
+        )
         hook.script(("hang", 3.0))
         append(logs / "events.jsonl", failing_run("R2"))
         hook.wait_for(2, timeout=10)
         service.kill()  # the R2 request is still waiting for its answer
         service.start()
         hook.wait_for(3, timeout=15)
-        service.wait_until(lambda: [r["state"] for r in hook_entries(tmp_path / "rw.db")]
-                           == ["delivered", "delivered"])
+        service.wait_until(
+            lambda: (
+                [r["state"] for r in hook_entries(tmp_path / "rw.db")] == ["delivered", "delivered"]
+            )
+        )
         time.sleep(1.0)
         ids = [r.headers["webhook-id"] for r in hook.requests]
         assert ids.count(acknowledged.headers["webhook-id"]) == 1
@@ -250,7 +296,8 @@ def test_kill_9_during_delivery_resends_only_the_unacknowledged(
 
 
 def test_replay_records_but_never_notifies_and_the_service_does_not_repeat(
-        tmp_path: Path, logs: Path) -> None:
+    tmp_path: Path, logs: Path
+) -> None:
     """Rebuilding from the logs must not page anyone about the past, then or later."""
     append(logs / "events.jsonl", failing_run("R1") + failing_run("R2"))
     with WebhookReceiver() as hook:
@@ -270,23 +317,31 @@ def test_brand_new_service_on_old_logs_stays_quiet(tmp_path: Path, logs: Path) -
     """History older than alert_lookback is not news; it is recorded as skipped."""
     old = datetime.now(UTC) - timedelta(hours=3)
     append(logs / "events.jsonl", failing_run("OLD", old))
-    with WebhookReceiver() as hook, tail(tmp_path, logs, alerts_file(
-            tmp_path / "alerts.yaml", hook.url)) as service:
+    with (
+        WebhookReceiver() as hook,
+        tail(tmp_path, logs, alerts_file(tmp_path / "alerts.yaml", hook.url)) as service,
+    ):
         service.wait_until(lambda: len(hook_entries(tmp_path / "rw.db")) == 1)
         append(logs / "events.jsonl", failing_run("NEW"))
         [request] = hook.wait_for(1, timeout=10)
         time.sleep(0.8)
         assert len(hook.requests) == 1 and request.json["runwatch"]["run_id"] == "NEW"
         assert service.stop() == 0
-    assert sorted(r["state"] for r in hook_entries(tmp_path / "rw.db")) \
-        == ["delivered", "skipped"]
+    assert sorted(r["state"] for r in hook_entries(tmp_path / "rw.db")) == ["delivered", "skipped"]
 
 
 def test_flapping_stall_gives_one_notification(tmp_path: Path, logs: Path) -> None:
     """A run that stalls and recovers over and over inside the window pages once."""
-    with WebhookReceiver() as hook, tail(tmp_path, logs, alerts_file(
-            tmp_path / "alerts.yaml", hook.url), "--config", str(tmp_path / "rw.yaml")
-            ) as service:
+    with (
+        WebhookReceiver() as hook,
+        tail(
+            tmp_path,
+            logs,
+            alerts_file(tmp_path / "alerts.yaml", hook.url),
+            "--config",
+            str(tmp_path / "rw.yaml"),
+        ) as service,
+    ):
         (tmp_path / "rw.yaml").write_text("stall_after: 0.6s\ntick_interval: 0.1s\n")
         path = logs / "events.jsonl"
         append(path, event("run_started", "F1", datetime.now(UTC), 0))
@@ -308,10 +363,13 @@ def _count(tmp_path: Path, kind: str) -> int:
 def test_email_channel_delivers_through_smtp(tmp_path: Path, logs: Path) -> None:
     """Mail is the channel of last resort for many teams: it must work end to end."""
     with SmtpReceiver() as smtp, WebhookReceiver() as hook:
-        extra = (f"  mail: {{type: email, host: 127.0.0.1, port: {smtp.port}, "
-                 f"security: none, sender: rw@example.org, recipients: ops@example.org}}")
-        alerts = alerts_file(tmp_path / "alerts.yaml", hook.url, extra_channels=extra,
-                             channels="mail")
+        extra = (
+            f"  mail: {{type: email, host: 127.0.0.1, port: {smtp.port}, "
+            f"security: none, sender: rw@example.org, recipients: ops@example.org}}"
+        )
+        alerts = alerts_file(
+            tmp_path / "alerts.yaml", hook.url, extra_channels=extra, channels="mail"
+        )
         with tail(tmp_path, logs, alerts) as service:
             append(logs / "events.jsonl", failing_run("R1"))
             [mail] = smtp.wait_for(1, timeout=10)
@@ -327,14 +385,19 @@ def test_alerts_test_command_reports_each_channel(tmp_path: Path) -> None:
         assert sent.returncode == 0, sent.stdout + sent.stderr
         [request] = hook.wait_for(1)
         assert request.json["runwatch"]["test"] is True
-        assert verify(SECRET, request.headers["webhook-id"],
-                      int(request.headers["webhook-timestamp"]), request.body,
-                      request.headers["webhook-signature"])
+        assert verify(
+            SECRET,
+            request.headers["webhook-id"],
+            int(request.headers["webhook-timestamp"]),
+            request.body,
+            request.headers["webhook-signature"],
+        )
         hook.script((500,))
         failed = run_cli("alerts", "test", "--channel", "webhook", cwd=tmp_path, env=env)
     assert failed.returncode == 1 and "HTTP 500" in failed.stdout
-    off = run_cli("alerts", "test", "--channel", "slack", cwd=tmp_path,
-                  env={"SLACK_WEBHOOK_URL": ""})
+    off = run_cli(
+        "alerts", "test", "--channel", "slack", cwd=tmp_path, env={"SLACK_WEBHOOK_URL": ""}
+    )
     assert off.returncode == 1 and "off" in off.stdout
     unknown = run_cli("alerts", "test", "--channel", "pager", cwd=tmp_path)
     assert unknown.returncode == 2 and "pager" in unknown.stderr

@@ -23,21 +23,32 @@ def stamp(moment: datetime) -> str:
 
 
 def event(kind: str, run_id: str, n: int, **extra: Any) -> bytes:
-    return orjson.dumps({"event_id": f"{run_id}-{n}-{kind}", "event_type": kind,
-                         "run_id": run_id, "timestamp": stamp(datetime.now(UTC)),
-                         **extra}) + b"\n"
+    return (
+        orjson.dumps(
+            {
+                "event_id": f"{run_id}-{n}-{kind}",
+                "event_type": kind,
+                "run_id": run_id,
+                "timestamp": stamp(datetime.now(UTC)),
+                **extra,
+            }
+        )
+        + b"\n"
+    )
 
 
 def finished_run(run_id: str, *, fail: bool = False) -> bytes:
     end = "task_failed" if fail else "task_completed"
-    return b"".join([
-        event("run_started", run_id, 1),
-        event("task_started", run_id, 2, task_id="T1"),
-        event(end, run_id, 3, task_id="T1", payload={"error": "<script>x</script>"}),
-        event("task_started", run_id, 4, task_id="T2"),
-        event("task_completed", run_id, 5, task_id="T2"),
-        event("run_completed", run_id, 6),
-    ])
+    return b"".join(
+        [
+            event("run_started", run_id, 1),
+            event("task_started", run_id, 2, task_id="T1"),
+            event(end, run_id, 3, task_id="T1", payload={"error": "<script>x</script>"}),
+            event("task_started", run_id, 4, task_id="T2"),
+            event("task_completed", run_id, 5, task_id="T2"),
+            event("run_completed", run_id, 6),
+        ]
+    )
 
 
 def append(path: Path, data: bytes) -> None:
@@ -50,8 +61,12 @@ def jobs(db: Path) -> dict[str, str]:
         return {}
     connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return {f"{run}/{target}": state for run, target, state in connection.execute(
-            "SELECT run_id, target, state FROM outbox WHERE kind='job'")}
+        return {
+            f"{run}/{target}": state
+            for run, target, state in connection.execute(
+                "SELECT run_id, target, state FROM outbox WHERE kind='job'"
+            )
+        }
     except sqlite3.OperationalError:
         return {}
     finally:
@@ -84,8 +99,9 @@ def test_completed_run_is_reported_and_archived_once(tmp_path: Path) -> None:
     db = tmp_path / "rw.db"
     with TailProcess(tmp_path, db, logs) as service:
         append(logs / "events.jsonl", finished_run("R1", fail=True))
-        service.wait_until(lambda: jobs(db) == {"R1/report": "delivered",
-                                                "R1/archive": "delivered"})
+        service.wait_until(
+            lambda: jobs(db) == {"R1/report": "delivered", "R1/archive": "delivered"}
+        )
         service.wait_until(lambda: "RUN_ARCHIVED" in trail_types(tmp_path))
         assert service.stop() == 0
     archive = tmp_path / ".archive" / "R1.zip"
@@ -97,8 +113,13 @@ def test_completed_run_is_reported_and_archived_once(tmp_path: Path) -> None:
             data = opened.read(entry["name"])
             assert hashlib.sha256(data).hexdigest() == entry["sha256"]
         events = opened.read("events.jsonl").decode().splitlines()
-    assert {"events.jsonl", "artifacts/src/main.py", "artifacts/result.txt",
-            "reports/R1_summary.json", "reports/R1.html"} <= names
+    assert {
+        "events.jsonl",
+        "artifacts/src/main.py",
+        "artifacts/result.txt",
+        "reports/R1_summary.json",
+        "reports/R1.html",
+    } <= names
     assert len(events) == 6
     assert "do not archive me" not in archive.read_bytes().decode("latin-1")
     for name in ("R1_summary.json", "R1_metrics.json", "R1.html", "index.html"):
@@ -116,8 +137,9 @@ def test_completed_run_is_reported_and_archived_once(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     assert "created=False" in again.stdout
     assert (archive.stat().st_mtime_ns, archive.read_bytes()) == before
-    assert sorted(p.name for p in (tmp_path / ".archive").iterdir()
-                  if not p.name.startswith(".")) == ["R1.zip"]
+    assert sorted(
+        p.name for p in (tmp_path / ".archive").iterdir() if not p.name.startswith(".")
+    ) == ["R1.zip"]
     assert len((tmp_path / "logs" / "archival.jsonl").read_text().splitlines()) == 1
     verified = run_cli("archive", "--verify", "R1", "--db", db, cwd=tmp_path)
     assert verified.returncode == 0 and "OK" in verified.stdout
@@ -141,7 +163,8 @@ def test_insufficient_space_fails_archival_and_raises_the_alert(tmp_path: Path) 
 
 
 def test_kill_9_while_archiving_leaves_no_partial_zip_and_finishes_after_restart(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """A crash mid-archive must never leave a file that looks like a finished archive."""
     logs = tmp_path / "in"
     logs.mkdir()
@@ -254,12 +277,12 @@ def test_a_new_service_does_not_archive_history(tmp_path: Path) -> None:
     logs = tmp_path / "in"
     logs.mkdir()
     old = finished_run("OLD").replace(
-        datetime.now(UTC).strftime("%Y-%m-%d").encode(), b"2025-01-01")
+        datetime.now(UTC).strftime("%Y-%m-%d").encode(), b"2025-01-01"
+    )
     append(logs / "events.jsonl", old)
     db = tmp_path / "rw.db"
     with TailProcess(tmp_path, db, logs) as service:
-        service.wait_until(lambda: jobs(db) == {"OLD/report": "skipped",
-                                                "OLD/archive": "skipped"})
+        service.wait_until(lambda: jobs(db) == {"OLD/report": "skipped", "OLD/archive": "skipped"})
         append(logs / "events.jsonl", finished_run("NEW"))
         service.wait_until(lambda: jobs(db).get("NEW/archive") == "delivered")
         assert service.stop() == 0

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from helpers import RUNWATCH, TailProcess, converged, counters, replay_into
-from runwatch.stream.simulate import simulate
+from runwatch.stream.devtools.simulate import simulate
 
 SEED = 20261122
 KILLS = 12  # at least; the service is killed again and again until the writer is done
@@ -66,7 +66,7 @@ def audit_records(workdir: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     data = path.read_bytes()
-    return [orjson.loads(line) for line in data[:data.rfind(b"\n") + 1].splitlines()]
+    return [orjson.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines()]
 
 
 def audit_types(workdir: Path) -> list[str]:
@@ -129,9 +129,15 @@ def wait_started(tail: TailProcess, workdir: Path, starts: int = 1) -> None:
 
 
 def sample_events(count: int, run_id: str = "R1") -> list[dict[str, Any]]:
-    return [{"event_type": "task_started" if n % 2 else "task_completed",
-             "timestamp": f"2026-11-22T05:{n // 60:02d}:{n % 60:02d}Z", "run_id": run_id,
-             "task_id": f"t{n // 2}"} for n in range(count)]
+    return [
+        {
+            "event_type": "task_started" if n % 2 else "task_completed",
+            "timestamp": f"2026-11-22T05:{n // 60:02d}:{n % 60:02d}Z",
+            "run_id": run_id,
+            "task_id": f"t{n // 2}",
+        }
+        for n in range(count)
+    ]
 
 
 # --- kill -9 ------------------------------------------------------------------------------
@@ -139,7 +145,8 @@ def sample_events(count: int, run_id: str = "R1") -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("cache_groups", [4096, 8], ids=["default", "evicting"])
 def test_kill_9_during_a_live_stream_loses_nothing_and_applies_nothing_twice(
-        tmp_path: Path, cache_groups: int) -> None:
+    tmp_path: Path, cache_groups: int
+) -> None:
     """kill -9 at any instant, again and again, must leave the same projection as a replay,
     each event counted once, and an audit trail with one gapless seq and no repeats (also
     when runs are evicted from the cache and read back mid-stream)."""
@@ -147,8 +154,11 @@ def test_kill_9_during_a_live_stream_loses_nothing_and_applies_nothing_twice(
     summary = simulate(corpus, runs=100, seed=SEED)
     # The job-scoped pattern files repeat the global one; leave them out so that every
     # line written is a distinct event.
-    sources = [corpus / "orchestrator" / "events-000.jsonl", corpus / "legacy" /
-               "run_events.jsonl", corpus / "patterns" / "pattern_events.jsonl"]
+    sources = [
+        corpus / "orchestrator" / "events-000.jsonl",
+        corpus / "legacy" / "run_events.jsonl",
+        corpus / "patterns" / "pattern_events.jsonl",
+    ]
     distinct = sum(len(path.read_bytes().splitlines()) for path in sources)
     assert distinct == summary.events
     live = tmp_path / "live"
@@ -157,8 +167,10 @@ def test_kill_9_during_a_live_stream_loses_nothing_and_applies_nothing_twice(
     script.write_text(WRITER)
     db = tmp_path / "state" / "live.db"
     rng = random.Random(SEED)
-    writer = subprocess.Popen([sys.executable, str(script), str(live), str(WRITER_RATE),
-                               str(SEED), *map(str, sources)], stdout=subprocess.PIPE)
+    writer = subprocess.Popen(
+        [sys.executable, str(script), str(live), str(WRITER_RATE), str(SEED), *map(str, sources)],
+        stdout=subprocess.PIPE,
+    )
     config = write_config(tmp_path / "runwatch.yaml", cache_groups=str(cache_groups))
     tail = TailProcess(tmp_path, db, live, args=("--config", str(config), "--quiet"))
     kills = while_writing = 0
@@ -182,8 +194,10 @@ def test_kill_9_during_a_live_stream_loses_nothing_and_applies_nothing_twice(
             writer.kill()
         tail.__exit__()
     totals = counters(db)
-    print(f"{kills} kills ({while_writing} while the writer was writing), {distinct} events, "
-          f"counters {totals}")
+    print(
+        f"{kills} kills ({while_writing} while the writer was writing), {distinct} events, "
+        f"counters {totals}"
+    )
     assert totals.get("events_accepted") == distinct
     assert totals.get("events_duplicate", 0) == 0
     assert not {k: v for k, v in totals.items() if k.startswith("rejected.")}
@@ -192,8 +206,9 @@ def test_kill_9_during_a_live_stream_loses_nothing_and_applies_nothing_twice(
     assert converged(db) == converged(replayed)
     records = audit_records(tmp_path)
     assert_gapless(records)
-    assert [r["db_seq"] for r in records] == list(range(1, recorded_total(db) + 1)), \
+    assert [r["db_seq"] for r in records] == list(range(1, recorded_total(db) + 1)), (
         "every derived event must reach the audit trail exactly once, in order"
+    )
     types = [r["type"] for r in records]
     assert types.count("MONITOR_STARTED") == tail.starts == kills + 1
     assert types.count("MONITOR_STOPPED") == 1
@@ -224,8 +239,7 @@ def test_a_burst_larger_than_one_batch_is_read_to_its_end(tmp_path: Path) -> Non
     events.mkdir()
     log = events / "run.jsonl"
     log.write_bytes(b"")
-    config = write_config(tmp_path / "runwatch.yaml", rescan_interval="1h",
-                          batch_max_bytes="4096")
+    config = write_config(tmp_path / "runwatch.yaml", rescan_interval="1h", batch_max_bytes="4096")
     db = tmp_path / "live.db"
     burst = sample_events(2000)  # ~220 KB in one write: dozens of 4 KiB batches
     with TailProcess(tmp_path, db, events, args=("--config", str(config), "--quiet")) as tail:
@@ -252,13 +266,23 @@ def test_a_second_service_or_a_replay_on_the_same_database_is_refused(tmp_path: 
         tail.wait_for_accepted(10)
         assert tail.process is not None
         pid = str(tail.process.pid)
-        for command in (["tail", str(events), "--db", str(db)],
-                        ["replay", str(events), "--db", str(db)]):
+        for command in (
+            ["tail", str(events), "--db", str(db)],
+            ["replay", str(events), "--db", str(db)],
+        ):
             started = time.monotonic()
-            second = subprocess.run([*RUNWATCH, *command], capture_output=True, text=True,
-                                    cwd=tmp_path, timeout=30, check=False)
-            print(f"`runwatch {command[0]}` refused in {time.monotonic() - started:.2f} s: "
-                  f"{second.stderr.strip()}")
+            second = subprocess.run(
+                [*RUNWATCH, *command],
+                capture_output=True,
+                text=True,
+                cwd=tmp_path,
+                timeout=30,
+                check=False,
+            )
+            print(
+                f"`runwatch {command[0]}` refused in {time.monotonic() - started:.2f} s: "
+                f"{second.stderr.strip()}"
+            )
             assert second.returncode != 0, second.stdout
             assert "in use" in second.stderr and pid in second.stderr, second.stderr
             assert "Traceback" not in second.stderr
@@ -273,7 +297,8 @@ def test_a_second_service_or_a_replay_on_the_same_database_is_refused(tmp_path: 
 
 
 def test_sigterm_stops_promptly_with_exit_0_and_a_restart_continues_the_trail(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """Service managers send SIGTERM and escalate to SIGKILL after a grace period: the
     service must finish, record MONITOR_STOPPED, exit 0, and the next start must carry on
     the same audit trail."""
@@ -303,7 +328,7 @@ def test_sigterm_stops_promptly_with_exit_0_and_a_restart_continues_the_trail(
         tail.wait_for_accepted(14)
         assert tail.stop() == 0
     records = audit_records(tmp_path)
-    assert records[:len(first)] == first, "the trail is append-only"
+    assert records[: len(first)] == first, "the trail is append-only"
     assert records[len(first)]["type"] == "MONITOR_STARTED"
     assert records[len(first)]["seq"] == first[-1]["seq"] + 1
     assert_gapless(records)
@@ -314,8 +339,7 @@ def test_sigterm_stops_promptly_with_exit_0_and_a_restart_continues_the_trail(
 # --- the wall clock -----------------------------------------------------------------------
 
 
-def test_a_silent_run_is_flagged_stalled_on_the_wall_clock_and_recovers(
-        tmp_path: Path) -> None:
+def test_a_silent_run_is_flagged_stalled_on_the_wall_clock_and_recovers(tmp_path: Path) -> None:
     """Live, a run that goes quiet must be flagged by the passing of time alone (no new
     event needs to arrive), and cleared by its next event."""
     events = tmp_path / "events"
@@ -326,18 +350,29 @@ def test_a_silent_run_is_flagged_stalled_on_the_wall_clock_and_recovers(
     db = tmp_path / "live.db"
     with TailProcess(tmp_path, db, events, args=("--config", str(config))) as tail:
         wait_started(tail, tmp_path)
-        append(log, {"event_type": "run_started", "timestamp": iso_now(), "run_id": "S1"},
-               {"event_type": "task_started", "timestamp": iso_now(), "run_id": "S1",
-                "task_id": "t1"})
+        append(
+            log,
+            {"event_type": "run_started", "timestamp": iso_now(), "run_id": "S1"},
+            {"event_type": "task_started", "timestamp": iso_now(), "run_id": "S1", "task_id": "t1"},
+        )
         tail.wait_for_accepted(2)
         assert stalled_flag(db, "S1") == 0
-        tail.wait_until(lambda: stalled_flag(db, "S1") == 1
-                        and "RUN_STALLED" in audit_types(tmp_path), timeout=10)
+        tail.wait_until(
+            lambda: stalled_flag(db, "S1") == 1 and "RUN_STALLED" in audit_types(tmp_path),
+            timeout=10,
+        )
         stalled = [r for r in audit_records(tmp_path) if r["type"] == "RUN_STALLED"]
         assert [r["run_id"] for r in stalled] == ["S1"]
         assert stalled[0]["silent_s"] >= 2.0, stalled[0]
-        append(log, {"event_type": "task_progress", "timestamp": iso_now(), "run_id": "S1",
-                     "task_id": "t1"})
+        append(
+            log,
+            {
+                "event_type": "task_progress",
+                "timestamp": iso_now(),
+                "run_id": "S1",
+                "task_id": "t1",
+            },
+        )
         tail.wait_until(lambda: "RUN_RECOVERED" in audit_types(tmp_path), timeout=10)
         assert stalled_flag(db, "S1") == 0
         assert tail.stop() == 0
@@ -360,8 +395,7 @@ def test_heartbeats_are_recorded_at_the_configured_interval(tmp_path: Path) -> N
         append(log, *sample_events(6))
         tail.wait_for_accepted(6)
         before = audit_types(tmp_path).count("HEARTBEAT")
-        tail.wait_until(lambda: audit_types(tmp_path).count("HEARTBEAT") >= before + 2,
-                        timeout=10)
+        tail.wait_until(lambda: audit_types(tmp_path).count("HEARTBEAT") >= before + 2, timeout=10)
         assert tail.stop() == 0
     records = audit_records(tmp_path)
     assert_gapless(records)

@@ -15,9 +15,18 @@ from helpers import TailProcess, run_cli
 
 
 def event(kind: str, run_id: str, n: int, **extra: Any) -> bytes:
-    return orjson.dumps({"event_id": f"{run_id}-{n}-{kind}", "event_type": kind,
-                         "run_id": run_id, "timestamp": datetime.now(UTC).isoformat(),
-                         **extra}) + b"\n"
+    return (
+        orjson.dumps(
+            {
+                "event_id": f"{run_id}-{n}-{kind}",
+                "event_type": kind,
+                "run_id": run_id,
+                "timestamp": datetime.now(UTC).isoformat(),
+                **extra,
+            }
+        )
+        + b"\n"
+    )
 
 
 def append(path: Path, data: bytes) -> None:
@@ -43,21 +52,27 @@ def test_metrics_move_as_events_arrive(tmp_path: Path) -> None:
     """A scrape must reflect what the service committed, not what it merely read."""
     logs = tmp_path / "in"
     logs.mkdir()
-    with TailProcess(tmp_path, tmp_path / "rw.db", logs,
-                     args=("--metrics-addr", "127.0.0.1:0")) as service:
+    with TailProcess(
+        tmp_path, tmp_path / "rw.db", logs, args=("--metrics-addr", "127.0.0.1:0")
+    ) as service:
         url = base_url(service) + "/metrics"
         first = requests.get(url, timeout=5)
         assert first.status_code == 200
         assert first.headers["Content-Type"].startswith("text/plain")
         assert "process_cpu_seconds_total" in first.text
         assert metric(first.text, "events_ingested_total", 'source="default"') == 0
-        append(logs / "a.jsonl", event("run_started", "R1", 1)
-               + event("task_started", "R1", 2, task_id="T1")
-               + event("task_failed", "R1", 3, task_id="T1") + event("run_completed", "R1", 4)
-               + b"{not json\n")
+        append(
+            logs / "a.jsonl",
+            event("run_started", "R1", 1)
+            + event("task_started", "R1", 2, task_id="T1")
+            + event("task_failed", "R1", 3, task_id="T1")
+            + event("run_completed", "R1", 4)
+            + b"{not json\n",
+        )
         service.wait_for_accepted(4)
-        service.wait_until(lambda: metric(requests.get(url, timeout=5).text,
-                                          "artifacts_archived_total") == 1)
+        service.wait_until(
+            lambda: metric(requests.get(url, timeout=5).text, "artifacts_archived_total") == 1
+        )
         text = requests.get(url, timeout=5).text
         assert metric(text, "events_ingested_total", 'source="default"') == 4
         assert metric(text, "events_rejected_total", 'reason="invalid_json"') == 1
@@ -66,8 +81,7 @@ def test_metrics_move_as_events_arrive(tmp_path: Path) -> None:
         assert metric(text, "alerts_sent_total", 'channel="console"') >= 1
         assert metric(text, "archive_size_bytes_count") == 1
         append(logs / "a.jsonl", event("run_started", "R2", 1))
-        service.wait_until(lambda: metric(requests.get(url, timeout=5).text,
-                                          "active_runs") == 1)
+        service.wait_until(lambda: metric(requests.get(url, timeout=5).text, "active_runs") == 1)
         assert metric(requests.get(url, timeout=5).text, "outbox_pending") == 0
         assert service.stop() == 0
 
@@ -82,8 +96,12 @@ def test_healthz_flips_with_the_database_and_the_archive_disk(tmp_path: Path) ->
         url = base_url(service)
         healthy = requests.get(url + "/healthz", timeout=5)
         assert healthy.status_code == 200, healthy.text
-        assert set(healthy.json()["checks"]) == {"monitor_heartbeat", "db_connection_check",
-                                                 "archival_storage_check", "ingest_lag"}
+        assert set(healthy.json()["checks"]) == {
+            "monitor_heartbeat",
+            "db_connection_check",
+            "archival_storage_check",
+            "ingest_lag",
+        }
         db.rename(tmp_path / "moved.db")
         try:
             broken = requests.get(url + "/healthz", timeout=5)
@@ -113,11 +131,11 @@ def test_metrics_server_binds_loopback_by_default(tmp_path: Path) -> None:
     """Secure by default: a bare :PORT must not listen on every interface."""
     logs = tmp_path / "in"
     logs.mkdir()
-    with TailProcess(tmp_path, tmp_path / "rw.db", logs,
-                     args=("--metrics-addr", ":0")) as service:
+    with TailProcess(tmp_path, tmp_path / "rw.db", logs, args=("--metrics-addr", ":0")) as service:
         assert base_url(service).startswith("http://127.0.0.1:")
         time.sleep(0.2)
         assert service.stop() == 0
-    bad = run_cli("tail", logs, "--db", tmp_path / "x.db", "--metrics-addr", "nowhere",
-                  cwd=tmp_path)
+    bad = run_cli(
+        "tail", logs, "--db", tmp_path / "x.db", "--metrics-addr", "nowhere", cwd=tmp_path
+    )
     assert bad.returncode == 2 and "metrics_addr" in bad.stderr

@@ -41,11 +41,19 @@ class Events:
     def line(self) -> bytes:
         n = self.count
         self.count += 1
-        return orjson.dumps({
-            "event_type": KINDS[n % 3],
-            "timestamp": (self.base + timedelta(milliseconds=n)).isoformat(),
-            "run_id": f"{self.run_prefix}{n // 60}", "workstream_id": f"ws{n // 15 % 2}",
-            "task_id": f"t{n // 3}", "seq": n}) + b"\n"
+        return (
+            orjson.dumps(
+                {
+                    "event_type": KINDS[n % 3],
+                    "timestamp": (self.base + timedelta(milliseconds=n)).isoformat(),
+                    "run_id": f"{self.run_prefix}{n // 60}",
+                    "workstream_id": f"ws{n // 15 % 2}",
+                    "task_id": f"t{n // 3}",
+                    "seq": n,
+                }
+            )
+            + b"\n"
+        )
 
 
 def write(handle: IO[bytes], events: Events, count: int) -> None:
@@ -58,8 +66,7 @@ def write(handle: IO[bytes], events: Events, count: int) -> None:
 def tail_for(tmp_path: Path, *patterns: Path | str) -> TailProcess:
     config = tmp_path / "runwatch.yaml"
     config.write_text(CONFIG)
-    return TailProcess(tmp_path, tmp_path / "live.db", *patterns,
-                       args=("--config", str(config)))
+    return TailProcess(tmp_path, tmp_path / "live.db", *patterns, args=("--config", str(config)))
 
 
 def started(tail: TailProcess) -> None:
@@ -323,8 +330,7 @@ def test_burst_of_100k_lines(tmp_path: Path) -> None:
     log = new_log(tmp_path)
     with tail_for(tmp_path, log.parent) as tail:
         started(tail)
-        subprocess.run([sys.executable, "-c", WRITER, str(log), "100000"], check=True,
-                       timeout=60)
+        subprocess.run([sys.executable, "-c", WRITER, str(log), "100000"], check=True, timeout=60)
         tail.wait_for_accepted(100_000, timeout=60)
         assert tail.stop() == 0
     stats = counters(tail.db)

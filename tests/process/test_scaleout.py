@@ -14,15 +14,16 @@ from natsserver import NatsServer
 from receivers import WebhookReceiver
 from runwatch.sinks.archive import verify_archive
 from runwatch.sinks.store import open_store
-from runwatch.stream.simulate import simulate
+from runwatch.stream.devtools.simulate import simulate
 
 NEVER_STALLS = "stall_after: 36500d\ntick_interval: 0.2s\n"
 
 
 def shipper_of(host: Path, nats_url: str) -> RunwatchProcess:
     """`runwatch ship` for one host's events folder, with the host's own checkpoints."""
-    return RunwatchProcess(host, "ship", "ship", host / "events", "--nats", nats_url,
-                           "--db", host / "ship.db")
+    return RunwatchProcess(
+        host, "ship", "ship", host / "events", "--nats", nats_url, "--db", host / "ship.db"
+    )
 
 
 def accepted(url: str) -> int:
@@ -47,7 +48,8 @@ def pending(url: str) -> int:
 
 
 def test_two_shippers_two_processors_killed_and_restarted_converge(
-        tmp_path: Path, postgres_url: str) -> None:
+    tmp_path: Path, postgres_url: str
+) -> None:
     """The scale-out promise: whatever crashes, the shared projection equals a SQLite replay
     of the same files, and no alert reaches a receiver twice."""
     start = datetime.now(UTC) - timedelta(hours=2)
@@ -65,10 +67,21 @@ rules:
   - {{name: run_failure, severity: critical, channels: [hook], throttle: 15m,
       match: [{{type: RUN_COMPLETED, status: [failed, partial]}}, {{type: run_failed}}]}}
 """)
-        common = ("--config", str(tmp_path / "rw.yaml"), "--alerts", str(tmp_path / "alerts.yaml"),
-                  "--db", postgres_url, "--nats", nats.url, "--quiet")
-        processors = [RunwatchProcess(tmp_path, "p0", "tail", "--partition", "0,1/4", *common),
-                      RunwatchProcess(tmp_path, "p1", "tail", "--partition", "2,3/4", *common)]
+        common = (
+            "--config",
+            str(tmp_path / "rw.yaml"),
+            "--alerts",
+            str(tmp_path / "alerts.yaml"),
+            "--db",
+            postgres_url,
+            "--nats",
+            nats.url,
+            "--quiet",
+        )
+        processors = [
+            RunwatchProcess(tmp_path, "p0", "tail", "--partition", "0,1/4", *common),
+            RunwatchProcess(tmp_path, "p1", "tail", "--partition", "2,3/4", *common),
+        ]
         shippers = [shipper_of(host, nats.url) for host in hosts]
         for proc in [*processors, *shippers]:
             proc.start()
@@ -80,8 +93,15 @@ rules:
             proc.kill()
             proc.start()
             time.sleep(0.3)
-        expected = run_cli("replay", *[h / "events" for h in hosts], "--db",
-                           tmp_path / "replay.db", "--stall-after", "36500d", "--json")
+        expected = run_cli(
+            "replay",
+            *[h / "events" for h in hosts],
+            "--db",
+            tmp_path / "replay.db",
+            "--stall-after",
+            "36500d",
+            "--json",
+        )
         assert expected.returncode == 0, expected.stderr
         total = orjson.loads(expected.stdout)["events_accepted"]
         wait_until(lambda: accepted(postgres_url) >= total, f"{total} events", 120, show=everyone)
@@ -99,15 +119,18 @@ rules:
         for table in theirs:
             assert ours[table] == theirs[table], table
         failures = shared.db.execute(
-            "SELECT count(*) FROM alerts WHERE rule='run_failure'").fetchone()[0]
-        finished = dict(shared.db.execute(
-            "SELECT run_id, events_total FROM runs WHERE status NOT IN ('pending', 'running')"))
+            "SELECT count(*) FROM alerts WHERE rule='run_failure'"
+        ).fetchone()[0]
+        finished = dict(
+            shared.db.execute(
+                "SELECT run_id, events_total FROM runs WHERE status NOT IN ('pending', 'running')"
+            )
+        )
     finally:
         shared.close()
         replayed.close()
     repeated = {i for i in ids if ids.count(i) > 1}
-    in_flight = {i for i in repeated
-                 if any(0 <= kill - first_sent[i] <= 2.0 for kill in kills)}
+    in_flight = {i for i in repeated if any(0 <= kill - first_sent[i] <= 2.0 for kill in kills)}
     assert repeated == in_flight, "an acknowledged alert was delivered again"
     assert len(set(ids)) == failures > 0, "every decided alert is delivered"
     archives = {path.stem: path for path in (tmp_path / ".archive").glob("*.zip")}
@@ -129,20 +152,37 @@ def test_a_standby_takes_over_when_the_owner_dies(tmp_path: Path, postgres_url: 
     simulate(host / "events", runs=20, seed=31)
     (tmp_path / "rw.yaml").write_text(NEVER_STALLS)
     with NatsServer(tmp_path / "nats", partitions=1) as nats:
-        common = ("--config", str(tmp_path / "rw.yaml"), "--db", postgres_url,
-                  "--nats", nats.url, "--partition", "0/1")
+        common = (
+            "--config",
+            str(tmp_path / "rw.yaml"),
+            "--db",
+            postgres_url,
+            "--nats",
+            nats.url,
+            "--partition",
+            "0/1",
+        )
         owner = RunwatchProcess(tmp_path, "owner", "tail", *common).start()
-        wait_until(lambda: "owner of partition(s) 0/1" in owner.output(), "ownership", 30,
-                   show=[owner])
+        wait_until(
+            lambda: "owner of partition(s) 0/1" in owner.output(), "ownership", 30, show=[owner]
+        )
         standby = RunwatchProcess(tmp_path, "standby", "tail", *common).start()
         wait_until(lambda: "standby" in standby.output(), "standby", 30, show=[standby])
         shipper = shipper_of(host, nats.url).start()
         wait_until(lambda: accepted(postgres_url) > 500, "first events", 60, show=[owner, shipper])
         owner.kill()
-        wait_until(lambda: "owner of partition(s) 0/1" in standby.output(), "takeover", 30,
-                   show=[standby])
-        expected = run_cli("replay", host / "events", "--db", tmp_path / "replay.db",
-                           "--stall-after", "36500d", "--json")
+        wait_until(
+            lambda: "owner of partition(s) 0/1" in standby.output(), "takeover", 30, show=[standby]
+        )
+        expected = run_cli(
+            "replay",
+            host / "events",
+            "--db",
+            tmp_path / "replay.db",
+            "--stall-after",
+            "36500d",
+            "--json",
+        )
         total = orjson.loads(expected.stdout)["events_accepted"]
         wait_until(lambda: accepted(postgres_url) >= total, f"{total} events", 60, show=[standby])
         assert standby.stop() == 0 and shipper.stop() == 0
@@ -154,8 +194,9 @@ def test_a_standby_takes_over_when_the_owner_dies(tmp_path: Path, postgres_url: 
         replayed.close()
 
 
-def test_replay_into_postgresql_equals_replay_into_sqlite(tmp_path: Path,
-                                                          postgres_url: str) -> None:
+def test_replay_into_postgresql_equals_replay_into_sqlite(
+    tmp_path: Path, postgres_url: str
+) -> None:
     """Moving from SQLite is one replay; a second replay swaps the schema atomically."""
     simulate(tmp_path / "events", runs=25, seed=41)
     for _ in range(2):

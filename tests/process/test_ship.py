@@ -21,7 +21,7 @@ import pytest
 
 from helpers import RunwatchProcess, wait_until
 from natsserver import NatsServer
-from runwatch.stream.ship import line_id, subject_token
+from runwatch.stream.services.ship import line_id, subject_token
 
 CONFIG = "rotate_wait: 1s\nrescan_interval: 1s\nbatch_max_bytes: 65536\n"
 STREAM = "runwatch"
@@ -59,6 +59,7 @@ async def _stored(url: str) -> list[Stored]:
 
 def stream_count(url: str) -> int:
     """Messages in the stream now (0 while it does not exist yet)."""
+
     async def count() -> int:
         nc = await nats.connect(url, allow_reconnect=False)
         try:
@@ -67,6 +68,7 @@ def stream_count(url: str) -> int:
             return 0
         finally:
             await nc.close()
+
     return asyncio.run(count())
 
 
@@ -77,8 +79,9 @@ def checkpoint(db: Path, path: Path) -> int:
     info = path.stat()
     connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
-        row = connection.execute("SELECT offset FROM checkpoints WHERE device=? AND inode=?",
-                                 (info.st_dev, info.st_ino)).fetchone()
+        row = connection.execute(
+            "SELECT offset FROM checkpoints WHERE device=? AND inode=?", (info.st_dev, info.st_ino)
+        ).fetchone()
         return int(row[0]) if row else 0
     except sqlite3.OperationalError:
         return 0
@@ -93,8 +96,9 @@ class Shipper(RunwatchProcess):
         config = workdir / "runwatch.yaml"
         config.write_text(CONFIG)
         self.db = workdir / "ship.db"
-        super().__init__(workdir, "ship", "ship", *paths, "--nats", url, "--db", self.db,
-                         "--config", config)
+        super().__init__(
+            workdir, "ship", "ship", *paths, "--nats", url, "--db", self.db, "--config", config
+        )
 
 
 class Lines:
@@ -108,9 +112,19 @@ class Lines:
     def next(self) -> bytes:
         n = self.count
         self.count += 1
-        return orjson.dumps({"event_type": "task_started", "event_id": f"{self.prefix}e{n}",
-                             "timestamp": "2026-11-22T10:00:00Z", "task_id": f"t{n}",
-                             "run_id": f"{self.prefix}{n % self.runs}", "pad": "x" * 60}) + b"\n"
+        return (
+            orjson.dumps(
+                {
+                    "event_type": "task_started",
+                    "event_id": f"{self.prefix}e{n}",
+                    "timestamp": "2026-11-22T10:00:00Z",
+                    "task_id": f"t{n}",
+                    "run_id": f"{self.prefix}{n % self.runs}",
+                    "pad": "x" * 60,
+                }
+            )
+            + b"\n"
+        )
 
     def block(self, count: int) -> bytes:
         return b"".join(self.next() for _ in range(count))
@@ -131,7 +145,8 @@ def shipped_all(shipper: Shipper, server: NatsServer, count: int, *files: Path) 
     """The stream holds `count` messages and every file's checkpoint is at its end."""
     assert shipper.running(), shipper.output()
     return stream_count(server.url) >= count and all(
-        checkpoint(shipper.db, f) == f.stat().st_size for f in files)
+        checkpoint(shipper.db, f) == f.stat().st_size for f in files
+    )
 
 
 def test_lines_arrive_with_subject_headers_and_id(tmp_path: Path, server: NatsServer) -> None:
@@ -161,7 +176,9 @@ def test_lines_arrive_with_subject_headers_and_id(tmp_path: Path, server: NatsSe
         assert message.headers["Nats-Msg-Id"] == event["event_id"]
         assert message.headers["Runwatch-Source"] == str(log)
         assert (message.headers["Runwatch-Offset"], message.headers["Runwatch-Line"]) == (
-            str(at), str(number))
+            str(at),
+            str(number),
+        )
     assert "shipped" in shipper.output()
 
 
@@ -170,9 +187,21 @@ def test_a_run_always_lands_in_one_partition(tmp_path: Path, server: NatsServer)
     odd = "run with spaces/and.dots"
     logs = [tmp_path / f"{name}.jsonl" for name in ("x", "y")]
     for n, log in enumerate(logs):
-        log.write_bytes(Lines(runs=3, prefix=f"P{n}").block(30) + b"".join(orjson.dumps(
-            {"event_type": "run_started", "timestamp": "2026-11-22T10:00:00Z", "run_id": odd,
-             "seq": n * 10 + k}) + b"\n" for k in range(3)))
+        log.write_bytes(
+            Lines(runs=3, prefix=f"P{n}").block(30)
+            + b"".join(
+                orjson.dumps(
+                    {
+                        "event_type": "run_started",
+                        "timestamp": "2026-11-22T10:00:00Z",
+                        "run_id": odd,
+                        "seq": n * 10 + k,
+                    }
+                )
+                + b"\n"
+                for k in range(3)
+            )
+        )
     with Shipper(tmp_path, server.url, *logs) as shipper:
         wait_until(lambda: shipped_all(shipper, server, 66, *logs), "both files")
     partitions: dict[str, set[str]] = {}
@@ -212,11 +241,20 @@ def test_rejected_line_is_shipped_with_a_stable_id(tmp_path: Path, server: NatsS
 def test_a_line_too_big_for_nats_is_shipped_cut_and_flagged(tmp_path: Path) -> None:
     """A line over the server's max_payload must not block the file: its head goes, flagged."""
     log = tmp_path / "big-line.jsonl"
-    huge = orjson.dumps({"event_type": "run_started", "event_id": "big", "run_id": "R1",
-                         "timestamp": "2026-11-22T10:00:00Z", "pad": "y" * 6000})
+    huge = orjson.dumps(
+        {
+            "event_type": "run_started",
+            "event_id": "big",
+            "run_id": "R1",
+            "timestamp": "2026-11-22T10:00:00Z",
+            "pad": "y" * 6000,
+        }
+    )
     log.write_bytes(huge + b"\n" + Lines().block(2))
-    with NatsServer(tmp_path / "nats", extra="max_payload: 4096") as server, \
-            Shipper(tmp_path, server.url, log) as shipper:
+    with (
+        NatsServer(tmp_path / "nats", extra="max_payload: 4096") as server,
+        Shipper(tmp_path, server.url, log) as shipper,
+    ):
         wait_until(lambda: shipped_all(shipper, server, 3, log), "the cut line and the rest")
         messages = stored(server.url)
     cut = messages[0]
@@ -249,8 +287,10 @@ def test_without_the_partition_mapping_nothing_is_checkpointed(tmp_path: Path) -
     """Lines must never land unpartitioned where no processor reads: no mapping, no commit."""
     log = tmp_path / "unmapped.jsonl"
     log.write_bytes(Lines().block(3))
-    with NatsServer(tmp_path / "nats", partitions=0) as server, \
-            Shipper(tmp_path, server.url, log) as shipper:
+    with (
+        NatsServer(tmp_path / "nats", partitions=0) as server,
+        Shipper(tmp_path, server.url, log) as shipper,
+    ):
         wait_until(lambda: "no stream takes runwatch.events.*" in shipper.output(), "a hint")
         assert shipper.running()
         assert checkpoint(shipper.db, log) == 0
@@ -327,8 +367,9 @@ def test_rotation_while_shipping_loses_nothing(tmp_path: Path, server: NatsServe
     log.write_bytes(b"")
     with Shipper(tmp_path, server.url, log) as shipper:
         time.sleep(0.5)
-        subprocess.run([sys.executable, "-c", WRITER, str(log), "3000", "700"], check=True,
-                       timeout=30)
+        subprocess.run(
+            [sys.executable, "-c", WRITER, str(log), "3000", "700"], check=True, timeout=30
+        )
         assert len(list(events.iterdir())) == 5
         wait_until(lambda: shipped_all(shipper, server, 3000, log), "every rotated line")
         time.sleep(1.3)  # rotate_wait: the renamed files are finished and retired
@@ -340,16 +381,15 @@ def test_rotation_while_shipping_loses_nothing(tmp_path: Path, server: NatsServe
     assert "SOURCE_ROTATED" in shipper.output()
 
 
-def test_a_second_shipper_on_one_checkpoint_db_refuses(tmp_path: Path,
-                                                       server: NatsServer) -> None:
+def test_a_second_shipper_on_one_checkpoint_db_refuses(tmp_path: Path, server: NatsServer) -> None:
     """Two shippers on one checkpoint db would each advance the other's offsets."""
     log = tmp_path / "one.jsonl"
     log.write_bytes(Lines().block(5))
     with Shipper(tmp_path, server.url, log) as shipper:
         wait_until(lambda: shipped_all(shipper, server, 5, log), "the first shipper")
-        second = subprocess.run(shipper.command, cwd=tmp_path, capture_output=True, text=True,
-                                timeout=30, check=False)
+        second = subprocess.run(
+            shipper.command, cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False
+        )
         assert second.returncode == 1
         assert "already in use" in second.stderr
         assert shipper.stop() == 0
-

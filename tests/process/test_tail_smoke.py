@@ -19,10 +19,17 @@ def test_follows_appends_and_matches_replay(tmp_path: Path) -> None:
     with TailProcess(tmp_path, db, events) as tail:
         with log.open("ab") as handle:
             for second in range(20):
-                handle.write(orjson.dumps({
-                    "event_type": "task_started" if second % 2 else "task_completed",
-                    "timestamp": f"2026-11-22T05:00:{second:02d}Z", "run_id": "R1",
-                    "task_id": f"t{second // 2}"}) + b"\n")
+                handle.write(
+                    orjson.dumps(
+                        {
+                            "event_type": "task_started" if second % 2 else "task_completed",
+                            "timestamp": f"2026-11-22T05:00:{second:02d}Z",
+                            "run_id": "R1",
+                            "task_id": f"t{second // 2}",
+                        }
+                    )
+                    + b"\n"
+                )
                 handle.flush()
         tail.wait_for_accepted(20)
         assert tail.stop() == 0

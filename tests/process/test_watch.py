@@ -40,8 +40,13 @@ class Tmux:
         self.run("new-session", "-d", "-x", "120", "-y", "40", "-c", str(cwd), "sh")
 
     def run(self, *args: str) -> str:
-        return subprocess.run(["tmux", "-S", str(self.socket), *args], capture_output=True,
-                              text=True, check=True, timeout=10).stdout
+        return subprocess.run(
+            ["tmux", "-S", str(self.socket), *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout
 
     def type(self, line: str) -> None:
         self.run("send-keys", "-l", line)
@@ -71,32 +76,50 @@ def terminal(tmp_path: Path) -> Iterator[Tmux]:
     try:
         yield pane
     finally:
-        subprocess.run(["tmux", "-S", str(pane.socket), "kill-server"], capture_output=True,
-                       check=False, timeout=10)
+        subprocess.run(
+            ["tmux", "-S", str(pane.socket), "kill-server"],
+            capture_output=True,
+            check=False,
+            timeout=10,
+        )
         shutil.rmtree(home)
 
 
 def event(kind: str, run_id: str, n: int, at: datetime | None = None, **extra: Any) -> bytes:
     moment = (at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return orjson.dumps({"event_id": f"{run_id}-{n}", "event_type": kind, "run_id": run_id,
-                         "timestamp": moment, **extra}) + b"\n"
+    return (
+        orjson.dumps(
+            {
+                "event_id": f"{run_id}-{n}",
+                "event_type": kind,
+                "run_id": run_id,
+                "timestamp": moment,
+                **extra,
+            }
+        )
+        + b"\n"
+    )
 
 
 def task_done(run_id: str, task: str, n: int) -> bytes:
-    return (event("task_started", run_id, n, task_id=task)
-            + event("task_completed", run_id, n + 1, task_id=task))
+    return event("task_started", run_id, n, task_id=task) + event(
+        "task_completed", run_id, n + 1, task_id=task
+    )
 
 
 def first_events() -> bytes:
     """RUN-STUCK has not been heard of for two hours; RUN-ALPHA has one task of three done."""
     old = datetime.now(UTC) - timedelta(hours=2)
-    return b"".join([
-        event("run_created", "RUN-STUCK", 0, old, payload={"total_tasks": 2}),
-        event("run_started", "RUN-STUCK", 1, old),
-        event("task_started", "RUN-STUCK", 2, old, task_id="a"),
-        event("run_created", "RUN-ALPHA", 0, payload={"total_tasks": 3}),
-        event("run_started", "RUN-ALPHA", 1),
-        task_done("RUN-ALPHA", "t1", 2)])
+    return b"".join(
+        [
+            event("run_created", "RUN-STUCK", 0, old, payload={"total_tasks": 2}),
+            event("run_started", "RUN-STUCK", 1, old),
+            event("task_started", "RUN-STUCK", 2, old, task_id="a"),
+            event("run_created", "RUN-ALPHA", 0, payload={"total_tasks": 3}),
+            event("run_started", "RUN-ALPHA", 1),
+            task_done("RUN-ALPHA", "t1", 2),
+        ]
+    )
 
 
 def append(path: Path, data: bytes) -> None:
@@ -131,15 +154,17 @@ REVERSE = re.compile(r"\x1b\[(?:\d+;)*7(?:;\d+)*m")
 
 def view_pid(terminal: Tmux) -> int:
     """The view's process: the pane shell's child."""
-    children = subprocess.run(["pgrep", "-P", terminal.flag("pane_pid")], capture_output=True,
-                              text=True, check=True).stdout.split()
+    children = subprocess.run(
+        ["pgrep", "-P", terminal.flag("pane_pid")], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert len(children) == 1, children
     return int(children[0])
 
 
 def piped(db: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(watch_command(db), capture_output=True, text=True, timeout=30,
-                          check=False)
+    return subprocess.run(
+        watch_command(db), capture_output=True, text=True, timeout=30, check=False
+    )
 
 
 @pytest.fixture
@@ -160,10 +185,13 @@ def test_live_view_follows_the_service_and_quits_on_q(tmp_path: Path, terminal: 
     with TailProcess(tmp_path, db, events) as tail:
         tail.wait_for_accepted(7)
         terminal.type("stty -g > before.stty")
-        terminal.type(f"{shlex.join(watch_command(db, '--interval', '0.2'))}; "
-                      "echo EXIT=$?; stty -g > after.stty")
-        terminal.wait_for(lambda s: "1/3" in line_with(s, "RUN-ALPHA")
-                          and "STALLED" in line_with(s, "RUN-STUCK"))
+        terminal.type(
+            f"{shlex.join(watch_command(db, '--interval', '0.2'))}; "
+            "echo EXIT=$?; stty -g > after.stty"
+        )
+        terminal.wait_for(
+            lambda s: "1/3" in line_with(s, "RUN-ALPHA") and "STALLED" in line_with(s, "RUN-STUCK")
+        )
         assert terminal.flag("alternate_on") == "1" and terminal.flag("cursor_flag") == "0"
 
         append(log, task_done("RUN-ALPHA", "t2", 10))
@@ -171,15 +199,23 @@ def test_live_view_follows_the_service_and_quits_on_q(tmp_path: Path, terminal: 
 
         assert tail.process is not None
         pid = tail.process.pid
-        (tmp_path / "rw.db.status").write_bytes(orjson.dumps({
-            "pid": pid, "updated_unix": time.time(), "ingest_lag_seconds": 0.0}))
+        (tmp_path / "rw.db.status").write_bytes(
+            orjson.dumps({"pid": pid, "updated_unix": time.time(), "ingest_lag_seconds": 0.0})
+        )
         terminal.wait_for(lambda s: f"service up, pid {pid}" in s)
 
-        append(log, task_done("RUN-ALPHA", "t3", 20)
-               + event("run_started", "RUN-BROKEN", 0) + event("run_failed", "RUN-BROKEN", 1))
+        append(
+            log,
+            task_done("RUN-ALPHA", "t3", 20)
+            + event("run_started", "RUN-BROKEN", 0)
+            + event("run_failed", "RUN-BROKEN", 1),
+        )
         screen = terminal.wait_for(
-            lambda s: "succeeded   3/3" in line_with(s, "RUN-ALPHA", "RECENT COMPLETIONS")
-            and "run_failure" in line_with(s, "RUN-BROKEN", "RECENT ALERTS"))
+            lambda s: (
+                "succeeded   3/3" in line_with(s, "RUN-ALPHA", "RECENT COMPLETIONS")
+                and "run_failure" in line_with(s, "RUN-BROKEN", "RECENT ALERTS")
+            )
+        )
         assert line_with(screen, "RUN-ALPHA") == ""
 
         terminal.run("send-keys", "q")
@@ -192,11 +228,11 @@ def test_live_view_follows_the_service_and_quits_on_q(tmp_path: Path, terminal: 
 
 
 def test_ctrl_c_exits_0_and_restores_the_terminal(
-        tmp_path: Path, terminal: Tmux, replayed: Path) -> None:
+    tmp_path: Path, terminal: Tmux, replayed: Path
+) -> None:
     """Ctrl-C is the other way out people use; it is a normal exit (0), not an error."""
     terminal.type("stty -g > before.stty")
-    terminal.type(f"{shlex.join(watch_command(replayed))}; "
-                  "echo EXIT=$?; stty -g > after.stty")
+    terminal.type(f"{shlex.join(watch_command(replayed))}; echo EXIT=$?; stty -g > after.stty")
     terminal.wait_for(lambda s: "1/3" in line_with(s, "RUN-ALPHA"))
     terminal.run("send-keys", "C-c")
     after = terminal.wait_for(exit_status, timeout=1.0)
@@ -222,11 +258,11 @@ def test_ctrl_z_hands_the_terminal_back_until_fg(terminal: Tmux, replayed: Path)
 
 
 def test_sigterm_exits_0_and_restores_the_terminal(
-        tmp_path: Path, terminal: Tmux, replayed: Path) -> None:
+    tmp_path: Path, terminal: Tmux, replayed: Path
+) -> None:
     """`kill` from another shell must not leave the user's terminal in the alternate screen."""
     terminal.type("stty -g > before.stty")
-    terminal.type(f"{shlex.join(watch_command(replayed))}; "
-                  "echo EXIT=$?; stty -g > after.stty")
+    terminal.type(f"{shlex.join(watch_command(replayed))}; echo EXIT=$?; stty -g > after.stty")
     terminal.wait_for(lambda s: "1/3" in line_with(s, "RUN-ALPHA"))
     os.kill(view_pid(terminal), signal.SIGTERM)
     assert exit_status(terminal.wait_for(exit_status, timeout=1.0)) == "EXIT=0"
@@ -268,14 +304,18 @@ def test_piped_output_is_one_plain_frame(replayed: Path) -> None:
     assert "\x1b" not in result.stdout
 
 
-@pytest.mark.parametrize(("status", "shown"), [
-    ({"pid": os.getpid(), "updated_unix": time.time() - 60}, "status file stale"),
-    ({"pid": NO_SUCH_PID, "updated_unix": time.time() + 3600}, "status file stale"),
-    (["not", "an", "object"], "status file unreadable"),
-    ({"pid": "x", "updated_unix": "soon"}, "status file unreadable"),
-])
+@pytest.mark.parametrize(
+    ("status", "shown"),
+    [
+        ({"pid": os.getpid(), "updated_unix": time.time() - 60}, "status file stale"),
+        ({"pid": NO_SUCH_PID, "updated_unix": time.time() + 3600}, "status file stale"),
+        (["not", "an", "object"], "status file unreadable"),
+        ({"pid": "x", "updated_unix": "soon"}, "status file unreadable"),
+    ],
+)
 def test_a_stale_or_broken_status_file_means_not_running(
-        replayed: Path, status: object, shown: str) -> None:
+    replayed: Path, status: object, shown: str
+) -> None:
     """A dead service must never look alive, and a bad status file must never crash the view."""
     Path(f"{replayed}.status").write_bytes(orjson.dumps(status))
     result = piped(replayed)
@@ -284,13 +324,25 @@ def test_a_stale_or_broken_status_file_means_not_running(
 
 def test_a_live_status_file_shows_the_ingest_lag(replayed: Path) -> None:
     """Lag is how users see the service falling behind the logs."""
-    Path(f"{replayed}.status").write_bytes(orjson.dumps({
-        "pid": os.getpid(), "updated_unix": time.time(), "ingest_lag_seconds": 2.5,
-        "ingest_lag_bytes": 4096, "files": 3, "open_runs": 2, "outbox_pending": 0,
-        "events_accepted": 12345}))
+    Path(f"{replayed}.status").write_bytes(
+        orjson.dumps(
+            {
+                "pid": os.getpid(),
+                "updated_unix": time.time(),
+                "ingest_lag_seconds": 2.5,
+                "ingest_lag_bytes": 4096,
+                "files": 3,
+                "open_runs": 2,
+                "outbox_pending": 0,
+                "events_accepted": 12345,
+            }
+        )
+    )
     result = piped(replayed)
-    assert (f"service up, pid {os.getpid()}: ingest lag 2.5 s (4,096 bytes), 3 files, 2 open "
-            "runs, outbox 0 pending, 12,345 events accepted") in result.stdout
+    assert (
+        f"service up, pid {os.getpid()}: ingest lag 2.5 s (4,096 bytes), 3 files, 2 open "
+        "runs, outbox 0 pending, 12,345 events accepted"
+    ) in result.stdout
 
 
 def test_control_characters_from_the_logs_cannot_drive_the_terminal(tmp_path: Path) -> None:

@@ -15,15 +15,29 @@ from runwatch.projections.alerts import (
     Trigger,
     render,
 )
-from runwatch.stream.decode import decode
+from runwatch.stream.core.decode import decode
 
 MINUTE = 60_000_000
-STALLED = Rule("run_stalled", "medium", ("console",), (Matcher("RUN_STALLED"),),
-               resolve=(Matcher("RUN_RECOVERED"),), throttle_us=60 * MINUTE, send_resolved=True,
-               summary="run {run_id} stalled")
-FAILED = Rule("run_failure", "critical", ("console", "webhook"),
-              (Matcher("RUN_COMPLETED", (Condition.parse("status", ["failed", "partial"]),)),
-               Matcher("run_failed")), throttle_us=15 * MINUTE)
+STALLED = Rule(
+    "run_stalled",
+    "medium",
+    ("console",),
+    (Matcher("RUN_STALLED"),),
+    resolve=(Matcher("RUN_RECOVERED"),),
+    throttle_us=60 * MINUTE,
+    send_resolved=True,
+    summary="run {run_id} stalled",
+)
+FAILED = Rule(
+    "run_failure",
+    "critical",
+    ("console", "webhook"),
+    (
+        Matcher("RUN_COMPLETED", (Condition.parse("status", ["failed", "partial"]),)),
+        Matcher("run_failed"),
+    ),
+    throttle_us=15 * MINUTE,
+)
 
 
 def derived(kind: str, minute: int, run: str = "R1", **data: object) -> DerivedEvent:
@@ -42,13 +56,25 @@ def offer_all(book: AlertBook, events: list[DerivedEvent]) -> list[str]:
 
 def test_conditions_select_by_value_list_and_comparison() -> None:
     """Rules must fire on the failures users care about and stay quiet on the rest."""
-    rules = RuleSet([FAILED, Rule("loud", "high", ("console",), (
-        Matcher("*", (Condition.parse("severity", ">= error"),)),))])
-    assert [t.rule for t in rules.match_derived(derived("RUN_COMPLETED", 1, status="failed"))] \
-        == ["run_failure"]
+    rules = RuleSet(
+        [
+            FAILED,
+            Rule(
+                "loud",
+                "high",
+                ("console",),
+                (Matcher("*", (Condition.parse("severity", ">= error"),)),),
+            ),
+        ]
+    )
+    assert [t.rule for t in rules.match_derived(derived("RUN_COMPLETED", 1, status="failed"))] == [
+        "run_failure"
+    ]
     assert rules.match_derived(derived("RUN_COMPLETED", 1, status="succeeded")) == []
-    line = b'{"event_type":"task_progress","run_id":"R1","timestamp":"2026-01-01T00:00:00Z",' \
-           b'"severity":"critical"}'
+    line = (
+        b'{"event_type":"task_progress","run_id":"R1","timestamp":"2026-01-01T00:00:00Z",'
+        b'"severity":"critical"}'
+    )
     event = decode(line)
     assert [t.rule for t in rules.match_event(event)] == ["loud"]  # type: ignore[arg-type]
     quiet = decode(line.replace(b"critical", b"warning"))
@@ -58,16 +84,22 @@ def test_conditions_select_by_value_list_and_comparison() -> None:
 def test_group_key_defaults_to_the_run() -> None:
     """One alert per run: failures of two runs are two problems, not one."""
     book = AlertBook(RuleSet([FAILED]))
-    states = offer_all(book, [derived("RUN_COMPLETED", 1, "R1", status="failed"),
-                              derived("RUN_COMPLETED", 1, "R2", status="failed")])
+    states = offer_all(
+        book,
+        [
+            derived("RUN_COMPLETED", 1, "R1", status="failed"),
+            derived("RUN_COMPLETED", 1, "R2", status="failed"),
+        ],
+    )
     assert states == ["firing", "firing"]
 
 
 def test_repeat_inside_throttle_is_folded_into_the_next_notification() -> None:
     """A run_failed line and the RUN_COMPLETED it causes are one problem: one notification."""
     book = AlertBook(RuleSet([FAILED]))
-    states = offer_all(book, [derived("RUN_COMPLETED", 0, status="failed"),
-                              derived("run_failed", 1)])
+    states = offer_all(
+        book, [derived("RUN_COMPLETED", 0, status="failed"), derived("run_failed", 1)]
+    )
     assert states == ["firing"]
     state = book.states[("run_failure", "run_id=R1")]
     assert state.suppressed == 1
@@ -77,8 +109,12 @@ def test_repeat_inside_throttle_is_folded_into_the_next_notification() -> None:
 def test_flapping_stall_inside_the_window_gives_one_notification() -> None:
     """Stall, recover, stall, recover inside the throttle window: one page, not four."""
     book = AlertBook(RuleSet([STALLED]))
-    flaps = [derived(kind, minute) for minute, kind in enumerate(
-        ["RUN_STALLED", "RUN_RECOVERED", "RUN_STALLED", "RUN_RECOVERED", "RUN_STALLED"])]
+    flaps = [
+        derived(kind, minute)
+        for minute, kind in enumerate(
+            ["RUN_STALLED", "RUN_RECOVERED", "RUN_STALLED", "RUN_RECOVERED", "RUN_STALLED"]
+        )
+    ]
     assert offer_all(book, flaps) == ["firing"]
     assert book.due(30 * MINUTE) == []  # still inside the window, still stalled
 
@@ -86,8 +122,7 @@ def test_flapping_stall_inside_the_window_gives_one_notification() -> None:
 def test_resolution_held_back_in_the_window_is_sent_when_it_ends() -> None:
     """send_resolved: the user hears that it is over, once, when throttling allows."""
     book = AlertBook(RuleSet([STALLED]))
-    assert offer_all(book, [derived("RUN_STALLED", 0), derived("RUN_RECOVERED", 5)]) \
-        == ["firing"]
+    assert offer_all(book, [derived("RUN_STALLED", 0), derived("RUN_RECOVERED", 5)]) == ["firing"]
     assert book.due(59 * MINUTE) == []
     [resolved] = book.due(60 * MINUTE)
     assert (resolved.state, resolved.ends_at) == ("resolved", 5 * MINUTE)
@@ -99,8 +134,9 @@ def test_a_problem_that_came_and_went_unannounced_is_not_resolved_aloud() -> Non
     book = AlertBook(RuleSet([STALLED]))
     offer_all(book, [derived("RUN_STALLED", 0), derived("RUN_RECOVERED", 1)])
     book.due(61 * MINUTE)
-    assert offer_all(book, [derived("RUN_STALLED", 62), derived("RUN_RECOVERED", 63)]) \
-        == ["firing"]  # the second stall is announced: the window was over
+    assert offer_all(book, [derived("RUN_STALLED", 62), derived("RUN_RECOVERED", 63)]) == [
+        "firing"
+    ]  # the second stall is announced: the window was over
     [resolved] = book.due(122 * MINUTE)
     assert resolved.state == "resolved"
 
@@ -114,16 +150,21 @@ def test_recovery_without_a_stall_is_ignored() -> None:
 
 def test_ids_are_stable_and_distinct() -> None:
     """Receivers deduplicate by id: the same decision must get the same id every time."""
+
     def ids() -> list[str]:
         book = AlertBook(RuleSet([STALLED]))
         out = []
-        for event in [derived("RUN_STALLED", 0), derived("RUN_RECOVERED", 90),
-                      derived("RUN_STALLED", 200)]:
+        for event in [
+            derived("RUN_STALLED", 0),
+            derived("RUN_RECOVERED", 90),
+            derived("RUN_STALLED", 200),
+        ]:
             for trigger in book.rules.match_derived(event):
                 notification = book.offer(trigger)
                 if notification is not None:
                     out.append(notification.id)
         return out
+
     first = ids()
     assert first == ids()
     assert len(set(first)) == 3
@@ -139,11 +180,14 @@ def test_state_round_trips_through_storage() -> None:
     assert resolved.state == "resolved"
 
 
-@pytest.mark.parametrize(("template", "expected"), [
-    ("run {run_id} {status}", "run R1 failed"),
-    ("{missing} here", "? here"),
-    ("{broken", "{broken"),
-])
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("run {run_id} {status}", "run R1 failed"),
+        ("{missing} here", "? here"),
+        ("{broken", "{broken"),
+    ],
+)
 def test_summary_rendering_never_fails(template: str, expected: str) -> None:
     """A summary template with a typo must still produce a message, not drop the alert."""
     assert render(template, {"run_id": "R1", "status": "failed"}) == expected
@@ -152,9 +196,13 @@ def test_summary_rendering_never_fails(template: str, expected: str) -> None:
 def test_labels_carry_rule_severity_and_run() -> None:
     """Alertmanager receivers route on alertname, severity and run_id labels."""
     book = AlertBook(RuleSet([FAILED]))
-    trigger = Trigger("run_failure", "run_id=R9", "fire", "e1", 0,
-                      {"run_id": "R9", "type": "run_failed"})
+    trigger = Trigger(
+        "run_failure", "run_id=R9", "fire", "e1", 0, {"run_id": "R9", "type": "run_failed"}
+    )
     notification = book.offer(trigger)
     assert notification is not None
-    assert notification.labels == {"alertname": "run_failure", "severity": "critical",
-                                   "run_id": "R9"}
+    assert notification.labels == {
+        "alertname": "run_failure",
+        "severity": "critical",
+        "run_id": "R9",
+    }

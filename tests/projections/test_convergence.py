@@ -14,15 +14,36 @@ from hypothesis import strategies as st
 from helpers import replay_into, snapshot
 
 ORCHESTRATOR_TYPES = [
-    "run_created", "run_started", "run_completed", "run_failed", "run_succeeded",
-    "run_cancelled", "task_created", "task_started", "task_progress", "task_completed",
-    "task_failed", "task_skipped", "step_started", "step_completed", "step_failed",
-    "workstream_started", "workstream_completed", "job_paused", "tool_call_started", "note",
+    "run_created",
+    "run_started",
+    "run_completed",
+    "run_failed",
+    "run_succeeded",
+    "run_cancelled",
+    "task_created",
+    "task_started",
+    "task_progress",
+    "task_completed",
+    "task_failed",
+    "task_skipped",
+    "step_started",
+    "step_completed",
+    "step_failed",
+    "workstream_started",
+    "workstream_completed",
+    "job_paused",
+    "tool_call_started",
+    "note",
 ]
 PATTERN_TYPES = [
-    "pattern.selection.started", "pattern.selection.resolved", "pattern.template.expanded",
-    "pattern.validation.started", "pattern.validation.failed", "pattern.execution.started",
-    "pattern.execution.completed", "pattern.execution.failed",
+    "pattern.selection.started",
+    "pattern.selection.resolved",
+    "pattern.template.expanded",
+    "pattern.validation.started",
+    "pattern.validation.failed",
+    "pattern.execution.started",
+    "pattern.execution.completed",
+    "pattern.execution.failed",
 ]
 
 
@@ -63,8 +84,9 @@ def pattern_event(draw: st.DrawFn) -> dict[str, Any]:
 
 @st.composite
 def corpus(draw: st.DrawFn) -> list[bytes]:
-    events = draw(st.lists(st.one_of(orchestrator_event(), pattern_event()), min_size=8,
-                           max_size=60))
+    events = draw(
+        st.lists(st.one_of(orchestrator_event(), pattern_event()), min_size=8, max_size=60)
+    )
     lines = []
     for number, event in enumerate(events):
         if draw(st.booleans()):
@@ -87,12 +109,21 @@ def converged(db: Path) -> dict[str, Any]:
     return rows
 
 
-@settings(max_examples=150, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(lines=corpus(), seed=st.integers(0, 2**32), parts=st.integers(1, 4),
-       duplicates=st.integers(0, 20), cache=st.integers(1, 4))
-def test_shuffle_split_duplicate_converge(tmp_path_factory: Any, lines: list[bytes], seed: int,
-                                          parts: int, duplicates: int, cache: int) -> None:
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    lines=corpus(),
+    seed=st.integers(0, 2**32),
+    parts=st.integers(1, 4),
+    duplicates=st.integers(0, 20),
+    cache=st.integers(1, 4),
+)
+def test_shuffle_split_duplicate_converge(
+    tmp_path_factory: Any, lines: list[bytes], seed: int, parts: int, duplicates: int, cache: int
+) -> None:
     """Same set of events, any arrangement: identical rows in every table."""
     base = tmp_path_factory.mktemp("conv")
     reference = base / "ref.db"
@@ -119,11 +150,19 @@ def test_shuffle_split_duplicate_converge(tmp_path_factory: Any, lines: list[byt
 def test_replay_twice_and_reversed_give_identical_tables(tmp_path: Path) -> None:
     """Replaying the same files again, or in reverse order, reproduces every row."""
     rng = random.Random(7)
-    lines = [orjson.dumps({"event_type": rng.choice(ORCHESTRATOR_TYPES), "n": i,
-                           "timestamp": f"2026-01-05T08:{rng.randrange(60):02d}:00Z",
-                           "run_id": f"R{rng.randrange(20)}", "task_id": rng.choice("abcd"),
-                           "payload": {"total_tasks": 3, "status": "failed"}})
-             for i in range(2000)]
+    lines = [
+        orjson.dumps(
+            {
+                "event_type": rng.choice(ORCHESTRATOR_TYPES),
+                "n": i,
+                "timestamp": f"2026-01-05T08:{rng.randrange(60):02d}:00Z",
+                "run_id": f"R{rng.randrange(20)}",
+                "task_id": rng.choice("abcd"),
+                "payload": {"total_tasks": 3, "status": "failed"},
+            }
+        )
+        for i in range(2000)
+    ]
     folder = write_files(tmp_path / "in", [lines[:700], lines[700:1500], lines[1500:]])
     first, second = tmp_path / "a.db", tmp_path / "b.db"
     replay_into(first, folder)

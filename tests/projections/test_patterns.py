@@ -6,7 +6,7 @@ from pathlib import Path
 
 from helpers import SEMGREP_RUN
 from runwatch.projections import Event, PatternRunState
-from runwatch.stream.decode import decode
+from runwatch.stream.core.decode import decode
 
 UPSTREAM = Path(__file__).parents[1] / "fixtures" / "upstream" / "pattern_events"
 
@@ -54,5 +54,9 @@ def test_failed_pattern_keeps_error_message() -> None:
         state.apply(event)
     row = state.row()
     assert (row["status"], row["error_message"], row["duration_s"], row["run_id"]) == (
-        "failed", "exit 3", 7.0, "R9")
+        "failed",
+        "exit 3",
+        7.0,
+        "R9",
+    )
     assert row["finished_at"] == "2026-01-01T00:00:07.000000Z"

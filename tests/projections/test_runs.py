@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from runwatch.projections import Event, RunState
-from runwatch.stream.decode import decode
+from runwatch.stream.core.decode import decode
 
 T0 = datetime(2026, 1, 5, 8, 0, 0)
 
@@ -16,8 +16,7 @@ T0 = datetime(2026, 1, 5, 8, 0, 0)
 def ev(etype: str, second: float, run: str = "R1", **fields: Any) -> Event:
     """An event-bus shape event `second` seconds after T0, decoded like real input."""
     when = (T0 + timedelta(seconds=second)).isoformat() + "Z"
-    event = decode(orjson.dumps({"event_type": etype, "timestamp": when, "run_id": run,
-                                 **fields}))
+    event = decode(orjson.dumps({"event_type": etype, "timestamp": when, "run_id": run, **fields}))
     assert isinstance(event, Event), event
     return event
 
@@ -51,8 +50,10 @@ def test_run_lifecycle_explicit_completion() -> None:
 def test_run_completed_without_valid_status_derives_from_tasks() -> None:
     """run_completed with an unknown payload.status falls back to the tasks' outcome."""
     state = fold(
-        ev("task_started", 1, task_id="a"), ev("task_failed", 2, task_id="a"),
-        ev("task_started", 1, task_id="b"), ev("task_completed", 2, task_id="b"),
+        ev("task_started", 1, task_id="a"),
+        ev("task_failed", 2, task_id="a"),
+        ev("task_started", 1, task_id="b"),
+        ev("task_completed", 2, task_id="b"),
         ev("run_completed", 3, payload={"status": "done-ish"}),
     )
     assert state.status() == ("partial", state.explicit_key[0])  # type: ignore[index]
@@ -69,8 +70,10 @@ def test_implicit_completion_when_declared_tasks_are_terminal() -> None:
     """N declared tasks all terminal and no run-level end: the run ends at the last task."""
     state = fold(
         ev("run_created", 0, payload={"total_steps": 2}),
-        ev("task_started", 1, task_id="a"), ev("task_completed", 4, task_id="a"),
-        ev("task_started", 1, task_id="b"), ev("task_failed", 6, task_id="b"),
+        ev("task_started", 1, task_id="a"),
+        ev("task_completed", 4, task_id="a"),
+        ev("task_started", 1, task_id="b"),
+        ev("task_failed", 6, task_id="b"),
     )
     row = state.row()
     assert row["status"] == "partial"
@@ -93,8 +96,11 @@ def test_pending_until_something_starts() -> None:
 
 def test_failed_when_all_failed() -> None:
     """Failures and no success give failed, not partial."""
-    state = fold(ev("run_created", 0, payload={"total_tasks": 1}),
-                 ev("task_started", 1, task_id="a"), ev("task_failed", 2, task_id="a"))
+    state = fold(
+        ev("run_created", 0, payload={"total_tasks": 1}),
+        ev("task_started", 1, task_id="a"),
+        ev("task_failed", 2, task_id="a"),
+    )
     assert state.row()["status"] == "failed"
 
 
@@ -109,8 +115,10 @@ def test_task_latest_event_by_time_then_rank() -> None:
 def test_task_retries_count_attempts_and_keep_earliest_start() -> None:
     """attempts counts distinct start events; started_at is the first of them."""
     state = fold(
-        ev("task_started", 1, task_id="a"), ev("task_failed", 2, task_id="a"),
-        ev("task_started", 3, task_id="a"), ev("task_completed", 4, task_id="a"),
+        ev("task_started", 1, task_id="a"),
+        ev("task_failed", 2, task_id="a"),
+        ev("task_started", 3, task_id="a"),
+        ev("task_completed", 4, task_id="a"),
     )
     task = state.task_rows()[0]
     assert (task["attempts"], task["status"]) == (2, "succeeded")
@@ -147,8 +155,10 @@ def test_error_events_count_severity_and_failed_types() -> None:
 
 def test_tasks_total_is_max_of_declared_and_seen() -> None:
     """More tasks seen than declared raises tasks_total."""
-    state = fold(ev("run_created", 0, payload={"total_tasks": 1}),
-                 *(ev("task_created", 1, task_id=str(i)) for i in range(3)))
+    state = fold(
+        ev("run_created", 0, payload={"total_tasks": 1}),
+        *(ev("task_created", 1, task_id=str(i)) for i in range(3)),
+    )
     assert state.row()["tasks_total"] == 3
 
 
@@ -187,18 +197,22 @@ def test_observe_emits_completion_once_then_status_change() -> None:
     state.apply(ev("run_succeeded", 9))
     changed = state.observe()
     assert [(d.type, d.data["previous_status"], d.data["status"]) for d in changed] == [
-        ("RUN_STATUS_CHANGED", "failed", "succeeded")]
+        ("RUN_STATUS_CHANGED", "failed", "succeeded")
+    ]
 
 
 def test_state_round_trips_through_dict() -> None:
     """A saved and restored state folds on exactly as the original would."""
-    events = [ev("run_created", 0, payload={"total_tasks": 2}),
-              ev("task_started", 1, task_id="a", workstream_id="W"),
-              ev("workstream_started", 1, workstream_id="W"),
-              ev("run_failed", 4)]
+    events = [
+        ev("run_created", 0, payload={"total_tasks": 2}),
+        ev("task_started", 1, task_id="a", workstream_id="W"),
+        ev("workstream_started", 1, workstream_id="W"),
+        ev("run_failed", 4),
+    ]
     state = fold(*events)
-    restored = RunState.from_dict("R1", orjson.loads(orjson.dumps(state.to_dict())),
-                                  set(state.seen))
+    restored = RunState.from_dict(
+        "R1", orjson.loads(orjson.dumps(state.to_dict())), set(state.seen)
+    )
     later = ev("task_completed", 3, task_id="a")
     state.apply(later)
     restored.apply(later)
@@ -218,12 +232,17 @@ def test_apply_is_idempotent() -> None:
 
 def test_merge_equals_folding_the_union() -> None:
     """Two partial states merged give the state of all their events (parallel replay)."""
-    events = [ev("run_created", 0, payload={"total_tasks": 2}), ev("run_started", 1),
-              ev("task_started", 2, task_id="a", workstream_id="W"),
-              ev("task_started", 2, task_id="b"), ev("task_failed", 3, task_id="a"),
-              ev("task_started", 4, task_id="a"), ev("task_completed", 6, task_id="a"),
-              ev("workstream_completed", 7, workstream_id="W"),
-              ev("task_completed", 8, task_id="b", severity="error")]
+    events = [
+        ev("run_created", 0, payload={"total_tasks": 2}),
+        ev("run_started", 1),
+        ev("task_started", 2, task_id="a", workstream_id="W"),
+        ev("task_started", 2, task_id="b"),
+        ev("task_failed", 3, task_id="a"),
+        ev("task_started", 4, task_id="a"),
+        ev("task_completed", 6, task_id="a"),
+        ev("workstream_completed", 7, workstream_id="W"),
+        ev("task_completed", 8, task_id="b", severity="error"),
+    ]
     whole = fold(*events)
     left, right = fold(*events[::2]), fold(*events[1::2], events[0])
     left.merge(right)

@@ -49,8 +49,9 @@ build_archive("big", config=config, events=b"{}\n", reports={}, now=datetime.now
 
 @pytest.fixture
 def config(tmp_path: Path) -> ArchiveConfig:
-    return ArchiveConfig(directory=tmp_path / "archive",
-                         artifacts=str(tmp_path / "worktrees" / "{run_id}"))
+    return ArchiveConfig(
+        directory=tmp_path / "archive", artifacts=str(tmp_path / "worktrees" / "{run_id}")
+    )
 
 
 def run_folder(tmp_path: Path, run_id: str = "r1") -> Path:
@@ -60,8 +61,14 @@ def run_folder(tmp_path: Path, run_id: str = "r1") -> Path:
 
 
 def build(config: ArchiveConfig, run_id: str = "r1", **options: Any) -> ArchiveResult:
-    return build_archive(run_id, config=config, events=options.pop("events", EVENTS),
-                         reports=options.pop("reports", REPORTS), now=NOW, **options)
+    return build_archive(
+        run_id,
+        config=config,
+        events=options.pop("events", EVENTS),
+        reports=options.pop("reports", REPORTS),
+        now=NOW,
+        **options,
+    )
 
 
 UNPRIVILEGED = r"""
@@ -82,18 +89,38 @@ def build_without_read_override(config: ArchiveConfig) -> ArchiveResult:
     child drops CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH with setpriv, so mode 000 really
     denies it, as it would any ordinary user."""
     drop = "-dac_override,-dac_read_search"
-    prefix = ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}"] \
-        if os.geteuid() == 0 else []
+    prefix = (
+        ["setpriv", f"--inh-caps={drop}", f"--bounding-set={drop}"] if os.geteuid() == 0 else []
+    )
     reports = json.dumps({k: v.decode() for k, v in REPORTS.items()})
-    done = subprocess.run([*prefix, sys.executable, "-c", UNPRIVILEGED,
-                           config.model_dump_json(), EVENTS.decode(), reports, NOW.isoformat()],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [
+            *prefix,
+            sys.executable,
+            "-c",
+            UNPRIVILEGED,
+            config.model_dump_json(),
+            EVENTS.decode(),
+            reports,
+            NOW.isoformat(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout)
     path = Path(found["path"])
-    return ArchiveResult(path, hashlib.sha256(path.read_bytes()).hexdigest(),
-                         path.stat().st_size, len(contents(path)), True, 1,
-                         tuple(tuple(s) for s in found["skipped"]))  # type: ignore[misc]
+    return ArchiveResult(
+        path,
+        hashlib.sha256(path.read_bytes()).hexdigest(),
+        path.stat().st_size,
+        len(contents(path)),
+        True,
+        1,
+        tuple(tuple(s) for s in found["skipped"]),
+    )  # type: ignore[misc]
 
 
 def contents(path: Path) -> dict[str, bytes]:
@@ -111,7 +138,7 @@ def member_offset(path: Path, name: str) -> int:
     with zipfile.ZipFile(path) as archive:
         info = archive.getinfo(name)
     raw = path.read_bytes()
-    lengths: tuple[int, int] = struct.unpack("<HH", raw[info.header_offset + 26:][:4])
+    lengths: tuple[int, int] = struct.unpack("<HH", raw[info.header_offset + 26 :][:4])
     return info.header_offset + 30 + sum(lengths) + info.compress_size // 2
 
 
@@ -131,7 +158,8 @@ def rewrite(path: Path, target: Path, change: dict[str, bytes | None]) -> None:
 
 
 def test_archive_holds_everything_and_its_manifest_checks_out(
-        config: ArchiveConfig, tmp_path: Path) -> None:
+    config: ArchiveConfig, tmp_path: Path
+) -> None:
     """A run's record must be complete and provably intact, checked here without our code."""
     folder = run_folder(tmp_path)
     (folder / "out" / "deep").mkdir(parents=True)
@@ -142,8 +170,13 @@ def test_archive_holds_everything_and_its_manifest_checks_out(
     listed = manifest(result.path)
     assert result.created and result.version == 1 and result.path == config.directory / "r1.zip"
     assert set(members) == {entry["name"] for entry in listed["members"]} | {"manifest.json"}
-    assert {"events.jsonl", "reports/summary.md", "reports/tasks/t1.json", "artifacts/log.txt",
-            "artifacts/out/deep/model.bin"} <= set(members)
+    assert {
+        "events.jsonl",
+        "reports/summary.md",
+        "reports/tasks/t1.json",
+        "artifacts/log.txt",
+        "artifacts/out/deep/model.bin",
+    } <= set(members)
     for entry in listed["members"]:
         assert hashlib.sha256(members[entry["name"]]).hexdigest() == entry["sha256"]
         assert len(members[entry["name"]]) == entry["size"]
@@ -190,7 +223,8 @@ def test_insufficient_space_refuses_before_writing(config: ArchiveConfig, tmp_pa
 
 
 def test_unreadable_entries_are_skipped_and_the_rest_kept(
-        config: ArchiveConfig, tmp_path: Path) -> None:
+    config: ArchiveConfig, tmp_path: Path
+) -> None:
     """One file or folder we may not read must not cost the run its whole archive."""
     folder = run_folder(tmp_path)
     (folder / "fine.txt").write_bytes(b"fine")
@@ -202,10 +236,16 @@ def test_unreadable_entries_are_skipped_and_the_rest_kept(
     (folder / "closed").chmod(0)
     result = build_without_read_override(config)
     (folder / "closed").chmod(0o755)  # so that pytest can clean up
-    assert dict(result.skipped) == {"artifacts/locked.txt": "permission_denied",
-                                    "artifacts/closed/": "permission_denied"}
-    assert set(contents(result.path)) == {"events.jsonl", *(f"reports/{name}" for name in REPORTS),
-                                          "artifacts/fine.txt", "manifest.json"}
+    assert dict(result.skipped) == {
+        "artifacts/locked.txt": "permission_denied",
+        "artifacts/closed/": "permission_denied",
+    }
+    assert set(contents(result.path)) == {
+        "events.jsonl",
+        *(f"reports/{name}" for name in REPORTS),
+        "artifacts/fine.txt",
+        "manifest.json",
+    }
 
 
 def test_file_vanishing_mid_archive_is_skipped(config: ArchiveConfig, tmp_path: Path) -> None:
@@ -242,11 +282,15 @@ def test_symlinks_leaving_the_run_are_skipped(config: ArchiveConfig, tmp_path: P
     (folder / "other-dir").symlink_to(other, target_is_directory=True)
     (folder / "hop").symlink_to("stolen")
     result = build(config)
-    assert dict(result.skipped) == {f"artifacts/{name}": "symlink_outside_run"
-                                    for name in ("passwd", "stolen", "other-dir", "hop")}
+    assert dict(result.skipped) == {
+        f"artifacts/{name}": "symlink_outside_run"
+        for name in ("passwd", "stolen", "other-dir", "hop")
+    }
     members = contents(result.path)
-    assert not any(name.startswith(("artifacts/passwd", "artifacts/stolen", "artifacts/other"))
-                   for name in members)
+    assert not any(
+        name.startswith(("artifacts/passwd", "artifacts/stolen", "artifacts/other"))
+        for name in members
+    )
     passwd = Path("/etc/passwd").read_bytes()[:40]
     assert not any(SECRET in data or passwd in data for data in members.values())
 
@@ -283,10 +327,17 @@ def test_special_files_and_unsafe_names_are_skipped(config: ArchiveConfig, tmp_p
     (folder / os.fsdecode(b"bad-\xff.txt")).write_bytes(b"latin-1 name")
     result = build(config, reports={"../escape.md": b"x", "/abs.md": b"y", "good.md": b"z"})
     assert dict(result.skipped) == {
-        "artifacts/pipe": "special_file", "artifacts/bad-\\udcff.txt": "name_not_utf8",
-        "reports/../escape.md": "unsafe_name", "reports//abs.md": "unsafe_name"}
-    assert set(contents(result.path)) == {"events.jsonl", "reports/good.md", "artifacts/ok.txt",
-                                          "manifest.json"}
+        "artifacts/pipe": "special_file",
+        "artifacts/bad-\\udcff.txt": "name_not_utf8",
+        "reports/../escape.md": "unsafe_name",
+        "reports//abs.md": "unsafe_name",
+    }
+    assert set(contents(result.path)) == {
+        "events.jsonl",
+        "reports/good.md",
+        "artifacts/ok.txt",
+        "manifest.json",
+    }
 
 
 def test_hostile_run_id_stays_in_the_archive_directory(config: ArchiveConfig) -> None:
@@ -301,7 +352,8 @@ def test_hostile_run_id_stays_in_the_archive_directory(config: ArchiveConfig) ->
 
 
 def test_artifact_folder_outside_the_template_base_is_refused(
-        config: ArchiveConfig, tmp_path: Path) -> None:
+    config: ArchiveConfig, tmp_path: Path
+) -> None:
     """A run id that walks out of `.worktrees/` (by `..` or a symlink) must not be archived."""
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "secret").write_bytes(SECRET)
@@ -315,7 +367,8 @@ def test_artifact_folder_outside_the_template_base_is_refused(
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_corrupt_archive_is_kept_and_a_new_version_written(
-        config: ArchiveConfig, tmp_path: Path, damage: str) -> None:
+    config: ArchiveConfig, tmp_path: Path, damage: str
+) -> None:
     """Evidence is never destroyed: a damaged archive stays as it is, a good one joins it."""
     (run_folder(tmp_path) / "log.txt").write_bytes(b"log")
     original = build(config).path
@@ -349,8 +402,9 @@ def test_new_version_adds_an_archive_beside_the_old(config: ArchiveConfig) -> No
 def test_runs_with_similar_names_never_disturb_each_other(config: ArchiveConfig) -> None:
     """`r1.v2` is a run id, not r1's second version, and only r1's own stale temps are r1's."""
     config.directory.mkdir()
-    stale, neighbour = (config.directory / f".{stem}.0123456789abcdef.tmp"
-                        for stem in ("r1", "r1.5"))
+    stale, neighbour = (
+        config.directory / f".{stem}.0123456789abcdef.tmp" for stem in ("r1", "r1.5")
+    )
     stale.write_bytes(b"PK half")
     neighbour.write_bytes(b"PK in progress")
     first = build(config)
@@ -376,7 +430,8 @@ def test_verify_finds_damage_and_tampering(config: ArchiveConfig, tmp_path: Path
         "manifest.json invalid": {"manifest.json": b'{"run_id": 1}'},
         "member missing: reports/summary.md": {"reports/summary.md": None},
         "extra member: smuggled": {"smuggled": b"x"},
-        "unsafe member name: ../escaped": {"../escaped": b"x"}}
+        "unsafe member name: ../escaped": {"../escaped": b"x"},
+    }
     for expected, change in cases.items():
         rewrite(good, tmp_path / "case.zip", change)
         assert any(expected in problem for problem in verify_archive(tmp_path / "case.zip"))
@@ -384,20 +439,31 @@ def test_verify_finds_damage_and_tampering(config: ArchiveConfig, tmp_path: Path
     assert "unreadable zip" in verify_archive(tmp_path / "plain.zip")[0]
 
 
-@pytest.mark.parametrize(("limits", "expected"), [
-    ({"keep_last": 2}, ["a.zip", "b.zip"]),
-    ({"max_age_days": 15}, ["a.zip", "b.zip"]),
-    ({"max_total_bytes": 300}, ["a.zip", "b.zip"]),
-    ({"keep_last": 3, "max_age_days": 35, "max_total_bytes": 10_000}, ["a.zip"]),
-    ({}, []),
-])
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [
+        ({"keep_last": 2}, ["a.zip", "b.zip"]),
+        ({"max_age_days": 15}, ["a.zip", "b.zip"]),
+        ({"max_total_bytes": 300}, ["a.zip", "b.zip"]),
+        ({"keep_last": 3, "max_age_days": 35, "max_total_bytes": 10_000}, ["a.zip"]),
+        ({}, []),
+    ],
+)
 def test_retention_deletes_the_oldest_archives_only(
-        config: ArchiveConfig, limits: dict[str, Any], expected: list[str]) -> None:
+    config: ArchiveConfig, limits: dict[str, Any], expected: list[str]
+) -> None:
     """Retention frees space by age, count and size, and touches nothing but archives."""
     config.directory.mkdir()
     (config.directory / "sub").mkdir()
-    ages = {"b.zip": 20, "a.zip": 40, "d.zip": 1, "c.zip": 10, "notes.txt": 99,
-            ".r9.0123456789abcdef.tmp": 99, "sub/old.zip": 99}
+    ages = {
+        "b.zip": 20,
+        "a.zip": 40,
+        "d.zip": 1,
+        "c.zip": 10,
+        "notes.txt": 99,
+        ".r9.0123456789abcdef.tmp": 99,
+        "sub/old.zip": 99,
+    }
     for name, age in ages.items():
         path = config.directory / name
         path.write_bytes(b"z" * (150 if name == "c.zip" else 100))
@@ -411,13 +477,13 @@ def test_retention_deletes_the_oldest_archives_only(
 
 
 def test_kill_9_mid_write_leaves_no_archive_and_the_next_build_recovers(
-        config: ArchiveConfig, tmp_path: Path) -> None:
+    config: ArchiveConfig, tmp_path: Path
+) -> None:
     """A crash mid-write must never leave a partial file under the final name."""
     folder = run_folder(tmp_path, "big")
     for index in range(16):
         (folder / f"part-{index:02}.bin").write_bytes(os.urandom(4 << 20))
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(config.directory),
-                              config.artifacts])
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(config.directory), config.artifacts])
     deadline = time.monotonic() + 20
     while not (temps := [p for p in config.directory.glob(".big.*.tmp") if p.stat().st_size]):
         assert child.poll() is None and time.monotonic() < deadline, "never saw the temp file"

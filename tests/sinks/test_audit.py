@@ -11,7 +11,8 @@ import orjson
 import pytest
 
 from runwatch.sinks.audit import GENESIS, AuditLog, verify_trail
-from runwatch.sinks.sqlite_store import Changes, SqliteStore
+from runwatch.sinks.store.api import Changes
+from runwatch.sinks.store.sqlite import SqliteStore
 
 SEEN_AT = "2024-05-01T12:00:00.000000Z"
 
@@ -30,9 +31,21 @@ def trail(tmp_path: Path) -> Path:
 
 def record(store: SqliteStore, count: int, kind: str = "RUN_FINISHED") -> None:
     """Commit `count` derived events, as the processor does."""
-    store.commit(Changes(derived=[
-        {"type": kind, "event_time": f"2024-05-01T12:00:{i:02d}.000000Z", "run_id": f"run-{i}",
-         "duration_s": 1.5, "note": "ünïcode ✓"} for i in range(count)]), SEEN_AT)
+    store.commit(
+        Changes(
+            derived=[
+                {
+                    "type": kind,
+                    "event_time": f"2024-05-01T12:00:{i:02d}.000000Z",
+                    "run_id": f"run-{i}",
+                    "duration_s": 1.5,
+                    "note": "ünïcode ✓",
+                }
+                for i in range(count)
+            ]
+        ),
+        SEEN_AT,
+    )
 
 
 def write_trail(store: SqliteStore, trail: Path, *batches: int) -> list[dict[str, Any]]:
@@ -56,8 +69,7 @@ def canonical_line(fields: dict[str, Any]) -> bytes:
     return canonical[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
 
 
-def test_a_fresh_trail_on_an_empty_file_starts_at_genesis(store: SqliteStore,
-                                                          trail: Path) -> None:
+def test_a_fresh_trail_on_an_empty_file_starts_at_genesis(store: SqliteStore, trail: Path) -> None:
     """Line 1 must link to the agreed genesis value, or a cut-off beginning could pass."""
     trail.parent.mkdir()
     trail.touch()
@@ -81,8 +93,9 @@ def test_the_chain_verifies_over_several_drains(store: SqliteStore, trail: Path)
     assert report.last_hash == written[-1]["hash"]
 
 
-def test_every_single_byte_change_is_detected_on_its_own_line(store: SqliteStore,
-                                                              trail: Path) -> None:
+def test_every_single_byte_change_is_detected_on_its_own_line(
+    store: SqliteStore, trail: Path
+) -> None:
     """An auditor must learn where the trail was altered, whichever byte it was."""
     write_trail(store, trail, 2, 1)
     original = trail.read_bytes()
@@ -96,16 +109,20 @@ def test_every_single_byte_change_is_detected_on_its_own_line(store: SqliteStore
         assert report.first_bad_line == expected, (position, report.problem)
 
 
-@pytest.mark.parametrize(("old", "new", "problem"), [
-    (b'"run-0"', b'"run-9"', "line 2: hash mismatch (record altered)"),
-    (b'"duration_s"', b'"duration_z"', "line 2: hash mismatch (record altered)"),
-    (b"1.5", b"15.", "line 2: not valid JSON"),
-    (b'"duration_s":1.5', b'"duration_s":15e-1', "line 2: not in canonical form"),
-    (b'"prev":"0', b'"prev":"1', "line 1: hash mismatch (record altered)"),
-    (b'"hash":"', b'"hasx":"', "line 1: hash missing or malformed"),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "problem"),
+    [
+        (b'"run-0"', b'"run-9"', "line 2: hash mismatch (record altered)"),
+        (b'"duration_s"', b'"duration_z"', "line 2: hash mismatch (record altered)"),
+        (b"1.5", b"15.", "line 2: not valid JSON"),
+        (b'"duration_s":1.5', b'"duration_s":15e-1', "line 2: not in canonical form"),
+        (b'"prev":"0', b'"prev":"1', "line 1: hash mismatch (record altered)"),
+        (b'"hash":"', b'"hasx":"', "line 1: hash missing or malformed"),
+    ],
+)
 def test_an_edit_in_a_value_a_key_or_a_hash_names_its_line(
-        store: SqliteStore, trail: Path, old: bytes, new: bytes, problem: str) -> None:
+    store: SqliteStore, trail: Path, old: bytes, new: bytes, problem: str
+) -> None:
     """Edits that keep the JSON valid, even ones that keep its meaning, must still fail."""
     write_trail(store, trail, 1, 2)
     data = lines(trail)
@@ -125,7 +142,7 @@ def test_an_uppercased_hash_digit_is_an_alteration(store: SqliteStore, trail: Pa
     data = lines(trail)
     digest = orjson.loads(data[2])["hash"]
     letter = next(i for i, c in enumerate(digest) if c in "abcdef")
-    forged = digest[:letter] + digest[letter].upper() + digest[letter + 1:]
+    forged = digest[:letter] + digest[letter].upper() + digest[letter + 1 :]
     data[2] = data[2].replace(digest.encode(), forged.encode())
     trail.write_bytes(b"".join(data))
     assert verify_trail(trail).problem == "line 3: hash mismatch (record altered)"
@@ -139,8 +156,9 @@ def test_a_deleted_line_is_detected(store: SqliteStore, trail: Path) -> None:
     trail.write_bytes(b"".join(data))
     report = verify_trail(trail)
     assert (report.ok, report.first_bad_line, report.records) == (False, 3, 2)
-    assert report.problem == ("line 3: prev does not match line 2's hash "
-                              "(line removed or reordered)")
+    assert report.problem == (
+        "line 3: prev does not match line 2's hash (line removed or reordered)"
+    )
 
 
 def test_swapped_lines_are_detected(store: SqliteStore, trail: Path) -> None:
@@ -154,12 +172,16 @@ def test_swapped_lines_are_detected(store: SqliteStore, trail: Path) -> None:
     assert report.problem is not None and "prev does not match line 3's hash" in report.problem
 
 
-@pytest.mark.parametrize(("hashed", "problem"), [
-    (False, "line 4: no hash after the chain began"),
-    (True, "line 4: hash mismatch (record altered)"),
-])
-def test_an_appended_forged_line_is_detected(store: SqliteStore, trail: Path, hashed: bool,
-                                             problem: str) -> None:
+@pytest.mark.parametrize(
+    ("hashed", "problem"),
+    [
+        (False, "line 4: no hash after the chain began"),
+        (True, "line 4: hash mismatch (record altered)"),
+    ],
+)
+def test_an_appended_forged_line_is_detected(
+    store: SqliteStore, trail: Path, hashed: bool, problem: str
+) -> None:
     """A record slipped in afterwards, with no hash or a made-up one, must be caught."""
     written = write_trail(store, trail, 3)
     forged: dict[str, Any] = {**written[-1], "seq": 4, "type": "RUN_SUCCEEDED"}
@@ -176,8 +198,7 @@ def test_an_appended_forged_line_is_detected(store: SqliteStore, trail: Path, ha
     assert report.last_hash == written[-1]["hash"]
 
 
-def test_a_validly_hashed_seq_gap_or_repeat_is_detected(store: SqliteStore,
-                                                        trail: Path) -> None:
+def test_a_validly_hashed_seq_gap_or_repeat_is_detected(store: SqliteStore, trail: Path) -> None:
     """`seq` is gapless by contract; a writer bug or a renumbering must show."""
     written = write_trail(store, trail, 2)
     for seq, reason in ((4, "gap"), (2, "duplicate or out of order")):
@@ -187,8 +208,9 @@ def test_a_validly_hashed_seq_gap_or_repeat_is_detected(store: SqliteStore,
         assert verify_trail(trail).problem == f"line 3: seq {seq} after 2 ({reason})"
 
 
-def test_a_torn_last_line_is_repaired_and_the_chain_continues(store: SqliteStore,
-                                                              trail: Path) -> None:
+def test_a_torn_last_line_is_repaired_and_the_chain_continues(
+    store: SqliteStore, trail: Path
+) -> None:
     """A crash mid-write leaves half a line; the next start must cut it and carry on."""
     written = write_trail(store, trail, 3)
     with trail.open("ab") as handle:
@@ -200,8 +222,9 @@ def test_a_torn_last_line_is_repaired_and_the_chain_continues(store: SqliteStore
     assert verify_trail(trail, store).ok
 
 
-def test_a_restart_continues_seq_and_prev_without_gap_or_repeat(store: SqliteStore,
-                                                                 trail: Path) -> None:
+def test_a_restart_continues_seq_and_prev_without_gap_or_repeat(
+    store: SqliteStore, trail: Path
+) -> None:
     """Each start must append exactly the new events, linked to the last line."""
     written = write_trail(store, trail, 2, 3)
     assert AuditLog(trail, store).drain() == [], "nothing is announced twice"
@@ -212,8 +235,9 @@ def test_a_restart_continues_seq_and_prev_without_gap_or_repeat(store: SqliteSto
     assert verify_trail(trail, store).records == 8
 
 
-def test_a_rebuilt_database_continues_the_same_chain(store: SqliteStore, trail: Path,
-                                                     tmp_path: Path) -> None:
+def test_a_rebuilt_database_continues_the_same_chain(
+    store: SqliteStore, trail: Path, tmp_path: Path
+) -> None:
     """Replacing the database must neither restart the trail nor re-announce its history."""
     written = write_trail(store, trail, 3)
     rebuilt = SqliteStore(tmp_path / "rebuilt.db")
@@ -231,7 +255,8 @@ def test_a_rebuilt_database_continues_the_same_chain(store: SqliteStore, trail: 
 
 @pytest.mark.parametrize("kept", [0, 3])
 def test_a_tail_cut_while_stopped_is_caught_by_the_database_anchor(
-        store: SqliteStore, trail: Path, kept: int) -> None:
+    store: SqliteStore, trail: Path, kept: int
+) -> None:
     """Cutting the newest lines leaves a valid-looking chain; only an anchor can tell."""
     written = write_trail(store, trail, 3, 3)
     trail.write_bytes(b"".join(lines(trail)[:kept]))
@@ -239,15 +264,17 @@ def test_a_tail_cut_while_stopped_is_caught_by_the_database_anchor(
     report = verify_trail(trail, store)
     assert (report.ok, report.first_bad_line) == (False, kept + 1)
     assert report.problem is not None and report.problem.endswith(
-        "but the database's audit_head is seq 6 (tail truncated)")
+        "but the database's audit_head is seq 6 (tail truncated)"
+    )
     more = write_trail(store, trail, 1)
     assert (more[0]["seq"], more[0]["prev"]) == (7, written[-1]["hash"])
     after = verify_trail(trail)
     assert (after.ok, after.first_bad_line) == (False, kept + 1), "the loss stays visible"
 
 
-def test_an_anchor_from_another_trail_shows_a_rewrite(store: SqliteStore, trail: Path,
-                                                      tmp_path: Path) -> None:
+def test_an_anchor_from_another_trail_shows_a_rewrite(
+    store: SqliteStore, trail: Path, tmp_path: Path
+) -> None:
     """A trail rebuilt from scratch (new hashes for the same seqs) must not pass with the db."""
     write_trail(store, trail, 2)
     other = SqliteStore(tmp_path / "other.db")
@@ -256,8 +283,9 @@ def test_an_anchor_from_another_trail_shows_a_rewrite(store: SqliteStore, trail:
         report = verify_trail(tmp_path / "other.jsonl", store)
     finally:
         other.close()
-    assert report.problem == ("line 2: hash differs from the database's audit_head "
-                              "(trail rewritten)")
+    assert report.problem == (
+        "line 2: hash differs from the database's audit_head (trail rewritten)"
+    )
 
 
 def legacy_trail(trail: Path, store: SqliteStore, count: int) -> bytes:
@@ -265,9 +293,20 @@ def legacy_trail(trail: Path, store: SqliteStore, count: int) -> bytes:
     database_id = store.meta()["database_id"]
     record(store, count)
     trail.parent.mkdir()
-    data = b"".join(orjson.dumps({"seq": n, "wall_time": SEEN_AT, "type": "RUN_FINISHED",
-                                  "event_time": SEEN_AT, "db": database_id, "db_seq": n})
-                    + b"\n" for n in range(1, count + 1))
+    data = b"".join(
+        orjson.dumps(
+            {
+                "seq": n,
+                "wall_time": SEEN_AT,
+                "type": "RUN_FINISHED",
+                "event_time": SEEN_AT,
+                "db": database_id,
+                "db_seq": n,
+            }
+        )
+        + b"\n"
+        for n in range(1, count + 1)
+    )
     trail.write_bytes(data)
     return data
 
@@ -297,11 +336,18 @@ def test_a_line_removed_from_a_legacy_prefix_is_named(store: SqliteStore, trail:
 
 
 def test_event_fields_named_like_the_trails_keys_cannot_break_the_chain(
-        store: SqliteStore, trail: Path) -> None:
+    store: SqliteStore, trail: Path
+) -> None:
     """An event's own `hash`, `prev` or `seq` field must not forge or corrupt the chain."""
     audit = AuditLog(trail, store)
-    store.commit(Changes(derived=[{"type": "ARCHIVED", "event_time": SEEN_AT, "seq": 99,
-                                   "prev": "x", "hash": "y"}]), SEEN_AT)
+    store.commit(
+        Changes(
+            derived=[
+                {"type": "ARCHIVED", "event_time": SEEN_AT, "seq": 99, "prev": "x", "hash": "y"}
+            ]
+        ),
+        SEEN_AT,
+    )
     [written] = audit.drain()
     assert (written["seq"], written["prev"]) == (1, GENESIS)
     assert verify_trail(trail).ok

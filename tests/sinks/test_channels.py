@@ -44,15 +44,32 @@ VECTOR_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
 
 def notification(**changes: Any) -> dict[str, Any]:
     note: dict[str, Any] = {
-        "id": "9f1c0aa5d2e34b7c", "alert_id": "a1b2c3", "rule": "run_failure",
-        "state": "firing", "severity": "critical", "group_key": "run_id=R1",
-        "labels": {"alertname": "run_failure", "severity": "critical", "run_id": "R1",
-                   "team": "ml"},
-        "summary": "run R1 failed: 3 of 10 tasks failed", "description": "tasks t3, t7, t9",
-        "run_id": "R1", "event": {"type": "run_finished", "event_time": "2026-11-22T07:00:00Z",
-                                  "status": "failed", "failed": 3},
-        "event_time": "2026-11-22T07:00:00.000000Z", "starts_at": "2026-11-22T07:00:00.000000Z",
-        "ends_at": None, "suppressed": 0, "test": False,
+        "id": "9f1c0aa5d2e34b7c",
+        "alert_id": "a1b2c3",
+        "rule": "run_failure",
+        "state": "firing",
+        "severity": "critical",
+        "group_key": "run_id=R1",
+        "labels": {
+            "alertname": "run_failure",
+            "severity": "critical",
+            "run_id": "R1",
+            "team": "ml",
+        },
+        "summary": "run R1 failed: 3 of 10 tasks failed",
+        "description": "tasks t3, t7, t9",
+        "run_id": "R1",
+        "event": {
+            "type": "run_finished",
+            "event_time": "2026-11-22T07:00:00Z",
+            "status": "failed",
+            "failed": 3,
+        },
+        "event_time": "2026-11-22T07:00:00.000000Z",
+        "starts_at": "2026-11-22T07:00:00.000000Z",
+        "ends_at": None,
+        "suppressed": 0,
+        "test": False,
     }
     return note | changes
 
@@ -78,35 +95,59 @@ def send_webhook(url: str, note: dict[str, Any] | None = None, **config: Any) ->
 
 
 def email_config(port: int, **changes: Any) -> EmailConfig:
-    return EmailConfig(**{"host": "127.0.0.1", "port": port, "security": "none",
-                          "sender": "runwatch <runwatch@example.org>",
-                          "recipients": ["ops@example.org", "ml@example.org"],
-                          "timeout": 2.0, **changes})
+    return EmailConfig(
+        **{
+            "host": "127.0.0.1",
+            "port": port,
+            "security": "none",
+            "sender": "runwatch <runwatch@example.org>",
+            "recipients": ["ops@example.org", "ml@example.org"],
+            "timeout": 2.0,
+            **changes,
+        }
+    )
 
 
 # ---------------------------------------------------------------- webhook: outcomes
 
-@pytest.mark.parametrize(("status", "expected"), [
-    (200, "delivered"), (204, "delivered"), (408, "retry"), (429, "retry"), (500, "retry"),
-    (503, "retry"), (400, "failed"), (401, "failed"), (404, "failed"), (410, "failed"),
-])
-def test_http_status_decides_the_outcome(hook: WebhookReceiver, status: int,
-                                         expected: Status) -> None:
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (200, "delivered"),
+        (204, "delivered"),
+        (408, "retry"),
+        (429, "retry"),
+        (500, "retry"),
+        (503, "retry"),
+        (400, "failed"),
+        (401, "failed"),
+        (404, "failed"),
+        (410, "failed"),
+    ],
+)
+def test_http_status_decides_the_outcome(
+    hook: WebhookReceiver, status: int, expected: Status
+) -> None:
     """The dispatcher retries on `retry` only, so a bad request must not be hammered forever."""
     hook.script((status,))
     assert send_webhook(hook.url) == Outcome(expected, f"HTTP {status}")
     assert len(hook.requests) == 1
 
 
-@pytest.mark.parametrize(("header", "low", "high"), [
-    ("2", 2.0, 2.0),
-    (timedelta(seconds=30), 27.0, 30.0),  # sent as an HTTP-date that far ahead
-    (timedelta(minutes=-5), 0.0, 0.0),
-    ("999999", 3600.0, 3600.0),
-    ("soon", None, None),
-])
-def test_retry_after_is_honoured_and_clamped(hook: WebhookReceiver, header: str | timedelta,
-                                             low: float | None, high: float | None) -> None:
+@pytest.mark.parametrize(
+    ("header", "low", "high"),
+    [
+        ("2", 2.0, 2.0),
+        (timedelta(seconds=30), 27.0, 30.0),  # sent as an HTTP-date that far ahead
+        (timedelta(minutes=-5), 0.0, 0.0),
+        ("999999", 3600.0, 3600.0),
+        ("soon", None, None),
+    ],
+)
+def test_retry_after_is_honoured_and_clamped(
+    hook: WebhookReceiver, header: str | timedelta, low: float | None, high: float | None
+) -> None:
     """A receiver asking for a pause gets it, but a hostile header cannot park a channel."""
     if isinstance(header, timedelta):
         header = format_datetime(datetime.now(UTC) + header, usegmt=True)
@@ -149,6 +190,7 @@ def test_receiver_down_then_up_on_the_same_port(hook: WebhookReceiver) -> None:
 
 # ---------------------------------------------------------------- webhook: wire format
 
+
 def test_body_is_an_alertmanager_v4_payload(hook: WebhookReceiver) -> None:
     """Existing Alertmanager receivers (chat bridges, pagers) must accept our body unchanged."""
     note = notification(suppressed=2)
@@ -158,17 +200,27 @@ def test_body_is_an_alertmanager_v4_payload(hook: WebhookReceiver) -> None:
     assert request.method == "POST"
     assert request.path == "/hook"
     assert request.headers["content-type"] == "application/json"
-    assert {k: body[k] for k in ("version", "groupKey", "truncatedAlerts", "status", "receiver",
-                                 "externalURL")} == {
-        "version": "4", "groupKey": "run_id=R1", "truncatedAlerts": 0, "status": "firing",
-        "receiver": "ops-hook", "externalURL": ""}
+    assert {
+        k: body[k]
+        for k in ("version", "groupKey", "truncatedAlerts", "status", "receiver", "externalURL")
+    } == {
+        "version": "4",
+        "groupKey": "run_id=R1",
+        "truncatedAlerts": 0,
+        "status": "firing",
+        "receiver": "ops-hook",
+        "externalURL": "",
+    }
     assert body["groupLabels"] == {"alertname": "run_failure", "run_id": "R1"}
     [alert] = body["alerts"]
-    assert alert["labels"] == {"alertname": "run_failure", "severity": "critical",
-                               "run_id": "R1", "team": "ml"}
+    assert alert["labels"] == {
+        "alertname": "run_failure",
+        "severity": "critical",
+        "run_id": "R1",
+        "team": "ml",
+    }
     assert body["commonLabels"] == alert["labels"]
-    assert alert["annotations"] == {"summary": note["summary"],
-                                    "description": note["description"]}
+    assert alert["annotations"] == {"summary": note["summary"], "description": note["description"]}
     assert alert["startsAt"] == note["starts_at"]
     assert alert["endsAt"] == NOT_ENDED
     assert alert["generatorURL"] == ""
@@ -179,8 +231,10 @@ def test_body_is_an_alertmanager_v4_payload(hook: WebhookReceiver) -> None:
 def test_resolved_payload_carries_the_end_and_the_same_fingerprint(hook: WebhookReceiver) -> None:
     """Receivers pair a resolution with its firing alert by fingerprint, as in Alertmanager."""
     send_webhook(hook.url)
-    send_webhook(hook.url, notification(id="resolved-1", state="resolved",
-                                        ends_at="2026-11-22T08:00:00.000000Z"))
+    send_webhook(
+        hook.url,
+        notification(id="resolved-1", state="resolved", ends_at="2026-11-22T08:00:00.000000Z"),
+    )
     firing, resolved = (r.json for r in hook.wait_for(2))
     assert resolved["status"] == resolved["alerts"][0]["status"] == "resolved"
     assert resolved["alerts"][0]["endsAt"] == "2026-11-22T08:00:00.000000Z"
@@ -202,10 +256,10 @@ def test_webhook_id_is_stable_across_attempts(hook: WebhookReceiver) -> None:
 def test_signing_reproduces_the_standard_webhooks_test_vector() -> None:
     """Reproducing the reference vector means receivers' Standard Webhooks libraries accept us."""
     assert sign(VECTOR_SECRET, VECTOR_ID, VECTOR_TIMESTAMP, VECTOR_BODY) == VECTOR_SIGNATURE
-    assert verify(VECTOR_SECRET, VECTOR_ID, VECTOR_TIMESTAMP, VECTOR_BODY,
-                  f"v1,bm9wZQ== {VECTOR_SIGNATURE}")
-    assert not verify(VECTOR_SECRET, VECTOR_ID, VECTOR_TIMESTAMP + 1, VECTOR_BODY,
-                      VECTOR_SIGNATURE)
+    assert verify(
+        VECTOR_SECRET, VECTOR_ID, VECTOR_TIMESTAMP, VECTOR_BODY, f"v1,bm9wZQ== {VECTOR_SIGNATURE}"
+    )
+    assert not verify(VECTOR_SECRET, VECTOR_ID, VECTOR_TIMESTAMP + 1, VECTOR_BODY, VECTOR_SIGNATURE)
 
 
 def test_a_received_request_verifies_and_a_changed_byte_does_not(hook: WebhookReceiver) -> None:
@@ -242,20 +296,34 @@ def test_bearer_token_and_custom_headers_arrive(hook: WebhookReceiver) -> None:
 
 # ---------------------------------------------------------------- secrets
 
+
 def test_no_secret_in_any_outcome_repr_or_description(hook: WebhookReceiver) -> None:
     """Outcomes, reprs and descriptions reach logs and the audit trail; secrets must not."""
-    secrets = ["URLPASS", "QUERYSECRET", "tok-SECRET", "HDRSECRET", "SLACKPATH", "SMTPPASS",
-               VECTOR_SECRET]
-    webhook = WebhookConfig(url=f"http://user:URLPASS@127.0.0.1:{hook.port}/h?key=QUERYSECRET",
-                            secret=VECTOR_SECRET, token="tok-SECRET",
-                            headers={"X-Key": "HDRSECRET"}, timeout=0.3)
-    slack = SlackConfig(url=f"http://127.0.0.1:{hook.port}/services/SLACKPATH", timeout=0.3,
-                        min_interval=0)
+    secrets = [
+        "URLPASS",
+        "QUERYSECRET",
+        "tok-SECRET",
+        "HDRSECRET",
+        "SLACKPATH",
+        "SMTPPASS",
+        VECTOR_SECRET,
+    ]
+    webhook = WebhookConfig(
+        url=f"http://user:URLPASS@127.0.0.1:{hook.port}/h?key=QUERYSECRET",
+        secret=VECTOR_SECRET,
+        token="tok-SECRET",
+        headers={"X-Key": "HDRSECRET"},
+        timeout=0.3,
+    )
+    slack = SlackConfig(
+        url=f"http://127.0.0.1:{hook.port}/services/SLACKPATH", timeout=0.3, min_interval=0
+    )
     email = email_config(free_port(), username="ops", password="SMTPPASS")
     channels: list[Channel] = [webhook.build("w"), slack.build("s"), email.build("e")]
     hook.script((503,), (503,), ("hang", 1.0), ("hang", 1.0))
-    outcomes = [c.send(notification()) for c in channels[:2] * 2] + [channels[2].send(
-        notification())]
+    outcomes = [c.send(notification()) for c in channels[:2] * 2] + [
+        channels[2].send(notification())
+    ]
     hook.stop()
     outcomes += [c.send(notification()) for c in channels]
     shown = [*(o.detail for o in outcomes), *map(repr, channels)]
@@ -272,11 +340,14 @@ class LoaderSettings(BaseModel):
     slack: SlackConfig | None = None
 
 
-@pytest.mark.parametrize("channel", [
-    {"webhook": {"url": "http://example.org", "secret": "whsec_not*base64*SECRETBITS"}},
-    {"webhook": {"url": "http://example.org", "token": "tok SECRETBITS"}},
-    {"slack": {"url": "hooks.slack.com/services/SECRETBITS"}},
-])
+@pytest.mark.parametrize(
+    "channel",
+    [
+        {"webhook": {"url": "http://example.org", "secret": "whsec_not*base64*SECRETBITS"}},
+        {"webhook": {"url": "http://example.org", "token": "tok SECRETBITS"}},
+        {"slack": {"url": "hooks.slack.com/services/SECRETBITS"}},
+    ],
+)
 def test_validation_errors_do_not_echo_the_rejected_secret(channel: dict[str, Any]) -> None:
     """Config errors are printed to the terminal; a mistyped secret is still a secret."""
     with pytest.raises(ValidationError) as caught:
@@ -286,6 +357,7 @@ def test_validation_errors_do_not_echo_the_rejected_secret(channel: dict[str, An
 
 
 # ---------------------------------------------------------------- slack
+
 
 def test_slack_message_has_text_and_blocks(hook: WebhookReceiver) -> None:
     """Slack shows `text` in notifications and `blocks` in the channel; both must be there."""
@@ -299,8 +371,13 @@ def test_slack_message_has_text_and_blocks(hook: WebhookReceiver) -> None:
     assert "CRITICAL run_failure firing" in header["text"]["text"]
     assert section["text"]["text"].startswith("run &lt;R1&gt; failed")
     fields = [f["text"] for f in section["fields"]]
-    assert fields == ["*Severity*\nCRITICAL", "*Rule*\nrun_failure", "*Run*\nR1",
-                      "*State*\nfiring", "*Event time*\n2026-11-22T07:00:00.000000Z"]
+    assert fields == [
+        "*Severity*\nCRITICAL",
+        "*Rule*\nrun_failure",
+        "*Run*\nR1",
+        "*State*\nfiring",
+        "*Event time*\n2026-11-22T07:00:00.000000Z",
+    ]
     assert "3 repeats suppressed" in context["elements"][0]["text"]
 
 
@@ -329,6 +406,7 @@ def test_slack_error_code_is_reported(hook: WebhookReceiver) -> None:
 
 # ---------------------------------------------------------------- email
 
+
 def test_email_subject_message_id_and_body(smtp: SmtpReceiver) -> None:
     """A stable Message-ID lets mail clients fold a retried alert into one message."""
     outcome = email_config(smtp.port).build("mail").send(notification(suppressed=2))
@@ -341,23 +419,31 @@ def test_email_subject_message_id_and_body(smtp: SmtpReceiver) -> None:
     assert message["Message-ID"] == "<9f1c0aa5d2e34b7c@runwatch>"
     assert message["Date"]
     body = message.get_content()
-    for text in ("run R1 failed: 3 of 10 tasks failed", "tasks t3, t7, t9", "run_id = R1",
-                 "type: run_finished", "failed: 3", "Event time: 2026-11-22T07:00:00.000000Z",
-                 "Suppressed: 2"):
+    for text in (
+        "run R1 failed: 3 of 10 tasks failed",
+        "tasks t3, t7, t9",
+        "run_id = R1",
+        "type: run_finished",
+        "failed: 3",
+        "Event time: 2026-11-22T07:00:00.000000Z",
+        "Suppressed: 2",
+    ):
         assert text in body
 
 
 def test_resolved_test_mail_says_so_in_the_subject(smtp: SmtpReceiver) -> None:
     """Inbox rules and humans sort on the subject: resolution and test mail must show there."""
     email_config(smtp.port).build("mail").send(
-        notification(state="resolved", severity="high", test=True, summary="line\nbreak"))
+        notification(state="resolved", severity="high", test=True, summary="line\nbreak")
+    )
     [mail] = smtp.wait_for(1)
     assert mail.message["Subject"] == "[TEST] [HIGH] run_failure resolved: line break"
 
 
 @pytest.mark.parametrize(("reply", "status"), [(451, "retry"), (550, "failed")])
-def test_smtp_reply_class_decides_the_outcome(smtp: SmtpReceiver, reply: int,
-                                              status: Status) -> None:
+def test_smtp_reply_class_decides_the_outcome(
+    smtp: SmtpReceiver, reply: int, status: Status
+) -> None:
     """4xx is the server saying try later; 5xx is final, and retrying it would be spam."""
     smtp.script(reply)
     outcome = email_config(smtp.port).build("mail").send(notification())
@@ -375,8 +461,9 @@ def test_a_silent_smtp_server_times_out_as_retry() -> None:
     """A relay that accepts the connection but never greets must cost one timeout, no more."""
     with socket.create_server(("127.0.0.1", 0)) as silent:
         started = time.monotonic()
-        outcome = email_config(silent.getsockname()[1], timeout=0.3).build("mail").send(
-            notification())
+        outcome = (
+            email_config(silent.getsockname()[1], timeout=0.3).build("mail").send(notification())
+        )
     assert outcome == Outcome("retry", "timeout after 0.3 s")
     assert time.monotonic() - started < 1.5
 
@@ -405,9 +492,26 @@ def test_starttls_is_never_downgraded_to_plain_text(smtp: SmtpReceiver) -> None:
 def test_starttls_rejects_an_untrusted_certificate(tmp_path: Path) -> None:
     """Encryption without checking who answers protects nothing; a self-signed relay is refused."""
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     with SmtpReceiver(tls_context=context) as smtp:
@@ -418,13 +522,16 @@ def test_starttls_rejects_an_untrusted_certificate(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- console
 
+
 def test_console_line_is_readable() -> None:
     """Operators read the console at a glance: time, severity, rule, state, summary, repeats."""
     out = io.StringIO()
     channel = ConsoleConfig().build("console", stream=out)
     assert channel.send(notification(suppressed=2)) == Outcome("delivered", "written")
-    assert out.getvalue() == ("2026-11-22T07:00:00.000000Z CRITICAL run_failure [firing] "
-                              "run R1 failed: 3 of 10 tasks failed (suppressed 2)\n")
+    assert out.getvalue() == (
+        "2026-11-22T07:00:00.000000Z CRITICAL run_failure [firing] "
+        "run R1 failed: 3 of 10 tasks failed (suppressed 2)\n"
+    )
 
 
 def test_console_colours_severity_only_and_neutralises_escapes() -> None:
@@ -460,26 +567,51 @@ def test_console_write_failure_is_retried() -> None:
 
 # ---------------------------------------------------------------- config validation
 
-@pytest.mark.parametrize(("model", "fields", "bad"), [
-    (WebhookConfig, {"url": "not a url"}, "url"),
-    (WebhookConfig, {"url": "ftp://example.org/x"}, "url"),
-    (WebhookConfig, {"url": "http://example.org", "secret": "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
-     "secret"),
-    (WebhookConfig, {"url": "http://example.org", "secret": "whsec_***"}, "secret"),
-    (WebhookConfig, {"url": "http://example.org", "timeout": 0}, "timeout"),
-    (WebhookConfig, {"url": "http://example.org", "headers": {"webhook-id": "x"}}, "headers"),
-    (WebhookConfig, {"url": "http://example.org", "headers": {"X-A": "a\r\nB: b"}}, "headers"),
-    (WebhookConfig, {"url": "http://example.org", "token": "two words"}, "token"),
-    (WebhookConfig, {"url": "http://example.org", "retries": 3}, "retries"),
-    (SlackConfig, {"url": "hooks.slack.com/services/T/B/X"}, "url"),
-    (EmailConfig, {"host": "smtp", "sender": "a@example.org", "recipients": []}, "recipients"),
-    (EmailConfig, {"host": "smtp", "sender": "a@example.org", "recipients": ["nobody"]},
-     "recipients"),
-    (EmailConfig, {"host": "smtp", "sender": "a@example.org\r\nBcc: x@y.z",
-                   "recipients": ["b@example.org"]}, "sender"),
-    (EmailConfig, {"host": "smtp", "sender": "a@example.org", "recipients": ["b@example.org"],
-                   "security": "tls"}, "security"),
-])
+
+@pytest.mark.parametrize(
+    ("model", "fields", "bad"),
+    [
+        (WebhookConfig, {"url": "not a url"}, "url"),
+        (WebhookConfig, {"url": "ftp://example.org/x"}, "url"),
+        (
+            WebhookConfig,
+            {"url": "http://example.org", "secret": "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
+            "secret",
+        ),
+        (WebhookConfig, {"url": "http://example.org", "secret": "whsec_***"}, "secret"),
+        (WebhookConfig, {"url": "http://example.org", "timeout": 0}, "timeout"),
+        (WebhookConfig, {"url": "http://example.org", "headers": {"webhook-id": "x"}}, "headers"),
+        (WebhookConfig, {"url": "http://example.org", "headers": {"X-A": "a\r\nB: b"}}, "headers"),
+        (WebhookConfig, {"url": "http://example.org", "token": "two words"}, "token"),
+        (WebhookConfig, {"url": "http://example.org", "retries": 3}, "retries"),
+        (SlackConfig, {"url": "hooks.slack.com/services/T/B/X"}, "url"),
+        (EmailConfig, {"host": "smtp", "sender": "a@example.org", "recipients": []}, "recipients"),
+        (
+            EmailConfig,
+            {"host": "smtp", "sender": "a@example.org", "recipients": ["nobody"]},
+            "recipients",
+        ),
+        (
+            EmailConfig,
+            {
+                "host": "smtp",
+                "sender": "a@example.org\r\nBcc: x@y.z",
+                "recipients": ["b@example.org"],
+            },
+            "sender",
+        ),
+        (
+            EmailConfig,
+            {
+                "host": "smtp",
+                "sender": "a@example.org",
+                "recipients": ["b@example.org"],
+                "security": "tls",
+            },
+            "security",
+        ),
+    ],
+)
 def test_bad_config_names_the_field(model: type[Any], fields: dict[str, Any], bad: str) -> None:
     """Config errors are the one place to fail fast, and the message must say which key."""
     with pytest.raises(ValidationError) as caught:
@@ -490,7 +622,8 @@ def test_bad_config_names_the_field(model: type[Any], fields: dict[str, Any], ba
 @pytest.mark.parametrize(("security", "port"), [("starttls", 587), ("ssl", 465), ("none", 25)])
 def test_smtp_port_follows_security(security: str, port: int) -> None:
     """The usual port for each mode, so a config needs only the host."""
-    config = EmailConfig(host="smtp", security=security, sender="a@example.org",
-                         recipients=["b@example.org"])
+    config = EmailConfig(
+        host="smtp", security=security, sender="a@example.org", recipients=["b@example.org"]
+    )
     assert config.smtp_port == port
     assert describe(config) == f"email via smtp:{port} ({security}) to 1 recipient(s)"

@@ -29,8 +29,15 @@ from runwatch.sinks.naming import safe_filename
 from runwatch.sinks.reports import build_index, write_reports
 
 CONSOLE = re.compile(r":CONSOLE[:(]\d*\)?\] (.*)")
-FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-         "--enable-logging=stderr", "--v=0", "--dump-dom")
+FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--enable-logging=stderr",
+    "--v=0",
+    "--dump-dom",
+)
 
 
 def chromium() -> str:
@@ -44,8 +51,13 @@ def chromium() -> str:
 def render(page: Path, profile: Path) -> tuple[str, list[str]]:
     """Load `page` from disk in headless Chromium: the DOM after scripts ran, and every
     console message the page produced."""
-    done = subprocess.run([chromium(), *FLAGS, f"--user-data-dir={profile}", page.as_uri()],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [chromium(), *FLAGS, f"--user-data-dir={profile}", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout, [m.group(1) for m in CONSOLE.finditer(done.stderr)]
 
@@ -64,8 +76,10 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_console_detection_works(tmp_path: Path) -> None:
     """The no-console-errors checks below are only worth something if errors do show up."""
     page = tmp_path / "noisy.html"
-    page.write_text("<!DOCTYPE html><title>t</title><script>console.error('sanity-x');"
-                    "throw new Error('kaboom')</script>")
+    page.write_text(
+        "<!DOCTYPE html><title>t</title><script>console.error('sanity-x');"
+        "throw new Error('kaboom')</script>"
+    )
     dom, console = render(page, tmp_path / "profile")
     assert "<title>t</title>" in dom
     assert any("sanity-x" in line for line in console)

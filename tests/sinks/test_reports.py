@@ -16,14 +16,19 @@ import pytest
 from helpers import replay_into
 from runwatch.projections import ORCHESTRATOR, format_time
 from runwatch.sinks.reports import build_index, build_run_reports, nearest_rank, write_reports
-from runwatch.stream.decode import decode
-from runwatch.stream.simulate import simulate
+from runwatch.stream.core.decode import decode
+from runwatch.stream.devtools.simulate import simulate
 
 HOSTILE_RUN = "../../etc/x"
 HOSTILE_TASK = '"><svg onload=alert(2)>'
 HOSTILE_ERROR = "<script>document.title='pwned'</script><img src=x onerror=alert(1)>"
-SIMULATED_ERRORS = {"tool exited with status 1", "timeout after 300s", "patch did not apply "
-                    "cleanly", "tests failed: 3 of 42", "worker lost heartbeat"}
+SIMULATED_ERRORS = {
+    "tool exited with status 1",
+    "timeout after 300s",
+    "patch did not apply cleanly",
+    "tests failed: 3 of 42",
+    "worker lost heartbeat",
+}
 
 
 # -- the adapter: projection rows + decoded log lines → build_run_reports arguments ----------
@@ -35,11 +40,12 @@ def load_inputs(db: Path, events_dir: Path, run_id: str) -> dict[str, Any]:
     connection = sqlite3.connect(db)
     connection.row_factory = sqlite3.Row
     try:
+
         def rows(table: str) -> list[dict[str, Any]]:
             query = f"SELECT * FROM {table} WHERE run_id = ?"
             return [dict(r) for r in connection.execute(query, (run_id,))]
 
-        run, = rows("runs")
+        (run,) = rows("runs")
         tables = {name: rows(name) for name in ("tasks", "workstreams", "pattern_runs")}
     finally:
         connection.close()
@@ -50,10 +56,22 @@ def load_inputs(db: Path, events_dir: Path, run_id: str) -> dict[str, Any]:
             if getattr(event, "family", None) == ORCHESTRATOR and event.run_id == run_id:
                 events.setdefault(event.id, event)
     ordered = sorted(events.values(), key=lambda e: (e.time, e.id))
-    return {"run": run, **tables, "events": [
-        {"id": e.id, "type": e.type, "time": format_time(e.time), "severity": e.severity,
-         "task_id": e.task, "workstream_id": e.workstream, "payload": e.payload}
-        for e in ordered]}
+    return {
+        "run": run,
+        **tables,
+        "events": [
+            {
+                "id": e.id,
+                "type": e.type,
+                "time": format_time(e.time),
+                "severity": e.severity,
+                "task_id": e.task,
+                "workstream_id": e.workstream,
+                "payload": e.payload,
+            }
+            for e in ordered
+        ],
+    }
 
 
 def run_ids(db: Path) -> list[str]:
@@ -100,22 +118,43 @@ class Elements(HTMLParser):
         return [attrs for name, attrs in self.tags if name == tag]
 
     def bars(self, key: str = "data-task") -> list[str | None]:
-        return [a.get(key) for a in self.named("rect")
-                if "bar" in (a.get("class") or "").split() and key in a]
+        return [
+            a.get(key)
+            for a in self.named("rect")
+            if "bar" in (a.get("class") or "").split() and key in a
+        ]
 
 
 def hostile_lines() -> list[dict[str, Any]]:
     """A run whose id, task id and error text try to escape their file and their markup."""
     base = {"run_id": HOSTILE_RUN, "severity": "info", "workstream_id": "WS-<b>x</b>"}
     return [
-        {**base, "event_type": "run_created", "timestamp": "2026-02-01T10:00:00Z",
-         "payload": {"total_tasks": 2}},
-        {**base, "event_type": "task_started", "timestamp": "2026-02-01T10:00:01Z",
-         "task_id": "T1"},
-        {**base, "event_type": "task_failed", "timestamp": "2026-02-01T10:00:05Z",
-         "task_id": "T1", "severity": "error", "payload": {"error": HOSTILE_ERROR}},
-        {**base, "event_type": "task_started", "timestamp": "2026-02-01T10:00:02Z",
-         "task_id": HOSTILE_TASK},
+        {
+            **base,
+            "event_type": "run_created",
+            "timestamp": "2026-02-01T10:00:00Z",
+            "payload": {"total_tasks": 2},
+        },
+        {
+            **base,
+            "event_type": "task_started",
+            "timestamp": "2026-02-01T10:00:01Z",
+            "task_id": "T1",
+        },
+        {
+            **base,
+            "event_type": "task_failed",
+            "timestamp": "2026-02-01T10:00:05Z",
+            "task_id": "T1",
+            "severity": "error",
+            "payload": {"error": HOSTILE_ERROR},
+        },
+        {
+            **base,
+            "event_type": "task_started",
+            "timestamp": "2026-02-01T10:00:02Z",
+            "task_id": HOSTILE_TASK,
+        },
     ]
 
 
@@ -124,7 +163,8 @@ def make_corpus(root: Path) -> Path:
     replayed into a real projection database."""
     simulate(root / "events", runs=8, seed=2, fail_rate=0.5, stall_rate=0.3)
     (root / "events" / "hostile.jsonl").write_bytes(
-        b"".join(orjson.dumps(line) + b"\n" for line in hostile_lines()))
+        b"".join(orjson.dumps(line) + b"\n" for line in hostile_lines())
+    )
     replay_into(root / "db.sqlite", root / "events")
     return root
 
@@ -167,17 +207,23 @@ def test_summary_counts_match_the_projection(corpus: Path) -> None:
         run, summary = inputs["run"], report_json(corpus, run_id, "_summary.json")
         tasks = summary["counts"]["tasks"]
         assert {k: tasks[k] for k in tasks if k != "total"} == {
-            s: run[f"tasks_{s}"] for s in ("succeeded", "failed", "running", "pending",
-                                           "skipped", "canceled")}
+            s: run[f"tasks_{s}"]
+            for s in ("succeeded", "failed", "running", "pending", "skipped", "canceled")
+        }
         assert tasks["total"] == run["tasks_total"]
         assert summary["counts"]["events"] == run["events_total"] == len(inputs["events"])
         assert sum(summary["errors"]["error_events_by_type"].values()) == run["error_events"]
         assert (summary["run_id"], summary["status"], summary["timings"]["ended_at"]) == (
-            run["run_id"], run["status"], run["ended_at"])
+            run["run_id"],
+            run["status"],
+            run["ended_at"],
+        )
         assert [w["workstream_id"] for w in summary["workstreams"]] == sorted(
-            w["workstream_id"] for w in inputs["workstreams"])
+            w["workstream_id"] for w in inputs["workstreams"]
+        )
         assert {p["pattern_run_id"] for p in summary["pattern_runs"]} == {
-            p["pattern_run_id"] for p in inputs["pattern_runs"]}
+            p["pattern_run_id"] for p in inputs["pattern_runs"]
+        }
 
 
 def test_failed_tasks_carry_their_error_and_attempts(corpus: Path) -> None:
@@ -189,8 +235,9 @@ def test_failed_tasks_carry_their_error_and_attempts(corpus: Path) -> None:
         expected = sorted((t["task_id"], t["attempts"]) for t in tasks if t["status"] == "failed")
         assert [(f["task_id"], f["attempts"]) for f in failed] == expected
         simulated = run_id != HOSTILE_RUN
-        assert all(f["error"] in (SIMULATED_ERRORS if simulated else {HOSTILE_ERROR})
-                   for f in failed)
+        assert all(
+            f["error"] in (SIMULATED_ERRORS if simulated else {HOSTILE_ERROR}) for f in failed
+        )
         seen += len(failed)
     assert seen > 2
 
@@ -201,44 +248,82 @@ def test_metrics_durations_and_event_counts_match_rows(corpus: Path) -> None:
         inputs = load_inputs(corpus / "db.sqlite", corpus / "events", run_id)
         metrics = report_json(corpus, run_id, "_metrics.json")
         durations = {i["task_id"]: i["duration_s"] for i in metrics["task_durations"]["items"]}
-        assert durations == {t["task_id"]: seconds(t["started_at"], t["ended_at"])
-                             if t["started_at"] and t["ended_at"] else None
-                             for t in inputs["tasks"]}
+        assert durations == {
+            t["task_id"]: seconds(t["started_at"], t["ended_at"])
+            if t["started_at"] and t["ended_at"]
+            else None
+            for t in inputs["tasks"]
+        }
         assert sum(metrics["events_by_type"].values()) == inputs["run"]["events_total"]
         assert metrics["error_events"]["count"] == inputs["run"]["error_events"]
         assert len(metrics["error_events"]["events"]) == inputs["run"]["error_events"]
         assert metrics["percentile_method"] == "nearest-rank"
 
 
-@pytest.mark.parametrize(("values", "percent", "expected"), [
-    ([], 50, None),
-    ([7.0], 99, 7.0),
-    ([4.0, 1.0, 3.0, 2.0], 50, 2.0),
-    ([4.0, 1.0, 3.0, 2.0], 90, 4.0),
-    ([float(v) for v in range(1, 11)], 90, 9.0),
-    ([float(v) for v in range(1, 101)], 99, 99.0),
-])
-def test_nearest_rank_known_answers(values: list[float], percent: int,
-                                    expected: float | None) -> None:
+@pytest.mark.parametrize(
+    ("values", "percent", "expected"),
+    [
+        ([], 50, None),
+        ([7.0], 99, 7.0),
+        ([4.0, 1.0, 3.0, 2.0], 50, 2.0),
+        ([4.0, 1.0, 3.0, 2.0], 90, 4.0),
+        ([float(v) for v in range(1, 11)], 90, 9.0),
+        ([float(v) for v in range(1, 101)], 99, 99.0),
+    ],
+)
+def test_nearest_rank_known_answers(
+    values: list[float], percent: int, expected: float | None
+) -> None:
     """Nearest rank returns an observed value at rank ⌈p·n/100⌉, never an interpolation."""
     assert nearest_rank(values, percent) == expected
 
 
 def test_percentiles_of_hand_made_tasks() -> None:
     """Ten tasks of 1..10 s give p50 = 5, p90 = 9, p99 = 10 (nearest rank), open ones excluded."""
-    run = {"run_id": "R", "status": "running", "stalled": 0, "created_at": "2026-01-01T00:00:00Z",
-           "started_at": "2026-01-01T00:00:00Z", "ended_at": None, "duration_s": None,
-           "last_event_at": "2026-01-01T00:01:00Z", "tasks_total": 11, "events_total": 0,
-           "error_events": 0}
-    tasks = [{"task_id": f"T{n:02d}", "workstream_id": None, "status": "succeeded",
-              "attempts": 1, "started_at": "2026-01-01T00:00:00.000000Z",
-              "ended_at": f"2026-01-01T00:00:{n:02d}.000000Z"} for n in range(1, 11)]
-    tasks.append({"task_id": "T11", "workstream_id": None, "status": "running", "attempts": 1,
-                  "started_at": "2026-01-01T00:00:30.000000Z", "ended_at": None})
+    run = {
+        "run_id": "R",
+        "status": "running",
+        "stalled": 0,
+        "created_at": "2026-01-01T00:00:00Z",
+        "started_at": "2026-01-01T00:00:00Z",
+        "ended_at": None,
+        "duration_s": None,
+        "last_event_at": "2026-01-01T00:01:00Z",
+        "tasks_total": 11,
+        "events_total": 0,
+        "error_events": 0,
+    }
+    tasks = [
+        {
+            "task_id": f"T{n:02d}",
+            "workstream_id": None,
+            "status": "succeeded",
+            "attempts": 1,
+            "started_at": "2026-01-01T00:00:00.000000Z",
+            "ended_at": f"2026-01-01T00:00:{n:02d}.000000Z",
+        }
+        for n in range(1, 11)
+    ]
+    tasks.append(
+        {
+            "task_id": "T11",
+            "workstream_id": None,
+            "status": "running",
+            "attempts": 1,
+            "started_at": "2026-01-01T00:00:30.000000Z",
+            "ended_at": None,
+        }
+    )
     files = build_run_reports(run, tasks, [], [], [])
     stats = orjson.loads(files["R_metrics.json"])["task_durations"]
     assert {k: stats[k] for k in ("count", "min", "max", "p50", "p90", "p99")} == {
-        "count": 10, "min": 1.0, "max": 10.0, "p50": 5.0, "p90": 9.0, "p99": 10.0}
+        "count": 10,
+        "min": 1.0,
+        "max": 10.0,
+        "p50": 5.0,
+        "p90": 9.0,
+        "p99": 10.0,
+    }
     assert Elements(files["R.html"].decode()).bars() == [f"T{n:02d}" for n in range(1, 12)]
 
 
@@ -249,8 +334,10 @@ def test_regeneration_is_byte_identical(corpus: Path, tmp_path: Path) -> None:
     for run_id in run_ids(corpus / "db.sqlite"):
         inputs = load_inputs(corpus / "db.sqlite", corpus / "events", run_id)
         again = load_inputs(rebuilt, corpus / "events", run_id)
-        shuffled = {k: v[::-1] if k in ("tasks", "workstreams", "pattern_runs") else v
-                    for k, v in again.items()}
+        shuffled = {
+            k: v[::-1] if k in ("tasks", "workstreams", "pattern_runs") else v
+            for k, v in again.items()
+        }
         assert build_run_reports(**inputs) == build_run_reports(**shuffled)
     assert build_index(run_rows(corpus / "db.sqlite")) == build_index(run_rows(rebuilt)[::-1])
 
@@ -266,7 +353,8 @@ def test_html_has_one_bar_per_task(corpus: Path) -> None:
         page = Elements(html.decode())
         assert sorted(map(str, page.bars())) == sorted(t["task_id"] for t in inputs["tasks"])
         assert sorted(map(str, page.bars("data-pattern-run"))) == sorted(
-            p["pattern_run_id"] for p in inputs["pattern_runs"])
+            p["pattern_run_id"] for p in inputs["pattern_runs"]
+        )
         assert not page.named("script") and not page.named("link") and not page.named("img")
 
 
@@ -298,7 +386,8 @@ def test_write_reports_skips_identical_files(corpus: Path, tmp_path: Path) -> No
     changed[name] = files[name] + b"<!-- changed -->\n"
     assert write_reports(out, changed) == [out / name]
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != name} == {
-        n: s for n, s in stamps.items() if n != name}
+        n: s for n, s in stamps.items() if n != name
+    }
     assert sorted(os.listdir(out)) == sorted(files)
 
 
@@ -335,10 +424,12 @@ def test_hostile_run_id_lands_inside_the_directory(corpus: Path, tmp_path: Path)
     out = tmp_path / "a" / "b" / "reports"
     written = write_reports(out, reports_for(corpus, HOSTILE_RUN))
     assert len(written) == 3 and all(p.parent == out for p in written)
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")
-                  if p.is_file()) == sorted(f"a/b/reports/{p.name}" for p in written)
-    summary = orjson.loads(next(p for p in written if p.name.endswith("_summary.json"))
-                           .read_bytes())
+    assert sorted(
+        p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()
+    ) == sorted(f"a/b/reports/{p.name}" for p in written)
+    summary = orjson.loads(
+        next(p for p in written if p.name.endswith("_summary.json")).read_bytes()
+    )
     assert summary["run_id"] == HOSTILE_RUN
 
 
@@ -363,10 +454,21 @@ def test_index_lists_runs_newest_first_with_working_links(corpus: Path, tmp_path
 
 def test_index_breaks_ties_by_run_id() -> None:
     """Runs that ended at the same instant keep a stable order: run_id ascending."""
-    row = {"status": "succeeded", "stalled": 0, "tasks_total": 1, "tasks_failed": 0,
-           "duration_s": 1.0}
-    runs = [{**row, "run_id": rid, "last_event_at": when} for rid, when in
-            [("b", "2026-01-01T00:00:00Z"), ("a", "2026-01-01T00:00:00Z"),
-             ("c", "2026-01-02T00:00:00Z"), ("d", None)]]
+    row = {
+        "status": "succeeded",
+        "stalled": 0,
+        "tasks_total": 1,
+        "tasks_failed": 0,
+        "duration_s": 1.0,
+    }
+    runs = [
+        {**row, "run_id": rid, "last_event_at": when}
+        for rid, when in [
+            ("b", "2026-01-01T00:00:00Z"),
+            ("a", "2026-01-01T00:00:00Z"),
+            ("c", "2026-01-02T00:00:00Z"),
+            ("d", None),
+        ]
+    ]
     links = [a["href"] for a in Elements(build_index(runs).decode()).named("a")]
     assert links == ["./c.html", "./a.html", "./b.html", "./d.html"]

@@ -19,16 +19,6 @@ import psycopg
 import pytest
 from golden.test_golden import differences, portable
 
-from runwatch.sinks.postgres_dialect import Target, to_postgres
-from runwatch.sinks.postgres_store import PostgresStore, drop_schema, swap_schema
-from runwatch.sinks.sqlite_store import (
-    Changes,
-    Checkpoint,
-    DeadLetter,
-    OutboxEntry,
-    OwnershipLost,
-    StoreError,
-)
 from runwatch.sinks.store import (
     DB_ERRORS,
     Store,
@@ -37,13 +27,23 @@ from runwatch.sinks.store import (
     open_store,
     transaction,
 )
-from runwatch.stream.alert_config import default_alert_setup
-from runwatch.stream.alerting import Decisions
-from runwatch.stream.decode import RAW_KEEP
-from runwatch.stream.files import checkpoint_for, expand
-from runwatch.stream.lines import LineSplitter
-from runwatch.stream.processor import Processor
-from runwatch.stream.simulate import simulate
+from runwatch.sinks.store.api import (
+    Changes,
+    Checkpoint,
+    DeadLetter,
+    OutboxEntry,
+    OwnershipLost,
+    StoreError,
+)
+from runwatch.sinks.store.postgres import PostgresStore, drop_schema, swap_schema
+from runwatch.sinks.store.postgres_sql import Target, to_postgres
+from runwatch.stream.core.decisions import Decisions
+from runwatch.stream.core.decode import RAW_KEEP
+from runwatch.stream.core.lines import LineSplitter
+from runwatch.stream.core.processor import Processor
+from runwatch.stream.devtools.simulate import simulate
+from runwatch.stream.settings.alerts import default_alert_setup
+from runwatch.stream.sources.discovery import checkpoint_for, expand
 
 NOW = "2026-01-01T00:00:00.000000Z"
 GOLDEN = Path(__file__).parents[1] / "golden"
@@ -68,11 +68,24 @@ def store(target: Where) -> Iterator[Store]:
 
 def run_row(run_id: str, status: str = "running", **fields: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "run_id": run_id, "status": status, "created_at": "2026-01-01T00:00:00.000000Z",
-        "started_at": None, "ended_at": None, "last_event_at": "2026-01-01T00:00:01.000000Z",
-        "duration_s": 1.25, "tasks_total": 2, "tasks_succeeded": 1, "tasks_failed": 0,
-        "tasks_running": 1, "tasks_pending": 0, "tasks_skipped": 0, "tasks_canceled": 0,
-        "events_total": 3, "error_events": 0, "stalled": 0}
+        "run_id": run_id,
+        "status": status,
+        "created_at": "2026-01-01T00:00:00.000000Z",
+        "started_at": None,
+        "ended_at": None,
+        "last_event_at": "2026-01-01T00:00:01.000000Z",
+        "duration_s": 1.25,
+        "tasks_total": 2,
+        "tasks_succeeded": 1,
+        "tasks_failed": 0,
+        "tasks_running": 1,
+        "tasks_pending": 0,
+        "tasks_skipped": 0,
+        "tasks_canceled": 0,
+        "events_total": 3,
+        "error_events": 0,
+        "stalled": 0,
+    }
     return row | fields
 
 
@@ -81,8 +94,17 @@ def letter(offset: int, reason: str = "invalid_json") -> DeadLetter:
 
 
 def outbox(entry_id: str, state: str = "pending") -> OutboxEntry:
-    return OutboxEntry(entry_id, "alert", "console", state, {"id": entry_id, "n": 1},
-                       run_id="r1", alert_id="a1", rule="run_failure", event_time=NOW)
+    return OutboxEntry(
+        entry_id,
+        "alert",
+        "console",
+        state,
+        {"id": entry_id, "n": 1},
+        run_id="r1",
+        alert_id="a1",
+        rule="run_failure",
+        event_time=NOW,
+    )
 
 
 def rows(store: Store, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -93,15 +115,43 @@ def everything() -> Changes:
     """One of each kind of write."""
     return Changes(
         runs=[run_row("r1"), run_row("r2", "succeeded", ended_at=NOW)],
-        tasks=[{"run_id": "r1", "task_id": "t1", "workstream_id": "w", "status": "running",
-                "attempts": 1, "started_at": NOW, "ended_at": None}],
-        workstreams=[{"run_id": "r1", "workstream_id": "w", "status": "running",
-                      "tasks_total": 1, "tasks_succeeded": 0, "tasks_failed": 0,
-                      "tasks_running": 1}],
-        pattern_runs=[{"pattern_run_id": "p1", "pattern_id": "PAT", "job_id": "j",
-                       "step_id": "s", "run_id": None, "status": "running", "phase": "x",
-                       "started_at": NOW, "finished_at": None, "duration_s": None,
-                       "error_message": None}],
+        tasks=[
+            {
+                "run_id": "r1",
+                "task_id": "t1",
+                "workstream_id": "w",
+                "status": "running",
+                "attempts": 1,
+                "started_at": NOW,
+                "ended_at": None,
+            }
+        ],
+        workstreams=[
+            {
+                "run_id": "r1",
+                "workstream_id": "w",
+                "status": "running",
+                "tasks_total": 1,
+                "tasks_succeeded": 0,
+                "tasks_failed": 0,
+                "tasks_running": 1,
+            }
+        ],
+        pattern_runs=[
+            {
+                "pattern_run_id": "p1",
+                "pattern_id": "PAT",
+                "job_id": "j",
+                "step_id": "s",
+                "run_id": None,
+                "status": "running",
+                "phase": "x",
+                "started_at": NOW,
+                "finished_at": None,
+                "duration_s": None,
+                "error_message": None,
+            }
+        ],
         states=[("r:r1", orjson.dumps({"run_id": "r1"}))],
         index=[("r:r1", orjson.dumps([["e1", 1, 0, 10], ["e2", 1, 10, 10]]))],
         dead_letters=[letter(7)],
@@ -109,7 +159,8 @@ def everything() -> Changes:
         counters={"events_accepted": 2},
         derived=[{"type": "RUN_COMPLETED", "run_id": "r2", "event_time": NOW}],
         outbox=[outbox("o1")],
-        alert_states=[("run_failure", "r2", orjson.dumps({"firing": True}))])
+        alert_states=[("run_failure", "r2", orjson.dumps({"firing": True}))],
+    )
 
 
 def test_upserts_are_idempotent(store: Store) -> None:
@@ -122,16 +173,23 @@ def test_upserts_are_idempotent(store: Store) -> None:
     assert (store.snapshot(), store.checkpoints(), list(store.alert_states())) == once
     store.commit(Changes(runs=[run_row("r1", "failed", duration_s=2.5)]), NOW)
     assert [(r["status"], r["duration_s"]) for r in store.snapshot()["runs"]] == [
-        ("failed", 2.5), ("succeeded", 1.25)]
+        ("failed", 2.5),
+        ("succeeded", 1.25),
+    ]
 
 
 def test_a_key_twice_in_one_batch(store: Store) -> None:
     """A run flushed twice in one commit (evicted, then read back) keeps its last row; a dead
     letter or outbox entry repeated in one commit keeps its first."""
-    store.commit(Changes(runs=[run_row("r1", "running"), run_row("r1", "failed")],
-                         dead_letters=[letter(7, "invalid_json"), letter(7, "nul_bytes")],
-                         outbox=[outbox("o1", "pending"), outbox("o1", "recorded")],
-                         states=[("g", b"1"), ("g", b"2")]), NOW)
+    store.commit(
+        Changes(
+            runs=[run_row("r1", "running"), run_row("r1", "failed")],
+            dead_letters=[letter(7, "invalid_json"), letter(7, "nul_bytes")],
+            outbox=[outbox("o1", "pending"), outbox("o1", "recorded")],
+            states=[("g", b"1"), ("g", b"2")],
+        ),
+        NOW,
+    )
     snapshot = store.snapshot()
     assert [r["status"] for r in snapshot["runs"]] == ["failed"]
     assert [d["reason"] for d in snapshot["dead_letters"]] == ["invalid_json"]
@@ -177,7 +235,9 @@ def test_dead_letters_ignore_repeats(store: Store) -> None:
     store.commit(Changes(dead_letters=[letter(7, "nul_bytes")]), "later")
     got = store.snapshot()["dead_letters"]
     assert [(d["offset"], d["reason"], d["raw"]) for d in got] == [
-        (7, "invalid_json", b"{\xff\x00"), (9, "invalid_json", b"{\xff\x00")]
+        (7, "invalid_json", b"{\xff\x00"),
+        (9, "invalid_json", b"{\xff\x00"),
+    ]
     assert rows(store, "SELECT DISTINCT seen_at FROM dead_letters") == [(NOW,)]
 
 
@@ -200,42 +260,59 @@ def test_checkpoints_round_trip(store: Store) -> None:
 
 def test_load_group_returns_state_and_seen_ids(store: Store) -> None:
     """An evicted run comes back with every event id it folded, so none is applied twice."""
-    store.commit(Changes(states=[("r:r1", orjson.dumps({"v": 1}))],
-                         index=[("r:r1", orjson.dumps([["e1", 1, 0, 5]]))]), NOW)
-    store.commit(Changes(states=[("r:r1", orjson.dumps({"v": 2}))],
-                         index=[("r:r1", orjson.dumps([["e2", 1, 5, 5], ["e3", 2, 0, 4]]))]),
-                 NOW)
+    store.commit(
+        Changes(
+            states=[("r:r1", orjson.dumps({"v": 1}))],
+            index=[("r:r1", orjson.dumps([["e1", 1, 0, 5]]))],
+        ),
+        NOW,
+    )
+    store.commit(
+        Changes(
+            states=[("r:r1", orjson.dumps({"v": 2}))],
+            index=[("r:r1", orjson.dumps([["e2", 1, 5, 5], ["e3", 2, 0, 4]]))],
+        ),
+        NOW,
+    )
     assert store.load_group("r:r1") == ({"v": 2}, {"e1", "e2", "e3"})
     assert store.load_group("r:missing") == (None, set())
 
 
 def test_open_runs_are_the_unfinished_ones(store: Store) -> None:
     """Stall detection after a restart starts from exactly the runs still open."""
-    store.commit(Changes(runs=[run_row("a"), run_row("b", "pending", stalled=1),
-                               run_row("c", "failed")]), NOW)
-    assert sorted(store.open_runs()) == [("a", "2026-01-01T00:00:01.000000Z", 0),
-                                         ("b", "2026-01-01T00:00:01.000000Z", 1)]
+    store.commit(
+        Changes(runs=[run_row("a"), run_row("b", "pending", stalled=1), run_row("c", "failed")]),
+        NOW,
+    )
+    assert sorted(store.open_runs()) == [
+        ("a", "2026-01-01T00:00:01.000000Z", 0),
+        ("b", "2026-01-01T00:00:01.000000Z", 1),
+    ]
     store.commit(Changes(stalled=[(1, "a")]), NOW)
     assert dict((r, s) for r, _, s in store.open_runs()) == {"a": 1, "b": 1}
 
 
 def test_alert_states_replace(store: Store) -> None:
     """The alert book resumes from its last state per (rule, group), not an older one."""
-    store.commit(Changes(alert_states=[("rule", "g", b'{"n":1}'), ("rule", "h", b'{"n":5}')]),
-                 NOW)
+    store.commit(Changes(alert_states=[("rule", "g", b'{"n":1}'), ("rule", "h", b'{"n":5}')]), NOW)
     store.commit(Changes(alert_states=[("rule", "g", b'{"n":2}')]), NOW)
     assert sorted(store.alert_states()) == [("rule", "g", {"n": 2}), ("rule", "h", {"n": 5})]
 
 
 def test_unevaluated_until_marked(store: Store) -> None:
     """Events recorded by deliveries reach the alert rules once: listed until marked."""
-    store.commit(Changes(derived=[{"type": "RUN_COMPLETED", "run_id": "r", "event_time": NOW}]),
-                 NOW)
+    store.commit(
+        Changes(derived=[{"type": "RUN_COMPLETED", "run_id": "r", "event_time": NOW}]), NOW
+    )
     with transaction(store.db) as db:
-        db.executemany("INSERT INTO derived_events (type, run_id, event_time, data, "
-                       "recorded_at, unevaluated) VALUES (?, ?, ?, ?, ?, 1)",
-                       [("ALERT_SENT", "r", NOW, orjson.dumps({"type": "ALERT_SENT", "n": n}),
-                         NOW) for n in (1, 2)])
+        db.executemany(
+            "INSERT INTO derived_events (type, run_id, event_time, data, "
+            "recorded_at, unevaluated) VALUES (?, ?, ?, ?, ?, 1)",
+            [
+                ("ALERT_SENT", "r", NOW, orjson.dumps({"type": "ALERT_SENT", "n": n}), NOW)
+                for n in (1, 2)
+            ],
+        )
     pending = store.unevaluated()
     assert [(seq, data["n"]) for seq, data in pending] == [(2, 1), (3, 2)]
     store.commit(Changes(evaluated=[pending[0][0]]), NOW)
@@ -256,7 +333,9 @@ def test_outbox_records_an_id_once(store: Store) -> None:
     store.commit(Changes(outbox=[outbox("o1"), outbox("o2")]), NOW)
     store.commit(Changes(outbox=[outbox("o1", "recorded")]), "later")
     assert rows(store, "SELECT id, channel, state, decided_at FROM alerts ORDER BY id") == [
-        ("o1", "console", "pending", NOW), ("o2", "console", "pending", NOW)]
+        ("o1", "console", "pending", NOW),
+        ("o2", "console", "pending", NOW),
+    ]
 
 
 def test_stream_positions_compare_and_set(store: Store) -> None:
@@ -266,11 +345,18 @@ def test_stream_positions_compare_and_set(store: Store) -> None:
     store.commit(Changes(positions=[("orders.0", None, 5)]), NOW)
     store.commit(Changes(positions=[("orders.0", 5, 9)], counters={"events_accepted": 1}), NOW)
     assert store.position("orders.0") == 9
-    stale = Changes(positions=[("orders.0", 5, 12)], counters={"events_accepted": 1},
-                    runs=[run_row("r1")], dead_letters=[letter(1)])
-    with pytest.raises(OwnershipLost, match=r"another process owns stream 'orders.0' "
-                       r"\(expected position 5, found 9, written by .+:\d+\); this one stops "
-                       r"to avoid corrupting the projection") as lost:
+    stale = Changes(
+        positions=[("orders.0", 5, 12)],
+        counters={"events_accepted": 1},
+        runs=[run_row("r1")],
+        dead_letters=[letter(1)],
+    )
+    with pytest.raises(
+        OwnershipLost,
+        match=r"another process owns stream 'orders.0' "
+        r"\(expected position 5, found 9, written by .+:\d+\); this one stops "
+        r"to avoid corrupting the projection",
+    ) as lost:
         store.commit(stale, NOW)
     assert (lost.value.stream, lost.value.expected, lost.value.found) == ("orders.0", 5, 9)
     with pytest.raises(OwnershipLost, match=r"expected no position, found 9"):
@@ -297,23 +383,28 @@ def test_two_processes_cannot_both_advance_a_stream(target: Where) -> None:
 
 def test_db_takes_question_mark_placeholders(store: Store, target: Where) -> None:
     """Callers write one SQL for both backends: `?` marks, SQLite's INSERT OR IGNORE."""
-    store.commit(Changes(runs=[run_row("r1"), run_row("r2", "failed")],
-                         dead_letters=[letter(7)]), NOW)
+    store.commit(
+        Changes(runs=[run_row("r1"), run_row("r2", "failed")], dead_letters=[letter(7)]), NOW
+    )
     db = store.db
     assert db.execute("SELECT count(*), sum(tasks_total) FROM runs").fetchone() == (2, 4)
-    cursor = db.execute("SELECT run_id, status FROM runs WHERE status = ? AND run_id LIKE 'r%'",
-                        ("failed",))
+    cursor = db.execute(
+        "SELECT run_id, status FROM runs WHERE status = ? AND run_id LIKE 'r%'", ("failed",)
+    )
     assert [d[0] for d in cursor.description] == ["run_id", "status"]
     assert list(cursor) == [("r2", "failed")]
-    assert db.execute("SELECT source, offset FROM dead_letters WHERE offset > ? "
-                      "ORDER BY offset LIMIT ? OFFSET ?", (0, 5, 0)).fetchall() == [
-        ("/logs/a.jsonl", 7)]
+    assert db.execute(
+        "SELECT source, offset FROM dead_letters WHERE offset > ? ORDER BY offset LIMIT ? OFFSET ?",
+        (0, 5, 0),
+    ).fetchall() == [("/logs/a.jsonl", 7)]
     assert db.execute("SELECT 'a ? b', ?", ("x",)).fetchone() == ("a ? b", "x")
     other = connect(target)
     try:
         with transaction(other):
-            other.executemany("INSERT OR IGNORE INTO archival_log VALUES (?, ?, ?, ?, ?, ?)",
-                              [("r1", "a.zip", "00", 10, 2, NOW)] * 2)
+            other.executemany(
+                "INSERT OR IGNORE INTO archival_log VALUES (?, ?, ?, ?, ?, ?)",
+                [("r1", "a.zip", "00", 10, 2, NOW)] * 2,
+            )
             changed = other.execute("UPDATE runs SET stalled=? WHERE run_id=?", (1, "r1"))
             assert changed.rowcount == 1
     finally:
@@ -327,8 +418,11 @@ def test_a_newer_schema_version_is_refused(target: Where) -> None:
     store = open_store(target)
     store.set_meta([("schema_version", "99")])
     store.close()
-    with pytest.raises(StoreError, match=r"schema version 99 is newer than this runwatch "
-                       r"supports \(3\); rebuild it with `runwatch replay`"):
+    with pytest.raises(
+        StoreError,
+        match=r"schema version 99 is newer than this runwatch "
+        r"supports \(3\); rebuild it with `runwatch replay`",
+    ):
         open_store(target)
 
 
@@ -353,9 +447,15 @@ def fold(store: Store, paths: list[Path]) -> None:
     and a tiny cache, so runs are written out and read back (load_group) along the way."""
     alerts = default_alert_setup()
     decisions = Decisions(alerts.rules, store, alerts.policy(deliver=False))  # type: ignore[arg-type]
-    processor = Processor(store, stall_after_s=1800, max_line_bytes=8 << 20,  # type: ignore[arg-type]
-                          wall_clock=lambda: NOW, max_groups=8, rules=alerts.rules,
-                          decisions=decisions)
+    processor = Processor(
+        store,
+        stall_after_s=1800,
+        max_line_bytes=8 << 20,  # type: ignore[arg-type]
+        wall_clock=lambda: NOW,
+        max_groups=8,
+        rules=alerts.rules,
+        decisions=decisions,
+    )
     for path in expand([str(p) for p in paths]):
         splitter = LineSplitter(0, 1, max_line_bytes=8 << 20, keep=RAW_KEEP)
         source_id = store.source_id(str(path))
@@ -373,7 +473,9 @@ def test_text_with_nul_characters_is_dead_lettered_alike(store: Store, tmp_path:
     logs.mkdir()
     (logs / "nul.jsonl").write_text(
         '{"event_type": "run_started", "timestamp": "2026-01-01T00:00:00Z", '
-        '"run_id": "a\\u0000b"}\n', encoding="utf-8")
+        '"run_id": "a\\u0000b"}\n',
+        encoding="utf-8",
+    )
     fold(store, [logs])
     snap = store.snapshot()
     assert snap["runs"] == []
@@ -382,9 +484,23 @@ def test_text_with_nul_characters_is_dead_lettered_alike(store: Store, tmp_path:
 
 def every_row(store: Store) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table, sorted: the whole projection, not only the converged part."""
-    tables = ["runs", "tasks", "workstreams", "pattern_runs", "dead_letters", "checkpoints",
-              "sources", "fold_state", "event_index", "counters", "derived_events", "outbox",
-              "alert_state", "archival_log", "stream_positions"]
+    tables = [
+        "runs",
+        "tasks",
+        "workstreams",
+        "pattern_runs",
+        "dead_letters",
+        "checkpoints",
+        "sources",
+        "fold_state",
+        "event_index",
+        "counters",
+        "derived_events",
+        "outbox",
+        "alert_state",
+        "archival_log",
+        "stream_positions",
+    ]
     return {t: sorted(rows(store, f"SELECT * FROM {t}"), key=repr) for t in tables}
 
 
@@ -413,8 +529,9 @@ def corpora(corpus: Path) -> dict[str, list[Path]]:
 
 
 @pytest.mark.parametrize("name", ["simulate-20-5", "upstream", "mixed", "simulated"])
-def test_a_real_corpus_gives_the_same_rows(name: str, target: Where, corpus: Path,
-                                           sqlite_build: dict[str, Any]) -> None:
+def test_a_real_corpus_gives_the_same_rows(
+    name: str, target: Where, corpus: Path, sqlite_build: dict[str, Any]
+) -> None:
     """Any backend folds the same logs into the same rows: SQLite's, and the golden files'."""
     store = open_store(target)
     try:
@@ -451,19 +568,20 @@ def test_swap_schema_replaces_a_projection_at_once(postgres_url: str) -> None:
     swapped = PostgresStore(postgres_url)
     try:
         assert [r["run_id"] for r in swapped.snapshot()["runs"]] == ["new"]
-        assert swapped.db.execute("SELECT count(*) FROM pg_namespace WHERE nspname = ?",
-                                  (scratch,)).fetchone() == (0,)
+        assert swapped.db.execute(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = ?", (scratch,)
+        ).fetchone() == (0,)
     finally:
         swapped.close()
 
 
 def test_urls_name_a_schema_and_print_without_secrets() -> None:
     """The printable form goes into messages and logs: it must never carry a password."""
-    target = Target.parse("postgresql://rw:s3cret@db.example:5433/prod?schema=live"
-                          "&sslmode=require&password=other")
+    target = Target.parse(
+        "postgresql://rw:s3cret@db.example:5433/prod?schema=live&sslmode=require&password=other"
+    )
     assert target.schema == "live"
-    assert target.printable == ("postgresql://rw@db.example:5433/prod?sslmode=require"
-                                "&schema=live")
+    assert target.printable == ("postgresql://rw@db.example:5433/prod?sslmode=require&schema=live")
     assert "schema" not in target.conninfo and "s3cret" in target.conninfo
     assert Target.parse("postgres://h/db").schema == "runwatch"
     assert is_postgres("postgres://h/db") and not is_postgres(Path("state/rw.db"))
@@ -475,9 +593,11 @@ def test_urls_name_a_schema_and_print_without_secrets() -> None:
 def test_sqlite_sql_is_rewritten_for_postgresql() -> None:
     """Only what differs is rewritten; string literals and quoted names stay as written."""
     assert to_postgres("SELECT offset FROM t WHERE a = ? AND b LIKE '?%' LIMIT ? OFFSET ?") == (
-        "SELECT \"offset\" FROM t WHERE a = %s AND b LIKE '?%%' LIMIT %s OFFSET %s")
+        "SELECT \"offset\" FROM t WHERE a = %s AND b LIKE '?%%' LIMIT %s OFFSET %s"
+    )
     assert to_postgres("SELECT '%'", False) == "SELECT '%'"
     assert to_postgres("INSERT OR IGNORE INTO t VALUES (?) RETURNING id") == (
-        "INSERT INTO t VALUES (%s) ON CONFLICT DO NOTHING RETURNING id")
+        "INSERT INTO t VALUES (%s) ON CONFLICT DO NOTHING RETURNING id"
+    )
     with pytest.raises(ValueError, match="ON CONFLICT"):
         to_postgres("INSERT OR REPLACE INTO t VALUES (?)")

@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 
 from helpers import run_cli
-from runwatch.stream.alert_config import BUILT_IN, load_alerts
-from runwatch.stream.settings import ConfigError
+from runwatch.stream.settings.alerts import BUILT_IN, load_alerts
+from runwatch.stream.settings.service import ConfigError
 
 ROOT = Path(__file__).parents[2]
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-UNSET = {"ALERT_WEBHOOK_URL": "", "SLACK_WEBHOOK_URL": "", "SMTP_HOST": "",
-         "ALERT_EMAIL_TO": ""}
+UNSET = {"ALERT_WEBHOOK_URL": "", "SLACK_WEBHOOK_URL": "", "SMTP_HOST": "", "ALERT_EMAIL_TO": ""}
 
 
 def test_shipped_file_is_the_built_in_default() -> None:
@@ -27,8 +26,13 @@ def test_defaults_work_with_no_environment(monkeypatch: pytest.MonkeyPatch) -> N
         monkeypatch.delenv(name, raising=False)
     setup = load_alerts(None, required=True)
     assert setup.enabled == {"console"}
-    assert set(setup.rules.rules) == {"run_failure", "archival_failure", "run_stalled",
-                                      "step_failure", "pattern_failure"}
+    assert set(setup.rules.rules) == {
+        "run_failure",
+        "archival_failure",
+        "run_stalled",
+        "step_failure",
+        "pattern_failure",
+    }
     assert setup.lookback_s == 3600
 
 
@@ -52,21 +56,35 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("text", "named"), [
-    ("rules:\n  - {name: r, severity: high, match: [{type: X}], channels: [pager]}\n",
-     "rules[0] (r).channels: unknown channel 'pager'"),
-    ("channels:\n  hook: {type: webhook, url: 'not a url'}\n", "channels.hook.url"),
-    ("channels:\n  hook: {type: webhook, url: '${RW_TEST_UNSET_URL}'}\n",
-     "environment variable RW_TEST_UNSET_URL is not set"),
-    ("channels:\n  hook: {type: pigeon}\n", "channels.hook.type"),
-    ("rules:\n  - {name: r, severity: urgent, match: [{type: X}], channels: [console]}\n",
-     "severity: 'urgent'"),
-    ("rules:\n  - {name: r, severity: high, match: [{status: x}], channels: [console]}\n",
-     "match[0].type"),
-    ("rules:\n  - {name: r, severity: high, match: [{type: X}], channels: [console],"
-     " throttle: soon}\n", "rules.0.throttle"),
-    ("delivery: {max_attempts: 0}\n", "delivery.max_attempts"),
-])
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        (
+            "rules:\n  - {name: r, severity: high, match: [{type: X}], channels: [pager]}\n",
+            "rules[0] (r).channels: unknown channel 'pager'",
+        ),
+        ("channels:\n  hook: {type: webhook, url: 'not a url'}\n", "channels.hook.url"),
+        (
+            "channels:\n  hook: {type: webhook, url: '${RW_TEST_UNSET_URL}'}\n",
+            "environment variable RW_TEST_UNSET_URL is not set",
+        ),
+        ("channels:\n  hook: {type: pigeon}\n", "channels.hook.type"),
+        (
+            "rules:\n  - {name: r, severity: urgent, match: [{type: X}], channels: [console]}\n",
+            "severity: 'urgent'",
+        ),
+        (
+            "rules:\n  - {name: r, severity: high, match: [{status: x}], channels: [console]}\n",
+            "match[0].type",
+        ),
+        (
+            "rules:\n  - {name: r, severity: high, match: [{type: X}], channels: [console],"
+            " throttle: soon}\n",
+            "rules.0.throttle",
+        ),
+        ("delivery: {max_attempts: 0}\n", "delivery.max_attempts"),
+    ],
+)
 def test_bad_config_exits_2_naming_the_key(tmp_path: Path, text: str, named: str) -> None:
     """A typo must stop the service at start, with a message that says where and what."""
     path = write(tmp_path, text)
@@ -82,14 +100,17 @@ def test_bad_config_exits_2_naming_the_key(tmp_path: Path, text: str, named: str
 
 def test_secrets_never_reach_the_output(tmp_path: Path) -> None:
     """`alerts check` shows what is configured without printing a single secret."""
-    path = write(tmp_path, f"""
+    path = write(
+        tmp_path,
+        f"""
 channels:
   hook: {{type: webhook, url: "https://user:pw@example.org/hook?token=SEKRIT", secret: {SECRET},
           token: "${{RW_TEST_TOKEN}}"}}
   slack: {{type: slack, url: "https://hooks.slack.example/services/T0/B0/SLACKSEKRIT"}}
   mail: {{type: email, host: 127.0.0.1, sender: a@example.org, recipients: [b@example.org],
           username: u, password: "${{RW_TEST_PASSWORD}}"}}
-""")
+""",
+    )
     env = {"RW_TEST_TOKEN": "TOKENSEKRIT", "RW_TEST_PASSWORD": "PASSSEKRIT"}
     result = run_cli("alerts", "check", path, env=env)
     assert result.returncode == 0, result.stderr

@@ -8,13 +8,13 @@ from pathlib import Path
 
 from runwatch.projections import DerivedEvent, detect_stalls
 from runwatch.projections.events import to_micros
-from runwatch.sinks.sqlite_store import Changes
-from runwatch.stream.alert_config import default_alert_setup
-from runwatch.stream.alerting import Decisions
-from runwatch.stream.files import expand
-from runwatch.stream.replay import replay
-from runwatch.stream.settings import Settings
-from runwatch.stream.simulate import simulate
+from runwatch.sinks.store.api import Changes
+from runwatch.stream.core.decisions import Decisions
+from runwatch.stream.devtools.simulate import simulate
+from runwatch.stream.services.replay import replay
+from runwatch.stream.settings.alerts import default_alert_setup
+from runwatch.stream.settings.service import Settings
+from runwatch.stream.sources.discovery import expand
 
 
 def outbox(db: Path) -> set[tuple[str, str, str, str]]:
@@ -32,8 +32,14 @@ def test_replay_decides_the_same_whatever_the_workers(tmp_path: Path) -> None:
     simulate(corpus, runs=40, seed=11, fail_rate=0.4, stall_rate=0.2)
     files = expand([str(corpus)])
     replay(files, tmp_path / "one.db", Settings(), progress=False, workers=0)
-    replay(list(reversed(files)), tmp_path / "many.db", Settings(), progress=False, workers=2,
-           chunk_bytes=16 * 1024)
+    replay(
+        list(reversed(files)),
+        tmp_path / "many.db",
+        Settings(),
+        progress=False,
+        workers=2,
+        chunk_bytes=16 * 1024,
+    )
     one, many = outbox(tmp_path / "one.db"), outbox(tmp_path / "many.db")
     assert one == many
     kinds = {(kind, target) for _, kind, target, _ in one}
@@ -47,10 +53,12 @@ def test_files_that_repeat_each_other_trigger_once(tmp_path: Path) -> None:
     simulate(corpus, runs=30, seed=3, fail_rate=0.5)
     replay(expand([str(corpus)]), tmp_path / "rw.db", Settings(), progress=False, workers=0)
     connection = sqlite3.connect(tmp_path / "rw.db")
-    rows = connection.execute("SELECT alert_id, count(*) FROM alerts "
-                              "GROUP BY alert_id, channel HAVING count(*) > 1").fetchall()
+    rows = connection.execute(
+        "SELECT alert_id, count(*) FROM alerts GROUP BY alert_id, channel HAVING count(*) > 1"
+    ).fetchall()
     pattern = connection.execute(
-        "SELECT count(*) FROM alerts WHERE rule='pattern_failure'").fetchone()[0]
+        "SELECT count(*) FROM alerts WHERE rule='pattern_failure'"
+    ).fetchone()[0]
     connection.close()
     assert rows == [] and pattern > 0
 
@@ -62,10 +70,13 @@ def test_a_stall_that_began_before_the_horizon_is_history() -> None:
     hour = 3_600_000_000
     decisions = Decisions(setup.rules, None, setup.policy(deliver=True, since_us=now - hour))
     changes = Changes()
-    silent_since = {"OLD": to_micros(datetime(2026, 1, 2, 9, 0)),
-                    "NEW": to_micros(datetime(2026, 1, 2, 11, 20))}
-    stalls = detect_stalls({run: (last, False) for run, last in silent_since.items()}, now,
-                           1800 * 1_000_000)
+    silent_since = {
+        "OLD": to_micros(datetime(2026, 1, 2, 9, 0)),
+        "NEW": to_micros(datetime(2026, 1, 2, 11, 20)),
+    }
+    stalls = detect_stalls(
+        {run: (last, False) for run, last in silent_since.items()}, now, 1800 * 1_000_000
+    )
     decisions.decide([], stalls, now, changes)
     states = {entry.run_id: entry.state for entry in changes.outbox}
     assert states == {"OLD": "skipped", "NEW": "pending"}
@@ -75,13 +86,15 @@ def test_completed_runs_start_report_and_archive_jobs_with_stable_ids() -> None:
     """Jobs are idempotent by id: deciding the same completion twice gives the same ids."""
     setup = default_alert_setup()
     done = DerivedEvent("RUN_COMPLETED", 5, "R1", {"status": "succeeded"})
-    changed = DerivedEvent("RUN_STATUS_CHANGED", 9, "R1", {"status": "failed",
-                                                            "previous_status": "succeeded"})
+    changed = DerivedEvent(
+        "RUN_STATUS_CHANGED", 9, "R1", {"status": "failed", "previous_status": "succeeded"}
+    )
     ids = []
     for _ in range(2):
         changes = Changes()
         Decisions(setup.rules, None, setup.policy(deliver=True)).decide(
-            [], [done, changed], 10, changes)
+            [], [done, changed], 10, changes
+        )
         ids.append([(e.target, e.id) for e in changes.outbox if e.kind == "job"])
     assert ids[0] == ids[1]
     assert [target for target, _ in ids[0]] == ["report", "archive", "report"]

@@ -11,9 +11,9 @@ import orjson
 import pytest
 
 from helpers import UPSTREAM, replay_into, run_cli
-from runwatch.stream.decode import RAW_KEEP
-from runwatch.stream.lines import BOM
-from runwatch.stream.replay import ReplaySummary
+from runwatch.stream.core.decode import RAW_KEEP
+from runwatch.stream.core.lines import BOM
+from runwatch.stream.services.replay import ReplaySummary
 
 BIG_LINE = b"garbage!" * (5 * 1024 * 1024 // 8) + b"tail"  # a little over 5 MiB, not JSON
 
@@ -48,31 +48,54 @@ def garbage_file() -> JsonlFile:
     f.add(ev("run_created", "10:00:00", run_id="run-a", payload={"total_tasks": 2}))
     f.add(ev("task_started", "10:00:01", run_id="run-a", task_id="t1", workstream_id="ws1"))
     f.add(b'{"event_type": "task_started", "run_id": ', "invalid_json")
-    f.add(b'{"event_type": "note \xff\xfe", "timestamp": "2025-03-01T10:00:02Z"}',
-          "invalid_utf8")
+    f.add(b'{"event_type": "note \xff\xfe", "timestamp": "2025-03-01T10:00:02Z"}', "invalid_utf8")
     f.add(b"")
     f.add(b'[{"event_type": "note"}]', "not_object")
     f.add(b'"just a string"', "not_object")
     f.add(ev("task_completed", "10:00:05", run_id="run-a", task_id="t1"), ending=b"\r\n")
-    f.add(orjson.dumps({"timestamp": "2025-03-01T10:00:03Z", "run_id": "run-a"}),
-          "missing_type")
-    f.add(orjson.dumps({"event_type": "task_progress", "run_id": "run-a", "task_id": "t1"}),
-          "missing_time")
-    f.add(orjson.dumps({"event_type": "task_progress", "timestamp": "last tuesday",
-                        "run_id": "run-a"}), "bad_time")
-    f.add(ev("task_progress", "10:00:04", run_id="run-a", task_id="t1", payload=[1, 2]),
-          "bad_payload")
+    f.add(orjson.dumps({"timestamp": "2025-03-01T10:00:03Z", "run_id": "run-a"}), "missing_type")
+    f.add(
+        orjson.dumps({"event_type": "task_progress", "run_id": "run-a", "task_id": "t1"}),
+        "missing_time",
+    )
+    f.add(
+        orjson.dumps(
+            {"event_type": "task_progress", "timestamp": "last tuesday", "run_id": "run-a"}
+        ),
+        "bad_time",
+    )
+    f.add(
+        ev("task_progress", "10:00:04", run_id="run-a", task_id="t1", payload=[1, 2]), "bad_payload"
+    )
     f.add(ev("run_started", "10:00:04"), "missing_run_id")
-    f.add(ev("pattern.execution.started", "10:00:04", status="in_progress"),
-          "missing_pattern_run_id")
+    f.add(
+        ev("pattern.execution.started", "10:00:04", status="in_progress"), "missing_pattern_run_id"
+    )
     f.add(BIG_LINE, "invalid_json")
     f.add(b"\x00" * 4096, "nul_bytes")
     f.add(b" \t ")
-    f.add(orjson.dumps({"event_id": "01JNB0000000000000000000B1", "run_id": "run-b",
-                        "ts": "2025-03-01T10:01:00Z", "kind": "run_started", "payload": {}}))
-    f.add(orjson.dumps({"event_id": "01JNB0000000000000000000B2", "run_id": "run-b",
-                        "ts": "2025-03-01T10:02:00Z", "kind": "run_failed",
-                        "payload": {"error": "boom"}}))
+    f.add(
+        orjson.dumps(
+            {
+                "event_id": "01JNB0000000000000000000B1",
+                "run_id": "run-b",
+                "ts": "2025-03-01T10:01:00Z",
+                "kind": "run_started",
+                "payload": {},
+            }
+        )
+    )
+    f.add(
+        orjson.dumps(
+            {
+                "event_id": "01JNB0000000000000000000B2",
+                "run_id": "run-b",
+                "ts": "2025-03-01T10:02:00Z",
+                "kind": "run_failed",
+                "payload": {"error": "boom"},
+            }
+        )
+    )
     f.add((UPSTREAM / "pattern_events" / "pattern_events.jsonl").read_bytes().split(b"\n")[0])
     f.add(ev("task_started", "10:00:06", run_id="run-a", task_id="t2"), ending=b"\r\n")
     f.add(ev("task_completed", "10:00:09", run_id="run-a", task_id="t2"), ending=b"")
@@ -81,9 +104,18 @@ def garbage_file() -> JsonlFile:
 
 ACCEPTED = 8
 BLANK = 2
-REJECTED = {"bad_payload": 1, "bad_time": 1, "invalid_json": 2, "invalid_utf8": 1,
-            "missing_pattern_run_id": 1, "missing_run_id": 1, "missing_time": 1,
-            "missing_type": 1, "not_object": 2, "nul_bytes": 1}
+REJECTED = {
+    "bad_payload": 1,
+    "bad_time": 1,
+    "invalid_json": 2,
+    "invalid_utf8": 1,
+    "missing_pattern_run_id": 1,
+    "missing_run_id": 1,
+    "missing_time": 1,
+    "missing_type": 1,
+    "not_object": 2,
+    "nul_bytes": 1,
+}
 
 
 @dataclass
@@ -109,24 +141,29 @@ def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
 
 
 def dead_letters(db: Path) -> list[tuple[Any, ...]]:
-    return query(db, "SELECT source, offset, line, reason, raw, raw_size FROM dead_letters "
-                     "ORDER BY offset")
+    return query(
+        db, "SELECT source, offset, line, reason, raw, raw_size FROM dead_letters ORDER BY offset"
+    )
 
 
 def test_every_bad_line_is_dead_lettered_where_it_is(replayed: Replayed) -> None:
     """Nothing is dropped silently: each bad line can be found by file, byte, line and bytes."""
     source = str(replayed.path.resolve())
-    expected = [(source, offset, number, reason, raw[:RAW_KEEP], len(raw))
-                for offset, number, reason, raw in replayed.built.bad]
+    expected = [
+        (source, offset, number, reason, raw[:RAW_KEEP], len(raw))
+        for offset, number, reason, raw in replayed.built.bad
+    ]
     assert dead_letters(replayed.db) == expected
     for offset, _, _, raw in replayed.built.bad:
-        assert replayed.path.read_bytes()[offset:offset + min(len(raw), 100)] == raw[:100]
+        assert replayed.path.read_bytes()[offset : offset + min(len(raw), 100)] == raw[:100]
 
 
 def test_huge_garbage_line_keeps_its_head_and_real_size(replayed: Replayed) -> None:
     """A 5 MB line must not bloat the store, yet the operator learns how big it was."""
-    rows = query(replayed.db, "SELECT reason, raw, raw_size, detail FROM dead_letters "
-                              f"WHERE raw_size > {RAW_KEEP}")
+    rows = query(
+        replayed.db,
+        f"SELECT reason, raw, raw_size, detail FROM dead_letters WHERE raw_size > {RAW_KEEP}",
+    )
     assert len(rows) == 1
     reason, raw, raw_size, detail = rows[0]
     assert reason == "invalid_json"
@@ -145,17 +182,37 @@ def test_dead_letters_say_why(replayed: Replayed) -> None:
 
 def test_good_events_around_the_garbage_are_all_folded(replayed: Replayed) -> None:
     """BOM, CRLF, blank lines and the unterminated last line must not cost a single event."""
-    runs = {row[0]: row[1:] for row in query(
-        replayed.db, "SELECT run_id, status, tasks_total, tasks_succeeded, tasks_failed, "
-                     "events_total, created_at, last_event_at FROM runs")}
-    assert runs == {
-        "run-a": ("succeeded", 2, 2, 0, 5, "2025-03-01T10:00:00.000000Z",
-                  "2025-03-01T10:00:09.000000Z"),
-        "run-b": ("failed", 0, 0, 0, 2, "2025-03-01T10:01:00.000000Z",
-                  "2025-03-01T10:02:00.000000Z"),
+    runs = {
+        row[0]: row[1:]
+        for row in query(
+            replayed.db,
+            "SELECT run_id, status, tasks_total, tasks_succeeded, tasks_failed, "
+            "events_total, created_at, last_event_at FROM runs",
+        )
     }
-    tasks = query(replayed.db, "SELECT run_id, task_id, workstream_id, status FROM tasks "
-                               "ORDER BY task_id")
+    assert runs == {
+        "run-a": (
+            "succeeded",
+            2,
+            2,
+            0,
+            5,
+            "2025-03-01T10:00:00.000000Z",
+            "2025-03-01T10:00:09.000000Z",
+        ),
+        "run-b": (
+            "failed",
+            0,
+            0,
+            0,
+            2,
+            "2025-03-01T10:01:00.000000Z",
+            "2025-03-01T10:02:00.000000Z",
+        ),
+    }
+    tasks = query(
+        replayed.db, "SELECT run_id, task_id, workstream_id, status FROM tasks ORDER BY task_id"
+    )
     assert tasks == [("run-a", "t1", "ws1", "succeeded"), ("run-a", "t2", None, "succeeded")]
     patterns = query(replayed.db, "SELECT pattern_run_id, status, phase FROM pattern_runs")
     assert patterns == [("PRUN-01KB0A3BJ6Y76MT7R6HYDJAQC5", "running", "selection")]
@@ -164,8 +221,11 @@ def test_good_events_around_the_garbage_are_all_folded(replayed: Replayed) -> No
 def test_counters_count_every_line(replayed: Replayed) -> None:
     """Counters let an operator see at a glance how much input was refused, and why."""
     counters = dict(query(replayed.db, "SELECT name, value FROM counters"))
-    assert counters == {"events_accepted": ACCEPTED, "lines_blank": BLANK,
-                        **{f"rejected.{reason}": n for reason, n in REJECTED.items()}}
+    assert counters == {
+        "events_accepted": ACCEPTED,
+        "lines_blank": BLANK,
+        **{f"rejected.{reason}": n for reason, n in REJECTED.items()},
+    }
 
 
 def test_replay_summary_reports_the_same_numbers(replayed: Replayed) -> None:
@@ -193,8 +253,9 @@ def test_checkpoint_covers_the_unterminated_last_line(replayed: Replayed) -> Non
 
 def test_long_valid_line_is_line_too_long_and_reading_goes_on(tmp_path: Path, db: Path) -> None:
     """A limit protects memory; the event over it is refused visibly, the next one is read."""
-    long_event = ev("task_started", "11:00:01", run_id="run-c", task_id="t1",
-                    payload={"pad": "x" * 4800})
+    long_event = ev(
+        "task_started", "11:00:01", run_id="run-c", task_id="t1", payload={"pad": "x" * 4800}
+    )
     long_event = long_event[:-2] + b" " * (5000 - len(long_event)) + long_event[-2:]
     assert len(long_event) == 5000
     f = JsonlFile()
@@ -205,17 +266,20 @@ def test_long_valid_line_is_line_too_long_and_reading_goes_on(tmp_path: Path, db
     path = f.write(tmp_path / "long.jsonl")
     summary = replay_into(db, path, max_line_bytes=1024)
     source = str(path.resolve())
-    assert dead_letters(db) == [(source, offset, number, reason, raw, len(raw))
-                                for offset, number, reason, raw in f.bad]
-    assert query(db, "SELECT run_id, events_total, tasks_total, tasks_running FROM runs") == \
-        [("run-c", 2, 1, 1)]
+    assert dead_letters(db) == [
+        (source, offset, number, reason, raw, len(raw)) for offset, number, reason, raw in f.bad
+    ]
+    assert query(db, "SELECT run_id, events_total, tasks_total, tasks_running FROM runs") == [
+        ("run-c", 2, 1, 1)
+    ]
     assert query(db, "SELECT task_id FROM tasks") == [("t2",)]
     assert summary.as_dict()["rejected_by_reason"] == {"invalid_json": 1, "line_too_long": 1}
     assert summary.as_dict()["events_accepted"] == 2
 
 
-def test_line_too_long_across_read_chunks_keeps_later_offsets_exact(tmp_path: Path,
-                                                                    db: Path) -> None:
+def test_line_too_long_across_read_chunks_keeps_later_offsets_exact(
+    tmp_path: Path, db: Path
+) -> None:
     """A long line spanning replay's 1 MiB reads must not shift the offsets of later lines."""
     f = JsonlFile()
     f.add(ev("run_created", "11:00:00", run_id="run-d"))
@@ -234,8 +298,16 @@ def test_time_beyond_year_9999_in_utc_is_dead_lettered(tmp_path: Path, db: Path)
     """A valid-looking ISO time that overflows once made UTC must be refused, not crash replay."""
     f = JsonlFile()
     f.add(ev("run_started", "12:00:00", run_id="run-e"))
-    f.add(orjson.dumps({"event_type": "run_completed", "run_id": "run-e",
-                        "timestamp": "9999-12-31T23:59:59-05:00"}), "bad_time")
+    f.add(
+        orjson.dumps(
+            {
+                "event_type": "run_completed",
+                "run_id": "run-e",
+                "timestamp": "9999-12-31T23:59:59-05:00",
+            }
+        ),
+        "bad_time",
+    )
     f.add(ev("run_succeeded", "12:00:05", run_id="run-e"))
     path = f.write(tmp_path / "future.jsonl")
     summary = replay_into(db, path)

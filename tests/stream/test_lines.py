@@ -7,7 +7,7 @@ import tracemalloc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runwatch.stream.lines import BOM, Lines, LineSplitter
+from runwatch.stream.core.lines import BOM, Lines, LineSplitter
 
 BIG = 1 << 30
 
@@ -30,7 +30,7 @@ def test_partial_line_waits_for_its_newline() -> None:
     seen: list[bytes] = []
     last_newline_end = 0
     for index in range(len(data)):
-        byte = data[index:index + 1]
+        byte = data[index : index + 1]
         batch = split.feed(byte)
         if byte == b"\n":
             assert batch.items == [data[last_newline_end:index]]
@@ -102,8 +102,9 @@ line_bytes = st.binary(max_size=40).map(lambda b: b.replace(b"\n", b""))
 
 @settings(max_examples=300, deadline=None, database=None)
 @given(st.lists(line_bytes, max_size=25), st.booleans(), st.data())
-def test_any_chunking_reproduces_the_input(lines: list[bytes], terminated: bool,
-                                           data: st.DataObject) -> None:
+def test_any_chunking_reproduces_the_input(
+    lines: list[bytes], terminated: bool, data: st.DataObject
+) -> None:
     """However the OS hands out bytes, every line comes out once, whole, at its exact place."""
     text = b"\n".join(lines) + (b"\n" if terminated and lines else b"")
     if text.startswith(BOM):
@@ -119,10 +120,10 @@ def test_any_chunking_reproduces_the_input(lines: list[bytes], terminated: bool,
         assert batch.oversize == {}
         position = batch.offset
         for item in batch.items:
-            assert text[position:position + len(item)] == item
+            assert text[position : position + len(item)] == item
             position += len(item)
             if position < len(text):
-                assert text[position:position + 1] == b"\n"
+                assert text[position : position + 1] == b"\n"
                 position += 1
         assert position == batch.end
         rebuilt += b"".join(item + b"\n" for item in batch.items)
@@ -240,7 +241,7 @@ def test_memory_is_bounded_while_a_line_never_ends() -> None:
         tracemalloc.stop()
     assert peak < 8 * (1 << 20)
     batch = split.feed(b"\n" + b'{"a": 1}\n')
-    assert batch.items == [chunk[:64 * 1024], b'{"a": 1}']
+    assert batch.items == [chunk[: 64 * 1024], b'{"a": 1}']
     assert batch.oversize == {0: 50 * len(chunk)}
     assert batch.offset == 0
     assert split.offset == batch.end == 50 * len(chunk) + 1 + 9
@@ -249,8 +250,9 @@ def test_memory_is_bounded_while_a_line_never_ends() -> None:
 
 @settings(max_examples=300, deadline=None, database=None)
 @given(st.lists(st.integers(0, 400), min_size=1, max_size=8), st.booleans(), st.data())
-def test_oversize_accounting_under_any_chunking(sizes: list[int], terminated: bool,
-                                                data: st.DataObject) -> None:
+def test_oversize_accounting_under_any_chunking(
+    sizes: list[int], terminated: bool, data: st.DataObject
+) -> None:
     """Whatever the chunking, offset + sizes of the lines (cut or not) land on `end`."""
     lines = [bytes([65 + i % 26]) * size for i, size in enumerate(sizes)]
     text = b"\n".join(lines) + (b"\n" if terminated else b"")

@@ -8,10 +8,10 @@ from pathlib import Path
 import orjson
 
 from helpers import snapshot
-from runwatch.stream.files import expand
-from runwatch.stream.replay import replay
-from runwatch.stream.settings import Settings
-from runwatch.stream.simulate import simulate
+from runwatch.stream.devtools.simulate import simulate
+from runwatch.stream.services.replay import replay
+from runwatch.stream.settings.service import Settings
+from runwatch.stream.sources.discovery import expand
 
 
 def test_workers_and_single_process_build_identical_databases(tmp_path: Path) -> None:
@@ -30,15 +30,21 @@ def test_workers_and_single_process_build_identical_databases(tmp_path: Path) ->
 
     sequential, parallel = tmp_path / "one.db", tmp_path / "many.db"
     one = replay(files, sequential, Settings(cache_groups=8), progress=False, workers=0)
-    many = replay(files, parallel, Settings(cache_groups=8), progress=False, workers=2,
-                  chunk_bytes=16 * 1024)
+    many = replay(
+        files, parallel, Settings(cache_groups=8), progress=False, workers=2, chunk_bytes=16 * 1024
+    )
 
     assert snapshot(parallel) == snapshot(sequential)
-    assert many.as_dict() | {"seconds": 0, "events_per_s": 0, "database": ""} == \
-        one.as_dict() | {"seconds": 0, "events_per_s": 0, "database": ""}
+    assert many.as_dict() | {"seconds": 0, "events_per_s": 0, "database": ""} == one.as_dict() | {
+        "seconds": 0,
+        "events_per_s": 0,
+        "database": "",
+    }
     assert one.tally.duplicate >= 290
     letters = snapshot(sequential)["dead_letters"]
     assert [(d["line"], d["reason"]) for d in letters] == [
-        (middle + 1, "invalid_json"), (middle + 2, "missing_time"),
-        (len(lines), "invalid_utf8")]
+        (middle + 1, "invalid_json"),
+        (middle + 2, "missing_time"),
+        (len(lines), "invalid_utf8"),
+    ]
     assert orjson.loads(orjson.dumps(many.as_dict()))["events_rejected"] == 3

@@ -1,0 +1,91 @@
+"""One interface over the projection stores: SQLite (a file path, the default, embedded) and
+PostgreSQL (a `postgresql://` or `postgres://` URL, see postgres_dialect).
+
+Both keep the same tables and give the same rows for the same `Changes` (one contract test
+suite runs against both). `store.db` and `connect()` take SQLite-style SQL with `?`
+placeholders; keep it simple and portable: no `INSERT OR REPLACE` (write `ON CONFLICT (key)
+DO UPDATE`), no `LIMIT -1`, no PRAGMA; open write transactions with `BEGIN IMMEDIATE`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+import psycopg
+
+from runwatch.sinks.store.api import (
+    Connection,
+    Cursor,
+    OwnershipLost,
+    Store,
+    StoreError,
+)
+from runwatch.sinks.store.postgres import PostgresStore
+from runwatch.sinks.store.postgres_sql import PgConnection, Target
+from runwatch.sinks.store.shared import fetch_dicts, run_detail
+from runwatch.sinks.store.sqlite import SqliteStore
+
+__all__ = [
+    "DB_ERRORS",
+    "Connection",
+    "Cursor",
+    "OwnershipLost",
+    "PostgresStore",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "connect",
+    "fetch_dicts",
+    "is_postgres",
+    "open_store",
+    "run_detail",
+    "transaction",
+]
+
+DB_ERRORS: Final = (sqlite3.Error, psycopg.Error)
+"""What a database call may raise, whichever the backend."""
+
+
+def is_postgres(target: str | Path) -> bool:
+    """A `postgresql://` or `postgres://` URL (also as a Path, which lost a slash)."""
+    return str(target).startswith(("postgresql:/", "postgres:/"))
+
+
+def open_store(target: str | Path, *, fast_unsafe: bool = False) -> Store:
+    """The store `target` names: a PostgreSQL URL, else a SQLite file path."""
+    if is_postgres(target):
+        return PostgresStore(_url(target), fast_unsafe=fast_unsafe)
+    return SqliteStore(Path(target), fast_unsafe=fast_unsafe)
+
+
+def connect(target: str | Path, *, timeout_s: float = 10.0) -> Connection:
+    """A new plain connection to the store (for another thread or process): autocommit,
+    waits up to `timeout_s` for a lock."""
+    if is_postgres(target):
+        return PgConnection(Target.parse(_url(target)), lock_timeout_ms=int(timeout_s * 1000))
+    db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
+    db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+    return db
+
+
+@contextmanager
+def transaction(connection: Connection) -> Iterator[Connection]:
+    """BEGIN IMMEDIATE (the one writer) … COMMIT, rolled back on any exception."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield connection
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
+def _url(target: str | Path) -> str:
+    """The URL itself: a Path made of one has lost a slash, and guessing it back is unsafe."""
+    if isinstance(target, Path):
+        raise StoreError(f"{target}: a PostgreSQL URL must be passed as a string, not a path")
+    return target

@@ -1,0 +1,157 @@
+"""The SQL both stores run the same way, through connections that take `?` parameters:
+reads, metadata and the compare-and-set of stream positions."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+import orjson
+
+from runwatch.sinks.store.api import Changes, Checkpoint, OwnershipLost
+from runwatch.sinks.store.schema import SNAPSHOT
+
+
+def fetch_dicts(db: Any, sql: str, params: Sequence[object] = ()) -> list[dict[str, Any]]:
+    """Rows as dicts keyed by column name, from any store connection (`?` parameters)."""
+    cursor = db.execute(sql, params)
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor]
+
+
+def run_detail(db: Any, run_id: str) -> dict[str, Any] | None:
+    """A run's row with its tasks, workstreams and pattern runs; None if there is no run."""
+    found = fetch_dicts(db, "SELECT * FROM runs WHERE run_id=?", (run_id,))
+    if not found:
+        return None
+    return {
+        "run": found[0],
+        "tasks": fetch_dicts(db, "SELECT * FROM tasks WHERE run_id=? ORDER BY task_id", (run_id,)),
+        "workstreams": fetch_dicts(
+            db, "SELECT * FROM workstreams WHERE run_id=? ORDER BY workstream_id", (run_id,)
+        ),
+        "pattern_runs": fetch_dicts(
+            db,
+            "SELECT * FROM pattern_runs WHERE run_id=? ORDER BY started_at, pattern_run_id",
+            (run_id,),
+        ),
+    }
+
+
+class SharedQueries:
+    """What both stores do the same way, in SQL their `db` connections both take (`?`
+    parameters; PostgreSQL's connection rewrites them): the reads, the metadata and the
+    compare-and-set of stream positions. Each store brings `db`, `transaction` and `write`."""
+
+    db: Any
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def write(self, changes: Changes, seen_at: str) -> None:
+        raise NotImplementedError
+
+    def commit(self, changes: Changes, seen_at: str) -> None:
+        """Write one batch atomically (the whole delivery contract lives here)."""
+        with self.transaction():
+            self.write(changes, seen_at)
+
+    def _advance(self, stream: str, expected: int | None, new: int, seen_at: str) -> None:
+        """Compare-and-set one stream position; no matching row means another owner."""
+        if expected is None:
+            cursor = self.db.execute(
+                "INSERT INTO stream_positions VALUES (?, ?, ?, ?) ON CONFLICT (stream) DO NOTHING",
+                (stream, new, owner_name(), seen_at),
+            )
+        else:
+            cursor = self.db.execute(
+                "UPDATE stream_positions SET position=?, owner=?, updated_at=? "
+                "WHERE stream=? AND position=?",
+                (new, owner_name(), seen_at, stream, expected),
+            )
+        if cursor.rowcount != 1:
+            row = self.db.execute(
+                "SELECT position, owner FROM stream_positions WHERE stream=?", (stream,)
+            ).fetchone()
+            raise OwnershipLost(stream, expected, *(row or (None, None)))
+
+    def position(self, stream: str) -> int | None:
+        """The committed position of a stream, or None if no process has claimed it yet."""
+        row = self.db.execute(
+            "SELECT position FROM stream_positions WHERE stream=?", (stream,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def load_group(self, group_key: str) -> tuple[dict[str, Any] | None, set[str]]:
+        """A group's saved fold state and the ids of the events already folded into it."""
+        row = self.db.execute(
+            "SELECT state FROM fold_state WHERE group_key=?", (group_key,)
+        ).fetchone()
+        if row is None:
+            return None, set()
+        seen: set[str] = set()
+        for (entries,) in self.db.execute(
+            "SELECT entries FROM event_index WHERE group_key=?", (group_key,)
+        ):
+            seen.update(entry[0] for entry in orjson.loads(entries))
+        return orjson.loads(row[0]), seen
+
+    def open_runs(self) -> Iterator[tuple[str, str, int]]:
+        """(run_id, last_event_at, stalled) of every run that is not terminal."""
+        return iter(
+            self.db.execute(
+                "SELECT run_id, last_event_at, stalled FROM runs "
+                "WHERE status IN ('pending', 'running')"
+            ).fetchall()
+        )
+
+    def checkpoints(self) -> dict[tuple[int, int], Checkpoint]:
+        """Every checkpoint, keyed by the file's (device, inode)."""
+        rows = self.db.execute(
+            "SELECT device, inode, source, fingerprint, offset, line, tail_hash FROM checkpoints"
+        ).fetchall()
+        return {(r[0], r[1]): Checkpoint(*r) for r in rows}
+
+    def alert_states(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """Every stored (rule, group, state) of the alert book."""
+        for rule, group, blob in self.db.execute("SELECT * FROM alert_state").fetchall():
+            yield rule, group, orjson.loads(blob)
+
+    def unevaluated(self) -> list[tuple[int, dict[str, Any]]]:
+        """Derived events recorded outside the fold (by deliveries and jobs) that alert rules
+        have not seen yet."""
+        return [
+            (seq, orjson.loads(data))
+            for seq, data in self.db.execute(
+                "SELECT seq, data FROM derived_events WHERE unevaluated=1 ORDER BY seq"
+            )
+        ]
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT name, value FROM counters").fetchall())
+
+    def set_meta(self, items: Iterable[tuple[str, str]]) -> None:
+        with self.transaction():
+            self.db.executemany(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) "
+                "DO UPDATE SET value=excluded.value",
+                list(items),
+            )
+
+    def meta(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+
+    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        """Every converged row, in key order: equal snapshots mean equal projections."""
+        out = {}
+        for table, (order, columns) in SNAPSHOT.items():
+            out[table] = fetch_dicts(self.db, f"SELECT {columns} FROM {table} ORDER BY {order}")
+        return out
+
+
+def owner_name() -> str:
+    """Who writes a stream position: host and pid (read at each write, so a fork shows)."""
+    return f"{socket.gethostname()}:{os.getpid()}"

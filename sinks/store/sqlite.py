@@ -1,0 +1,213 @@
+"""The SQLite projection store: converged rows, fold state, dead letters and checkpoints.
+
+Delivery contract: everything one `commit` is given lands in one transaction, so a crash
+at any instant leaves the rows, the dead letters and the checkpoints that cover them
+consistent: nothing lost, nothing applied twice. All writes are upserts keyed by the
+projection's primary keys, so writing the same state twice is harmless.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from pathlib import Path
+
+import orjson
+
+from runwatch.sinks.store.api import Changes, StoreError
+from runwatch.sinks.store.schema import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    UPSERT_PATTERN_RUN,
+    UPSERT_RUN,
+    UPSERT_TASK,
+    UPSERT_WORKSTREAM,
+    check_version,
+)
+from runwatch.sinks.store.shared import SharedQueries
+
+
+class SqliteStore(SharedQueries):
+    """One projection database file. Not thread-safe: one owner, one connection."""
+
+    def __init__(self, path: Path, *, fast_unsafe: bool = False) -> None:
+        """Open or create `path`. `fast_unsafe` turns off journaling, for a scratch file
+        that is thrown away unless the whole build finishes (replay)."""
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not path.exists() or path.stat().st_size == 0
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            if fresh:
+                self._create(fast_unsafe)
+            else:
+                self._check_version()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"{path}: not a usable runwatch database ({exc}); "
+                "rebuild it from the logs with `runwatch replay`"
+            ) from exc
+        if fast_unsafe:
+            self.db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;")
+        else:
+            self.db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self._source_ids: dict[str, int] = dict(
+            self.db.execute("SELECT path, source_id FROM sources").fetchall()
+        )
+
+    def _create(self, fast_unsafe: bool) -> None:
+        if not fast_unsafe:
+            self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA page_size=8192")
+        with self.transaction():
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    self.db.execute(statement)
+            self.db.executemany(
+                "INSERT INTO meta VALUES (?, ?)",
+                [("schema_version", str(SCHEMA_VERSION)), ("database_id", uuid.uuid4().hex)],
+            )
+
+    def _check_version(self) -> None:
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.OperationalError:
+            row = None
+        if row is None:
+            raise StoreError(
+                f"{self.path}: not a runwatch database (no schema version); "
+                "point --db at another file or rebuild with `runwatch replay`"
+            )
+        check_version(self.path, row[0])
+
+    def transaction(self) -> Transaction:
+        return Transaction(self.db)
+
+    def source_id(self, path: str) -> int:
+        """A small stable number for a source path, used by the event index."""
+        found = self._source_ids.get(path)
+        if found is None:
+            cursor = self.db.execute(
+                "INSERT INTO sources (path) VALUES (?) ON CONFLICT (path) DO UPDATE "
+                "SET path=excluded.path RETURNING source_id",
+                (path,),
+            )
+            found = self._source_ids[path] = int(cursor.fetchone()[0])
+        return found
+
+    def write(self, changes: Changes, seen_at: str) -> None:
+        """Write inside an open transaction; stream positions first, so a lost stream
+        raises OwnershipLost before anything else is written."""
+        db = self.db
+        for stream, expected, new in changes.positions:
+            self._advance(stream, expected, new, seen_at)
+        if changes.runs:
+            db.executemany(UPSERT_RUN, changes.runs)
+        if changes.tasks:
+            db.executemany(UPSERT_TASK, changes.tasks)
+        if changes.workstreams:
+            db.executemany(UPSERT_WORKSTREAM, changes.workstreams)
+        if changes.pattern_runs:
+            db.executemany(UPSERT_PATTERN_RUN, changes.pattern_runs)
+        if changes.states:
+            db.executemany("INSERT OR REPLACE INTO fold_state VALUES (?, ?)", changes.states)
+        if changes.index:
+            db.executemany(
+                "INSERT INTO event_index (group_key, entries) VALUES (?, ?)", changes.index
+            )
+        if changes.stalled:
+            db.executemany("UPDATE runs SET stalled=? WHERE run_id=?", changes.stalled)
+        if changes.dead_letters:
+            db.executemany(
+                "INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (d.source, d.offset, d.line, d.reason, d.detail, d.raw, d.raw_size, seen_at)
+                    for d in changes.dead_letters
+                ],
+            )
+        if changes.checkpoints:
+            db.executemany(
+                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        c.device,
+                        c.inode,
+                        c.source,
+                        c.fingerprint,
+                        c.offset,
+                        c.line,
+                        c.tail_hash,
+                        seen_at,
+                    )
+                    for c in changes.checkpoints
+                ],
+            )
+        if changes.forget:
+            db.executemany("DELETE FROM checkpoints WHERE device=? AND inode=?", changes.forget)
+        if changes.counters:
+            db.executemany(
+                "INSERT INTO counters VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                sorted(changes.counters.items()),
+            )
+        if changes.derived:
+            db.executemany(
+                "INSERT INTO derived_events (type, run_id, event_time, data, recorded_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [
+                    (d["type"], d.get("run_id"), d["event_time"], orjson.dumps(d), seen_at)
+                    for d in changes.derived
+                ],
+            )
+        if changes.outbox:
+            db.executemany(
+                "INSERT OR IGNORE INTO outbox (id, kind, target, alert_id, rule, run_id, state, "
+                "payload, event_time, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        o.id,
+                        o.kind,
+                        o.target,
+                        o.alert_id,
+                        o.rule,
+                        o.run_id,
+                        o.state,
+                        orjson.dumps(o.payload),
+                        o.event_time,
+                        seen_at,
+                    )
+                    for o in changes.outbox
+                ],
+            )
+        if changes.alert_states:
+            db.executemany(
+                "INSERT OR REPLACE INTO alert_state VALUES (?, ?, ?)", changes.alert_states
+            )
+        if changes.evaluated:
+            db.executemany(
+                "UPDATE derived_events SET unevaluated=0 WHERE seq=?",
+                [(seq,) for seq in changes.evaluated],
+            )
+
+    def finalize(self) -> None:
+        """Leave a compact WAL-mode file behind (replay's scratch file becomes the real one)."""
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class Transaction:
+    """BEGIN IMMEDIATE … COMMIT, rolled back on any exception."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type is not None else "COMMIT")

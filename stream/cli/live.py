@@ -1,0 +1,376 @@
+"""`runwatch status --watch`: a live view of the projection that refreshes in place.
+
+Read-only: each frame opens the database with `mode=ro` (a WAL reader never blocks the
+service) and reads the service's status file `<database>.status`. Plain ANSI escapes rather
+than curses: they need no terminfo entry on the far side of an ssh link, and the screen is
+redrawn whole every frame anyway. When stdout is not a terminal (or TERM is dumb) one frame
+is printed without escape codes and the exit code is 0.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import sqlite3
+import sys
+import termios
+import time
+import tty
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any, Final, TextIO
+
+import orjson
+
+from runwatch.stream.cli.common import EXIT_OK, UsageError
+from runwatch.stream.services.health import process_alive, status_path
+from runwatch.stream.settings.service import Settings
+
+ACTIVE: Final = ("pending", "running")
+RECENT: Final = 5
+STALE_AFTER: Final = 5.0
+KEY_POLL: Final = 0.1
+BOLD, DIM, RED, GREEN, YELLOW, STALLED = "1", "2", "31", "32", "33", "7;33"
+WORST_FIRST: Final = ("failed", "pending", "delivered", "recorded", "skipped")
+_DONE: Final = "*, tasks_succeeded + tasks_failed + tasks_skipped + tasks_canceled AS done"
+"""Tasks that will not run again, whatever their outcome: the bar's numerator."""
+_COUNTS: Final = "SELECT status, count(*) AS n, sum(stalled) AS stalled FROM runs GROUP BY status"
+_ACTIVE: Final = (
+    f"SELECT {_DONE} FROM runs WHERE status IN ('pending', 'running') "
+    "ORDER BY stalled DESC, last_event_at DESC, run_id LIMIT ?"
+)
+_COMPLETED: Final = (
+    f"SELECT {_DONE} FROM runs WHERE status NOT IN ('pending', 'running') "
+    "ORDER BY ended_at DESC, run_id LIMIT ?"
+)
+_ALERTS: Final = (
+    "SELECT max(decided_at) AS decided_at, rule, payload, group_concat(state) "
+    "AS states FROM (SELECT * FROM alerts ORDER BY decided_at DESC LIMIT ?) "
+    "GROUP BY alert_id ORDER BY decided_at DESC LIMIT ?"
+)
+"""One line per alert, whatever its channels, from the newest outbox rows only."""
+_CONTROLS: Final = {c: "?" for c in (*range(32), *range(127, 160))}
+
+Line = tuple[str, str]
+"""A line of text and its SGR style ("" for none)."""
+
+
+class _Stopped(Exception):
+    """SIGTERM or SIGHUP: leave like `q` does."""
+
+
+@dataclass
+class Snapshot:
+    """What one frame shows, read in one transaction; a problem is shown, not raised."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    stalled: int = 0
+    active: list[sqlite3.Row] = field(default_factory=list)
+    completed: list[sqlite3.Row] = field(default_factory=list)
+    alerts: list[sqlite3.Row] = field(default_factory=list)
+    problem: str | None = None
+
+
+def read_snapshot(database: Path, limit: int) -> Snapshot:
+    """Never writes; a busy, half-built or foreign database gives a frame naming the problem
+    (sections are read most important first, so what was read before it still shows)."""
+    snap = Snapshot()
+    try:
+        connection = sqlite3.connect(
+            f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=0.2, isolation_level=None
+        )
+    except sqlite3.Error as exc:
+        snap.problem = str(exc)
+        return snap
+    connection.row_factory = sqlite3.Row
+    try:
+        connection.execute("BEGIN")
+        for row in connection.execute(_COUNTS):
+            snap.counts[row["status"]] = row["n"]
+            snap.stalled += row["stalled"] or 0
+        snap.active = connection.execute(_ACTIVE, (limit,)).fetchall()
+        snap.completed = connection.execute(_COMPLETED, (RECENT,)).fetchall()
+        snap.alerts = connection.execute(_ALERTS, (RECENT * 20, RECENT)).fetchall()
+    except sqlite3.Error as exc:
+        snap.problem = str(exc)
+    finally:
+        connection.close()
+    return snap
+
+
+def service_line(path: Path, now: float) -> Line:
+    """The service's own word on its health; absent, unreadable or stale means not running."""
+    try:
+        info: dict[str, Any] = orjson.loads(path.read_bytes())
+        age = now - float(info.get("updated_unix", 0))
+        pid = int(info.get("pid", 0))
+        if age > STALE_AFTER or pid <= 0 or not process_alive(pid):
+            return f"service not running (status file stale, updated {_span(age)} ago)", YELLOW
+        return (
+            f"service up, pid {pid}: ingest lag {float(info.get('ingest_lag_seconds', 0)):.1f}"
+            f" s ({int(info.get('ingest_lag_bytes', 0)):,} bytes), {info.get('files', '?')} "
+            f"files, {info.get('open_runs', '?')} open runs, outbox "
+            f"{info.get('outbox_pending', '?')} pending, "
+            f"{int(info.get('events_accepted', 0)):,} events accepted"
+        ), GREEN
+    except FileNotFoundError:
+        return "service not running (status file absent)", YELLOW
+    except (OSError, ValueError, TypeError, AttributeError):
+        return "service not running (status file unreadable)", YELLOW
+
+
+def render(
+    snap: Snapshot, service: Line, database: Path, now: datetime, height: int | None
+) -> list[Line]:
+    """On a short terminal the active runs keep at least half the room below the head;
+    alerts give way first, then completions."""
+    active_total = sum(snap.counts.get(status, 0) for status in ACTIVE)
+    head = [
+        (f"runwatch  {database}  {now:%Y-%m-%d %H:%M:%S}Z   (q quits)", BOLD),
+        service,
+        (_summary(snap), ""),
+        *([(f"database: {snap.problem}", RED)] if snap.problem else []),
+        ("", ""),
+        (f"ACTIVE RUNS ({active_total})", BOLD),
+    ]
+    tail = [
+        ("", ""),
+        ("RECENT COMPLETIONS", BOLD),
+        *([_completed_line(r, now) for r in snap.completed] or [("  none", DIM)]),
+        ("", ""),
+        ("RECENT ALERTS", BOLD),
+        *([_alert_line(r, now) for r in snap.alerts] or [("  none", DIM)]),
+    ]
+    room = (
+        None if height is None else max(height - len(head) - len(tail), (height - len(head)) // 2)
+    )
+    lines = [*head, *_cut([_active_line(r, now) for r in snap.active], room, active_total), *tail]
+    return lines if height is None else lines[:height]
+
+
+def _cut(lines: list[Line], room: int | None, total: int) -> list[Line]:
+    """The lines that fit, and a count of the ones that do not."""
+    if not lines:
+        return [("  none", DIM)]
+    shown = lines if room is None or total <= room else lines[: max(room - 1, 0)]
+    hidden = total - len(shown)
+    return [*shown, (f"  ... and {hidden} more", DIM)] if hidden > 0 else shown
+
+
+def _summary(snap: Snapshot) -> str:
+    """Active statuses first, then the finished ones, alphabetically."""
+    order = sorted(snap.counts.items(), key=lambda kv: (kv[0] not in ACTIVE, kv[0]))
+    parts = ", ".join(f"{n:,} {status}" for status, n in order) or "none"
+    return f"runs: {parts}; {snap.stalled} stalled"
+
+
+def _active_line(run: sqlite3.Row, now: datetime) -> Line:
+    """Stalled runs are marked in words too, so the mark survives NO_COLOR and pipes."""
+    done, total, failed = run["done"], run["tasks_total"], run["tasks_failed"]
+    mark = "STALLED" if run["stalled"] else ""
+    text = (
+        f"  {mark:<7} {run['run_id']:<26} {run['status']:<8} {_bar(done, total)} "
+        f"{done}/{total}"
+        + (f", {failed} failed" if failed else "")
+        + f"   last event {_ago(run['last_event_at'], now)} ago"
+    )
+    return text, STALLED if run["stalled"] else RED if failed else ""
+
+
+def _completed_line(run: sqlite3.Row, now: datetime) -> Line:
+    """A finished run: how it ended, how far it got, how long it took."""
+    text = (
+        f"  {run['run_id']:<26} {run['status']:<11} {run['done']}/{run['tasks_total']}"
+        f"   took {_span(run['duration_s'])}, ended {_ago(run['ended_at'], now)} ago"
+    )
+    return text, GREEN if run["status"] == "succeeded" else RED
+
+
+def _alert_line(row: sqlite3.Row, now: datetime) -> Line:
+    """One line per alert, whatever its channels; delivery shows the worst channel's state."""
+    try:
+        payload = dict(orjson.loads(row["payload"]))
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        payload = {}
+    states = set(str(row["states"]).split(","))
+    delivery = next((s for s in WORST_FIRST if s in states), ",".join(sorted(states)))
+    severity, state = str(payload.get("severity", "?")), str(payload.get("state", "?"))
+    text = (
+        f"  {_ago(row['decided_at'], now):>4} ago  {severity:<8} {state:<8} "
+        f"{row['rule']!s:<18} {payload.get('summary', '')}  [{delivery}]"
+    )
+    firing_style = RED if severity in ("critical", "high") else YELLOW
+    return text, GREEN if state == "resolved" else firing_style
+
+
+def _bar(done: int, total: int, width: int = 20) -> str:
+    """Plain characters, so it reads the same in any font and over any link."""
+    filled = min(width, done * width // total) if total > 0 else 0
+    return f"[{'#' * filled}{'.' * (width - filled)}]"
+
+
+def _ago(stamp: str | None, now: datetime) -> str:
+    """Wall-clock age of a stored UTC time; a time in the future reads as 0s."""
+    if not stamp:
+        return "-"
+    try:
+        return _span(max((now - datetime.fromisoformat(stamp)).total_seconds(), 0.0))
+    except (ValueError, TypeError):
+        return "?"
+
+
+def _span(seconds: float | None) -> str:
+    """At most two units: 45s, 3m12s, 2h05m, 3d04h."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    for unit, size, sub, subsize in (
+        ("d", 86400, "h", 3600),
+        ("h", 3600, "m", 60),
+        ("m", 60, "s", 1),
+    ):
+        if s >= size:
+            return f"{s // size}{unit}{s % size // subsize:02d}{sub}"
+    return f"{s}s"
+
+
+def paint(lines: list[Line], width: int | None, color: bool) -> list[str]:
+    """Control characters from the logs are neutralised and each line is cut to the width
+    before it is coloured, so neither a run id nor the cut can break the escape codes."""
+    out = []
+    for text, style in lines:
+        clean = text.translate(_CONTROLS)[: None if width is None else max(width - 1, 0)]
+        out.append(f"\x1b[{style}m{clean}\x1b[0m" if color and style else clean)
+    return out
+
+
+def frame(database: Path, size: os.terminal_size | None) -> list[Line]:
+    """One frame from the current database and status file."""
+    snap = read_snapshot(database, limit=size.lines if size else 200)
+    service = service_line(status_path(database), time.time())
+    return render(snap, service, database, datetime.now(UTC), size.lines if size else None)
+
+
+class Screen:
+    """Owns the terminal while the view runs; every way out gives it back as it was."""
+
+    def __init__(self, stdin: TextIO, stdout: TextIO) -> None:
+        self.out = stdout
+        self.fd = stdin.fileno() if stdin.isatty() else None
+        self.saved = termios.tcgetattr(self.fd) if self.fd is not None else None
+        self.color = not os.environ.get("NO_COLOR")
+        self.dirty = True
+
+    def enter(self) -> None:
+        """Alternate screen, hidden cursor, keys without Enter and without echo."""
+        if self.fd is not None:
+            tty.setcbreak(self.fd, termios.TCSANOW)
+        self.out.write("\x1b[?1049h\x1b[?25l")
+        self.out.flush()
+        self.dirty = True
+
+    def leave(self) -> None:
+        """Best effort: after an ssh link drops there may be no terminal left to restore."""
+        try:
+            self.out.write("\x1b[0m\x1b[?25h\x1b[?1049l")
+            self.out.flush()
+            if self.fd is not None and self.saved is not None:
+                termios.tcsetattr(self.fd, termios.TCSADRAIN, self.saved)
+        except OSError:
+            pass
+
+    def size(self) -> os.terminal_size:
+        """Re-read every poll, so a resize (SIGWINCH) shows within KEY_POLL seconds."""
+        try:
+            return os.get_terminal_size(self.out.fileno())
+        except OSError:
+            return shutil.get_terminal_size()
+
+    def draw(self, lines: list[Line], width: int) -> None:
+        """Home, each line then erase-to-end, erase below: no flicker and no scrolling."""
+        body = "\x1b[K\r\n".join(paint(lines, width, self.color))
+        self.out.write(f"\x1b[H{body}\x1b[K\x1b[J")
+        self.out.flush()
+        self.dirty = False
+
+    def quit_pressed(self, timeout: float) -> bool:
+        """Waits up to `timeout` for a key; True on q or Q, or when the terminal is gone."""
+        if self.fd is None:
+            time.sleep(timeout)
+            return False
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if not ready:
+            return False
+        data = os.read(self.fd, 64)
+        return not data or b"q" in data.lower()
+
+
+@contextmanager
+def _signals(screen: Screen) -> Iterator[None]:
+    """SIGTERM/SIGHUP end the view like q; Ctrl-Z hands the terminal back while stopped."""
+
+    def stop(_signum: int, _frame: FrameType | None) -> None:
+        raise _Stopped
+
+    def suspend(_signum: int, _frame: FrameType | None) -> None:
+        screen.leave()
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)
+        signal.signal(signal.SIGTSTP, suspend)
+        screen.enter()
+
+    handlers = {signal.SIGTERM: stop, signal.SIGHUP: stop, signal.SIGTSTP: suspend}
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _loop(database: Path, interval: float, screen: Screen) -> int:
+    """Redraw every `interval`, on a resize and after a resume; q returns at once."""
+    due, drawn_for = 0.0, None
+    while True:
+        size = screen.size()
+        if screen.dirty or size != drawn_for or time.monotonic() >= due:
+            screen.draw(frame(database, size), size.columns)
+            due, drawn_for = time.monotonic() + interval, size
+        if screen.quit_pressed(min(KEY_POLL, max(due - time.monotonic(), 0.0))):
+            return EXIT_OK
+
+
+def watch(
+    settings: Settings,
+    *,
+    interval: float = 1.0,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+) -> int:
+    """The live view; q, Ctrl-C, SIGTERM and SIGHUP all exit 0 with the terminal restored."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    if not settings.database.exists():
+        raise UsageError(
+            f"{settings.database}: no such database; start `runwatch tail` or "
+            "build one with `runwatch replay PATH...`, or point --db at it"
+        )
+    if interval <= 0:
+        raise UsageError("status: --interval must be more than 0 seconds")
+    if not stdout.isatty() or os.environ.get("TERM") == "dumb":
+        stdout.write("\n".join(paint(frame(settings.database, None), None, False)) + "\n")
+        return EXIT_OK
+    screen = Screen(stdin, stdout)
+    try:
+        screen.enter()
+        with _signals(screen):
+            return _loop(settings.database, interval, screen)
+    except (KeyboardInterrupt, _Stopped):
+        return EXIT_OK
+    finally:
+        screen.leave()

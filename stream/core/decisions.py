@@ -1,0 +1,189 @@
+"""Decisions at commit time: triggers and derived events → alert book → outbox entries.
+
+Delivery contract: every decision is written by the same transaction as the rows, the
+checkpoints and the alert book state that caused it (see `Processor.commit`), so a crash
+never loses a decision and never makes one twice. Delivering is someone else's job (the
+dispatcher); here only the `state` of an entry is chosen: `pending` (to deliver), `recorded`
+(replay without --deliver) or `skipped` (older than `alert_lookback`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from runwatch.projections import DerivedEvent
+from runwatch.projections.alerts import AlertBook, AlertState, Notification, RuleSet, Trigger
+from runwatch.projections.events import format_time
+from runwatch.sinks.store import Store
+from runwatch.sinks.store.api import Changes, OutboxEntry
+from runwatch.stream.core.decode import parse_time
+
+JOB_TRIGGERS = {"RUN_COMPLETED": ("report", "archive"), "RUN_STATUS_CHANGED": ("report",)}
+"""Which derived events start which completion jobs."""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What to do with new decisions: deliver them (live), or only record them (replay).
+    Alerts about events older than `since_us` are recorded as `skipped`."""
+
+    deliver: bool
+    since_us: int | None = None
+    channels: frozenset[str] | None = None
+    jobs: frozenset[str] = frozenset({"report", "archive"})
+
+
+class Decisions:
+    """The alert book of one database, and the outbox entries its decisions make."""
+
+    def __init__(
+        self, rules: RuleSet, store: Store | None, policy: Policy, *, hold: bool = False
+    ) -> None:
+        """`hold` keeps every trigger until `release`: a replay decides once, over all
+        triggers in event-time order, so its decisions do not depend on file order."""
+        self.rules = rules
+        self.policy = policy
+        saved = (
+            {}
+            if store is None
+            else {
+                (rule, group): AlertState.from_dict(state)
+                for rule, group, state in store.alert_states()
+                if rule in rules.rules
+            }
+        )
+        self.book = AlertBook(rules, saved)
+        self.hold = hold
+        self.dedupe = hold  # live, a duplicate never triggers: the fold rejects it first
+        self.held: list[tuple[int, int, str, Trigger]] = []
+        self.held_derived: list[DerivedEvent] = []
+        self.seen_events: set[tuple[str, str, str]] = set()
+
+    def decide(
+        self,
+        triggers: list[Trigger],
+        derived: list[DerivedEvent],
+        now: int,
+        changes: Changes,
+        recorded: Iterable[tuple[int, dict[str, Any]]] = (),
+    ) -> None:
+        """Offer this commit's triggers (input events and derived ones) in event-time order;
+        put the notifications and jobs that result, and the changed alert states, in
+        `changes`. Derived events come first at equal times: they carry the counts.
+        `recorded` are (seq, event) rows that deliveries and jobs recorded outside the fold:
+        decided here too, and marked evaluated by the same commit."""
+        for seq, data in recorded:
+            rest = {k: v for k, v in data.items() if k not in ("type", "event_time", "run_id")}
+            derived = [
+                *derived,
+                DerivedEvent(
+                    data["type"], parse_time(data["event_time"]), data.get("run_id"), rest
+                ),
+            ]
+            changes.evaluated.append(seq)
+        ordered = [(d.time, 0, "", t) for d in derived for t in self.rules.match_derived(d)]
+        ordered.extend((t.time, 1, t.event_id, t) for t in triggers)
+        if self.hold:
+            self.held.extend(ordered)
+            self.held_derived.extend(derived)
+            return
+        self._decide(ordered, derived, now, changes)
+
+    def release(self, now: int, changes: Changes) -> None:
+        """Decide everything held back (the end of a replay)."""
+        held, held_derived = self.held, self.held_derived
+        self.held, self.held_derived, self.hold = [], [], False
+        self._decide(held, held_derived, now, changes)
+
+    def _decide(
+        self,
+        ordered: list[tuple[int, int, str, Trigger]],
+        derived: list[DerivedEvent],
+        now: int,
+        changes: Changes,
+    ) -> None:
+        ordered.sort(key=lambda item: item[:3])
+        for _, _, _, trigger in ordered:
+            if self.dedupe:
+                key = (trigger.rule, trigger.role, trigger.event_id)
+                if key in self.seen_events:
+                    continue  # the same input event in two files that repeat each other
+                self.seen_events.add(key)
+            notification = self.book.offer(trigger)
+            if notification is not None:
+                changes.outbox.extend(self._entries(notification))
+        for notification in self.book.due(now):
+            changes.outbox.extend(self._entries(notification))
+        for rule, group, state in self.book.take_dirty():
+            changes.alert_states.append((rule, group, orjson.dumps(state)))
+        for event in derived:
+            changes.outbox.extend(self._jobs(event))
+
+    def has_due(self, now: int) -> bool:
+        """A held-back notification's window is over: a commit should happen now."""
+        return self.book.has_due(now)
+
+    def _state(self, event_time: int) -> str:
+        if not self.policy.deliver:
+            return "recorded"
+        if self.policy.since_us is not None and event_time < self.policy.since_us:
+            return "skipped"
+        return "pending"
+
+    def _entries(self, notification: Notification) -> list[OutboxEntry]:
+        payload = notification.to_dict()
+        state = self._state(notification.event_time)
+        out = []
+        for channel in notification.channels:
+            if self.policy.channels is not None and channel not in self.policy.channels:
+                continue  # named by the rule, but not configured here (e.g. no SLACK_WEBHOOK_URL)
+            delivery_id = _digest(notification.id, channel)
+            out.append(
+                OutboxEntry(
+                    delivery_id,
+                    "alert",
+                    channel,
+                    state,
+                    {**payload, "id": delivery_id},
+                    run_id=payload["run_id"],
+                    alert_id=notification.id,
+                    rule=notification.rule,
+                    event_time=payload["event_time"],
+                )
+            )
+        return out
+
+    def _jobs(self, event: DerivedEvent) -> list[OutboxEntry]:
+        kinds = JOB_TRIGGERS.get(event.type)
+        if not kinds or event.run_id is None:
+            return []
+        when = format_time(event.time) or ""
+        payload = {
+            "run_id": event.run_id,
+            "trigger": event.type,
+            "event_time": when,
+            "status": event.data.get("status"),
+        }
+        state = self._state(event.time)
+        return [
+            OutboxEntry(
+                _digest(kind, event.run_id, event.type, when, str(event.data.get("status"))),
+                "job",
+                kind,
+                state,
+                {**payload, "job": kind},
+                run_id=event.run_id,
+                event_time=when,
+            )
+            for kind in kinds
+            if kind in self.policy.jobs
+        ]
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()

@@ -1,0 +1,261 @@
+"""The dispatcher: carries out the outbox (alerts to channels, completion jobs).
+
+Delivery contract: at least once, with the entry's stable id on every attempt, so receivers
+can drop repeats. An entry's state changes only after its attempt ended, in one transaction
+with the derived event that records it (ALERT_SENT, ALERT_FAILED, RUN_ARCHIVED, …), so after
+`kill -9` an undelivered entry is attempted again and a delivered one never is. One worker
+thread per target: a receiver that hangs delays only its own channel.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from runwatch.projections.events import format_time
+from runwatch.sinks.store import Connection, connect, is_postgres, transaction
+from runwatch.stream.settings.alerts import DeliverySpec
+
+MAX_RETRY_AFTER = 3600.0
+LEASE_S = 15.0
+"""How long a claimed entry is reserved for its processor (longer than any attempt)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """How one attempt ended, whatever carried it out."""
+
+    status: Literal["delivered", "retry", "failed"]
+    detail: str = ""
+    retry_after: float | None = None
+    derived: list[dict[str, Any]] = field(default_factory=list)
+    writes: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+
+
+Handler = Callable[[dict[str, Any]], Result]
+
+
+def backoff(
+    attempts: int, delivery: DeliverySpec, retry_after: float | None, rng: random.Random
+) -> float:
+    """Seconds before the next attempt: the receiver's Retry-After when it gave one, else
+    exponential from `backoff_initial`, capped, with jitter so retries do not bunch up."""
+    if retry_after is not None:
+        return min(max(retry_after, 0.0), MAX_RETRY_AFTER)
+    ceiling = min(
+        float(delivery.backoff_max), float(delivery.backoff_initial) * 2.0 ** max(attempts - 1, 0)
+    )
+    return ceiling * (0.5 + rng.random() / 2)
+
+
+class Dispatcher:
+    """Delivers pending outbox entries of the given targets until stopped."""
+
+    def __init__(
+        self,
+        database: Path | str,
+        handlers: dict[str, Handler],
+        delivery: DeliverySpec,
+        *,
+        on_record: Callable[[], None] = lambda: None,
+        on_failure: Callable[[dict[str, Any], str], None] = lambda _p, _d: None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.database = database
+        self.handlers = handlers
+        self.delivery = delivery
+        self.on_record = on_record
+        self.on_failure = on_failure
+        self.rng = rng or random.Random()
+        self.stopping = threading.Event()
+        self.wakeups = {target: threading.Event() for target in handlers}
+        self.busy = dict.fromkeys(handlers, False)
+        self.threads: list[threading.Thread] = []
+        self.claim = _lease if is_postgres(database) else _next_due
+        # Alone on SQLite, every new entry comes with a poke; processors sharing PostgreSQL
+        # also deliver what the others decided, unannounced, so they look more often.
+        self.longest_wait = 1.0 if is_postgres(database) else 5.0
+
+    def start(self) -> None:
+        for target in self.handlers:
+            thread = threading.Thread(
+                target=self._serve, args=(target,), daemon=True, name=f"deliver-{target}"
+            )
+            thread.start()
+            self.threads.append(thread)
+
+    def poke(self) -> None:
+        """New entries may be pending: look now rather than at the next timeout."""
+        for wakeup in self.wakeups.values():
+            wakeup.set()
+
+    def stop(self, wait: float = 0.5) -> None:
+        """Stop taking entries. An attempt still in flight is left to its thread (a daemon):
+        its entry stays pending and is attempted again, with the same id, after a restart."""
+        self.stopping.set()
+        self.poke()
+        deadline = time.monotonic() + wait
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def idle(self, connection: Connection, horizon: float = 0.0) -> bool:
+        """Nothing pending is due within `horizon` seconds and no attempt is in flight."""
+        row = connection.execute(
+            "SELECT count(*) FROM outbox WHERE state='pending' AND next_attempt_at <= ?",
+            (time.time() + horizon,),
+        ).fetchone()
+        return int(row[0]) == 0 and not any(self.busy.values())
+
+    def _serve(self, target: str) -> None:
+        connection = connect(self.database)
+        wakeup = self.wakeups[target]
+        try:
+            while not self.stopping.is_set():
+                wakeup.clear()
+                entry = self.claim(connection, target, time.time())
+                if entry is None:
+                    self._idle(target)
+                    wakeup.wait(_sleep_for(connection, target, self.longest_wait))
+                    continue
+                self.busy[target] = True
+                try:
+                    self._attempt(connection, target, entry)
+                finally:
+                    self.busy[target] = False
+            self._idle(target)  # a clean stop leaves deferred work (the report index) done
+        finally:
+            connection.close()
+
+    def _idle(self, target: str) -> None:
+        """A handler's deferred work, done when its queue is empty."""
+        when_idle = getattr(self.handlers[target], "when_idle", None)
+        if when_idle is not None:
+            when_idle()
+
+    def _attempt(
+        self, connection: Connection, target: str, entry: tuple[str, str, bytes, int]
+    ) -> None:
+        entry_id, kind, blob, attempts = entry
+        payload = orjson.loads(blob)
+        try:
+            result = self.handlers[target](payload)
+        except Exception as exc:  # a bug in a handler must not stop the channel
+            result = Result("retry", f"internal error: {type(exc).__name__}")
+        if self.stopping.is_set() and result.status != "delivered":
+            return  # shutting down mid-attempt: leave it pending, untouched
+        attempts += 1
+        status = result.status
+        if status == "retry" and attempts >= self.delivery.max_attempts:
+            status = "failed"
+        now = time.time()
+        derived = list(result.derived)
+        if kind == "alert" and status != "retry":
+            derived.append(_alert_event(payload, target, status, attempts, result.detail, now))
+        with transaction(connection):
+            if status == "retry":
+                delay = backoff(attempts, self.delivery, result.retry_after, self.rng)
+                connection.execute(
+                    "UPDATE outbox SET attempts=?, next_attempt_at=?, last_error=? WHERE id=?",
+                    (attempts, now + delay, result.detail, entry_id),
+                )
+            else:
+                connection.execute(
+                    "UPDATE outbox SET state=?, attempts=?, last_error=?, done_at=? WHERE id=?",
+                    (
+                        status,
+                        attempts,
+                        None if status == "delivered" else result.detail,
+                        format_time(int(now * 1e6)),
+                        entry_id,
+                    ),
+                )
+            record(connection, derived, result.writes, now)
+        if status == "failed":
+            self.on_failure(payload, result.detail)
+        if derived:
+            self.on_record()
+
+
+def record(
+    connection: Connection,
+    derived: list[dict[str, Any]],
+    writes: list[tuple[str, tuple[Any, ...]]],
+    now: float,
+) -> None:
+    """Inside an open transaction: a job's own rows, and derived events that the alert rules
+    have yet to see (the service evaluates them at its next commit) and the audit trail has
+    yet to append."""
+    for sql, params in writes:
+        connection.execute(sql, params)
+    recorded_at = format_time(int(now * 1e6))
+    connection.executemany(
+        "INSERT INTO derived_events (type, run_id, event_time, data, recorded_at, unevaluated) "
+        "VALUES (?, ?, ?, ?, ?, 1)",
+        [
+            (d["type"], d.get("run_id"), d["event_time"], orjson.dumps(d), recorded_at)
+            for d in derived
+        ],
+    )
+
+
+def _alert_event(
+    payload: dict[str, Any], channel: str, status: str, attempts: int, detail: str, now: float
+) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "type": "ALERT_SENT" if status == "delivered" else "ALERT_FAILED",
+        "event_time": format_time(int(now * 1e6)),
+        "run_id": payload.get("run_id"),
+        "id": payload.get("id"),
+        "alert_id": payload.get("alert_id"),
+        "rule": payload.get("rule"),
+        "state": payload.get("state"),
+        "channel": channel,
+        "attempts": attempts,
+    }
+    if status != "delivered":
+        event["error"] = detail
+    return event
+
+
+def _next_due(
+    connection: Connection, target: str, now: float
+) -> tuple[str, str, bytes, int] | None:
+    """The next due entry of `target`; one dispatcher per database (SQLite's one writer)."""
+    row = connection.execute(
+        "SELECT id, kind, payload, attempts FROM outbox "
+        "WHERE state='pending' AND target=? AND next_attempt_at <= ? "
+        "ORDER BY next_attempt_at, decided_at, id LIMIT 1",
+        (target, now),
+    ).fetchone()
+    return None if row is None else (row[0], row[1], row[2], int(row[3]))
+
+
+def _lease(connection: Connection, target: str, now: float) -> tuple[str, str, bytes, int] | None:
+    """Claim the next due entry of `target` among several processors sharing PostgreSQL:
+    the row is locked with SKIP LOCKED (no two claim it) and leased for LEASE_S, so if this
+    process dies mid-attempt another one retries it once the lease ends."""
+    row = connection.execute(
+        "UPDATE outbox SET next_attempt_at = ? WHERE id = ("
+        "SELECT id FROM outbox WHERE state='pending' AND target=? AND next_attempt_at <= ? "
+        "ORDER BY next_attempt_at, decided_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) "
+        "RETURNING id, kind, payload, attempts",
+        (now + LEASE_S, target, now),
+    ).fetchone()
+    return None if row is None else (row[0], row[1], bytes(row[2]), int(row[3]))
+
+
+def _sleep_for(connection: Connection, target: str, longest: float) -> float:
+    """Until the next retry falls due, at most `longest`: new entries also poke the thread."""
+    row = connection.execute(
+        "SELECT min(next_attempt_at) FROM outbox WHERE state='pending' AND target=?", (target,)
+    ).fetchone()
+    if row[0] is None:
+        return longest
+    return min(max(float(row[0]) - time.time(), 0.005), longest)

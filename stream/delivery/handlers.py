@@ -1,0 +1,86 @@
+"""The dispatcher's targets: one handler per enabled channel, and the two completion jobs."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from runwatch.sinks.channels import Channel, ConsoleConfig
+from runwatch.sinks.store import connect
+from runwatch.stream.delivery import jobs
+from runwatch.stream.delivery.dispatcher import Handler, Result
+from runwatch.stream.settings.alerts import AlertSetup, ChannelConfig
+from runwatch.stream.settings.service import Settings
+
+
+def build_channel(
+    name: str,
+    config: ChannelConfig,
+    *,
+    out: TextIO | None = None,
+    lock: threading.Lock | None = None,
+) -> Channel:
+    if isinstance(config, ConsoleConfig):
+        return config.build(name, stream=out, lock=lock)
+    return config.build(name)
+
+
+def channel_handler(channel: Channel) -> Handler:
+    def send(payload: dict[str, Any]) -> Result:
+        outcome = channel.send(payload)
+        return Result(outcome.status, outcome.detail, outcome.retry_after)
+
+    return send
+
+
+def job_handler(settings: Settings, run: Callable[..., Result], **options: Any) -> Handler:
+    """A job reads the committed projection through its own connection."""
+
+    def execute(payload: dict[str, Any]) -> Result:
+        connection = connect(settings.database_url or settings.database)
+        try:
+            return run(connection, settings, payload["run_id"], **options)
+        finally:
+            connection.close()
+
+    return execute
+
+
+def report_handler(settings: Settings, fetch: jobs.Fetch | None) -> Handler:
+    """Reports, with index.html rebuilt at a bounded rate and once more when idle."""
+    index = jobs.RunIndex()
+    execute = job_handler(settings, jobs.report, fetch=fetch, index=index)
+
+    def when_idle() -> None:
+        if index.dirty:
+            connection = connect(settings.database_url or settings.database)
+            try:
+                index.refresh(connection, settings, force=True)
+            except OSError:
+                pass  # the next report retries it
+            finally:
+                connection.close()
+
+    execute.when_idle = when_idle  # type: ignore[attr-defined]  # read by the dispatcher
+    return execute
+
+
+def build_handlers(
+    alerts: AlertSetup,
+    settings: Settings,
+    *,
+    out: TextIO | None = None,
+    lock: threading.Lock | None = None,
+    with_jobs: bool = True,
+    fetch: jobs.Fetch | None = None,
+) -> dict[str, Handler]:
+    handlers = {
+        name: channel_handler(build_channel(name, config, out=out, lock=lock))
+        for name, config in alerts.channels.items()
+        if config is not None
+    }
+    if with_jobs:
+        handlers["report"] = report_handler(settings, fetch)
+        handlers["archive"] = job_handler(settings, jobs.archive, fetch=fetch)
+    return handlers

@@ -1,0 +1,494 @@
+"""Rebuild the projection from finished JSONL files into a scratch database, then swap it in.
+
+The target database is replaced only when the build is complete: an interrupted replay
+leaves the old database untouched. Stalls are judged against the greatest event time in
+the input, so the same files always give the same rows. Replay delivers nothing outward.
+
+Large files are cut into line-aligned chunks that worker processes decode and fold into
+partial group states; the parent merges them (the projections are semilattices, so merging
+partial folds equals folding everything) and alone talks to the database.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from operator import itemgetter
+from pathlib import Path
+from typing import Any, Final, Protocol, Self
+
+import orjson
+
+from runwatch.projections import Event
+from runwatch.projections.alerts import RuleSet, Trigger
+from runwatch.sinks.atomic import fsync_path
+from runwatch.sinks.store import Store, is_postgres
+from runwatch.sinks.store.api import Checkpoint, DeadLetter
+from runwatch.sinks.store.postgres import PostgresStore, drop_schema, swap_schema
+from runwatch.sinks.store.postgres_sql import Target, with_schema
+from runwatch.sinks.store.sqlite import SqliteStore
+from runwatch.stream.console import Progress, wall_clock
+from runwatch.stream.core.decisions import Decisions
+from runwatch.stream.core.decode import RAW_KEEP, decode
+from runwatch.stream.core.lines import Lines, LineSplitter
+from runwatch.stream.core.processor import Processor, State, Tally
+from runwatch.stream.settings.alerts import AlertSetup, default_alert_setup
+from runwatch.stream.settings.service import Settings
+from runwatch.stream.sources.discovery import checkpoint_for
+
+CHUNK_BYTES: Final = 1 << 20
+PARALLEL_CHUNK_BYTES: Final = 8 << 20
+COMMIT_EVERY: Final = 200_000
+
+
+class Observer(Protocol):
+    """Sees every decoded event of a replay (offline analysis). Each worker fills an `empty()`
+    copy that the parent `merge`s in input order; an event that two workers both saw as new
+    is then `forget`-ten once, so what is observed as fresh counts every event id once."""
+
+    def observe(self, event: Event, source: str, fresh: bool) -> None: ...
+
+    def forget(self, event: Event) -> None: ...
+
+    def empty(self) -> Self: ...
+
+    def merge(self, later: Self) -> None: ...
+
+
+@dataclass(slots=True)
+class ReplaySummary:
+    """What a replay read and built; `as_dict` is the `--json` output."""
+
+    database: str
+    files: int
+    bytes: int
+    lines: int
+    seconds: float
+    tally: Tally
+    runs_by_status: dict[str, int] = field(default_factory=dict)
+    stalled_runs: int = 0
+    pattern_runs: int = 0
+    derived_events: int = 0
+
+    @property
+    def events_per_s(self) -> float:
+        seen = self.tally.accepted + self.tally.duplicate + self.tally.rejected_total
+        return seen / self.seconds if self.seconds > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "database": self.database,
+            "files": self.files,
+            "bytes": self.bytes,
+            "lines": self.lines,
+            "seconds": round(self.seconds, 3),
+            "events_accepted": self.tally.accepted,
+            "events_duplicate": self.tally.duplicate,
+            "events_rejected": self.tally.rejected_total,
+            "rejected_by_reason": dict(sorted(self.tally.rejected.items())),
+            "blank_lines": self.tally.blank,
+            "events_per_s": round(self.events_per_s),
+            "runs_by_status": self.runs_by_status,
+            "stalled_runs": self.stalled_runs,
+            "pattern_runs": self.pattern_runs,
+            "derived_events": self.derived_events,
+        }
+
+
+def default_workers() -> int:
+    return min(os.cpu_count() or 1, 4)
+
+
+def replay(
+    files: list[Path],
+    target: Path | str,
+    settings: Settings,
+    progress: bool | None = None,
+    workers: int | None = None,
+    chunk_bytes: int = PARALLEL_CHUNK_BYTES,
+    alerts: AlertSetup | None = None,
+    deliver: bool = False,
+    observer: Observer | None = None,
+) -> ReplaySummary:
+    """Fold `files` (in order) into a new database and atomically replace `target` with it
+    (a SQLite file, or the schema a PostgreSQL URL names). `workers` = 0 folds in this
+    process; default: one worker per core (at most 4). Inputs over 2 × `chunk_bytes` are cut
+    into regions of about `chunk_bytes` for the workers. Alert decisions and completion jobs
+    are recorded (`alerts`: default the built-in rules); they are left to deliver only with
+    `deliver`. `observer` is shown every decoded event."""
+    alerts = alerts or default_alert_setup()
+    started = time.perf_counter()
+    scratch: _Scratch = (
+        _PostgresScratch(str(target)) if is_postgres(target) else _SqliteScratch(Path(target))
+    )
+    store = scratch.open()
+    try:
+        summary = _build(
+            files,
+            store,
+            settings,
+            progress,
+            started,
+            default_workers() if workers is None else workers,
+            chunk_bytes,
+            alerts,
+            deliver,
+            observer,
+        )
+        store.set_meta(
+            [("built_by", "replay"), ("built_at", wall_clock()), ("inputs", str(len(files)))]
+        )
+        store.finalize()
+        summary.runs_by_status = dict(
+            store.db.execute(
+                "SELECT status, count(*) FROM runs GROUP BY status ORDER BY status"
+            ).fetchall()
+        )
+        summary.stalled_runs = store.db.execute(
+            "SELECT count(*) FROM runs WHERE stalled=1"
+        ).fetchone()[0]
+        summary.pattern_runs = store.db.execute("SELECT count(*) FROM pattern_runs").fetchone()[0]
+        store.close()
+        scratch.publish()
+    except BaseException:
+        store.close()
+        scratch.discard()
+        raise
+    summary.seconds = time.perf_counter() - started
+    summary.database = str(store.path) if is_postgres(target) else str(target)
+    return summary
+
+
+class _Scratch(Protocol):
+    """Where a replay builds, and how the finished build replaces the target at once."""
+
+    def open(self) -> Store: ...
+    def publish(self) -> None: ...
+    def discard(self) -> None: ...
+
+
+class _SqliteScratch:
+    """A file beside the target, renamed over it."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.path = target.with_name(f".{target.name}.replay-{os.getpid()}")
+
+    def open(self) -> Store:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_database(self.path)
+        return SqliteStore(self.path, fast_unsafe=True)
+
+    def publish(self) -> None:
+        fsync_path(self.path)
+        _retire(self.target)
+        os.replace(self.path, self.target)
+        fsync_path(self.target.parent)
+
+    def discard(self) -> None:
+        _remove_database(self.path)
+
+
+class _PostgresScratch:
+    """A schema beside the target schema, swapped in by one transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.schema = Target.parse(url).schema
+        self.scratch = f"{self.schema[:40]}_replay_{os.getpid()}"
+
+    def open(self) -> Store:
+        drop_schema(with_schema(self.url, self.scratch))
+        return PostgresStore(with_schema(self.url, self.scratch), fast_unsafe=True)
+
+    def publish(self) -> None:
+        swap_schema(self.url, self.scratch, self.schema)
+
+    def discard(self) -> None:
+        drop_schema(with_schema(self.url, self.scratch))
+
+
+def _build(
+    files: list[Path],
+    store: Store,
+    settings: Settings,
+    progress: bool | None,
+    started: float,
+    workers: int,
+    chunk_bytes: int,
+    alerts: AlertSetup,
+    deliver: bool,
+    observer: Observer | None,
+) -> ReplaySummary:
+    decisions = Decisions(alerts.rules, None, alerts.policy(deliver=deliver), hold=True)
+    processor = Processor(
+        store,
+        stall_after_s=settings.stall_after,
+        max_line_bytes=settings.max_line_bytes,
+        wall_clock=wall_clock,
+        max_groups=settings.cache_groups,
+        known_groups=set(),
+        rules=alerts.rules,
+        decisions=decisions,
+        observe=None if observer is None else observer.observe,
+    )
+    sizes = {path: path.stat().st_size for path in files}
+    total_bytes = sum(sizes.values())
+    bar = Progress(total_bytes, "replay", enabled=progress)
+    source_ids = {path: store.source_id(str(path)) for path in files}
+    next_line = dict.fromkeys(files, 1)
+    derived = 0
+    checkpoints: list[Checkpoint] = []
+
+    def count(region: Region, line_count: int, done: bool) -> None:
+        next_line[region.path] += line_count
+        if done and region.last:
+            checkpoints.append(checkpoint_for(region.path, region.end, next_line[region.path]))
+
+    pool = None
+    if workers > 0 and total_bytes > 2 * chunk_bytes:
+        pool = multiprocessing.get_context("fork").Pool(workers)
+    try:
+        regions = _regions(sizes, source_ids, chunk_bytes)
+        if pool is None:
+            for region, lines, done in _read_regions(regions, settings.max_line_bytes):
+                processor.process(str(region.path), region.source_id, lines)
+                count(region, len(lines.items), done)
+                bar.advance(lines.end - lines.offset, processor.seen)
+                if processor.pending.accepted >= COMMIT_EVERY or processor.crowded:
+                    derived += len(processor.commit(checkpoints, everything=False))
+                    checkpoints = []
+        else:
+            for folded in _fold_in_workers(
+                pool,
+                2 * workers,
+                regions,
+                chunk_bytes,
+                settings.max_line_bytes,
+                alerts.rules,
+                observer,
+            ):
+                folded.merge_into(processor, next_line, observer)
+                for region, lines_in_region in zip(folded.regions, folded.line_counts, strict=True):
+                    count(region, lines_in_region, True)
+                bar.advance(sum(r.end - r.start for r in folded.regions), processor.seen)
+                if processor.pending.accepted >= COMMIT_EVERY or processor.crowded:
+                    derived += len(processor.commit(checkpoints, everything=False))
+                    checkpoints = []
+    finally:
+        if pool is not None:
+            pool.terminate()
+    processor.detect(processor.max_event_time)
+    store.set_meta([("event_time_now", str(processor.max_event_time))])
+    derived += len(processor.commit(checkpoints, release=True))
+    bar.close()
+    line_total = sum(next_line.values()) - len(next_line)
+    return ReplaySummary(
+        "",
+        len(files),
+        total_bytes,
+        line_total,
+        time.perf_counter() - started,
+        processor.total,
+        derived_events=derived,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Region:
+    """[start, end) of one file, starting at a line start; `last` if it ends the file."""
+
+    path: Path
+    source_id: int
+    start: int
+    end: int
+    last: bool
+
+
+@dataclass(slots=True)
+class Folded:
+    """A worker's fold of some regions: partial group states plus per-region bookkeeping."""
+
+    regions: list[Region]
+    line_counts: list[int]
+    dead_letters: list[list[DeadLetter]]  # per region; lines numbered from the region start
+    groups: dict[str, tuple[State, bytes]]
+    tally: Tally
+    max_event_time: int
+    triggers: list[Trigger]
+    observer: Observer | None
+
+    def merge_into(
+        self, processor: Processor, next_line: dict[Path, int], observer: Observer | None = None
+    ) -> None:
+        repeats: list[list[Any]] = []
+        for key, (state, index) in self.groups.items():
+            known = processor.merge(key, state, index)
+            if known and observer is not None:
+                repeats.extend(entry for entry in orjson.loads(index) if entry[0] in known)
+        for region, letters in zip(self.regions, self.dead_letters, strict=True):
+            base = next_line[region.path] - 1
+            processor.changes.dead_letters.extend(
+                DeadLetter(d.source, d.offset, d.line + base, d.reason, d.detail, d.raw, d.raw_size)
+                for d in letters
+            )
+        processor.pending.blank += self.tally.blank
+        for reason, count in self.tally.rejected.items():
+            processor.pending.rejected[reason] = processor.pending.rejected.get(reason, 0) + count
+        processor.max_event_time = max(processor.max_event_time, self.max_event_time)
+        processor.triggers.extend(self.triggers)
+        if observer is not None and self.observer is not None:
+            observer.merge(self.observer)
+            _forget(observer, repeats, {r.source_id: r.path for r in self.regions})
+
+
+def _forget(observer: Observer, repeats: list[list[Any]], paths: dict[int, Path]) -> None:
+    """Re-read the events a worker took as new that an earlier batch already had, and take
+    back their observation. Such repeats are rare, so this costs little."""
+    repeats.sort(key=itemgetter(1, 2))
+    for source_id, entries in itertools.groupby(repeats, key=itemgetter(1)):
+        with paths[source_id].open("rb") as handle:
+            for _, _, offset, length in entries:
+                handle.seek(offset)
+                event = decode(handle.read(length))
+                if isinstance(event, Event):
+                    observer.forget(event)
+
+
+def _regions(
+    sizes: dict[Path, int], source_ids: dict[Path, int], chunk_bytes: int
+) -> Iterator[Region]:
+    for path, size in sizes.items():
+        if size <= 2 * chunk_bytes:
+            yield Region(path, source_ids[path], 0, size, True)
+            continue
+        for start, end in _line_aligned_ranges(path, size, chunk_bytes):
+            yield Region(path, source_ids[path], start, end, end == size)
+
+
+def _read_regions(
+    regions: Iterator[Region], max_line_bytes: int
+) -> Iterator[tuple[Region, Lines, bool]]:
+    """Lines of each region in bounded pieces; the flag marks a region's last piece."""
+    for region in regions:
+        splitter = LineSplitter(region.start, 1, max_line_bytes=max_line_bytes, keep=RAW_KEEP)
+        with region.path.open("rb") as handle:
+            handle.seek(region.start)
+            remaining = region.end - region.start
+            while remaining > 0 and (data := handle.read(min(CHUNK_BYTES, remaining))):
+                remaining -= len(data)
+                yield region, splitter.feed(data), remaining <= 0 and not region.last
+        if region.last:
+            yield region, splitter.finish(), True
+
+
+def _fold_in_workers(
+    pool: Any,
+    window: int,
+    regions: Iterator[Region],
+    chunk_bytes: int,
+    max_line_bytes: int,
+    rules: RuleSet | None,
+    observer: Observer | None,
+) -> Iterator[Folded]:
+    """Regions batched to about `chunk_bytes` per task (many small files share one),
+    folded by the pool; results in input order with at most `window` tasks in flight."""
+    pending: deque[Any] = deque()
+    batch: list[Region] = []
+    batch_bytes = 0
+    for region in itertools.chain(regions, [None]):
+        if region is not None:
+            batch.append(region)
+            batch_bytes += region.end - region.start
+        if batch and (region is None or batch_bytes >= chunk_bytes):
+            blank = None if observer is None else observer.empty()
+            pending.append(pool.apply_async(_fold_regions, (batch, max_line_bytes, rules, blank)))
+            batch, batch_bytes = [], 0
+        while pending and (len(pending) >= window or region is None):
+            yield pending.popleft().get()
+
+
+def _fold_regions(
+    regions: list[Region], max_line_bytes: int, rules: RuleSet | None, observer: Observer | None
+) -> Folded:
+    """In a worker: decode and fold some regions into partial group states."""
+    folder = Processor(
+        None,
+        stall_after_s=1,
+        max_line_bytes=max_line_bytes,
+        wall_clock=wall_clock,
+        max_groups=1 << 62,
+        rules=rules,
+        observe=None if observer is None else observer.observe,
+    )
+    line_counts: list[int] = []
+    letters: list[list[DeadLetter]] = []
+    fresh = True
+    for region, lines, done in _read_regions(iter(regions), max_line_bytes):
+        if fresh:
+            line_counts.append(0)
+            letters.append([])
+        before = len(folder.changes.dead_letters)
+        folder.process(str(region.path), region.source_id, lines)
+        line_counts[-1] += len(lines.items)
+        letters[-1].extend(folder.changes.dead_letters[before:])
+        fresh = done
+    groups = {
+        key: (group.state, orjson.dumps(group.new_index)) for key, group in folder.cache.items()
+    }
+    return Folded(
+        regions,
+        line_counts,
+        letters,
+        groups,
+        folder.pending,
+        folder.max_event_time,
+        folder.triggers,
+        observer,
+    )
+
+
+def _line_aligned_ranges(path: Path, size: int, chunk: int) -> list[tuple[int, int]]:
+    """[start, end) byte ranges of about `chunk` bytes, each starting at a line start."""
+    bounds = [0]
+    with path.open("rb") as handle:
+        position = chunk
+        while position < size:
+            handle.seek(position - 1)
+            boundary = size
+            while block := handle.read(1 << 16):
+                newline = block.find(b"\n")
+                if newline >= 0:
+                    boundary = handle.tell() - len(block) + newline + 1
+                    break
+            if boundary >= size:
+                break
+            bounds.append(boundary)
+            position = boundary + chunk
+    bounds.append(size)
+    return list(itertools.pairwise(bounds))
+
+
+def _retire(target: Path) -> None:
+    """Fold the old database's WAL into it and drop the WAL, so it cannot be replayed onto
+    the new file that takes its name."""
+    if target.exists():
+        try:
+            old = sqlite3.connect(target)
+            old.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            old.close()
+        except sqlite3.DatabaseError:
+            pass  # not a database we can open: it is being replaced anyway
+    for suffix in ("-wal", "-shm"):
+        Path(f"{target}{suffix}").unlink(missing_ok=True)
+
+
+def _remove_database(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)

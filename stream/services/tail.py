@@ -1,0 +1,451 @@
+"""`runwatch tail`: the service that follows event files and keeps the projection current.
+
+One loop in one thread owns the database. Watchdog's observer thread only records which
+paths changed and wakes the loop; a periodic re-scan catches what notifications miss. Each
+pass reads what was appended (at most `batch_max_bytes`), folds it, and commits the rows
+together with the checkpoints that cover them, so `kill -9` at any instant loses nothing
+and applies nothing twice. The files themselves are the buffer: memory stays bounded
+however far behind the service is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any, TextIO
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from runwatch.projections import DerivedEvent
+from runwatch.sinks.audit import AuditLog
+from runwatch.sinks.metrics import Metrics, MetricsServer
+from runwatch.sinks.store.sqlite import SqliteStore
+from runwatch.stream.console import ServiceConsole, wall_clock
+from runwatch.stream.core.decisions import Decisions
+from runwatch.stream.core.processor import Processor
+from runwatch.stream.delivery.dispatcher import Dispatcher
+from runwatch.stream.delivery.handlers import build_handlers
+from runwatch.stream.services.health import report, run_checks, status_path, write_status
+from runwatch.stream.settings.alerts import AlertSetup, default_alert_setup
+from runwatch.stream.settings.service import Settings, Source, parse_address
+from runwatch.stream.sources.discovery import static_prefix, watched_directories
+from runwatch.stream.sources.follow import Follower
+
+
+class ServiceError(Exception):
+    """The service cannot start; the message says why and what to do."""
+
+
+class DatabaseLock:
+    """An exclusive lock beside the database, so that two services never write one file."""
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(database.name + ".lock")
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ServiceError(
+                f"{self.path.with_suffix('')}: already in use by another runwatch process "
+                f"(pid {holder}); stop it first, or give this one another --db"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class FileChanges(FileSystemEventHandler):
+    """Runs on the observer thread: note the changed paths and `poke` the loop, nothing more."""
+
+    def __init__(self, poke: Callable[[], None]) -> None:
+        self.poke = poke
+        self.lock = threading.Lock()
+        self.paths: set[str] = set()
+        self.rescan = False
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory and event.event_type != "created":
+            return
+        with self.lock:
+            self.paths.add(os.fsdecode(event.src_path))
+            if event.event_type in ("created", "moved", "deleted"):
+                self.rescan = True
+                if getattr(event, "dest_path", None):
+                    self.paths.add(os.fsdecode(event.dest_path))
+        self.poke()
+
+    def take(self) -> tuple[set[str], bool]:
+        with self.lock:
+            paths, rescan = self.paths, self.rescan
+            self.paths, self.rescan = set(), False
+        return paths, rescan
+
+
+@dataclass
+class Intervals:
+    """Seconds between the loop's periodic duties."""
+
+    rescan: float
+    tick: float
+    heartbeat: float
+
+
+class TailService:
+    """Follow `patterns`, fold, commit, audit; until `stop()` or SIGTERM/SIGINT."""
+
+    def __init__(
+        self,
+        patterns: list[str],
+        settings: Settings,
+        *,
+        poll: bool = False,
+        out: TextIO | None = None,
+        quiet: bool = False,
+        alerts: AlertSetup | None = None,
+    ) -> None:
+        self.patterns = patterns
+        self.settings = settings
+        self.alerts = alerts or default_alert_setup()
+        self.console = ServiceConsole(out, quiet=quiet)
+        self.recorded = threading.Event()
+        self.poll = poll
+        self.intervals = Intervals(
+            settings.rescan_interval, settings.tick_interval, settings.heartbeat_interval
+        )
+        self.wake = threading.Event()
+        self.dispatcher: Dispatcher | None = None
+        self.metrics = Metrics()
+        self.ingest = IngestCounts(settings.sources)
+        self.last_loop = time.monotonic()
+        self.lag_s = 0.0
+        self.lag_bytes = 0
+        self.due_lag = 0.0
+        self.stopping = False
+        self.started = time.monotonic()
+        self.started_at = wall_clock()
+
+    def stop(self, *_: Any) -> None:
+        self.stopping = True
+        self.wake.set()
+
+    def run(self) -> int:
+        """Serve until stopped; returns the exit code. A stop requested while starting up is
+        honoured as soon as the service is consistent (it still writes MONITOR_STOPPED)."""
+        previous = self._install_signals()
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(_restore_signals, previous)
+            lock = DatabaseLock(self.settings.database)
+            lock.acquire()
+            cleanup.callback(lock.release)
+            store = SqliteStore(self.settings.database)
+            cleanup.callback(store.close)
+            notes: list[DerivedEvent] = []
+            decisions = Decisions(
+                self.alerts.rules,
+                store,
+                self.alerts.policy(deliver=True, since_us=self._alerts_since(store)),
+            )
+            processor = Processor(
+                store,
+                stall_after_s=self.settings.stall_after,
+                max_line_bytes=self.settings.max_line_bytes,
+                wall_clock=wall_clock,
+                max_groups=self.settings.cache_groups,
+                rules=self.alerts.rules,
+                decisions=decisions,
+            )
+            dispatcher = Dispatcher(
+                self.settings.database,
+                build_handlers(
+                    self.alerts, self.settings, out=self.console.out, lock=self.console.lock
+                ),
+                self.alerts.delivery,
+                on_record=self._recorded,
+                on_failure=self._failed,
+            )
+            follower = Follower(
+                self.patterns,
+                store,
+                max_line_bytes=self.settings.max_line_bytes,
+                rotate_wait_s=self.settings.rotate_wait,
+                notes=notes,
+            )
+            cleanup.callback(follower.close)
+            audit = AuditLog(self.settings.logs_dir / "monitor.jsonl", store)
+            handler = FileChanges(self.wake.set)
+            observer = watch_files(self.patterns, handler, poll=self.poll)
+            processor.derived.append(
+                self._lifecycle(
+                    "MONITOR_STARTED",
+                    {
+                        "pid": os.getpid(),
+                        "database": str(self.settings.database),
+                        "patterns": self.patterns,
+                    },
+                )
+            )
+            follower.discover()
+            self._commit(processor, follower, notes, audit)
+            dispatcher.start()
+            cleanup.callback(dispatcher.stop)
+            self.dispatcher = dispatcher
+            self._serve_metrics(cleanup)
+            self._publish(processor, follower)
+            cleanup.callback(status_path(self.settings.database).unlink, missing_ok=True)
+            observer.start()
+            cleanup.callback(observer.join, 0.2)  # daemon threads; everything is committed
+            cleanup.callback(observer.stop)
+            self._loop(processor, follower, notes, audit, handler)
+            dispatcher.stop()
+            self.recorded.set()  # what the deliveries recorded last is evaluated and audited
+            processor.derived.append(
+                self._lifecycle(
+                    "MONITOR_STOPPED", {"uptime_s": round(time.monotonic() - self.started, 3)}
+                )
+            )
+            self._commit(processor, follower, notes, audit)
+        return 0
+
+    def _loop(
+        self,
+        processor: Processor,
+        follower: Follower,
+        notes: list[DerivedEvent],
+        audit: AuditLog,
+        handler: FileChanges,
+    ) -> None:
+        now = time.monotonic()
+        due_rescan = now + self.intervals.rescan
+        due_tick = now + self.intervals.tick
+        due_heartbeat = now + self.intervals.heartbeat
+        budget = self.settings.batch_max_bytes
+        behind = True  # unread bytes may be in any file (at the start: everything is unread)
+        while not self.stopping:
+            if not behind and self.settings.linger > 0:
+                time.sleep(self.settings.linger)  # let a trickle of lines share one commit
+            self.wake.clear()
+            paths, rescan = handler.take()
+            now = time.monotonic()
+            paths_to_read: set[str] | None = paths
+            if rescan or now >= due_rescan:
+                follower.discover()
+                due_rescan = now + self.intervals.rescan
+                paths_to_read = None
+            elif behind:
+                paths_to_read = None
+            reads = follower.read(budget, paths_to_read)
+            follower.retire(reads)
+            for read in reads:
+                before = processor.pending.accepted
+                processor.process(read.cursor.source, read.cursor.source_id, read.lines)
+                self.ingest.add(read.cursor.source, processor.pending.accepted - before)
+            if now >= due_tick:
+                processor.detect(time.time_ns() // 1000)
+                self._publish(processor, follower)
+                due_tick = now + self.intervals.tick
+            if now >= due_heartbeat:
+                accepted = follower.store.counters().get("events_accepted", 0)
+                processor.derived.append(
+                    self._lifecycle(
+                        "HEARTBEAT",
+                        {
+                            "events_accepted": accepted + processor.pending.accepted,
+                            "open_runs": len(processor.open_runs),
+                            "files": len(follower.cursors),
+                        },
+                    )
+                )
+                due_heartbeat = now + self.intervals.heartbeat
+            self._commit(processor, follower, notes, audit)
+            self.last_loop = time.monotonic()
+            behind = follower.behind
+            if behind:
+                continue  # more is waiting: keep reading without sleeping
+            timeout = max(0.0, min(due_rescan, due_tick, due_heartbeat) - time.monotonic())
+            self.wake.wait(timeout)
+
+    def _commit(
+        self, processor: Processor, follower: Follower, notes: list[DerivedEvent], audit: AuditLog
+    ) -> None:
+        checkpoints, forgotten = follower.checkpoints()
+        if notes:
+            processor.derived.extend(notes)
+            notes.clear()
+        now = time.time_ns() // 1000
+        recorded = self.recorded.is_set()
+        if not (
+            checkpoints
+            or forgotten
+            or processor.derived
+            or processor.changes
+            or processor.triggers
+            or recorded
+            or any(group.dirty for group in processor.cache.values())
+            or (processor.decisions is not None and processor.decisions.has_due(now))
+        ):
+            return
+        self.recorded.clear()
+        evaluated = follower.store.unevaluated() if recorded else None
+        processor.changes.forget = forgotten
+        processor.commit(checkpoints, now=now, evaluated=evaluated)
+        self.ingest.committed(self.metrics)
+        if processor.outboxed and self.dispatcher is not None:
+            self.dispatcher.poke()
+        records = audit.drain()
+        self.metrics.record(records)
+        self.console.records(records)
+
+    def _publish(self, processor: Processor, follower: Follower) -> None:
+        """Gauges and the status file: what the service is doing now, for scrapers, health
+        checks and `status --watch`."""
+        if time.monotonic() >= self.due_lag:  # a stat of every file: not on every tick
+            self.lag_bytes, self.lag_s = follower.lag(time.time())
+            self.due_lag = time.monotonic() + self.intervals.rescan
+        lag_bytes = self.lag_bytes
+        stalled = sum(1 for _, flagged in processor.open_runs.values() if flagged)
+        pending = follower.store.db.execute(
+            "SELECT count(*) FROM outbox WHERE state='pending'"
+        ).fetchone()[0]
+        metrics = self.metrics
+        metrics.lag_seconds.set(self.lag_s)
+        metrics.lag_bytes.set(lag_bytes)
+        metrics.active_runs.set(len(processor.open_runs))
+        metrics.stalled_runs.set(stalled)
+        metrics.outbox_pending.set(pending)
+        write_status(
+            status_path(self.settings.database),
+            {
+                "pid": os.getpid(),
+                "started_at": self.started_at,
+                "updated_at": wall_clock(),
+                "updated_unix": time.time(),
+                "ingest_lag_seconds": round(self.lag_s, 3),
+                "ingest_lag_bytes": lag_bytes,
+                "files": len(follower.cursors),
+                "open_runs": len(processor.open_runs),
+                "stalled_runs": stalled,
+                "outbox_pending": pending,
+                "events_accepted": processor.seen,
+            },
+        )
+
+    def _health(self, endpoint: str) -> tuple[bool, dict[str, Any]]:
+        """On the metrics thread: the checks, with the loop's own liveness."""
+        checks = run_checks(
+            self.settings,
+            loop_age_s=time.monotonic() - self.last_loop,
+            lag_s=self.lag_s,
+            only_liveness=endpoint == "livez",
+        )
+        return all(c.ok for c in checks), report(checks)
+
+    def _serve_metrics(self, cleanup: contextlib.ExitStack) -> None:
+        if self.settings.metrics_addr is None:
+            return
+        host, port = parse_address(self.settings.metrics_addr)
+        try:
+            server = MetricsServer(host, port, self.metrics, self._health)
+        except OSError as exc:
+            raise ServiceError(
+                f"metrics_addr {self.settings.metrics_addr}: cannot listen ({exc.strerror})"
+            ) from None
+        server.start()
+        cleanup.callback(server.stop)
+        self.console.write(f"metrics and health on http://{host}:{server.port}/metrics, /healthz")
+
+    def _recorded(self) -> None:
+        """On a delivery thread: something was recorded; the loop evaluates and audits it."""
+        self.recorded.set()
+        self.wake.set()
+
+    def _failed(self, payload: dict[str, Any], detail: str) -> None:
+        """The console is the fallback: a notification that could not be delivered shows
+        here, whatever channel it was for."""
+        what = payload.get("summary") or payload.get("job") or payload.get("id")
+        self.console.say(
+            f"DELIVERY FAILED {payload.get('rule') or payload.get('job')} "
+            f"run={payload.get('run_id')}: {detail} ({what})"
+        )
+
+    def _alerts_since(self, store: SqliteStore) -> int:
+        """The alert horizon: fixed when a database is first served, so a restart still
+        alerts on what happened while the service was down, but a new service does not
+        alert on history older than `alert_lookback`."""
+        since = store.meta().get("alerts_since")
+        if since is None:
+            since = str(time.time_ns() // 1000 - int(self.alerts.lookback_s * 1_000_000))
+            store.set_meta([("alerts_since", since)])
+        return int(since)
+
+    def _lifecycle(self, kind: str, data: dict[str, Any]) -> DerivedEvent:
+        return DerivedEvent(kind, time.time_ns() // 1000, None, data)
+
+    def _install_signals(self) -> dict[int, Any]:
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                previous[signum] = signal.signal(signum, self.stop)
+        return previous
+
+
+def watch_files(patterns: list[str], handler: FileChanges, *, poll: bool) -> Any:
+    """An unstarted watchdog observer over the folders the patterns can match."""
+    observer: Any = PollingObserver(timeout=1.0) if poll else Observer()
+    for directory, recursive in watched_directories(patterns):
+        if directory.is_dir():
+            observer.schedule(handler, str(directory), recursive=recursive)
+    return observer
+
+
+def _restore_signals(previous: dict[int, Callable[[int, FrameType | None], Any] | Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+class IngestCounts:
+    """Accepted events per configured source, counted into the metric only once committed.
+    Files are labelled by the source whose paths they fall under (bounded cardinality)."""
+
+    def __init__(self, sources: list[Source]) -> None:
+        self.prefixes = [
+            (os.path.abspath(static_prefix(path)), source.name)
+            for source in sources
+            for path in source.paths
+        ]
+        self.names: dict[str, str] = {}
+        self.pending: dict[str, int] = {}
+
+    def add(self, path: str, count: int) -> None:
+        if count:
+            name = self.names.get(path)
+            if name is None:
+                name = self.names[path] = next(
+                    (n for prefix, n in self.prefixes if path.startswith(prefix)), "default"
+                )
+            self.pending[name] = self.pending.get(name, 0) + count
+
+    def committed(self, metrics: Metrics) -> None:
+        for name, count in self.pending.items():
+            metrics.ingested.labels(name).inc(count)
+        self.pending.clear()
