@@ -10,10 +10,10 @@ DO UPDATE`), no `LIMIT -1`, no PRAGMA; open write transactions with `BEGIN IMMED
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Final
 
 import psycopg
 
