@@ -17,8 +17,8 @@ import pytest
 
 from helpers import RUNWATCH, run_cli
 from runwatch.sinks.store.schema import RUN_COLUMNS
-from runwatch.stream.cli.main import build_parser
-from runwatch.stream.devtools.simulate import simulate
+from runwatch.stream.cli.registry import build_parser
+from runwatch.stream.devtools.writer import simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / "config" / "runwatch.yaml"

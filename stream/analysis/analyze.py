@@ -54,22 +54,18 @@ always folded, so a run cut by the window keeps its true status.
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import sqlite3
-import sys
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 import orjson
 
 from runwatch.projections import RUN_TERMINAL, format_time
-from runwatch.sinks.analysis import FORMATS, RUN_STATUSES, render
-from runwatch.sinks.atomic import write_atomically
+from runwatch.sinks.analysis import RUN_STATUSES
 from runwatch.sinks.reports import PERCENTILES, nearest_rank
 from runwatch.sinks.store import fetch_dicts
 from runwatch.stream.analysis.observe import (
@@ -81,20 +77,11 @@ from runwatch.stream.analysis.observe import (
     Window,
     incident,
     normalise,
-    parse_moment,
-)
-from runwatch.stream.cli.common import (
-    EXIT_FAILURE,
-    EXIT_OK,
-    UsageError,
-    common_options,
-    open_existing,
-    settings_from_args,
 )
 from runwatch.stream.core.decode import parse_time
 from runwatch.stream.services.replay import PARALLEL_CHUNK_BYTES, replay
+from runwatch.stream.settings.database import open_existing
 from runwatch.stream.settings.service import Settings
-from runwatch.stream.sources.discovery import expand
 
 MESSAGES_PER_NAME: Final = 3
 SUCCESS_DENOMINATOR: Final = ("succeeded", "failed", "partial", "quarantined")
@@ -542,119 +529,3 @@ def _totals(
         totals["clock_skew_backwards"] = sum(f.backwards for f in observer.files.values())
         totals["clock_skew_future"] = sum(f.future for f in observer.files.values())
     return totals
-
-
-# --- the command --------------------------------------------------------------------------
-
-
-def add_command(commands: Any) -> None:
-    """Add `runwatch analyze` to the CLI's subcommands."""
-    parser = commands.add_parser(
-        "analyze",
-        help="offline statistics over JSONL logs or a projection database",
-        description="Analyse JSONL logs (files, directories searched recursively for *.jsonl, "
-        "or globs: folded exactly as `runwatch replay` does, into a scratch "
-        "database) or, without PATH, an existing database: runs by status per "
-        "day, success rate, duration percentiles per workstream, phase, pattern "
-        "and tool, slowest tasks, top failures with their most common error "
-        "messages, stall incidents, events per hour, dead letters, duplicates and "
-        "clock skew.",
-    )
-    parser.add_argument(
-        "paths",
-        nargs="*",
-        metavar="PATH",
-        help="log files, directories or globs (default: analyse the database)",
-    )
-    common_options(parser)
-    parser.add_argument(
-        "--since",
-        metavar="TIME",
-        help="from this time on: ISO-8601, a date, or a duration back from "
-        "now such as 12h or 7d (inclusive)",
-    )
-    parser.add_argument(
-        "--until",
-        metavar="TIME",
-        help="before this time: ISO-8601, a date (its end), or a duration "
-        "back from now (exclusive)",
-    )
-    parser.add_argument(
-        "--format",
-        choices=FORMATS,
-        default="table",
-        help="table (default, for a terminal), json, csv or html (one "
-        "self-contained page with charts)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        metavar="FILE",
-        help="write the result to FILE (atomically) instead of stdout",
-    )
-    parser.add_argument(
-        "--top",
-        type=int,
-        default=10,
-        metavar="N",
-        help="rows in each top list (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--stall-after",
-        metavar="SECONDS",
-        help="override stall_after for stall incidents (e.g. 1800, 30m)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="worker processes for the logs, as for replay (0: none)",
-    )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="draw a progress bar (default: when stderr is a terminal)",
-    )
-    parser.set_defaults(handler=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """The `analyze` handler: 0 ok, 1 the result could not be written, 2 bad usage."""
-    settings = settings_from_args(args)
-    window = window_from_args(args.since, args.until, datetime.now(UTC))
-    if args.top < 1 or (args.workers is not None and args.workers < 0):
-        raise UsageError("analyze: --top must be 1 or more and --workers 0 or more")
-    if args.paths and args.db is not None:
-        raise UsageError("analyze: give PATHs (analyse the logs) or --db (a database), not both")
-    if args.paths:
-        files = expand(args.paths)
-        if not files:
-            raise UsageError(f"analyze: no *.jsonl files in {' '.join(args.paths)}")
-        analysis = analyze_logs(
-            files, settings, window, top=args.top, workers=args.workers, progress=args.progress
-        )
-    else:
-        analysis = analyze_database(settings, window, top=args.top)
-    data = render(analysis, args.format)
-    if args.out is None:
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
-        return EXIT_OK
-    try:
-        write_atomically(args.out, data)
-    except OSError as exc:
-        print(f"runwatch: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    return EXIT_OK
-
-
-def window_from_args(since: str | None, until: str | None, now: datetime) -> Window:
-    """--since/--until as a window; an empty window is a usage error."""
-    window = Window(
-        None if since is None else parse_moment(since, "--since", now),
-        None if until is None else parse_moment(until, "--until", now, end_of_day=True),
-    )
-    if window.lo >= window.hi:
-        raise UsageError("analyze: --since must be before --until")
-    return window

@@ -16,8 +16,8 @@ from typing import Any, Final
 
 from runwatch.projections import ORCHESTRATOR, PATTERN, Event, format_time
 from runwatch.sinks.reports import ERROR_FIELDS
-from runwatch.stream.cli.common import UsageError
 from runwatch.stream.core.decode import BadField, parse_time
+from runwatch.stream.errors import UsageError
 
 MAX_MESSAGE: Final = 500
 _ABSENT: Final = object()

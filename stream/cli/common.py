@@ -1,19 +1,32 @@
-"""What every command shares: exit codes, usage errors, the common options, settings."""
+"""What the commands share: the shape of a command, the common options, settings, inputs."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runwatch.sinks.store import Store, open_store
+from runwatch.stream.errors import UsageError
 from runwatch.stream.settings.service import Settings, load_settings
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
+@dataclass(frozen=True)
+class Command:
+    """One `runwatch` command: a leaf with `add_arguments` and `run`, or a group of
+    `subcommands`. Every command module exposes one as `COMMAND`; the registry lists them."""
 
-class UsageError(Exception):
-    """Bad arguments; printed as one line, exit code 2."""
+    name: str
+    help: str
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    run: Callable[[argparse.Namespace], int] | None = None
+    subcommands: tuple[Command, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.run is None) == (not self.subcommands):
+            raise ValueError(f"command {self.name!r}: give either run or subcommands")
 
 
 def common_options(parser: argparse.ArgumentParser) -> None:
@@ -49,13 +62,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def open_existing(settings: Settings) -> Store:
-    """The configured database, which must exist (a PostgreSQL URL is opened as given)."""
-    if settings.database_url is not None:
-        return open_store(settings.database_url)
-    if not settings.database.exists():
-        raise UsageError(
-            f"{settings.database}: no such database; build one with "
-            "`runwatch replay PATH...` or point --db at it"
-        )
-    return open_store(settings.database)
+def input_patterns(args: argparse.Namespace, settings: Settings, command: str) -> list[str]:
+    """PATH arguments, else every path of the config's sources."""
+    patterns: list[str] = args.paths or [p for source in settings.sources for p in source.paths]
+    if not patterns:
+        raise UsageError(f"{command}: give PATHs, or list sources in the config file")
+    return patterns

@@ -28,7 +28,7 @@ from typing import Any, Final, TextIO
 
 import orjson
 
-from runwatch.stream.cli.common import EXIT_OK, UsageError
+from runwatch.stream.errors import EXIT_OK, UsageError
 from runwatch.stream.services.health import process_alive, status_path
 from runwatch.stream.settings.service import Settings
 

@@ -32,7 +32,6 @@ were sent. Blank lines are not sent; they only move the checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
@@ -43,8 +42,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from hashlib import sha256
 from pathlib import Path
-from typing import Any, Final, NamedTuple, TextIO, TypeVar
-from urllib.parse import quote, urlsplit
+from typing import Final, NamedTuple, TextIO, TypeVar
+from urllib.parse import quote
 
 import nats
 from nats.aio.client import Client as NATS
@@ -56,10 +55,10 @@ from nats.js.errors import NoStreamResponseError, NotFoundError, TooManyStalledM
 from runwatch.projections import DerivedEvent
 from runwatch.sinks.store.api import Changes
 from runwatch.sinks.store.sqlite import SqliteStore
-from runwatch.stream.cli.common import EXIT_OK, UsageError, settings_from_args
 from runwatch.stream.console import ServiceConsole, wall_clock
 from runwatch.stream.core.decode import RAW_KEEP, Rejection, decode
 from runwatch.stream.core.lines import Lines
+from runwatch.stream.errors import EXIT_OK
 from runwatch.stream.services.tail import DatabaseLock, FileChanges, watch_files
 from runwatch.stream.settings.service import Settings
 from runwatch.stream.sources.follow import Follower, Read
@@ -466,76 +465,3 @@ def _describe(exc: BaseException) -> str:
 def _redact(url: str) -> str:
     """A server URL without its user and password, for the console."""
     return ",".join(re.sub(r"//[^/@]*@", "//", part) for part in url.split(","))
-
-
-def add_command(commands: Any) -> None:
-    """Add `runwatch ship` to the CLI's subcommands."""
-    parser = commands.add_parser(
-        "ship",
-        help="publish event files, line by line, to NATS JetStream",
-        description="Follow files, directories (recursively, *.jsonl) or globs (default: the "
-        "config's sources) exactly as `tail` does, and publish every line to the "
-        "JetStream subject runwatch.events.<run id> with the event id as "
-        "Nats-Msg-Id. A file's checkpoint advances only once its lines are acked; "
-        "while NATS is away the batch is retried. The server partitions runs with "
-        "the mapping runwatch.events.* -> "
-        "runwatch.part.{{partition(N,1)}}.{{wildcard(1)}} in its config, and the "
-        "stream takes runwatch.part.>. Stops cleanly on SIGTERM/SIGINT.",
-    )
-    parser.add_argument(
-        "paths", nargs="*", metavar="PATH", help="files, directories or globs to follow"
-    )
-    parser.add_argument(
-        "--nats",
-        default=DEFAULT_URL,
-        metavar="URL",
-        help="NATS server URL, or several separated by commas (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--db",
-        dest="checkpoints",
-        type=Path,
-        default=DEFAULT_DB,
-        metavar="FILE",
-        help="the shipper's checkpoint database, one shipper per file (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="configuration file (default: config/runwatch.yaml if present)",
-    )
-    parser.add_argument(
-        "--stream",
-        default=DEFAULT_STREAM,
-        metavar="NAME",
-        help="JetStream stream, created on runwatch.part.> if missing (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--poll",
-        action="store_true",
-        help="poll for changes instead of inotify (network filesystems)",
-    )
-    parser.set_defaults(handler=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """The `ship` handler."""
-    settings = settings_from_args(args)
-    patterns: list[str] = args.paths or [p for s in settings.sources for p in s.paths]
-    if not patterns:
-        raise UsageError("ship: give PATHs, or list sources in the config file")
-    for url in args.nats.split(","):
-        parts = urlsplit(url)
-        if parts.scheme not in ("nats", "tls", "ws", "wss") or not parts.hostname:
-            raise UsageError(f"ship: --nats {url!r} is not a URL like nats://host:4222")
-    if not _TOKEN.fullmatch(args.stream):
-        raise UsageError(f"ship: --stream {args.stream!r}: use letters, digits, _ and -")
-    return ShipService(
-        patterns,
-        settings,
-        url=args.nats,
-        database=args.checkpoints,
-        stream=args.stream,
-        poll=args.poll,
-    ).run()

@@ -35,15 +35,12 @@ from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.core.processor import Processor
 from runwatch.stream.delivery.dispatcher import Dispatcher
 from runwatch.stream.delivery.handlers import build_handlers
+from runwatch.stream.errors import ServiceError
 from runwatch.stream.services.health import report, run_checks, status_path, write_status
 from runwatch.stream.settings.alerts import AlertSetup, default_alert_setup
 from runwatch.stream.settings.service import Settings, Source, parse_address
 from runwatch.stream.sources.discovery import static_prefix, watched_directories
 from runwatch.stream.sources.follow import Follower
-
-
-class ServiceError(Exception):
-    """The service cannot start; the message says why and what to do."""
 
 
 class DatabaseLock:

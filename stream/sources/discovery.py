@@ -10,13 +10,10 @@ from pathlib import Path
 from typing import Final
 
 from runwatch.sinks.store.api import Checkpoint
+from runwatch.stream.errors import InputError
 
 FINGERPRINT_BYTES: Final = 1024
 TAIL_HASH_BYTES: Final = 256
-
-
-class InputError(Exception):
-    """A path argument that names nothing readable."""
 
 
 def expand(patterns: list[str]) -> list[Path]:

@@ -231,9 +231,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cli = runwatch_command()
     if "analyze" not in run_checked([*cli, "--help"]).stdout:
-        raise BenchError(
-            "this runwatch has no `analyze` command yet (see stream/analyze.py add_command)"
-        )
+        raise BenchError("this runwatch has no `analyze` command yet (see stream/cli/analyze.py)")
     corpus = ensure_corpus(cli, out, args.events)
     workers = [] if args.workers is None else ["--workers", str(args.workers)]
     timings = {name: Timings(name) for name in COMMANDS}

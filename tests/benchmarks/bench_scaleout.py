@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from benchkit import percentile, report_figures
 
 from natsserver import NatsServer  # the tests' private nats-server
-from runwatch.stream.devtools.simulate import simulate
+from runwatch.stream.devtools.writer import simulate
 
 RUNWATCH = [sys.executable, "-m", "runwatch.stream.cli.main"]
 SPLITS = {1: ["0,1,2,3/4"], 2: ["0,1/4", "2,3/4"], 4: ["0/4", "1/4", "2/4", "3/4"]}

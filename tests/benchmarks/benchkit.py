@@ -18,12 +18,18 @@ class BenchError(Exception):
     """A command the benchmark runs failed; printed as one message, exit code 1."""
 
 
+SIMULATOR_MODULES = ("plan", "expected", "writer")
+
+
 def simulator_digest() -> str:
     """Names the simulator's code, so a cached corpus is regenerated when it changes."""
-    spec = importlib.util.find_spec("runwatch.stream.devtools.simulate")
-    if spec is None or spec.origin is None:
-        return "unknown"
-    return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for name in SIMULATOR_MODULES:
+        spec = importlib.util.find_spec(f"runwatch.stream.devtools.{name}")
+        if spec is None or spec.origin is None:
+            return "unknown"
+        digest.update(Path(spec.origin).read_bytes())
+    return digest.hexdigest()
 
 
 def count_lines(files: Sequence[Path]) -> int:

@@ -16,7 +16,7 @@ import orjson
 import pytest
 
 from helpers import RUNWATCH, TailProcess, converged, counters, replay_into
-from runwatch.stream.devtools.simulate import simulate
+from runwatch.stream.devtools.writer import simulate
 
 SEED = 20261122
 KILLS = 12  # at least; the service is killed again and again until the writer is done

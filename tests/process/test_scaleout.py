@@ -14,7 +14,7 @@ from natsserver import NatsServer
 from receivers import WebhookReceiver
 from runwatch.sinks.archive import verify_archive
 from runwatch.sinks.store import open_store
-from runwatch.stream.devtools.simulate import simulate
+from runwatch.stream.devtools.writer import simulate
 
 NEVER_STALLS = "stall_after: 36500d\ntick_interval: 0.2s\n"
 

@@ -17,7 +17,7 @@ from helpers import replay_into
 from runwatch.projections import ORCHESTRATOR, format_time
 from runwatch.sinks.reports import build_index, build_run_reports, nearest_rank, write_reports
 from runwatch.stream.core.decode import decode
-from runwatch.stream.devtools.simulate import simulate
+from runwatch.stream.devtools.writer import simulate
 
 HOSTILE_RUN = "../../etc/x"
 HOSTILE_TASK = '"><svg onload=alert(2)>'

@@ -41,7 +41,7 @@ from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.core.decode import RAW_KEEP
 from runwatch.stream.core.lines import LineSplitter
 from runwatch.stream.core.processor import Processor
-from runwatch.stream.devtools.simulate import simulate
+from runwatch.stream.devtools.writer import simulate
 from runwatch.stream.settings.alerts import default_alert_setup
 from runwatch.stream.sources.discovery import checkpoint_for, expand
 

@@ -1,11 +1,10 @@
 """`runwatch analyze`: offline statistics that agree with replay, from logs or a database.
 
-The tests named `test_cli_*` run the real `runwatch analyze` executable, so they need the
-command wired into `stream/cli.py` (`add_command`); the others call the library."""
+The tests named `test_cli_*` run the real `runwatch analyze` executable (the command is
+`stream/cli/analyze.py`); the others call the library."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 from datetime import UTC, datetime
@@ -17,16 +16,12 @@ import pytest
 
 from helpers import UPSTREAM, replay_into, run_cli
 from runwatch.sinks.analysis import SECTIONS, render
-from runwatch.stream.analysis.analyze import (
-    NEEDS_LOGS,
-    add_command,
-    analyze_database,
-    analyze_logs,
-    window_from_args,
-)
+from runwatch.stream.analysis.analyze import NEEDS_LOGS, analyze_database, analyze_logs
 from runwatch.stream.analysis.observe import Window, normalise, parse_moment
-from runwatch.stream.cli.common import UsageError
-from runwatch.stream.devtools.simulate import simulate
+from runwatch.stream.cli.analyze import window_from_args
+from runwatch.stream.cli.registry import build_parser
+from runwatch.stream.devtools.writer import simulate
+from runwatch.stream.errors import UsageError
 from runwatch.stream.services.replay import ReplaySummary
 from runwatch.stream.settings.service import Settings
 from runwatch.stream.sources.discovery import expand
@@ -377,9 +372,8 @@ def test_table_lists_every_section(analysis: dict[str, Any]) -> None:
 
 
 def test_the_command_writes_its_output_file(corpus: Path, tmp_path: Path) -> None:
-    """`add_command` gives a working subcommand: arguments, handler, atomic --out."""
-    parser = argparse.ArgumentParser(prog="runwatch")
-    add_command(parser.add_subparsers())
+    """The registered command works in-process: arguments, handler, atomic --out."""
+    parser = build_parser()
     out = tmp_path / "out" / "analysis.json"
     args = parser.parse_args(
         [

@@ -10,7 +10,7 @@ from runwatch.projections import DerivedEvent, detect_stalls
 from runwatch.projections.events import to_micros
 from runwatch.sinks.store.api import Changes
 from runwatch.stream.core.decisions import Decisions
-from runwatch.stream.devtools.simulate import simulate
+from runwatch.stream.devtools.writer import simulate
 from runwatch.stream.services.replay import replay
 from runwatch.stream.settings.alerts import default_alert_setup
 from runwatch.stream.settings.service import Settings

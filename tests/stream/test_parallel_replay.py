@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 
 from helpers import snapshot
-from runwatch.stream.devtools.simulate import simulate
+from runwatch.stream.devtools.writer import simulate
 from runwatch.stream.services.replay import replay
 from runwatch.stream.settings.service import Settings
 from runwatch.stream.sources.discovery import expand

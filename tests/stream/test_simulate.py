@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runwatch.stream.devtools.simulate import SimulationSummary, add_arguments, run, simulate
+from runwatch.stream.cli.simulate import add_arguments, run
+from runwatch.stream.devtools.writer import SimulationSummary, simulate
 
 ULID = r"[0-9A-HJKMNP-TV-Z]{26}"
 BUS_FIELDS = [

@@ -1,32 +1,32 @@
-"""Deterministic generator of realistic orchestrator and pattern event JSONL corpora."""
+"""What the simulated runs do: a deterministic plan from a seed.
+
+`Planner.schedule()` says when each run starts and whether it stalls or uses the v1 shape;
+`Planner.build_run()` then makes one run's lines, in time order, with the status a correct
+projection must give it. Every random draw comes from one seeded generator in a fixed
+order, so the same seed and options always plan the same bytes.
+"""
 
 from __future__ import annotations
 
-import argparse
 import base64
-import heapq
 import itertools
-import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
+from datetime import date
 from random import Random
-from time import monotonic, sleep
-from typing import IO, Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
-__all__ = ["SimulationSummary", "add_arguments", "run", "simulate"]
-
-DEFAULT_START: Final = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
-LIVE_SPAN_HOURS: Final = 6
-ROLL_LINES: Final = 50_000
+from runwatch.stream.devtools.expected import (
+    RUN_COMPLETED_STATUSES,
+    TASK_RANK,
+    Record,
+    project,
+)
 
 _S: Final = 1_000_000
 _MIN: Final = 60 * _S
 _HOUR: Final = 3600 * _S
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
 
 # Arrival gap chosen so that big corpora keep ~30-40 runs active at once (runs last ~20 min).
@@ -44,9 +44,9 @@ _PATTERN_RUN_SHARE: Final = 0.5
 _PATTERN_TASK_SHARE: Final = 0.35
 _WORKSTREAM_EVENT_SHARE: Final = 0.5
 
-_ORCH: Final = 0
-_LEGACY: Final = 1
-_PATTERN: Final = 2
+
+# Where a line goes: the event-bus log, the v1 log, or the global pattern log.
+ORCHESTRATOR, LEGACY, PATTERN = 0, 1, 2
 
 _NO_TASK: Final = -1
 # Event-bus lines that name the job; tool calls and progress leave it null, as upstream does.
@@ -129,177 +129,50 @@ _LEGACY_KIND: Final = {
     "run_cancelled": ("run_completed", "canceled"),
 }
 
-# Contract §2 projection tables, used to compute what a correct projection must say.
-_TASK_RANK: Final[dict[str, tuple[int, str | None]]] = {
-    "task_created": (0, "pending"),
-    "task_assigned": (0, "pending"),
-    "task_started": (1, "running"),
-    "step_started": (1, "running"),
-    "task_progress": (2, "running"),
-    "task_completed": (3, "succeeded"),
-    "task_succeeded": (3, "succeeded"),
-    "task_failed": (3, "failed"),
-    "step_failed": (3, "failed"),
-    "task_skipped": (3, "skipped"),
-    "task_canceled": (3, "canceled"),
-    "task_cancelled": (3, "canceled"),
-    "step_completed": (3, None),
-}
-_TASK_TERMINAL: Final = frozenset({"succeeded", "failed", "skipped", "canceled"})
-_START_TYPES: Final = frozenset({"run_started", "task_started", "step_started"})
-_RUN_TERMINAL: Final[dict[str, str | None]] = {
-    "run_completed": None,
-    "run_succeeded": "succeeded",
-    "run_failed": "failed",
-    "run_quarantined": "quarantined",
-    "run_canceled": "canceled",
-    "run_cancelled": "canceled",
-}
-_RUN_COMPLETED_STATUSES: Final = frozenset(
-    {"succeeded", "failed", "partial", "quarantined", "canceled"}
-)
-
 # (time, seq, kind, task index, workstream, payload, severity, tool_id, file_id)
 _Ev = tuple[int, int, str, int, str | None, dict[str, Any], str, str | None, str | None]
-# (time, type, task key, payload) as written, for the expected-status projection
-_Rec = tuple[int, str, str | None, dict[str, Any]]
 # (time, sink, line)
-_Out = tuple[int, int, bytes]
+TimedLine = tuple[int, int, bytes]
 
 
-@dataclass(frozen=True)
-class SimulationSummary:
-    """What `simulate` wrote and what a correct projection of it must conclude."""
+class PlannedRun(NamedTuple):
+    """One run's lines in time order, the status a projection must reach, and its job's
+    pattern lines (the job-scoped pattern file repeats them)."""
 
-    runs: int
-    events: int
-    files: list[str]
-    bytes_written: int
-    expected_status: dict[str, str]
-    stalled_runs: list[str]
-    last_event_time: str
-    lines: int
+    run_id: str
+    lines: list[TimedLine]
+    status: str
+    stalled: bool
+    job_id: str
+    job_lines: list[bytes]
 
 
-def simulate(
-    out_dir: Path,
-    runs: int = 10,
-    seed: int = 0,
-    fail_rate: float = 0.2,
-    stall_rate: float = 0.1,
-    tasks_per_run: tuple[int, int] = (4, 12),
-    start: datetime | None = None,
-    pace: float | None = None,
-    roll_lines: int = ROLL_LINES,
-) -> SimulationSummary:
-    """Write a deterministic corpus of `runs` runs under `out_dir` and summarise it.
-
-    With `pace`, lines are written in event-time order at about that many per second and
-    flushed as they go, so a running `runwatch tail` sees runs unfold live.
-
-    `events` counts distinct events; `lines` also counts the job-scoped pattern files, which
-    repeat lines of `patterns/pattern_events.jsonl`. Existing files with the same names are
-    overwritten, others are left alone. The orchestrator log rolls over to a new numbered
-    file every `roll_lines` lines.
-    """
-    if runs < 1:
-        raise ValueError(f"runs must be at least 1, got {runs}")
-    for name, rate in (("fail_rate", fail_rate), ("stall_rate", stall_rate)):
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"{name} must be between 0 and 1, got {rate}")
-    low, high = tasks_per_run
-    if not 1 <= low <= high:
-        raise ValueError(f"tasks_per_run must satisfy 1 <= MIN <= MAX, got {tasks_per_run}")
-    origin = start if start is not None else DEFAULT_START
-    if origin.tzinfo is None:
-        origin = origin.replace(tzinfo=UTC)
-    sim = _Simulator(Path(out_dir), runs, seed, fail_rate, stall_rate, (low, high), origin)
-    sim.pace = pace
-    sim.roll_lines = roll_lines
-    return sim.generate()
-
-
-def _micros(moment: datetime) -> int:
-    return (moment - _EPOCH) // timedelta(microseconds=1)
-
-
-def _format_utc(us: int) -> str:
-    return (_EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _project(records: Iterable[_Rec]) -> tuple[str, dict[str, str]]:
-    """Run status and task statuses by the contract's semantics, from the events of one run."""
-    declared = 0
-    latest: dict[str, tuple[int, int, int, str]] = {}
-    explicit: tuple[int, int, str | None] | None = None
-    started = False
-    for order, (time, kind, task, payload) in enumerate(records):
-        if kind in _START_TYPES:
-            started = True
-        elif kind == "run_created":
-            for field in ("total_tasks", "total_steps"):
-                value = payload.get(field)
-                if isinstance(value, int) and value > declared:
-                    declared = value
-        life = _TASK_RANK.get(kind)
-        if life is not None and task is not None:
-            rank, status = life
-            if status is None:
-                given = payload.get("status")
-                status = given if given in _TASK_TERMINAL else "failed"
-            key = (time, rank, order, status)
-            if task not in latest or key > latest[task]:
-                latest[task] = key
-        if kind in _RUN_TERMINAL and (explicit is None or (time, order) > explicit[:2]):
-            status = _RUN_TERMINAL[kind]
-            if status is None:
-                given = payload.get("status")
-                status = given if given in _RUN_COMPLETED_STATUSES else None
-            explicit = (time, order, status)
-    tasks = {task: key[3] for task, key in latest.items()}
-    failed = sum(1 for s in tasks.values() if s == "failed")
-    succeeded = sum(1 for s in tasks.values() if s == "succeeded")
-    derived = "succeeded" if not failed else "partial" if succeeded else "failed"
-    if explicit is not None:
-        return explicit[2] or derived, tasks
-    terminal = sum(1 for s in tasks.values() if s in _TASK_TERMINAL)
-    if declared >= 1 and terminal >= declared:
-        return derived, tasks
-    return ("running" if started else "pending"), tasks
-
-
-def _abstract_records(events: Iterable[_Ev]) -> Iterable[_Rec]:
+def _abstract_records(events: Iterable[_Ev]) -> Iterable[Record]:
     for time, _seq, kind, task, _ws, payload, _sev, _tool, _file in events:
         if kind != "pattern":
             yield time, kind, (str(task) if task != _NO_TASK else None), payload
 
 
-class _Simulator:
+class Planner:
+    """Plans `runs` runs from `seed`; call `schedule()` once, then `build_run()` for each
+    scheduled run in schedule order (the draws must come in that order)."""
+
     def __init__(
         self,
-        out_dir: Path,
         runs: int,
         seed: int,
         fail_rate: float,
         stall_rate: float,
         tasks_per_run: tuple[int, int],
-        origin: datetime,
+        origin_us: int,
     ) -> None:
-        self.out_dir = out_dir
         self.runs = runs
         self.rng = Random(seed)
         self.fail_rate = fail_rate
         self.stall_rate = stall_rate
         self.tasks_per_run = tasks_per_run
-        self.origin = _micros(origin)
+        self.origin = origin_us
         self._dates: dict[int, str] = {}
-        self.files: list[str] = []
-        self.bytes_written = 0
-        self.lines = 0
-        self.events = 0
-        self.pace: float | None = None
-        self.roll_lines = ROLL_LINES
-        self.paced_from = 0.0
 
     # -- identifiers and timestamps -----------------------------------------------------
 
@@ -320,7 +193,7 @@ class _Simulator:
 
     # -- corpus --------------------------------------------------------------------------
 
-    def plan(self) -> list[tuple[int, int, bool, bool]]:
+    def schedule(self) -> list[tuple[int, int, bool, bool]]:
         """(start, index, stalled, legacy) per run, sorted by start time."""
         rng = self.rng
         count = self.runs
@@ -344,114 +217,8 @@ class _Simulator:
         plans.sort()
         return plans
 
-    def generate(self) -> SimulationSummary:
-        plans = self.plan()
-        expected: dict[str, str] = {}
-        stalled_runs: list[str] = []
-        heap: list[tuple[int, int, int, list[_Out]]] = []
-        orch: IO[bytes] | None = None
-        orch_lines = 0
-        orch_index = 0
-        legacy: IO[bytes] | None = None
-        patterns: IO[bytes] | None = None
-        last = self.origin
-        next_plan = 0
-        total = len(plans)
-        try:
-            while next_plan < total or heap:
-                if next_plan < total and (not heap or plans[next_plan][0] <= heap[0][0]):
-                    start, _index, stalled, is_legacy = plans[next_plan]
-                    run_id, outs, status, quiet = self.build_run(start, stalled, is_legacy)
-                    expected[run_id] = status
-                    if quiet:
-                        stalled_runs.append(run_id)
-                    if outs:
-                        heapq.heappush(heap, (outs[0][0], next_plan, 0, outs))
-                    next_plan += 1
-                    continue
-                time, order, pos, outs = heap[0]
-                _t, sink, line = outs[pos]
-                if sink == _ORCH:
-                    if orch is None or orch_lines >= self.roll_lines:
-                        if orch is not None:
-                            self.bytes_written += orch.tell()
-                            orch.close()
-                        orch = self.open(f"orchestrator/events-{orch_index:03d}.jsonl")
-                        orch_index += 1
-                        orch_lines = 0
-                    orch.write(line)
-                    orch_lines += 1
-                elif sink == _LEGACY:
-                    if legacy is None:
-                        legacy = self.open("legacy/run_events.jsonl")
-                    legacy.write(line)
-                else:
-                    if patterns is None:
-                        patterns = self.open("patterns/pattern_events.jsonl")
-                    patterns.write(line)
-                self.events += 1
-                last = time
-                if self.pace:
-                    self.keep_pace((orch, legacy, patterns))
-                pos += 1
-                if pos < len(outs):
-                    heapq.heapreplace(heap, (outs[pos][0], order, pos, outs))
-                else:
-                    heapq.heappop(heap)
-        finally:
-            for handle in (orch, legacy, patterns):
-                if handle is not None:
-                    self.bytes_written += handle.tell()
-                    handle.close()
-        self.lines += self.events
-        return SimulationSummary(
-            runs=total,
-            events=self.events,
-            files=sorted(self.files),
-            bytes_written=self.bytes_written,
-            expected_status=expected,
-            stalled_runs=stalled_runs,
-            last_event_time=_format_utc(last),
-            lines=self.lines,
-        )
-
-    def keep_pace(self, handles: tuple[IO[bytes] | None, ...]) -> None:
-        """Flush about 50 times a second and sleep to hold `pace` lines per second."""
-        assert self.pace is not None
-        if self.events == 1:
-            self.paced_from = monotonic()
-        if self.events % max(1, int(self.pace // 50)):
-            return
-        for handle in handles:
-            if handle is not None:
-                handle.flush()
-        ahead = self.paced_from + self.events / self.pace - monotonic()
-        if ahead > 0:
-            sleep(ahead)
-
-    def open(self, relative: str) -> IO[bytes]:
-        path = self.out_dir / relative
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.files.append(str(path))
-        return path.open("wb", buffering=1 << 20)
-
-    def write_job_file(self, job_id: str, lines: list[bytes]) -> None:
-        # A job belongs to one run, so its file is the run's pattern lines in the same
-        # (time, sequence) order the global merge writes them.
-        data = b"".join(lines)
-        path = self.out_dir / "patterns" / "jobs" / job_id / "pattern_events.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        self.files.append(str(path))
-        self.bytes_written += len(data)
-        self.lines += len(lines)
-
-    # -- one run -------------------------------------------------------------------------
-
-    def build_run(
-        self, start: int, stalled: bool, legacy: bool
-    ) -> tuple[str, list[_Out], str, bool]:
-        """Generate one run; returns (run_id, time-sorted lines, expected status, stalled)."""
+    def build_run(self, start: int, stalled: bool, legacy: bool) -> PlannedRun:
+        """One run as scheduled: its lines, its expected status, whether it went quiet."""
         rng = self.rng
         total = rng.randint(*self.tasks_per_run)
         width = min(total, rng.choice((2, 2, 3)))
@@ -542,7 +309,7 @@ class _Simulator:
         elif canceled:
             self.cancel(events, started, end, task_ws, add)
         elif not implicit:
-            status, _ = _project(_abstract_records(events))
+            status, _ = project(_abstract_records(events))
             if failing and rng.random() < 0.35:
                 add(end, "run_failed", payload={"reason": "tasks failed"}, severity="error")
             else:
@@ -555,11 +322,9 @@ class _Simulator:
         outs, records, job_lines = self.serialise(
             events, legacy, run_id, job_id, task_ids, task_ws, workers, suffix
         )
-        status, _ = _project(records)
-        if job_lines:
-            self.write_job_file(job_id, job_lines)
-        quiet = stalled and status not in _RUN_COMPLETED_STATUSES
-        return run_id, outs, status, quiet
+        status, _ = project(records)
+        quiet = stalled and status not in RUN_COMPLETED_STATUSES
+        return PlannedRun(run_id, outs, status, quiet, job_id, job_lines)
 
     def task(
         self,
@@ -704,15 +469,15 @@ class _Simulator:
             # Stops right after run_created: a projection must call it pending.
             return [ev for ev in events if ev[0] <= start]
         finals = sorted(
-            max(ev[0] for ev in events if ev[3] == task and ev[2] in _TASK_RANK)
+            max(ev[0] for ev in events if ev[3] == task and ev[2] in TASK_RANK)
             for task in range(total)
         )
         done = rng.randint(1, min(3, total - 1)) if total > 1 else 0
         low = finals[done - 1] if done else started
         cut = min(low + int(rng.random() * (finals[done] - low)), start + _STALL_SPAN)
         kept = [ev for ev in events if ev[0] <= cut]
-        status, _ = _project(_abstract_records(kept))
-        if status in _RUN_COMPLETED_STATUSES:
+        status, _ = project(_abstract_records(kept))
+        if status in RUN_COMPLETED_STATUSES:
             kept = [ev for ev in events if ev[0] <= started]
         return kept
 
@@ -729,7 +494,7 @@ class _Simulator:
         events.sort()
         cut = started + _S + int(rng.random() * max(1, end - started - _S))
         events[:] = [ev for ev in events if ev[0] <= cut]
-        _, tasks = _project(_abstract_records(events))
+        _, tasks = project(_abstract_records(events))
         clock = cut
         for key, status in sorted(tasks.items(), key=lambda item: int(item[0])):
             if status == "running":
@@ -760,16 +525,16 @@ class _Simulator:
         task_ws: list[str],
         workers: list[str],
         suffix: str,
-    ) -> tuple[list[_Out], list[_Rec], list[bytes]]:
-        outs: list[_Out] = []
-        records: list[_Rec] = []
+    ) -> tuple[list[TimedLine], list[Record], list[bytes]]:
+        outs: list[TimedLine] = []
+        records: list[Record] = []
         job_lines: list[bytes] = []
         stamp = self.stamp
         for time, _seq, kind, task, ws, payload, severity, tool, file in events:
             if kind == "pattern":
                 payload["timestamp"] = stamp(time, "+00:00")
                 line = _DUMPS(payload, option=_NL)
-                outs.append((time, _PATTERN, line))
+                outs.append((time, PATTERN, line))
                 job_lines.append(line)
                 continue
             task_id = task_ids[task] if task != _NO_TASK else None
@@ -791,7 +556,7 @@ class _Simulator:
                     },
                     option=_NL,
                 )
-                outs.append((time, _LEGACY, line))
+                outs.append((time, LEGACY, line))
             else:
                 if ws is None and task != _NO_TASK:
                     ws = task_ws[task]
@@ -812,119 +577,6 @@ class _Simulator:
                     },
                     option=_NL,
                 )
-                outs.append((time, _ORCH, line))
+                outs.append((time, ORCHESTRATOR, line))
             records.append((time, kind, task_id, payload))
         return outs, records, job_lines
-
-
-# -- command line ----------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of `runwatch simulate`."""
-    parser.add_argument(
-        "--out",
-        required=True,
-        type=Path,
-        metavar="DIR",
-        help="directory to write the event files into (created if missing)",
-    )
-    parser.add_argument(
-        "--runs",
-        type=int,
-        default=10,
-        metavar="N",
-        help="number of runs to simulate (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        metavar="S",
-        help="random seed; the same seed and options give byte-identical files "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--fail-rate",
-        type=float,
-        default=0.2,
-        metavar="P",
-        help="probability in [0, 1] that a run has failing tasks (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--stall-rate",
-        type=float,
-        default=0.1,
-        metavar="P",
-        help="probability in [0, 1] that a run goes quiet before finishing (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--tasks",
-        default="4-12",
-        metavar="MIN-MAX",
-        help="range of tasks per run, 1 <= MIN <= MAX (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--live",
-        type=float,
-        metavar="EVENTS_PER_S",
-        help="write at this rate, flushing as it goes, with event times ending about now "
-        "(for watching `runwatch tail` work); without it, as fast as possible from a fixed "
-        "start date",
-    )
-
-
-def _parse_tasks(text: str) -> tuple[int, int]:
-    low_text, sep, high_text = text.partition("-")
-    try:
-        low, high = int(low_text), int(high_text if sep else low_text)
-    except ValueError:
-        raise ValueError(f"expected MIN-MAX such as 4-12, got {text!r}") from None
-    if not 1 <= low <= high:
-        raise ValueError(f"need 1 <= MIN <= MAX, got {text!r}")
-    return low, high
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `runwatch simulate`: 0 ok, 1 write failure, 2 bad options."""
-
-    def usage(option: str, problem: str) -> int:
-        print(f"runwatch simulate: error: {option}: {problem}", file=sys.stderr)
-        return 2
-
-    try:
-        tasks = _parse_tasks(str(args.tasks))
-    except ValueError as exc:
-        return usage("--tasks", str(exc))
-    for option, rate in (("--fail-rate", args.fail_rate), ("--stall-rate", args.stall_rate)):
-        if not 0.0 <= rate <= 1.0:
-            return usage(option, f"must be between 0 and 1, got {rate}")
-    if args.runs < 1:
-        return usage("--runs", f"must be at least 1, got {args.runs}")
-    if args.live is not None and args.live <= 0:
-        return usage("--live", f"must be a positive rate, got {args.live}")
-    out = Path(args.out)
-    # Live runs end around now, so the service's wall-clock stall check sees them as fresh.
-    start = datetime.now(UTC) - timedelta(hours=LIVE_SPAN_HOURS) if args.live else None
-    try:
-        summary = simulate(
-            out,
-            runs=args.runs,
-            seed=args.seed,
-            fail_rate=args.fail_rate,
-            stall_rate=args.stall_rate,
-            tasks_per_run=tasks,
-            start=start,
-            pace=args.live,
-        )
-    except OSError as exc:
-        print(
-            f"runwatch simulate: error: cannot write {exc.filename or out}: {exc.strerror}",
-            file=sys.stderr,
-        )
-        return 1
-    print(
-        f"simulated {summary.runs} runs: {summary.events} events in {len(summary.files)} files, "
-        f"{summary.bytes_written / 1e6:.1f} MB -> {out}"
-    )
-    return 0
