@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import importlib
 import json
 import signal
 import sqlite3
@@ -17,11 +19,14 @@ import pytest
 
 from helpers import RUNWATCH, run_cli
 from runwatch.sinks.store.schema import RUN_COLUMNS
-from runwatch.stream.cli.registry import build_parser
+from runwatch.stream.cli.common import Command
+from runwatch.stream.cli.main import main
+from runwatch.stream.cli.registry import COMMANDS, build_parser
 from runwatch.stream.devtools.writer import simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / "config" / "runwatch.yaml"
+CLI = ROOT / "stream" / "cli"
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -38,6 +43,15 @@ def subcommands() -> dict[str, argparse.ArgumentParser]:
                     collect(child, prefix + name + " ")
 
     collect(build_parser(), "")
+    return found
+
+
+def registered(commands: tuple[Command, ...] = COMMANDS, prefix: str = "") -> dict[str, Command]:
+    """Every command in the registry, nested ones as "alerts test"."""
+    found: dict[str, Command] = {}
+    for command in commands:
+        found[prefix + command.name] = command
+        found |= registered(command.subcommands, prefix + command.name + " ")
     return found
 
 
@@ -136,6 +150,63 @@ def test_every_command_has_help(name: str, tmp_path: Path) -> None:
         assert isinstance(shown, str)
         assert action.help, f"`runwatch {name}` {shown} has no help text"
         assert shown in result.stdout
+
+
+@pytest.mark.parametrize("name", sorted(registered()))
+def test_every_registered_command_answers_help(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A command added to the registry is documented and reachable without further wiring."""
+    with pytest.raises(SystemExit) as exit_:
+        main([*name.split(), "--help"])
+    assert exit_.value.code == 0
+    shown = capsys.readouterr().out
+    command = registered()[name]
+    assert shown.startswith(f"usage: runwatch {name}")
+    assert command.help and command.description
+    assert command.description.split()[0] in shown
+
+
+def test_the_parser_has_exactly_the_registered_commands() -> None:
+    """The registry is the one place a command is added: the parser holds nothing else."""
+    assert set(subcommands()) == set(registered())
+    assert list(command_help()) == [command.name for command in COMMANDS]
+
+
+def test_only_the_registry_adds_subcommands() -> None:
+    """No module wires a command into the parser behind the registry's back."""
+    adders = {"add_parser", "add_subparsers"}
+    for path in sorted((ROOT / "stream").rglob("*.py")):
+        called = {
+            node.func.attr
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+        }
+        assert path == CLI / "registry.py" or not called & adders, path
+
+
+def test_every_command_module_is_registered() -> None:
+    """A command module that exposes COMMAND but is missing from the registry is dead code."""
+    modules = [
+        importlib.import_module(f"runwatch.stream.cli.{path.stem}")
+        for path in sorted(CLI.glob("*.py"))
+        if path.stem != "__init__"
+    ]
+    exposed = [module.COMMAND for module in modules if hasattr(module, "COMMAND")]
+    assert sorted(c.name for c in exposed) == sorted(c.name for c in COMMANDS)
+
+
+def test_nothing_below_the_cli_imports_it() -> None:
+    """Dependencies point inward: analysis, services, sources and the rest never reach up
+    into the command line (errors they raise live in stream/errors.py)."""
+    for path in sorted((ROOT / "stream").rglob("*.py")):
+        if CLI in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                assert not node.module.startswith("runwatch.stream.cli"), path
+            elif isinstance(node, ast.Import):
+                assert all(not a.name.startswith("runwatch.stream.cli") for a in node.names), path
 
 
 # --- replay and status --------------------------------------------------------------------
