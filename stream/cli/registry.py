@@ -68,6 +68,6 @@ def _add_commands(
 
 
 def _either(commands: Sequence[Command]) -> str:
-    """ "check, test or list": the COMMAND line of a group's help."""
+    """A group's COMMAND help: its subcommands as "check, test or list"."""
     names = [command.name for command in commands]
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
