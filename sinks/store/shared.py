@@ -152,6 +152,57 @@ class SharedQueries:
         return out
 
 
+def parts(changes: Changes, seen_at: str) -> Iterator[tuple[str, Sequence[Sequence[Any]]]]:
+    """Every part of `changes` but the converged rows, in the order both stores write them,
+    as the tuples their statements take (the table's `inserted` columns, in order)."""
+    yield "states", changes.states
+    yield "index", changes.index
+    yield "stalled", changes.stalled
+    yield (
+        "dead_letters",
+        [
+            (d.source, d.offset, d.line, d.reason, d.detail, d.raw, d.raw_size, seen_at)
+            for d in changes.dead_letters
+        ],
+    )
+    yield (
+        "checkpoints",
+        [
+            (c.device, c.inode, c.source, c.fingerprint, c.offset, c.line, c.tail_hash, seen_at)
+            for c in changes.checkpoints
+        ],
+    )
+    yield "forget", changes.forget
+    yield "counters", sorted(changes.counters.items())
+    yield (
+        "derived",
+        [
+            (d["type"], d.get("run_id"), d["event_time"], orjson.dumps(d), seen_at)
+            for d in changes.derived
+        ],
+    )
+    yield (
+        "outbox",
+        [
+            (
+                o.id,
+                o.kind,
+                o.target,
+                o.alert_id,
+                o.rule,
+                o.run_id,
+                o.state,
+                orjson.dumps(o.payload),
+                o.event_time,
+                seen_at,
+            )
+            for o in changes.outbox
+        ],
+    )
+    yield "alert_states", changes.alert_states
+    yield "evaluated", [(seq,) for seq in changes.evaluated]
+
+
 def owner_name() -> str:
     """Who writes a stream position: host and pid (read at each write, so a fork shows)."""
     return f"{socket.gethostname()}:{os.getpid()}"
