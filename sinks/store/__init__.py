@@ -26,7 +26,6 @@ from runwatch.sinks.store.api import (
 )
 from runwatch.sinks.store.postgres import PostgresStore
 from runwatch.sinks.store.postgres_sql import PgConnection, Target
-from runwatch.sinks.store.shared import fetch_dicts, run_detail
 from runwatch.sinks.store.sqlite import SqliteStore
 
 __all__ = [
@@ -39,10 +38,8 @@ __all__ = [
     "Store",
     "StoreError",
     "connect",
-    "fetch_dicts",
     "is_postgres",
     "open_store",
-    "run_detail",
     "transaction",
 ]
 

@@ -22,25 +22,6 @@ def fetch_dicts(db: Any, sql: str, params: Sequence[object] = ()) -> list[dict[s
     return [dict(zip(names, row, strict=True)) for row in cursor]
 
 
-def run_detail(db: Any, run_id: str) -> dict[str, Any] | None:
-    """A run's row with its tasks, workstreams and pattern runs; None if there is no run."""
-    found = fetch_dicts(db, "SELECT * FROM runs WHERE run_id=?", (run_id,))
-    if not found:
-        return None
-    return {
-        "run": found[0],
-        "tasks": fetch_dicts(db, "SELECT * FROM tasks WHERE run_id=? ORDER BY task_id", (run_id,)),
-        "workstreams": fetch_dicts(
-            db, "SELECT * FROM workstreams WHERE run_id=? ORDER BY workstream_id", (run_id,)
-        ),
-        "pattern_runs": fetch_dicts(
-            db,
-            "SELECT * FROM pattern_runs WHERE run_id=? ORDER BY started_at, pattern_run_id",
-            (run_id,),
-        ),
-    }
-
-
 class SharedQueries:
     """What both stores do the same way, in SQL their `db` connections both take (`?`
     parameters; PostgreSQL's connection rewrites them): the reads, the metadata and the

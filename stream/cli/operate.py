@@ -15,6 +15,7 @@ from runwatch.projections.events import format_time
 from runwatch.sinks.archive import run_archives, verify_archive
 from runwatch.sinks.audit import AuditLog, verify_trail
 from runwatch.sinks.channels import describe
+from runwatch.sinks.store import outbox, reads
 from runwatch.sinks.store.api import Changes, StoreError
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.cli.common import (
@@ -27,7 +28,7 @@ from runwatch.stream.cli.common import (
 from runwatch.stream.console import table
 from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.delivery import jobs
-from runwatch.stream.delivery.dispatcher import Dispatcher, Result, record
+from runwatch.stream.delivery.dispatcher import Dispatcher, Result
 from runwatch.stream.delivery.handlers import build_channel, build_handlers
 from runwatch.stream.services.tail import DatabaseLock, ServiceError
 from runwatch.stream.settings.alerts import AlertSetup, load_alerts
@@ -101,31 +102,7 @@ def _test_notification(channel: str) -> dict[str, Any]:
 def alerts_list(args: argparse.Namespace) -> int:
     store = open_existing(settings_from_args(args))
     try:
-        where, params = ("WHERE state = ?", [args.state]) if args.state else ("", [])
-        cursor = store.db.execute(
-            "SELECT decided_at, rule, channel, state, attempts, run_id, last_error, payload "
-            f"FROM alerts {where} ORDER BY decided_at DESC, id LIMIT ?",
-            [*params, args.limit],
-        )
-        rows = [
-            dict(
-                zip(
-                    (
-                        "decided_at",
-                        "rule",
-                        "channel",
-                        "state",
-                        "attempts",
-                        "run_id",
-                        "last_error",
-                        "payload",
-                    ),
-                    row,
-                    strict=True,
-                )
-            )
-            for row in cursor
-        ]
+        rows = reads.alerts(store.db, state=args.state, limit=args.limit)
     finally:
         store.close()
     for row in rows:
@@ -194,7 +171,8 @@ def _manual_job(settings: Settings, run_id: str, job: Any) -> int:
     try:
         result: Result = job(store.db)
         with store.transaction():
-            record(store.db, result.derived, result.writes, time.time())
+            recorded_at = format_time(time.time_ns() // 1000) or ""
+            outbox.record(store.db, result.derived, result.writes, recorded_at)
         if audit is not None:
             audit.drain()
     finally:
