@@ -1,10 +1,12 @@
 """One interface over the projection stores: SQLite (a file path, the default, embedded) and
-PostgreSQL (a `postgresql://` or `postgres://` URL, see postgres_dialect).
+PostgreSQL (a `postgresql://` or `postgres://` URL, see postgres_sql).
 
-Both keep the same tables and give the same rows for the same `Changes` (one contract test
-suite runs against both). `store.db` and `connect()` take SQLite-style SQL with `?`
-placeholders; keep it simple and portable: no `INSERT OR REPLACE` (write `ON CONFLICT (key)
-DO UPDATE`), no `LIMIT -1`, no PRAGMA; open write transactions with `BEGIN IMMEDIATE`.
+Both keep the same tables (`schema.TABLES`) and give the same rows for the same `Changes` (one
+contract test suite runs against both). This package is the only place that speaks SQL: the
+runner calls the stores' methods and the named queries of `reads`, `analysis_reads`, `outbox`,
+`locks` and `scratch`, each taking a store connection. That SQL is SQLite's, with `?`
+placeholders, kept portable: no `INSERT OR REPLACE` (write `ON CONFLICT (key) DO UPDATE`), no
+`LIMIT -1`, no PRAGMA; write transactions open with `BEGIN IMMEDIATE`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from runwatch.sinks.store.api import (
 )
 from runwatch.sinks.store.postgres import PostgresStore
 from runwatch.sinks.store.postgres_sql import PgConnection, Target
-from runwatch.sinks.store.shared import fetch_dicts, run_detail
 from runwatch.sinks.store.sqlite import SqliteStore
 
 __all__ = [
@@ -39,10 +40,8 @@ __all__ = [
     "Store",
     "StoreError",
     "connect",
-    "fetch_dicts",
     "is_postgres",
     "open_store",
-    "run_detail",
     "transaction",
 ]
 

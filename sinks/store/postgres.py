@@ -18,7 +18,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-import orjson
 import psycopg
 from psycopg import sql
 
@@ -32,15 +31,8 @@ from runwatch.sinks.store.postgres_sql import (
     to_postgres,
     with_schema,
 )
-from runwatch.sinks.store.schema import (
-    PATTERN_RUN_COLUMNS,
-    RUN_COLUMNS,
-    SCHEMA_VERSION,
-    TASK_COLUMNS,
-    WORKSTREAM_COLUMNS,
-    check_version,
-)
-from runwatch.sinks.store.shared import SharedQueries
+from runwatch.sinks.store.schema import CONVERGED, SCHEMA_VERSION, TABLES, check_version
+from runwatch.sinks.store.shared import SharedQueries, parts
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,45 +87,22 @@ def _coerce(values: list[Any], kind: str) -> list[Any]:
     return values
 
 
+def _batch(table: str, conflict: str = "insert") -> Batch:
+    """The batch of a whole table's `inserted` columns, upserted by its key."""
+    spec = TABLES[table]
+    return Batch(table, spec.inserted, spec.key, conflict)
+
+
 _BATCHES: Final = {
-    "runs": Batch("runs", RUN_COLUMNS, ("run_id",), "update"),
-    "tasks": Batch("tasks", TASK_COLUMNS, ("run_id", "task_id"), "update"),
-    "workstreams": Batch("workstreams", WORKSTREAM_COLUMNS, ("run_id", "workstream_id"), "update"),
-    "pattern_runs": Batch("pattern_runs", PATTERN_RUN_COLUMNS, ("pattern_run_id",), "update"),
-    "states": Batch("fold_state", ("group_key", "state"), ("group_key",), "update"),
-    "index": Batch("event_index", ("group_key", "entries")),
-    "dead_letters": Batch(
-        "dead_letters",
-        ("source", "offset", "line", "reason", "detail", "raw", "raw_size", "seen_at"),
-        conflict="nothing",
-    ),
-    "checkpoints": Batch(
-        "checkpoints",
-        ("device", "inode", "source", "fingerprint", "offset", "line", "tail_hash", "updated_at"),
-        ("device", "inode"),
-        "update",
-    ),
-    "counters": Batch("counters", ("name", "value"), ("name",), "add"),
-    "derived": Batch("derived_events", ("type", "run_id", "event_time", "data", "recorded_at")),
-    "outbox": Batch(
-        "outbox",
-        (
-            "id",
-            "kind",
-            "target",
-            "alert_id",
-            "rule",
-            "run_id",
-            "state",
-            "payload",
-            "event_time",
-            "decided_at",
-        ),
-        conflict="nothing",
-    ),
-    "alert_states": Batch(
-        "alert_state", ("rule", "group_key", "state"), ("rule", "group_key"), "update"
-    ),
+    **{field: _batch(table.name, "update") for field, table in CONVERGED.items()},
+    "states": _batch("fold_state", "update"),
+    "index": _batch("event_index"),
+    "dead_letters": _batch("dead_letters", "nothing"),
+    "checkpoints": _batch("checkpoints", "update"),
+    "counters": _batch("counters", "add"),
+    "derived": _batch("derived_events"),
+    "outbox": _batch("outbox", "nothing"),
+    "alert_states": _batch("alert_state", "update"),
 }
 _SMALL: Final = {
     "stalled": "UPDATE runs SET stalled=%s WHERE run_id=%s",
@@ -145,59 +114,10 @@ _SMALL: Final = {
 
 def _rows(changes: Changes, seen_at: str) -> Iterator[tuple[str, Sequence[Sequence[Any]]]]:
     """Each part of `changes`, in SqliteStore.write's order, with the values it writes."""
-    for name, rows, columns in (
-        ("runs", changes.runs, RUN_COLUMNS),
-        ("tasks", changes.tasks, TASK_COLUMNS),
-        ("workstreams", changes.workstreams, WORKSTREAM_COLUMNS),
-        ("pattern_runs", changes.pattern_runs, PATTERN_RUN_COLUMNS),
-    ):
-        yield name, [tuple(row[c] for c in columns) for row in rows]
-    yield "states", changes.states
-    yield "index", changes.index
-    yield "stalled", changes.stalled
-    yield (
-        "dead_letters",
-        [
-            (d.source, d.offset, d.line, d.reason, d.detail, d.raw, d.raw_size, seen_at)
-            for d in changes.dead_letters
-        ],
-    )
-    yield (
-        "checkpoints",
-        [
-            (c.device, c.inode, c.source, c.fingerprint, c.offset, c.line, c.tail_hash, seen_at)
-            for c in changes.checkpoints
-        ],
-    )
-    yield "forget", changes.forget
-    yield "counters", sorted(changes.counters.items())
-    yield (
-        "derived",
-        [
-            (d["type"], d.get("run_id"), d["event_time"], orjson.dumps(d), seen_at)
-            for d in changes.derived
-        ],
-    )
-    yield (
-        "outbox",
-        [
-            (
-                o.id,
-                o.kind,
-                o.target,
-                o.alert_id,
-                o.rule,
-                o.run_id,
-                o.state,
-                orjson.dumps(o.payload),
-                o.event_time,
-                seen_at,
-            )
-            for o in changes.outbox
-        ],
-    )
-    yield "alert_states", changes.alert_states
-    yield "evaluated", [(seq,) for seq in changes.evaluated]
+    for field, table in CONVERGED.items():
+        rows: list[dict[str, Any]] = getattr(changes, field)
+        yield field, [tuple(row[c] for c in table.names) for row in rows]
+    yield from parts(changes, seen_at)
 
 
 class PostgresStore(SharedQueries):

@@ -22,7 +22,7 @@ from psycopg import sql
 from psycopg.adapt import Buffer, Loader
 
 from runwatch.sinks.store.api import StoreError
-from runwatch.sinks.store.schema import SCHEMA
+from runwatch.sinks.store.schema import STATEMENTS
 
 DEFAULT_SCHEMA: Final = "runwatch"
 NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -38,14 +38,13 @@ _DDL: Final = (
 
 
 def ddl() -> list[str]:
-    """SQLite's SCHEMA in PostgreSQL's words: same tables, columns, keys, indexes and view;
-    TEXT compares bytewise (COLLATE "C") so every ORDER BY sorts as SQLite's does."""
+    """SQLite's STATEMENTS in PostgreSQL's words: same tables, columns, keys, indexes and
+    view; TEXT compares bytewise (COLLATE "C") so every ORDER BY sorts as SQLite's does."""
     statements = []
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
-            for pattern, replacement in _DDL:
-                statement = re.sub(pattern, replacement, statement)
-            statements.append(statement.strip())
+    for statement in STATEMENTS:
+        for pattern, replacement in _DDL:
+            statement = re.sub(pattern, replacement, statement)
+        statements.append(statement.strip())
     return statements
 
 

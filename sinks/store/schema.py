@@ -1,93 +1,208 @@
-"""The projection's schema, defined once: the DDL (SQLite's words; PostgreSQL's is derived
-from it), its version, the column order of the converged tables, and the upserts that write
-them."""
+"""The projection's schema, defined once as table specs: the DDL (SQLite's words; PostgreSQL's
+is derived from it), its version, the column order of every table, and the statements that
+write them are all generated from `TABLES`."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from runwatch.sinks.store.api import StoreError
 
 SCHEMA_VERSION: Final = 3
 
-SCHEMA: Final = """
-CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE runs (
-    run_id TEXT PRIMARY KEY, status TEXT NOT NULL,
-    created_at TEXT, started_at TEXT, ended_at TEXT, last_event_at TEXT, duration_s REAL,
-    tasks_total INTEGER NOT NULL, tasks_succeeded INTEGER NOT NULL, tasks_failed INTEGER NOT NULL,
-    tasks_running INTEGER NOT NULL, tasks_pending INTEGER NOT NULL,
-    tasks_skipped INTEGER NOT NULL, tasks_canceled INTEGER NOT NULL,
-    events_total INTEGER NOT NULL, error_events INTEGER NOT NULL, stalled INTEGER NOT NULL
-);
-CREATE INDEX runs_status ON runs (status);
-CREATE TABLE tasks (
-    run_id TEXT NOT NULL, task_id TEXT NOT NULL, workstream_id TEXT, status TEXT NOT NULL,
-    attempts INTEGER NOT NULL, started_at TEXT, ended_at TEXT,
-    PRIMARY KEY (run_id, task_id)
-) WITHOUT ROWID;
-CREATE TABLE workstreams (
-    run_id TEXT NOT NULL, workstream_id TEXT NOT NULL, status TEXT NOT NULL,
-    tasks_total INTEGER NOT NULL, tasks_succeeded INTEGER NOT NULL,
-    tasks_failed INTEGER NOT NULL, tasks_running INTEGER NOT NULL,
-    PRIMARY KEY (run_id, workstream_id)
-) WITHOUT ROWID;
-CREATE TABLE pattern_runs (
-    pattern_run_id TEXT PRIMARY KEY, pattern_id TEXT, job_id TEXT, step_id TEXT, run_id TEXT,
-    status TEXT NOT NULL, phase TEXT, started_at TEXT, finished_at TEXT, duration_s REAL,
-    error_message TEXT
-);
-CREATE TABLE dead_letters (
-    source TEXT NOT NULL, offset INTEGER NOT NULL, line INTEGER NOT NULL,
-    reason TEXT NOT NULL, detail TEXT NOT NULL, raw BLOB NOT NULL, raw_size INTEGER NOT NULL,
-    seen_at TEXT NOT NULL,
-    PRIMARY KEY (source, offset)
-);
-CREATE TABLE checkpoints (
-    device INTEGER NOT NULL, inode INTEGER NOT NULL, source TEXT NOT NULL,
-    fingerprint TEXT NOT NULL, offset INTEGER NOT NULL, line INTEGER NOT NULL,
-    tail_hash TEXT NOT NULL, updated_at TEXT NOT NULL,
-    PRIMARY KEY (device, inode)
-);
-CREATE TABLE sources (source_id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
-CREATE TABLE fold_state (group_key TEXT PRIMARY KEY, state BLOB NOT NULL);
-CREATE TABLE event_index (
-    seq INTEGER PRIMARY KEY, group_key TEXT NOT NULL, entries BLOB NOT NULL
-);
-CREATE INDEX event_index_group ON event_index (group_key);
-CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE derived_events (
-    seq INTEGER PRIMARY KEY, type TEXT NOT NULL, run_id TEXT, event_time TEXT,
-    data BLOB NOT NULL, recorded_at TEXT NOT NULL, unevaluated INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX derived_unevaluated ON derived_events (seq) WHERE unevaluated = 1;
-CREATE TABLE outbox (
-    id TEXT PRIMARY KEY, kind TEXT NOT NULL, target TEXT NOT NULL, alert_id TEXT,
-    rule TEXT, run_id TEXT, state TEXT NOT NULL, payload BLOB NOT NULL, event_time TEXT,
-    decided_at TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL DEFAULT 0, last_error TEXT, done_at TEXT
-);
-CREATE INDEX outbox_due ON outbox (target, next_attempt_at) WHERE state = 'pending';
-CREATE INDEX outbox_recent ON outbox (decided_at);
-CREATE VIEW alerts AS
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column in SQLite's terms. `inserted`: the statement that creates the row sets it
+    (False for an identity key, a default, or a value written later)."""
+
+    name: str
+    type: str
+    """SQLite's: TEXT, INTEGER, REAL or BLOB."""
+    required: bool = False
+    default: str | None = None
+    unique: bool = False
+    inserted: bool = True
+
+    def ddl(self, primary: bool) -> str:
+        words = [self.name, self.type]
+        words += ["PRIMARY KEY"] if primary else []
+        words += ["NOT NULL"] if self.required else []
+        words += ["UNIQUE"] if self.unique else []
+        words += [f"DEFAULT {self.default}"] if self.default is not None else []
+        return " ".join(words)
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A table: its columns in order and its primary key (a one-column key is written inline,
+    so `INTEGER PRIMARY KEY` stays SQLite's rowid alias and PostgreSQL's identity)."""
+
+    name: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    without_rowid: bool = False
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def inserted(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.inserted)
+
+    def ddl(self) -> str:
+        inline = len(self.key) == 1
+        parts = [c.ddl(inline and c.name == self.key[0]) for c in self.columns]
+        if not inline:
+            parts.append(f"PRIMARY KEY ({', '.join(self.key)})")
+        tail = " WITHOUT ROWID" if self.without_rowid else ""
+        return f"CREATE TABLE {self.name} (\n    " + ",\n    ".join(parts) + f"\n){tail}"
+
+
+def _cols(spec: str, **flags: dict[str, Any]) -> tuple[Column, ...]:
+    """`"name TYPE, name TYPE!"` (`!`: NOT NULL); `flags[name]` adds Column fields."""
+    out = []
+    for item in spec.split(","):
+        name, kind = item.split()
+        out.append(
+            Column(name, kind.rstrip("!"), required=kind.endswith("!"), **flags.get(name, {}))
+        )
+    return tuple(out)
+
+
+_LATER: Final = {"inserted": False}
+_TABLES: Final = (
+    Table("meta", _cols("key TEXT, value TEXT!"), ("key",)),
+    Table(
+        "runs",
+        _cols(
+            "run_id TEXT, status TEXT!, created_at TEXT, started_at TEXT, ended_at TEXT, "
+            "last_event_at TEXT, duration_s REAL, tasks_total INTEGER!, tasks_succeeded INTEGER!, "
+            "tasks_failed INTEGER!, tasks_running INTEGER!, tasks_pending INTEGER!, "
+            "tasks_skipped INTEGER!, tasks_canceled INTEGER!, events_total INTEGER!, "
+            "error_events INTEGER!, stalled INTEGER!"
+        ),
+        ("run_id",),
+    ),
+    Table(
+        "tasks",
+        _cols(
+            "run_id TEXT!, task_id TEXT!, workstream_id TEXT, status TEXT!, attempts INTEGER!, "
+            "started_at TEXT, ended_at TEXT"
+        ),
+        ("run_id", "task_id"),
+        without_rowid=True,
+    ),
+    Table(
+        "workstreams",
+        _cols(
+            "run_id TEXT!, workstream_id TEXT!, status TEXT!, tasks_total INTEGER!, "
+            "tasks_succeeded INTEGER!, tasks_failed INTEGER!, tasks_running INTEGER!"
+        ),
+        ("run_id", "workstream_id"),
+        without_rowid=True,
+    ),
+    Table(
+        "pattern_runs",
+        _cols(
+            "pattern_run_id TEXT, pattern_id TEXT, job_id TEXT, step_id TEXT, run_id TEXT, "
+            "status TEXT!, phase TEXT, started_at TEXT, finished_at TEXT, duration_s REAL, "
+            "error_message TEXT"
+        ),
+        ("pattern_run_id",),
+    ),
+    Table(
+        "dead_letters",
+        _cols(
+            "source TEXT!, offset INTEGER!, line INTEGER!, reason TEXT!, detail TEXT!, "
+            "raw BLOB!, raw_size INTEGER!, seen_at TEXT!"
+        ),
+        ("source", "offset"),
+    ),
+    Table(
+        "checkpoints",
+        _cols(
+            "device INTEGER!, inode INTEGER!, source TEXT!, fingerprint TEXT!, offset INTEGER!, "
+            "line INTEGER!, tail_hash TEXT!, updated_at TEXT!"
+        ),
+        ("device", "inode"),
+    ),
+    Table(
+        "sources",
+        _cols("source_id INTEGER, path TEXT!", source_id=_LATER, path={"unique": True}),
+        ("source_id",),
+    ),
+    Table("fold_state", _cols("group_key TEXT, state BLOB!"), ("group_key",)),
+    Table(
+        "event_index",
+        _cols("seq INTEGER, group_key TEXT!, entries BLOB!", seq=_LATER),
+        ("seq",),
+    ),
+    Table("counters", _cols("name TEXT, value INTEGER!"), ("name",)),
+    Table(
+        "derived_events",
+        _cols(
+            "seq INTEGER, type TEXT!, run_id TEXT, event_time TEXT, data BLOB!, recorded_at TEXT!, "
+            "unevaluated INTEGER!",
+            seq=_LATER,
+            unevaluated={"default": "0", "inserted": False},
+        ),
+        ("seq",),
+    ),
+    Table(
+        "outbox",
+        _cols(
+            "id TEXT, kind TEXT!, target TEXT!, alert_id TEXT, rule TEXT, run_id TEXT, "
+            "state TEXT!, payload BLOB!, event_time TEXT, decided_at TEXT!, attempts INTEGER!, "
+            "next_attempt_at REAL!, last_error TEXT, done_at TEXT",
+            attempts={"default": "0", "inserted": False},
+            next_attempt_at={"default": "0", "inserted": False},
+            last_error=_LATER,
+            done_at=_LATER,
+        ),
+        ("id",),
+    ),
+    Table(
+        "alert_state",
+        _cols("rule TEXT!, group_key TEXT!, state BLOB!"),
+        ("rule", "group_key"),
+        without_rowid=True,
+    ),
+    Table(
+        "archival_log",
+        _cols(
+            "run_id TEXT!, archive_path TEXT!, sha256 TEXT!, size_bytes INTEGER!, "
+            "members INTEGER!, archived_at TEXT!"
+        ),
+        ("run_id", "archive_path"),
+    ),
+    Table(
+        "stream_positions",
+        _cols("stream TEXT, position INTEGER!, owner TEXT, updated_at TEXT"),
+        ("stream",),
+    ),
+)
+TABLES: Final = {table.name: table for table in _TABLES}
+
+_EXTRAS: Final = (
+    "CREATE INDEX runs_status ON runs (status)",
+    "CREATE INDEX event_index_group ON event_index (group_key)",
+    "CREATE INDEX derived_unevaluated ON derived_events (seq) WHERE unevaluated = 1",
+    "CREATE INDEX outbox_due ON outbox (target, next_attempt_at) WHERE state = 'pending'",
+    "CREATE INDEX outbox_recent ON outbox (decided_at)",
+    """CREATE VIEW alerts AS
     SELECT id, alert_id, rule, target AS channel, run_id, state, attempts, last_error,
            event_time, decided_at, done_at, payload
-    FROM outbox WHERE kind = 'alert';
-CREATE TABLE alert_state (
-    rule TEXT NOT NULL, group_key TEXT NOT NULL, state BLOB NOT NULL,
-    PRIMARY KEY (rule, group_key)
-) WITHOUT ROWID;
-CREATE TABLE archival_log (
-    run_id TEXT NOT NULL, archive_path TEXT NOT NULL, sha256 TEXT NOT NULL,
-    size_bytes INTEGER NOT NULL, members INTEGER NOT NULL, archived_at TEXT NOT NULL,
-    PRIMARY KEY (run_id, archive_path)
-);
-CREATE TABLE stream_positions (
-    stream TEXT PRIMARY KEY, position INTEGER NOT NULL, owner TEXT, updated_at TEXT
-);
-"""
+    FROM outbox WHERE kind = 'alert'""",
+)
+"""Indexes and the `alerts` view, which name the tables' columns."""
+
+STATEMENTS: Final = (*(table.ddl() for table in _TABLES), *_EXTRAS)
+"""The whole schema in SQLite's words, one statement each."""
 
 SNAPSHOT: Final = {
     "runs": ("run_id", "*"),
@@ -99,72 +214,40 @@ SNAPSHOT: Final = {
 """The converged tables a rebuild reproduces row for row (order, columns): the wall-clock
 `seen_at` of dead letters is left out."""
 
+RUN_COLUMNS: Final = TABLES["runs"].names
+TASK_COLUMNS: Final = TABLES["tasks"].names
+WORKSTREAM_COLUMNS: Final = TABLES["workstreams"].names
+PATTERN_RUN_COLUMNS: Final = TABLES["pattern_runs"].names
+CONVERGED: Final = {
+    "runs": TABLES["runs"],
+    "tasks": TABLES["tasks"],
+    "workstreams": TABLES["workstreams"],
+    "pattern_runs": TABLES["pattern_runs"],
+}
+"""`Changes` field → the table its row dicts upsert into (every column, by name)."""
 
-def _upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
-    names = ", ".join(columns)
-    marks = ", ".join(f":{c}" for c in columns)
-    updates = ", ".join(f"{c}=excluded.{c}" for c in columns if c not in key)
+
+def upsert(table: Table) -> str:
+    """Insert or update whole rows given as dicts (`:name` parameters), keyed by the key."""
+    names = ", ".join(table.names)
+    marks = ", ".join(f":{c}" for c in table.names)
+    updates = ", ".join(f"{c}=excluded.{c}" for c in table.names if c not in table.key)
     return (
-        f"INSERT INTO {table} ({names}) VALUES ({marks}) "
-        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+        f"INSERT INTO {table.name} ({names}) VALUES ({marks}) "
+        f"ON CONFLICT ({', '.join(table.key)}) DO UPDATE SET {updates}"
     )
 
 
-RUN_COLUMNS: Final = (
-    "run_id",
-    "status",
-    "created_at",
-    "started_at",
-    "ended_at",
-    "last_event_at",
-    "duration_s",
-    "tasks_total",
-    "tasks_succeeded",
-    "tasks_failed",
-    "tasks_running",
-    "tasks_pending",
-    "tasks_skipped",
-    "tasks_canceled",
-    "events_total",
-    "error_events",
-    "stalled",
-)
-TASK_COLUMNS: Final = (
-    "run_id",
-    "task_id",
-    "workstream_id",
-    "status",
-    "attempts",
-    "started_at",
-    "ended_at",
-)
-WORKSTREAM_COLUMNS: Final = (
-    "run_id",
-    "workstream_id",
-    "status",
-    "tasks_total",
-    "tasks_succeeded",
-    "tasks_failed",
-    "tasks_running",
-)
-PATTERN_RUN_COLUMNS: Final = (
-    "pattern_run_id",
-    "pattern_id",
-    "job_id",
-    "step_id",
-    "run_id",
-    "status",
-    "phase",
-    "started_at",
-    "finished_at",
-    "duration_s",
-    "error_message",
-)
-
-UPSERT_RUN: Final = _upsert("runs", RUN_COLUMNS, ("run_id",))
-UPSERT_TASK: Final = _upsert("tasks", TASK_COLUMNS, ("run_id", "task_id"))
-UPSERT_WORKSTREAM: Final = _upsert("workstreams", WORKSTREAM_COLUMNS, ("run_id", "workstream_id"))
-UPSERT_PATTERN_RUN: Final = _upsert("pattern_runs", PATTERN_RUN_COLUMNS, ("pattern_run_id",))
+def insert(table: Table, columns: Sequence[str] | None = None, *, conflict: str = "") -> str:
+    """SQLite's INSERT of `columns` (default: all) with `?` parameters; `conflict` is
+    "IGNORE" or "REPLACE" for `INSERT OR …`."""
+    names = table.names if columns is None else tuple(columns)
+    unknown = set(names) - set(table.names)
+    if unknown:
+        raise ValueError(f"{table.name} has no column(s) {sorted(unknown)}")
+    verb = f"INSERT OR {conflict}" if conflict else "INSERT"
+    marks = ", ".join("?" for _ in names)
+    return f"{verb} INTO {table.name} ({', '.join(names)}) VALUES ({marks})"
 
 
 def check_version(where: Path | str, value: str) -> None:

@@ -22,25 +22,6 @@ def fetch_dicts(db: Any, sql: str, params: Sequence[object] = ()) -> list[dict[s
     return [dict(zip(names, row, strict=True)) for row in cursor]
 
 
-def run_detail(db: Any, run_id: str) -> dict[str, Any] | None:
-    """A run's row with its tasks, workstreams and pattern runs; None if there is no run."""
-    found = fetch_dicts(db, "SELECT * FROM runs WHERE run_id=?", (run_id,))
-    if not found:
-        return None
-    return {
-        "run": found[0],
-        "tasks": fetch_dicts(db, "SELECT * FROM tasks WHERE run_id=? ORDER BY task_id", (run_id,)),
-        "workstreams": fetch_dicts(
-            db, "SELECT * FROM workstreams WHERE run_id=? ORDER BY workstream_id", (run_id,)
-        ),
-        "pattern_runs": fetch_dicts(
-            db,
-            "SELECT * FROM pattern_runs WHERE run_id=? ORDER BY started_at, pattern_run_id",
-            (run_id,),
-        ),
-    }
-
-
 class SharedQueries:
     """What both stores do the same way, in SQL their `db` connections both take (`?`
     parameters; PostgreSQL's connection rewrites them): the reads, the metadata and the
@@ -150,6 +131,57 @@ class SharedQueries:
         for table, (order, columns) in SNAPSHOT.items():
             out[table] = fetch_dicts(self.db, f"SELECT {columns} FROM {table} ORDER BY {order}")
         return out
+
+
+def parts(changes: Changes, seen_at: str) -> Iterator[tuple[str, Sequence[Sequence[Any]]]]:
+    """Every part of `changes` but the converged rows, in the order both stores write them,
+    as the tuples their statements take (the table's `inserted` columns, in order)."""
+    yield "states", changes.states
+    yield "index", changes.index
+    yield "stalled", changes.stalled
+    yield (
+        "dead_letters",
+        [
+            (d.source, d.offset, d.line, d.reason, d.detail, d.raw, d.raw_size, seen_at)
+            for d in changes.dead_letters
+        ],
+    )
+    yield (
+        "checkpoints",
+        [
+            (c.device, c.inode, c.source, c.fingerprint, c.offset, c.line, c.tail_hash, seen_at)
+            for c in changes.checkpoints
+        ],
+    )
+    yield "forget", changes.forget
+    yield "counters", sorted(changes.counters.items())
+    yield (
+        "derived",
+        [
+            (d["type"], d.get("run_id"), d["event_time"], orjson.dumps(d), seen_at)
+            for d in changes.derived
+        ],
+    )
+    yield (
+        "outbox",
+        [
+            (
+                o.id,
+                o.kind,
+                o.target,
+                o.alert_id,
+                o.rule,
+                o.run_id,
+                o.state,
+                orjson.dumps(o.payload),
+                o.event_time,
+                seen_at,
+            )
+            for o in changes.outbox
+        ],
+    )
+    yield "alert_states", changes.alert_states
+    yield "evaluated", [(seq,) for seq in changes.evaluated]
 
 
 def owner_name() -> str:

@@ -11,20 +11,36 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from pathlib import Path
-
-import orjson
+from typing import Final
 
 from runwatch.sinks.store.api import Changes, StoreError
 from runwatch.sinks.store.schema import (
-    SCHEMA,
+    CONVERGED,
     SCHEMA_VERSION,
-    UPSERT_PATTERN_RUN,
-    UPSERT_RUN,
-    UPSERT_TASK,
-    UPSERT_WORKSTREAM,
+    STATEMENTS,
+    TABLES,
     check_version,
+    insert,
+    upsert,
 )
-from runwatch.sinks.store.shared import SharedQueries
+from runwatch.sinks.store.shared import SharedQueries, parts
+
+_UPSERTS: Final = {field: upsert(table) for field, table in CONVERGED.items()}
+_STATEMENTS: Final = {
+    "states": insert(TABLES["fold_state"], conflict="REPLACE"),
+    "index": insert(TABLES["event_index"], TABLES["event_index"].inserted),
+    "stalled": "UPDATE runs SET stalled=? WHERE run_id=?",
+    "dead_letters": insert(TABLES["dead_letters"], conflict="IGNORE"),
+    "checkpoints": insert(TABLES["checkpoints"], conflict="REPLACE"),
+    "forget": "DELETE FROM checkpoints WHERE device=? AND inode=?",
+    "counters": insert(TABLES["counters"])
+    + " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+    "derived": insert(TABLES["derived_events"], TABLES["derived_events"].inserted),
+    "outbox": insert(TABLES["outbox"], TABLES["outbox"].inserted, conflict="IGNORE"),
+    "alert_states": insert(TABLES["alert_state"], conflict="REPLACE"),
+    "evaluated": "UPDATE derived_events SET unevaluated=0 WHERE seq=?",
+}
+"""`parts` name → the statement that writes its rows."""
 
 
 class SqliteStore(SharedQueries):
@@ -61,9 +77,8 @@ class SqliteStore(SharedQueries):
             self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA page_size=8192")
         with self.transaction():
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    self.db.execute(statement)
+            for statement in STATEMENTS:
+                self.db.execute(statement)
             self.db.executemany(
                 "INSERT INTO meta VALUES (?, ?)",
                 [("schema_version", str(SCHEMA_VERSION)), ("database_id", uuid.uuid4().hex)],
@@ -102,93 +117,13 @@ class SqliteStore(SharedQueries):
         db = self.db
         for stream, expected, new in changes.positions:
             self._advance(stream, expected, new, seen_at)
-        if changes.runs:
-            db.executemany(UPSERT_RUN, changes.runs)
-        if changes.tasks:
-            db.executemany(UPSERT_TASK, changes.tasks)
-        if changes.workstreams:
-            db.executemany(UPSERT_WORKSTREAM, changes.workstreams)
-        if changes.pattern_runs:
-            db.executemany(UPSERT_PATTERN_RUN, changes.pattern_runs)
-        if changes.states:
-            db.executemany("INSERT OR REPLACE INTO fold_state VALUES (?, ?)", changes.states)
-        if changes.index:
-            db.executemany(
-                "INSERT INTO event_index (group_key, entries) VALUES (?, ?)", changes.index
-            )
-        if changes.stalled:
-            db.executemany("UPDATE runs SET stalled=? WHERE run_id=?", changes.stalled)
-        if changes.dead_letters:
-            db.executemany(
-                "INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (d.source, d.offset, d.line, d.reason, d.detail, d.raw, d.raw_size, seen_at)
-                    for d in changes.dead_letters
-                ],
-            )
-        if changes.checkpoints:
-            db.executemany(
-                "INSERT OR REPLACE INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        c.device,
-                        c.inode,
-                        c.source,
-                        c.fingerprint,
-                        c.offset,
-                        c.line,
-                        c.tail_hash,
-                        seen_at,
-                    )
-                    for c in changes.checkpoints
-                ],
-            )
-        if changes.forget:
-            db.executemany("DELETE FROM checkpoints WHERE device=? AND inode=?", changes.forget)
-        if changes.counters:
-            db.executemany(
-                "INSERT INTO counters VALUES (?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                sorted(changes.counters.items()),
-            )
-        if changes.derived:
-            db.executemany(
-                "INSERT INTO derived_events (type, run_id, event_time, data, recorded_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                [
-                    (d["type"], d.get("run_id"), d["event_time"], orjson.dumps(d), seen_at)
-                    for d in changes.derived
-                ],
-            )
-        if changes.outbox:
-            db.executemany(
-                "INSERT OR IGNORE INTO outbox (id, kind, target, alert_id, rule, run_id, state, "
-                "payload, event_time, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        o.id,
-                        o.kind,
-                        o.target,
-                        o.alert_id,
-                        o.rule,
-                        o.run_id,
-                        o.state,
-                        orjson.dumps(o.payload),
-                        o.event_time,
-                        seen_at,
-                    )
-                    for o in changes.outbox
-                ],
-            )
-        if changes.alert_states:
-            db.executemany(
-                "INSERT OR REPLACE INTO alert_state VALUES (?, ?, ?)", changes.alert_states
-            )
-        if changes.evaluated:
-            db.executemany(
-                "UPDATE derived_events SET unevaluated=0 WHERE seq=?",
-                [(seq,) for seq in changes.evaluated],
-            )
+        for field, statement in _UPSERTS.items():
+            rows = getattr(changes, field)
+            if rows:
+                db.executemany(statement, rows)
+        for part, rows in parts(changes, seen_at):
+            if rows:
+                db.executemany(_STATEMENTS[part], rows)
 
     def finalize(self) -> None:
         """Leave a compact WAL-mode file behind (replay's scratch file becomes the real one)."""

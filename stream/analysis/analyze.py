@@ -55,19 +55,19 @@ always folded, so a run cut by the window keeps its true status.
 from __future__ import annotations
 
 import heapq
-import sqlite3
 import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 import orjson
 
 from runwatch.projections import RUN_TERMINAL, format_time
 from runwatch.sinks.analysis import RUN_STATUSES
 from runwatch.sinks.reports import PERCENTILES, nearest_rank
-from runwatch.sinks.store import fetch_dicts
+from runwatch.sinks.store import Connection, connect
+from runwatch.sinks.store import analysis_reads as reads
 from runwatch.stream.analysis.observe import (
     ALL_TIME,
     HOUR_US,
@@ -96,13 +96,6 @@ NEEDS_LOGS: Final = {
 Row = dict[str, Any]
 
 
-class Db(Protocol):
-    """What the analysis needs of a database connection: SQL with `?` parameters, kept
-    portable (no SQLite-only functions), so any store's connection serves."""
-
-    def execute(self, sql: str, parameters: Any = ..., /) -> Any: ...
-
-
 def analyze_logs(
     files: list[Path],
     settings: Settings,
@@ -127,7 +120,7 @@ def analyze_logs(
             chunk_bytes=chunk_bytes,
             observer=observer,
         )
-        db = sqlite3.connect(target)
+        db = connect(target)
         try:
             analysis = _analyse(db, window, top, settings, observer)
         finally:
@@ -150,7 +143,7 @@ def analyze_database(
 
 
 def _analyse(
-    db: Db, window: Window, top: int, settings: Settings, observer: LogObserver | None
+    db: Connection, window: Window, top: int, settings: Settings, observer: LogObserver | None
 ) -> dict[str, Any]:
     """Every section from the tables, and from the observer when the logs were read."""
     horizon = _horizon(db)
@@ -209,12 +202,12 @@ def _about(
     }
 
 
-def _horizon(db: Db) -> int | None:
+def _horizon(db: Connection) -> int | None:
     """The replay's `now` (greatest event time) when recorded, else the latest run event."""
-    row = db.execute("SELECT value FROM meta WHERE key='event_time_now'").fetchone()
-    if row is not None and int(row[0]) > 0:
-        return int(row[0])
-    latest = db.execute("SELECT max(last_event_at) FROM runs").fetchone()[0]
+    recorded = reads.event_time_now(db)
+    if recorded is not None and recorded > 0:
+        return recorded
+    latest = reads.latest_run_event(db)
     return None if latest is None else parse_time(latest)
 
 
@@ -222,13 +215,9 @@ def _within(window: Window, moment: str | None) -> bool:
     return moment is not None and window.lo <= parse_time(moment) < window.hi
 
 
-def _runs_by_day(db: Db, window: Window) -> list[Row]:
+def _runs_by_day(db: Connection, window: Window) -> list[Row]:
     days: dict[str, Counter[str]] = defaultdict(Counter)
-    where, bounds = window.where("created_at")
-    for day, status, count in db.execute(
-        f"SELECT substr(created_at, 1, 10), status, count(*) FROM runs WHERE {where} GROUP BY 1, 2",
-        bounds,
-    ):
+    for day, status, count in reads.runs_by_day(db, window.bounds()):
         days[day][status] = count
     rows = []
     for day in sorted(days):
@@ -245,12 +234,9 @@ def _runs_by_day(db: Db, window: Window) -> list[Row]:
     return rows
 
 
-def _run_durations(db: Db, window: Window) -> list[Row]:
+def _run_durations(db: Connection, window: Window) -> list[Row]:
     by_status: dict[str, list[float]] = defaultdict(list)
-    where, bounds = window.where("created_at")
-    for status, seconds in db.execute(
-        f"SELECT status, duration_s FROM runs WHERE duration_s IS NOT NULL AND {where}", bounds
-    ):
+    for status, seconds in reads.run_durations(db, window.bounds()):
         by_status[status].append(round(seconds, 3))
     everything = [s for values in by_status.values() for s in values]
     return [
@@ -259,29 +245,12 @@ def _run_durations(db: Db, window: Window) -> list[Row]:
     ]
 
 
-TASK_COLUMNS: Final = (
-    "run_id",
-    "task_id",
-    "workstream_id",
-    "status",
-    "attempts",
-    "started_at",
-    "ended_at",
-    "duration_s",
-)
+TASK_COLUMNS: Final = (*reads.ENDED_TASK_COLUMNS, "duration_s")
 
 
-def _ended_tasks(db: Db, window: Window) -> list[tuple[Any, ...]]:
+def _ended_tasks(db: Connection, window: Window) -> list[tuple[Any, ...]]:
     """Ended tasks that started in the window (TASK_COLUMNS), with their duration."""
-    where, bounds = window.where("started_at")
-    return [
-        (*row, _span_s(row[5], row[6]))
-        for row in db.execute(
-            "SELECT run_id, task_id, workstream_id, status, attempts, started_at, ended_at FROM "
-            f"tasks WHERE ended_at IS NOT NULL AND started_at IS NOT NULL AND {where}",
-            bounds,
-        )
-    ]
+    return [(*row, _span_s(row[5], row[6])) for row in reads.ended_tasks(db, window.bounds())]
 
 
 def _task_durations(tasks: list[tuple[Any, ...]]) -> list[Row]:
@@ -299,14 +268,8 @@ def _slowest_tasks(tasks: list[tuple[Any, ...]], top: int) -> list[Row]:
     return [dict(zip(TASK_COLUMNS, task, strict=True)) for task in slowest]
 
 
-def _pattern_rows(db: Db, window: Window) -> list[Row]:
-    where, bounds = window.where("started_at")
-    rows = fetch_dicts(
-        db,
-        "SELECT pattern_run_id, pattern_id, run_id, status, phase, started_at, finished_at, "
-        f"duration_s, error_message FROM pattern_runs WHERE started_at IS NOT NULL AND {where}",
-        bounds,
-    )
+def _pattern_rows(db: Connection, window: Window) -> list[Row]:
+    rows = reads.started_pattern_runs(db, window.bounds())
     for row in rows:
         if row["duration_s"] is None:
             row["duration_s"] = _span_s(row["started_at"], row["finished_at"])
@@ -424,22 +387,19 @@ def _failing(
     return failing, messages
 
 
-def _run_ends(db: Db) -> dict[str, tuple[int | None, bool]]:
+def _run_ends(db: Connection) -> dict[str, tuple[int | None, bool]]:
     return {
         run_id: (None if ended is None else parse_time(ended), status in RUN_TERMINAL)
-        for run_id, status, ended in db.execute("SELECT run_id, status, ended_at FROM runs")
+        for run_id, status, ended in reads.run_ends(db)
     }
 
 
-def _recorded_stalls(db: Db, horizon: int | None) -> list[Row]:
+def _recorded_stalls(db: Connection, horizon: int | None) -> list[Row]:
     """RUN_STALLED records, each resumed by its run's next RUN_RECOVERED."""
     incidents: list[Row] = []
     open_by_run: dict[str, Row] = {}
-    for kind, run_id, data in db.execute(
-        "SELECT type, run_id, data FROM derived_events WHERE type IN "
-        "('RUN_STALLED', 'RUN_RECOVERED') AND run_id IS NOT NULL ORDER BY seq"
-    ):
-        quiet_from = orjson.loads(bytes(data)).get("last_event_at")
+    for kind, run_id, data in reads.stall_records(db):
+        quiet_from = orjson.loads(data).get("last_event_at")
         if kind == "RUN_STALLED" and run_id not in open_by_run and quiet_from:
             open_by_run[run_id] = incident(
                 run_id, parse_time(quiet_from), None, horizon or parse_time(quiet_from)
@@ -465,19 +425,12 @@ def _per_hour(hours: Mapping[int, int]) -> list[Row]:
     ]
 
 
-def _dead_letters(db: Db) -> list[Row]:
+def _dead_letters(db: Connection) -> list[Row]:
     """Rejected lines by reason, each with its first place (by file, then offset)."""
-    rows = []
-    for reason, count in db.execute(
-        "SELECT reason, count(*) FROM dead_letters GROUP BY reason ORDER BY 2 DESC, 1"
-    ).fetchall():
-        source, line = db.execute(
-            "SELECT source, line FROM dead_letters WHERE reason = ? "
-            'ORDER BY source, "offset" LIMIT 1',
-            (reason,),
-        ).fetchone()
-        rows.append({"reason": reason, "count": count, "first": f"{source}:{line}"})
-    return rows
+    return [
+        {"reason": reason, "count": count, "first": f"{source}:{line}"}
+        for reason, count, source, line in reads.dead_letter_reasons(db)
+    ]
 
 
 def _skew_rows(files: Mapping[str, FileStats]) -> list[Row]:
@@ -494,21 +447,18 @@ def _skew_rows(files: Mapping[str, FileStats]) -> list[Row]:
 
 
 def _totals(
-    db: Db,
+    db: Connection,
     window: Window,
     analysis: Mapping[str, Any],
     tasks: list[tuple[Any, ...]],
     patterns: list[Row],
     observer: LogObserver | None,
 ) -> dict[str, Any]:
-    counters = dict(db.execute("SELECT name, value FROM counters"))
+    counters = reads.counters(db)
     days = analysis["runs_by_day"]
     by_status = {s: sum(d[s] for d in days) for s in RUN_STATUSES}
     ended = sum(by_status[s] for s in SUCCESS_DENOMINATOR)
-    where, bounds = window.where("created_at")
-    stalled = db.execute(
-        f"SELECT count(*) FROM runs WHERE stalled = 1 AND {where}", bounds
-    ).fetchone()[0]
+    stalled = reads.stalled_runs(db, window.bounds())
     totals: dict[str, Any] = {
         "events_accepted": counters.get("events_accepted", 0),
         "events_duplicate": counters.get("events_duplicate", 0),

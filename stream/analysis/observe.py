@@ -74,17 +74,9 @@ class Window:
     def hi(self) -> int:
         return 1 << 62 if self.until is None else self.until
 
-    def where(self, column: str) -> tuple[str, list[str]]:
-        """`column` (a stored time string, which compares like the time it spells) in the
-        window, as an SQL condition and its parameters."""
-        parts, bounds = ["1 = 1"], []
-        if self.since is not None:
-            parts.append(f"{column} >= ?")
-            bounds.append(format_time(self.since) or "")
-        if self.until is not None:
-            parts.append(f"{column} < ?")
-            bounds.append(format_time(self.until) or "")
-        return " AND ".join(parts), bounds
+    def bounds(self) -> tuple[str | None, str | None]:
+        """The window as stored time strings, which compare like the times they spell."""
+        return format_time(self.since), format_time(self.until)
 
 
 ALL_TIME: Final = Window()

@@ -12,6 +12,7 @@ import orjson
 
 from runwatch.projections.events import format_time
 from runwatch.sinks.channels import describe
+from runwatch.sinks.store import reads
 from runwatch.stream.cli.common import Command, common_options, settings_from_args
 from runwatch.stream.console import table
 from runwatch.stream.delivery.handlers import build_channel
@@ -108,31 +109,7 @@ def add_list_arguments(parser: argparse.ArgumentParser) -> None:
 def list_alerts(args: argparse.Namespace) -> int:
     store = open_existing(settings_from_args(args))
     try:
-        where, params = ("WHERE state = ?", [args.state]) if args.state else ("", [])
-        cursor = store.db.execute(
-            "SELECT decided_at, rule, channel, state, attempts, run_id, last_error, payload "
-            f"FROM alerts {where} ORDER BY decided_at DESC, id LIMIT ?",
-            [*params, args.limit],
-        )
-        rows = [
-            dict(
-                zip(
-                    (
-                        "decided_at",
-                        "rule",
-                        "channel",
-                        "state",
-                        "attempts",
-                        "run_id",
-                        "last_error",
-                        "payload",
-                    ),
-                    row,
-                    strict=True,
-                )
-            )
-            for row in cursor
-        ]
+        rows = reads.alerts(store.db, state=args.state, limit=args.limit)
     finally:
         store.close()
     for row in rows:

@@ -13,14 +13,12 @@ import os
 import select
 import shutil
 import signal
-import sqlite3
 import sys
 import termios
 import time
 import tty
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -28,6 +26,8 @@ from typing import Any, Final, TextIO
 
 import orjson
 
+from runwatch.sinks.store import reads
+from runwatch.sinks.store.reads import Frame
 from runwatch.stream.errors import EXIT_OK, UsageError
 from runwatch.stream.services.health import process_alive, status_path
 from runwatch.stream.settings.service import Settings
@@ -38,23 +38,6 @@ STALE_AFTER: Final = 5.0
 KEY_POLL: Final = 0.1
 BOLD, DIM, RED, GREEN, YELLOW, STALLED = "1", "2", "31", "32", "33", "7;33"
 WORST_FIRST: Final = ("failed", "pending", "delivered", "recorded", "skipped")
-_DONE: Final = "*, tasks_succeeded + tasks_failed + tasks_skipped + tasks_canceled AS done"
-"""Tasks that will not run again, whatever their outcome: the bar's numerator."""
-_COUNTS: Final = "SELECT status, count(*) AS n, sum(stalled) AS stalled FROM runs GROUP BY status"
-_ACTIVE: Final = (
-    f"SELECT {_DONE} FROM runs WHERE status IN ('pending', 'running') "
-    "ORDER BY stalled DESC, last_event_at DESC, run_id LIMIT ?"
-)
-_COMPLETED: Final = (
-    f"SELECT {_DONE} FROM runs WHERE status NOT IN ('pending', 'running') "
-    "ORDER BY ended_at DESC, run_id LIMIT ?"
-)
-_ALERTS: Final = (
-    "SELECT max(decided_at) AS decided_at, rule, payload, group_concat(state) "
-    "AS states FROM (SELECT * FROM alerts ORDER BY decided_at DESC LIMIT ?) "
-    "GROUP BY alert_id ORDER BY decided_at DESC LIMIT ?"
-)
-"""One line per alert, whatever its channels, from the newest outbox rows only."""
 _CONTROLS: Final = {c: "?" for c in (*range(32), *range(127, 160))}
 
 Line = tuple[str, str]
@@ -63,45 +46,6 @@ Line = tuple[str, str]
 
 class _Stopped(Exception):
     """SIGTERM or SIGHUP: leave like `q` does."""
-
-
-@dataclass
-class Snapshot:
-    """What one frame shows, read in one transaction; a problem is shown, not raised."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    stalled: int = 0
-    active: list[sqlite3.Row] = field(default_factory=list)
-    completed: list[sqlite3.Row] = field(default_factory=list)
-    alerts: list[sqlite3.Row] = field(default_factory=list)
-    problem: str | None = None
-
-
-def read_snapshot(database: Path, limit: int) -> Snapshot:
-    """Never writes; a busy, half-built or foreign database gives a frame naming the problem
-    (sections are read most important first, so what was read before it still shows)."""
-    snap = Snapshot()
-    try:
-        connection = sqlite3.connect(
-            f"{database.resolve().as_uri()}?mode=ro", uri=True, timeout=0.2, isolation_level=None
-        )
-    except sqlite3.Error as exc:
-        snap.problem = str(exc)
-        return snap
-    connection.row_factory = sqlite3.Row
-    try:
-        connection.execute("BEGIN")
-        for row in connection.execute(_COUNTS):
-            snap.counts[row["status"]] = row["n"]
-            snap.stalled += row["stalled"] or 0
-        snap.active = connection.execute(_ACTIVE, (limit,)).fetchall()
-        snap.completed = connection.execute(_COMPLETED, (RECENT,)).fetchall()
-        snap.alerts = connection.execute(_ALERTS, (RECENT * 20, RECENT)).fetchall()
-    except sqlite3.Error as exc:
-        snap.problem = str(exc)
-    finally:
-        connection.close()
-    return snap
 
 
 def service_line(path: Path, now: float) -> Line:
@@ -126,7 +70,7 @@ def service_line(path: Path, now: float) -> Line:
 
 
 def render(
-    snap: Snapshot, service: Line, database: Path, now: datetime, height: int | None
+    snap: Frame, service: Line, database: Path, now: datetime, height: int | None
 ) -> list[Line]:
     """On a short terminal the active runs keep at least half the room below the head;
     alerts give way first, then completions."""
@@ -163,14 +107,14 @@ def _cut(lines: list[Line], room: int | None, total: int) -> list[Line]:
     return [*shown, (f"  ... and {hidden} more", DIM)] if hidden > 0 else shown
 
 
-def _summary(snap: Snapshot) -> str:
+def _summary(snap: Frame) -> str:
     """Active statuses first, then the finished ones, alphabetically."""
     order = sorted(snap.counts.items(), key=lambda kv: (kv[0] not in ACTIVE, kv[0]))
     parts = ", ".join(f"{n:,} {status}" for status, n in order) or "none"
     return f"runs: {parts}; {snap.stalled} stalled"
 
 
-def _active_line(run: sqlite3.Row, now: datetime) -> Line:
+def _active_line(run: dict[str, Any], now: datetime) -> Line:
     """Stalled runs are marked in words too, so the mark survives NO_COLOR and pipes."""
     done, total, failed = run["done"], run["tasks_total"], run["tasks_failed"]
     mark = "STALLED" if run["stalled"] else ""
@@ -183,7 +127,7 @@ def _active_line(run: sqlite3.Row, now: datetime) -> Line:
     return text, STALLED if run["stalled"] else RED if failed else ""
 
 
-def _completed_line(run: sqlite3.Row, now: datetime) -> Line:
+def _completed_line(run: dict[str, Any], now: datetime) -> Line:
     """A finished run: how it ended, how far it got, how long it took."""
     text = (
         f"  {run['run_id']:<26} {run['status']:<11} {run['done']}/{run['tasks_total']}"
@@ -192,7 +136,7 @@ def _completed_line(run: sqlite3.Row, now: datetime) -> Line:
     return text, GREEN if run["status"] == "succeeded" else RED
 
 
-def _alert_line(row: sqlite3.Row, now: datetime) -> Line:
+def _alert_line(row: dict[str, Any], now: datetime) -> Line:
     """One line per alert, whatever its channels; delivery shows the worst channel's state."""
     try:
         payload = dict(orjson.loads(row["payload"]))
@@ -252,7 +196,7 @@ def paint(lines: list[Line], width: int | None, color: bool) -> list[str]:
 
 def frame(database: Path, size: os.terminal_size | None) -> list[Line]:
     """One frame from the current database and status file."""
-    snap = read_snapshot(database, limit=size.lines if size else 200)
+    snap = reads.frame(database, active=size.lines if size else 200, recent=RECENT)
     service = service_line(status_path(database), time.time())
     return render(snap, service, database, datetime.now(UTC), size.lines if size else None)
 

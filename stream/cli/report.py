@@ -8,10 +8,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from runwatch.projections.events import format_time
 from runwatch.sinks.audit import AuditLog
+from runwatch.sinks.store import outbox
 from runwatch.stream.cli.common import Command, common_options, settings_from_args
 from runwatch.stream.delivery import jobs
-from runwatch.stream.delivery.dispatcher import Result, record
+from runwatch.stream.delivery.dispatcher import Result
 from runwatch.stream.errors import EXIT_FAILURE, EXIT_OK, ServiceError
 from runwatch.stream.services.tail import DatabaseLock
 from runwatch.stream.settings.database import open_existing
@@ -42,7 +44,8 @@ def run_job_now(settings: Settings, run_id: str, job: Callable[[Any], Result]) -
     try:
         result = job(store.db)
         with store.transaction():
-            record(store.db, result.derived, result.writes, time.time())
+            recorded_at = format_time(time.time_ns() // 1000) or ""
+            outbox.record(store.db, result.derived, result.writes, recorded_at)
         if audit is not None:
             audit.drain()
     finally:

@@ -8,8 +8,7 @@ from typing import Any
 
 import orjson
 
-from runwatch.sinks.store import Store, run_detail
-from runwatch.sinks.store.schema import RUN_COLUMNS
+from runwatch.sinks.store import Store, reads
 from runwatch.stream.cli.common import Command, common_options, settings_from_args
 from runwatch.stream.console import table
 from runwatch.stream.errors import EXIT_FAILURE, EXIT_OK, UsageError
@@ -61,17 +60,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.run:
             return _status_one(store, args.run, args.json)
-        where, params = ("WHERE status = ?", [args.only]) if args.only else ("", [])
         limit = args.limit if args.limit is not None else (None if args.json else 50)
-        if limit is not None:
-            params.append(limit)
-        cursor = store.db.execute(
-            f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {where} "
-            "ORDER BY last_event_at DESC, run_id" + ("" if limit is None else " LIMIT ?"),
-            params,
-        )
-        runs = [dict(zip(RUN_COLUMNS, row, strict=True)) for row in cursor]
-        counts = dict(store.db.execute("SELECT status, count(*) FROM runs GROUP BY status"))
+        runs = reads.runs(store.db, status=args.only, limit=limit)
+        counts = reads.status_counts(store.db)
     finally:
         store.close()
     if args.json:
@@ -106,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _status_one(store: Store, run_id: str, as_json: bool) -> int:
-    found = run_detail(store.db, run_id)
+    found = reads.run_detail(store.db, run_id)
     if found is None:
         print(f"runwatch: no run {run_id!r} in {store.path}", file=sys.stderr)
         return EXIT_FAILURE

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import orjson
 
 from runwatch.projections.events import format_time
-from runwatch.sinks.store import Connection, connect, is_postgres, transaction
+from runwatch.sinks.store import Connection, connect, is_postgres, outbox, transaction
 from runwatch.stream.settings.alerts import DeliverySpec
 
 MAX_RETRY_AFTER = 3600.0
@@ -37,6 +37,7 @@ class Result:
     retry_after: float | None = None
     derived: list[dict[str, Any]] = field(default_factory=list)
     writes: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    """(table, row) rows the job adds, recorded with its derived events."""
 
 
 Handler = Callable[[dict[str, Any]], Result]
@@ -78,7 +79,7 @@ class Dispatcher:
         self.wakeups = {target: threading.Event() for target in handlers}
         self.busy = dict.fromkeys(handlers, False)
         self.threads: list[threading.Thread] = []
-        self.claim = _lease if is_postgres(database) else _next_due
+        self.claim = _lease if is_postgres(database) else outbox.next_due
         # Alone on SQLite, every new entry comes with a poke; processors sharing PostgreSQL
         # also deliver what the others decided, unannounced, so they look more often.
         self.longest_wait = 1.0 if is_postgres(database) else 5.0
@@ -107,11 +108,8 @@ class Dispatcher:
 
     def idle(self, connection: Connection, horizon: float = 0.0) -> bool:
         """Nothing pending is due within `horizon` seconds and no attempt is in flight."""
-        row = connection.execute(
-            "SELECT count(*) FROM outbox WHERE state='pending' AND next_attempt_at <= ?",
-            (time.time() + horizon,),
-        ).fetchone()
-        return int(row[0]) == 0 and not any(self.busy.values())
+        due = outbox.due_count(connection, time.time() + horizon)
+        return due == 0 and not any(self.busy.values())
 
     def _serve(self, target: str) -> None:
         connection = connect(self.database)
@@ -139,11 +137,9 @@ class Dispatcher:
         if when_idle is not None:
             when_idle()
 
-    def _attempt(
-        self, connection: Connection, target: str, entry: tuple[str, str, bytes, int]
-    ) -> None:
-        entry_id, kind, blob, attempts = entry
-        payload = orjson.loads(blob)
+    def _attempt(self, connection: Connection, target: str, entry: outbox.Claim) -> None:
+        entry_id, kind, attempts = entry.id, entry.kind, entry.attempts
+        payload = orjson.loads(entry.payload)
         try:
             result = self.handlers[target](payload)
         except Exception as exc:  # a bug in a handler must not stop the channel
@@ -155,54 +151,22 @@ class Dispatcher:
         if status == "retry" and attempts >= self.delivery.max_attempts:
             status = "failed"
         now = time.time()
+        stamp = format_time(int(now * 1e6)) or ""
         derived = list(result.derived)
         if kind == "alert" and status != "retry":
             derived.append(_alert_event(payload, target, status, attempts, result.detail, now))
         with transaction(connection):
             if status == "retry":
                 delay = backoff(attempts, self.delivery, result.retry_after, self.rng)
-                connection.execute(
-                    "UPDATE outbox SET attempts=?, next_attempt_at=?, last_error=? WHERE id=?",
-                    (attempts, now + delay, result.detail, entry_id),
-                )
+                outbox.retry_later(connection, entry_id, attempts, now + delay, result.detail)
             else:
-                connection.execute(
-                    "UPDATE outbox SET state=?, attempts=?, last_error=?, done_at=? WHERE id=?",
-                    (
-                        status,
-                        attempts,
-                        None if status == "delivered" else result.detail,
-                        format_time(int(now * 1e6)),
-                        entry_id,
-                    ),
-                )
-            record(connection, derived, result.writes, now)
+                error = None if status == "delivered" else result.detail
+                outbox.settle(connection, entry_id, status, attempts, error, stamp)
+            outbox.record(connection, derived, result.writes, stamp)
         if status == "failed":
             self.on_failure(payload, result.detail)
         if derived:
             self.on_record()
-
-
-def record(
-    connection: Connection,
-    derived: list[dict[str, Any]],
-    writes: list[tuple[str, tuple[Any, ...]]],
-    now: float,
-) -> None:
-    """Inside an open transaction: a job's own rows, and derived events that the alert rules
-    have yet to see (the service evaluates them at its next commit) and the audit trail has
-    yet to append."""
-    for sql, params in writes:
-        connection.execute(sql, params)
-    recorded_at = format_time(int(now * 1e6))
-    connection.executemany(
-        "INSERT INTO derived_events (type, run_id, event_time, data, recorded_at, unevaluated) "
-        "VALUES (?, ?, ?, ?, ?, 1)",
-        [
-            (d["type"], d.get("run_id"), d["event_time"], orjson.dumps(d), recorded_at)
-            for d in derived
-        ],
-    )
 
 
 def _alert_event(
@@ -224,38 +188,15 @@ def _alert_event(
     return event
 
 
-def _next_due(
-    connection: Connection, target: str, now: float
-) -> tuple[str, str, bytes, int] | None:
-    """The next due entry of `target`; one dispatcher per database (SQLite's one writer)."""
-    row = connection.execute(
-        "SELECT id, kind, payload, attempts FROM outbox "
-        "WHERE state='pending' AND target=? AND next_attempt_at <= ? "
-        "ORDER BY next_attempt_at, decided_at, id LIMIT 1",
-        (target, now),
-    ).fetchone()
-    return None if row is None else (row[0], row[1], row[2], int(row[3]))
-
-
-def _lease(connection: Connection, target: str, now: float) -> tuple[str, str, bytes, int] | None:
-    """Claim the next due entry of `target` among several processors sharing PostgreSQL:
-    the row is locked with SKIP LOCKED (no two claim it) and leased for LEASE_S, so if this
-    process dies mid-attempt another one retries it once the lease ends."""
-    row = connection.execute(
-        "UPDATE outbox SET next_attempt_at = ? WHERE id = ("
-        "SELECT id FROM outbox WHERE state='pending' AND target=? AND next_attempt_at <= ? "
-        "ORDER BY next_attempt_at, decided_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) "
-        "RETURNING id, kind, payload, attempts",
-        (now + LEASE_S, target, now),
-    ).fetchone()
-    return None if row is None else (row[0], row[1], bytes(row[2]), int(row[3]))
+def _lease(connection: Connection, target: str, now: float) -> outbox.Claim | None:
+    """Processors sharing PostgreSQL lease an entry for LEASE_S: if this one dies
+    mid-attempt, another retries it once the lease ends."""
+    return outbox.lease(connection, target, now, LEASE_S)
 
 
 def _sleep_for(connection: Connection, target: str, longest: float) -> float:
     """Until the next retry falls due, at most `longest`: new entries also poke the thread."""
-    row = connection.execute(
-        "SELECT min(next_attempt_at) FROM outbox WHERE state='pending' AND target=?", (target,)
-    ).fetchone()
-    if row[0] is None:
+    due = outbox.next_attempt_at(connection, target)
+    if due is None:
         return longest
-    return min(max(float(row[0]) - time.time(), 0.005), longest)
+    return min(max(due - time.time(), 0.005), longest)

@@ -6,11 +6,11 @@ import threading
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from runwatch.sinks.channels import Channel, ConsoleConfig
+from runwatch.sinks.channels import Channel, ChannelConfig
 from runwatch.sinks.store import connect
 from runwatch.stream.delivery import jobs
 from runwatch.stream.delivery.dispatcher import Handler, Result
-from runwatch.stream.settings.alerts import AlertSetup, ChannelConfig
+from runwatch.stream.settings.alerts import AlertSetup
 from runwatch.stream.settings.service import Settings
 
 
@@ -21,9 +21,7 @@ def build_channel(
     out: TextIO | None = None,
     lock: threading.Lock | None = None,
 ) -> Channel:
-    if isinstance(config, ConsoleConfig):
-        return config.build(name, stream=out, lock=lock)
-    return config.build(name)
+    return config.build(name, stream=out, lock=lock)
 
 
 def channel_handler(channel: Channel) -> Handler:

@@ -22,7 +22,7 @@ from runwatch.projections import Event
 from runwatch.projections.events import format_time
 from runwatch.sinks.archive import ArchiveError, ArchiveResult, apply_retention, build_archive
 from runwatch.sinks.reports import build_index, build_run_reports, write_reports
-from runwatch.sinks.store import Connection, fetch_dicts, run_detail
+from runwatch.sinks.store import Connection, reads
 from runwatch.stream.core.decode import decode
 from runwatch.stream.delivery.dispatcher import Result
 from runwatch.stream.settings.service import Settings
@@ -49,7 +49,7 @@ not local files (a processor reads them back from JetStream)."""
 def load_run(connection: Connection, run_id: str, fetch: Fetch | None = None) -> RunData | None:
     """The run's rows and its accepted events in (time, id) order; None if there is no run.
     `missing` counts indexed events whose bytes are no longer where they were read."""
-    detail = run_detail(connection, run_id)
+    detail = reads.run_detail(connection, run_id)
     if detail is None:
         return None
     lines, events, missing = _run_events(connection, run_id, fetch)
@@ -67,14 +67,10 @@ def load_run(connection: Connection, run_id: str, fetch: Fetch | None = None) ->
 def _run_events(
     connection: Connection, run_id: str, fetch: Fetch | None
 ) -> tuple[list[bytes], list[dict[str, Any]], int]:
-    entries: list[tuple[str, int, int, int]] = []
-    for (blob,) in connection.execute(
-        "SELECT entries FROM event_index WHERE group_key=?", ("r:" + run_id,)
-    ):
-        entries.extend(tuple(e) for e in orjson.loads(blob))
+    entries = reads.run_index(connection, run_id)
     if fetch is not None:
         return _fetched_events(fetch(run_id), {entry[0] for entry in entries})
-    sources = dict(connection.execute("SELECT source_id, path FROM sources"))
+    sources = reads.source_paths(connection)
     found: dict[str, tuple[Event, bytes]] = {}
     missing = 0
     handles: dict[int, Any] = {}
@@ -156,7 +152,7 @@ class RunIndex:
         now = time.monotonic()
         if not self.dirty or (not force and now - self.written_at < self.INDEX_EVERY_S):
             return []
-        runs = fetch_dicts(connection, "SELECT * FROM runs")
+        runs = reads.every_run(connection)
         written = write_reports(settings.reports.directory, {"index.html": build_index(runs)})
         self.dirty, self.written_at = False, now
         return written
@@ -246,7 +242,7 @@ def archive(
         archived_at = format_time(int(now.timestamp() * 1e6))
         writes.append(
             (
-                "INSERT OR IGNORE INTO archival_log VALUES (?, ?, ?, ?, ?, ?)",
+                "archival_log",
                 (
                     run_id,
                     str(result.path),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import tempfile
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 import orjson
 
 from runwatch.sinks.archive import ArchiveConfig
+from runwatch.sinks.store import StoreError, reads
 from runwatch.stream.settings.service import Settings
 
 
@@ -77,16 +77,12 @@ def database(path: Path) -> Check:
     if not path.exists():
         return Check("db_connection_check", False, f"{path}: no such database")
     try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
-        try:
-            row = connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        finally:
-            connection.close()
-    except sqlite3.Error as exc:
+        version = reads.schema_version(path)
+    except StoreError as exc:
         return Check("db_connection_check", False, f"{path}: cannot read ({exc})")
-    if row is None:
+    if version is None:
         return Check("db_connection_check", False, f"{path}: not a runwatch database")
-    return Check("db_connection_check", True, f"{path}: readable, schema {row[0]}")
+    return Check("db_connection_check", True, f"{path}: readable, schema {version}")
 
 
 def archival_storage(config: ArchiveConfig, min_free_bytes: int) -> Check:

@@ -32,6 +32,7 @@ from nats.js.errors import NotFoundError
 from runwatch.projections import DerivedEvent
 from runwatch.sinks.audit import AuditLog
 from runwatch.sinks.store import OwnershipLost, connect, open_store
+from runwatch.sinks.store.locks import try_partition_lock
 from runwatch.stream.console import ServiceConsole, wall_clock
 from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.core.lines import Lines
@@ -43,8 +44,6 @@ from runwatch.stream.settings.alerts import AlertSetup
 from runwatch.stream.settings.service import Settings
 
 STREAM: Final = "runwatch"
-LOCK_CLASS: Final = 0x72770001
-"""The first key of the partition advisory locks (the second is the partition number)."""
 
 
 @dataclass(frozen=True)
@@ -172,13 +171,7 @@ class PartitionService:
         missing = list(self.partitions.indices)
         waiting = False
         while missing and not self.stopping.is_set():
-            missing = [
-                k
-                for k in missing
-                if not lock.execute(
-                    "SELECT pg_try_advisory_lock(?, ?)", (LOCK_CLASS, k)
-                ).fetchone()[0]
-            ]
+            missing = [k for k in missing if not try_partition_lock(lock, k)]
             if missing and not waiting:
                 self.console.say(
                     f"standby: partition(s) {missing} of {self.partitions.count} are "

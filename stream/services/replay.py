@@ -14,7 +14,6 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -27,12 +26,9 @@ import orjson
 
 from runwatch.projections import Event
 from runwatch.projections.alerts import RuleSet, Trigger
-from runwatch.sinks.atomic import fsync_path
-from runwatch.sinks.store import Store, is_postgres
+from runwatch.sinks.store import Store, is_postgres, reads
 from runwatch.sinks.store.api import Checkpoint, DeadLetter
-from runwatch.sinks.store.postgres import PostgresStore, drop_schema, swap_schema
-from runwatch.sinks.store.postgres_sql import Target, with_schema
-from runwatch.sinks.store.sqlite import SqliteStore
+from runwatch.sinks.store.scratch import scratch_for
 from runwatch.stream.console import Progress, wall_clock
 from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.core.decode import RAW_KEEP, decode
@@ -124,9 +120,7 @@ def replay(
     `deliver`. `observer` is shown every decoded event."""
     alerts = alerts or default_alert_setup()
     started = time.perf_counter()
-    scratch: _Scratch = (
-        _PostgresScratch(str(target)) if is_postgres(target) else _SqliteScratch(Path(target))
-    )
+    scratch = scratch_for(target)
     store = scratch.open()
     try:
         summary = _build(
@@ -145,15 +139,10 @@ def replay(
             [("built_by", "replay"), ("built_at", wall_clock()), ("inputs", str(len(files)))]
         )
         store.finalize()
-        summary.runs_by_status = dict(
-            store.db.execute(
-                "SELECT status, count(*) FROM runs GROUP BY status ORDER BY status"
-            ).fetchall()
-        )
-        summary.stalled_runs = store.db.execute(
-            "SELECT count(*) FROM runs WHERE stalled=1"
-        ).fetchone()[0]
-        summary.pattern_runs = store.db.execute("SELECT count(*) FROM pattern_runs").fetchone()[0]
+        built = reads.totals(store.db)
+        summary.runs_by_status = built.runs_by_status
+        summary.stalled_runs = built.stalled_runs
+        summary.pattern_runs = built.pattern_runs
         store.close()
         scratch.publish()
     except BaseException:
@@ -163,55 +152,6 @@ def replay(
     summary.seconds = time.perf_counter() - started
     summary.database = str(store.path) if is_postgres(target) else str(target)
     return summary
-
-
-class _Scratch(Protocol):
-    """Where a replay builds, and how the finished build replaces the target at once."""
-
-    def open(self) -> Store: ...
-    def publish(self) -> None: ...
-    def discard(self) -> None: ...
-
-
-class _SqliteScratch:
-    """A file beside the target, renamed over it."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-        self.path = target.with_name(f".{target.name}.replay-{os.getpid()}")
-
-    def open(self) -> Store:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        _remove_database(self.path)
-        return SqliteStore(self.path, fast_unsafe=True)
-
-    def publish(self) -> None:
-        fsync_path(self.path)
-        _retire(self.target)
-        os.replace(self.path, self.target)
-        fsync_path(self.target.parent)
-
-    def discard(self) -> None:
-        _remove_database(self.path)
-
-
-class _PostgresScratch:
-    """A schema beside the target schema, swapped in by one transaction."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.schema = Target.parse(url).schema
-        self.scratch = f"{self.schema[:40]}_replay_{os.getpid()}"
-
-    def open(self) -> Store:
-        drop_schema(with_schema(self.url, self.scratch))
-        return PostgresStore(with_schema(self.url, self.scratch), fast_unsafe=True)
-
-    def publish(self) -> None:
-        swap_schema(self.url, self.scratch, self.schema)
-
-    def discard(self) -> None:
-        drop_schema(with_schema(self.url, self.scratch))
 
 
 def _build(
@@ -473,22 +413,3 @@ def _line_aligned_ranges(path: Path, size: int, chunk: int) -> list[tuple[int, i
             position = boundary + chunk
     bounds.append(size)
     return list(itertools.pairwise(bounds))
-
-
-def _retire(target: Path) -> None:
-    """Fold the old database's WAL into it and drop the WAL, so it cannot be replayed onto
-    the new file that takes its name."""
-    if target.exists():
-        try:
-            old = sqlite3.connect(target)
-            old.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            old.close()
-        except sqlite3.DatabaseError:
-            pass  # not a database we can open: it is being replaced anyway
-    for suffix in ("-wal", "-shm"):
-        Path(f"{target}{suffix}").unlink(missing_ok=True)
-
-
-def _remove_database(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)

@@ -29,6 +29,7 @@ from watchdog.observers.polling import PollingObserver
 from runwatch.projections import DerivedEvent
 from runwatch.sinks.audit import AuditLog
 from runwatch.sinks.metrics import Metrics, MetricsServer
+from runwatch.sinks.store import outbox
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import ServiceConsole, wall_clock
 from runwatch.stream.core.decisions import Decisions
@@ -321,9 +322,7 @@ class TailService:
             self.due_lag = time.monotonic() + self.intervals.rescan
         lag_bytes = self.lag_bytes
         stalled = sum(1 for _, flagged in processor.open_runs.values() if flagged)
-        pending = follower.store.db.execute(
-            "SELECT count(*) FROM outbox WHERE state='pending'"
-        ).fetchone()[0]
+        pending = outbox.pending_count(follower.store.db)
         metrics = self.metrics
         metrics.lag_seconds.set(self.lag_s)
         metrics.lag_bytes.set(lag_bytes)

@@ -17,23 +17,14 @@ from runwatch.projections.alerts import (
     Rule,
     RuleSet,
 )
-from runwatch.sinks.channels import ConsoleConfig, EmailConfig, SlackConfig, WebhookConfig
+from runwatch.sinks.channels import CHANNELS, ChannelConfig
 from runwatch.stream.core.decisions import Policy
 from runwatch.stream.settings.service import ConfigError, explain, parse_duration, read_yaml
 
 DEFAULT_ALERTS: Final = Path("config/alerts.yaml")
 BUILT_IN: Final = Path(__file__).parent / "defaults" / "alerts.yaml"
-CHANNEL_TYPES: Final[dict[str, type[BaseModel]]] = {
-    "console": ConsoleConfig,
-    "webhook": WebhookConfig,
-    "slack": SlackConfig,
-    "email": EmailConfig,
-}
-ADDRESS_KEYS: Final = {"webhook": "url", "slack": "url", "email": "host"}
-"""The key whose empty value switches a channel off (its variable is not set)."""
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
-ChannelConfig = ConsoleConfig | WebhookConfig | SlackConfig | EmailConfig
 
 
 class RuleSpec(BaseModel):
@@ -102,7 +93,7 @@ def load_alerts(path: Path | None, *, required: bool = False) -> AlertSetup:
                 "completion job of that name; call the channel something else"
             )
     channels = {key: _channel(name, key, value) for key, value in spec.channels.items()}
-    channels.setdefault("console", ConsoleConfig())
+    channels.setdefault("console", CHANNELS["console"].config())
     rules = [_rule(name, index, rule, channels) for index, rule in enumerate(spec.rules)]
     seen: set[str] = set()
     for rule in rules:
@@ -124,23 +115,21 @@ def _channel(source: str, name: str, raw: dict[str, Any]) -> ChannelConfig | Non
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: {where}: expected a mapping with a `type`")
     kind = raw.get("type")
-    if kind not in CHANNEL_TYPES:
+    if kind not in CHANNELS:
         raise ConfigError(
             f"{source}: {where}.type: {kind!r} is not a channel type; "
-            f"use one of {', '.join(CHANNEL_TYPES)}"
+            f"use one of {', '.join(CHANNELS)}"
         )
+    model = CHANNELS[kind].config
     body = {k: v for k, v in raw.items() if k != "type"}
-    address = ADDRESS_KEYS.get(kind)
-    if address is not None and not body.get(address):
+    if model.address_key is not None and not body.get(model.address_key):
         return None
     body = {k: v for k, v in body.items() if v not in ("", None)}  # ${VAR:-} left empty
-    if kind == "email" and isinstance(body.get("recipients"), str):
-        body["recipients"] = [r.strip() for r in body["recipients"].split(",") if r.strip()]
     for key in ("timeout",):
         if key in body:
             body[key] = parse_duration(body[key])
     try:
-        config: ChannelConfig = CHANNEL_TYPES[kind].model_validate(body)  # type: ignore[assignment]
+        config = model.model_validate(body)
     except (ValidationError, ValueError) as exc:
         if isinstance(exc, ValidationError):
             raise ConfigError(explain(source, exc, prefix=f"{where}.")) from None

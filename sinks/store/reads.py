@@ -1,0 +1,196 @@
+"""The reads the commands and jobs make of a projection: run lists and details, alerts, the
+live view's frame, replay's totals and the health probe. Each takes a store connection
+(`store.db` or one from `connect`) unless it opens the database itself, read-only."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote
+
+import orjson
+
+from runwatch.sinks.store.api import Connection, StoreError
+from runwatch.sinks.store.schema import RUN_COLUMNS
+from runwatch.sinks.store.shared import fetch_dicts
+
+ALERT_COLUMNS: Final = (
+    "decided_at",
+    "rule",
+    "channel",
+    "state",
+    "attempts",
+    "run_id",
+    "last_error",
+    "payload",
+)
+
+
+def runs(
+    connection: Connection, *, status: str | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Runs (every column), the latest event first; only `status` when given."""
+    where = "WHERE status = ?" if status else ""
+    params: list[object] = [status] if status else []
+    if limit is not None:
+        params.append(limit)
+    return fetch_dicts(
+        connection,
+        f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {where} "
+        "ORDER BY last_event_at DESC, run_id" + ("" if limit is None else " LIMIT ?"),
+        params,
+    )
+
+
+def run_detail(db: Any, run_id: str) -> dict[str, Any] | None:
+    """A run's row with its tasks, workstreams and pattern runs; None if there is no run."""
+    found = fetch_dicts(db, "SELECT * FROM runs WHERE run_id=?", (run_id,))
+    if not found:
+        return None
+    return {
+        "run": found[0],
+        "tasks": fetch_dicts(db, "SELECT * FROM tasks WHERE run_id=? ORDER BY task_id", (run_id,)),
+        "workstreams": fetch_dicts(
+            db, "SELECT * FROM workstreams WHERE run_id=? ORDER BY workstream_id", (run_id,)
+        ),
+        "pattern_runs": fetch_dicts(
+            db,
+            "SELECT * FROM pattern_runs WHERE run_id=? ORDER BY started_at, pattern_run_id",
+            (run_id,),
+        ),
+    }
+
+
+def status_counts(connection: Connection) -> dict[str, int]:
+    """How many runs have each status."""
+    return dict(connection.execute("SELECT status, count(*) FROM runs GROUP BY status"))
+
+
+def every_run(connection: Connection) -> list[dict[str, Any]]:
+    """Every run's row, in no particular order (the report index sorts them)."""
+    return fetch_dicts(connection, "SELECT * FROM runs")
+
+
+def run_index(connection: Connection, run_id: str) -> list[tuple[str, int, int, int]]:
+    """Where the run's accepted events were read: (event id, source id, offset, length)."""
+    entries: list[tuple[str, int, int, int]] = []
+    for (blob,) in connection.execute(
+        "SELECT entries FROM event_index WHERE group_key=?", ("r:" + run_id,)
+    ):
+        entries.extend((e[0], e[1], e[2], e[3]) for e in orjson.loads(blob))
+    return entries
+
+
+def source_paths(connection: Connection) -> dict[int, str]:
+    """Source id → the path it names."""
+    return dict(connection.execute("SELECT source_id, path FROM sources"))
+
+
+def alerts(connection: Connection, *, state: str | None = None, limit: int) -> list[dict[str, Any]]:
+    """Alert deliveries (ALERT_COLUMNS), newest first; only `state` when given."""
+    where, params = ("WHERE state = ?", [state]) if state else ("", [])
+    return fetch_dicts(
+        connection,
+        f"SELECT {', '.join(ALERT_COLUMNS)} FROM alerts {where} "
+        "ORDER BY decided_at DESC, id LIMIT ?",
+        [*params, limit],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """What a finished build holds, for replay's summary."""
+
+    runs_by_status: dict[str, int]
+    stalled_runs: int
+    pattern_runs: int
+
+
+def totals(connection: Connection) -> Totals:
+    return Totals(
+        dict(
+            connection.execute(
+                "SELECT status, count(*) FROM runs GROUP BY status ORDER BY status"
+            ).fetchall()
+        ),
+        int(connection.execute("SELECT count(*) FROM runs WHERE stalled=1").fetchone()[0]),
+        int(connection.execute("SELECT count(*) FROM pattern_runs").fetchone()[0]),
+    )
+
+
+def _read_only(path: Path, timeout_s: float) -> sqlite3.Connection:
+    """A reader that cannot write, by a URI that any file name survives (`#`, `?`, `%`)."""
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    return sqlite3.connect(uri, uri=True, timeout=timeout_s, isolation_level=None)
+
+
+def schema_version(path: Path) -> str | None:
+    """The SQLite file's schema version, read as a new reader would; None when it is not a
+    runwatch database. StoreError (with the driver's words) when it cannot be read."""
+    try:
+        connection = _read_only(path, 2)
+        try:
+            row = connection.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.Error as exc:
+        raise StoreError(str(exc)) from exc
+    return None if row is None else str(row[0])
+
+
+_DONE: Final = "*, tasks_succeeded + tasks_failed + tasks_skipped + tasks_canceled AS done"
+"""Tasks that will not run again, whatever their outcome: the bar's numerator."""
+_COUNTS: Final = "SELECT status, count(*) AS n, sum(stalled) AS stalled FROM runs GROUP BY status"
+_ACTIVE: Final = (
+    f"SELECT {_DONE} FROM runs WHERE status IN ('pending', 'running') "
+    "ORDER BY stalled DESC, last_event_at DESC, run_id LIMIT ?"
+)
+_COMPLETED: Final = (
+    f"SELECT {_DONE} FROM runs WHERE status NOT IN ('pending', 'running') "
+    "ORDER BY ended_at DESC, run_id LIMIT ?"
+)
+_ALERTS: Final = (
+    "SELECT max(decided_at) AS decided_at, rule, payload, group_concat(state) "
+    "AS states FROM (SELECT * FROM alerts ORDER BY decided_at DESC LIMIT ?) "
+    "GROUP BY alert_id ORDER BY decided_at DESC LIMIT ?"
+)
+"""One line per alert, whatever its channels, from the newest outbox rows only."""
+
+
+@dataclass
+class Frame:
+    """What one frame of the live view shows, read in one transaction; a problem is
+    reported, not raised. Runs carry `done`; alerts carry their channels' `states`."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    stalled: int = 0
+    active: list[dict[str, Any]] = field(default_factory=list)
+    completed: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    problem: str | None = None
+
+
+def frame(database: Path, *, active: int, recent: int) -> Frame:
+    """Never writes; a busy, half-built or foreign database gives a frame naming the problem
+    (sections are read most important first, so what was read before it still shows)."""
+    snap = Frame()
+    try:
+        connection = _read_only(database, 0.2)
+    except sqlite3.Error as exc:
+        snap.problem = str(exc)
+        return snap
+    try:
+        connection.execute("BEGIN")
+        for row in fetch_dicts(connection, _COUNTS):
+            snap.counts[row["status"]] = row["n"]
+            snap.stalled += row["stalled"] or 0
+        snap.active = fetch_dicts(connection, _ACTIVE, (active,))
+        snap.completed = fetch_dicts(connection, _COMPLETED, (recent,))
+        snap.alerts = fetch_dicts(connection, _ALERTS, (recent * 20, recent))
+    except sqlite3.Error as exc:
+        snap.problem = str(exc)
+    finally:
+        connection.close()
+    return snap
