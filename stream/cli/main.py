@@ -23,7 +23,7 @@ from runwatch.stream.cli.common import (
     settings_from_args,
 )
 from runwatch.stream.console import table
-from runwatch.stream.services.tail import DatabaseLock, ServiceError
+from runwatch.stream.services.lock import DatabaseLock, ServiceError
 from runwatch.stream.settings.alerts import load_alerts
 from runwatch.stream.settings.service import ConfigError, Settings, load_settings
 from runwatch.stream.sources.discovery import InputError, expand
@@ -320,7 +320,8 @@ def _tail(args: argparse.Namespace) -> int:
 
 def _tail_partition(args: argparse.Namespace, settings: Settings, alerts: Any) -> int:
     from runwatch.sinks.store import is_postgres
-    from runwatch.stream.services.partition import Partitions, PartitionService
+    from runwatch.stream.services.partition import PartitionService
+    from runwatch.stream.sources.nats import Partitions
 
     if not (args.nats and args.partition):
         raise UsageError("tail: --nats and --partition K/N go together")

@@ -15,7 +15,7 @@ from runwatch.projections.events import format_time
 from runwatch.sinks.archive import run_archives, verify_archive
 from runwatch.sinks.audit import AuditLog, verify_trail
 from runwatch.sinks.channels import describe
-from runwatch.sinks.store.api import Changes, StoreError
+from runwatch.sinks.store.api import StoreError
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.cli.common import (
     EXIT_FAILURE,
@@ -25,11 +25,11 @@ from runwatch.stream.cli.common import (
     settings_from_args,
 )
 from runwatch.stream.console import table
-from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.delivery import jobs
-from runwatch.stream.delivery.dispatcher import Dispatcher, Result, record
-from runwatch.stream.delivery.handlers import build_channel, build_handlers
-from runwatch.stream.services.tail import DatabaseLock, ServiceError
+from runwatch.stream.delivery.dispatcher import Result, record
+from runwatch.stream.delivery.handlers import build_channel
+from runwatch.stream.services.lock import DatabaseLock, ServiceError
+from runwatch.stream.services.runtime import Runtime, now_us
 from runwatch.stream.settings.alerts import AlertSetup, load_alerts
 from runwatch.stream.settings.service import Settings
 
@@ -288,14 +288,10 @@ def deliver_outbox(
     ARCHIVAL_FAILED) is evaluated by the rules, whose new alerts are delivered in turn."""
     store = SqliteStore(settings.database)
     try:
-        audit = AuditLog(settings.logs_dir / "monitor.jsonl", store)
-        decisions = Decisions(alerts.rules, store, alerts.policy(deliver=True))
+        runtime = Runtime.outbox(store, settings, alerts)
+        audit = runtime.audit()
         for _ in range(rounds):
-            dispatcher = Dispatcher(
-                settings.database,
-                build_handlers(alerts, settings, out=sys.stderr if quiet else sys.stdout),
-                alerts.delivery,
-            )
+            dispatcher = runtime.dispatcher(out=sys.stderr if quiet else sys.stdout)
             dispatcher.start()
             try:
                 while not dispatcher.idle(store.db, horizon=float("inf")):
@@ -305,9 +301,7 @@ def deliver_outbox(
             rows = store.unevaluated()
             if not rows:
                 break
-            changes = Changes()
-            decisions.decide([], [], time.time_ns() // 1000, changes, recorded=rows)
-            store.commit(changes, format_time(time.time_ns() // 1000) or "")
+            runtime.processor.commit([], now=now_us(), evaluated=rows)
         audit.drain()
     finally:
         store.close()

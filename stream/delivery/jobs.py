@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from runwatch.sinks.archive import ArchiveError, ArchiveResult, apply_retention,
 from runwatch.sinks.reports import build_index, build_run_reports, write_reports
 from runwatch.sinks.store import Connection, fetch_dicts, run_detail
 from runwatch.stream.core.decode import decode
+from runwatch.stream.core.groups import GroupKey, IndexEntry, load_index
 from runwatch.stream.delivery.dispatcher import Result
 from runwatch.stream.settings.service import Settings
 
@@ -67,19 +69,21 @@ def load_run(connection: Connection, run_id: str, fetch: Fetch | None = None) ->
 def _run_events(
     connection: Connection, run_id: str, fetch: Fetch | None
 ) -> tuple[list[bytes], list[dict[str, Any]], int]:
-    entries: list[tuple[str, int, int, int]] = []
+    entries: list[IndexEntry] = []
     for (blob,) in connection.execute(
-        "SELECT entries FROM event_index WHERE group_key=?", ("r:" + run_id,)
+        "SELECT entries FROM event_index WHERE group_key=?", (GroupKey.run(run_id).text,)
     ):
-        entries.extend(tuple(e) for e in orjson.loads(blob))
+        entries.extend(load_index(blob))
     if fetch is not None:
-        return _fetched_events(fetch(run_id), {entry[0] for entry in entries})
+        return _fetched_events(fetch(run_id), {entry.event_id for entry in entries})
     sources = dict(connection.execute("SELECT source_id, path FROM sources"))
     found: dict[str, tuple[Event, bytes]] = {}
     missing = 0
     handles: dict[int, Any] = {}
     try:
-        for event_id, source_id, offset, length in sorted(entries, key=lambda e: (e[1], e[2])):
+        for event_id, source_id, offset, length in sorted(
+            entries, key=attrgetter("source_id", "offset")
+        ):
             if event_id in found:
                 continue
             line = _read_at(handles, sources.get(source_id), source_id, offset, length)
