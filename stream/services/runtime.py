@@ -64,7 +64,6 @@ class Runtime:
     store: Store
     settings: Settings
     alerts: AlertSetup
-    decisions: Decisions
     processor: Processor
     target: Path | str
     """The database the dispatcher's threads connect to."""
@@ -130,7 +129,7 @@ class Runtime:
             decisions=decisions,
             observe=observe,
         )
-        return cls(store, settings, alerts, decisions, processor, target or settings.database)
+        return cls(store, settings, alerts, processor, target or settings.database)
 
     def dispatcher(
         self,
