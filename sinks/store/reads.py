@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
-import orjson
-
 from runwatch.sinks.store.api import Connection, StoreError
+from runwatch.sinks.store.keys import GroupKey, IndexEntry, load_index
 from runwatch.sinks.store.schema import RUN_COLUMNS
 from runwatch.sinks.store.shared import fetch_dicts
 
@@ -73,13 +72,13 @@ def every_run(connection: Connection) -> list[dict[str, Any]]:
     return fetch_dicts(connection, "SELECT * FROM runs")
 
 
-def run_index(connection: Connection, run_id: str) -> list[tuple[str, int, int, int]]:
-    """Where the run's accepted events were read: (event id, source id, offset, length)."""
-    entries: list[tuple[str, int, int, int]] = []
+def run_index(connection: Connection, run_id: str) -> list[IndexEntry]:
+    """Where the run's accepted events were read."""
+    entries: list[IndexEntry] = []
     for (blob,) in connection.execute(
-        "SELECT entries FROM event_index WHERE group_key=?", ("r:" + run_id,)
+        "SELECT entries FROM event_index WHERE group_key=?", (GroupKey.run(run_id).text,)
     ):
-        entries.extend((e[0], e[1], e[2], e[3]) for e in orjson.loads(blob))
+        entries.extend(load_index(blob))
     return entries
 
 

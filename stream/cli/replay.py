@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from pathlib import Path
 
 import orjson
 
-from runwatch.projections.events import format_time
-from runwatch.sinks.audit import AuditLog
-from runwatch.sinks.store.api import Changes
-from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.cli.common import (
     Command,
     common_options,
     input_patterns,
     settings_from_args,
 )
-from runwatch.stream.core.decisions import Decisions
-from runwatch.stream.delivery.dispatcher import Dispatcher
-from runwatch.stream.delivery.handlers import build_handlers
 from runwatch.stream.errors import EXIT_OK, UsageError
-from runwatch.stream.services.tail import DatabaseLock
-from runwatch.stream.settings.alerts import AlertSetup, load_alerts
-from runwatch.stream.settings.service import Settings
+from runwatch.stream.services.lock import DatabaseLock
+from runwatch.stream.settings.alerts import load_alerts
 from runwatch.stream.sources.discovery import expand
 
 
@@ -70,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from runwatch.stream.services.replay import replay
+    from runwatch.stream.services.replay import deliver_outbox, replay
 
     settings = settings_from_args(args)
     patterns = input_patterns(args, settings, "replay")
@@ -125,38 +115,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"  patterns  {data['pattern_runs']:,} pattern runs")
     print(f"  database  {data['database']}")
     return EXIT_OK
-
-
-def deliver_outbox(
-    settings: Settings, alerts: AlertSetup, *, quiet: bool = False, rounds: int = 5
-) -> None:
-    """After `replay --deliver`: deliver every pending entry; what the jobs record (e.g.
-    ARCHIVAL_FAILED) is evaluated by the rules, whose new alerts are delivered in turn."""
-    store = SqliteStore(settings.database)
-    try:
-        audit = AuditLog(settings.logs_dir / "monitor.jsonl", store)
-        decisions = Decisions(alerts.rules, store, alerts.policy(deliver=True))
-        for _ in range(rounds):
-            dispatcher = Dispatcher(
-                settings.database,
-                build_handlers(alerts, settings, out=sys.stderr if quiet else sys.stdout),
-                alerts.delivery,
-            )
-            dispatcher.start()
-            try:
-                while not dispatcher.idle(store.db, horizon=float("inf")):
-                    time.sleep(0.05)
-            finally:
-                dispatcher.stop()
-            rows = store.unevaluated()
-            if not rows:
-                break
-            changes = Changes()
-            decisions.decide([], [], time.time_ns() // 1000, changes, recorded=rows)
-            store.commit(changes, format_time(time.time_ns() // 1000) or "")
-        audit.drain()
-    finally:
-        store.close()
 
 
 COMMAND = Command(

@@ -15,7 +15,7 @@ from runwatch.stream.cli.common import Command, common_options, settings_from_ar
 from runwatch.stream.delivery import jobs
 from runwatch.stream.delivery.dispatcher import Result
 from runwatch.stream.errors import EXIT_FAILURE, EXIT_OK, ServiceError
-from runwatch.stream.services.tail import DatabaseLock
+from runwatch.stream.services.lock import DatabaseLock
 from runwatch.stream.settings.database import open_existing
 from runwatch.stream.settings.service import Settings
 

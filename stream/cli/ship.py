@@ -14,8 +14,8 @@ from runwatch.stream.services.ship import (
     DEFAULT_STREAM,
     DEFAULT_URL,
     ShipService,
-    subject_token,
 )
+from runwatch.stream.sources.nats import subject_token
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

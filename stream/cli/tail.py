@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_partition(args: argparse.Namespace, settings: Settings, alerts: AlertSetup) -> int:
     from runwatch.sinks.store import is_postgres
-    from runwatch.stream.services.partition import Partitions, PartitionService
+    from runwatch.stream.services.partition import PartitionService
+    from runwatch.stream.sources.nats import Partitions
 
     if not (args.nats and args.partition):
         raise UsageError("tail: --nats and --partition K/N go together")

@@ -9,7 +9,7 @@ comes back with the ids of its events, so a duplicate is recognised however late
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,13 +28,14 @@ from runwatch.projections import (
 from runwatch.projections.alerts import RuleSet, Trigger
 from runwatch.sinks.store import Store
 from runwatch.sinks.store.api import Changes, Checkpoint, DeadLetter
+from runwatch.sinks.store.keys import ORPHANS, PATTERN, RUN, GroupKey, dump_index, load_index
 from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.core.decode import RAW_KEEP, Rejection, decode, parse_time
 from runwatch.stream.core.lines import Lines
 
 State = RunState | PatternRunState | OrphanEvents
-IndexEntry = tuple[str, int, int, int]
-"""(event id, source id, byte offset, length): where an accepted event's bytes are."""
+Entry = tuple[str, int, int, int]
+"""An `IndexEntry` as the fold appends it: a plain tuple."""
 Observe = Callable[[Event, str, bool], None]
 """Called with each decoded event, its source and whether it was new to this fold."""
 
@@ -44,20 +45,19 @@ class Group:
 
     __slots__ = ("dirty", "index_blobs", "key", "new_index", "state")
 
-    def __init__(self, key: str, state: State) -> None:
+    def __init__(self, key: GroupKey, state: State) -> None:
         self.key = key
         self.state = state
-        self.new_index: list[IndexEntry] = []
+        self.new_index: list[Entry] = []
         self.index_blobs: list[bytes] = []  # index entries already serialised by a worker
         self.dirty = False
 
 
-def new_state(key: str, seen: set[str] | None = None) -> State:
-    kind, _, name = key.partition(":")
-    if kind == "r":
-        return RunState(name, seen)
-    if kind == "p":
-        return PatternRunState(name, seen)
+def new_state(key: GroupKey, seen: set[str] | None = None) -> State:
+    if key.kind == RUN:
+        return RunState(key.name, seen)
+    if key.kind == PATTERN:
+        return PatternRunState(key.name, seen)
     return OrphanEvents(seen)
 
 
@@ -92,7 +92,8 @@ class Tally:
 
 
 class Processor:
-    """Folds decoded events into groups and commits them with the checkpoints they cover."""
+    """Folds decoded events into groups and commits them with the checkpoints they cover.
+    Its state changes only through its methods; what callers may read are properties."""
 
     def __init__(
         self,
@@ -102,7 +103,7 @@ class Processor:
         max_line_bytes: int,
         wall_clock: Callable[[], str],
         max_groups: int = 4096,
-        known_groups: set[str] | None = None,
+        known_groups: set[GroupKey] | None = None,
         rules: RuleSet | None = None,
         decisions: Decisions | None = None,
         observe: Observe | None = None,
@@ -110,28 +111,29 @@ class Processor:
         """Without a store the processor only folds in memory (a replay worker's chunk).
         `known_groups`, when given, is every group key the store holds (a fresh store: empty),
         which spares a lookup for each new group. With `rules`, new input events that match
-        an alert rule become `triggers`; `decisions` turns them into outbox entries at commit.
+        an alert rule become triggers; `decisions` turns them into outbox entries at commit.
         `observe`, when given, sees every decoded event (offline analysis); else it costs
         nothing."""
-        self.store = store
-        self.rules = rules
-        self.observe = observe
-        self.triggers: list[Trigger] = []
-        self.decisions = decisions
-        self.outboxed = 0
-        self.known_groups = known_groups
-        self.stall_after_us = int(stall_after_s * 1_000_000)
-        self.max_line_bytes = max_line_bytes
-        self.wall_clock = wall_clock
-        self.max_groups = max_groups
-        self.cache: OrderedDict[str, Group] = OrderedDict()
-        self.limbo: dict[str, Group] = {}
-        self.changes = Changes()
-        self.pending = Tally()
-        self.total = Tally()
-        self.derived: list[DerivedEvent] = []
-        self.max_event_time = 0
-        self.open_runs: dict[str, tuple[int, bool]] = (
+        self._store = store
+        self._rules = rules
+        self._observe = observe
+        self._triggers: list[Trigger] = []
+        self._decisions = decisions
+        self._outboxed = 0
+        self._known_groups = known_groups
+        self._stall_after_us = int(stall_after_s * 1_000_000)
+        self._max_line_bytes = max_line_bytes
+        self._wall_clock = wall_clock
+        self._max_groups = max_groups
+        # Keyed by GroupKey; the hot loop looks up with equal plain tuples.
+        self._cache: OrderedDict[tuple[str, str], Group] = OrderedDict()
+        self._limbo: dict[tuple[str, str], Group] = {}
+        self._changes = Changes()
+        self._pending = Tally()
+        self._total = Tally()
+        self._derived: list[DerivedEvent] = []
+        self._max_event_time = 0
+        self._open_runs: dict[str, tuple[int, bool]] = (
             {}
             if store is None
             else {
@@ -140,16 +142,18 @@ class Processor:
             }
         )
 
-    def process(self, source: str, source_id: int, lines: Lines) -> None:
-        """Decode and fold a run of lines; rejected lines become dead letters."""
+    def process(self, source: str, source_id: int, lines: Lines) -> int:
+        """Decode and fold a run of lines; rejected lines become dead letters. Returns how
+        many events were new."""
         offset = lines.offset
         number = lines.line
         oversize = lines.oversize
-        tally = self.pending
-        cache = self.cache
-        rules = self.rules
+        tally = self._pending
+        accepted_before = tally.accepted
+        cache = self._cache
+        rules = self._rules
         rule_types = {} if rules is None else rules.by_type
-        observe = self.observe
+        observe = self._observe
         for index, line in enumerate(lines.items):
             size = len(line)
             if oversize and index in oversize:
@@ -162,7 +166,7 @@ class Processor:
                     size,
                     Rejection(
                         "line_too_long",
-                        f"line of {size} bytes exceeds max_line_bytes={self.max_line_bytes}",
+                        f"line of {size} bytes exceeds max_line_bytes={self._max_line_bytes}",
                     ),
                 )
             elif not line or line.isspace():
@@ -174,12 +178,12 @@ class Processor:
                     self.reject(source, offset, number, body, len(body), event)
                 else:
                     if event.family == ORCHESTRATOR:
-                        key = "o:" if event.run_id is None else "r:" + event.run_id
+                        key = (ORPHANS, "") if event.run_id is None else (RUN, event.run_id)
                     else:
-                        key = "p:" + event.task  # type: ignore[operator]  # never None here
+                        key = (PATTERN, event.task)  # type: ignore[assignment]  # never None here
                     group = cache.get(key)
                     if group is None:
-                        group = self._load(key)
+                        group = self._load(GroupKey(*key))
                     else:
                         cache.move_to_end(key)
                     fresh = group.state.apply(event)
@@ -187,111 +191,206 @@ class Processor:
                         group.new_index.append((event.id, source_id, offset, len(body)))
                         group.dirty = True
                         tally.accepted += 1
-                        if event.time > self.max_event_time:
-                            self.max_event_time = event.time
+                        if event.time > self._max_event_time:
+                            self._max_event_time = event.time
                         if (
                             rules is not None
                             and rule_types.get(event.type, True)
                             and (found := rules.match_event(event))
                         ):
-                            self.triggers.extend(found)
+                            self._triggers.extend(found)
                     else:
                         tally.duplicate += 1
                     if observe is not None:
                         observe(event, source, fresh)
             offset += size + 1
             number += 1
+        return tally.accepted - accepted_before
 
     @property
     def seen(self) -> int:
         """Events accepted so far, committed or not."""
-        return self.total.accepted + self.pending.accepted
+        return self._total.accepted + self._pending.accepted
+
+    @property
+    def pending(self) -> Tally:
+        """What happened to the input lines since the last commit (read it, do not change it)."""
+        return self._pending
+
+    @property
+    def total(self) -> Tally:
+        """What happened to the input lines in the commits so far."""
+        return self._total
+
+    @property
+    def max_event_time(self) -> int:
+        """The greatest event time folded so far (replay's `now`)."""
+        return self._max_event_time
+
+    @property
+    def open_runs(self) -> Mapping[str, tuple[int, bool]]:
+        """Run id → (last event time, stalled) of every run that is not finished."""
+        return self._open_runs
+
+    @property
+    def outboxed(self) -> int:
+        """Outbox entries the last commit wrote: something for the dispatcher."""
+        return self._outboxed
+
+    @property
+    def triggers(self) -> Sequence[Trigger]:
+        """Alert triggers of the input events since the last commit."""
+        return self._triggers
+
+    @property
+    def dead_letters(self) -> Sequence[DeadLetter]:
+        """Lines rejected since the last commit."""
+        return self._changes.dead_letters
 
     @property
     def crowded(self) -> bool:
         """Evicted groups waiting for a commit are as many as the cache: commit soon."""
-        return len(self.limbo) >= self.max_groups
+        return len(self._limbo) >= self._max_groups
 
-    def merge(self, key: str, partial: State, index: bytes) -> set[str]:
+    @property
+    def has_events(self) -> bool:
+        """Derived events or alert triggers wait for the next commit."""
+        return bool(self._derived or self._triggers)
+
+    def has_work(self, now: int) -> bool:
+        """The next commit would write something, or end a throttle window due by `now`."""
+        return bool(
+            self._derived
+            or self._triggers
+            or self._changes
+            or any(group.dirty for group in self._cache.values())
+            or (self._decisions is not None and self._decisions.has_due(now))
+        )
+
+    def note(self, *events: DerivedEvent) -> None:
+        """Record derived events made outside the fold (lifecycle, file notes) at the next
+        commit, where the alert rules see them too."""
+        self._derived.extend(events)
+
+    def forget_files(self, files: list[tuple[int, int]]) -> None:
+        """Drop the checkpoints of these (device, inode) files at the next commit."""
+        self._changes.forget = files
+
+    def advance_stream(self, stream: str, expected: int | None, position: int) -> None:
+        """Move `stream` from `expected` to `position` at the next commit (compare-and-set:
+        the commit fails with `OwnershipLost` if another process moved it meanwhile)."""
+        self._changes.positions.append((stream, expected, position))
+
+    def limit_open_runs(self, owned: Callable[[str], bool]) -> None:
+        """Watch only the open runs whose id is `owned` for stalls (a partition's runs)."""
+        self._open_runs = {run: seen for run, seen in self._open_runs.items() if owned(run)}
+
+    def partials(self) -> dict[GroupKey, tuple[State, bytes]]:
+        """An in-memory fold's groups: each state with its serialised index entries (what a
+        replay worker hands back for `merge`)."""
+        return {
+            group.key: (group.state, dump_index(group.new_index)) for group in self._cache.values()
+        }
+
+    def merge(self, key: GroupKey, partial: State, index: bytes) -> set[str]:
         """Join a group state folded elsewhere (a replay worker) from the events whose
         serialised index entries are `index`; returns the ids it already had (repeats)."""
-        group = self.cache.get(key)
+        group = self._cache.get(key)
         if group is None:
             group = self._load(key)
         else:
-            self.cache.move_to_end(key)
+            self._cache.move_to_end(key)
         known = group.state.seen & partial.seen
         if known:
             group.new_index.extend(
-                tuple(entry) for entry in orjson.loads(index) if entry[0] not in known
+                entry for entry in load_index(index) if entry.event_id not in known
             )
         else:
             group.index_blobs.append(index)
         group.state.merge(partial)  # type: ignore[arg-type]  # same kind: same key
         group.dirty = True
-        self.pending.accepted += len(partial.seen) - len(known)
-        self.pending.duplicate += len(known)
+        self._pending.accepted += len(partial.seen) - len(known)
+        self._pending.duplicate += len(known)
         return known
+
+    def absorb(
+        self,
+        dead_letters: Iterable[DeadLetter],
+        tally: Tally,
+        max_event_time: int,
+        triggers: Iterable[Trigger],
+    ) -> None:
+        """Take over what a fold elsewhere (a replay worker) rejected, skipped as blank,
+        reached in event time and triggered; its accepted events come with `merge`."""
+        self._changes.dead_letters.extend(dead_letters)
+        self._pending.blank += tally.blank
+        rejected = self._pending.rejected
+        for reason, count in tally.rejected.items():
+            rejected[reason] = rejected.get(reason, 0) + count
+        self._max_event_time = max(self._max_event_time, max_event_time)
+        self._triggers.extend(triggers)
 
     def reject(
         self, source: str, offset: int, number: int, line: bytes, size: int, why: Rejection
     ) -> None:
         """Dead-letter one line: its place, the reason, and its first RAW_KEEP bytes."""
-        rejected = self.pending.rejected
+        rejected = self._pending.rejected
         rejected[why.reason] = rejected.get(why.reason, 0) + 1
         letter = DeadLetter(source, offset, number, why.reason, why.detail, line[:RAW_KEEP], size)
-        self.changes.dead_letters.append(letter)
+        self._changes.dead_letters.append(letter)
 
-    def _load(self, key: str) -> Group:
-        group = self.limbo.pop(key, None)
+    def _load(self, key: GroupKey) -> Group:
+        group = self._limbo.pop(key, None)
         if group is None and (
-            self.store is None or (self.known_groups is not None and key not in self.known_groups)
+            self._store is None
+            or (self._known_groups is not None and key not in self._known_groups)
         ):
             group = Group(key, new_state(key))
         elif group is None:
-            saved, seen = self.store.load_group(key)  # type: ignore[union-attr]
+            saved, seen = self._store.load_group(key.text)  # type: ignore[union-attr]
             group = Group(key, _restore(key, saved, seen))
-        self.cache[key] = group
-        if len(self.cache) > self.max_groups:
-            _, oldest = self.cache.popitem(last=False)
+        self._cache[key] = group
+        if len(self._cache) > self._max_groups:
+            _, oldest = self._cache.popitem(last=False)
             self._flush(oldest)
-            self.limbo[oldest.key] = oldest
+            self._limbo[oldest.key] = oldest
         return group
 
     def _flush(self, group: Group) -> None:
-        """Turn a dirty group into rows and state in `changes` (written at the next commit)."""
+        """Turn a dirty group into rows and state in `_changes` (written at the next commit)."""
         if not group.dirty:
             return
         group.dirty = False
-        changes = self.changes
+        changes = self._changes
         state = group.state
+        key = group.key.text
         if group.new_index:
-            changes.index.append((group.key, orjson.dumps(group.new_index)))
+            changes.index.append((key, dump_index(group.new_index)))
             group.new_index = []
         if group.index_blobs:
-            changes.index.extend((group.key, blob) for blob in group.index_blobs)
+            changes.index.extend((key, blob) for blob in group.index_blobs)
             group.index_blobs = []
-        if self.known_groups is not None:
-            self.known_groups.add(group.key)
+        if self._known_groups is not None:
+            self._known_groups.add(group.key)
         if isinstance(state, RunState):
             current = state.status()  # one pass over the tasks serves all three below
-            self.derived.extend(state.observe(current))
+            self._derived.extend(state.observe(current))
             self._track_open(state, current[0] in RUN_TERMINAL)
             changes.runs.append(state.row(current))
             changes.tasks.extend(state.task_rows(state.dirty_tasks))
             state.dirty_tasks.clear()
             changes.workstreams.extend(state.workstream_rows())
-            changes.states.append((group.key, orjson.dumps(state.to_dict())))
+            changes.states.append((key, orjson.dumps(state.to_dict())))
         elif isinstance(state, PatternRunState):
             changes.pattern_runs.append(state.row())
-            changes.states.append((group.key, orjson.dumps(state.to_dict())))
+            changes.states.append((key, orjson.dumps(state.to_dict())))
 
     def _track_open(self, state: RunState, terminal: bool) -> None:
         if terminal:
-            self.open_runs.pop(state.run_id, None)
+            self._open_runs.pop(state.run_id, None)
             if state.stalled:
                 state.stalled = False
-                self.derived.append(
+                self._derived.append(
                     DerivedEvent(
                         "RUN_RECOVERED",
                         state.last_event_at or 0,
@@ -301,20 +400,20 @@ class Processor:
                 )
         else:
             assert state.last_event_at is not None
-            self.open_runs[state.run_id] = (state.last_event_at, state.stalled)
+            self._open_runs[state.run_id] = (state.last_event_at, state.stalled)
 
     def detect(self, now: int) -> None:
         """Flag or clear stalls against `now` (event time in replay, wall clock when live)."""
-        for group in self.cache.values():
+        for group in self._cache.values():
             self._flush(group)
-        for change in detect_stalls(self.open_runs, now, self.stall_after_us):
-            key = "r:" + (change.run_id or "")
-            group = self.cache.get(key) or self._load(key)
+        for change in detect_stalls(self._open_runs, now, self._stall_after_us):
+            key = GroupKey.run(change.run_id or "")
+            group = self._cache.get(key) or self._load(key)
             assert isinstance(group.state, RunState)
             group.state.stalled = change.type == "RUN_STALLED"
             group.dirty = True
             self._flush(group)
-            self.derived.append(change)
+            self._derived.append(change)
 
     def commit(
         self,
@@ -331,21 +430,21 @@ class Processor:
         is used only once complete. `now` (default: the greatest event time) ends throttle
         windows; `evaluated` are derived events recorded outside the fold that the rules
         see now; `release` decides what a holding replay kept back."""
-        if len(self.cache) > self.max_groups // 2:
+        if len(self._cache) > self._max_groups // 2:
             # Finished groups are rarely touched again: make room for the runs in flight.
-            for group in [g for g in self.cache.values() if _finished(g.state)]:
+            for group in [g for g in self._cache.values() if _finished(g.state)]:
                 self._flush(group)
-                del self.cache[group.key]
+                del self._cache[group.key]
         if everything:
-            for group in self.cache.values():
+            for group in self._cache.values():
                 self._flush(group)
-        changes = self.changes
+        changes = self._changes
         changes.checkpoints = checkpoints
-        changes.counters = self.pending.counters()
-        self.derived.extend(
+        changes.counters = self._pending.counters()
+        self._derived.extend(
             DerivedEvent(
                 "EVENT_REJECTED",
-                self.max_event_time,
+                self._max_event_time,
                 None,
                 {
                     "source": d.source,
@@ -357,22 +456,22 @@ class Processor:
             )
             for d in changes.dead_letters
         )
-        changes.derived = [d.to_dict() for d in self.derived]
-        if self.decisions is not None:
-            moment = self.max_event_time if now is None else now
-            self.decisions.decide(
-                self.triggers, self.derived, moment, changes, recorded=evaluated or ()
+        changes.derived = [d.to_dict() for d in self._derived]
+        if self._decisions is not None:
+            moment = self._max_event_time if now is None else now
+            self._decisions.decide(
+                self._triggers, self._derived, moment, changes, recorded=evaluated or ()
             )
             if release:
-                self.decisions.release(moment, changes)
-        self.triggers = []
-        self.outboxed = len(changes.outbox)
-        assert self.store is not None, "an in-memory processor has nothing to commit to"
-        self.store.commit(changes, self.wall_clock())
-        self.total.add(self.pending)
-        derived = self.derived
-        self.changes, self.pending, self.derived = Changes(), Tally(), []
-        self.limbo.clear()
+                self._decisions.release(moment, changes)
+        self._triggers = []
+        self._outboxed = len(changes.outbox)
+        assert self._store is not None, "an in-memory processor has nothing to commit to"
+        self._store.commit(changes, self._wall_clock())
+        self._total.add(self._pending)
+        derived = self._derived
+        self._changes, self._pending, self._derived = Changes(), Tally(), []
+        self._limbo.clear()
         return derived
 
 
@@ -384,10 +483,9 @@ def _finished(state: State) -> bool:
     return False
 
 
-def _restore(key: str, saved: dict[str, Any] | None, seen: set[str]) -> State:
-    kind, _, name = key.partition(":")
-    if saved is not None and kind == "r":
-        return RunState.from_dict(name, saved, seen)
-    if saved is not None and kind == "p":
-        return PatternRunState.from_dict(name, saved, seen)
+def _restore(key: GroupKey, saved: dict[str, Any] | None, seen: set[str]) -> State:
+    if saved is not None and key.kind == RUN:
+        return RunState.from_dict(key.name, saved, seen)
+    if saved is not None and key.kind == PATTERN:
+        return PatternRunState.from_dict(key.name, saved, seen)
     return new_state(key, seen)

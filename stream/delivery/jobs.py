@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +70,15 @@ def _run_events(
 ) -> tuple[list[bytes], list[dict[str, Any]], int]:
     entries = reads.run_index(connection, run_id)
     if fetch is not None:
-        return _fetched_events(fetch(run_id), {entry[0] for entry in entries})
+        return _fetched_events(fetch(run_id), {entry.event_id for entry in entries})
     sources = reads.source_paths(connection)
     found: dict[str, tuple[Event, bytes]] = {}
     missing = 0
     handles: dict[int, Any] = {}
     try:
-        for event_id, source_id, offset, length in sorted(entries, key=lambda e: (e[1], e[2])):
+        for event_id, source_id, offset, length in sorted(
+            entries, key=attrgetter("source_id", "offset")
+        ):
             if event_id in found:
                 continue
             line = _read_at(handles, sources.get(source_id), source_id, offset, length)

@@ -20,63 +20,28 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Final, TextIO
-from urllib.parse import unquote
+from typing import Any, TextIO
 
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from runwatch.projections import DerivedEvent
 from runwatch.sinks.audit import AuditLog
 from runwatch.sinks.store import OwnershipLost, connect, open_store
 from runwatch.sinks.store.locks import try_partition_lock
-from runwatch.stream.console import ServiceConsole, wall_clock
-from runwatch.stream.core.decisions import Decisions
-from runwatch.stream.core.lines import Lines
+from runwatch.stream.console import ServiceConsole
 from runwatch.stream.core.processor import Processor
 from runwatch.stream.delivery.dispatcher import Dispatcher
-from runwatch.stream.delivery.handlers import build_handlers
-from runwatch.stream.services.ship import subject_token
+from runwatch.stream.services.runtime import Runtime, lifecycle, now_us
 from runwatch.stream.settings.alerts import AlertSetup
 from runwatch.stream.settings.service import Settings
-
-STREAM: Final = "runwatch"
-
-
-@dataclass(frozen=True)
-class Partitions:
-    """Partitions `indices` of `count`, as `K/N` or `K,K,…/N` on the command line."""
-
-    indices: tuple[int, ...]
-    count: int
-
-    @classmethod
-    def parse(cls, text: str) -> Partitions:
-        wanted, _, count = text.partition("/")
-        parts = wanted.split(",")
-        if not count.isdigit() or not all(p.isdigit() and int(p) < int(count) for p in parts):
-            raise ValueError(
-                f"--partition {text!r}: expected K/N or K,K/N with 0 <= K < N, e.g. 0/4 or 0,2/4"
-            )
-        return cls(tuple(sorted({int(p) for p in parts})), int(count))
-
-    def __str__(self) -> str:
-        return f"{','.join(map(str, self.indices))}/{self.count}"
-
-    @staticmethod
-    def subject(index: int) -> str:
-        return f"{STREAM}.part.{index}.>"
-
-    def key(self, index: int) -> str:
-        """A partition's name in `stream_positions`."""
-        return f"nats:{STREAM}:{index}/{self.count}"
-
-    def owns(self, token: str) -> bool:
-        """The server's `partition(N, 1)` mapping: FNV-1a (32 bit) of the token, mod N."""
-        return fnv1a_32(token.encode()) % self.count in self.indices
+from runwatch.stream.sources.nats import (
+    STREAM,
+    Partitions,
+    received_line,
+    stream_lines,
+    subject_token,
+)
 
 
 async def _fetch(subscription: Any, batch: int) -> list[Any]:
@@ -85,45 +50,6 @@ async def _fetch(subscription: Any, batch: int) -> list[Any]:
     except (TimeoutError, nats.errors.TimeoutError):
         return []
     return messages
-
-
-def stream_lines(nats_url: str) -> Callable[[str], list[bytes]]:
-    """A job's event source: every line of a run, read back from the stream by its subject
-    (the shippers' files are on other hosts)."""
-
-    def fetch(run_id: str) -> list[bytes]:
-        return asyncio.run(_read_subject(nats_url, f"{STREAM}.part.*.{subject_token(run_id)}"))
-
-    return fetch
-
-
-async def _read_subject(nats_url: str, subject: str) -> list[bytes]:
-    client = await nats.connect(nats_url)
-    try:
-        js = client.jetstream()
-        subscription = await js.subscribe(
-            subject, ordered_consumer=True, deliver_policy=DeliverPolicy.ALL
-        )
-        lines: list[bytes] = []
-        while True:
-            try:
-                message = await subscription.next_msg(timeout=2.0)
-            except (TimeoutError, nats.errors.TimeoutError):
-                break  # no (more) messages on the subject
-            lines.append(message.data)
-            if message.metadata.num_pending == 0:
-                break
-        await subscription.unsubscribe()
-        return lines
-    finally:
-        await client.close()
-
-
-def fnv1a_32(data: bytes) -> int:
-    value = 0x811C9DC5
-    for byte in data:
-        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
-    return value
 
 
 class PartitionService:
@@ -149,7 +75,6 @@ class PartitionService:
         self.console = ServiceConsole(out, quiet=quiet)
         self.batch = batch
         self.stopping = threading.Event()
-        self.recorded = threading.Event()
 
     def stop(self, *_: Any) -> None:
         self.stopping.set()
@@ -196,42 +121,14 @@ class PartitionService:
 
     async def _consume(self, store: Any) -> int:
         parts = self.partitions
-        since = store.meta().get("alerts_since")
-        if since is None:
-            since = str(time.time_ns() // 1000 - int(self.alerts.lookback_s * 1e6))
-            store.set_meta([("alerts_since", since)])
-        policy = self.alerts.policy(deliver=True, since_us=int(since))
-        decisions = Decisions(self.alerts.rules, store, policy)
-        processor = Processor(
-            store,
-            stall_after_s=self.settings.stall_after,
-            max_line_bytes=self.settings.max_line_bytes,
-            wall_clock=wall_clock,
-            max_groups=self.settings.cache_groups,
-            rules=self.alerts.rules,
-            decisions=decisions,
-        )
-        processor.open_runs = {
-            run: seen for run, seen in processor.open_runs.items() if parts.owns(subject_token(run))
-        }
-        self.recorded.set()  # what jobs recorded while no processor ran is evaluated first
+        runtime = Runtime.live(store, self.settings, self.alerts, target=self.target)
+        processor = runtime.processor
+        processor.limit_open_runs(lambda run: parts.owns(subject_token(run)))
+        runtime.recorded.set()  # what jobs recorded while no processor ran is evaluated first
         label = "-".join(map(str, parts.indices))
-        audit = AuditLog(
-            self.settings.logs_dir / f"monitor-part-{label}.jsonl",
-            store,
-            head_key=f"audit_head:part-{label}",
-        )
-        dispatcher = Dispatcher(
-            self.target,
-            build_handlers(
-                self.alerts,
-                self.settings,
-                out=self.console.out,
-                lock=self.console.lock,
-                fetch=stream_lines(self.nats_url),
-            ),
-            self.alerts.delivery,
-            on_record=self.recorded.set,
+        audit = runtime.audit(f"monitor-part-{label}.jsonl", head_key=f"audit_head:part-{label}")
+        dispatcher = runtime.dispatcher(
+            out=self.console.out, lock=self.console.lock, fetch=stream_lines(self.nats_url)
         )
         client = await nats.connect(
             self.nats_url, max_reconnect_attempts=-1, reconnect_time_wait=0.5
@@ -242,15 +139,10 @@ class PartitionService:
                 for k in parts.indices
             }
             dispatcher.start()
-            processor.derived.append(
-                DerivedEvent(
-                    "MONITOR_STARTED",
-                    time.time_ns() // 1000,
-                    None,
-                    {"pid": os.getpid(), "partitions": str(parts)},
-                )
+            processor.note(
+                lifecycle("MONITOR_STARTED", {"pid": os.getpid(), "partitions": str(parts)})
             )
-            await self._loop(processor, subscriptions, store, audit, dispatcher)
+            await self._loop(runtime, subscriptions, audit, dispatcher)
             return 0
         finally:
             dispatcher.stop()
@@ -295,13 +187,13 @@ class PartitionService:
 
     async def _loop(
         self,
-        processor: Processor,
+        runtime: Runtime,
         subscriptions: dict[int, Any],
-        store: Any,
         audit: AuditLog,
         dispatcher: Dispatcher,
     ) -> None:
         parts = self.partitions
+        processor, store = runtime.processor, runtime.store
         positions = {k: store.position(parts.key(k)) for k in parts.indices}
         source_ids: dict[str, int] = {}
         due_tick = time.monotonic() + self.settings.tick_interval
@@ -319,57 +211,33 @@ class PartitionService:
             now = time.monotonic()
             ticked = now >= due_tick
             if ticked:
-                processor.detect(time.time_ns() // 1000)
+                processor.detect(now_us())
                 due_tick = now + self.settings.tick_interval
-            processor.changes.positions = [
-                (parts.key(k), positions[k], seq) for k, seq in moved.items()
-            ]
-            evaluated = self._unevaluated(store) if self.recorded.is_set() else []
-            if moved or processor.derived or processor.triggers or ticked or evaluated:
-                processor.commit([], now=time.time_ns() // 1000, evaluated=evaluated)
+            for k, seq in moved.items():
+                processor.advance_stream(parts.key(k), positions[k], seq)
+            evaluated = runtime.take_recorded(self._owned)
+            if moved or processor.has_events or ticked or evaluated:
+                processor.commit([], now=now_us(), evaluated=evaluated)
                 positions.update(moved)
                 for k in moved:
                     await batches[k][-1].ack()  # AckPolicy.ALL: acknowledges the whole batch
                 if processor.outboxed:
                     dispatcher.poke()
                 self.console.records(audit.drain())
-        processor.derived.append(
-            DerivedEvent(
-                "MONITOR_STOPPED", time.time_ns() // 1000, None, {"partitions": str(parts)}
-            )
-        )
-        processor.commit([], now=time.time_ns() // 1000)
+        processor.note(lifecycle("MONITOR_STOPPED", {"partitions": str(parts)}))
+        processor.commit([], now=now_us())
         self.console.records(audit.drain())
 
-    def _unevaluated(self, store: Any) -> list[tuple[int, dict[str, Any]]]:
-        """What deliveries and jobs recorded about this processor's runs (a job may run on
-        any processor; the alert rules of a run are decided by its partition's owner)."""
-        self.recorded.clear()
-        return [
-            (seq, data)
-            for seq, data in store.unevaluated()
-            if self.partitions.owns(subject_token(data.get("run_id")))
-        ]
+    def _owned(self, recorded: dict[str, Any]) -> bool:
+        """Whether what a delivery or job recorded is about this processor's runs (a job may
+        run on any processor; the alert rules of a run are decided by its partition's owner)."""
+        return self.partitions.owns(subject_token(recorded.get("run_id")))
 
     @staticmethod
     def _fold(processor: Processor, store: Any, source_ids: dict[str, int], message: Any) -> None:
         """One shipped line, folded as `tail` folds a line read at that file offset."""
-        headers = message.headers or {}
-        source = unquote(headers.get("Runwatch-Source", "nats"))
+        source, lines = received_line(message.headers, message.data)
         source_id = source_ids.get(source)
         if source_id is None:
             source_id = source_ids[source] = store.source_id(source)
-        offset = int(headers.get("Runwatch-Offset", 0))
-        oversize = headers.get("Runwatch-Oversize")
-        size = int(oversize) if oversize else len(message.data)
-        processor.process(
-            source,
-            source_id,
-            Lines(
-                offset,
-                int(headers.get("Runwatch-Line", 0)),
-                [message.data],
-                offset + size + 1,
-                {0: size} if oversize else {},
-            ),
-        )
+        processor.process(source, source_id, lines)

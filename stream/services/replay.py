@@ -14,26 +14,27 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from operator import itemgetter
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, Final, Protocol, Self
-
-import orjson
 
 from runwatch.projections import Event
 from runwatch.projections.alerts import RuleSet, Trigger
 from runwatch.sinks.store import Store, is_postgres, reads
 from runwatch.sinks.store.api import Checkpoint, DeadLetter
+from runwatch.sinks.store.keys import GroupKey, IndexEntry, load_index
 from runwatch.sinks.store.scratch import scratch_for
+from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import Progress, wall_clock
-from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.core.decode import RAW_KEEP, decode
 from runwatch.stream.core.lines import Lines, LineSplitter
 from runwatch.stream.core.processor import Processor, State, Tally
+from runwatch.stream.services.runtime import Runtime, now_us
 from runwatch.stream.settings.alerts import AlertSetup, default_alert_setup
 from runwatch.stream.settings.service import Settings
 from runwatch.stream.sources.discovery import checkpoint_for
@@ -166,18 +167,13 @@ def _build(
     deliver: bool,
     observer: Observer | None,
 ) -> ReplaySummary:
-    decisions = Decisions(alerts.rules, None, alerts.policy(deliver=deliver), hold=True)
-    processor = Processor(
+    processor = Runtime.replay(
         store,
-        stall_after_s=settings.stall_after,
-        max_line_bytes=settings.max_line_bytes,
-        wall_clock=wall_clock,
-        max_groups=settings.cache_groups,
-        known_groups=set(),
-        rules=alerts.rules,
-        decisions=decisions,
+        settings,
+        alerts,
+        deliver=deliver,
         observe=None if observer is None else observer.observe,
-    )
+    ).processor
     sizes = {path: path.stat().st_size for path in files}
     total_bytes = sum(sizes.values())
     bar = Progress(total_bytes, "replay", enabled=progress)
@@ -258,7 +254,7 @@ class Folded:
     regions: list[Region]
     line_counts: list[int]
     dead_letters: list[list[DeadLetter]]  # per region; lines numbered from the region start
-    groups: dict[str, tuple[State, bytes]]
+    groups: dict[GroupKey, tuple[State, bytes]]
     tally: Tally
     max_event_time: int
     triggers: list[Trigger]
@@ -267,36 +263,39 @@ class Folded:
     def merge_into(
         self, processor: Processor, next_line: dict[Path, int], observer: Observer | None = None
     ) -> None:
-        repeats: list[list[Any]] = []
+        repeats: list[IndexEntry] = []
         for key, (state, index) in self.groups.items():
             known = processor.merge(key, state, index)
             if known and observer is not None:
-                repeats.extend(entry for entry in orjson.loads(index) if entry[0] in known)
-        for region, letters in zip(self.regions, self.dead_letters, strict=True):
-            base = next_line[region.path] - 1
-            processor.changes.dead_letters.extend(
-                DeadLetter(d.source, d.offset, d.line + base, d.reason, d.detail, d.raw, d.raw_size)
-                for d in letters
+                repeats.extend(entry for entry in load_index(index) if entry.event_id in known)
+        letters = [
+            DeadLetter(
+                d.source,
+                d.offset,
+                d.line + next_line[region.path] - 1,
+                d.reason,
+                d.detail,
+                d.raw,
+                d.raw_size,
             )
-        processor.pending.blank += self.tally.blank
-        for reason, count in self.tally.rejected.items():
-            processor.pending.rejected[reason] = processor.pending.rejected.get(reason, 0) + count
-        processor.max_event_time = max(processor.max_event_time, self.max_event_time)
-        processor.triggers.extend(self.triggers)
+            for region, region_letters in zip(self.regions, self.dead_letters, strict=True)
+            for d in region_letters
+        ]
+        processor.absorb(letters, self.tally, self.max_event_time, self.triggers)
         if observer is not None and self.observer is not None:
             observer.merge(self.observer)
             _forget(observer, repeats, {r.source_id: r.path for r in self.regions})
 
 
-def _forget(observer: Observer, repeats: list[list[Any]], paths: dict[int, Path]) -> None:
+def _forget(observer: Observer, repeats: list[IndexEntry], paths: dict[int, Path]) -> None:
     """Re-read the events a worker took as new that an earlier batch already had, and take
     back their observation. Such repeats are rare, so this costs little."""
-    repeats.sort(key=itemgetter(1, 2))
-    for source_id, entries in itertools.groupby(repeats, key=itemgetter(1)):
+    repeats.sort(key=attrgetter("source_id", "offset"))
+    for source_id, entries in itertools.groupby(repeats, key=attrgetter("source_id")):
         with paths[source_id].open("rb") as handle:
-            for _, _, offset, length in entries:
-                handle.seek(offset)
-                event = decode(handle.read(length))
+            for entry in entries:
+                handle.seek(entry.offset)
+                event = decode(handle.read(entry.length))
                 if isinstance(event, Event):
                     observer.forget(event)
 
@@ -374,22 +373,19 @@ def _fold_regions(
         if fresh:
             line_counts.append(0)
             letters.append([])
-        before = len(folder.changes.dead_letters)
+        before = len(folder.dead_letters)
         folder.process(str(region.path), region.source_id, lines)
         line_counts[-1] += len(lines.items)
-        letters[-1].extend(folder.changes.dead_letters[before:])
+        letters[-1].extend(folder.dead_letters[before:])
         fresh = done
-    groups = {
-        key: (group.state, orjson.dumps(group.new_index)) for key, group in folder.cache.items()
-    }
     return Folded(
         regions,
         line_counts,
         letters,
-        groups,
+        folder.partials(),
         folder.pending,
         folder.max_event_time,
-        folder.triggers,
+        list(folder.triggers),
         observer,
     )
 
@@ -413,3 +409,29 @@ def _line_aligned_ranges(path: Path, size: int, chunk: int) -> list[tuple[int, i
             position = boundary + chunk
     bounds.append(size)
     return list(itertools.pairwise(bounds))
+
+
+def deliver_outbox(
+    settings: Settings, alerts: AlertSetup, *, quiet: bool = False, rounds: int = 5
+) -> None:
+    """After `replay --deliver`: deliver every pending entry; what the jobs record (e.g.
+    ARCHIVAL_FAILED) is evaluated by the rules, whose new alerts are delivered in turn."""
+    store = SqliteStore(settings.database)
+    try:
+        runtime = Runtime.outbox(store, settings, alerts)
+        audit = runtime.audit()
+        for _ in range(rounds):
+            dispatcher = runtime.dispatcher(out=sys.stderr if quiet else sys.stdout)
+            dispatcher.start()
+            try:
+                while not dispatcher.idle(store.db, horizon=float("inf")):
+                    time.sleep(0.05)
+            finally:
+                dispatcher.stop()
+            rows = store.unevaluated()
+            if not rows:
+                break
+            runtime.processor.commit([], now=now_us(), evaluated=rows)
+        audit.drain()
+    finally:
+        store.close()

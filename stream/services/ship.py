@@ -12,22 +12,7 @@ repeat can only come from a crash between the ack and the commit; if the restart
 than the window, the copy reaches the processors, whose fold applies an event id once (and
 keeps one dead letter per source and offset).
 
-Subjects. A line goes to `runwatch.events.<token>`: the run id when it is a safe NATS token
-(`[A-Za-z0-9_-]`, at most 64 characters), else `h` + 20 hex digits of its SHA-256, and `_`
-without a run id (also rejected lines). The token is a function of the run id alone, so a
-run always lands in one partition. The server partitions with a subject mapping, e.g. for 4:
-
-    mappings = { "runwatch.events.*": "runwatch.part.{{partition(4,1)}}.{{wildcard(1)}}" }
-
-and processor K consumes `runwatch.part.K.>`. The stream captures only `runwatch.part.>`: on
-a server without the mapping a publish finds no stream and is retried with the checkpoint
-held, rather than landing unpartitioned where no processor reads.
-
-Headers: `Nats-Msg-Id` (the event id; `line:` + SHA-256 of source, offset and bytes for a
-line without one), `Runwatch-Source` (the file, percent-encoded), `Runwatch-Offset` (byte
-offset of the line), `Runwatch-Line` (its number), and `Runwatch-Oversize` (its real size)
-when the line exceeded `max_line_bytes` or the server's max_payload and only its first bytes
-were sent. Blank lines are not sent; they only move the checkpoint.
+Subjects, message ids and headers: see `runwatch.stream.sources.nats`.
 """
 
 from __future__ import annotations
@@ -39,11 +24,9 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from hashlib import sha256
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Final, NamedTuple, TextIO, TypeVar
-from urllib.parse import quote
+from typing import Final, TextIO, TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
@@ -56,19 +39,23 @@ from runwatch.projections import DerivedEvent
 from runwatch.sinks.store.api import Changes
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import ServiceConsole, wall_clock
-from runwatch.stream.core.decode import RAW_KEEP, Rejection, decode
-from runwatch.stream.core.lines import Lines
 from runwatch.stream.errors import EXIT_OK
-from runwatch.stream.services.tail import DatabaseLock, FileChanges, watch_files
+from runwatch.stream.services.lock import DatabaseLock
 from runwatch.stream.settings.service import Settings
 from runwatch.stream.sources.follow import Follower, Read
+from runwatch.stream.sources.nats import (
+    EVENTS_PREFIX,
+    PARTITIONED,
+    STREAM,
+    Outgoing,
+    messages,
+)
+from runwatch.stream.sources.watch import FileChanges, watch_files
 
 T = TypeVar("T")
 
-EVENTS_PREFIX: Final = "runwatch.events."
-PARTITIONED: Final = "runwatch.part.>"
 DEFAULT_URL: Final = "nats://127.0.0.1:4222"
-DEFAULT_STREAM: Final = "runwatch"
+DEFAULT_STREAM: Final = STREAM
 DEFAULT_DB: Final = Path(".state/ship.db")
 DUPLICATE_WINDOW_S: Final = 120.0
 ACK_TIMEOUT_S: Final = 5.0
@@ -77,87 +64,7 @@ BACKOFF_S: Final = (0.25, 5.0)
 STOP_GRACE_S: Final = 2.0
 """After SIGTERM, the batch in flight has this long to be acked; else it is not committed."""
 REPORT_EVERY_S: Final = 10.0
-_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
-_HEADER_SAFE: Final = re.compile(r"[!-~](?:[ -~]{0,254}[!-~])?")
-_HEADER_SLACK: Final = 512
-"""Bytes of max_payload kept for the header block's first line and `Nats-Msg-Id`."""
 _RETRYABLE: Final = (NatsError, TimeoutError, OSError)
-
-
-class Outgoing(NamedTuple):
-    """One message to publish."""
-
-    subject: str
-    data: bytes
-    headers: dict[str, str]
-
-
-def subject_token(run_id: str | None) -> str:
-    """The run's subject token: deterministic, so a run always lands in one partition."""
-    if run_id is None:
-        return "_"
-    if _TOKEN.fullmatch(run_id):
-        return run_id
-    return "h" + sha256(run_id.encode("utf-8", "surrogatepass")).hexdigest()[:20]
-
-
-def message_id(event_id: str) -> str:
-    """The event id as a header value; an id a header would not carry verbatim is hashed."""
-    if _HEADER_SAFE.fullmatch(event_id):
-        return event_id
-    return "x:" + sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def line_id(source: str, offset: int, data: bytes) -> str:
-    """The id of a line without an event id: the same bytes at the same place of the same
-    file get the same id, so a re-shipped copy is dropped as a duplicate."""
-    place = os.fsencode(source) + b"\0" + str(offset).encode() + b"\0"
-    return "line:" + sha256(place + data).hexdigest()
-
-
-def messages(source: str, lines: Lines, max_payload: int) -> Iterator[Outgoing]:
-    """One message per non-blank line, in file order."""
-    quoted = quote(os.fsencode(source), safe="/")
-    offset, number = lines.offset, lines.line
-    for index, line in enumerate(lines.items):
-        size = lines.oversize.get(index, len(line))
-        if line and not line.isspace():
-            headers = {
-                "Runwatch-Source": quoted,
-                "Runwatch-Offset": str(offset),
-                "Runwatch-Line": str(number),
-            }
-            yield _message(source, offset, line, size, headers, max_payload)
-        offset += size + 1
-        number += 1
-
-
-def _message(
-    source: str, offset: int, line: bytes, size: int, headers: dict[str, str], max_payload: int
-) -> Outgoing:
-    """A line as a message: its subject from the decoded run id, its id from the event id."""
-    room = max_payload - sum(len(k) + len(v) + 4 for k, v in headers.items()) - _HEADER_SLACK
-    if size > len(line) or size > room:  # cut by max_line_bytes, or too big for the server
-        data = line[: min(RAW_KEEP, room)]
-        return Outgoing(
-            EVENTS_PREFIX + "_",
-            data,
-            {
-                "Nats-Msg-Id": line_id(source, offset, data),
-                **headers,
-                "Runwatch-Oversize": str(size),
-            },
-        )
-    event = decode(line[:-1] if line.endswith(b"\r") else line)
-    if isinstance(event, Rejection):
-        return Outgoing(
-            EVENTS_PREFIX + "_", line, {"Nats-Msg-Id": line_id(source, offset, line), **headers}
-        )
-    return Outgoing(
-        EVENTS_PREFIX + subject_token(event.run_id),
-        line,
-        {"Nats-Msg-Id": message_id(event.id), **headers},
-    )
 
 
 async def publish_all(js: JetStreamContext, batch: list[Outgoing]) -> list[PubAck]:

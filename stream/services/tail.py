@@ -11,20 +11,14 @@ however far behind the service is.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
-
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-from watchdog.observers.polling import PollingObserver
 
 from runwatch.projections import DerivedEvent
 from runwatch.sinks.audit import AuditLog
@@ -32,72 +26,17 @@ from runwatch.sinks.metrics import Metrics, MetricsServer
 from runwatch.sinks.store import outbox
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import ServiceConsole, wall_clock
-from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.core.processor import Processor
 from runwatch.stream.delivery.dispatcher import Dispatcher
-from runwatch.stream.delivery.handlers import build_handlers
 from runwatch.stream.errors import ServiceError
 from runwatch.stream.services.health import report, run_checks, status_path, write_status
+from runwatch.stream.services.lock import DatabaseLock
+from runwatch.stream.services.runtime import Runtime, lifecycle, now_us
 from runwatch.stream.settings.alerts import AlertSetup, default_alert_setup
 from runwatch.stream.settings.service import Settings, Source, parse_address
-from runwatch.stream.sources.discovery import static_prefix, watched_directories
+from runwatch.stream.sources.discovery import static_prefix
 from runwatch.stream.sources.follow import Follower
-
-
-class DatabaseLock:
-    """An exclusive lock beside the database, so that two services never write one file."""
-
-    def __init__(self, database: Path) -> None:
-        self.path = database.with_name(database.name + ".lock")
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise ServiceError(
-                f"{self.path.with_suffix('')}: already in use by another runwatch process "
-                f"(pid {holder}); stop it first, or give this one another --db"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-class FileChanges(FileSystemEventHandler):
-    """Runs on the observer thread: note the changed paths and `poke` the loop, nothing more."""
-
-    def __init__(self, poke: Callable[[], None]) -> None:
-        self.poke = poke
-        self.lock = threading.Lock()
-        self.paths: set[str] = set()
-        self.rescan = False
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.is_directory and event.event_type != "created":
-            return
-        with self.lock:
-            self.paths.add(os.fsdecode(event.src_path))
-            if event.event_type in ("created", "moved", "deleted"):
-                self.rescan = True
-                if getattr(event, "dest_path", None):
-                    self.paths.add(os.fsdecode(event.dest_path))
-        self.poke()
-
-    def take(self) -> tuple[set[str], bool]:
-        with self.lock:
-            paths, rescan = self.paths, self.rescan
-            self.paths, self.rescan = set(), False
-        return paths, rescan
+from runwatch.stream.sources.watch import FileChanges, watch_files
 
 
 @dataclass
@@ -126,7 +65,6 @@ class TailService:
         self.settings = settings
         self.alerts = alerts or default_alert_setup()
         self.console = ServiceConsole(out, quiet=quiet)
-        self.recorded = threading.Event()
         self.poll = poll
         self.intervals = Intervals(
             settings.rescan_interval, settings.tick_interval, settings.heartbeat_interval
@@ -159,27 +97,12 @@ class TailService:
             store = SqliteStore(self.settings.database)
             cleanup.callback(store.close)
             notes: list[DerivedEvent] = []
-            decisions = Decisions(
-                self.alerts.rules,
-                store,
-                self.alerts.policy(deliver=True, since_us=self._alerts_since(store)),
-            )
-            processor = Processor(
-                store,
-                stall_after_s=self.settings.stall_after,
-                max_line_bytes=self.settings.max_line_bytes,
-                wall_clock=wall_clock,
-                max_groups=self.settings.cache_groups,
-                rules=self.alerts.rules,
-                decisions=decisions,
-            )
-            dispatcher = Dispatcher(
-                self.settings.database,
-                build_handlers(
-                    self.alerts, self.settings, out=self.console.out, lock=self.console.lock
-                ),
-                self.alerts.delivery,
-                on_record=self._recorded,
+            runtime = Runtime.live(store, self.settings, self.alerts)
+            processor = runtime.processor
+            dispatcher = runtime.dispatcher(
+                out=self.console.out,
+                lock=self.console.lock,
+                on_record=self.wake.set,
                 on_failure=self._failed,
             )
             follower = Follower(
@@ -190,11 +113,11 @@ class TailService:
                 notes=notes,
             )
             cleanup.callback(follower.close)
-            audit = AuditLog(self.settings.logs_dir / "monitor.jsonl", store)
+            audit = runtime.audit()
             handler = FileChanges(self.wake.set)
             observer = watch_files(self.patterns, handler, poll=self.poll)
-            processor.derived.append(
-                self._lifecycle(
+            processor.note(
+                lifecycle(
                     "MONITOR_STARTED",
                     {
                         "pid": os.getpid(),
@@ -204,7 +127,7 @@ class TailService:
                 )
             )
             follower.discover()
-            self._commit(processor, follower, notes, audit)
+            self._commit(runtime, follower, notes, audit)
             dispatcher.start()
             cleanup.callback(dispatcher.stop)
             self.dispatcher = dispatcher
@@ -214,25 +137,26 @@ class TailService:
             observer.start()
             cleanup.callback(observer.join, 0.2)  # daemon threads; everything is committed
             cleanup.callback(observer.stop)
-            self._loop(processor, follower, notes, audit, handler)
+            self._loop(runtime, follower, notes, audit, handler)
             dispatcher.stop()
-            self.recorded.set()  # what the deliveries recorded last is evaluated and audited
-            processor.derived.append(
-                self._lifecycle(
+            runtime.recorded.set()  # what the deliveries recorded last is evaluated and audited
+            processor.note(
+                lifecycle(
                     "MONITOR_STOPPED", {"uptime_s": round(time.monotonic() - self.started, 3)}
                 )
             )
-            self._commit(processor, follower, notes, audit)
+            self._commit(runtime, follower, notes, audit)
         return 0
 
     def _loop(
         self,
-        processor: Processor,
+        runtime: Runtime,
         follower: Follower,
         notes: list[DerivedEvent],
         audit: AuditLog,
         handler: FileChanges,
     ) -> None:
+        processor = runtime.processor
         now = time.monotonic()
         due_rescan = now + self.intervals.rescan
         due_tick = now + self.intervals.tick
@@ -255,17 +179,16 @@ class TailService:
             reads = follower.read(budget, paths_to_read)
             follower.retire(reads)
             for read in reads:
-                before = processor.pending.accepted
-                processor.process(read.cursor.source, read.cursor.source_id, read.lines)
-                self.ingest.add(read.cursor.source, processor.pending.accepted - before)
+                fresh = processor.process(read.cursor.source, read.cursor.source_id, read.lines)
+                self.ingest.add(read.cursor.source, fresh)
             if now >= due_tick:
-                processor.detect(time.time_ns() // 1000)
+                processor.detect(now_us())
                 self._publish(processor, follower)
                 due_tick = now + self.intervals.tick
             if now >= due_heartbeat:
                 accepted = follower.store.counters().get("events_accepted", 0)
-                processor.derived.append(
-                    self._lifecycle(
+                processor.note(
+                    lifecycle(
                         "HEARTBEAT",
                         {
                             "events_accepted": accepted + processor.pending.accepted,
@@ -275,7 +198,7 @@ class TailService:
                     )
                 )
                 due_heartbeat = now + self.intervals.heartbeat
-            self._commit(processor, follower, notes, audit)
+            self._commit(runtime, follower, notes, audit)
             self.last_loop = time.monotonic()
             behind = follower.behind
             if behind:
@@ -284,28 +207,18 @@ class TailService:
             self.wake.wait(timeout)
 
     def _commit(
-        self, processor: Processor, follower: Follower, notes: list[DerivedEvent], audit: AuditLog
+        self, runtime: Runtime, follower: Follower, notes: list[DerivedEvent], audit: AuditLog
     ) -> None:
+        processor = runtime.processor
         checkpoints, forgotten = follower.checkpoints()
         if notes:
-            processor.derived.extend(notes)
+            processor.note(*notes)
             notes.clear()
-        now = time.time_ns() // 1000
-        recorded = self.recorded.is_set()
-        if not (
-            checkpoints
-            or forgotten
-            or processor.derived
-            or processor.changes
-            or processor.triggers
-            or recorded
-            or any(group.dirty for group in processor.cache.values())
-            or (processor.decisions is not None and processor.decisions.has_due(now))
-        ):
+        now = now_us()
+        if not (checkpoints or forgotten or runtime.recorded.is_set() or processor.has_work(now)):
             return
-        self.recorded.clear()
-        evaluated = follower.store.unevaluated() if recorded else None
-        processor.changes.forget = forgotten
+        evaluated = runtime.take_recorded()
+        processor.forget_files(forgotten)
         processor.commit(checkpoints, now=now, evaluated=evaluated)
         self.ingest.committed(self.metrics)
         if processor.outboxed and self.dispatcher is not None:
@@ -370,11 +283,6 @@ class TailService:
         cleanup.callback(server.stop)
         self.console.write(f"metrics and health on http://{host}:{server.port}/metrics, /healthz")
 
-    def _recorded(self) -> None:
-        """On a delivery thread: something was recorded; the loop evaluates and audits it."""
-        self.recorded.set()
-        self.wake.set()
-
     def _failed(self, payload: dict[str, Any], detail: str) -> None:
         """The console is the fallback: a notification that could not be delivered shows
         here, whatever channel it was for."""
@@ -384,34 +292,12 @@ class TailService:
             f"run={payload.get('run_id')}: {detail} ({what})"
         )
 
-    def _alerts_since(self, store: SqliteStore) -> int:
-        """The alert horizon: fixed when a database is first served, so a restart still
-        alerts on what happened while the service was down, but a new service does not
-        alert on history older than `alert_lookback`."""
-        since = store.meta().get("alerts_since")
-        if since is None:
-            since = str(time.time_ns() // 1000 - int(self.alerts.lookback_s * 1_000_000))
-            store.set_meta([("alerts_since", since)])
-        return int(since)
-
-    def _lifecycle(self, kind: str, data: dict[str, Any]) -> DerivedEvent:
-        return DerivedEvent(kind, time.time_ns() // 1000, None, data)
-
     def _install_signals(self) -> dict[int, Any]:
         previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 previous[signum] = signal.signal(signum, self.stop)
         return previous
-
-
-def watch_files(patterns: list[str], handler: FileChanges, *, poll: bool) -> Any:
-    """An unstarted watchdog observer over the folders the patterns can match."""
-    observer: Any = PollingObserver(timeout=1.0) if poll else Observer()
-    for directory, recursive in watched_directories(patterns):
-        if directory.is_dir():
-            observer.schedule(handler, str(directory), recursive=recursive)
-    return observer
 
 
 def _restore_signals(previous: dict[int, Callable[[int, FrameType | None], Any] | Any]) -> None:

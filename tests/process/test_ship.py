@@ -21,7 +21,7 @@ import pytest
 
 from helpers import RunwatchProcess, wait_until
 from natsserver import NatsServer
-from runwatch.stream.services.ship import line_id, subject_token
+from runwatch.stream.sources.nats import line_id, subject_token
 
 CONFIG = "rotate_wait: 1s\nrescan_interval: 1s\nbatch_max_bytes: 65536\n"
 STREAM = "runwatch"
