@@ -68,6 +68,17 @@ def postgres_url() -> Iterator[str]:
         admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
+PROCESS_TESTS = Path(__file__).parent / "process"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Everything under process/ runs real services for seconds each: `slow`, so that
+    `pytest -m "not slow"` is the quick in-process run."""
+    for item in items:
+        if PROCESS_TESTS in item.path.parents:
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Name every service whose tests were skipped, last, so a green run cannot hide them."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")

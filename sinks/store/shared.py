@@ -67,18 +67,17 @@ class SharedQueries:
         return None if row is None else int(row[0])
 
     def load_group(self, group_key: str) -> tuple[dict[str, Any] | None, set[str]]:
-        """A group's saved fold state and the ids of the events already folded into it."""
+        """A group's saved fold state and the ids of the events already folded into it.
+        The runless events' group has ids but no state: its ids are read all the same."""
         row = self.db.execute(
             "SELECT state FROM fold_state WHERE group_key=?", (group_key,)
         ).fetchone()
-        if row is None:
-            return None, set()
         seen: set[str] = set()
         for (entries,) in self.db.execute(
             "SELECT entries FROM event_index WHERE group_key=?", (group_key,)
         ):
             seen.update(entry[0] for entry in orjson.loads(entries))
-        return orjson.loads(row[0]), seen
+        return (None if row is None else orjson.loads(row[0])), seen
 
     def open_runs(self) -> Iterator[tuple[str, str, int]]:
         """(run_id, last_event_at, stalled) of every run that is not terminal."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -98,7 +97,7 @@ def outbox(db: Path) -> list[dict[str, Any]]:
     try:
         try:
             cursor = connection.execute(
-                "SELECT id, kind, target, state, attempts, last_error "
+                "SELECT id, kind, target, run_id, state, attempts, last_error "
                 "FROM outbox ORDER BY decided_at, id"
             )
         except sqlite3.OperationalError:
@@ -111,6 +110,15 @@ def outbox(db: Path) -> list[dict[str, Any]]:
 
 def hook_entries(db: Path) -> list[dict[str, Any]]:
     return [row for row in outbox(db) if row["target"] == "hook"]
+
+
+def settled(db: Path, *run_ids: str) -> bool:
+    """The positive sign that no more requests are coming: every decision about these runs
+    is made (their RUN_COMPLETED asked for a report in the very commit that decided its
+    alerts) and no hook entry is pending, so the dispatcher has nothing left to send."""
+    rows = outbox(db)
+    reported = {row["run_id"] for row in rows if (row["kind"], row["target"]) == ("job", "report")}
+    return set(run_ids) <= reported and all(row["state"] != "pending" for row in hook_entries(db))
 
 
 @pytest.fixture
@@ -134,9 +142,8 @@ def test_failed_run_is_announced_once_signed_and_alertmanager_shaped(
     ):
         service.wait_until(lambda: (tmp_path / "rw.db").exists())
         append(logs / "events.jsonl", failing_run("R1"))
-        [request] = hook.wait_for(1, timeout=10)
-        time.sleep(1.0)
-        assert len(hook.requests) == 1, "run_failed and RUN_COMPLETED are one problem"
+        service.wait_until(lambda: settled(tmp_path / "rw.db", "R1"))
+        [request] = hook.requests  # run_failed and RUN_COMPLETED are one problem
         headers = request.headers
         assert verify(
             SECRET,
@@ -177,8 +184,8 @@ def test_receiver_down_then_up_gets_the_alert_once(tmp_path: Path, logs: Path) -
         )
         hook.start()
         try:
-            hook.wait_for(1, timeout=10)
-            time.sleep(1.0)
+            service.wait_until(lambda: settled(tmp_path / "rw.db", "R1"))
+            assert [r["state"] for r in hook_entries(tmp_path / "rw.db")] == ["delivered"]
             assert len(hook.requests) == 1
         finally:
             hook.stop()
@@ -232,10 +239,8 @@ def test_400_is_not_retried_and_the_failure_reaches_the_console(tmp_path: Path, 
     ):
         hook.script((400,))
         append(logs / "events.jsonl", failing_run("R1"))
-        service.wait_until(
-            lambda: [r["state"] for r in hook_entries(tmp_path / "rw.db")] == ["failed"]
-        )
-        time.sleep(0.8)
+        service.wait_until(lambda: settled(tmp_path / "rw.db", "R1"))
+        assert [r["state"] for r in hook_entries(tmp_path / "rw.db")] == ["failed"]
         assert len(hook.requests) == 1
         assert service.stop() == 0
     assert "DELIVERY FAILED run_failure" in service.output()
@@ -254,9 +259,9 @@ def test_kill_9_before_delivery_delivers_after_restart(tmp_path: Path, logs: Pat
     hook.start()
     try:
         service.start()
-        requests = hook.wait_for(2, timeout=15)
-        time.sleep(1.0)
-        ids = [r.headers["webhook-id"] for r in hook.requests]
+        service.wait_until(lambda: settled(tmp_path / "rw.db", "R1", "R2"))
+        requests = hook.requests
+        ids = [r.headers["webhook-id"] for r in requests]
         assert len(ids) == 2 and len(set(ids)) == 2
         assert {r.json["runwatch"]["run_id"] for r in requests} == {"R1", "R2"}
         assert service.stop() == 0
@@ -283,12 +288,8 @@ def test_kill_9_during_delivery_resends_only_the_unacknowledged(tmp_path: Path, 
         service.kill()  # the R2 request is still waiting for its answer
         service.start()
         hook.wait_for(3, timeout=15)
-        service.wait_until(
-            lambda: (
-                [r["state"] for r in hook_entries(tmp_path / "rw.db")] == ["delivered", "delivered"]
-            )
-        )
-        time.sleep(1.0)
+        service.wait_until(lambda: settled(tmp_path / "rw.db", "R1", "R2"))
+        assert [r["state"] for r in hook_entries(tmp_path / "rw.db")] == ["delivered"] * 2
         ids = [r.headers["webhook-id"] for r in hook.requests]
         assert ids.count(acknowledged.headers["webhook-id"]) == 1
         assert len(ids) == 3 and ids[1] == ids[2]
@@ -298,7 +299,8 @@ def test_kill_9_during_delivery_resends_only_the_unacknowledged(tmp_path: Path, 
 def test_replay_records_but_never_notifies_and_the_service_does_not_repeat(
     tmp_path: Path, logs: Path
 ) -> None:
-    """Rebuilding from the logs must not page anyone about the past, then or later."""
+    """Rebuilding from the logs must not page anyone about the past, then or later: the
+    service started on the rebuilt database delivers a new failure, and only that."""
     append(logs / "events.jsonl", failing_run("R1") + failing_run("R2"))
     with WebhookReceiver() as hook:
         alerts = alerts_file(tmp_path / "alerts.yaml", hook.url)
@@ -307,10 +309,12 @@ def test_replay_records_but_never_notifies_and_the_service_does_not_repeat(
         assert {r["state"] for r in hook_entries(tmp_path / "rw.db")} == {"recorded"}
         assert len(hook_entries(tmp_path / "rw.db")) == 2
         with tail(tmp_path, logs, alerts) as service:
-            service.wait_until(lambda: (tmp_path / "logs" / "monitor.jsonl").exists())
-            time.sleep(1.5)
+            append(logs / "events.jsonl", failing_run("R3"))
+            service.wait_until(lambda: settled(tmp_path / "rw.db", "R1", "R2", "R3"))
             assert service.stop() == 0
-        assert hook.requests == []
+        assert [r.json["runwatch"]["run_id"] for r in hook.requests] == ["R3"]
+        states = {r["run_id"]: r["state"] for r in hook_entries(tmp_path / "rw.db")}
+        assert states == {"R1": "recorded", "R2": "recorded", "R3": "delivered"}
 
 
 def test_brand_new_service_on_old_logs_stays_quiet(tmp_path: Path, logs: Path) -> None:
@@ -323,9 +327,9 @@ def test_brand_new_service_on_old_logs_stays_quiet(tmp_path: Path, logs: Path) -
     ):
         service.wait_until(lambda: len(hook_entries(tmp_path / "rw.db")) == 1)
         append(logs / "events.jsonl", failing_run("NEW"))
-        [request] = hook.wait_for(1, timeout=10)
-        time.sleep(0.8)
-        assert len(hook.requests) == 1 and request.json["runwatch"]["run_id"] == "NEW"
+        service.wait_until(lambda: settled(tmp_path / "rw.db", "OLD", "NEW"))
+        [request] = hook.requests
+        assert request.json["runwatch"]["run_id"] == "NEW"
         assert service.stop() == 0
     assert sorted(r["state"] for r in hook_entries(tmp_path / "rw.db")) == ["delivered", "skipped"]
 
@@ -349,7 +353,10 @@ def test_flapping_stall_gives_one_notification(tmp_path: Path, logs: Path) -> No
             service.wait_until(lambda n=n: _count(tmp_path, "RUN_STALLED") >= n)
             append(path, event("task_progress", "F1", datetime.now(UTC), n, task_id="T"))
             service.wait_until(lambda n=n: _count(tmp_path, "RUN_RECOVERED") >= n)
-        time.sleep(0.5)
+        # the last recovery is decided (the trail is written after its commit); once no hook
+        # entry is pending, nothing more can be sent
+        service.wait_until(lambda: settled(tmp_path / "rw.db"))
+        assert len(hook_entries(tmp_path / "rw.db")) == 1
         assert len(hook.requests) == 1
         assert hook.requests[0].json["status"] == "firing"
         assert service.stop() == 0

@@ -26,7 +26,6 @@ import orjson
 from helpers import TailProcess, converged, counters, replay_into
 
 CONFIG = "rotate_wait: 1s\nrescan_interval: 1s\ntick_interval: 1s\n"
-SETTLE_S = 1.3  # longer than rotate_wait and rescan_interval: retirements and a rescan happen
 KINDS = ("task_created", "task_started", "task_completed")
 
 
@@ -99,9 +98,44 @@ def dead_letters(db: Path) -> int:
         connection.close()
 
 
+def checkpointed(db: Path) -> set[tuple[int, int]]:
+    """The (device, inode) of every file the service holds a checkpoint for (none while the
+    service has not created its database yet)."""
+    if not db.exists():
+        return set()
+    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return set(connection.execute("SELECT device, inode FROM checkpoints").fetchall())
+    except sqlite3.OperationalError:
+        return set()
+    finally:
+        connection.close()
+
+
+def followed(folder: Path) -> set[tuple[int, int]]:
+    """The (device, inode) of every file under `folder` the tests' patterns match."""
+    return {
+        (p.stat().st_dev, p.stat().st_ino)
+        for p in folder.rglob("*")
+        if p.is_file() and p.suffix in (".jsonl", ".log")
+    }
+
+
+def caught_up(tail: TailProcess) -> None:
+    """Wait for the positive sign that the service has read every followed file as it is
+    now and finished every file rotated away: a new empty file it must discover (discovery
+    reads every followed file in the same pass, and commits with the new file's
+    checkpoint), and checkpoints for exactly the files that match (a rotated file keeps
+    its checkpoint until it is retired)."""
+    events = tail.workdir / "events"
+    marker = events / f"caught-up-{len(list(events.glob('caught-up-*')))}.jsonl"
+    marker.write_bytes(b"")
+    tail.wait_until(lambda: checkpointed(tail.db) == followed(events))
+
+
 def stop_settled(tail: TailProcess) -> None:
-    """Give rotated files time to be retired and a rescan time to run, then SIGTERM."""
-    time.sleep(SETTLE_S)
+    """Once the service has caught up (rotated files retired, a rescan done), SIGTERM."""
+    caught_up(tail)
     assert tail.stop() == 0, tail.output()
 
 
@@ -264,11 +298,11 @@ def test_partial_line_waits_for_its_newline_even_across_restart(tmp_path: Path) 
         line = events.line()
         writer.write(line[:40])
         writer.flush()
-        time.sleep(SETTLE_S)  # a rescan has read the file meanwhile
+        caught_up(tail)  # the partial line has been read
         assert (counters(tail.db)["events_accepted"], dead_letters(tail.db)) == (10, 0)
         writer.write(line[40:-1])  # a whole JSON object, still without its newline
         writer.flush()
-        time.sleep(SETTLE_S)
+        caught_up(tail)
         assert (counters(tail.db)["events_accepted"], dead_letters(tail.db)) == (10, 0)
         writer.write(b"\n")
         writer.flush()
@@ -277,7 +311,7 @@ def test_partial_line_waits_for_its_newline_even_across_restart(tmp_path: Path) 
         line = events.line()
         writer.write(line[:40])
         writer.flush()
-        time.sleep(SETTLE_S)
+        caught_up(tail)
         assert tail.stop() == 0
         assert (counters(tail.db)["events_accepted"], dead_letters(tail.db)) == (11, 0)
         writer.write(line[40:])
@@ -303,7 +337,7 @@ def test_crlf_lines(tmp_path: Path) -> None:
             writer.write(b"\r\n")
             writer.write(events.line()[:-1] + b"\r")
             writer.flush()
-            time.sleep(0.3)
+            caught_up(tail)  # the line has been read up to its \r; the \n comes later
             writer.write(b"\n")
         tail.wait_for_accepted(21)
         stop_settled(tail)

@@ -89,6 +89,15 @@ def checkpoint(db: Path, path: Path) -> int:
         connection.close()
 
 
+def checkpointed(db: Path) -> set[tuple[int, int]]:
+    """The (device, inode) of every file the shipper holds a checkpoint for."""
+    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return set(connection.execute("SELECT device, inode FROM checkpoints").fetchall())
+    finally:
+        connection.close()
+
+
 class Shipper(RunwatchProcess):
     """A real `runwatch ship` subprocess with its own checkpoint database."""
 
@@ -372,7 +381,9 @@ def test_rotation_while_shipping_loses_nothing(tmp_path: Path, server: NatsServe
         )
         assert len(list(events.iterdir())) == 5
         wait_until(lambda: shipped_all(shipper, server, 3000, log), "every rotated line")
-        time.sleep(1.3)  # rotate_wait: the renamed files are finished and retired
+        current = (log.stat().st_dev, log.stat().st_ino)
+        # retiring a renamed file drops its checkpoint: then none can be read again
+        wait_until(lambda: checkpointed(shipper.db) == {current}, "the renamed files retired")
         assert shipper.stop() == 0
     messages = stored(server.url)
     ids = [m.headers["Nats-Msg-Id"] for m in messages]
