@@ -156,7 +156,12 @@ def test_projections_do_not_read_the_clock() -> None:
         assert ".now(" not in text and "utcnow" not in text and "time()" not in text, name
 
 
-NEUTRAL = ("runwatch.projections", "runwatch.stream.core", "runwatch.sinks.store.api")
+NEUTRAL = (
+    "runwatch.projections",
+    "runwatch.stream.core",
+    "runwatch.sinks.store.api",
+    "runwatch.sinks.store.keys",
+)
 
 
 @pytest.mark.parametrize("name", sorted(under("runwatch.stream.core")))

@@ -19,8 +19,7 @@ import orjson
 from runwatch.projections import DerivedEvent
 from runwatch.projections.alerts import AlertBook, AlertState, Notification, RuleSet, Trigger
 from runwatch.projections.events import format_time
-from runwatch.sinks.store import Store
-from runwatch.sinks.store.api import Changes, OutboxEntry
+from runwatch.sinks.store.api import Changes, OutboxEntry, Store
 from runwatch.stream.core.decode import parse_time
 
 JOB_TRIGGERS = {"RUN_COMPLETED": ("report", "archive"), "RUN_STATUS_CHANGED": ("report",)}

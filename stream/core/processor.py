@@ -26,8 +26,7 @@ from runwatch.projections import (
     detect_stalls,
 )
 from runwatch.projections.alerts import RuleSet, Trigger
-from runwatch.sinks.store import Store
-from runwatch.sinks.store.api import Changes, Checkpoint, DeadLetter
+from runwatch.sinks.store.api import Changes, Checkpoint, DeadLetter, Store
 from runwatch.sinks.store.keys import ORPHANS, PATTERN, RUN, GroupKey, dump_index, load_index
 from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.core.decode import RAW_KEEP, Rejection, decode, parse_time
