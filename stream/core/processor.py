@@ -8,10 +8,11 @@ comes back with the ids of its events, so a duplicate is recognised however late
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -29,7 +30,14 @@ from runwatch.projections.alerts import RuleSet, Trigger
 from runwatch.sinks.store import Store
 from runwatch.sinks.store.api import Changes, Checkpoint, DeadLetter
 from runwatch.stream.core.decisions import Decisions
-from runwatch.stream.core.decode import RAW_KEEP, Rejection, decode, parse_time
+from runwatch.stream.core.decode import (
+    NO_LATEST,
+    RAW_KEEP,
+    Rejection,
+    decode,
+    parse_time,
+    preview,
+)
 from runwatch.stream.core.lines import Lines
 
 State = RunState | PatternRunState | OrphanEvents
@@ -37,6 +45,7 @@ IndexEntry = tuple[str, int, int, int]
 """(event id, source id, byte offset, length): where an accepted event's bytes are."""
 Observe = Callable[[Event, str, bool], None]
 """Called with each decoded event, its source and whether it was new to this fold."""
+_INT64: Final = range(-(2**63), 2**63)
 
 
 class Group:
@@ -106,16 +115,20 @@ class Processor:
         rules: RuleSet | None = None,
         decisions: Decisions | None = None,
         observe: Observe | None = None,
+        latest_time: Callable[[], int] | None = None,
     ) -> None:
         """Without a store the processor only folds in memory (a replay worker's chunk).
         `known_groups`, when given, is every group key the store holds (a fresh store: empty),
         which spares a lookup for each new group. With `rules`, new input events that match
         an alert rule become `triggers`; `decisions` turns them into outbox entries at commit.
         `observe`, when given, sees every decoded event (offline analysis); else it costs
-        nothing."""
+        nothing. `latest_time`, read once a batch, is the latest event time accepted (UTC µs,
+        see `wall_clock_bound`); without it only the calendar bounds event times."""
         self.store = store
         self.rules = rules
         self.observe = observe
+        self.latest_time = latest_time
+        self.sources: dict[int, str] = {}
         self.triggers: list[Trigger] = []
         self.decisions = decisions
         self.outboxed = 0
@@ -150,6 +163,8 @@ class Processor:
         rules = self.rules
         rule_types = {} if rules is None else rules.by_type
         observe = self.observe
+        latest = NO_LATEST if self.latest_time is None else self.latest_time()
+        self.sources[source_id] = source
         for index, line in enumerate(lines.items):
             size = len(line)
             if oversize and index in oversize:
@@ -169,7 +184,7 @@ class Processor:
                 tally.blank += 1
             else:
                 body = line[:-1] if line[-1] == 13 else line
-                event = decode(body)
+                event = decode(body, latest)
                 if isinstance(event, Rejection):
                     self.reject(source, offset, number, body, len(body), event)
                 else:
@@ -182,23 +197,28 @@ class Processor:
                         group = self._load(key)
                     else:
                         cache.move_to_end(key)
-                    fresh = group.state.apply(event)
-                    if fresh:
-                        group.new_index.append((event.id, source_id, offset, len(body)))
-                        group.dirty = True
-                        tally.accepted += 1
-                        if event.time > self.max_event_time:
-                            self.max_event_time = event.time
-                        if (
-                            rules is not None
-                            and rule_types.get(event.type, True)
-                            and (found := rules.match_event(event))
-                        ):
-                            self.triggers.extend(found)
+                    try:
+                        fresh = group.state.apply(event)
+                        found = (
+                            rules.match_event(event)
+                            if fresh and rules is not None and rule_types.get(event.type, True)
+                            else None
+                        )
+                        if observe is not None:
+                            observe(event, source, fresh)
+                    except Exception as exc:  # the last guard: one line never stops the service
+                        self.reject(source, offset, number, body, len(body), _internal_error(exc))
                     else:
-                        tally.duplicate += 1
-                    if observe is not None:
-                        observe(event, source, fresh)
+                        if fresh:
+                            group.new_index.append((event.id, source_id, offset, len(body)))
+                            group.dirty = True
+                            tally.accepted += 1
+                            if event.time > self.max_event_time:
+                                self.max_event_time = event.time
+                            if found:
+                                self.triggers.extend(found)
+                        else:
+                            tally.duplicate += 1
             offset += size + 1
             number += 1
 
@@ -374,6 +394,20 @@ class Processor:
         self.changes, self.pending, self.derived = Changes(), Tally(), []
         self.limbo.clear()
         return derived
+
+
+def _internal_error(exc: Exception) -> Rejection:
+    return Rejection("internal_error", f"{type(exc).__name__}: {preview(str(exc))}")
+
+
+def wall_clock_bound(skew_s: float, *, fixed: bool = False) -> Callable[[], int]:
+    """`Processor(latest_time=...)`: the wall clock plus `skew_s` in UTC µs, read at each
+    call, or once now when `fixed` (a replay judges every line against its start)."""
+    skew_us = int(skew_s * 1_000_000)
+    if fixed:
+        latest = time.time_ns() // 1000 + skew_us
+        return lambda: latest
+    return lambda: time.time_ns() // 1000 + skew_us
 
 
 def _finished(state: State) -> bool:

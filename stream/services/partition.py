@@ -35,7 +35,7 @@ from runwatch.sinks.store import OwnershipLost, connect, open_store
 from runwatch.stream.console import ServiceConsole, wall_clock
 from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.core.lines import Lines
-from runwatch.stream.core.processor import Processor
+from runwatch.stream.core.processor import Processor, wall_clock_bound
 from runwatch.stream.delivery.dispatcher import Dispatcher
 from runwatch.stream.delivery.handlers import build_handlers
 from runwatch.stream.services.ship import subject_token
@@ -217,6 +217,7 @@ class PartitionService:
             max_groups=self.settings.cache_groups,
             rules=self.alerts.rules,
             decisions=decisions,
+            latest_time=wall_clock_bound(self.settings.max_future_skew),
         )
         processor.open_runs = {
             run: seen for run, seen in processor.open_runs.items() if parts.owns(subject_token(run))

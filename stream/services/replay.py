@@ -37,7 +37,7 @@ from runwatch.stream.console import Progress, wall_clock
 from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.core.decode import RAW_KEEP, decode
 from runwatch.stream.core.lines import Lines, LineSplitter
-from runwatch.stream.core.processor import Processor, State, Tally
+from runwatch.stream.core.processor import Processor, State, Tally, wall_clock_bound
 from runwatch.stream.settings.alerts import AlertSetup, default_alert_setup
 from runwatch.stream.settings.service import Settings
 from runwatch.stream.sources.discovery import checkpoint_for
@@ -227,6 +227,7 @@ def _build(
     observer: Observer | None,
 ) -> ReplaySummary:
     decisions = Decisions(alerts.rules, None, alerts.policy(deliver=deliver), hold=True)
+    latest_time = wall_clock_bound(settings.max_future_skew, fixed=True)
     processor = Processor(
         store,
         stall_after_s=settings.stall_after,
@@ -237,6 +238,7 @@ def _build(
         rules=alerts.rules,
         decisions=decisions,
         observe=None if observer is None else observer.observe,
+        latest_time=latest_time,
     )
     sizes = {path: path.stat().st_size for path in files}
     total_bytes = sum(sizes.values())
@@ -273,6 +275,7 @@ def _build(
                 settings.max_line_bytes,
                 alerts.rules,
                 observer,
+                latest_time(),
             ):
                 folded.merge_into(processor, next_line, observer)
                 for region, lines_in_region in zip(folded.regions, folded.line_counts, strict=True):
@@ -396,6 +399,7 @@ def _fold_in_workers(
     max_line_bytes: int,
     rules: RuleSet | None,
     observer: Observer | None,
+    latest_us: int,
 ) -> Iterator[Folded]:
     """Regions batched to about `chunk_bytes` per task (many small files share one),
     folded by the pool; results in input order with at most `window` tasks in flight."""
@@ -408,14 +412,20 @@ def _fold_in_workers(
             batch_bytes += region.end - region.start
         if batch and (region is None or batch_bytes >= chunk_bytes):
             blank = None if observer is None else observer.empty()
-            pending.append(pool.apply_async(_fold_regions, (batch, max_line_bytes, rules, blank)))
+            pending.append(
+                pool.apply_async(_fold_regions, (batch, max_line_bytes, rules, blank, latest_us))
+            )
             batch, batch_bytes = [], 0
         while pending and (len(pending) >= window or region is None):
             yield pending.popleft().get()
 
 
 def _fold_regions(
-    regions: list[Region], max_line_bytes: int, rules: RuleSet | None, observer: Observer | None
+    regions: list[Region],
+    max_line_bytes: int,
+    rules: RuleSet | None,
+    observer: Observer | None,
+    latest_us: int,
 ) -> Folded:
     """In a worker: decode and fold some regions into partial group states."""
     folder = Processor(
@@ -426,6 +436,7 @@ def _fold_regions(
         max_groups=1 << 62,
         rules=rules,
         observe=None if observer is None else observer.observe,
+        latest_time=lambda: latest_us,
     )
     line_counts: list[int] = []
     letters: list[list[DeadLetter]] = []

@@ -32,7 +32,7 @@ from runwatch.sinks.metrics import Metrics, MetricsServer
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import ServiceConsole, wall_clock
 from runwatch.stream.core.decisions import Decisions
-from runwatch.stream.core.processor import Processor
+from runwatch.stream.core.processor import Processor, wall_clock_bound
 from runwatch.stream.delivery.dispatcher import Dispatcher
 from runwatch.stream.delivery.handlers import build_handlers
 from runwatch.stream.services.health import report, run_checks, status_path, write_status
@@ -174,6 +174,7 @@ class TailService:
                 max_groups=self.settings.cache_groups,
                 rules=self.alerts.rules,
                 decisions=decisions,
+                latest_time=wall_clock_bound(self.settings.max_future_skew),
             )
             dispatcher = Dispatcher(
                 self.settings.database,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -337,3 +338,68 @@ def test_cli_replay_of_a_missing_path_is_a_usage_error(tmp_path: Path, db: Path)
     assert "/nonexistent" in result.stderr
     assert "Traceback" not in result.stderr
     assert not db.exists()
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "1" + "]" * depth
+
+
+def hostile_file() -> JsonlFile:
+    """Lines that once stopped replay and tail for good, between good events of one run."""
+    f = JsonlFile()
+    f.add(ev("run_created", "13:00:00", run_id="run-h", payload={"total_tasks": 1}))
+    f.add(b'{"event_type": %s, "timestamp": 0}' % nested(1000).encode(), "bad_type")
+    f.add(
+        ev("run_created", "13:00:01", run_id="run-big", payload={"total_tasks": 2**63}),
+        "bad_payload",
+    )
+    f.add(ev("task_started", "13:00:02", run_id="run-h", task_id="t1", message="C:\\u0000"))
+    f.add(orjson.dumps({"event_type": "note", "timestamp": "1999-12-31T23:59:59Z"}), "bad_time")
+    f.add(orjson.dumps({"event_type": "note", "timestamp": "2999-01-01T00:00:00Z"}), "bad_time")
+    f.add(
+        b'{"event_type": "pattern.execution.failed", "timestamp": "2025-03-01T13:00:03Z", '
+        b'"pattern_run_id": "PRUN-H", "status": "failed", "details": {"error_message": %s}}'
+        % nested(1000).encode(),
+        "internal_error",
+    )
+    f.add(ev("task_completed", "13:00:04", run_id="run-h", task_id="t1"))
+    f.add(ev("run_completed", "13:00:05", run_id="run-h"))
+    return f
+
+
+def test_hostile_lines_are_dead_lettered_and_the_fold_goes_on(tmp_path: Path, db: Path) -> None:
+    """One bad line must never stop the service: each is dead-lettered where it is, with its
+    bytes and a short detail, and the events after it are folded."""
+    f = hostile_file()
+    path = f.write(tmp_path / "hostile.jsonl")
+    summary = replay_into(db, path)
+    letters = dead_letters(db)
+    assert [row[:5] for row in letters] == [
+        (str(path.resolve()), offset, number, reason, raw) for offset, number, reason, raw in f.bad
+    ]
+    details = dict(query(db, "SELECT reason, detail FROM dead_letters WHERE reason != 'bad_time'"))
+    assert all(len(detail) < 300 for detail in details.values())
+    assert "payload.total_tasks" in details["bad_payload"]
+    assert "RecursionError" in details["internal_error"]
+    assert query(db, "SELECT run_id, status, tasks_total, events_total FROM runs") == [
+        ("run-h", "succeeded", 1, 4)
+    ]
+    assert summary.as_dict()["rejected_by_reason"] == {
+        "bad_type": 1,
+        "bad_payload": 1,
+        "bad_time": 2,
+        "internal_error": 1,
+    }
+
+
+def test_max_future_skew_bounds_event_times_from_the_wall_clock(tmp_path: Path, db: Path) -> None:
+    """A clock a day ahead is a broken producer; the bound is a setting, read at replay start."""
+    soon = datetime.now(UTC) + timedelta(hours=2)
+    f = JsonlFile()
+    f.add(orjson.dumps({"event_type": "note", "timestamp": soon.isoformat()}))
+    path = f.write(tmp_path / "soon.jsonl")
+    assert replay_into(db, path).as_dict()["events_accepted"] == 1
+    strict = tmp_path / "strict.db"
+    assert replay_into(strict, path, max_future_skew="1h").as_dict()["rejected_by_reason"] == {
+        "bad_time": 1
+    }
