@@ -31,6 +31,8 @@ REASONS: Final = {
     "missing_run_id": "a run/task/workstream event without run_id",
     "missing_pattern_run_id": "a pattern event without pattern_run_id",
     "line_too_long": "the line is longer than max_line_bytes",
+    "unstorable_value": "the line made a row value no store column can hold; the run is "
+    "kept as it was before the line (the dead letter has no line number, only the offset)",
     "internal_error": "folding the line raised an unexpected error (a runwatch bug: please "
     "report it with the line)",
 }

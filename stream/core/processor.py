@@ -262,6 +262,42 @@ class Processor:
         letter = DeadLetter(source, offset, number, why.reason, why.detail, line[:RAW_KEEP], size)
         self.changes.dead_letters.append(letter)
 
+    def _set_aside_unstorable(self, changes: Changes) -> None:
+        """Keep a value no store can hold from failing this commit on every restart: a group
+        whose rows hold one goes back to its last committed state, and the lines folded into
+        it since then are dead-lettered as unstorable_value. Decode refuses every such value
+        it knows of; this catches the ones a projection change might add."""
+        unstorable = _unstorable(changes)
+        if not unstorable:
+            return
+        for table, prefix, id_name in _ROW_TABLES:
+            rows = getattr(changes, table)
+            rows[:] = [row for row in rows if prefix + str(row[id_name]) not in unstorable]
+        changes.states = [(key, blob) for key, blob in changes.states if key not in unstorable]
+        kept: list[tuple[str, bytes]] = []
+        for key, blob in changes.index:
+            if key not in unstorable:
+                kept.append((key, blob))
+                continue
+            for event_id, source_id, offset, length in orjson.loads(blob):
+                source = self.sources.get(source_id, f"source #{source_id}")
+                detail = f"{unstorable[key]} cannot be stored (event {preview(event_id)})"
+                self.pending.accepted -= 1
+                self.reject(
+                    source,
+                    offset,
+                    0,
+                    _read_back(source, offset, length),
+                    length,
+                    Rejection("unstorable_value", detail),
+                )
+        changes.index = kept
+        runs = {key[2:] for key in unstorable if key.startswith("r:")}
+        self.derived = [d for d in self.derived if d.run_id not in runs]
+        for key in unstorable:
+            self.cache.pop(key, None)
+            self.limbo.pop(key, None)
+
     def _load(self, key: str) -> Group:
         group = self.limbo.pop(key, None)
         if group is None and (
@@ -360,6 +396,7 @@ class Processor:
             for group in self.cache.values():
                 self._flush(group)
         changes = self.changes
+        self._set_aside_unstorable(changes)
         changes.checkpoints = checkpoints
         changes.counters = self.pending.counters()
         self.derived.extend(
@@ -394,6 +431,37 @@ class Processor:
         self.changes, self.pending, self.derived = Changes(), Tally(), []
         self.limbo.clear()
         return derived
+
+
+_ROW_TABLES: Final = (
+    ("runs", "r:", "run_id"),
+    ("tasks", "r:", "run_id"),
+    ("workstreams", "r:", "run_id"),
+    ("pattern_runs", "p:", "pattern_run_id"),
+)
+
+
+def _unstorable(changes: Changes) -> dict[str, str]:
+    """Group key → the first row value no store column can hold (an integer outside signed
+    64 bits, a text with NUL), for every group whose rows hold one."""
+    found: dict[str, str] = {}
+    for table, prefix, id_name in _ROW_TABLES:
+        for row in getattr(changes, table):
+            for name, value in row.items():
+                kind = type(value)
+                if (kind is int and value not in _INT64) or (kind is str and "\x00" in value):
+                    found.setdefault(prefix + str(row[id_name]), f"{table}.{name}={preview(value)}")
+    return found
+
+
+def _read_back(source: str, offset: int, length: int) -> bytes:
+    """The bytes of an accepted line, read again from its file (best effort)."""
+    try:
+        with open(source, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(min(length, RAW_KEEP))
+    except OSError:
+        return b""
 
 
 def _internal_error(exc: Exception) -> Rejection:

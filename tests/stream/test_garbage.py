@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass, field
-from pathlib import Path
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
 from helpers import UPSTREAM, replay_into, run_cli
-from runwatch.stream.core.decode import RAW_KEEP
-from runwatch.stream.core.lines import BOM
+from runwatch.projections import Event, RunState
+from runwatch.sinks.store.sqlite import SqliteStore
+from runwatch.stream.console import wall_clock
+from runwatch.stream.core.decode import RAW_KEEP, decode
+from runwatch.stream.core.lines import BOM, Lines
+from runwatch.stream.core.processor import Processor
 from runwatch.stream.services.replay import ReplaySummary
 
 BIG_LINE = b"garbage!" * (5 * 1024 * 1024 // 8) + b"tail"  # a little over 5 MiB, not JSON
@@ -402,4 +406,46 @@ def test_max_future_skew_bounds_event_times_from_the_wall_clock(tmp_path: Path, 
     strict = tmp_path / "strict.db"
     assert replay_into(strict, path, max_future_skew="1h").as_dict()["rejected_by_reason"] == {
         "bad_time": 1
+    }
+
+
+def test_a_row_value_no_store_can_hold_sets_its_lines_aside(tmp_path: Path, db: Path) -> None:
+    """Should a projection ever yield a value no store column takes (here a 2**63 task total
+    that decode would refuse, handed over as a replay worker's folded state, standing in for
+    a projection bug), the commit must not fail on every restart: the lines that made that
+    run's rows this batch are dead-lettered with their bytes, the rest is written."""
+    big = orjson.dumps(
+        {"event_type": "run_created", "timestamp": "2025-03-01T14:00:00Z", "run_id": "r-big"}
+    )
+    good = ev("run_created", "14:00:01", run_id="r-ok")
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(big + b"\n" + good + b"\n")
+    store = SqliteStore(db)
+    try:
+        processor = Processor(
+            store, stall_after_s=60, max_line_bytes=1 << 20, wall_clock=wall_clock
+        )
+        source_id = store.source_id(str(path))
+        partial = RunState("r-big")
+        event = decode(big)
+        assert isinstance(event, Event)
+        event.payload = {"total_tasks": 2**63}
+        assert partial.apply(event)
+        index = orjson.dumps([[event.id, source_id, 0, len(big)]])
+        processor.merge("r:r-big", partial, index)
+        processor.process(str(path), source_id, Lines(len(big) + 1, 2, [good], len(big + good) + 2))
+        processor.commit([])
+        later = ev("run_started", "14:00:02", run_id="r-ok")
+        processor.process(str(path), source_id, Lines(len(big + good) + 2, 3, [later], 0))
+        processor.commit([])
+    finally:
+        store.close()
+    assert query(db, "SELECT run_id, events_total FROM runs") == [("r-ok", 2)]
+    assert query(db, "SELECT source, offset, reason, raw, raw_size FROM dead_letters") == [
+        (str(path), 0, "unstorable_value", big, len(big))
+    ]
+    assert "tasks_total" in query(db, "SELECT detail FROM dead_letters")[0][0]
+    assert dict(query(db, "SELECT name, value FROM counters")) == {
+        "events_accepted": 2,
+        "rejected.unstorable_value": 1,
     }
