@@ -43,6 +43,8 @@ from pydantic import (
     model_validator,
 )
 
+from runwatch.sinks.terminal import terminal_safe
+
 Status = Literal["delivered", "retry", "failed"]
 Timeout = Annotated[float, Field(gt=0, le=300)]
 
@@ -179,8 +181,8 @@ def console_line(n: dict[str, Any], color: bool = False) -> str:
         severity = f"{_COLORS.get(n['severity'], '')}{severity}\x1b[0m"
     extras = f" (suppressed {n['suppressed']})" if n.get("suppressed") else ""
     extras += " (test)" if n.get("test") else ""
-    text = _printable(f"{n['rule']} [{n['state']}] {n['summary']}{extras}")
-    return f"{_printable(str(n['event_time']))} {severity} {text}"
+    text = terminal_safe(f"{n['rule']} [{n['state']}] {n['summary']}{extras}")
+    return f"{terminal_safe(str(n['event_time']))} {severity} {text}"
 
 
 # ---------------------------------------------------------------- webhook

@@ -29,6 +29,7 @@ from typing import Any, Final, TextIO
 import orjson
 
 from runwatch.stream.cli.common import EXIT_OK, UsageError
+from runwatch.stream.console import terminal_safe
 from runwatch.stream.services.health import process_alive, status_path
 from runwatch.stream.settings.service import Settings
 
@@ -55,7 +56,6 @@ _ALERTS: Final = (
     "GROUP BY alert_id ORDER BY decided_at DESC LIMIT ?"
 )
 """One line per alert, whatever its channels, from the newest outbox rows only."""
-_CONTROLS: Final = {c: "?" for c in (*range(32), *range(127, 160))}
 
 Line = tuple[str, str]
 """A line of text and its SGR style ("" for none)."""
@@ -245,7 +245,7 @@ def paint(lines: list[Line], width: int | None, color: bool) -> list[str]:
     before it is coloured, so neither a run id nor the cut can break the escape codes."""
     out = []
     for text, style in lines:
-        clean = text.translate(_CONTROLS)[: None if width is None else max(width - 1, 0)]
+        clean = terminal_safe(text)[: None if width is None else max(width - 1, 0)]
         out.append(f"\x1b[{style}m{clean}\x1b[0m" if color and style else clean)
     return out
 

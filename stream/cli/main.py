@@ -22,7 +22,7 @@ from runwatch.stream.cli.common import (
     open_existing,
     settings_from_args,
 )
-from runwatch.stream.console import table
+from runwatch.stream.console import table, terminal_safe
 from runwatch.stream.services.tail import DatabaseLock, ServiceError
 from runwatch.stream.settings.alerts import load_alerts
 from runwatch.stream.settings.service import ConfigError, Settings, load_settings
@@ -36,10 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except (ConfigError, UsageError, InputError) as exc:
-        print(f"runwatch: {exc}", file=sys.stderr)
+        print(f"runwatch: {terminal_safe(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except (StoreError, ServiceError) as exc:
-        print(f"runwatch: {exc}", file=sys.stderr)
+        print(f"runwatch: {terminal_safe(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("runwatch: interrupted", file=sys.stderr)
@@ -395,7 +395,7 @@ def _status(args: argparse.Namespace) -> int:
 def _status_one(store: Store, run_id: str, as_json: bool) -> int:
     found = run_detail(store.db, run_id)
     if found is None:
-        print(f"runwatch: no run {run_id!r} in {store.path}", file=sys.stderr)
+        print(f"runwatch: no run {terminal_safe(repr(run_id))} in {store.path}", file=sys.stderr)
         return EXIT_FAILURE
     run: dict[str, Any] = found.pop("run")
     run["stalled"] = bool(run["stalled"])
@@ -404,7 +404,12 @@ def _status_one(store: Store, run_id: str, as_json: bool) -> int:
         print(orjson.dumps({**run, **detail}, option=orjson.OPT_INDENT_2).decode())
         return EXIT_OK
     width = max(len(k) for k in run)
-    print("\n".join(f"{k.ljust(width)}  {'-' if v is None else v}" for k, v in run.items()))
+    print(
+        "\n".join(
+            f"{k.ljust(width)}  {'-' if v is None else terminal_safe(str(v))}"
+            for k, v in run.items()
+        )
+    )
     for name, rows in detail.items():
         if rows:
             print(f"\n{name}:")

@@ -25,6 +25,7 @@ from runwatch.projections import (
     PatternRunState,
     RunState,
     detect_stalls,
+    format_time,
 )
 from runwatch.projections.alerts import RuleSet, Trigger
 from runwatch.sinks.store import Store
@@ -352,7 +353,7 @@ class Processor:
                         "RUN_RECOVERED",
                         state.last_event_at or 0,
                         state.run_id,
-                        {"reason": "completed"},
+                        {"reason": "completed", "last_event_at": format_time(state.last_event_at)},
                     )
                 )
         else:
