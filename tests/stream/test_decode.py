@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -687,3 +688,10 @@ def test_real_escaped_nul_is_still_rejected(text: str) -> None:
     result = decode(raw)
     assert isinstance(result, Rejection)
     assert result.reason == "nul_bytes"
+
+
+def test_readme_explains_every_reason() -> None:
+    """Operators look a dead letter's reason up in the README; none may be missing."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## Bad input and limits", 1)[1].split("\n## ", 1)[0]
+    assert [reason for reason in REASONS if f"`{reason}`" not in section] == []
