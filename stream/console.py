@@ -8,7 +8,11 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
+
+from runwatch.sinks.terminal import human_duration, human_size, terminal_safe
+
+__all__ = ["Progress", "ServiceConsole", "console_line", "table", "terminal_safe", "wall_clock"]
 
 
 class Progress:
@@ -75,7 +79,7 @@ def _cell(value: object) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:,.1f}"
-    return str(value)
+    return terminal_safe(str(value))
 
 
 QUIET_TYPES = frozenset({"ALERT_SENT"})
@@ -86,15 +90,45 @@ def wall_clock() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_NOT_SHOWN: Final = frozenset(
+    {"seq", "wall_time", "type", "run_id", "db", "db_seq", "event_time", "prev", "hash"}
+)
+
+
 def console_line(record: dict[str, Any]) -> str:
-    """One readable line per audit record."""
-    kind = record["type"]
-    parts = [record.get("wall_time", ""), kind]
+    """One readable line per audit record: escaped, durations and sizes in human units."""
+    parts = [str(record.get("wall_time", "")), str(record["type"])]
     if record.get("run_id"):
         parts.append(str(record["run_id"]))
-    skip = {"seq", "wall_time", "type", "run_id", "db", "db_seq", "event_time", "prev", "hash"}
-    parts.extend(f"{k}={v}" for k, v in record.items() if k not in skip and v is not None)
-    return " ".join(str(p) for p in parts)
+    parts.extend(
+        _field(name, value)
+        for name, value in record.items()
+        if name not in _NOT_SHOWN and value is not None
+    )
+    return terminal_safe(" ".join(parts))
+
+
+def _field(name: str, value: Any) -> str:
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if is_number and name.endswith("_s"):
+        return f"{name[:-2]}={human_duration(value)}"
+    if is_number and (name == "bytes" or name.endswith("_bytes")):
+        return f"{name}={human_size(value)}"
+    return f"{name}={_plain(value)}"
+
+
+def _plain(value: Any, inner: bool = False) -> str:
+    """A value as prose: lists joined by commas, a pair inside a list (a thing and why) as
+    `a (b)`, no brackets or quotes."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_plain(v, True)}" for k, v in value.items())
+    if isinstance(value, list | tuple):
+        if inner and len(value) == 2:
+            return f"{_plain(value[0], True)} ({_plain(value[1], True)})"
+        return ", ".join(_plain(v, True) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 class ServiceConsole:
@@ -110,7 +144,7 @@ class ServiceConsole:
         if self.quiet or not lines:
             return
         with self.lock:
-            self.out.write("".join(line + "\n" for line in lines))
+            self.out.write("".join(terminal_safe(line) + "\n" for line in lines))
             self.out.flush()
 
     def say(self, text: str) -> None:

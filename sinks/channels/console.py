@@ -6,7 +6,8 @@ import sys
 import threading
 from typing import Any, Final, TextIO
 
-from runwatch.sinks.channels.base import ChannelConfig, Outcome, printable
+from runwatch.sinks.channels.base import ChannelConfig, Outcome
+from runwatch.sinks.terminal import terminal_safe
 
 _COLORS: Final = {
     "critical": "\x1b[1;31m",
@@ -70,5 +71,5 @@ def console_line(n: dict[str, Any], color: bool = False) -> str:
         severity = f"{_COLORS.get(n['severity'], '')}{severity}\x1b[0m"
     extras = f" (suppressed {n['suppressed']})" if n.get("suppressed") else ""
     extras += " (test)" if n.get("test") else ""
-    text = printable(f"{n['rule']} [{n['state']}] {n['summary']}{extras}")
-    return f"{printable(str(n['event_time']))} {severity} {text}"
+    text = terminal_safe(f"{n['rule']} [{n['state']}] {n['summary']}{extras}")
+    return f"{terminal_safe(str(n['event_time']))} {severity} {text}"

@@ -28,6 +28,7 @@ import orjson
 
 from runwatch.sinks.store import reads
 from runwatch.sinks.store.reads import Frame
+from runwatch.stream.console import terminal_safe
 from runwatch.stream.errors import EXIT_OK, UsageError
 from runwatch.stream.services.health import process_alive, status_path
 from runwatch.stream.settings.service import Settings
@@ -38,7 +39,6 @@ STALE_AFTER: Final = 5.0
 KEY_POLL: Final = 0.1
 BOLD, DIM, RED, GREEN, YELLOW, STALLED = "1", "2", "31", "32", "33", "7;33"
 WORST_FIRST: Final = ("failed", "pending", "delivered", "recorded", "skipped")
-_CONTROLS: Final = {c: "?" for c in (*range(32), *range(127, 160))}
 
 Line = tuple[str, str]
 """A line of text and its SGR style ("" for none)."""
@@ -189,7 +189,7 @@ def paint(lines: list[Line], width: int | None, color: bool) -> list[str]:
     before it is coloured, so neither a run id nor the cut can break the escape codes."""
     out = []
     for text, style in lines:
-        clean = text.translate(_CONTROLS)[: None if width is None else max(width - 1, 0)]
+        clean = terminal_safe(text)[: None if width is None else max(width - 1, 0)]
         out.append(f"\x1b[{style}m{clean}\x1b[0m" if color and style else clean)
     return out
 

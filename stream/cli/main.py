@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 
 from runwatch.sinks.store.api import StoreError
 from runwatch.stream.cli.registry import build_parser
+from runwatch.stream.console import terminal_safe
 from runwatch.stream.errors import (
     EXIT_FAILURE,
     EXIT_OK,
@@ -25,10 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except (ConfigError, UsageError, InputError) as exc:
-        print(f"runwatch: {exc}", file=sys.stderr)
+        print(f"runwatch: {terminal_safe(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except (StoreError, ServiceError) as exc:
-        print(f"runwatch: {exc}", file=sys.stderr)
+        print(f"runwatch: {terminal_safe(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("runwatch: interrupted", file=sys.stderr)

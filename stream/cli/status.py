@@ -10,7 +10,7 @@ import orjson
 
 from runwatch.sinks.store import Store, reads
 from runwatch.stream.cli.common import Command, common_options, settings_from_args
-from runwatch.stream.console import table
+from runwatch.stream.console import table, terminal_safe
 from runwatch.stream.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from runwatch.stream.settings.database import open_existing
 
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 def _status_one(store: Store, run_id: str, as_json: bool) -> int:
     found = reads.run_detail(store.db, run_id)
     if found is None:
-        print(f"runwatch: no run {run_id!r} in {store.path}", file=sys.stderr)
+        print(f"runwatch: no run {terminal_safe(repr(run_id))} in {store.path}", file=sys.stderr)
         return EXIT_FAILURE
     run: dict[str, Any] = found.pop("run")
     run["stalled"] = bool(run["stalled"])
@@ -108,7 +108,12 @@ def _status_one(store: Store, run_id: str, as_json: bool) -> int:
         print(orjson.dumps({**run, **detail}, option=orjson.OPT_INDENT_2).decode())
         return EXIT_OK
     width = max(len(k) for k in run)
-    print("\n".join(f"{k.ljust(width)}  {'-' if v is None else v}" for k, v in run.items()))
+    print(
+        "\n".join(
+            f"{k.ljust(width)}  {'-' if v is None else terminal_safe(str(v))}"
+            for k, v in run.items()
+        )
+    )
     for name, rows in detail.items():
         if rows:
             print(f"\n{name}:")

@@ -23,12 +23,18 @@ REASONS: Final = {
     "missing_type": "no event_type / kind / type / event field",
     "bad_type": "the event type is not a non-empty string",
     "missing_time": "no timestamp / ts / time field",
-    "bad_time": "the time is not ISO-8601 or epoch seconds/milliseconds",
-    "bad_payload": "payload / data / details is present but not an object",
+    "bad_time": "the time is not ISO-8601 or epoch seconds/milliseconds, or lies before "
+    "2000-01-01 or more than max_future_skew ahead of the wall clock",
+    "bad_payload": "payload / data / details is present but not an object, or a stored "
+    "field of it holds an integer outside signed 64 bits",
     "bad_field": "an id field is neither a string nor an integer",
     "missing_run_id": "a run/task/workstream event without run_id",
     "missing_pattern_run_id": "a pattern event without pattern_run_id",
     "line_too_long": "the line is longer than max_line_bytes",
+    "unstorable_value": "the line made a row value no store column can hold; the run is "
+    "kept as it was before the line (the dead letter has no line number, only the offset)",
+    "internal_error": "folding the line raised an unexpected error (a runwatch bug: please "
+    "report it with the line)",
 }
 
 TYPE_FIELDS: Final = ("event_type", "kind", "type", "event")
@@ -50,8 +56,17 @@ SEVERITIES: Final = {
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_US: Final = timedelta(microseconds=1)
+EARLIEST_US: Final = (datetime(2000, 1, 1, tzinfo=UTC) - _EPOCH) // _ONE_US
+"""Earlier event times are refused: an epoch 0 or a 1970 date is a producer bug."""
+STORED_INTEGERS: Final = ("total_tasks", "total_steps")
+"""Payload integers that reach a store column (projections/runs.py, run_created)."""
+_INT64_MAX: Final = 2**63 - 1
+_INT64_MIN: Final = -(2**63)
+_PREVIEW: Final = 60
 _MIN_US: Final = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // _ONE_US
 _MAX_US: Final = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - _EPOCH) // _ONE_US
+NO_LATEST: Final = _MAX_US
+"""`latest_us` when no upper bound but the calendar's applies."""
 _EMPTY: Final[dict[str, Any]] = {}
 fromisoformat = datetime.fromisoformat
 _TYPES: dict[str, str] = {}  # raw type string -> normalised; event types are a small set
@@ -74,8 +89,9 @@ class BadField(Exception):
         self.detail = detail
 
 
-def decode(line: bytes) -> Event | Rejection:
-    """Normalise one line (no line ending). Bad input becomes a Rejection, never an exception."""
+def decode(line: bytes, latest_us: int = NO_LATEST) -> Event | Rejection:
+    """Normalise one line (no line ending). Bad input becomes a Rejection, never an exception;
+    event times after `latest_us` (UTC µs) are refused as bad_time."""
     try:
         obj = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
@@ -83,15 +99,29 @@ def decode(line: bytes) -> Event | Rejection:
     if type(obj) is not dict:
         return Rejection("not_object", f"expected a JSON object, got {type(obj).__name__}")
     escaped = line.find(b"\\u0000")
-    if escaped >= 0:  # a NUL in a value: no text column of PostgreSQL can hold it
+    if escaped >= 0 and (escaped := _escaped_nul(line, escaped)) >= 0:
+        # a NUL in a value: no text column of PostgreSQL can hold it
         return Rejection("nul_bytes", f"escaped NUL (\\u0000) at column {escaped + 1}")
     try:
-        return _normalise(obj, line)
+        return _normalise(obj, line, latest_us)
     except BadField as bad:
         return Rejection(bad.reason, bad.detail)
 
 
-def _normalise(obj: dict[str, Any], line: bytes) -> Event:
+def _escaped_nul(line: bytes, at: int) -> int:
+    """Where the first real `\\u0000` escape is, from `at` on, or -1. An escape is real when
+    an odd run of backslashes leads to the `u`: `\\\\u0000` is a backslash and text."""
+    while at >= 0:
+        start = at
+        while start > 0 and line[start - 1] == 92:  # backslash
+            start -= 1
+        if (at - start) % 2 == 0:
+            return at
+        at = line.find(b"\\u0000", at + 1)
+    return -1
+
+
+def _normalise(obj: dict[str, Any], line: bytes, latest_us: int) -> Event:
     # Written for speed (the per-event budget is a few µs): the common field names are
     # looked up directly and the alias chains are only walked when those are absent.
     get = obj.get
@@ -113,15 +143,17 @@ def _normalise(obj: dict[str, Any], line: bytes) -> Event:
             moment = fromisoformat(when)
             if moment.tzinfo is not None:
                 time = (moment - _EPOCH) // _ONE_US
-                if not _MIN_US <= time <= _MAX_US:
+                if not EARLIEST_US <= time <= latest_us:
                     time = None
         except (ValueError, OverflowError):
             pass
     if time is None:
         field, when = _first(obj, TIME_FIELDS)
         time = parse_time(when, field) if when is not None else _missing_time()
+        _check_time_window(time, field, when, latest_us)
 
     payload = get("payload")
+    field = "payload"
     if type(payload) is not dict:
         field, payload = _first(obj, PAYLOAD_FIELDS)
         if payload is None:
@@ -130,6 +162,8 @@ def _normalise(obj: dict[str, Any], line: bytes) -> Event:
             raise BadField(
                 "bad_payload", f"{field} must be an object, got {type(payload).__name__}"
             )
+    if normal == "run_created":
+        _check_stored_integers(payload, field)
 
     run_id = get("run_id")
     if type(run_id) is not str or not run_id:
@@ -173,11 +207,52 @@ def _event_type(field: str, value: Any) -> str:
     if value is None:
         raise BadField("missing_type", "no field event_type, kind, type or event")
     if type(value) is not str or not value.strip():
-        raise BadField("bad_type", f"{field} must be a non-empty string, got {value!r:.80}")
+        raise BadField("bad_type", f"{field} must be a non-empty string, got {preview(value)}")
     normal = value.strip().lower()
     if len(_TYPES) < _TYPES_MAX:
         _TYPES[value] = normal
     return normal
+
+
+def _check_time_window(micros: int, field: str, value: Any, latest_us: int) -> None:
+    if micros < EARLIEST_US:
+        raise BadField("bad_time", f"{field} is before 2000-01-01: {preview(value)}")
+    if micros > latest_us:
+        raise BadField(
+            "bad_time",
+            f"{field} is more than max_future_skew ahead of the wall clock: {preview(value)}",
+        )
+
+
+def _check_stored_integers(payload: dict[str, Any], field: str) -> None:
+    for name in STORED_INTEGERS:
+        value = payload.get(name)
+        if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:
+            raise BadField(
+                "bad_payload", f"{field}.{name} is outside signed 64 bits: {preview(value)}"
+            )
+
+
+def preview(value: Any) -> str:
+    """A short, safe rendering of an untrusted value for a message: never a full repr, which
+    may be megabytes long, or overflow the stack on a deeply nested value."""
+    kind = type(value)
+    if kind is str:
+        text: str = value
+        shown = repr(text[:_PREVIEW])
+        return shown if len(text) <= _PREVIEW else f"{shown[:-1]}…{shown[-1]} ({len(text)} chars)"
+    if kind is int:
+        number: int = value
+        return (
+            str(number)
+            if number.bit_length() <= 128
+            else f"an integer of {number.bit_length()} bits"
+        )
+    if kind is float or kind is bool or value is None:
+        return repr(value)
+    if kind is list or kind is dict:
+        return f"a {'list' if kind is list else 'object'} of {len(value)} item(s)"
+    return f"a {kind.__name__}"
 
 
 def _missing_time() -> int:
@@ -190,22 +265,22 @@ def parse_time(value: Any, field: str = "timestamp") -> int:
         try:
             moment = datetime.fromisoformat(value.strip())
         except ValueError:
-            raise BadField("bad_time", f"{field} is not ISO-8601: {value!r:.80}") from None
+            raise BadField("bad_time", f"{field} is not ISO-8601: {preview(value)}") from None
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         micros: int = (moment - _EPOCH) // _ONE_US
         if not _MIN_US <= micros <= _MAX_US:  # an offset can push year 1 or 9999 out of range
-            raise BadField("bad_time", f"{field} is out of range in UTC: {value!r:.80}")
+            raise BadField("bad_time", f"{field} is out of range in UTC: {preview(value)}")
         return micros
     if type(value) is int or type(value) is float:
         seconds = value / 1000 if value > 1e11 else value
         if not math.isfinite(seconds) or seconds < 0:
-            raise BadField("bad_time", f"{field} is not a valid epoch time: {value!r}")
+            raise BadField("bad_time", f"{field} is not a valid epoch time: {preview(value)}")
         if seconds > _MAX_US / 1_000_000:  # before multiplying: a huge float overflows
-            raise BadField("bad_time", f"{field} is out of range: {value!r}")
+            raise BadField("bad_time", f"{field} is out of range: {preview(value)}")
         micros = round(seconds * 1_000_000)
         if micros > _MAX_US:
-            raise BadField("bad_time", f"{field} is out of range: {value!r}")
+            raise BadField("bad_time", f"{field} is out of range: {preview(value)}")
         return micros
     raise BadField("bad_time", f"{field} must be a string or a number, got {type(value).__name__}")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -24,12 +24,20 @@ from runwatch.projections import (
     PatternRunState,
     RunState,
     detect_stalls,
+    format_time,
 )
 from runwatch.projections.alerts import RuleSet, Trigger
 from runwatch.sinks.store.api import Changes, Checkpoint, DeadLetter, Store
 from runwatch.sinks.store.keys import ORPHANS, PATTERN, RUN, GroupKey, dump_index, load_index
 from runwatch.stream.core.decisions import Decisions
-from runwatch.stream.core.decode import RAW_KEEP, Rejection, decode, parse_time
+from runwatch.stream.core.decode import (
+    NO_LATEST,
+    RAW_KEEP,
+    Rejection,
+    decode,
+    parse_time,
+    preview,
+)
 from runwatch.stream.core.lines import Lines
 
 State = RunState | PatternRunState | OrphanEvents
@@ -37,6 +45,7 @@ Entry = tuple[str, int, int, int]
 """An `IndexEntry` as the fold appends it: a plain tuple."""
 Observe = Callable[[Event, str, bool], None]
 """Called with each decoded event, its source and whether it was new to this fold."""
+_INT64: Final = range(-(2**63), 2**63)
 
 
 class Group:
@@ -106,16 +115,20 @@ class Processor:
         rules: RuleSet | None = None,
         decisions: Decisions | None = None,
         observe: Observe | None = None,
+        latest_time: Callable[[], int] | None = None,
     ) -> None:
         """Without a store the processor only folds in memory (a replay worker's chunk).
         `known_groups`, when given, is every group key the store holds (a fresh store: empty),
         which spares a lookup for each new group. With `rules`, new input events that match
         an alert rule become triggers; `decisions` turns them into outbox entries at commit.
         `observe`, when given, sees every decoded event (offline analysis); else it costs
-        nothing."""
+        nothing. `latest_time`, read once a batch, is the latest event time accepted (UTC µs,
+        see `wall_clock_bound`); without it only the calendar bounds event times."""
         self._store = store
         self._rules = rules
         self._observe = observe
+        self._latest_time = latest_time
+        self._sources: dict[int, str] = {}
         self._triggers: list[Trigger] = []
         self._decisions = decisions
         self._outboxed = 0
@@ -153,6 +166,8 @@ class Processor:
         rules = self._rules
         rule_types = {} if rules is None else rules.by_type
         observe = self._observe
+        latest = NO_LATEST if self._latest_time is None else self._latest_time()
+        self._sources[source_id] = source
         for index, line in enumerate(lines.items):
             size = len(line)
             if oversize and index in oversize:
@@ -172,7 +187,7 @@ class Processor:
                 tally.blank += 1
             else:
                 body = line[:-1] if line[-1] == 13 else line
-                event = decode(body)
+                event = decode(body, latest)
                 if isinstance(event, Rejection):
                     self.reject(source, offset, number, body, len(body), event)
                 else:
@@ -185,26 +200,36 @@ class Processor:
                         group = self._load(GroupKey(*key))
                     else:
                         cache.move_to_end(key)
-                    fresh = group.state.apply(event)
-                    if fresh:
-                        group.new_index.append((event.id, source_id, offset, len(body)))
-                        group.dirty = True
-                        tally.accepted += 1
-                        if event.time > self._max_event_time:
-                            self._max_event_time = event.time
-                        if (
-                            rules is not None
-                            and rule_types.get(event.type, True)
-                            and (found := rules.match_event(event))
-                        ):
-                            self._triggers.extend(found)
+                    try:
+                        fresh = group.state.apply(event)
+                        found = (
+                            rules.match_event(event)
+                            if fresh and rules is not None and rule_types.get(event.type, True)
+                            else None
+                        )
+                        if observe is not None:
+                            observe(event, source, fresh)
+                    except Exception as exc:  # the last guard: one line never stops the service
+                        self.reject(source, offset, number, body, len(body), _internal_error(exc))
                     else:
-                        tally.duplicate += 1
-                    if observe is not None:
-                        observe(event, source, fresh)
+                        if fresh:
+                            group.new_index.append((event.id, source_id, offset, len(body)))
+                            group.dirty = True
+                            tally.accepted += 1
+                            if event.time > self._max_event_time:
+                                self._max_event_time = event.time
+                            if found:
+                                self._triggers.extend(found)
+                        else:
+                            tally.duplicate += 1
             offset += size + 1
             number += 1
         return tally.accepted - accepted_before
+
+    @property
+    def latest_us(self) -> int:
+        """The latest event time this processor accepts now (workers get the same bound)."""
+        return NO_LATEST if self._latest_time is None else self._latest_time()
 
     @property
     def seen(self) -> int:
@@ -338,6 +363,45 @@ class Processor:
         letter = DeadLetter(source, offset, number, why.reason, why.detail, line[:RAW_KEEP], size)
         self._changes.dead_letters.append(letter)
 
+    def _set_aside_unstorable(self, changes: Changes) -> None:
+        """Keep a value no store can hold from failing this commit on every restart: a group
+        whose rows hold one goes back to its last committed state, and the lines folded into
+        it since then are dead-lettered as unstorable_value. Decode refuses every such value
+        it knows of; this catches the ones a projection change might add."""
+        unstorable = _unstorable(changes)
+        if not unstorable:
+            return
+        for table, kind, id_name in _ROW_TABLES:
+            rows = getattr(changes, table)
+            rows[:] = [
+                row for row in rows if GroupKey(kind, str(row[id_name])).text not in unstorable
+            ]
+        changes.states = [(key, blob) for key, blob in changes.states if key not in unstorable]
+        kept: list[tuple[str, bytes]] = []
+        for key, blob in changes.index:
+            if key not in unstorable:
+                kept.append((key, blob))
+                continue
+            for event_id, source_id, offset, length in orjson.loads(blob):
+                source = self._sources.get(source_id, f"source #{source_id}")
+                detail = f"{unstorable[key]} cannot be stored (event {preview(event_id)})"
+                self._pending.accepted -= 1
+                self.reject(
+                    source,
+                    offset,
+                    0,
+                    _read_back(source, offset, length),
+                    length,
+                    Rejection("unstorable_value", detail),
+                )
+        changes.index = kept
+        lost = [GroupKey.parse(text) for text in unstorable]
+        runs = {group.name for group in lost if group.kind == RUN}
+        self._derived = [d for d in self._derived if d.run_id not in runs]
+        for group in lost:
+            self._cache.pop(group, None)
+            self._limbo.pop(group, None)
+
     def _load(self, key: GroupKey) -> Group:
         group = self._limbo.pop(key, None)
         if group is None and (
@@ -394,7 +458,7 @@ class Processor:
                         "RUN_RECOVERED",
                         state.last_event_at or 0,
                         state.run_id,
-                        {"reason": "completed"},
+                        {"reason": "completed", "last_event_at": format_time(state.last_event_at)},
                     )
                 )
         else:
@@ -438,6 +502,7 @@ class Processor:
             for group in self._cache.values():
                 self._flush(group)
         changes = self._changes
+        self._set_aside_unstorable(changes)
         changes.checkpoints = checkpoints
         changes.counters = self._pending.counters()
         self._derived.extend(
@@ -472,6 +537,42 @@ class Processor:
         self._changes, self._pending, self._derived = Changes(), Tally(), []
         self._limbo.clear()
         return derived
+
+
+_ROW_TABLES: Final = (
+    ("runs", RUN, "run_id"),
+    ("tasks", RUN, "run_id"),
+    ("workstreams", RUN, "run_id"),
+    ("pattern_runs", PATTERN, "pattern_run_id"),
+)
+
+
+def _unstorable(changes: Changes) -> dict[str, str]:
+    """Group key → the first row value no store column can hold (an integer outside signed
+    64 bits, a text with NUL), for every group whose rows hold one."""
+    found: dict[str, str] = {}
+    for table, group_kind, id_name in _ROW_TABLES:
+        for row in getattr(changes, table):
+            for name, value in row.items():
+                kind = type(value)
+                if (kind is int and value not in _INT64) or (kind is str and "\x00" in value):
+                    key = GroupKey(group_kind, str(row[id_name])).text
+                    found.setdefault(key, f"{table}.{name}={preview(value)}")
+    return found
+
+
+def _read_back(source: str, offset: int, length: int) -> bytes:
+    """The bytes of an accepted line, read again from its file (best effort)."""
+    try:
+        with open(source, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(min(length, RAW_KEEP))
+    except OSError:
+        return b""
+
+
+def _internal_error(exc: Exception) -> Rejection:
+    return Rejection("internal_error", f"{type(exc).__name__}: {preview(str(exc))}")
 
 
 def _finished(state: State) -> bool:

@@ -209,6 +209,7 @@ def _build(
                 settings.max_line_bytes,
                 alerts.rules,
                 observer,
+                processor.latest_us,
             ):
                 folded.merge_into(processor, next_line, observer)
                 for region, lines_in_region in zip(folded.regions, folded.line_counts, strict=True):
@@ -335,6 +336,7 @@ def _fold_in_workers(
     max_line_bytes: int,
     rules: RuleSet | None,
     observer: Observer | None,
+    latest_us: int,
 ) -> Iterator[Folded]:
     """Regions batched to about `chunk_bytes` per task (many small files share one),
     folded by the pool; results in input order with at most `window` tasks in flight."""
@@ -347,14 +349,20 @@ def _fold_in_workers(
             batch_bytes += region.end - region.start
         if batch and (region is None or batch_bytes >= chunk_bytes):
             blank = None if observer is None else observer.empty()
-            pending.append(pool.apply_async(_fold_regions, (batch, max_line_bytes, rules, blank)))
+            pending.append(
+                pool.apply_async(_fold_regions, (batch, max_line_bytes, rules, blank, latest_us))
+            )
             batch, batch_bytes = [], 0
         while pending and (len(pending) >= window or region is None):
             yield pending.popleft().get()
 
 
 def _fold_regions(
-    regions: list[Region], max_line_bytes: int, rules: RuleSet | None, observer: Observer | None
+    regions: list[Region],
+    max_line_bytes: int,
+    rules: RuleSet | None,
+    observer: Observer | None,
+    latest_us: int,
 ) -> Folded:
     """In a worker: decode and fold some regions into partial group states."""
     folder = Processor(
@@ -365,6 +373,7 @@ def _fold_regions(
         max_groups=1 << 62,
         rules=rules,
         observe=None if observer is None else observer.observe,
+        latest_time=lambda: latest_us,
     )
     line_counts: list[int] = []
     letters: list[list[DeadLetter]] = []

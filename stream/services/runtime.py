@@ -98,7 +98,9 @@ class Runtime:
         """A rebuild into a fresh `store`: every decision is held until the input is folded,
         then made in event-time order; left to deliver only with `deliver`."""
         decisions = Decisions(alerts.rules, None, alerts.policy(deliver=deliver), hold=True)
-        return cls._build(store, settings, alerts, decisions, known_groups=True, observe=observe)
+        return cls._build(
+            store, settings, alerts, decisions, known_groups=True, observe=observe, replay=True
+        )
 
     @classmethod
     def outbox(cls, store: Store, settings: Settings, alerts: AlertSetup) -> Runtime:
@@ -117,6 +119,7 @@ class Runtime:
         target: Path | str | None = None,
         known_groups: bool = False,
         observe: Observe | None = None,
+        replay: bool = False,
     ) -> Runtime:
         processor = Processor(
             store,
@@ -128,6 +131,7 @@ class Runtime:
             rules=alerts.rules,
             decisions=decisions,
             observe=observe,
+            latest_time=wall_clock_bound(settings.max_future_skew, fixed=replay),
         )
         return cls(store, settings, alerts, processor, target or settings.database)
 
@@ -173,3 +177,13 @@ class Runtime:
 
 def _unreported(_payload: dict[str, Any], _detail: str) -> None:
     """A failed delivery is recorded (ALERT_FAILED) and audited; nothing more to say."""
+
+
+def wall_clock_bound(skew_s: float, *, fixed: bool = False) -> Callable[[], int]:
+    """`Processor(latest_time=...)`: the wall clock plus `skew_s` in UTC µs, read at each
+    call, or once now when `fixed` (a replay judges every line against its start)."""
+    skew_us = int(skew_s * 1_000_000)
+    if fixed:
+        latest = time.time_ns() // 1000 + skew_us
+        return lambda: latest
+    return lambda: time.time_ns() // 1000 + skew_us

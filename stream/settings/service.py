@@ -82,6 +82,7 @@ class Settings(BaseModel):
     logs_dir: Path = Path("logs")
     stall_after: Seconds = 1800.0
     max_line_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_future_skew: Seconds = 86400.0
     cache_groups: int = Field(default=1024, ge=1)
     sources: list[Source] = Field(default_factory=list)
     rescan_interval: Seconds = 5.0

@@ -541,7 +541,7 @@ def test_console_colours_severity_only_and_neutralises_escapes() -> None:
     line = out.getvalue()
     assert line.startswith("2026-11-22T07:00:00.000000Z \x1b[1;31mCRITICAL\x1b[0m run_failure")
     assert line.count("\x1b") == 2
-    assert "bad [2Jthing" in line
+    assert "bad\\x1b[2Jthing" in line
 
 
 def test_console_waits_for_the_shared_lock() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -207,6 +207,7 @@ def test_similar_task_errors_group_with_a_raw_example(tmp_path: Path) -> None:
 def test_clock_skew_counts_backward_and_future_stamps(tmp_path: Path) -> None:
     """A writer whose clock jumps back, or stamps the future, is visible per file."""
     log = tmp_path / "skewed.jsonl"
+    in_an_hour = datetime.now(UTC) + timedelta(hours=1)
     log.write_bytes(
         b"".join(
             [
@@ -216,7 +217,8 @@ def test_clock_skew_counts_backward_and_future_stamps(tmp_path: Path) -> None:
                 line("task_progress", "2026-01-05T09:58:55Z", run_id="A", task_id="t"),  # 70 s back
                 line("task_progress", "2026-01-05T10:00:06.5Z", run_id="A", task_id="t"),
                 line("task_progress", "2026-01-05T10:00:06Z", run_id="A", task_id="t"),  # 0.5 s: no
-                line("task_completed", "2099-01-01T00:00:00Z", run_id="A", task_id="t"),
+                # an hour ahead: past the file's mtime, within max_future_skew (later is bad_time)
+                line("task_completed", in_an_hour.isoformat(), run_id="A", task_id="t"),
             ]
         )
     )

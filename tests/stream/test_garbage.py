@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +12,13 @@ import orjson
 import pytest
 
 from helpers import UPSTREAM, replay_into, run_cli
-from runwatch.stream.core.decode import RAW_KEEP
-from runwatch.stream.core.lines import BOM
+from runwatch.projections import Event, RunState
+from runwatch.sinks.store.keys import GroupKey
+from runwatch.sinks.store.sqlite import SqliteStore
+from runwatch.stream.console import wall_clock
+from runwatch.stream.core.decode import RAW_KEEP, decode
+from runwatch.stream.core.lines import BOM, Lines
+from runwatch.stream.core.processor import Processor
 from runwatch.stream.services.replay import ReplaySummary
 
 BIG_LINE = b"garbage!" * (5 * 1024 * 1024 // 8) + b"tail"  # a little over 5 MiB, not JSON
@@ -337,3 +343,110 @@ def test_cli_replay_of_a_missing_path_is_a_usage_error(tmp_path: Path, db: Path)
     assert "/nonexistent" in result.stderr
     assert "Traceback" not in result.stderr
     assert not db.exists()
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "1" + "]" * depth
+
+
+def hostile_file() -> JsonlFile:
+    """Lines that once stopped replay and tail for good, between good events of one run."""
+    f = JsonlFile()
+    f.add(ev("run_created", "13:00:00", run_id="run-h", payload={"total_tasks": 1}))
+    f.add(b'{"event_type": %s, "timestamp": 0}' % nested(1000).encode(), "bad_type")
+    f.add(
+        ev("run_created", "13:00:01", run_id="run-big", payload={"total_tasks": 2**63}),
+        "bad_payload",
+    )
+    f.add(ev("task_started", "13:00:02", run_id="run-h", task_id="t1", message="C:\\u0000"))
+    f.add(orjson.dumps({"event_type": "note", "timestamp": "1999-12-31T23:59:59Z"}), "bad_time")
+    f.add(orjson.dumps({"event_type": "note", "timestamp": "2999-01-01T00:00:00Z"}), "bad_time")
+    f.add(
+        b'{"event_type": "pattern.execution.failed", "timestamp": "2025-03-01T13:00:03Z", '
+        b'"pattern_run_id": "PRUN-H", "status": "failed", "details": {"error_message": %s}}'
+        % nested(1000).encode(),
+        "internal_error",
+    )
+    f.add(ev("task_completed", "13:00:04", run_id="run-h", task_id="t1"))
+    f.add(ev("run_completed", "13:00:05", run_id="run-h"))
+    return f
+
+
+def test_hostile_lines_are_dead_lettered_and_the_fold_goes_on(tmp_path: Path, db: Path) -> None:
+    """One bad line must never stop the service: each is dead-lettered where it is, with its
+    bytes and a short detail, and the events after it are folded."""
+    f = hostile_file()
+    path = f.write(tmp_path / "hostile.jsonl")
+    summary = replay_into(db, path)
+    letters = dead_letters(db)
+    assert [row[:5] for row in letters] == [
+        (str(path.resolve()), offset, number, reason, raw) for offset, number, reason, raw in f.bad
+    ]
+    details = dict(query(db, "SELECT reason, detail FROM dead_letters WHERE reason != 'bad_time'"))
+    assert all(len(detail) < 300 for detail in details.values())
+    assert "payload.total_tasks" in details["bad_payload"]
+    assert "RecursionError" in details["internal_error"]
+    assert query(db, "SELECT run_id, status, tasks_total, events_total FROM runs") == [
+        ("run-h", "succeeded", 1, 4)
+    ]
+    assert summary.as_dict()["rejected_by_reason"] == {
+        "bad_type": 1,
+        "bad_payload": 1,
+        "bad_time": 2,
+        "internal_error": 1,
+    }
+
+
+def test_max_future_skew_bounds_event_times_from_the_wall_clock(tmp_path: Path, db: Path) -> None:
+    """A clock a day ahead is a broken producer; the bound is a setting, read at replay start."""
+    soon = datetime.now(UTC) + timedelta(hours=2)
+    f = JsonlFile()
+    f.add(orjson.dumps({"event_type": "note", "timestamp": soon.isoformat()}))
+    path = f.write(tmp_path / "soon.jsonl")
+    assert replay_into(db, path).as_dict()["events_accepted"] == 1
+    strict = tmp_path / "strict.db"
+    assert replay_into(strict, path, max_future_skew="1h").as_dict()["rejected_by_reason"] == {
+        "bad_time": 1
+    }
+
+
+def test_a_row_value_no_store_can_hold_sets_its_lines_aside(tmp_path: Path, db: Path) -> None:
+    """Should a projection ever yield a value no store column takes (here a 2**63 task total
+    that decode would refuse, handed over as a replay worker's folded state, standing in for
+    a projection bug), the commit must not fail on every restart: the lines that made that
+    run's rows this batch are dead-lettered with their bytes, the rest is written."""
+    big = orjson.dumps(
+        {"event_type": "run_created", "timestamp": "2025-03-01T14:00:00Z", "run_id": "r-big"}
+    )
+    good = ev("run_created", "14:00:01", run_id="r-ok")
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(big + b"\n" + good + b"\n")
+    store = SqliteStore(db)
+    try:
+        processor = Processor(
+            store, stall_after_s=60, max_line_bytes=1 << 20, wall_clock=wall_clock
+        )
+        source_id = store.source_id(str(path))
+        partial = RunState("r-big")
+        event = decode(big)
+        assert isinstance(event, Event)
+        event.payload = {"total_tasks": 2**63}
+        assert partial.apply(event)
+        index = orjson.dumps([[event.id, source_id, 0, len(big)]])
+        processor.merge(GroupKey.run("r-big"), partial, index)
+        processor.process(str(path), source_id, Lines(len(big) + 1, 2, [good], len(big + good) + 2))
+        processor.commit([])
+        later = ev("run_started", "14:00:02", run_id="r-ok")
+        processor.process(str(path), source_id, Lines(len(big + good) + 2, 3, [later], 0))
+        processor.commit([])
+    finally:
+        store.close()
+    assert query(db, "SELECT run_id, events_total FROM runs") == [("r-ok", 2)]
+    assert query(db, "SELECT source, offset, reason, raw, raw_size FROM dead_letters") == [
+        (str(path), 0, "unstorable_value", big, len(big))
+    ]
+    assert "tasks_total" in query(db, "SELECT detail FROM dead_letters")[0][0]
+    assert dict(query(db, "SELECT name, value FROM counters")) == {
+        "events_accepted": 2,
+        "rejected.unstorable_value": 1,
+    }
