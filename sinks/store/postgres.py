@@ -139,6 +139,7 @@ _SMALL: Final = {
     "stalled": "UPDATE runs SET stalled=%s WHERE run_id=%s",
     "forget": "DELETE FROM checkpoints WHERE device=%s AND inode=%s",
     "evaluated": "UPDATE derived_events SET unevaluated=0 WHERE seq=%s",
+    "alert_states_deleted": "DELETE FROM alert_state WHERE rule=%s AND group_key=%s",
 }
 """Updates and deletes of a few rows each, one statement per row (pipelined)."""
 
@@ -197,6 +198,7 @@ def _rows(changes: Changes, seen_at: str) -> Iterator[tuple[str, Sequence[Sequen
         ],
     )
     yield "alert_states", changes.alert_states
+    yield "alert_states_deleted", changes.alert_states_deleted
     yield "evaluated", [(seq,) for seq in changes.evaluated]
 
 

@@ -184,6 +184,11 @@ class SqliteStore(SharedQueries):
             db.executemany(
                 "INSERT OR REPLACE INTO alert_state VALUES (?, ?, ?)", changes.alert_states
             )
+        if changes.alert_states_deleted:
+            db.executemany(
+                "DELETE FROM alert_state WHERE rule=? AND group_key=?",
+                changes.alert_states_deleted,
+            )
         if changes.evaluated:
             db.executemany(
                 "UPDATE derived_events SET unevaluated=0 WHERE seq=?",

@@ -100,6 +100,7 @@ class Processor:
         *,
         stall_after_s: float,
         max_line_bytes: int,
+        forget_after_s: float | None = None,
         wall_clock: Callable[[], str],
         max_groups: int = 4096,
         known_groups: set[str] | None = None,
@@ -112,7 +113,8 @@ class Processor:
         which spares a lookup for each new group. With `rules`, new input events that match
         an alert rule become `triggers`; `decisions` turns them into outbox entries at commit.
         `observe`, when given, sees every decoded event (offline analysis); else it costs
-        nothing."""
+        nothing. An open run silent longer than `forget_after_s` is abandoned: it leaves
+        `open_runs` and the cache until an event of it arrives again."""
         self.store = store
         self.rules = rules
         self.observe = observe
@@ -121,6 +123,7 @@ class Processor:
         self.outboxed = 0
         self.known_groups = known_groups
         self.stall_after_us = int(stall_after_s * 1_000_000)
+        self.forget_after_us = None if forget_after_s is None else int(forget_after_s * 1e6)
         self.max_line_bytes = max_line_bytes
         self.wall_clock = wall_clock
         self.max_groups = max_groups
@@ -174,7 +177,11 @@ class Processor:
                     self.reject(source, offset, number, body, len(body), event)
                 else:
                     if event.family == ORCHESTRATOR:
-                        key = "o:" if event.run_id is None else "r:" + event.run_id
+                        key = (
+                            orphan_key(event.time)
+                            if event.run_id is None
+                            else "r:" + event.run_id
+                        )
                     else:
                         key = "p:" + event.task  # type: ignore[operator]  # never None here
                     group = cache.get(key)
@@ -285,6 +292,10 @@ class Processor:
         elif isinstance(state, PatternRunState):
             changes.pattern_runs.append(state.row())
             changes.states.append((group.key, orjson.dumps(state.to_dict())))
+        else:
+            # Runless events have no rows; the empty state marks the group as stored, so
+            # `load_group` brings its event ids back after an eviction or a restart.
+            changes.states.append((group.key, b"{}"))
 
     def _track_open(self, state: RunState, terminal: bool) -> None:
         if terminal:
@@ -299,22 +310,30 @@ class Processor:
                         {"reason": "completed"},
                     )
                 )
+        elif state.abandoned:
+            self.open_runs.pop(state.run_id, None)
         else:
             assert state.last_event_at is not None
             self.open_runs[state.run_id] = (state.last_event_at, state.stalled)
 
     def detect(self, now: int) -> None:
-        """Flag or clear stalls against `now` (event time in replay, wall clock when live)."""
+        """Flag or clear stalls and abandon long-silent runs against `now` (event time in
+        replay, wall clock when live)."""
         for group in self.cache.values():
             self._flush(group)
-        for change in detect_stalls(self.open_runs, now, self.stall_after_us):
+        for change in detect_stalls(self.open_runs, now, self.stall_after_us, self.forget_after_us):
             key = "r:" + (change.run_id or "")
             group = self.cache.get(key) or self._load(key)
             assert isinstance(group.state, RunState)
+            abandoned = change.type == "RUN_ABANDONED"
             group.state.stalled = change.type == "RUN_STALLED"
+            group.state.abandoned = abandoned
             group.dirty = True
             self._flush(group)
             self.derived.append(change)
+            if abandoned:  # out of memory; limbo until the commit has written it
+                self.cache.pop(key, None)
+                self.limbo[key] = group
 
     def commit(
         self,
@@ -374,6 +393,13 @@ class Processor:
         self.changes, self.pending, self.derived = Changes(), Tally(), []
         self.limbo.clear()
         return derived
+
+
+def orphan_key(time: int) -> str:
+    """Runless events are grouped by the UTC day of their time, so each group stays small
+    and leaves the cache once its day is over. Ids identify content (time included), so a
+    repeat always lands in the group of its first copy."""
+    return f"o:{time // 86_400_000_000}"
 
 
 def _finished(state: State) -> bool:

@@ -212,6 +212,7 @@ class PartitionService:
         processor = Processor(
             store,
             stall_after_s=self.settings.stall_after,
+            forget_after_s=self.settings.forget_after,
             max_line_bytes=self.settings.max_line_bytes,
             wall_clock=wall_clock,
             max_groups=self.settings.cache_groups,
