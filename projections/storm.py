@@ -124,7 +124,9 @@ def _digest(rule: str, start: int, window: StormWindow) -> Notification:
     first = window.first
     assert first is not None, "a window with grouped notifications knows the first"
     count = window.grouped
-    runs = ", ".join(window.runs) + (f" and {count - len(window.runs)} more" if count > SAMPLE else "")
+    runs = ", ".join(window.runs) + (
+        f" and {count - len(window.runs)} more" if count > SAMPLE else ""
+    )
     text = f"{rule}\x1fstorm\x1f{start}\x1f{first['id']}"
     state: Literal["firing", "resolved"] = "resolved" if first["state"] == "resolved" else "firing"
     begin, end = format_time(start), format_time(start + WINDOW_US)

@@ -42,7 +42,7 @@ class Policy:
     max_per_minute: int = 30
 
 
-STORM_KEY = "\x00storm:"
+STORM_KEY = "\x1fstorm:"
 """The group key prefix under which a rule's per-minute storm counts share `alert_state`."""
 
 

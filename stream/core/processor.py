@@ -178,9 +178,7 @@ class Processor:
                 else:
                     if event.family == ORCHESTRATOR:
                         key = (
-                            orphan_key(event.time)
-                            if event.run_id is None
-                            else "r:" + event.run_id
+                            orphan_key(event.time) if event.run_id is None else "r:" + event.run_id
                         )
                     else:
                         key = "p:" + event.task  # type: ignore[operator]  # never None here
