@@ -34,7 +34,7 @@ def test_a_run_silent_past_forget_after_is_abandoned_once_and_its_stall_resolves
         ("RUN_ABANDONED", "QUIET", None),
         ("RUN_STALLED", "STALLED", None),
     ]
-    abandoned = [c for c in changes if c.run_id == "QUIET"][0]
+    abandoned = next(c for c in changes if c.run_id == "QUIET")
     assert abandoned.time == now - 8 * DAY + 7 * DAY, "dated at the end of forget_after"
     assert all(c.type != "RUN_ABANDONED" for c in detect_stalls(open_runs, now, 30 * MINUTE))
 
