@@ -314,12 +314,15 @@ class Processor:
             assert state.last_event_at is not None
             self.open_runs[state.run_id] = (state.last_event_at, state.stalled)
 
-    def detect(self, now: int) -> None:
+    def detect(self, now: int, *, bounded: bool = True) -> None:
         """Flag or clear stalls and abandon long-silent runs against `now` (event time in
-        replay, wall clock when live)."""
+        replay, wall clock when live). `bounded`: at most `max_groups` changes per call, so
+        one commit never holds more runs than the cache; the rest are found again by the
+        next call (a replay, which detects once at its end, takes them all)."""
         for group in self.cache.values():
             self._flush(group)
-        for change in detect_stalls(self.open_runs, now, self.stall_after_us, self.forget_after_us):
+        found = detect_stalls(self.open_runs, now, self.stall_after_us, self.forget_after_us)
+        for change in found[: self.max_groups] if bounded else found:
             key = "r:" + (change.run_id or "")
             group = self.cache.get(key) or self._load(key)
             assert isinstance(group.state, RunState)

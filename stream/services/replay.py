@@ -285,7 +285,7 @@ def _build(
     finally:
         if pool is not None:
             pool.terminate()
-    processor.detect(processor.max_event_time)
+    processor.detect(processor.max_event_time, bounded=False)
     store.set_meta([("event_time_now", str(processor.max_event_time))])
     derived += len(processor.commit(checkpoints, release=True))
     bar.close()

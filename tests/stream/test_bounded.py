@@ -187,3 +187,26 @@ def test_100000_runs_going_quiet_give_a_bounded_number_of_notifications(tmp_path
         "ALERTS_GROUPED"
     ]
     store.close()
+
+
+def test_one_tick_changes_at_most_a_cache_of_runs(tmp_path: Path) -> None:
+    """100,000 runs going quiet at once must not become one commit holding them all: each
+    detection takes at most `cache_groups` of them, the next ones the rest."""
+    store = open_store(tmp_path / "rw.db")
+    processor = Processor(
+        store,
+        stall_after_s=60,
+        max_line_bytes=8 << 20,
+        wall_clock=lambda: NOW,
+        max_groups=50,
+    )
+    feed(processor, *(line("run_started", T0, f"e{i}", f"R{i:03}") for i in range(120)))
+    processor.commit([])
+    batches = []
+    while len(batches) < 5:
+        processor.detect(T0 + 120 * SECOND)
+        batches.append(sum(d.type == "RUN_STALLED" for d in processor.commit([])))
+        assert len(processor.limbo) == 0 and len(processor.cache) <= 50
+    assert batches == [50, 50, 20, 0, 0]
+    assert all(flagged for _, flagged in processor.open_runs.values())
+    store.close()
