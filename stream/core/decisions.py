@@ -14,14 +14,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from runwatch.projections import DerivedEvent
 from runwatch.projections.alerts import AlertBook, AlertState, Notification, RuleSet, Trigger
 from runwatch.projections.events import format_time
 from runwatch.projections.storm import StormGate, StormWindow
 from runwatch.sinks.store import Store
 from runwatch.sinks.store.api import Changes, OutboxEntry
+from runwatch.stream.core.blobs import dumps_exact
 from runwatch.stream.core.decode import parse_time
 
 JOB_TRIGGERS = {"RUN_COMPLETED": ("report", "archive"), "RUN_STATUS_CHANGED": ("report",)}
@@ -138,11 +137,11 @@ class Decisions:
             changes.outbox.extend(self._entries(digest))
         book.expire(now)
         for rule, group, state in book.take_dirty():
-            changes.alert_states.append((rule, group, orjson.dumps(state)))
+            changes.alert_states.append((rule, group, dumps_exact(state)))
         changes.alert_states_deleted.extend(book.take_expired())
         windows, dropped = gate.take_changes()
         changes.alert_states.extend(
-            (rule, f"{STORM_KEY}{start}", orjson.dumps(window.to_dict()))
+            (rule, f"{STORM_KEY}{start}", dumps_exact(window.to_dict()))
             for (rule, start), window in windows
         )
         changes.alert_states_deleted.extend(

@@ -28,6 +28,7 @@ from runwatch.projections import (
 from runwatch.projections.alerts import RuleSet, Trigger
 from runwatch.sinks.store import Store
 from runwatch.sinks.store.api import Changes, Checkpoint, DeadLetter
+from runwatch.stream.core.blobs import dumps_exact
 from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.core.decode import RAW_KEEP, Rejection, decode, parse_time
 from runwatch.stream.core.lines import Lines
@@ -271,7 +272,7 @@ class Processor:
         changes = self.changes
         state = group.state
         if group.new_index:
-            changes.index.append((group.key, orjson.dumps(group.new_index)))
+            changes.index.append((group.key, dumps_exact(group.new_index)))
             group.new_index = []
         if group.index_blobs:
             changes.index.extend((group.key, blob) for blob in group.index_blobs)
@@ -286,10 +287,10 @@ class Processor:
             changes.tasks.extend(state.task_rows(state.dirty_tasks))
             state.dirty_tasks.clear()
             changes.workstreams.extend(state.workstream_rows())
-            changes.states.append((group.key, orjson.dumps(state.to_dict())))
+            changes.states.append((group.key, dumps_exact(state.to_dict())))
         elif isinstance(state, PatternRunState):
             changes.pattern_runs.append(state.row())
-            changes.states.append((group.key, orjson.dumps(state.to_dict())))
+            changes.states.append((group.key, dumps_exact(state.to_dict())))
         else:
             # Runless events have no rows; the empty state marks the group as stored, so
             # `load_group` brings its event ids back after an eviction or a restart.

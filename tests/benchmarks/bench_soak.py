@@ -4,7 +4,9 @@ A real `runwatch tail` follows one file, with a short `stall_after` and `forget_
 The script appends --quiet-runs distinct `run_started` lines (runs that then stay silent)
 as fast as it can, waits until every one of them has stalled and been abandoned, then
 writes --good-runs complete runs (started, three tasks, completed) at --rate events/s, each
-line stamped with the wall clock just before its write. Reported: the service's peak RSS
+line stamped with the wall clock just before its write. A run silent past `forget_after`
+before it was found stalled is abandoned without a stall, so `runs_stalled` may be fewer
+than the quiet runs on a slow machine. Reported: the service's peak RSS
 (VmHWM, target <= 250 MB) and its RSS at the end, the stall notifications decided (one
 channel; the grouped ones and how many stalls they hold), and the append → commit latency
 of the good runs' lines (p50/p99, measured like bench_tail's latency phase: a poller reads
@@ -33,7 +35,7 @@ from benchkit import BenchError, main_for, percentile, report_figures
 
 TARGET_RSS_MB: Final = 250.0
 STALL_AFTER_S: Final = 2.0
-FORGET_AFTER_S: Final = 6.0
+FORGET_AFTER_S: Final = 30.0
 
 
 def log(message: str) -> None:
@@ -167,7 +169,6 @@ def run(args: argparse.Namespace) -> int:
             if poller.wait_for(args.quiet_runs, tailer, args.timeout, "quiet runs") is None:
                 raise BenchError("the quiet runs were not all committed")
         ingest_s = time.monotonic() - started
-        stalled_s = wait_for_derived(tailer, "RUN_STALLED", args.quiet_runs, args.timeout)
         abandoned_s = wait_for_derived(tailer, "RUN_ABANDONED", args.quiet_runs, args.timeout)
         rss_after_abandon = current_rss_mb(tailer.pid)
         log(f"writing {args.good_runs:,} good runs at {args.rate:g} events/s")
@@ -195,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         "stall_after_s": STALL_AFTER_S,
         "forget_after_s": FORGET_AFTER_S,
         "quiet_ingest_s": round(ingest_s, 1),
-        "all_stalled_after_s": round(stalled_s, 1),
+        "runs_stalled": read_derived(workdir / "state" / "tail.db", "RUN_STALLED"),
         "all_abandoned_after_s": round(abandoned_s, 1),
         "peak_rss_mb": round(peak, 1),
         "rss_after_abandon_mb": round(rss_after_abandon, 1),
