@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import heapq
 import operator
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -338,15 +339,25 @@ class AlertState:
 
 @dataclass
 class AlertBook:
-    """Every (rule, group) alert's state; `offer` and `due` return the notifications to send."""
+    """Every (rule, group) alert's state; `offer` and `due` return the notifications to send.
+
+    A resolved alert with nothing held back, whose throttle window is over, decides nothing
+    that a fresh state would decide differently, so `expire` forgets it (memory is bounded
+    by the alerts in flight, not by every run that ever alerted). Its next trigger starts
+    afresh; only the `suppressed` count of the old incident is lost with it."""
 
     rules: RuleSet
     states: dict[tuple[str, str], AlertState] = field(default_factory=dict)
     dirty: set[tuple[str, str]] = field(default_factory=set)
     held: set[tuple[str, str]] = field(default_factory=set)
+    expiring: list[tuple[int, tuple[str, str]]] = field(default_factory=list)
+    """A heap of (when the window ends, key) of resolved alerts; stale entries are checked."""
+    expired: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.held.update(key for key, state in self.states.items() if state.held is not None)
+        for key, state in self.states.items():
+            self._settle(key, state)
 
     def offer(self, trigger: Trigger) -> Notification | None:
         rule = self.rules.rules.get(trigger.rule)
@@ -367,7 +378,42 @@ class AlertBook:
             self.held.discard(key)
         else:
             self.held.add(key)
+        self._settle(key, state)
         return notification
+
+    def _settle(self, key: tuple[str, str], state: AlertState) -> None:
+        """Note when a resolved alert with nothing held back may be forgotten."""
+        if state.current == "resolved" and state.held is None:
+            rule = self.rules.rules.get(key[0])
+            throttle = 0 if rule is None else rule.throttle_us
+            ends = 0 if state.notified_at is None else state.notified_at + throttle
+            heapq.heappush(self.expiring, (ends, key))
+
+    def expire(self, now: int) -> None:
+        """Forget resolved alerts whose throttle window is over by `now` (`take_expired`
+        lists them, so their stored state can be deleted)."""
+        expiring = self.expiring
+        while expiring and expiring[0][0] <= now:
+            _, key = heapq.heappop(expiring)
+            state = self.states.get(key)
+            rule = self.rules.rules.get(key[0])
+            if (
+                state is not None
+                and rule is not None
+                and state.current == "resolved"
+                and state.held is None
+                and _window_over(rule, state, now)
+            ):
+                del self.states[key]
+                self.dirty.discard(key)
+                self.held.discard(key)
+                self.expired.append(key)
+
+    def take_expired(self) -> list[tuple[str, str]]:
+        """(rule, group) of every alert forgotten since the last call, for deleting."""
+        out = [key for key in self.expired if key not in self.states]  # not re-created since
+        self.expired = []
+        return out
 
     def _fire(self, rule: Rule, state: AlertState, trigger: Trigger) -> Notification | None:
         if state.current != "firing":
@@ -403,6 +449,7 @@ class AlertBook:
             self.dirty.add(key)
             self.held.discard(key)
             out.append(self._notify(rule, state, state.held))
+            self._settle(key, state)
         return out
 
     def has_due(self, now: int) -> bool:

@@ -126,6 +126,7 @@ class RunState:
     """Everything needed to produce one run's rows, plus what was last reported about it."""
 
     __slots__ = (
+        "abandoned",
         "created_at",
         "declared_total",
         "dirty_tasks",
@@ -157,6 +158,7 @@ class RunState:
         # Arrival-dependent bookkeeping for derived events; not part of the converged rows.
         self.reported_status = "pending"
         self.stalled = False
+        self.abandoned = False  # silent past forget_after; any new event clears it
         self.dirty_tasks: set[str] = set()
 
     def apply(self, e: Event) -> bool:
@@ -167,6 +169,7 @@ class RunState:
         if eid in seen:
             return False
         seen.add(eid)
+        self.abandoned = False
         t = e.time
         if self.created_at is None or t < self.created_at:
             self.created_at = t
@@ -209,6 +212,8 @@ class RunState:
     def merge(self, other: RunState) -> None:
         """Join a partial state of the same run, folded from other events, into this one."""
         self.seen |= other.seen
+        if other.seen:
+            self.abandoned = False
         self.error_ids |= other.error_ids
         self.created_at = _min(self.created_at, other.created_at)
         self.started_at = _min(self.started_at, other.started_at)
@@ -288,9 +293,12 @@ class RunState:
         return self.status()[0] in RUN_TERMINAL
 
     def row(self, current: tuple[str, int | None] | None = None) -> dict[str, Any]:
-        """The `runs` row; `stalled` is the flag last decided by `detect_stalls`. `current`
-        is `status()` when the caller already has it."""
+        """The `runs` row; `stalled` is the flag last decided by `detect_stalls`, and an
+        open run it found silent past `forget_after` shows as `abandoned`. `current` is
+        `status()` when the caller already has it."""
         status, ended_at = current or self.status()
+        if self.abandoned and status not in RUN_TERMINAL:
+            status = "abandoned"
         counts = self.task_counts()
         duration = None
         begin = self.started_at if self.started_at is not None else self.created_at
@@ -404,6 +412,7 @@ class RunState:
             "workstreams": self.workstreams,
             "reported_status": self.reported_status,
             "stalled": self.stalled,
+            "abandoned": self.abandoned,
         }
 
     @classmethod
@@ -420,6 +429,7 @@ class RunState:
             "stalled",
         ):
             setattr(state, name, data[name])
+        state.abandoned = data.get("abandoned", False)  # absent from states saved before
         state.error_ids = set(data["error_ids"])
         key = data["explicit_key"]
         state.explicit_key = tuple(key) if key else None

@@ -78,6 +78,8 @@ class Changes:
     derived: list[dict[str, Any]] = field(default_factory=list)
     outbox: list[OutboxEntry] = field(default_factory=list)
     alert_states: list[tuple[str, str, bytes]] = field(default_factory=list)
+    alert_states_deleted: list[tuple[str, str]] = field(default_factory=list)
+    """(rule, group) of alert states to delete, after `alert_states` are written."""
     evaluated: list[int] = field(default_factory=list)
     positions: list[tuple[str, int | None, int]] = field(default_factory=list)
     """(stream, expected position or None when never seen, new position): compare-and-set."""
@@ -99,6 +101,7 @@ class Changes:
                 self.derived,
                 self.outbox,
                 self.alert_states,
+                self.alert_states_deleted,
                 self.evaluated,
                 self.positions,
             )

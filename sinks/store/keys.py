@@ -47,8 +47,10 @@ class IndexEntry(NamedTuple):
 
 def dump_index(entries: list[tuple[str, int, int, int]]) -> bytes:
     """Index entries as stored: a JSON list of 4-element lists. The fold appends plain
-    tuples (cheaper than building an `IndexEntry` for every event); both serialise alike."""
-    return orjson.dumps(entries, default=_plain)
+    tuples (cheaper than building an `IndexEntry` for every event); both serialise alike.
+    Copied to its exact size: orjson's result keeps a buffer of some KiB behind it, and a
+    batch holds one of these per group until its commit."""
+    return bytes(memoryview(orjson.dumps(entries, default=_plain)))
 
 
 def load_index(blob: bytes) -> list[IndexEntry]:

@@ -108,6 +108,7 @@ _SMALL: Final = {
     "stalled": "UPDATE runs SET stalled=%s WHERE run_id=%s",
     "forget": "DELETE FROM checkpoints WHERE device=%s AND inode=%s",
     "evaluated": "UPDATE derived_events SET unevaluated=0 WHERE seq=%s",
+    "alert_states_deleted": "DELETE FROM alert_state WHERE rule=%s AND group_key=%s",
 }
 """Updates and deletes of a few rows each, one statement per row (pipelined)."""
 

@@ -180,6 +180,7 @@ def parts(changes: Changes, seen_at: str) -> Iterator[tuple[str, Sequence[Sequen
         ],
     )
     yield "alert_states", changes.alert_states
+    yield "alert_states_deleted", changes.alert_states_deleted
     yield "evaluated", [(seq,) for seq in changes.evaluated]
 
 

@@ -38,6 +38,7 @@ _STATEMENTS: Final = {
     "derived": insert(TABLES["derived_events"], TABLES["derived_events"].inserted),
     "outbox": insert(TABLES["outbox"], TABLES["outbox"].inserted, conflict="IGNORE"),
     "alert_states": insert(TABLES["alert_state"], conflict="REPLACE"),
+    "alert_states_deleted": "DELETE FROM alert_state WHERE rule=? AND group_key=?",
     "evaluated": "UPDATE derived_events SET unevaluated=0 WHERE seq=?",
 }
 """`parts` name → the statement that writes its rows."""

@@ -14,12 +14,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from runwatch.projections import DerivedEvent
 from runwatch.projections.alerts import AlertBook, AlertState, Notification, RuleSet, Trigger
 from runwatch.projections.events import format_time
+from runwatch.projections.storm import StormGate, StormWindow
 from runwatch.sinks.store.api import Changes, OutboxEntry, Store
+from runwatch.stream.core.blobs import dumps_exact
 from runwatch.stream.core.decode import parse_time
 
 JOB_TRIGGERS = {"RUN_COMPLETED": ("report", "archive"), "RUN_STATUS_CHANGED": ("report",)}
@@ -29,12 +29,19 @@ JOB_TRIGGERS = {"RUN_COMPLETED": ("report", "archive"), "RUN_STATUS_CHANGED": ("
 @dataclass(frozen=True, slots=True)
 class Policy:
     """What to do with new decisions: deliver them (live), or only record them (replay).
-    Alerts about events older than `since_us` are recorded as `skipped`."""
+    Alerts about events older than `since_us` are recorded as `skipped`; beyond
+    `max_per_minute` notifications of one rule in a minute of event time, the rest are
+    grouped into one."""
 
     deliver: bool
     since_us: int | None = None
     channels: frozenset[str] | None = None
     jobs: frozenset[str] = frozenset({"report", "archive"})
+    max_per_minute: int = 30
+
+
+STORM_KEY = "\x1fstorm:"
+"""The group key prefix under which a rule's per-minute storm counts share `alert_state`."""
 
 
 class Decisions:
@@ -47,16 +54,17 @@ class Decisions:
         triggers in event-time order, so its decisions do not depend on file order."""
         self.rules = rules
         self.policy = policy
-        saved = (
-            {}
-            if store is None
-            else {
-                (rule, group): AlertState.from_dict(state)
-                for rule, group, state in store.alert_states()
-                if rule in rules.rules
-            }
-        )
+        saved: dict[tuple[str, str], AlertState] = {}
+        windows: dict[tuple[str, int], StormWindow] = {}
+        for rule, group, state in () if store is None else store.alert_states():
+            if rule not in rules.rules:
+                continue
+            if group.startswith(STORM_KEY):
+                windows[(rule, int(group[len(STORM_KEY) :]))] = StormWindow.from_dict(state)
+            else:
+                saved[(rule, group)] = AlertState.from_dict(state)
         self.book = AlertBook(rules, saved)
+        self.gate = StormGate(policy.max_per_minute, windows)
         self.hold = hold
         self.dedupe = hold  # live, a duplicate never triggers: the fold rejects it first
         self.held: list[tuple[int, int, str, Trigger]] = []
@@ -107,25 +115,43 @@ class Decisions:
         changes: Changes,
     ) -> None:
         ordered.sort(key=lambda item: item[:3])
+        book, gate = self.book, self.gate
         for _, _, _, trigger in ordered:
             if self.dedupe:
                 key = (trigger.rule, trigger.role, trigger.event_id)
                 if key in self.seen_events:
                     continue  # the same input event in two files that repeat each other
                 self.seen_events.add(key)
-            notification = self.book.offer(trigger)
-            if notification is not None:
+            # Time moves on in event order: what is over by this trigger is settled first.
+            book.expire(trigger.time)
+            for digest in gate.due(trigger.time):
+                changes.outbox.extend(self._entries(digest))
+            notification = book.offer(trigger)
+            if notification is not None and gate.admit(notification):
                 changes.outbox.extend(self._entries(notification))
-        for notification in self.book.due(now):
-            changes.outbox.extend(self._entries(notification))
-        for rule, group, state in self.book.take_dirty():
-            changes.alert_states.append((rule, group, orjson.dumps(state)))
+        for notification in book.due(now):
+            if gate.admit(notification):
+                changes.outbox.extend(self._entries(notification))
+        for digest in gate.due(now):
+            changes.outbox.extend(self._entries(digest))
+        book.expire(now)
+        for rule, group, state in book.take_dirty():
+            changes.alert_states.append((rule, group, dumps_exact(state)))
+        changes.alert_states_deleted.extend(book.take_expired())
+        windows, dropped = gate.take_changes()
+        changes.alert_states.extend(
+            (rule, f"{STORM_KEY}{start}", dumps_exact(window.to_dict()))
+            for (rule, start), window in windows
+        )
+        changes.alert_states_deleted.extend(
+            (rule, f"{STORM_KEY}{start}") for rule, start in dropped
+        )
         for event in derived:
             changes.outbox.extend(self._jobs(event))
 
     def has_due(self, now: int) -> bool:
         """A held-back notification's window is over: a commit should happen now."""
-        return self.book.has_due(now)
+        return self.book.has_due(now) or self.gate.has_due(now)
 
     def _state(self, event_time: int) -> str:
         if not self.policy.deliver:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 import orjson
 
@@ -20,7 +20,6 @@ from runwatch.projections import (
     RUN_TERMINAL,
     DerivedEvent,
     Event,
-    OrphanEvents,
     PatternRunState,
     RunState,
     detect_stalls,
@@ -29,6 +28,7 @@ from runwatch.projections import (
 from runwatch.projections.alerts import RuleSet, Trigger
 from runwatch.sinks.store.api import Changes, Checkpoint, DeadLetter, Store
 from runwatch.sinks.store.keys import ORPHANS, PATTERN, RUN, GroupKey, dump_index, load_index
+from runwatch.stream.core.blobs import dumps_exact
 from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.core.decode import (
     NO_LATEST,
@@ -38,35 +38,12 @@ from runwatch.stream.core.decode import (
     parse_time,
     preview,
 )
+from runwatch.stream.core.groups import Group, State, finished, new_state, orphan_day, restore
 from runwatch.stream.core.lines import Lines
+from runwatch.stream.core.unstorable import ROW_TABLES, read_back, unstorable_rows
 
-State = RunState | PatternRunState | OrphanEvents
-Entry = tuple[str, int, int, int]
-"""An `IndexEntry` as the fold appends it: a plain tuple."""
 Observe = Callable[[Event, str, bool], None]
 """Called with each decoded event, its source and whether it was new to this fold."""
-_INT64: Final = range(-(2**63), 2**63)
-
-
-class Group:
-    """A unit of folding: one run, one pattern run, or the events that belong to neither."""
-
-    __slots__ = ("dirty", "index_blobs", "key", "new_index", "state")
-
-    def __init__(self, key: GroupKey, state: State) -> None:
-        self.key = key
-        self.state = state
-        self.new_index: list[Entry] = []
-        self.index_blobs: list[bytes] = []  # index entries already serialised by a worker
-        self.dirty = False
-
-
-def new_state(key: GroupKey, seen: set[str] | None = None) -> State:
-    if key.kind == RUN:
-        return RunState(key.name, seen)
-    if key.kind == PATTERN:
-        return PatternRunState(key.name, seen)
-    return OrphanEvents(seen)
 
 
 @dataclass(slots=True)
@@ -109,6 +86,7 @@ class Processor:
         *,
         stall_after_s: float,
         max_line_bytes: int,
+        forget_after_s: float | None = None,
         wall_clock: Callable[[], str],
         max_groups: int = 4096,
         known_groups: set[GroupKey] | None = None,
@@ -123,7 +101,9 @@ class Processor:
         an alert rule become triggers; `decisions` turns them into outbox entries at commit.
         `observe`, when given, sees every decoded event (offline analysis); else it costs
         nothing. `latest_time`, read once a batch, is the latest event time accepted (UTC µs,
-        see `wall_clock_bound`); without it only the calendar bounds event times."""
+        see `wall_clock_bound`); without it only the calendar bounds event times. An open run
+        silent longer than `forget_after_s` is abandoned: it leaves the open runs and the cache
+        until an event of it arrives again."""
         self._store = store
         self._rules = rules
         self._observe = observe
@@ -134,6 +114,7 @@ class Processor:
         self._outboxed = 0
         self._known_groups = known_groups
         self._stall_after_us = int(stall_after_s * 1_000_000)
+        self._forget_after_us = None if forget_after_s is None else int(forget_after_s * 1e6)
         self._max_line_bytes = max_line_bytes
         self._wall_clock = wall_clock
         self._max_groups = max_groups
@@ -192,7 +173,11 @@ class Processor:
                     self.reject(source, offset, number, body, len(body), event)
                 else:
                     if event.family == ORCHESTRATOR:
-                        key = (ORPHANS, "") if event.run_id is None else (RUN, event.run_id)
+                        key = (
+                            (ORPHANS, orphan_day(event.time))
+                            if event.run_id is None
+                            else (RUN, event.run_id)
+                        )
                     else:
                         key = (PATTERN, event.task)  # type: ignore[assignment]  # never None here
                     group = cache.get(key)
@@ -230,6 +215,11 @@ class Processor:
     def latest_us(self) -> int:
         """The latest event time this processor accepts now (workers get the same bound)."""
         return NO_LATEST if self._latest_time is None else self._latest_time()
+
+    @property
+    def resident(self) -> list[GroupKey]:
+        """The groups held in memory now: cached, or evicted and waiting for the commit."""
+        return [GroupKey(*key) for key in (*self._cache, *self._limbo)]
 
     @property
     def seen(self) -> int:
@@ -368,10 +358,10 @@ class Processor:
         whose rows hold one goes back to its last committed state, and the lines folded into
         it since then are dead-lettered as unstorable_value. Decode refuses every such value
         it knows of; this catches the ones a projection change might add."""
-        unstorable = _unstorable(changes)
+        unstorable = unstorable_rows(changes)
         if not unstorable:
             return
-        for table, kind, id_name in _ROW_TABLES:
+        for table, kind, id_name in ROW_TABLES:
             rows = getattr(changes, table)
             rows[:] = [
                 row for row in rows if GroupKey(kind, str(row[id_name])).text not in unstorable
@@ -390,7 +380,7 @@ class Processor:
                     source,
                     offset,
                     0,
-                    _read_back(source, offset, length),
+                    read_back(source, offset, length),
                     length,
                     Rejection("unstorable_value", detail),
                 )
@@ -411,7 +401,7 @@ class Processor:
             group = Group(key, new_state(key))
         elif group is None:
             saved, seen = self._store.load_group(key.text)  # type: ignore[union-attr]
-            group = Group(key, _restore(key, saved, seen))
+            group = Group(key, restore(key, saved, seen))
         self._cache[key] = group
         if len(self._cache) > self._max_groups:
             _, oldest = self._cache.popitem(last=False)
@@ -443,10 +433,14 @@ class Processor:
             changes.tasks.extend(state.task_rows(state.dirty_tasks))
             state.dirty_tasks.clear()
             changes.workstreams.extend(state.workstream_rows())
-            changes.states.append((key, orjson.dumps(state.to_dict())))
+            changes.states.append((key, dumps_exact(state.to_dict())))
         elif isinstance(state, PatternRunState):
             changes.pattern_runs.append(state.row())
-            changes.states.append((key, orjson.dumps(state.to_dict())))
+            changes.states.append((key, dumps_exact(state.to_dict())))
+        else:
+            # Runless events have no rows; the empty state marks the group as stored, so
+            # `load_group` brings its event ids back after an eviction or a restart.
+            changes.states.append((key, b"{}"))
 
     def _track_open(self, state: RunState, terminal: bool) -> None:
         if terminal:
@@ -461,22 +455,33 @@ class Processor:
                         {"reason": "completed", "last_event_at": format_time(state.last_event_at)},
                     )
                 )
+        elif state.abandoned:
+            self._open_runs.pop(state.run_id, None)
         else:
             assert state.last_event_at is not None
             self._open_runs[state.run_id] = (state.last_event_at, state.stalled)
 
-    def detect(self, now: int) -> None:
-        """Flag or clear stalls against `now` (event time in replay, wall clock when live)."""
+    def detect(self, now: int, *, bounded: bool = True) -> None:
+        """Flag or clear stalls and abandon long-silent runs against `now` (event time in
+        replay, wall clock when live). `bounded`: at most `max_groups` changes per call, so
+        one commit never holds more runs than the cache; the rest are found again by the
+        next call (a replay, which detects once at its end, takes them all)."""
         for group in self._cache.values():
             self._flush(group)
-        for change in detect_stalls(self._open_runs, now, self._stall_after_us):
+        found = detect_stalls(self._open_runs, now, self._stall_after_us, self._forget_after_us)
+        for change in found[: self._max_groups] if bounded else found:
             key = GroupKey.run(change.run_id or "")
             group = self._cache.get(key) or self._load(key)
             assert isinstance(group.state, RunState)
+            abandoned = change.type == "RUN_ABANDONED"
             group.state.stalled = change.type == "RUN_STALLED"
+            group.state.abandoned = abandoned
             group.dirty = True
             self._flush(group)
             self._derived.append(change)
+            if abandoned:  # out of memory; limbo until the commit has written it
+                self._cache.pop(key, None)
+                self._limbo[key] = group
 
     def commit(
         self,
@@ -495,7 +500,7 @@ class Processor:
         see now; `release` decides what a holding replay kept back."""
         if len(self._cache) > self._max_groups // 2:
             # Finished groups are rarely touched again: make room for the runs in flight.
-            for group in [g for g in self._cache.values() if _finished(g.state)]:
+            for group in [g for g in self._cache.values() if finished(g.state)]:
                 self._flush(group)
                 del self._cache[group.key]
         if everything:
@@ -539,53 +544,5 @@ class Processor:
         return derived
 
 
-_ROW_TABLES: Final = (
-    ("runs", RUN, "run_id"),
-    ("tasks", RUN, "run_id"),
-    ("workstreams", RUN, "run_id"),
-    ("pattern_runs", PATTERN, "pattern_run_id"),
-)
-
-
-def _unstorable(changes: Changes) -> dict[str, str]:
-    """Group key → the first row value no store column can hold (an integer outside signed
-    64 bits, a text with NUL), for every group whose rows hold one."""
-    found: dict[str, str] = {}
-    for table, group_kind, id_name in _ROW_TABLES:
-        for row in getattr(changes, table):
-            for name, value in row.items():
-                kind = type(value)
-                if (kind is int and value not in _INT64) or (kind is str and "\x00" in value):
-                    key = GroupKey(group_kind, str(row[id_name])).text
-                    found.setdefault(key, f"{table}.{name}={preview(value)}")
-    return found
-
-
-def _read_back(source: str, offset: int, length: int) -> bytes:
-    """The bytes of an accepted line, read again from its file (best effort)."""
-    try:
-        with open(source, "rb") as handle:
-            handle.seek(offset)
-            return handle.read(min(length, RAW_KEEP))
-    except OSError:
-        return b""
-
-
 def _internal_error(exc: Exception) -> Rejection:
     return Rejection("internal_error", f"{type(exc).__name__}: {preview(str(exc))}")
-
-
-def _finished(state: State) -> bool:
-    if isinstance(state, RunState):
-        return state.is_terminal()
-    if isinstance(state, PatternRunState):
-        return state.raw_status != "in_progress"
-    return False
-
-
-def _restore(key: GroupKey, saved: dict[str, Any] | None, seen: set[str]) -> State:
-    if saved is not None and key.kind == RUN:
-        return RunState.from_dict(key.name, saved, seen)
-    if saved is not None and key.kind == PATTERN:
-        return PatternRunState.from_dict(key.name, saved, seen)
-    return new_state(key, seen)

@@ -32,8 +32,9 @@ from runwatch.sinks.store.scratch import scratch_for
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import Progress, wall_clock
 from runwatch.stream.core.decode import RAW_KEEP, decode
+from runwatch.stream.core.groups import State
 from runwatch.stream.core.lines import Lines, LineSplitter
-from runwatch.stream.core.processor import Processor, State, Tally
+from runwatch.stream.core.processor import Processor, Tally
 from runwatch.stream.services.runtime import Runtime, now_us
 from runwatch.stream.settings.alerts import AlertSetup, default_alert_setup
 from runwatch.stream.settings.service import Settings
@@ -221,7 +222,7 @@ def _build(
     finally:
         if pool is not None:
             pool.terminate()
-    processor.detect(processor.max_event_time)
+    processor.detect(processor.max_event_time, bounded=False)
     store.set_meta([("event_time_now", str(processor.max_event_time))])
     derived += len(processor.commit(checkpoints, release=True))
     bar.close()

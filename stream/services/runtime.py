@@ -124,6 +124,7 @@ class Runtime:
         processor = Processor(
             store,
             stall_after_s=settings.stall_after,
+            forget_after_s=settings.forget_after,
             max_line_bytes=settings.max_line_bytes,
             wall_clock=wall_clock,
             max_groups=settings.cache_groups,

@@ -52,6 +52,7 @@ class DeliverySpec(BaseModel):
 class AlertsFile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     alert_lookback: Duration = 3600.0
+    max_notifications_per_minute: int = Field(default=30, ge=1)
     delivery: DeliverySpec = Field(default_factory=DeliverySpec)
     channels: dict[str, dict[str, Any]] = Field(default_factory=dict)
     rules: list[RuleSpec] = Field(default_factory=list)
@@ -66,13 +67,19 @@ class AlertSetup:
     delivery: DeliverySpec
     lookback_s: float
     source: str
+    max_per_minute: int = 30
 
     @property
     def enabled(self) -> frozenset[str]:
         return frozenset(name for name, config in self.channels.items() if config is not None)
 
     def policy(self, *, deliver: bool, since_us: int | None = None) -> Policy:
-        return Policy(deliver=deliver, since_us=since_us, channels=self.enabled)
+        return Policy(
+            deliver=deliver,
+            since_us=since_us,
+            channels=self.enabled,
+            max_per_minute=self.max_per_minute,
+        )
 
 
 def load_alerts(path: Path | None, *, required: bool = False) -> AlertSetup:
@@ -102,7 +109,14 @@ def load_alerts(path: Path | None, *, required: bool = False) -> AlertSetup:
                 f"{name}: rules: two rules are named {rule.name!r}; rule names must be unique"
             )
         seen.add(rule.name)
-    return AlertSetup(RuleSet(rules), channels, spec.delivery, spec.alert_lookback, name)
+    return AlertSetup(
+        RuleSet(rules),
+        channels,
+        spec.delivery,
+        spec.alert_lookback,
+        name,
+        spec.max_notifications_per_minute,
+    )
 
 
 def default_alert_setup() -> AlertSetup:

@@ -81,6 +81,7 @@ class Settings(BaseModel):
     database_url: str | None = Field(default=None, pattern=r"^postgres(ql)?://")
     logs_dir: Path = Path("logs")
     stall_after: Seconds = 1800.0
+    forget_after: Seconds = 7 * 86400.0
     max_line_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_future_skew: Seconds = 86400.0
     cache_groups: int = Field(default=1024, ge=1)

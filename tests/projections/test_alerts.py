@@ -206,3 +206,41 @@ def test_labels_carry_rule_severity_and_run() -> None:
         "severity": "critical",
         "run_id": "R9",
     }
+
+
+def test_a_resolved_alert_is_forgotten_once_its_window_is_over() -> None:
+    """Per (rule, group) state must not outlive its use: every run that ever stalled would
+    otherwise stay in memory and in `alert_state` for good."""
+    book = AlertBook(RuleSet([STALLED]))
+    assert offer_all(book, [derived("RUN_STALLED", 0), derived("RUN_RECOVERED", 10)]) == ["firing"]
+    assert [n.state for n in book.due(60 * MINUTE)] == ["resolved"]
+    book.take_dirty()
+    # The resolution is dated at the recovery (minute 10): its window ends at minute 70.
+    book.expire(69 * MINUTE)
+    assert list(book.states) == [("run_stalled", "run_id=R1")], "inside the window: kept"
+    book.expire(70 * MINUTE)
+    assert book.states == {}
+    assert book.take_expired() == [("run_stalled", "run_id=R1")]
+    assert book.take_dirty() == []
+    assert offer_all(book, [derived("RUN_STALLED", 121)]) == ["firing"], "a new incident"
+
+
+def test_a_firing_or_held_alert_is_never_forgotten() -> None:
+    book = AlertBook(RuleSet([STALLED]))
+    offer_all(book, [derived("RUN_STALLED", 0, "A"), derived("RUN_RECOVERED", 5, "A")])
+    offer_all(book, [derived("RUN_STALLED", 0, "B")])
+    book.expire(50 * 60 * MINUTE)
+    assert sorted(book.states) == [("run_stalled", "run_id=A"), ("run_stalled", "run_id=B")]
+    assert book.take_expired() == []
+
+
+def test_an_alert_forgotten_and_fired_again_in_one_batch_is_not_deleted() -> None:
+    """The store deletes what `take_expired` lists after it writes the changed states: a
+    state created again since must not be listed, or its row would be lost."""
+    book = AlertBook(RuleSet([STALLED]))
+    offer_all(book, [derived("RUN_STALLED", 0), derived("RUN_RECOVERED", 10)])
+    book.due(60 * MINUTE)
+    book.expire(70 * MINUTE)
+    assert offer_all(book, [derived("RUN_STALLED", 71)]) == ["firing"]
+    assert book.take_expired() == []
+    assert [key for key, *_ in book.take_dirty()] == ["run_stalled"]

@@ -10,6 +10,7 @@ import orjson
 from runwatch.sinks.store.keys import GroupKey, IndexEntry, dump_index, load_index
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import wall_clock
+from runwatch.stream.core.decode import parse_time
 from runwatch.stream.core.lines import Lines
 from runwatch.stream.core.processor import Processor
 
@@ -31,7 +32,8 @@ def test_index_entries_serialise_as_lists() -> None:
 
 
 def test_processor_stores_the_historic_key_forms(tmp_path: Path) -> None:
-    """A run, a pattern run and a runless event land under the keys older databases use."""
+    """A run and a pattern run land under the keys older databases use; runless events under
+    `o:<UTC day>`, each day a small group of its own."""
     lines = [
         orjson.dumps({"event_type": "run_started", "timestamp": T0, "run_id": "RUN-1"}) + b"\n",
         orjson.dumps(
@@ -53,8 +55,9 @@ def test_processor_stores_the_historic_key_forms(tmp_path: Path) -> None:
         states = {key for (key,) in store.db.execute("SELECT group_key FROM fold_state")}
     finally:
         store.close()
-    assert set(index) == {"r:RUN-1", "p:P-1", "o:"}
-    assert states == {"r:RUN-1", "p:P-1"}
+    day = f"o:{parse_time(T0) // 86_400_000_000}"
+    assert set(index) == {"r:RUN-1", "p:P-1", day}
+    assert states == {"r:RUN-1", "p:P-1", day}
     first = load_index(index["r:RUN-1"])
     assert [(e.source_id, e.offset, e.length) for e in first] == [(1, 0, len(items[0]))]
-    assert load_index(index["o:"])[0].offset == len(lines[0]) + len(lines[1])
+    assert load_index(index[day])[0].offset == len(lines[0]) + len(lines[1])

@@ -1,0 +1,57 @@
+"""The fold's unit of work: one run, one pattern run, or one day of runless events, with
+the state it folds into and the index entries it has yet to write."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runwatch.projections import OrphanEvents, PatternRunState, RunState
+from runwatch.sinks.store.keys import PATTERN, RUN, GroupKey
+
+State = RunState | PatternRunState | OrphanEvents
+Entry = tuple[str, int, int, int]
+"""An `IndexEntry` as the fold appends it: a plain tuple."""
+
+
+class Group:
+    """A unit of folding: one run, one pattern run, or the events that belong to neither."""
+
+    __slots__ = ("dirty", "index_blobs", "key", "new_index", "state")
+
+    def __init__(self, key: GroupKey, state: State) -> None:
+        self.key = key
+        self.state = state
+        self.new_index: list[Entry] = []
+        self.index_blobs: list[bytes] = []  # index entries already serialised by a worker
+        self.dirty = False
+
+
+def new_state(key: GroupKey, seen: set[str] | None = None) -> State:
+    if key.kind == RUN:
+        return RunState(key.name, seen)
+    if key.kind == PATTERN:
+        return PatternRunState(key.name, seen)
+    return OrphanEvents(seen)
+
+
+def orphan_day(time: int) -> str:
+    """Runless events are grouped by the UTC day of their time, so each group stays small
+    and leaves the cache once its day is over. Ids identify content (time included), so a
+    repeat always lands in the group of its first copy."""
+    return str(time // 86_400_000_000)
+
+
+def finished(state: State) -> bool:
+    if isinstance(state, RunState):
+        return state.is_terminal()
+    if isinstance(state, PatternRunState):
+        return state.raw_status != "in_progress"
+    return False
+
+
+def restore(key: GroupKey, saved: dict[str, Any] | None, seen: set[str]) -> State:
+    if saved is not None and key.kind == RUN:
+        return RunState.from_dict(key.name, saved, seen)
+    if saved is not None and key.kind == PATTERN:
+        return PatternRunState.from_dict(key.name, saved, seen)
+    return new_state(key, seen)
