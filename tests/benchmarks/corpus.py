@@ -419,7 +419,7 @@ def write_simulator(out: Path, events: int, seed: int) -> CorpusInfo:
         summary.runs,
         len(summary.files),
         summary.bytes_written,
-        12,
+        12,  # the simulator's most tasks a run: an upper bound, not counted
         seed,
     )
 
