@@ -166,7 +166,8 @@ def measured(command: Sequence[str], cwd: Path, timing: Timing) -> str:
             cwd=cwd,
             env=child_env(),
         )
-        with ParentCpuSampler(process.pid) as sampler:
+        sampler = ParentCpuSampler(process.pid)
+        with sampler:
             stdout, stderr = process.communicate()
         wall = time.perf_counter() - started
         if process.returncode != 0:

@@ -29,7 +29,7 @@ import hashlib
 import json
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -197,7 +197,8 @@ class Run:
             kind = "workstream_failed" if failed else "workstream_completed"
             yield kind, -1, ws, {}, "error" if failed else "info", None, None
 
-    def _task(self, task: int, ws: str) -> Iterator[Step]:
+    def _task(self, task: int, ws: str) -> Generator[Step, None, bool]:
+        """A task's events; returns whether it failed for good."""
         random = self.rng.random
         fails = self.failing and random() < 0.3
         attempts = 2 if (fails and random() < 0.3) or random() < 0.04 else 1

@@ -85,8 +85,8 @@ def wrap(probe: Probe) -> None:
         init(self, *args, **kwargs)
         probe.decisions = self
 
-    Processor.commit = probed_commit  # type: ignore[method-assign]
-    Decisions.__init__ = probed_init  # type: ignore[method-assign]
+    Processor.commit = probed_commit
+    Decisions.__init__ = probed_init
 
 
 def files_of(paths: Sequence[Path]) -> list[Path]:
