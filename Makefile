@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_analyze.py --json bench-out/analyze.json
 	$(BIN)/python tests/benchmarks/bench_scaleout.py --json bench-out/scaleout.json
 	$(BIN)/python tests/benchmarks/bench_soak.py --json bench-out/soak.json
+	$(BIN)/python tests/benchmarks/bench_shapes.py --json bench-out/shapes.json
 
 # For the scale-out tests on a plain Debian machine: PostgreSQL and NATS with JetStream,
 # from Debian's packages, on 127.0.0.1 (the embedded default never needs them).
