@@ -16,7 +16,13 @@ Delivery contract. `build_archive` writes `<directory>/<safe_filename(run_id)>.z
   reserve_bytes free.
 - Nothing outside the run is read: symlinks are never followed (one whose target lies in the run
   folder is stored as a link), and a folder the run id leads out of the template's base folder
-  counts as missing. Unreadable, vanished, special and unencodable entries are skipped.
+  counts as missing. Unreadable, vanished, special and unencodable entries are skipped, and
+  so are names that would leave the folder where `\\` separates too (`..\\x` on Windows); a
+  backslash is otherwise an ordinary name character and kept.
+- Verifying reads each member once and looks it up in the manifest: linear in the members.
+- Private: an archive holds whatever the run's folder held (keys, configs, data), so it is
+  created 0o600 (ARCHIVE_MODE), whatever the modes of the files in it; its events, reports and
+  manifest members are 0o600 too, and artifact members keep their own file's mode.
 - Builds and retention passes in one directory take turns (a flock that dies with its holder).
 Failures raise `ArchiveError(reason, detail)`: insufficient_space, verify_failed, io_error.
 """
@@ -48,9 +54,12 @@ from runwatch.sinks.naming import safe_filename
 
 MANIFEST: Final = "manifest.json"
 _CHUNK: Final = 1 << 20
-_FILE_MODE: Final = stat.S_IFREG | 0o644
+ARCHIVE_MODE: Final = 0o600
+_CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_MODE: Final = stat.S_IFREG | 0o600
 _LINK_MODE: Final = stat.S_IFLNK | 0o777
 _DIRECTORY: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_SEPARATORS: Final = re.compile(r"[/\\]")
 _READ: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a fifo never blocks
 # What zipfile raises, depending on which byte is damaged, when it reads a corrupt archive.
 _CORRUPT: Final = (
@@ -294,6 +303,8 @@ def _visit(run: Path, relative: str, skipped: dict[str, str]) -> Iterator[_Blob 
         return
     if _printable(name) != name:
         skipped[_printable(name)] = "name_not_utf8"
+    elif not _safe_member_name(name):
+        skipped[name] = "unsafe_name"  # `..\x` would leave the folder on Windows
     elif stat.S_ISDIR(info.st_mode):
         yield from _walk(run, relative + "/", skipped)
     elif stat.S_ISREG(info.st_mode):
@@ -315,9 +326,11 @@ def _link(run: Path, relative: str, skipped: dict[str, str]) -> Iterator[_Blob]:
 
 
 def _safe_member_name(name: str) -> bool:
-    """A relative POSIX path that extracts inside its folder on any system."""
-    parts = set(name.split("/"))
-    return _printable(name) == name and not {"", ".", ".."} & parts and not {"\\", "\0"} & set(name)
+    """A relative path that extracts inside its folder on any system: no empty, `.` or `..`
+    part, whether `/` alone separates parts (POSIX) or `\\` does too (Windows tools), no NUL.
+    A backslash is a name character on POSIX, so `a\\b.txt` is kept as it is."""
+    parts = set(_SEPARATORS.split(name))
+    return _printable(name) == name and not {"", ".", ".."} & parts and "\0" not in name
 
 
 def _printable(name: str) -> str:
@@ -358,7 +371,7 @@ def _write(
     path = directory / (f"{stem}+v{head.version}.zip" if head.version > 1 else f"{stem}.zip")
     temp = directory / f".{stem}.{secrets.token_hex(8)}.tmp"
     try:
-        with temp.open("xb") as handle:
+        with os.fdopen(os.open(temp, _CREATE, ARCHIVE_MODE), "wb") as handle:
             with zipfile.ZipFile(handle, "w", zipfile.ZIP_DEFLATED) as archive:
                 entries = [
                     entry
@@ -438,25 +451,38 @@ def _store(
 
 
 def _check(archive: zipfile.ZipFile, manifest: _Manifest) -> list[str]:
-    """Members missing, extra, duplicated, or differing from the manifest in size or hash."""
-    names, listed = archive.namelist(), [entry.name for entry in manifest.members]
-    problems = [f"duplicate member {name}" for name in set(names) if names.count(name) > 1]
-    problems += [f"member missing: {name}" for name in listed if name not in names]
-    problems += [f"extra member: {name}" for name in names if name not in {*listed, MANIFEST}]
-    problems += [f"unsafe member name: {name}" for name in names if not _safe_member_name(name)]
-    for entry in manifest.members:
-        if entry.name in names:
-            problems += _check_member(archive, entry)
+    """Members missing, extra, duplicated, unsafely named, or differing from the manifest in
+    size or hash: one pass over the members, each looked up in the manifest by name."""
+    expected = {entry.name: entry for entry in manifest.members}
+    seen: set[str] = set()
+    duplicated: set[str] = set()
+    problems = []
+    for info in archive.infolist():
+        name = info.filename
+        if name in seen:
+            if name not in duplicated:
+                duplicated.add(name)
+                problems.append(f"duplicate member {name}")
+            continue
+        seen.add(name)
+        if not _safe_member_name(name):
+            problems.append(f"unsafe member name: {name}")
+        entry = expected.get(name)
+        if entry is not None:
+            problems += _check_member(archive, info, entry)
+        elif name != MANIFEST:
+            problems.append(f"extra member: {name}")
+    problems += [f"member missing: {name}" for name in expected if name not in seen]
     return problems
 
 
-def _check_member(archive: zipfile.ZipFile, entry: _Entry) -> list[str]:
+def _check_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, entry: _Entry) -> list[str]:
     """Re-reads one member (zipfile checks its CRC at the end) and re-hashes it."""
     digest, size = hashlib.sha256(), 0
-    if stat.S_ISLNK(archive.getinfo(entry.name).external_attr >> 16) != (entry.kind == "symlink"):
+    if stat.S_ISLNK(info.external_attr >> 16) != (entry.kind == "symlink"):
         return [f"{entry.name}: not a {entry.kind} as the manifest says"]
     try:
-        with archive.open(entry.name) as member:
+        with archive.open(info) as member:
             for chunk in iter(partial(member.read, _CHUNK), b""):
                 digest.update(chunk)
                 size += len(chunk)

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """Readers see the old file or the whole new one, never a part, even after a crash."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, scratch = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -15,7 +15,7 @@ def write_atomically(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
             out.flush()
-            os.fchmod(out.fileno(), 0o644)
+            os.fchmod(out.fileno(), mode)
             os.fsync(out.fileno())
         os.replace(scratch, path)
     except BaseException:

@@ -1,5 +1,6 @@
 """Run reports: `<stem>_summary.json`, `<stem>_metrics.json` and `<stem>.html` per run, plus an
-`index.html` of all runs, where stem = `safe_filename(run_id)`.
+`index.html` of all runs, where stem = `safe_filename(run_id)` (never `index`, whatever the
+run id). Files are written with FILE_MODE (0o640).
 
 Delivery contract: the builders are pure (rows and events in, bytes out, no clock), so the
 same inputs always give the same bytes and regenerating a report is harmless. `write_reports`
@@ -43,6 +44,7 @@ _COLOURS: Final = {
 }
 _JSON: Final = orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2
 _MAX_MESSAGE: Final = 2000
+_MAX_DEPTH: Final = 32
 _LABEL_W, _PLOT_W, _ROW_H, _TOP = 250, 700, 18, 26
 _CSS: Final = (
     "body{font:14px system-ui,sans-serif;margin:24px;color:#1d232b}"
@@ -54,6 +56,11 @@ _CSS: Final = (
     + "".join(f".s-{k}{{fill:{c};background:{c}}}" for k, c in _COLOURS.items())
 )
 _CSP: Final = "default-src 'none'; style-src 'unsafe-inline'"
+
+
+FILE_MODE: Final = 0o640
+"""Reports quote error texts from the pipeline: readable by the owner and its group (say, a
+web server's), never by every local user."""
 
 
 class ReportsConfig(BaseModel):
@@ -148,7 +155,7 @@ def write_reports(directory: Path, files: Mapping[str, bytes]) -> list[Path]:
     for name in sorted(files):
         target = directory / name
         if not (target.is_file() and target.read_bytes() == files[name]):
-            write_atomically(target, files[name])
+            write_atomically(target, files[name], mode=FILE_MODE)
             written.append(target)
     return written
 
@@ -284,13 +291,27 @@ def _message(payload: Mapping[str, Any]) -> str | None:
         if isinstance(value, Mapping) and isinstance(value.get("message"), str):
             value = value["message"]
         if value is not None and value != "":
-            text = (
-                value
-                if isinstance(value, str)
-                else orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
-            )
-            return text[:_MAX_MESSAGE]
+            return (value if isinstance(value, str) else _json_text(value))[:_MAX_MESSAGE]
     return None
+
+
+def _json_text(value: object) -> str:
+    """`value` as compact JSON; levels beyond _MAX_DEPTH (orjson refuses over 255) are "…"."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    except orjson.JSONEncodeError:
+        return orjson.dumps(_cut(value, _MAX_DEPTH), option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _cut(value: object, depth: int) -> object:
+    """A copy of a decoded JSON value whose containers below `depth` levels are "…"."""
+    if isinstance(value, dict | list) and depth == 0:
+        return "…"
+    if isinstance(value, dict):
+        return {str(k): _cut(v, depth - 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_cut(v, depth - 1) for v in value]
+    return value
 
 
 def _us(moment: str) -> int:

@@ -81,16 +81,19 @@ class WebhookReceiver:
     """An HTTP server on 127.0.0.1 that records every request and answers as scripted.
 
     `script(*responses)` queues replies, one per request: `(503,)`, `(429, {"Retry-After":
-    "2"})`, `(400, {}, b"invalid_payload")` or `("hang", seconds)`, which sleeps before a 200
-    so a client times out. With the queue empty the reply is 200. `stop()` then `start()`
-    simulates a receiver that goes down and comes back on the same port. Every connection is
-    closed after one reply (HTTP/1.0), so a stopped receiver refuses the very next request.
+    "2"})`, `(400, {}, b"invalid_payload")`, `("hang", seconds)`, which sleeps before a 200
+    so a client times out, or `("endless", status)`, a body that never ends (`streamed`
+    records how many bytes went out before the client hung up). With the queue empty the
+    reply is 200. `stop()` then `start()` simulates a receiver that goes down and comes back
+    on the same port. Every connection is closed after one reply (HTTP/1.0), so a stopped
+    receiver refuses the very next request.
     """
 
     def __init__(self, path: str = "/hook") -> None:
         self.port = 0
         self.path = path
         self.received: Recorder[ReceivedRequest] = Recorder()
+        self.streamed: Recorder[int] = Recorder()
         self._replies: deque[Response] = deque()
         self._lock = threading.Lock()
         self._server: _HttpServer | None = None
@@ -170,6 +173,9 @@ class _Handler(BaseHTTPRequestHandler):
             )
         )
         reply = receiver._next_reply()
+        if reply[0] == "endless":
+            self._stream_forever(reply[1])
+            return
         if reply[0] == "hang":
             time.sleep(reply[1])
             reply = (200,)
@@ -185,6 +191,20 @@ class _Handler(BaseHTTPRequestHandler):
             pass  # the client already gave up (a timeout test); there is no one to answer
 
     do_GET = do_PUT = do_PATCH = do_DELETE = do_POST
+
+    def _stream_forever(self, status: int) -> None:
+        """A reply body with no length and no end, sent until the client hangs up; how many
+        body bytes went out is recorded in `receiver.streamed`."""
+        sent = 0
+        chunk = b"x" * 65536
+        try:
+            self.send_response(status)
+            self.end_headers()
+            while True:
+                self.wfile.write(chunk)
+                sent += len(chunk)
+        except OSError:
+            self.server.receiver.streamed.add(sent)
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: tests assert on recorded requests, not on server logs."""

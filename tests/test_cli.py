@@ -427,6 +427,24 @@ def test_unset_env_var_names_the_key_too(tmp_path: Path) -> None:
     assert "logs_dir" in message
 
 
+def test_check_config_never_prints_the_database_password(tmp_path: Path) -> None:
+    """The settings are shown to check them, not to leak them: the URL keeps its user, host,
+    database and schema, never a password (in the URL or as a query parameter)."""
+    config = tmp_path / "runwatch.yaml"
+    config.write_text(
+        "database_url: postgresql://rw:s3cret-pw@db.example:5433/prod"
+        "?password=other-pw&sslmode=require&schema=live\n",
+        encoding="utf-8",
+    )
+    shown = "postgresql://rw@db.example:5433/prod?sslmode=require&schema=live"
+    text = ok("check-config", config, cwd=tmp_path).stdout
+    assert f"database_url: {shown}" in text
+    as_json = ok("check-config", config, "--json", cwd=tmp_path).stdout
+    assert json.loads(as_json)["database_url"] == shown
+    for output in (text, as_json):
+        assert "s3cret-pw" not in output and "other-pw" not in output
+
+
 def test_bad_config_stops_other_commands_too(built: Path, tmp_path: Path) -> None:
     """Every command validates --config the same way, with exit 2 and no traceback."""
     config = tmp_path / "bad.yaml"

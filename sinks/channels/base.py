@@ -14,7 +14,7 @@ import re
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -29,6 +29,7 @@ Status = Literal["delivered", "retry", "failed"]
 Timeout = Annotated[float, Field(gt=0, le=300)]
 
 MAX_RETRY_AFTER: Final = 3600.0
+MAX_REPLY_BYTES: Final = 64 * 1024
 USER_AGENT: Final = "runwatch"
 CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 
@@ -110,25 +111,63 @@ def origin(url: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An HTTP reply: its status, its headers and the first bytes of its body, at most the
+    number the caller asked for."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
 def post(
-    session: requests.Session, url: str, body: bytes, headers: dict[str, str], timeout: float
-) -> requests.Response | Outcome:
+    session: requests.Session,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    timeout: float,
+    *,
+    read: int = 0,
+) -> Reply | Outcome:
+    """One POST that never follows a redirect and reads at most `read` bytes of the reply
+    body (capped at MAX_REPLY_BYTES): a receiver may answer with a huge or endless body. The
+    rest is dropped with the connection."""
     try:
-        return session.post(url, data=body, headers=headers, timeout=timeout, allow_redirects=False)
+        response = session.post(
+            url, data=body, headers=headers, timeout=timeout, allow_redirects=False, stream=True
+        )
     except (requests.ConnectionError, requests.Timeout) as e:
         return network_outcome(e, timeout)
     except requests.RequestException as e:
         return Outcome("failed", f"request error ({type(e).__name__})")
+    with response:
+        return Reply(response.status_code, response.headers, _first_bytes(response, read))
 
 
-def classify(response: requests.Response, note: str = "") -> Outcome:
+def _first_bytes(response: requests.Response, limit: int) -> bytes:
+    limit = min(limit, MAX_REPLY_BYTES)
+    if limit <= 0:
+        return b""
+    head = bytearray()
+    try:
+        for chunk in response.iter_content(min(limit, 8192)):
+            head += chunk
+            if len(head) >= limit:
+                break
+    except requests.RequestException:
+        pass  # the status already says how the delivery went; the text only explains it
+    return bytes(head[:limit])
+
+
+def classify(reply: Reply, note: str = "") -> Outcome:
     """2xx delivered; 408, 429 and 5xx retried (honouring Retry-After); the rest failed."""
-    code = response.status_code
+    code = reply.status_code
     detail = f"HTTP {code} {note}".rstrip()
     if 200 <= code < 300:
         return Outcome("delivered", detail)
     if code in (408, 429) or code >= 500:
-        return Outcome("retry", detail, parse_retry_after(response.headers.get("Retry-After")))
+        return Outcome("retry", detail, parse_retry_after(reply.headers.get("Retry-After")))
     return Outcome("failed", detail)
 
 

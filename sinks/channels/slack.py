@@ -14,6 +14,7 @@ from pydantic import AfterValidator, Field, SecretStr
 
 from runwatch.sinks.channels.base import (
     CONCEAL,
+    MAX_REPLY_BYTES,
     USER_AGENT,
     ChannelConfig,
     Described,
@@ -76,11 +77,16 @@ class SlackChannel(Described):
         self._pace()
         headers = {"User-Agent": USER_AGENT, "content-type": "application/json"}
         reply = post(
-            self._session, self.config.url.get_secret_value(), body, headers, self.config.timeout
+            self._session,
+            self.config.url.get_secret_value(),
+            body,
+            headers,
+            self.config.timeout,
+            read=MAX_REPLY_BYTES,
         )
         if isinstance(reply, Outcome):
             return reply
-        error = reply.text.strip()
+        error = reply.body.decode("utf-8", "replace").strip()
         return classify(reply, error if re.fullmatch(r"[a-z_]{1,40}", error) else "")
 
     def _pace(self) -> None:

@@ -18,7 +18,10 @@ from runwatch.sinks.store.sqlite import SqliteStore
 
 
 class Scratch(Protocol):
-    """A build in progress: `open` it, then `publish` it over the target or `discard` it."""
+    """A build in progress: `open` it, then `publish` it over the target or `discard` it.
+    `target_name` is the target as it may be printed (a URL without its password)."""
+
+    target_name: str
 
     def open(self) -> Store: ...
     def publish(self) -> None: ...
@@ -37,6 +40,7 @@ class SqliteScratch:
 
     def __init__(self, target: Path) -> None:
         self.target = target
+        self.target_name = str(target)
         self.path = target.with_name(f".{target.name}.replay-{os.getpid()}")
 
     def open(self) -> Store:
@@ -59,7 +63,8 @@ class PostgresScratch:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.schema = Target.parse(url).schema
+        target = Target.parse(url)
+        self.schema, self.target_name = target.schema, target.printable
         self.scratch = f"{self.schema[:40]}_replay_{os.getpid()}"
 
     def open(self) -> Store:

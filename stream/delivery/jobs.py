@@ -232,13 +232,9 @@ def archive(
             now=now,
         )
     except ArchiveError as exc:
-        return Result(
-            "retry",
-            f"{exc.reason}: {exc.detail}",
-            derived=[
-                _event("ARCHIVAL_FAILED", run_id, {"reason": exc.reason, "detail": exc.detail})
-            ],
-        )
+        return _archival_failed(run_id, exc.reason, exc.detail)
+    except Exception as exc:  # a bug must still leave ARCHIVAL_FAILED on the record
+        return _archival_failed(run_id, "internal_error", type(exc).__name__)
     derived = [_event("RUN_ARCHIVED", run_id, _archived(result, data.missing))]
     writes: list[tuple[str, tuple[Any, ...]]] = []
     if result.created:
@@ -270,6 +266,15 @@ def archive(
     for path in apply_retention(settings.archive, now):
         derived.append(_event("ARCHIVE_PRUNED", None, {"path": str(path)}))
     return Result("delivered", str(result.path), derived=derived, writes=writes)
+
+
+def _archival_failed(run_id: str, reason: str, detail: str) -> Result:
+    """Retried: space may be freed, a folder fixed, a bug fixed."""
+    return Result(
+        "retry",
+        f"{reason}: {detail}",
+        derived=[_event("ARCHIVAL_FAILED", run_id, {"reason": reason, "detail": detail})],
+    )
 
 
 def _archived(result: ArchiveResult, missing: int) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any, Final, Protocol, Self
 
 from runwatch.projections import Event
 from runwatch.projections.alerts import RuleSet, Trigger
-from runwatch.sinks.store import Store, is_postgres, reads
+from runwatch.sinks.store import Store, reads
 from runwatch.sinks.store.api import Checkpoint, DeadLetter
 from runwatch.sinks.store.keys import GroupKey, IndexEntry, load_index
 from runwatch.sinks.store.scratch import scratch_for
@@ -152,7 +152,7 @@ def replay(
         scratch.discard()
         raise
     summary.seconds = time.perf_counter() - started
-    summary.database = str(store.path) if is_postgres(target) else str(target)
+    summary.database = scratch.target_name
     return summary
 
 

@@ -505,3 +505,58 @@ def test_config_is_strict(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="keep_lats"):
         ArchiveConfig.model_validate({"keep_lats": 3})
     assert ArchiveConfig().artifacts == ".worktrees/{run_id}"
+
+
+def test_one_corrupt_member_among_20000_is_named(config: ArchiveConfig, tmp_path: Path) -> None:
+    """A big run's archive is verified at every build; verification reads each member once
+    and looks it up by name, so 20,000 members cost 20,000 checks, not 20,000²."""
+    folder = run_folder(tmp_path)
+    for index in range(20_000):
+        (folder / f"f{index:05}.txt").write_bytes(b"member %d\n" % index)
+    result = build(config)
+    assert result.members == 20_000 + 4 and verify_archive(result.path) == []
+    flip_byte(result.path, member_offset(result.path, "artifacts/f12345.txt"))
+    [problem] = verify_archive(result.path)
+    assert problem.startswith("artifacts/f12345.txt: ")
+
+
+def test_backslashes_in_file_names_are_archived(config: ArchiveConfig, tmp_path: Path) -> None:
+    """`\\` is an ordinary character in a POSIX name; only a name that Windows tools would
+    split into a part leaving the folder is skipped, and never costs the run its archive."""
+    folder = run_folder(tmp_path)
+    (folder / "a\\b.txt").write_bytes(b"backslash")
+    (folder / "dir\\name").mkdir()
+    (folder / "dir\\name" / "inner\\.txt").write_bytes(b"inner")
+    (folder / "..\\up.txt").write_bytes(b"would leave the folder on Windows")
+    result = build(config)
+    assert verify_archive(result.path) == []
+    members = contents(result.path)
+    assert members["artifacts/a\\b.txt"] == b"backslash"
+    assert members["artifacts/dir\\name/inner\\.txt"] == b"inner"
+    assert dict(result.skipped) == {"artifacts/..\\up.txt": "unsafe_name"}
+
+
+def test_archives_are_private_whatever_the_modes_of_the_files(
+    config: ArchiveConfig, tmp_path: Path
+) -> None:
+    """An archive holds the run's files, maybe keys: only its owner may read it, even under a
+    permissive umask; artifact members keep their own mode, the rest are private too."""
+    folder = run_folder(tmp_path)
+    (folder / "public.txt").write_bytes(b"public")
+    (folder / "public.txt").chmod(0o644)
+    (folder / "run.sh").write_bytes(b"#!/bin/sh\n")
+    (folder / "run.sh").chmod(0o755)
+    previous = os.umask(0)
+    try:
+        result = build(config)
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(result.path.stat().st_mode) == 0o600
+    with zipfile.ZipFile(result.path) as archive:
+        modes = {
+            info.filename: stat.S_IMODE(info.external_attr >> 16) for info in archive.infolist()
+        }
+    assert modes["artifacts/public.txt"] == 0o644 and modes["artifacts/run.sh"] == 0o755
+    assert {modes[name] for name in ("events.jsonl", "manifest.json", "reports/summary.md")} == {
+        0o600
+    }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import stat
 from datetime import datetime
 from html.parser import HTMLParser
 from itertools import pairwise
@@ -476,3 +477,97 @@ def test_index_breaks_ties_by_run_id() -> None:
     ]
     links = [a["href"] for a in Elements(build_index(runs).decode()).named("a")]
     assert links == ["./c.html", "./a.html", "./b.html", "./d.html"]
+
+
+# -- names, modes, hostile values -----------------------------------------------------------
+
+
+def hand_made_run(run_id: str, *, failed_with: Any = None) -> dict[str, bytes]:
+    """One run's reports; with `failed_with`, task T1 failed with that payload error."""
+    run = {
+        "run_id": run_id,
+        "status": "failed" if failed_with is not None else "succeeded",
+        "stalled": 0,
+        "created_at": "2026-01-01T00:00:00Z",
+        "started_at": "2026-01-01T00:00:00Z",
+        "ended_at": "2026-01-01T00:01:00Z",
+        "duration_s": 60.0,
+        "last_event_at": "2026-01-01T00:01:00Z",
+        "tasks_total": 1,
+        "events_total": 1,
+        "error_events": 1,
+    }
+    task = {
+        "task_id": "T1",
+        "workstream_id": None,
+        "status": "failed" if failed_with is not None else "succeeded",
+        "attempts": 1,
+        "started_at": "2026-01-01T00:00:00Z",
+        "ended_at": "2026-01-01T00:01:00Z",
+    }
+    event = {
+        "id": "e1",
+        "type": "task_failed",
+        "time": "2026-01-01T00:01:00.000000Z",
+        "severity": "error",
+        "task_id": "T1",
+        "workstream_id": None,
+        "payload": {"error": failed_with},
+    }
+    return build_run_reports(run, [task], [], [], [event] if failed_with is not None else [])
+
+
+def index_row(run_id: str) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "status": "succeeded",
+        "stalled": 0,
+        "tasks_total": 1,
+        "tasks_failed": 0,
+        "last_event_at": "2026-01-01T00:01:00Z",
+        "duration_s": 60.0,
+    }
+
+
+def test_a_run_named_index_never_replaces_the_index(tmp_path: Path) -> None:
+    """Run ids come from the logs: `index` (in any case) gets files of its own, and the index
+    page stays the index and links to them."""
+    out = tmp_path / "reports"
+    names = ("index", "INDEX", "Index")
+    files = {name: file for run_id in names for name, file in hand_made_run(run_id).items()}
+    assert len(files) == 3 * len(names) and "index.html" not in files
+    write_reports(out, files)
+    write_reports(out, {"index.html": build_index([index_row(run_id) for run_id in names])})
+    for name in files:  # a run's report written after the index leaves the index alone
+        write_reports(out, {name: files[name]})
+    index = Elements((out / "index.html").read_text())
+    assert index.title == "runwatch runs"
+    titles = {str(Elements((out / str(a["href"])).read_text()).title) for a in index.named("a")}
+    assert titles == {f"Run {run_id}" for run_id in names}
+
+
+def test_a_deeply_nested_error_is_shown_bounded() -> None:
+    """An error value nested deeper than the JSON encoder goes (255) still gives reports:
+    the text shows the outer levels and marks where it was cut."""
+    deep: Any = "bottom"
+    for _ in range(300):
+        deep = [deep]
+    files = hand_made_run("R", failed_with=deep)
+    [failed] = orjson.loads(files["R_summary.json"])["errors"]["failed_tasks"]
+    assert failed["error"] == "[" * 32 + '"…"' + "]" * 32
+    [event] = orjson.loads(files["R_metrics.json"])["error_events"]["events"]
+    assert event["message"] == failed["error"]
+    assert "[[[[" in files["R.html"].decode()
+    shallow = hand_made_run("S", failed_with={"code": [1, 2]})
+    [failed] = orjson.loads(shallow["S_summary.json"])["errors"]["failed_tasks"]
+    assert failed["error"] == '{"code":[1,2]}'
+
+
+def test_reports_are_not_world_readable(tmp_path: Path) -> None:
+    """Reports quote pipeline errors: owner and group may read them, other users may not."""
+    previous = os.umask(0)
+    try:
+        written = write_reports(tmp_path / "reports", hand_made_run("R"))
+    finally:
+        os.umask(previous)
+    assert {stat.S_IMODE(path.stat().st_mode) for path in written} == {0o640}
