@@ -367,6 +367,7 @@ class Processor:
                 row for row in rows if GroupKey(kind, str(row[id_name])).text not in unstorable
             ]
         changes.states = [(key, blob) for key, blob in changes.states if key not in unstorable]
+        changes.task_states = [part for part in changes.task_states if part[0] not in unstorable]
         kept: list[tuple[str, bytes]] = []
         for key, blob in changes.index:
             if key not in unstorable:
@@ -426,14 +427,22 @@ class Processor:
         if self._known_groups is not None:
             self._known_groups.add(group.key)
         if isinstance(state, RunState):
-            current = state.status()  # one pass over the tasks serves all three below
+            # Only what changed since the last flush: the cost of a commit does not grow
+            # with the size of the run.
+            current = state.status()
             self._derived.extend(state.observe(current))
             self._track_open(state, current[0] in RUN_TERMINAL)
             changes.runs.append(state.row(current))
-            changes.tasks.extend(state.task_rows(state.dirty_tasks))
-            state.dirty_tasks.clear()
-            changes.workstreams.extend(state.workstream_rows())
-            changes.states.append((key, dumps_exact(state.to_dict())))
+            dirty, tasks = state.dirty_tasks, state.tasks
+            changes.tasks.extend(state.task_rows(dirty))
+            changes.task_states.extend(
+                (key, task_id, dumps_exact(tasks[task_id].to_list())) for task_id in dirty
+            )
+            dirty.clear()
+            changes.workstreams.extend(state.workstream_rows(state.dirty_workstreams))
+            state.dirty_workstreams.clear()
+            state.keep_error_count_only()
+            changes.states.append((key, dumps_exact(state.header())))
         elif isinstance(state, PatternRunState):
             changes.pattern_runs.append(state.row())
             changes.states.append((key, dumps_exact(state.to_dict())))
