@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -503,17 +503,18 @@ class Processor:
     ) -> list[DerivedEvent]:
         """Write every dirty group, the dead letters, counters, checkpoints and the alert
         decisions they cause atomically. Returns the derived events this commit made durable.
-        `everything=False` writes only what eviction already flushed: for a scratch build that
-        is used only once complete. `now` (default: the greatest event time) ends throttle
-        windows; `evaluated` are derived events recorded outside the fold that the rules
-        see now; `release` decides what a holding replay kept back."""
+        `everything=False` writes only what eviction already flushed and the groups holding
+        `HELD_EVENTS` unwritten events: for a scratch build that is used only once complete.
+        `now` (default: the greatest event time) ends throttle windows; `evaluated` are
+        derived events recorded outside the fold that the rules see now; `release` decides
+        what a holding replay kept back."""
         if len(self._cache) > self._max_groups // 2:
             # Finished groups are rarely touched again: make room for the runs in flight.
             for group in [g for g in self._cache.values() if finished(g.state)]:
                 self._flush(group)
                 del self._cache[group.key]
-        if everything:
-            for group in self._cache.values():
+        for group in self._cache.values():
+            if everything or _holds_many_events(group):
                 self._flush(group)
         changes = self._changes
         self._set_aside_unstorable(changes)
@@ -551,6 +552,18 @@ class Processor:
         self._changes, self._pending, self._derived = Changes(), Tally(), []
         self._limbo.clear()
         return derived
+
+
+HELD_EVENTS: Final = 20_000
+"""Unwritten index entries past which a group is written even by a commit that writes only
+what eviction flushed: a giant run lets go of them, and its flush costs only what changed."""
+
+
+def _holds_many_events(group: Group) -> bool:
+    held = len(group.new_index)
+    for blob in group.index_blobs:
+        held += len(blob) // 40  # an entry serialised: about 40 bytes
+    return held >= HELD_EVENTS
 
 
 def _internal_error(exc: Exception) -> Rejection:

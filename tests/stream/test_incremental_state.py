@@ -12,7 +12,7 @@ import orjson
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import wall_clock
 from runwatch.stream.core.lines import Lines
-from runwatch.stream.core.processor import Processor
+from runwatch.stream.core.processor import HELD_EVENTS, Processor
 
 RUN = "GIANT"
 
@@ -111,3 +111,39 @@ def test_a_commit_writes_what_changed_not_the_whole_run(tmp_path: Path) -> None:
     run = giant["run"]
     assert (run["tasks_total"], run["tasks_succeeded"], run["tasks_failed"]) == (5100, 4999, 1)
     assert (run["tasks_running"], run["events_total"], run["error_events"]) == (1, 10007, 2)
+
+
+def test_a_build_commit_writes_a_run_holding_many_unwritten_events(tmp_path: Path) -> None:
+    """A replay's commits write only evicted groups, but a run holding HELD_EVENTS unwritten
+    events is written all the same (it lets go of its index entries); the rows at the end
+    are those of a build that wrote it only once."""
+    lines = run_lines(HELD_EVENTS // 2)
+    small = orjson.dumps(
+        {"event_type": "run_started", "timestamp": "2026-01-05T08:00Z", "run_id": "S"}
+    )
+    built: list[dict[str, Any]] = []
+    for everything in (False, True):
+        store = SqliteStore(tmp_path / f"{everything}.db")
+        feed = Feed()
+        try:
+            processor = Processor(
+                store, stall_after_s=3600, max_line_bytes=1 << 20, wall_clock=wall_clock
+            )
+            feed.process(processor, [*lines, small])
+            if not everything:
+                processor.commit([], everything=False)
+                assert groups_written(store) == {f"r:{RUN}"}
+            feed.process(processor, LATER)
+            processor.commit([])
+            assert groups_written(store) == {f"r:{RUN}", "r:S"}
+            built.append(store.snapshot())
+        finally:
+            store.close()
+    assert built[0] == built[1]
+
+
+def groups_written(store: SqliteStore) -> set[str]:
+    states = {key for (key,) in store.db.execute("SELECT group_key FROM fold_state")}
+    indexed = {key for (key,) in store.db.execute("SELECT group_key FROM event_index")}
+    assert states == indexed
+    return states
