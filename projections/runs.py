@@ -6,6 +6,11 @@ idempotent and commutative, and `merge` of two partial states equals folding the
 their events; that is what lets replay fold file chunks in parallel. Both update the state in
 place: copying a run per event would cost more than the whole per-event budget. No I/O and no
 clock here.
+
+A run's rows come from counts kept in step with every change (tasks per status, per
+workstream and status, errors, the latest task end), so producing them costs the same for a
+run of ten tasks and one of two hundred thousand; and its state is saved in parts (a small
+`header` plus one entry per task), so a commit writes only the tasks that changed.
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ class TaskState:
         self.status = "pending"
         self.key: Key | None = None
         self.started_at: int | None = None
-        self.starts: set[str] = set()
+        self.starts: tuple[str, ...] = ()  # ids of its start events; few, and a set costs 216 B
         self.workstream: str | None = None
         self.workstream_key: Key | None = None
 
@@ -90,7 +95,7 @@ class TaskState:
             self.started_at is None or other.started_at < self.started_at
         ):
             self.started_at = other.started_at
-        self.starts |= other.starts
+        self.starts += tuple(s for s in other.starts if s not in self.starts)
         if other.workstream_key is not None and (
             self.workstream_key is None or other.workstream_key > self.workstream_key
         ):
@@ -116,7 +121,7 @@ class TaskState:
     def from_list(cls, data: list[Any]) -> TaskState:
         task = cls()
         task.status, key, task.started_at, starts, task.workstream, ws_key = data
-        task.starts = set(starts)
+        task.starts = tuple(starts)
         task.key = tuple(key) if key else None  # JSON gives lists
         task.workstream_key = tuple(ws_key) if ws_key else None
         return task
@@ -126,11 +131,16 @@ class RunState:
     """Everything needed to produce one run's rows, plus what was last reported about it."""
 
     __slots__ = (
+        "_ended_max",
+        "_ended_stale",
         "abandoned",
+        "counts",
         "created_at",
         "declared_total",
         "dirty_tasks",
+        "dirty_workstreams",
         "error_ids",
+        "errors",
         "explicit_key",
         "explicit_status",
         "last_event_at",
@@ -140,6 +150,7 @@ class RunState:
         "stalled",
         "started_at",
         "tasks",
+        "workstream_counts",
         "workstreams",
     )
 
@@ -149,17 +160,25 @@ class RunState:
         self.created_at: int | None = None
         self.last_event_at: int | None = None
         self.started_at: int | None = None
-        self.error_ids: set[str] = set()
+        self.errors = 0
+        # The error events' ids, which a merge into another state needs; None once only
+        # the count is kept (a restored or stored state is merged into, never out).
+        self.error_ids: set[str] | None = set()
         self.declared_total = 0
         self.explicit_key: Key | None = None
         self.explicit_status = ""
         self.tasks: dict[str, TaskState] = {}
         self.workstreams: dict[str, tuple[Key, str] | None] = {}
+        self.counts = dict.fromkeys(TASK_STATUSES, 0)
+        self.workstream_counts: dict[str, dict[str, int]] = {}
+        self._ended_max: int | None = None  # the latest end of a terminal task
+        self._ended_stale = False  # a task left a terminal status: recount when asked
         # Arrival-dependent bookkeeping for derived events; not part of the converged rows.
         self.reported_status = "pending"
         self.stalled = False
         self.abandoned = False  # silent past forget_after; any new event clears it
         self.dirty_tasks: set[str] = set()
+        self.dirty_workstreams: set[str] = set()
 
     def apply(self, e: Event) -> bool:
         """Fold one orchestrator event of this run in; False (and no change) for a duplicate."""
@@ -177,23 +196,28 @@ class RunState:
             self.last_event_at = t
         kind = _KINDS.get(e.type) or _classify(e.type)
         if kind.failed or e.severity in _ERROR_SEVERITIES:
-            self.error_ids.add(eid)
+            self.errors += 1
+            if self.error_ids is not None:
+                self.error_ids.add(eid)
         ws = e.workstream
         if ws is not None and ws not in self.workstreams:
             self.workstreams[ws] = None  # every workstream named gets a row
+            self.dirty_workstreams.add(ws)
         task_id = e.task
         if task_id is not None:
             task = self.tasks.get(task_id)
             if task is None:
                 task = self.tasks[task_id] = TaskState()
+                self.counts["pending"] += 1
             self.dirty_tasks.add(task_id)
+            status, member = task.status, task.workstream
             key = (t, kind.task_rank, eid)
             if ws is not None and (task.workstream_key is None or key > task.workstream_key):
                 task.workstream_key = key
                 task.workstream = ws
             if kind.task_rank >= 0:
                 if kind.task_start:
-                    task.starts.add(eid)
+                    task.starts += (eid,)  # new: apply refuses a repeat above
                     if task.started_at is None or t < task.started_at:
                         task.started_at = t
                     if self.started_at is None or t < self.started_at:
@@ -203,6 +227,9 @@ class RunState:
                     task.status = kind.task_status or _STEP_STATUS.get(
                         str(e.payload.get("status")), "failed"
                     )
+                    self._note_end(task, status in TASK_TERMINAL)
+            if task.status != status or task.workstream != member:
+                self._recount(status, member, task)
         if kind.run_level:
             self._apply_run_level(e)
         elif kind.workstream_level and ws is not None:
@@ -210,11 +237,17 @@ class RunState:
         return True
 
     def merge(self, other: RunState) -> None:
-        """Join a partial state of the same run, folded from other events, into this one."""
+        """Join a partial state of the same run, folded in memory from other events (not
+        restored: it brings its error ids), into this one."""
+        if other.error_ids is None:
+            raise ValueError(f"run {other.run_id}: a state restored or stored cannot be merged")
+        new_errors = other.error_ids - self.seen
+        self.errors += len(new_errors)
+        if self.error_ids is not None:
+            self.error_ids |= new_errors
         self.seen |= other.seen
         if other.seen:
             self.abandoned = False
-        self.error_ids |= other.error_ids
         self.created_at = _min(self.created_at, other.created_at)
         self.started_at = _min(self.started_at, other.started_at)
         if other.last_event_at is not None and (
@@ -230,13 +263,58 @@ class RunState:
             mine = self.tasks.get(task_id)
             if mine is None:
                 self.tasks[task_id] = task
+                self._recount(None, None, task)
+                self._note_end(task, False)
             else:
+                status, member = mine.status, mine.workstream
                 mine.merge(task)
+                if mine.status != status or mine.workstream != member:
+                    self._recount(status, member, mine)
+                self._note_end(mine, status in TASK_TERMINAL)
             self.dirty_tasks.add(task_id)
         for ws, explicit in other.workstreams.items():
             current = self.workstreams.get(ws)
             if current is None or (explicit is not None and explicit[0] > current[0]):
                 self.workstreams[ws] = explicit
+            self.dirty_workstreams.add(ws)
+
+    def _recount(self, status: str | None, member: str | None, task: TaskState) -> None:
+        """Move `task` in the counts from (`status`, `member`), where it was (None: nowhere
+        yet), to its status and workstream now."""
+        counts = self.counts
+        if status is not None:
+            counts[status] -= 1
+        counts[task.status] += 1
+        by_workstream = self.workstream_counts
+        if member is not None and status is not None:
+            by_workstream[member][status] -= 1
+            self.dirty_workstreams.add(member)
+        ws = task.workstream
+        if ws is not None:
+            mine = by_workstream.get(ws)
+            if mine is None:
+                mine = by_workstream[ws] = dict.fromkeys(TASK_STATUSES, 0)
+            mine[task.status] += 1
+            self.dirty_workstreams.add(ws)
+
+    def _note_end(self, task: TaskState, was_terminal: bool) -> None:
+        """Keep the latest end of a terminal task: a task's end only moves later while it
+        stays terminal, so only one leaving a terminal status calls for a recount."""
+        if task.status in TASK_TERMINAL:
+            end = task.key[0]  # type: ignore[index]  # a status other than pending has a key
+            if not self._ended_stale and (self._ended_max is None or end > self._ended_max):
+                self._ended_max = end
+        elif was_terminal:
+            self._ended_stale = True
+
+    def _last_end(self) -> int | None:
+        if self._ended_stale:
+            self._ended_max = max(
+                (t.key[0] for t in self.tasks.values() if t.key and t.status in TASK_TERMINAL),
+                default=None,
+            )
+            self._ended_stale = False
+        return self._ended_max
 
     def _apply_run_level(self, e: Event) -> None:
         etype = e.type
@@ -267,26 +345,22 @@ class RunState:
         current = self.workstreams.get(ws)
         if current is None or key > current[0]:
             self.workstreams[ws] = (key, status)
+            self.dirty_workstreams.add(ws)
 
     def _note_start(self, t: int) -> None:
         if self.started_at is None or t < self.started_at:
             self.started_at = t
 
-    def task_counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(TASK_STATUSES, 0)
-        for task in self.tasks.values():
-            counts[task.status] += 1
-        return counts
-
     def status(self) -> tuple[str, int | None]:
         """(status, ended_at) by the contract: explicit end, implicit end, running, pending."""
+        counts = self.counts
         if self.explicit_key is not None:
-            status = self.explicit_status or _derived_end_status(self.task_counts())
+            status = self.explicit_status or _derived_end_status(counts)
             return status, self.explicit_key[0]
         if self.declared_total >= 1:
-            ended = [t.key[0] for t in self.tasks.values() if t.key and t.status in TASK_TERMINAL]
-            if len(ended) >= self.declared_total:
-                return _derived_end_status(self.task_counts()), max(ended)
+            ended = counts["succeeded"] + counts["failed"] + counts["skipped"] + counts["canceled"]
+            if ended >= self.declared_total:
+                return _derived_end_status(counts), self._last_end()
         return ("running" if self.started_at is not None else "pending"), None
 
     def is_terminal(self) -> bool:
@@ -299,7 +373,7 @@ class RunState:
         status, ended_at = current or self.status()
         if self.abandoned and status not in RUN_TERMINAL:
             status = "abandoned"
-        counts = self.task_counts()
+        counts = self.counts
         duration = None
         begin = self.started_at if self.started_at is not None else self.created_at
         if ended_at is not None and begin is not None:
@@ -320,7 +394,7 @@ class RunState:
             "tasks_skipped": counts["skipped"],
             "tasks_canceled": counts["canceled"],
             "events_total": len(self.seen),
-            "error_events": len(self.error_ids),
+            "error_events": self.errors,
             "stalled": int(self.stalled and status not in RUN_TERMINAL),
         }
 
@@ -342,25 +416,22 @@ class RunState:
             )
         return rows
 
-    def workstream_rows(self) -> list[dict[str, Any]]:
-        members: dict[str, list[str]] = {ws: [] for ws in self.workstreams}
-        for task in self.tasks.values():
-            if task.workstream is not None:
-                members.setdefault(task.workstream, []).append(task.status)
+    def workstream_rows(self, workstreams: set[str] | None = None) -> list[dict[str, Any]]:
+        """The rows of `workstreams` (default: all; a task's workstream is always named)."""
         rows = []
-        for ws in sorted(members):
-            statuses = members[ws]
+        for ws in sorted(self.workstreams if workstreams is None else workstreams):
+            counts = self.workstream_counts.get(ws) or _NO_TASKS
             explicit = self.workstreams.get(ws)
-            status = explicit[1] if explicit is not None else _derived_workstream_status(statuses)
+            status = explicit[1] if explicit is not None else _derived_workstream_status(counts)
             rows.append(
                 {
                     "run_id": self.run_id,
                     "workstream_id": ws,
                     "status": status,
-                    "tasks_total": len(statuses),
-                    "tasks_succeeded": statuses.count("succeeded"),
-                    "tasks_failed": statuses.count("failed"),
-                    "tasks_running": statuses.count("running"),
+                    "tasks_total": sum(counts.values()),
+                    "tasks_succeeded": counts["succeeded"],
+                    "tasks_failed": counts["failed"],
+                    "tasks_running": counts["running"],
                 }
             )
         return rows
@@ -399,25 +470,34 @@ class RunState:
             ]
         return []
 
-    def to_dict(self) -> dict[str, Any]:
+    def header(self) -> dict[str, Any]:
+        """The state but its tasks, which are saved one by one (`TaskState.to_list`)."""
         return {
             "created_at": self.created_at,
             "last_event_at": self.last_event_at,
             "started_at": self.started_at,
-            "error_ids": sorted(self.error_ids),
+            "errors": self.errors,
             "declared_total": self.declared_total,
             "explicit_key": self.explicit_key,
             "explicit_status": self.explicit_status,
-            "tasks": {k: t.to_list() for k, t in self.tasks.items()},
             "workstreams": self.workstreams,
             "reported_status": self.reported_status,
             "stalled": self.stalled,
             "abandoned": self.abandoned,
         }
 
+    def to_dict(self) -> dict[str, Any]:
+        """The whole state in one value: the header with every task under "tasks"."""
+        return {**self.header(), "tasks": {k: t.to_list() for k, t in self.tasks.items()}}
+
+    def keep_error_count_only(self) -> None:
+        """Let go of the error ids: only merging this state into another needs them."""
+        self.error_ids = None
+
     @classmethod
     def from_dict(cls, run_id: str, data: dict[str, Any], seen: set[str]) -> RunState:
-        """Restore a state saved by `to_dict`; `seen` comes from the event index."""
+        """Restore a state saved by `to_dict` (or its header, with the saved tasks under
+        "tasks"); `seen` comes from the event index."""
         state = cls(run_id, seen)
         for name in (
             "created_at",
@@ -429,14 +509,19 @@ class RunState:
             "stalled",
         ):
             setattr(state, name, data[name])
-        state.abandoned = data.get("abandoned", False)  # absent from states saved before
-        state.error_ids = set(data["error_ids"])
+        state.abandoned = data["abandoned"]
+        state.errors = data["errors"]
+        state.error_ids = None
         key = data["explicit_key"]
         state.explicit_key = tuple(key) if key else None
-        state.tasks = {k: TaskState.from_list(v) for k, v in data["tasks"].items()}
         state.workstreams = {
             ws: ((tuple(v[0]), v[1]) if v else None) for ws, v in data["workstreams"].items()
         }
+        state.tasks = {k: TaskState.from_list(v) for k, v in data.get("tasks", {}).items()}
+        for task in state.tasks.values():
+            state._recount(None, None, task)
+        state._ended_stale = True
+        state.dirty_workstreams.clear()
         return state
 
 
@@ -486,9 +571,12 @@ def _derived_end_status(counts: dict[str, int]) -> str:
     return "partial" if counts["succeeded"] else "failed"
 
 
-def _derived_workstream_status(statuses: list[str]) -> str:
-    if not statuses:
+_NO_TASKS: Final = dict.fromkeys(TASK_STATUSES, 0)
+
+
+def _derived_workstream_status(counts: dict[str, int]) -> str:
+    if not any(counts.values()):
         return "pending"
-    if all(s in TASK_TERMINAL for s in statuses):
-        return "failed" if "failed" in statuses else "succeeded"
-    return "running" if "running" in statuses else "pending"
+    if not counts["pending"] and not counts["running"]:
+        return "failed" if counts["failed"] else "succeeded"
+    return "running" if counts["running"] else "pending"

@@ -69,6 +69,9 @@ class Changes:
     workstreams: list[dict[str, Any]] = field(default_factory=list)
     pattern_runs: list[dict[str, Any]] = field(default_factory=list)
     states: list[tuple[str, bytes]] = field(default_factory=list)
+    task_states: list[tuple[str, str, bytes]] = field(default_factory=list)
+    """(group key, task id, state) of the run tasks that changed: a run's state is saved in
+    parts, its header in `states` and each task apart, so a commit writes what changed."""
     index: list[tuple[str, bytes]] = field(default_factory=list)
     stalled: list[tuple[int, str]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
@@ -92,6 +95,7 @@ class Changes:
                 self.workstreams,
                 self.pattern_runs,
                 self.states,
+                self.task_states,
                 self.index,
                 self.stalled,
                 self.dead_letters,

@@ -96,6 +96,7 @@ def _batch(table: str, conflict: str = "insert") -> Batch:
 _BATCHES: Final = {
     **{field: _batch(table.name, "update") for field, table in CONVERGED.items()},
     "states": _batch("fold_state", "update"),
+    "task_states": _batch("fold_tasks", "update"),
     "index": _batch("event_index"),
     "dead_letters": _batch("dead_letters", "nothing"),
     "checkpoints": _batch("checkpoints", "update"),

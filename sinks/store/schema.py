@@ -11,7 +11,7 @@ from typing import Any, Final
 
 from runwatch.sinks.store.api import StoreError
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +137,12 @@ _TABLES: Final = (
         ("source_id",),
     ),
     Table("fold_state", _cols("group_key TEXT, state BLOB!"), ("group_key",)),
+    Table(
+        "fold_tasks",
+        _cols("group_key TEXT!, task_id TEXT!, state BLOB!"),
+        ("group_key", "task_id"),
+        without_rowid=True,
+    ),
     Table(
         "event_index",
         _cols("seq INTEGER, group_key TEXT!, entries BLOB!", seq=_LATER),

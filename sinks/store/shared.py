@@ -68,16 +68,27 @@ class SharedQueries:
 
     def load_group(self, group_key: str) -> tuple[dict[str, Any] | None, set[str]]:
         """A group's saved fold state and the ids of the events already folded into it.
-        The runless events' group has ids but no state: its ids are read all the same."""
+        A state saved in parts (a run's) comes back whole: its header with the saved tasks
+        under "tasks". The runless events' group has ids but no state: its ids are read
+        all the same."""
         row = self.db.execute(
             "SELECT state FROM fold_state WHERE group_key=?", (group_key,)
         ).fetchone()
+        state = None if row is None else orjson.loads(row[0])
+        tasks = {
+            task_id: orjson.loads(blob)
+            for task_id, blob in self.db.execute(
+                "SELECT task_id, state FROM fold_tasks WHERE group_key=?", (group_key,)
+            )
+        }
+        if state is not None and tasks:
+            state["tasks"] = tasks
         seen: set[str] = set()
         for (entries,) in self.db.execute(
             "SELECT entries FROM event_index WHERE group_key=?", (group_key,)
         ):
             seen.update(entry[0] for entry in orjson.loads(entries))
-        return (None if row is None else orjson.loads(row[0])), seen
+        return state, seen
 
     def open_runs(self) -> Iterator[tuple[str, str, int]]:
         """(run_id, last_event_at, stalled) of every run that is not terminal."""
@@ -136,6 +147,7 @@ def parts(changes: Changes, seen_at: str) -> Iterator[tuple[str, Sequence[Sequen
     """Every part of `changes` but the converged rows, in the order both stores write them,
     as the tuples their statements take (the table's `inserted` columns, in order)."""
     yield "states", changes.states
+    yield "task_states", changes.task_states
     yield "index", changes.index
     yield "stalled", changes.stalled
     yield (

@@ -28,6 +28,7 @@ from runwatch.sinks.store.shared import SharedQueries, parts
 _UPSERTS: Final = {field: upsert(table) for field, table in CONVERGED.items()}
 _STATEMENTS: Final = {
     "states": insert(TABLES["fold_state"], conflict="REPLACE"),
+    "task_states": insert(TABLES["fold_tasks"], conflict="REPLACE"),
     "index": insert(TABLES["event_index"], TABLES["event_index"].inserted),
     "stalled": "UPDATE runs SET stalled=? WHERE run_id=?",
     "dead_letters": insert(TABLES["dead_letters"], conflict="IGNORE"),

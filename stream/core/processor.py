@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -367,6 +367,7 @@ class Processor:
                 row for row in rows if GroupKey(kind, str(row[id_name])).text not in unstorable
             ]
         changes.states = [(key, blob) for key, blob in changes.states if key not in unstorable]
+        changes.task_states = [part for part in changes.task_states if part[0] not in unstorable]
         kept: list[tuple[str, bytes]] = []
         for key, blob in changes.index:
             if key not in unstorable:
@@ -426,14 +427,22 @@ class Processor:
         if self._known_groups is not None:
             self._known_groups.add(group.key)
         if isinstance(state, RunState):
-            current = state.status()  # one pass over the tasks serves all three below
+            # Only what changed since the last flush: the cost of a commit does not grow
+            # with the size of the run.
+            current = state.status()
             self._derived.extend(state.observe(current))
             self._track_open(state, current[0] in RUN_TERMINAL)
             changes.runs.append(state.row(current))
-            changes.tasks.extend(state.task_rows(state.dirty_tasks))
-            state.dirty_tasks.clear()
-            changes.workstreams.extend(state.workstream_rows())
-            changes.states.append((key, dumps_exact(state.to_dict())))
+            dirty, tasks = state.dirty_tasks, state.tasks
+            changes.tasks.extend(state.task_rows(dirty))
+            changes.task_states.extend(
+                (key, task_id, dumps_exact(tasks[task_id].to_list())) for task_id in dirty
+            )
+            dirty.clear()
+            changes.workstreams.extend(state.workstream_rows(state.dirty_workstreams))
+            state.dirty_workstreams.clear()
+            state.keep_error_count_only()
+            changes.states.append((key, dumps_exact(state.header())))
         elif isinstance(state, PatternRunState):
             changes.pattern_runs.append(state.row())
             changes.states.append((key, dumps_exact(state.to_dict())))
@@ -494,17 +503,18 @@ class Processor:
     ) -> list[DerivedEvent]:
         """Write every dirty group, the dead letters, counters, checkpoints and the alert
         decisions they cause atomically. Returns the derived events this commit made durable.
-        `everything=False` writes only what eviction already flushed: for a scratch build that
-        is used only once complete. `now` (default: the greatest event time) ends throttle
-        windows; `evaluated` are derived events recorded outside the fold that the rules
-        see now; `release` decides what a holding replay kept back."""
+        `everything=False` writes only what eviction already flushed and the groups holding
+        `HELD_EVENTS` unwritten events: for a scratch build that is used only once complete.
+        `now` (default: the greatest event time) ends throttle windows; `evaluated` are
+        derived events recorded outside the fold that the rules see now; `release` decides
+        what a holding replay kept back."""
         if len(self._cache) > self._max_groups // 2:
             # Finished groups are rarely touched again: make room for the runs in flight.
             for group in [g for g in self._cache.values() if finished(g.state)]:
                 self._flush(group)
                 del self._cache[group.key]
-        if everything:
-            for group in self._cache.values():
+        for group in self._cache.values():
+            if everything or _holds_many_events(group):
                 self._flush(group)
         changes = self._changes
         self._set_aside_unstorable(changes)
@@ -542,6 +552,18 @@ class Processor:
         self._changes, self._pending, self._derived = Changes(), Tally(), []
         self._limbo.clear()
         return derived
+
+
+HELD_EVENTS: Final = 20_000
+"""Unwritten index entries past which a group is written even by a commit that writes only
+what eviction flushed: a giant run lets go of them, and its flush costs only what changed."""
+
+
+def _holds_many_events(group: Group) -> bool:
+    held = len(group.new_index)
+    for blob in group.index_blobs:
+        held += len(blob) // 40  # an entry serialised: about 40 bytes
+    return held >= HELD_EVENTS
 
 
 def _internal_error(exc: Exception) -> Rejection:

@@ -80,6 +80,21 @@ def test_implicit_completion_when_declared_tasks_are_terminal() -> None:
     assert row["ended_at"] == "2026-01-05T08:00:06.000000Z"
 
 
+def test_implicit_end_moves_back_when_the_last_task_to_end_runs_again() -> None:
+    """The run ends at the latest end of its terminal tasks: a task that ended last and
+    then started again (a later event) no longer counts, the one before it does."""
+    state = fold(
+        ev("run_created", 0, payload={"total_tasks": 1}),
+        ev("task_completed", 2, task_id="a"),
+        ev("task_completed", 5, task_id="b"),
+    )
+    assert state.row()["ended_at"] == "2026-01-05T08:00:05.000000Z"
+    state.apply(ev("task_started", 7, task_id="b"))
+    row = state.row()
+    assert (row["status"], row["ended_at"]) == ("succeeded", "2026-01-05T08:00:02.000000Z")
+    assert (row["tasks_succeeded"], row["tasks_running"]) == (1, 1)
+
+
 def test_no_implicit_completion_without_declared_total() -> None:
     """Without a declared total, finished tasks alone never end a run."""
     state = fold(ev("task_started", 1, task_id="a"), ev("task_completed", 2, task_id="a"))

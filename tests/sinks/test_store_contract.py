@@ -37,6 +37,7 @@ from runwatch.sinks.store.api import (
 )
 from runwatch.sinks.store.postgres import PostgresStore, drop_schema, swap_schema
 from runwatch.sinks.store.postgres_sql import Target, to_postgres
+from runwatch.sinks.store.schema import SCHEMA_VERSION
 from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.core.decode import RAW_KEEP
 from runwatch.stream.core.lines import LineSplitter
@@ -278,6 +279,29 @@ def test_load_group_returns_state_and_seen_ids(store: Store) -> None:
     assert store.load_group("r:missing") == (None, set())
 
 
+def test_a_state_saved_in_parts_comes_back_whole(store: Store) -> None:
+    """A run's header and its tasks are written apart, each only when it changed (the last
+    copy of a task in one commit wins); `load_group` puts them back together."""
+    store.commit(
+        Changes(
+            states=[("r:r1", orjson.dumps({"v": 1}))],
+            task_states=[("r:r1", "a", b'["pending"]'), ("r:r1", "b", b'["running"]')],
+        ),
+        NOW,
+    )
+    store.commit(
+        Changes(
+            states=[("r:r1", orjson.dumps({"v": 2})), ("r:r2", b"{}")],
+            task_states=[("r:r1", "b", b'["failed"]'), ("r:r1", "b", b'["succeeded"]')],
+        ),
+        NOW,
+    )
+    tasks = {"a": ["pending"], "b": ["succeeded"]}
+    assert store.load_group("r:r1") == ({"v": 2, "tasks": tasks}, set())
+    assert store.load_group("r:r2") == ({}, set()), "no tasks: the header alone"
+    assert rows(store, "SELECT count(*) FROM fold_tasks") == [(2,)]
+
+
 def test_open_runs_are_the_unfinished_ones(store: Store) -> None:
     """Stall detection after a restart starts from exactly the runs still open."""
     store.commit(
@@ -324,7 +348,7 @@ def test_meta_replaces_and_keeps_the_schema_version(store: Store) -> None:
     store.set_meta([("built_by", "replay"), ("inputs", "3")])
     store.set_meta([("inputs", "4")])
     meta = store.meta()
-    assert meta["schema_version"] == "3" and len(meta["database_id"]) == 32
+    assert meta["schema_version"] == str(SCHEMA_VERSION) and len(meta["database_id"]) == 32
     assert (meta["built_by"], meta["inputs"]) == ("replay", "4")
 
 
@@ -413,15 +437,19 @@ def test_db_takes_question_mark_placeholders(store: Store, target: Where) -> Non
     assert rows(store, "SELECT stalled FROM runs WHERE run_id=?", "r1") == [(1,)]
 
 
-def test_a_newer_schema_version_is_refused(target: Where) -> None:
-    """A database from another runwatch is refused with a message, never misread."""
+@pytest.mark.parametrize(
+    ("version", "word"), [(99, "newer"), (SCHEMA_VERSION - 1, "older")], ids=["newer", "older"]
+)
+def test_another_schema_version_is_refused(target: Where, version: int, word: str) -> None:
+    """A database from another runwatch (an older one saved a run's state whole) is
+    refused with a message, never misread."""
     store = open_store(target)
-    store.set_meta([("schema_version", "99")])
+    store.set_meta([("schema_version", str(version))])
     store.close()
     with pytest.raises(
         StoreError,
-        match=r"schema version 99 is newer than this runwatch "
-        r"supports \(3\); rebuild it with `runwatch replay`",
+        match=rf"schema version {version} is {word} than this runwatch "
+        rf"supports \({SCHEMA_VERSION}\); rebuild it with `runwatch replay`",
     ):
         open_store(target)
 
