@@ -11,7 +11,7 @@ from typing import Any, Final
 
 from runwatch.sinks.store.api import StoreError
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +181,14 @@ _TABLES: Final = (
         ("run_id", "archive_path"),
     ),
     Table(
+        "archival_late",
+        _cols(
+            "run_id TEXT!, event_id TEXT!, archive_path TEXT!, event_type TEXT!, "
+            "event_time TEXT, noted_at TEXT!"
+        ),
+        ("run_id", "event_id"),
+    ),
+    Table(
         "stream_positions",
         _cols("stream TEXT, position INTEGER!, owner TEXT, updated_at TEXT"),
         ("stream",),
@@ -190,6 +198,7 @@ TABLES: Final = {table.name: table for table in _TABLES}
 
 _EXTRAS: Final = (
     "CREATE INDEX runs_status ON runs (status)",
+    "CREATE INDEX runs_recent ON runs (last_event_at DESC, run_id)",
     "CREATE INDEX event_index_group ON event_index (group_key)",
     "CREATE INDEX derived_unevaluated ON derived_events (seq) WHERE unevaluated = 1",
     "CREATE INDEX outbox_due ON outbox (target, next_attempt_at) WHERE state = 'pending'",

@@ -324,7 +324,7 @@ def test_meta_replaces_and_keeps_the_schema_version(store: Store) -> None:
     store.set_meta([("built_by", "replay"), ("inputs", "3")])
     store.set_meta([("inputs", "4")])
     meta = store.meta()
-    assert meta["schema_version"] == "3" and len(meta["database_id"]) == 32
+    assert meta["schema_version"] == "4" and len(meta["database_id"]) == 32
     assert (meta["built_by"], meta["inputs"]) == ("replay", "4")
 
 
@@ -421,7 +421,7 @@ def test_a_newer_schema_version_is_refused(target: Where) -> None:
     with pytest.raises(
         StoreError,
         match=r"schema version 99 is newer than this runwatch "
-        r"supports \(3\); rebuild it with `runwatch replay`",
+        r"supports \(4\); rebuild it with `runwatch replay`",
     ):
         open_store(target)
 
@@ -499,6 +499,7 @@ def every_row(store: Store) -> dict[str, list[tuple[Any, ...]]]:
         "outbox",
         "alert_state",
         "archival_log",
+        "archival_late",
         "stream_positions",
     ]
     return {t: sorted(rows(store, f"SELECT * FROM {t}"), key=repr) for t in tables}
