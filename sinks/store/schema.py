@@ -160,7 +160,7 @@ _TABLES: Final = (
             "state TEXT!, payload BLOB!, event_time TEXT, decided_at TEXT!, attempts INTEGER!, "
             "next_attempt_at REAL!, last_error TEXT, done_at TEXT",
             attempts={"default": "0", "inserted": False},
-            next_attempt_at={"default": "0", "inserted": False},
+            next_attempt_at={"default": "0"},
             last_error=_LATER,
             done_at=_LATER,
         ),

@@ -10,7 +10,7 @@ dispatcher); here only the `state` of an entry is chosen: `pending` (to deliver)
 from __future__ import annotations
 
 import hashlib
-import heapq
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import attrgetter
@@ -31,26 +31,6 @@ JOB_TRIGGERS = {
 }
 """Which derived events start which completion jobs. After a run's first completion the
 archive job only records the events its archive lacks: an archive is never rewritten."""
-
-SETTLE_RULE = "\x1fsettle"
-"""The `alert_state` rule under which implicit completions wait (group: the run id)."""
-
-
-@dataclass(slots=True)
-class Settling:
-    """An implicit completion waiting `settle` for its run's explicit terminal event: the
-    run's latest completion time and status, and when the wait ends (µs)."""
-
-    time: int
-    status: str
-    deadline: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"time": self.time, "status": self.status, "deadline": self.deadline}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Settling:
-        return cls(int(data["time"]), str(data["status"]), int(data["deadline"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,14 +71,12 @@ class Decisions:
         self.policy = policy
         self.settle_us = int(settle_s * 1_000_000)
         self.settle_in_event_time = hold
-        self.settling: dict[str, Settling] = {}
-        self.deadlines: list[tuple[int, str]] = []  # a heap; entries of settled runs linger
+        self.settling: OrderedDict[str, int] = OrderedDict()
+        """Run → when its completion jobs fall due, for the runs still settling (as far as
+        this process knows: after a restart, an explicit end counts as a late event)."""
         saved: dict[tuple[str, str], AlertState] = {}
         windows: dict[tuple[str, int], StormWindow] = {}
         for rule, group, state in () if store is None else store.alert_states():
-            if rule == SETTLE_RULE:
-                self._wait(group, Settling.from_dict(state))
-                continue
             if rule not in rules.rules:
                 continue
             if group.startswith(STORM_KEY):
@@ -148,7 +126,6 @@ class Decisions:
         held, held_derived = self.held, self.held_derived
         self.held, self.held_derived, self.hold = [], [], False
         self._decide(held, held_derived, now, changes)
-        self._settle_due(None, changes)  # the input is over: nothing more will arrive
 
     def _decide(
         self,
@@ -192,13 +169,8 @@ class Decisions:
         self._decide_jobs(derived, now, changes)
 
     def has_due(self, now: int) -> bool:
-        """A held-back notification's window, or a completion's settle, is over: a commit
-        should happen now."""
-        return (
-            self.book.has_due(now)
-            or self.gate.has_due(now)
-            or bool(self.deadlines and self.deadlines[0][0] <= now)
-        )
+        """A held-back notification's window is over: a commit should happen now."""
+        return self.book.has_due(now) or self.gate.has_due(now)
 
     def _state(self, event_time: int) -> str:
         if not self.policy.deliver:
@@ -231,76 +203,47 @@ class Decisions:
         return out
 
     def _decide_jobs(self, derived: list[DerivedEvent], now: int, changes: Changes) -> None:
-        """Completion jobs in event-time order; a settle that ends before an event is over
-        before that event is seen, and those over by `now` end after them."""
+        """Completion jobs, in event-time order. An implicit completion's jobs are written
+        at once (so a crash cannot lose them and the outbox shows them) but due only when
+        `settle` is over; the run's explicit end makes them due as soon as it arrives."""
         for event in sorted(derived, key=attrgetter("time")):
             if event.type in JOB_TRIGGERS and event.run_id is not None:
-                self._settle_due(event.time, changes)
                 self._job_trigger(event, event.run_id, now, changes)
-        self._settle_due(now, changes)
 
     def _job_trigger(self, event: DerivedEvent, run_id: str, now: int, changes: Changes) -> None:
         status = str(event.data.get("status"))
         explicit = event.data.get("explicit", True)
-        waiting = self.settling.get(run_id)
-        if waiting is not None:
+        clock = event.time if self.settle_in_event_time else now
+        settling = self.settling
+        while settling and next(iter(settling.values())) <= clock:
+            settling.popitem(last=False)  # settled: later events are late events
+        if run_id in settling:
             if explicit:
-                # The explicit end came in time: the jobs see the finished run, under the
-                # ids a replay that read both events before deciding gives them.
-                self._stop_waiting(run_id, changes)
-                changes.outbox.extend(self._jobs(run_id, "RUN_COMPLETED", event.time, status))
-            else:
-                waiting.time, waiting.status = event.time, status
-                self._save_settling(run_id, waiting, changes)
-            return
+                del settling[run_id]
+                changes.hastened.append((run_id, clock / 1e6))
+            return  # the waiting jobs will read the run as it is when they start
+        not_before = 0.0
         if event.type == "RUN_COMPLETED" and not explicit and self.settle_us > 0:
-            start = event.time if self.settle_in_event_time else max(event.time, now)
-            waiting = Settling(event.time, status, start + self.settle_us)
-            self._wait(run_id, waiting)
-            self._save_settling(run_id, waiting, changes)
-            return
+            due = (event.time if self.settle_in_event_time else max(event.time, now)) + (
+                self.settle_us
+            )
+            settling[run_id] = due
+            not_before = due / 1e6
         extra = (str(event.data.get("events_total")),) if event.type == "RUN_UPDATED" else ()
-        changes.outbox.extend(self._jobs(run_id, event.type, event.time, status, extra))
-
-    def _wait(self, run_id: str, waiting: Settling) -> None:
-        self.settling[run_id] = waiting
-        heapq.heappush(self.deadlines, (waiting.deadline, run_id))
-
-    def _settle_due(self, moment: int | None, changes: Changes) -> None:
-        """Start the jobs of every completion whose settle ended by `moment` (None: all)."""
-        deadlines = self.deadlines
-        while deadlines and (moment is None or deadlines[0][0] <= moment):
-            deadline, run_id = heapq.heappop(deadlines)
-            if self._stale(deadline, run_id):
-                continue
-            waiting = self.settling[run_id]
-            self._stop_waiting(run_id, changes)
-            changes.outbox.extend(self._jobs(run_id, "RUN_COMPLETED", waiting.time, waiting.status))
-
-    def _stale(self, deadline: int, run_id: str) -> bool:
-        waiting = self.settling.get(run_id)
-        return waiting is None or waiting.deadline != deadline
-
-    def _save_settling(self, run_id: str, waiting: Settling, changes: Changes) -> None:
-        key = (SETTLE_RULE, run_id)
-        changes.alert_states_deleted[:] = [k for k in changes.alert_states_deleted if k != key]
-        changes.alert_states.append((SETTLE_RULE, run_id, dumps_exact(waiting.to_dict())))
-
-    def _stop_waiting(self, run_id: str, changes: Changes) -> None:
-        del self.settling[run_id]
-        deadlines = self.deadlines
-        while deadlines and self._stale(*deadlines[0]):
-            heapq.heappop(deadlines)  # so that `has_due` sees only waits still running
-        changes.alert_states[:] = [
-            s for s in changes.alert_states if (s[0], s[1]) != (SETTLE_RULE, run_id)
-        ]
-        changes.alert_states_deleted.append((SETTLE_RULE, run_id))
+        changes.outbox.extend(self._jobs(run_id, event.type, event.time, status, extra, not_before))
 
     def _jobs(
-        self, run_id: str, trigger: str, time: int, status: str, extra: tuple[str, ...] = ()
+        self,
+        run_id: str,
+        trigger: str,
+        time: int,
+        status: str,
+        extra: tuple[str, ...],
+        not_before: float,
     ) -> list[OutboxEntry]:
-        """The jobs `trigger` starts; their ids are a hash of what started them, so the same
-        completion always gives the same ids (`extra` tells apart repeats of a trigger)."""
+        """The jobs `trigger` starts, due at `not_before` (Unix time); their ids are a hash
+        of what started them, so the same completion always gives the same ids (`extra`
+        tells apart repeats of a trigger)."""
         when = format_time(time) or ""
         payload = {
             "run_id": run_id,
@@ -318,6 +261,7 @@ class Decisions:
                 {**payload, "job": kind},
                 run_id=run_id,
                 event_time=when,
+                not_before=not_before,
             )
             for kind in JOB_TRIGGERS[trigger]
             if kind in self.policy.jobs

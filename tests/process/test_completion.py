@@ -303,19 +303,17 @@ def implicit_run(run_id: str) -> bytes:
     )
 
 
-def settling(db: Path) -> list[str]:
-    if not db.exists():
-        return []
+def waiting_jobs(db: Path) -> dict[str, str]:
+    """The run's jobs that are pending but not yet due (settling), by target."""
     connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return [
-            run
-            for (run,) in connection.execute(
-                "SELECT group_key FROM alert_state WHERE rule=?", ("\x1fsettle",)
+        return dict(
+            connection.execute(
+                "SELECT target, run_id FROM outbox WHERE kind='job' AND state='pending' "
+                "AND next_attempt_at > ?",
+                (time.time(),),
             )
-        ]
-    except sqlite3.OperationalError:
-        return []
+        )
     finally:
         connection.close()
 
@@ -351,7 +349,6 @@ def test_an_explicit_end_50_ms_after_the_implicit_one_reaches_report_and_archive
     assert [e["event_type"] for e in archived_lines(tmp_path, "R1")][-1] == "run_completed"
     summary = json.loads((tmp_path / "reports" / "R1_summary.json").read_text())
     assert summary["counts"]["events"] == 7
-    assert settling(db) == []
     on_disk = report_files(tmp_path)
     again = run_cli("report", "R1", "--db", db, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
@@ -398,16 +395,16 @@ def test_a_late_event_regenerates_the_reports_and_is_recorded_against_the_archiv
 def test_kill_9_while_a_completion_settles_neither_loses_nor_repeats_its_jobs(
     tmp_path: Path,
 ) -> None:
-    """The wait is stored with the completion: a crash inside it, then a restart, gives
-    each job exactly once, after the settle."""
+    """The waiting jobs are in the outbox with the completion: a crash inside the settle,
+    then a restart, gives each job exactly once, after the settle."""
     logs = tmp_path / "in"
     logs.mkdir()
     db = tmp_path / "rw.db"
     service = TailProcess(tmp_path, db, logs).start()
     append(logs / "events.jsonl", implicit_run("R1"))
-    service.wait_until(lambda: settling(db) == ["R1"])
+    service.wait_until(lambda: "R1/archive" in jobs(db))
     service.kill()
-    assert jobs(db) == {}, "the jobs wait for the settle (5 s by default)"
+    assert waiting_jobs(db) == {"report": "R1", "archive": "R1"}, "settle: 5 s by default"
     service.start()
     service.wait_until(lambda: jobs(db) == {"R1/report": "delivered", "R1/archive": "delivered"})
     service.wait_until(lambda: "RUN_ARCHIVED" in trail_types(tmp_path))
@@ -415,6 +412,6 @@ def test_kill_9_while_a_completion_settles_neither_loses_nor_repeats_its_jobs(
     connection = sqlite3.connect(db)
     count = connection.execute("SELECT count(*) FROM outbox WHERE kind='job'").fetchone()[0]
     connection.close()
-    assert count == 2 and settling(db) == []
+    assert count == 2
     assert len(archived_lines(tmp_path, "R1")) == 6
     assert trail_types(tmp_path).count("RUN_ARCHIVED") == 1

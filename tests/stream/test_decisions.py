@@ -7,10 +7,9 @@ from datetime import datetime
 from pathlib import Path
 
 from runwatch.projections import DerivedEvent, detect_stalls
-from runwatch.projections.events import format_time, to_micros
+from runwatch.projections.events import to_micros
 from runwatch.sinks.store.api import Changes
-from runwatch.sinks.store.sqlite import SqliteStore
-from runwatch.stream.core.decisions import SETTLE_RULE, Decisions
+from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.devtools.writer import simulate
 from runwatch.stream.services.replay import replay
 from runwatch.stream.settings.alerts import default_alert_setup
@@ -103,113 +102,82 @@ def test_completed_runs_start_report_and_archive_jobs_with_stable_ids() -> None:
     assert len({job_id for _, job_id in ids[0]}) == 4
 
 
-def _jobs(changes: Changes) -> list[tuple[str, str, str]]:
-    return [
-        (e.target, e.payload["trigger"], e.payload["event_time"])
-        for e in changes.outbox
-        if e.kind == "job"
-    ]
-
-
 SECOND = 1_000_000
 
 
+def _due(changes: Changes) -> list[tuple[str, str, float]]:
+    return [(e.target, e.payload["trigger"], e.not_before) for e in changes.outbox]
+
+
 def test_an_implicit_completion_waits_for_its_explicit_end() -> None:
-    """The jobs of a run whose tasks all ended wait `settle` for its run_completed, so its
-    report and archive hold the final event; they start at once when it comes."""
+    """The jobs of a run whose tasks all ended are written at once but due `settle` later,
+    so its report and archive can hold its run_completed; when that comes, they are due."""
     setup = default_alert_setup()
     decisions = Decisions(setup.rules, None, setup.policy(deliver=True), settle_s=5)
-    implicit = DerivedEvent("RUN_COMPLETED", 100 * SECOND, "R1", {"status": "succeeded"})
-    implicit.data["explicit"] = False
+    implicit = DerivedEvent(
+        "RUN_COMPLETED", 100 * SECOND, "R1", {"status": "succeeded", "explicit": False}
+    )
     first = Changes()
-    decisions.decide([], [implicit], 100 * SECOND, first)
-    assert _jobs(first) == []
-    assert [(rule, group) for rule, group, _ in first.alert_states] == [(SETTLE_RULE, "R1")]
-    assert not decisions.has_due(104 * SECOND) and decisions.has_due(105 * SECOND)
+    decisions.decide([], [implicit], 101 * SECOND, first)  # learnt at 101 s (wall clock)
+    assert _due(first) == [("report", "RUN_COMPLETED", 106.0), ("archive", "RUN_COMPLETED", 106.0)]
     explicit = DerivedEvent(
         "RUN_UPDATED", 100 * SECOND + 50_000, "R1", {"status": "succeeded", "explicit": True}
     )
     second = Changes()
-    decisions.decide([], [explicit], 100 * SECOND + 60_000, second)
-    when = format_time(100 * SECOND + 50_000)
-    assert _jobs(second) == [("report", "RUN_COMPLETED", when), ("archive", "RUN_COMPLETED", when)]
-    assert second.alert_states_deleted == [(SETTLE_RULE, "R1")]
-    assert not decisions.has_due(200 * SECOND)
+    decisions.decide([], [explicit], 101 * SECOND + 60_000, second)
+    assert second.outbox == [] and second.hastened == [("R1", 101.06)]
+    later = Changes()
+    decisions.decide([], [explicit], 200 * SECOND, later)
+    assert [e.payload["trigger"] for e in later.outbox] == ["RUN_UPDATED", "RUN_UPDATED"]
+    assert later.hastened == [], "once settled, an event is a late event"
 
 
-def test_a_settle_that_ends_starts_the_jobs_and_survives_a_restart(tmp_path: Path) -> None:
-    """No explicit end: the jobs start once `settle` is over, also when the service was
-    killed meanwhile (the wait is stored with the completion), and only once."""
+def test_an_explicit_completion_and_a_zero_settle_start_the_jobs_at_once() -> None:
+    """Only an implicit end waits; with `settle: 0` nothing waits."""
     setup = default_alert_setup()
-    store = SqliteStore(tmp_path / "rw.db")
-    try:
-        decisions = Decisions(setup.rules, store, setup.policy(deliver=True), settle_s=5)
-        implicit = DerivedEvent(
-            "RUN_COMPLETED", 100 * SECOND, "R1", {"status": "failed", "explicit": False}
-        )
+    for settle, explicit in ((5, True), (0, False)):
         changes = Changes()
-        decisions.decide([], [implicit], 101 * SECOND, changes)
-        store.commit(changes, "2026-01-01T00:00:00.000000Z")
-        restarted = Decisions(setup.rules, store, setup.policy(deliver=True), settle_s=5)
-        assert not restarted.has_due(105 * SECOND)  # from when it was learnt: 101 s
-        assert restarted.has_due(106 * SECOND)
-        due = Changes()
-        restarted.decide([], [], 106 * SECOND, due)
-        assert _jobs(due) == [
-            ("report", "RUN_COMPLETED", format_time(100 * SECOND)),
-            ("archive", "RUN_COMPLETED", format_time(100 * SECOND)),
-        ]
-        store.commit(due, "2026-01-01T00:00:06.000000Z")
-        again = Decisions(setup.rules, store, setup.policy(deliver=True), settle_s=5)
-        assert not again.has_due(10_000 * SECOND)
-    finally:
-        store.close()
+        done = {"status": "failed", "explicit": explicit}
+        Decisions(setup.rules, None, setup.policy(deliver=True), settle_s=settle).decide(
+            [], [DerivedEvent("RUN_COMPLETED", 100 * SECOND, "R1", done)], 101 * SECOND, changes
+        )
+        assert [e.not_before for e in changes.outbox if e.kind == "job"] == [0.0, 0.0]
 
 
-def test_replay_settles_in_event_time_whatever_the_commits() -> None:
-    """A replay that saw the implicit end and the explicit one in separate commits decides
-    the jobs a replay that saw both at once decides."""
+def test_replay_settles_in_event_time() -> None:
+    """A replay measures the settle from the completion's event time, whatever its wall
+    clock: the same logs give the same entries, and an end inside the settle makes the
+    jobs due at its own time."""
     setup = default_alert_setup()
     done = {"status": "succeeded"}
-    at_once = Changes()
-    whole = Decisions(setup.rules, None, setup.policy(deliver=False), hold=True, settle_s=5)
-    whole.decide(
-        [],
-        [DerivedEvent("RUN_COMPLETED", 103 * SECOND, "R1", {**done, "explicit": True})],
-        0,
-        at_once,
-    )
-    whole.release(200 * SECOND, at_once)
-    split = Changes()
-    parts = Decisions(setup.rules, None, setup.policy(deliver=False), hold=True, settle_s=5)
-    parts.decide(
-        [],
-        [DerivedEvent("RUN_COMPLETED", 100 * SECOND, "R1", {**done, "explicit": False})],
-        0,
-        split,
-    )
-    parts.decide(
-        [], [DerivedEvent("RUN_UPDATED", 103 * SECOND, "R1", {**done, "explicit": True})], 0, split
-    )
-    parts.release(200 * SECOND, split)
-    assert {e.id for e in split.outbox if e.kind == "job"} == {
-        e.id for e in at_once.outbox if e.kind == "job"
-    }
-    late = Changes()
-    slow = Decisions(setup.rules, None, setup.policy(deliver=False), hold=True, settle_s=5)
-    slow.decide(
-        [],
-        [DerivedEvent("RUN_COMPLETED", 100 * SECOND, "R1", {**done, "explicit": False})],
-        0,
-        late,
-    )
-    slow.decide(
-        [], [DerivedEvent("RUN_UPDATED", 106 * SECOND, "R1", {**done, "explicit": True})], 0, late
-    )
-    slow.release(200 * SECOND, late)
-    assert [(trigger, when) for _, trigger, when in _jobs(late)] == [
-        ("RUN_COMPLETED", format_time(100 * SECOND)),
-        ("RUN_COMPLETED", format_time(100 * SECOND)),
-        ("RUN_UPDATED", format_time(106 * SECOND)),
-        ("RUN_UPDATED", format_time(106 * SECOND)),
-    ], "an end later than settle is a late event: it regenerates the reports"
+    outcomes = []
+    for _ in range(2):
+        changes = Changes()
+        replaying = Decisions(setup.rules, None, setup.policy(deliver=False), hold=True, settle_s=5)
+        replaying.decide(
+            [],
+            [
+                DerivedEvent("RUN_COMPLETED", 100 * SECOND, "R1", {**done, "explicit": False}),
+                DerivedEvent("RUN_UPDATED", 103 * SECOND, "R1", {**done, "explicit": True}),
+                DerivedEvent("RUN_COMPLETED", 100 * SECOND, "R2", {**done, "explicit": False}),
+                DerivedEvent("RUN_UPDATED", 106 * SECOND, "R2", {**done, "explicit": True}),
+            ],
+            0,
+            changes,
+        )
+        replaying.release(200 * SECOND, changes)
+        entries = [
+            (e.id, e.run_id, e.target, e.payload["trigger"], e.not_before) for e in changes.outbox
+        ]
+        outcomes.append((entries, changes.hastened))
+    assert outcomes[0] == outcomes[1]
+    entries, hastened = outcomes[0]
+    assert hastened == [("R1", 103.0)]
+    assert [(run, trigger, due) for _, run, _, trigger, due in entries] == [
+        ("R1", "RUN_COMPLETED", 105.0),
+        ("R1", "RUN_COMPLETED", 105.0),
+        ("R2", "RUN_COMPLETED", 105.0),
+        ("R2", "RUN_COMPLETED", 105.0),
+        ("R2", "RUN_UPDATED", 0.0),
+        ("R2", "RUN_UPDATED", 0.0),
+    ], "an end later than the settle is a late event: it regenerates the reports"
