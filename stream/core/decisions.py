@@ -211,7 +211,7 @@ class Decisions:
                 self._job_trigger(event, event.run_id, now, changes)
 
     def _job_trigger(self, event: DerivedEvent, run_id: str, now: int, changes: Changes) -> None:
-        status = str(event.data.get("status"))
+        status = event.data.get("status")
         explicit = event.data.get("explicit", True)
         clock = event.time if self.settle_in_event_time else now
         settling = self.settling
@@ -224,10 +224,8 @@ class Decisions:
             return  # the waiting jobs will read the run as it is when they start
         not_before = 0.0
         if event.type == "RUN_COMPLETED" and not explicit and self.settle_us > 0:
-            due = (event.time if self.settle_in_event_time else max(event.time, now)) + (
-                self.settle_us
-            )
-            settling[run_id] = due
+            learnt = event.time if self.settle_in_event_time else max(event.time, now)
+            due = settling[run_id] = learnt + self.settle_us
             not_before = due / 1e6
         extra = (str(event.data.get("events_total")),) if event.type == "RUN_UPDATED" else ()
         changes.outbox.extend(self._jobs(run_id, event.type, event.time, status, extra, not_before))
@@ -237,7 +235,7 @@ class Decisions:
         run_id: str,
         trigger: str,
         time: int,
-        status: str,
+        status: Any,
         extra: tuple[str, ...],
         not_before: float,
     ) -> list[OutboxEntry]:
@@ -249,12 +247,12 @@ class Decisions:
             "run_id": run_id,
             "trigger": trigger,
             "event_time": when,
-            "status": None if status == "None" else status,
+            "status": status,
         }
         state = self._state(time)
         return [
             OutboxEntry(
-                _digest(kind, run_id, trigger, when, status, *extra),
+                _digest(kind, run_id, trigger, when, str(status), *extra),
                 "job",
                 kind,
                 state,
