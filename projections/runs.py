@@ -144,6 +144,7 @@ class RunState:
         "explicit_key",
         "explicit_status",
         "last_event_at",
+        "reported_events",
         "reported_status",
         "run_id",
         "seen",
@@ -175,6 +176,7 @@ class RunState:
         self._ended_stale = False  # a task left a terminal status: recount when asked
         # Arrival-dependent bookkeeping for derived events; not part of the converged rows.
         self.reported_status = "pending"
+        self.reported_events = 0  # events_total when `observe` last ran
         self.stalled = False
         self.abandoned = False  # silent past forget_after; any new event clears it
         self.dirty_tasks: set[str] = set()
@@ -437,14 +439,21 @@ class RunState:
         return rows
 
     def observe(self, current: tuple[str, int | None] | None = None) -> list[DerivedEvent]:
-        """Derived completion events for what changed since the last call (§3)."""
+        """Derived completion events for what changed since the last call (§3). A finished
+        run that gets events without changing status gives RUN_UPDATED, so its reports can
+        follow; `explicit` says whether a run-level terminal event decided the status."""
         status, ended_at = current or self.status()
         previous = self.reported_status
-        if status == previous:
-            return []
-        self.reported_status = status
+        events_before, self.reported_events = self.reported_events, len(self.seen)
         at = ended_at if ended_at is not None else (self.last_event_at or 0)
+        explicit = self.explicit_key is not None
         was_terminal = previous in RUN_TERMINAL
+        if status == previous:
+            if not was_terminal or len(self.seen) == events_before:
+                return []
+            data = {"status": status, "events_total": len(self.seen), "explicit": explicit}
+            return [DerivedEvent("RUN_UPDATED", at, self.run_id, data)]
+        self.reported_status = status
         if status in RUN_TERMINAL and not was_terminal:
             row = self.row((status, ended_at))
             counts = {
@@ -458,14 +467,21 @@ class RunState:
                     "duration_s",
                 )
             }
-            return [DerivedEvent("RUN_COMPLETED", at, self.run_id, {"status": status, **counts})]
+            return [
+                DerivedEvent(
+                    "RUN_COMPLETED",
+                    at,
+                    self.run_id,
+                    {"status": status, **counts, "explicit": explicit},
+                )
+            ]
         if was_terminal:
             return [
                 DerivedEvent(
                     "RUN_STATUS_CHANGED",
                     at,
                     self.run_id,
-                    {"previous_status": previous, "status": status},
+                    {"previous_status": previous, "status": status, "explicit": explicit},
                 )
             ]
         return []
@@ -482,6 +498,7 @@ class RunState:
             "explicit_status": self.explicit_status,
             "workstreams": self.workstreams,
             "reported_status": self.reported_status,
+            "reported_events": self.reported_events,
             "stalled": self.stalled,
             "abandoned": self.abandoned,
         }
@@ -512,6 +529,7 @@ class RunState:
         state.abandoned = data["abandoned"]
         state.errors = data["errors"]
         state.error_ids = None
+        state.reported_events = data["reported_events"]
         key = data["explicit_key"]
         state.explicit_key = tuple(key) if key else None
         state.workstreams = {

@@ -53,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from runwatch.sinks.naming import safe_filename
 
 MANIFEST: Final = "manifest.json"
+EVENTS: Final = "events.jsonl"
 _CHUNK: Final = 1 << 20
 ARCHIVE_MODE: Final = 0o600
 _CREATE: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -212,6 +213,12 @@ def verify_archive(path: Path) -> list[str]:
         return [f"{path}: unreadable zip ({type(error).__name__}: {error})"]
 
 
+def archived_events(path: Path) -> list[bytes]:
+    """The event lines an archive holds (a verified one: `build_archive` returned it)."""
+    with zipfile.ZipFile(path) as archive:
+        return archive.read(EVENTS).splitlines()
+
+
 def run_archives(directory: Path, run_id: str) -> dict[int, Path]:
     """The run's archives by version; `+` never occurs in a stem, so no other run's match."""
     if not directory.is_dir():
@@ -248,7 +255,7 @@ def _plan(
     run_id: str, template: str, events: bytes, reports: dict[str, bytes]
 ) -> tuple[list[_Blob | _File], dict[str, str], Literal["present", "missing"]]:
     """The members to write, in order, and each entry that will not be archived, with why."""
-    members: list[_Blob | _File] = [_Blob("events.jsonl", events)]
+    members: list[_Blob | _File] = [_Blob(EVENTS, events)]
     skipped: dict[str, str] = {}
     for name, data in sorted(reports.items()):
         if _safe_member_name(name):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 import orjson
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from runwatch.projections import to_micros
 from runwatch.sinks.atomic import write_atomically
@@ -68,6 +68,8 @@ class ReportsConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     directory: Path = Path("reports")
+    index_limit: int = Field(default=1000, ge=1)
+    """index.html lists this many runs, the newest; the others are only counted."""
 
 
 class _Html(str):
@@ -119,8 +121,10 @@ def nearest_rank(values: Sequence[float], percent: int) -> float | None:
     return sorted(values)[max(rank, 1) - 1]
 
 
-def build_index(runs: Sequence[Row]) -> bytes:
-    """`index.html`: every run, newest first (last_event_at, then run_id), linked to its page."""
+def build_index(runs: Iterable[Row], counts: Mapping[str, int] | None = None) -> bytes:
+    """`index.html`: the given runs, newest first (last_event_at, then run_id), each linked
+    to its page. With `counts` (runs by status, all of them), the page says how many runs
+    there are and how many it leaves out, so it stays small however many runs there are."""
     ordered = sorted(
         sorted(runs, key=lambda r: r["run_id"]),
         key=lambda r: r["last_event_at"] or "",
@@ -139,8 +143,14 @@ def build_index(runs: Sequence[Row]) -> bytes:
         for r in ordered
     ]
     body = _table(("run", "status", "stalled", "tasks", "failed", "last event", "duration s"), rows)
+    total = len(rows) if counts is None else sum(counts.values())
+    summary = ""
+    if counts is not None:
+        by_status = ", ".join(f"{_e(k)}: {n}" for k, n in sorted(counts.items()))
+        shown = f"the newest {len(rows)} shown, " if total > len(rows) else ""
+        summary = f"<p>{shown}by status: {by_status or 'none'}</p>\n"
     return (
-        _head("runwatch runs") + f"<h1>Runs ({len(rows)})</h1>\n{body}</body></html>\n"
+        _head("runwatch runs") + f"<h1>Runs ({total})</h1>\n{summary}{body}</body></html>\n"
     ).encode()
 
 

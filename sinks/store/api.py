@@ -83,6 +83,8 @@ class Changes:
     alert_states: list[tuple[str, str, bytes]] = field(default_factory=list)
     alert_states_deleted: list[tuple[str, str]] = field(default_factory=list)
     """(rule, group) of alert states to delete, after `alert_states` are written."""
+    hastened: list[tuple[str, float]] = field(default_factory=list)
+    """(run_id, Unix time): the run's waiting jobs fall due then (its explicit end came)."""
     evaluated: list[int] = field(default_factory=list)
     positions: list[tuple[str, int | None, int]] = field(default_factory=list)
     """(stream, expected position or None when never seen, new position): compare-and-set."""
@@ -106,6 +108,7 @@ class Changes:
                 self.outbox,
                 self.alert_states,
                 self.alert_states_deleted,
+                self.hastened,
                 self.evaluated,
                 self.positions,
             )
@@ -126,6 +129,8 @@ class OutboxEntry:
     alert_id: str | None = None
     rule: str | None = None
     event_time: str | None = None
+    not_before: float = 0.0
+    """Unix time before which it is not carried out (a completion that settles)."""
 
 
 class Cursor(Protocol):

@@ -110,6 +110,8 @@ _SMALL: Final = {
     "forget": "DELETE FROM checkpoints WHERE device=%s AND inode=%s",
     "evaluated": "UPDATE derived_events SET unevaluated=0 WHERE seq=%s",
     "alert_states_deleted": "DELETE FROM alert_state WHERE rule=%s AND group_key=%s",
+    "hastened": "UPDATE outbox SET next_attempt_at=%s "
+    "WHERE run_id=%s AND kind='job' AND state='pending' AND next_attempt_at > %s",
 }
 """Updates and deletes of a few rows each, one statement per row (pipelined)."""
 

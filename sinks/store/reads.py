@@ -5,6 +5,7 @@ live view's frame, replay's totals and the health probe. Each takes a store conn
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -67,9 +68,34 @@ def status_counts(connection: Connection) -> dict[str, int]:
     return dict(connection.execute("SELECT status, count(*) FROM runs GROUP BY status"))
 
 
-def every_run(connection: Connection) -> list[dict[str, Any]]:
-    """Every run's row, in no particular order (the report index sorts them)."""
-    return fetch_dicts(connection, "SELECT * FROM runs")
+def newest_runs(connection: Connection, limit: int) -> Iterator[dict[str, Any]]:
+    """The `limit` runs with the latest last event, newest first, as the index
+    `runs_recent` yields them: never every run in memory."""
+    cursor = connection.execute(
+        f"SELECT {', '.join(RUN_COLUMNS)} FROM runs ORDER BY last_event_at DESC, run_id LIMIT ?",
+        (limit,),
+    )
+    names = [d[0] for d in cursor.description]
+    for row in cursor:
+        yield dict(zip(names, row, strict=True))
+
+
+def archival(connection: Connection, run_id: str) -> dict[str, list[dict[str, Any]]]:
+    """The run's archives and the events that arrived after its archive was written."""
+    return {
+        "archives": fetch_dicts(
+            connection,
+            "SELECT archive_path, sha256, size_bytes, members, archived_at FROM archival_log "
+            "WHERE run_id=? ORDER BY archived_at, archive_path",
+            (run_id,),
+        ),
+        "late_events": fetch_dicts(
+            connection,
+            "SELECT event_time, event_type, event_id, archive_path, noted_at FROM archival_late "
+            "WHERE run_id=? ORDER BY event_time, event_id",
+            (run_id,),
+        ),
+    }
 
 
 def run_index(connection: Connection, run_id: str) -> list[IndexEntry]:

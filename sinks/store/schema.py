@@ -166,7 +166,7 @@ _TABLES: Final = (
             "state TEXT!, payload BLOB!, event_time TEXT, decided_at TEXT!, attempts INTEGER!, "
             "next_attempt_at REAL!, last_error TEXT, done_at TEXT",
             attempts={"default": "0", "inserted": False},
-            next_attempt_at={"default": "0", "inserted": False},
+            next_attempt_at={"default": "0"},
             last_error=_LATER,
             done_at=_LATER,
         ),
@@ -187,6 +187,14 @@ _TABLES: Final = (
         ("run_id", "archive_path"),
     ),
     Table(
+        "archival_late",
+        _cols(
+            "run_id TEXT!, event_id TEXT!, archive_path TEXT!, event_type TEXT!, "
+            "event_time TEXT, noted_at TEXT!"
+        ),
+        ("run_id", "event_id"),
+    ),
+    Table(
         "stream_positions",
         _cols("stream TEXT, position INTEGER!, owner TEXT, updated_at TEXT"),
         ("stream",),
@@ -196,6 +204,7 @@ TABLES: Final = {table.name: table for table in _TABLES}
 
 _EXTRAS: Final = (
     "CREATE INDEX runs_status ON runs (status)",
+    "CREATE INDEX runs_recent ON runs (last_event_at DESC, run_id)",
     "CREATE INDEX event_index_group ON event_index (group_key)",
     "CREATE INDEX derived_unevaluated ON derived_events (seq) WHERE unevaluated = 1",
     "CREATE INDEX outbox_due ON outbox (target, next_attempt_at) WHERE state = 'pending'",

@@ -187,10 +187,12 @@ def parts(changes: Changes, seen_at: str) -> Iterator[tuple[str, Sequence[Sequen
                 orjson.dumps(o.payload),
                 o.event_time,
                 seen_at,
+                o.not_before,
             )
             for o in changes.outbox
         ],
     )
+    yield "hastened", [(at, run_id, at) for run_id, at in changes.hastened]
     yield "alert_states", changes.alert_states
     yield "alert_states_deleted", changes.alert_states_deleted
     yield "evaluated", [(seq,) for seq in changes.evaluated]

@@ -40,6 +40,8 @@ _STATEMENTS: Final = {
     "outbox": insert(TABLES["outbox"], TABLES["outbox"].inserted, conflict="IGNORE"),
     "alert_states": insert(TABLES["alert_state"], conflict="REPLACE"),
     "alert_states_deleted": "DELETE FROM alert_state WHERE rule=? AND group_key=?",
+    "hastened": "UPDATE outbox SET next_attempt_at=? "
+    "WHERE run_id=? AND kind='job' AND state='pending' AND next_attempt_at > ?",
     "evaluated": "UPDATE derived_events SET unevaluated=0 WHERE seq=?",
 }
 """`parts` name → the statement that writes its rows."""

@@ -18,7 +18,10 @@ from runwatch.stream.settings.database import open_existing
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common_options(parser)
     parser.add_argument(
-        "--run", metavar="ID", help="show one run with its tasks, workstreams and pattern runs"
+        "--run",
+        metavar="ID",
+        help="show one run with its tasks, workstreams, pattern runs, archives and the "
+        "events that arrived after its archive was written",
     )
     parser.add_argument(
         "--status",
@@ -103,7 +106,7 @@ def _status_one(store: Store, run_id: str, as_json: bool) -> int:
         return EXIT_FAILURE
     run: dict[str, Any] = found.pop("run")
     run["stalled"] = bool(run["stalled"])
-    detail = found
+    detail = {**found, **reads.archival(store.db, run_id)}
     if as_json:
         print(orjson.dumps({**run, **detail}, option=orjson.OPT_INDENT_2).decode())
         return EXIT_OK

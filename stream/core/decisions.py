@@ -10,8 +10,10 @@ dispatcher); here only the `state` of an entry is chosen: `pending` (to deliver)
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from runwatch.projections import DerivedEvent
@@ -22,8 +24,13 @@ from runwatch.sinks.store.api import Changes, OutboxEntry, Store
 from runwatch.stream.core.blobs import dumps_exact
 from runwatch.stream.core.decode import parse_time
 
-JOB_TRIGGERS = {"RUN_COMPLETED": ("report", "archive"), "RUN_STATUS_CHANGED": ("report",)}
-"""Which derived events start which completion jobs."""
+JOB_TRIGGERS = {
+    "RUN_COMPLETED": ("report", "archive"),
+    "RUN_STATUS_CHANGED": ("report", "archive"),
+    "RUN_UPDATED": ("report", "archive"),
+}
+"""Which derived events start which completion jobs. After a run's first completion the
+archive job only records the events its archive lacks: an archive is never rewritten."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +55,25 @@ class Decisions:
     """The alert book of one database, and the outbox entries its decisions make."""
 
     def __init__(
-        self, rules: RuleSet, store: Store | None, policy: Policy, *, hold: bool = False
+        self,
+        rules: RuleSet,
+        store: Store | None,
+        policy: Policy,
+        *,
+        hold: bool = False,
+        settle_s: float = 0.0,
     ) -> None:
         """`hold` keeps every trigger until `release`: a replay decides once, over all
-        triggers in event-time order, so its decisions do not depend on file order."""
+        triggers in event-time order, so its decisions do not depend on file order.
+        An implicit completion's jobs wait `settle_s` for the run's explicit terminal event:
+        from the completion's event time in a replay (`hold`), from `now` when live."""
         self.rules = rules
         self.policy = policy
+        self.settle_us = int(settle_s * 1_000_000)
+        self.settle_in_event_time = hold
+        self.settling: OrderedDict[str, int] = OrderedDict()
+        """Run → when its completion jobs fall due, for the runs still settling (as far as
+        this process knows: after a restart, an explicit end counts as a late event)."""
         saved: dict[tuple[str, str], AlertState] = {}
         windows: dict[tuple[str, int], StormWindow] = {}
         for rule, group, state in () if store is None else store.alert_states():
@@ -146,8 +166,7 @@ class Decisions:
         changes.alert_states_deleted.extend(
             (rule, f"{STORM_KEY}{start}") for rule, start in dropped
         )
-        for event in derived:
-            changes.outbox.extend(self._jobs(event))
+        self._decide_jobs(derived, now, changes)
 
     def has_due(self, now: int) -> bool:
         """A held-back notification's window is over: a commit should happen now."""
@@ -183,29 +202,66 @@ class Decisions:
             )
         return out
 
-    def _jobs(self, event: DerivedEvent) -> list[OutboxEntry]:
-        kinds = JOB_TRIGGERS.get(event.type)
-        if not kinds or event.run_id is None:
-            return []
-        when = format_time(event.time) or ""
+    def _decide_jobs(self, derived: list[DerivedEvent], now: int, changes: Changes) -> None:
+        """Completion jobs, in event-time order. An implicit completion's jobs are written
+        at once (so a crash cannot lose them and the outbox shows them) but due only when
+        `settle` is over; the run's explicit end makes them due as soon as it arrives."""
+        for event in sorted(derived, key=attrgetter("time")):
+            if event.type in JOB_TRIGGERS and event.run_id is not None:
+                self._job_trigger(event, event.run_id, now, changes)
+
+    def _job_trigger(self, event: DerivedEvent, run_id: str, now: int, changes: Changes) -> None:
+        status = event.data.get("status")
+        explicit = event.data.get("explicit", True)
+        clock = event.time if self.settle_in_event_time else now
+        settling = self.settling
+        while settling and next(iter(settling.values())) <= clock:
+            settling.popitem(last=False)  # settled: later events are late events
+        if run_id in settling:
+            if explicit:
+                del settling[run_id]
+                changes.hastened.append((run_id, clock / 1e6))
+            return  # the waiting jobs will read the run as it is when they start
+        not_before = 0.0
+        if event.type == "RUN_COMPLETED" and not explicit and self.settle_us > 0:
+            learnt = event.time if self.settle_in_event_time else max(event.time, now)
+            due = settling[run_id] = learnt + self.settle_us
+            not_before = due / 1e6
+        extra = (str(event.data.get("events_total")),) if event.type == "RUN_UPDATED" else ()
+        changes.outbox.extend(self._jobs(run_id, event.type, event.time, status, extra, not_before))
+
+    def _jobs(
+        self,
+        run_id: str,
+        trigger: str,
+        time: int,
+        status: Any,
+        extra: tuple[str, ...],
+        not_before: float,
+    ) -> list[OutboxEntry]:
+        """The jobs `trigger` starts, due at `not_before` (Unix time); their ids are a hash
+        of what started them, so the same completion always gives the same ids (`extra`
+        tells apart repeats of a trigger)."""
+        when = format_time(time) or ""
         payload = {
-            "run_id": event.run_id,
-            "trigger": event.type,
+            "run_id": run_id,
+            "trigger": trigger,
             "event_time": when,
-            "status": event.data.get("status"),
+            "status": status,
         }
-        state = self._state(event.time)
+        state = self._state(time)
         return [
             OutboxEntry(
-                _digest(kind, event.run_id, event.type, when, str(event.data.get("status"))),
+                _digest(kind, run_id, trigger, when, str(status), *extra),
                 "job",
                 kind,
                 state,
                 {**payload, "job": kind},
-                run_id=event.run_id,
+                run_id=run_id,
                 event_time=when,
+                not_before=not_before,
             )
-            for kind in kinds
+            for kind in JOB_TRIGGERS[trigger]
             if kind in self.policy.jobs
         ]
 

@@ -248,7 +248,7 @@ class Processor:
 
     @property
     def outboxed(self) -> int:
-        """Outbox entries the last commit wrote: something for the dispatcher."""
+        """Outbox entries the last commit wrote or made due: something for the dispatcher."""
         return self._outboxed
 
     @property
@@ -544,7 +544,7 @@ class Processor:
             if release:
                 self._decisions.release(moment, changes)
         self._triggers = []
-        self._outboxed = len(changes.outbox)
+        self._outboxed = len(changes.outbox) + len(changes.hastened)
         assert self._store is not None, "an in-memory processor has nothing to commit to"
         self._store.commit(changes, self._wall_clock())
         self._total.add(self._pending)

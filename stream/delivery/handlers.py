@@ -80,5 +80,5 @@ def build_handlers(
     }
     if with_jobs:
         handlers["report"] = report_handler(settings, fetch)
-        handlers["archive"] = job_handler(settings, jobs.archive, fetch=fetch)
+        handlers["archive"] = job_handler(settings, jobs.archive, fetch=fetch, finished_only=True)
     return handlers

@@ -19,9 +19,16 @@ from typing import Any
 
 import orjson
 
-from runwatch.projections import Event
+from runwatch.projections import RUN_TERMINAL, Event
 from runwatch.projections.events import format_time
-from runwatch.sinks.archive import ArchiveError, ArchiveResult, apply_retention, build_archive
+from runwatch.sinks.archive import (
+    ArchiveError,
+    ArchiveResult,
+    apply_retention,
+    archived_events,
+    build_archive,
+    run_archives,
+)
 from runwatch.sinks.reports import build_index, build_run_reports, write_reports
 from runwatch.sinks.store import Connection, reads
 from runwatch.stream.core.decode import decode
@@ -139,9 +146,10 @@ def _event_dict(event: Event) -> dict[str, Any]:
 
 
 class RunIndex:
-    """`reports/index.html` lists every run, so rebuilding it after each of thousands of
-    reports (a service catching up) would cost O(runs²): it is rebuilt at most every
-    INDEX_EVERY_S while reports are being written, and once more when they stop."""
+    """`reports/index.html` lists the newest `reports.index_limit` runs and counts the rest.
+    Rebuilding it after each of thousands of reports (a service catching up) would still
+    cost a query each: it is rebuilt at most every INDEX_EVERY_S while reports are being
+    written, and once more when they stop."""
 
     INDEX_EVERY_S = 2.0
 
@@ -155,10 +163,16 @@ class RunIndex:
         now = time.monotonic()
         if not self.dirty or (not force and now - self.written_at < self.INDEX_EVERY_S):
             return []
-        runs = reads.every_run(connection)
-        written = write_reports(settings.reports.directory, {"index.html": build_index(runs)})
+        written = write_reports(
+            settings.reports.directory, {"index.html": build_index_page(connection, settings)}
+        )
         self.dirty, self.written_at = False, now
         return written
+
+
+def build_index_page(connection: Connection, settings: Settings) -> bytes:
+    counts = reads.status_counts(connection)
+    return build_index(reads.newest_runs(connection, settings.reports.index_limit), counts)
 
 
 def report(
@@ -215,12 +229,21 @@ def archive(
     *,
     new_version: bool = False,
     fetch: Fetch | None = None,
+    finished_only: bool = False,
 ) -> Result:
     """Archive the run (artifacts, events, reports, manifest) and apply retention;
-    RUN_ARCHIVED, or ARCHIVAL_FAILED with a reason (retried: space may be freed)."""
+    RUN_ARCHIVED, or ARCHIVAL_FAILED with a reason (retried: space may be freed). When the
+    run already has an archive, the events it lacks (they came later) go to `archival_late`.
+    `finished_only`: a run that is not finished gets no new archive (the service's job)."""
     data = load_run(connection, run_id, fetch)
     if data is None:
         return Result("failed", f"no run {run_id!r} in the database")
+    if (
+        finished_only
+        and data.run["status"] not in RUN_TERMINAL
+        and not run_archives(settings.archive.directory, run_id)
+    ):
+        return Result("delivered", f"run {run_id!r} is {data.run['status']}: not archived")
     now = datetime.now(UTC)
     try:
         result = build_archive(
@@ -235,8 +258,8 @@ def archive(
         return _archival_failed(run_id, exc.reason, exc.detail)
     except Exception as exc:  # a bug must still leave ARCHIVAL_FAILED on the record
         return _archival_failed(run_id, "internal_error", type(exc).__name__)
-    derived = [_event("RUN_ARCHIVED", run_id, _archived(result, data.missing))]
-    writes: list[tuple[str, tuple[Any, ...]]] = []
+    writes = [] if result.created else _late_events(data, result.path, now)
+    derived = [_event("RUN_ARCHIVED", run_id, _archived(result, data.missing, len(writes)))]
     if result.created:
         archived_at = format_time(int(now.timestamp() * 1e6))
         writes.append(
@@ -277,7 +300,25 @@ def _archival_failed(run_id: str, reason: str, detail: str) -> Result:
     )
 
 
-def _archived(result: ArchiveResult, missing: int) -> dict[str, Any]:
+def _late_events(data: RunData, path: Path, now: datetime) -> list[tuple[str, tuple[Any, ...]]]:
+    """`archival_late` rows for the run's events that its archive `path` does not hold."""
+    held = set()
+    for line in archived_events(path):
+        event = decode(line)
+        if isinstance(event, Event):
+            held.add(event.id)
+    noted_at = format_time(int(now.timestamp() * 1e6))
+    return [
+        (
+            "archival_late",
+            (data.run["run_id"], e["id"], str(path), e["type"], e["time"], noted_at),
+        )
+        for e in data.events
+        if e["id"] not in held
+    ]
+
+
+def _archived(result: ArchiveResult, missing: int, late: int) -> dict[str, Any]:
     return {
         "path": str(result.path),
         "sha256": result.sha256,
@@ -285,6 +326,7 @@ def _archived(result: ArchiveResult, missing: int) -> dict[str, Any]:
         "members": result.members,
         "created": result.created,
         "events_missing": missing,
+        "late_events": late,
         "skipped": [list(item) for item in result.skipped],
         "corrupt": [[str(path), problem] for path, problem in result.corrupt],
     }

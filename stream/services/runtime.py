@@ -82,7 +82,7 @@ class Runtime:
         """A service that delivers what it decides, from the alert horizon on. `target` is
         the database `store` opened when it is not `settings.database` (a PostgreSQL URL)."""
         policy = alerts.policy(deliver=True, since_us=alert_horizon(store, alerts.lookback_s))
-        decisions = Decisions(alerts.rules, store, policy)
+        decisions = Decisions(alerts.rules, store, policy, settle_s=settings.settle)
         return cls._build(store, settings, alerts, decisions, target=target)
 
     @classmethod
@@ -97,7 +97,13 @@ class Runtime:
     ) -> Runtime:
         """A rebuild into a fresh `store`: every decision is held until the input is folded,
         then made in event-time order; left to deliver only with `deliver`."""
-        decisions = Decisions(alerts.rules, None, alerts.policy(deliver=deliver), hold=True)
+        decisions = Decisions(
+            alerts.rules,
+            None,
+            alerts.policy(deliver=deliver),
+            hold=True,
+            settle_s=settings.settle,
+        )
         return cls._build(
             store, settings, alerts, decisions, known_groups=True, observe=observe, replay=True
         )
@@ -105,7 +111,9 @@ class Runtime:
     @classmethod
     def outbox(cls, store: Store, settings: Settings, alerts: AlertSetup) -> Runtime:
         """Delivering an outbox a replay left: everything in it, whatever its age."""
-        decisions = Decisions(alerts.rules, store, alerts.policy(deliver=True))
+        decisions = Decisions(
+            alerts.rules, store, alerts.policy(deliver=True), settle_s=settings.settle
+        )
         return cls._build(store, settings, alerts, decisions)
 
     @classmethod

@@ -36,6 +36,7 @@ def parse_duration(value: Any) -> Any:
 
 
 Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+SecondsOrZero = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -82,6 +83,7 @@ class Settings(BaseModel):
     logs_dir: Path = Path("logs")
     stall_after: Seconds = 1800.0
     forget_after: Seconds = 7 * 86400.0
+    settle: SecondsOrZero = 5.0
     max_line_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_future_skew: Seconds = 86400.0
     cache_groups: int = Field(default=1024, ge=1)

@@ -287,3 +287,131 @@ def test_a_new_service_does_not_archive_history(tmp_path: Path) -> None:
         service.wait_until(lambda: jobs(db).get("NEW/archive") == "delivered")
         assert service.stop() == 0
     assert [p.name for p in (tmp_path / ".archive").glob("*.zip")] == ["NEW.zip"]
+
+
+def implicit_run(run_id: str) -> bytes:
+    """A run that declares two tasks and finishes both, without a run-level end."""
+    return b"".join(
+        [
+            event("run_created", run_id, 1, payload={"total_tasks": 2}),
+            event("run_started", run_id, 2),
+            event("task_started", run_id, 3, task_id="T1"),
+            event("task_completed", run_id, 4, task_id="T1"),
+            event("task_started", run_id, 5, task_id="T2"),
+            event("task_completed", run_id, 6, task_id="T2"),
+        ]
+    )
+
+
+def waiting_jobs(db: Path) -> dict[str, str]:
+    """The run's jobs that are pending but not yet due (settling), by target."""
+    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return dict(
+            connection.execute(
+                "SELECT target, run_id FROM outbox WHERE kind='job' AND state='pending' "
+                "AND next_attempt_at > ?",
+                (time.time(),),
+            )
+        )
+    finally:
+        connection.close()
+
+
+def report_files(workdir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((workdir / "reports").iterdir())}
+
+
+def archived_lines(workdir: Path, run_id: str) -> list[dict[str, Any]]:
+    with zipfile.ZipFile(workdir / ".archive" / f"{run_id}.zip") as opened:
+        return [json.loads(line) for line in opened.read("events.jsonl").splitlines()]
+
+
+def test_an_explicit_end_50_ms_after_the_implicit_one_reaches_report_and_archive(
+    tmp_path: Path,
+) -> None:
+    """All declared tasks ended, so the run completed; its run_completed 50 ms later must
+    still be in the report and the archive, and what the service left on disk must be what
+    `runwatch report` writes."""
+    logs = tmp_path / "in"
+    logs.mkdir()
+    db = tmp_path / "rw.db"
+    with TailProcess(tmp_path, db, logs) as service:
+        append(logs / "events.jsonl", implicit_run("R1"))
+        service.wait_until(lambda: "RUN_COMPLETED" in trail_types(tmp_path))
+        time.sleep(0.05)
+        append(logs / "events.jsonl", event("run_completed", "R1", 7, payload={"note": "end"}))
+        service.wait_until(
+            lambda: jobs(db) == {"R1/report": "delivered", "R1/archive": "delivered"}
+        )
+        service.wait_until(lambda: "RUN_ARCHIVED" in trail_types(tmp_path))
+        assert service.stop() == 0
+    assert [e["event_type"] for e in archived_lines(tmp_path, "R1")][-1] == "run_completed"
+    summary = json.loads((tmp_path / "reports" / "R1_summary.json").read_text())
+    assert summary["counts"]["events"] == 7
+    on_disk = report_files(tmp_path)
+    again = run_cli("report", "R1", "--db", db, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert report_files(tmp_path) == on_disk
+    assert trail_types(tmp_path).count("RUN_ARCHIVED") == 1
+
+
+def test_a_late_event_regenerates_the_reports_and_is_recorded_against_the_archive(
+    tmp_path: Path,
+) -> None:
+    """An event for a run that was archived changes its reports, not its archive; the
+    archival log says which events the archive lacks, and `status --run` shows them."""
+    logs = tmp_path / "in"
+    logs.mkdir()
+    db = tmp_path / "rw.db"
+    with TailProcess(tmp_path, db, logs) as service:
+        append(logs / "events.jsonl", finished_run("R1"))
+        service.wait_until(lambda: jobs(db).get("R1/archive") == "delivered")
+        archive = (tmp_path / ".archive" / "R1.zip").read_bytes()
+        append(logs / "events.jsonl", event("artifact_uploaded", "R1", 7))
+        service.wait_until(lambda: "RUN_UPDATED" in trail_types(tmp_path))
+        service.wait_until(lambda: trail_types(tmp_path).count("REPORT_GENERATED") == 2)
+        service.wait_until(lambda: trail_types(tmp_path).count("RUN_ARCHIVED") == 2)
+        service.wait_until(lambda: "pending" not in jobs(db).values())
+        assert service.stop() == 0
+    assert (tmp_path / ".archive" / "R1.zip").read_bytes() == archive
+    summary = json.loads((tmp_path / "reports" / "R1_summary.json").read_text())
+    assert summary["counts"]["events"] == 7
+    connection = sqlite3.connect(db)
+    late = connection.execute("SELECT run_id, event_id, event_type FROM archival_late").fetchall()
+    connection.close()
+    assert late == [("R1", "R1-7-artifact_uploaded", "artifact_uploaded")]
+    shown = run_cli("status", "--db", db, "--run", "R1", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "late_events:" in shown.stdout and "R1-7-artifact_uploaded" in shown.stdout
+    detail = json.loads(run_cli("status", "--db", db, "--run", "R1", "--json", cwd=tmp_path).stdout)
+    assert [e["event_id"] for e in detail["late_events"]] == ["R1-7-artifact_uploaded"]
+    assert [a["archive_path"] for a in detail["archives"]] == [".archive/R1.zip"]
+    on_disk = report_files(tmp_path)
+    assert run_cli("report", "R1", "--db", db, cwd=tmp_path).returncode == 0
+    assert report_files(tmp_path) == on_disk
+
+
+def test_kill_9_while_a_completion_settles_neither_loses_nor_repeats_its_jobs(
+    tmp_path: Path,
+) -> None:
+    """The waiting jobs are in the outbox with the completion: a crash inside the settle,
+    then a restart, gives each job exactly once, after the settle."""
+    logs = tmp_path / "in"
+    logs.mkdir()
+    db = tmp_path / "rw.db"
+    service = TailProcess(tmp_path, db, logs).start()
+    append(logs / "events.jsonl", implicit_run("R1"))
+    service.wait_until(lambda: "R1/archive" in jobs(db))
+    service.kill()
+    assert waiting_jobs(db) == {"report": "R1", "archive": "R1"}, "settle: 5 s by default"
+    service.start()
+    service.wait_until(lambda: jobs(db) == {"R1/report": "delivered", "R1/archive": "delivered"})
+    service.wait_until(lambda: "RUN_ARCHIVED" in trail_types(tmp_path))
+    assert service.stop() == 0
+    connection = sqlite3.connect(db)
+    count = connection.execute("SELECT count(*) FROM outbox WHERE kind='job'").fetchone()[0]
+    connection.close()
+    assert count == 2
+    assert len(archived_lines(tmp_path, "R1")) == 6
+    assert trail_types(tmp_path).count("RUN_ARCHIVED") == 1

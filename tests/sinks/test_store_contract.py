@@ -527,6 +527,7 @@ def every_row(store: Store) -> dict[str, list[tuple[Any, ...]]]:
         "outbox",
         "alert_state",
         "archival_log",
+        "archival_late",
         "stream_positions",
     ]
     return {t: sorted(rows(store, f"SELECT * FROM {t}"), key=repr) for t in tables}

@@ -97,5 +97,87 @@ def test_completed_runs_start_report_and_archive_jobs_with_stable_ids() -> None:
         )
         ids.append([(e.target, e.id) for e in changes.outbox if e.kind == "job"])
     assert ids[0] == ids[1]
-    assert [target for target, _ in ids[0]] == ["report", "archive", "report"]
-    assert len({job_id for _, job_id in ids[0]}) == 3
+    # After the completion, the archive job only records what the archive lacks.
+    assert [target for target, _ in ids[0]] == ["report", "archive", "report", "archive"]
+    assert len({job_id for _, job_id in ids[0]}) == 4
+
+
+SECOND = 1_000_000
+
+
+def _due(changes: Changes) -> list[tuple[str, str, float]]:
+    return [(e.target, e.payload["trigger"], e.not_before) for e in changes.outbox]
+
+
+def test_an_implicit_completion_waits_for_its_explicit_end() -> None:
+    """The jobs of a run whose tasks all ended are written at once but due `settle` later,
+    so its report and archive can hold its run_completed; when that comes, they are due."""
+    setup = default_alert_setup()
+    decisions = Decisions(setup.rules, None, setup.policy(deliver=True), settle_s=5)
+    implicit = DerivedEvent(
+        "RUN_COMPLETED", 100 * SECOND, "R1", {"status": "succeeded", "explicit": False}
+    )
+    first = Changes()
+    decisions.decide([], [implicit], 101 * SECOND, first)  # learnt at 101 s (wall clock)
+    assert _due(first) == [("report", "RUN_COMPLETED", 106.0), ("archive", "RUN_COMPLETED", 106.0)]
+    explicit = DerivedEvent(
+        "RUN_UPDATED", 100 * SECOND + 50_000, "R1", {"status": "succeeded", "explicit": True}
+    )
+    second = Changes()
+    decisions.decide([], [explicit], 101 * SECOND + 60_000, second)
+    assert second.outbox == [] and second.hastened == [("R1", 101.06)]
+    later = Changes()
+    decisions.decide([], [explicit], 200 * SECOND, later)
+    assert [e.payload["trigger"] for e in later.outbox] == ["RUN_UPDATED", "RUN_UPDATED"]
+    assert later.hastened == [], "once settled, an event is a late event"
+
+
+def test_an_explicit_completion_and_a_zero_settle_start_the_jobs_at_once() -> None:
+    """Only an implicit end waits; with `settle: 0` nothing waits."""
+    setup = default_alert_setup()
+    for settle, explicit in ((5, True), (0, False)):
+        changes = Changes()
+        done = {"status": "failed", "explicit": explicit}
+        Decisions(setup.rules, None, setup.policy(deliver=True), settle_s=settle).decide(
+            [], [DerivedEvent("RUN_COMPLETED", 100 * SECOND, "R1", done)], 101 * SECOND, changes
+        )
+        assert [e.not_before for e in changes.outbox if e.kind == "job"] == [0.0, 0.0]
+
+
+def test_replay_settles_in_event_time() -> None:
+    """A replay measures the settle from the completion's event time, whatever its wall
+    clock: the same logs give the same entries, and an end inside the settle makes the
+    jobs due at its own time."""
+    setup = default_alert_setup()
+    done = {"status": "succeeded"}
+    outcomes = []
+    for _ in range(2):
+        changes = Changes()
+        replaying = Decisions(setup.rules, None, setup.policy(deliver=False), hold=True, settle_s=5)
+        replaying.decide(
+            [],
+            [
+                DerivedEvent("RUN_COMPLETED", 100 * SECOND, "R1", {**done, "explicit": False}),
+                DerivedEvent("RUN_UPDATED", 103 * SECOND, "R1", {**done, "explicit": True}),
+                DerivedEvent("RUN_COMPLETED", 100 * SECOND, "R2", {**done, "explicit": False}),
+                DerivedEvent("RUN_UPDATED", 106 * SECOND, "R2", {**done, "explicit": True}),
+            ],
+            0,
+            changes,
+        )
+        replaying.release(200 * SECOND, changes)
+        entries = [
+            (e.id, e.run_id, e.target, e.payload["trigger"], e.not_before) for e in changes.outbox
+        ]
+        outcomes.append((entries, changes.hastened))
+    assert outcomes[0] == outcomes[1]
+    entries, hastened = outcomes[0]
+    assert hastened == [("R1", 103.0)]
+    assert [(run, trigger, due) for _, run, _, trigger, due in entries] == [
+        ("R1", "RUN_COMPLETED", 105.0),
+        ("R1", "RUN_COMPLETED", 105.0),
+        ("R2", "RUN_COMPLETED", 105.0),
+        ("R2", "RUN_COMPLETED", 105.0),
+        ("R2", "RUN_UPDATED", 0.0),
+        ("R2", "RUN_UPDATED", 0.0),
+    ], "an end later than the settle is a late event: it regenerates the reports"
