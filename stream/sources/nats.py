@@ -12,8 +12,9 @@ and processor K consumes `runwatch.part.K.>`. The stream captures only `runwatch
 a server without the mapping a publish finds no stream and is retried with the checkpoint
 held, rather than landing unpartitioned where no processor reads.
 
-Headers: `Nats-Msg-Id` (the event id; `line:` + SHA-256 of source, offset and bytes for a
-line without one), `Runwatch-Source` (the file, percent-encoded), `Runwatch-Offset` (byte
+Headers: `Nats-Msg-Id` (the event's id within its run: `<run id>/<event id>`, or `x:` +
+SHA-256 of the two when they are not both plain; `line:` + SHA-256 of source, offset and
+bytes for a line without one), `Runwatch-Source` (the file, percent-encoded), `Runwatch-Offset` (byte
 offset of the line), `Runwatch-Line` (its number), and `Runwatch-Oversize` (its real size)
 when the line exceeded `max_line_bytes` or the server's max_payload and only its first bytes
 were sent. Blank lines are not sent; they only move the checkpoint.
@@ -69,11 +70,17 @@ def subject_token(run_id: str | None) -> str:
     return "h" + sha256(run_id.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
-def message_id(event_id: str) -> str:
-    """The event id as a header value; an id a header would not carry verbatim is hashed."""
-    if _HEADER_SAFE.fullmatch(event_id):
-        return event_id
-    return "x:" + sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()
+def message_id(run_id: str | None, event_id: str) -> str:
+    """The event's id for JetStream's duplicate check. Event ids are unique within a run
+    only, so the run is part of it: `<run id>/<event id>` when the run id is a subject token
+    (it has no `/`, so the split is unambiguous) and the event id a header carries verbatim,
+    else a hash of both."""
+    if run_id is not None and TOKEN.fullmatch(run_id) and _HEADER_SAFE.fullmatch(event_id):
+        return f"{run_id}/{event_id}"
+    scoped = "\0".join(
+        "-" if part is None else f"{len(part)}:{part}" for part in (run_id, event_id)
+    )
+    return "x:" + sha256(scoped.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def line_id(source: str, offset: int, data: bytes) -> str:
@@ -114,7 +121,9 @@ def _message(
             EVENTS_PREFIX + "_", line, {MSG_ID: line_id(source, offset, line), **headers}
         )
     return Outgoing(
-        EVENTS_PREFIX + subject_token(event.run_id), line, {MSG_ID: message_id(event.id), **headers}
+        EVENTS_PREFIX + subject_token(event.run_id),
+        line,
+        {MSG_ID: message_id(event.run_id, event.id), **headers},
     )
 
 
