@@ -127,21 +127,37 @@ def _message(
     )
 
 
+class BadHeaders(ValueError):
+    """A message's `Runwatch-*` headers are not what a shipper writes."""
+
+
+_COUNT: Final = re.compile(r"[0-9]{1,18}")
+"""A byte offset, line number or size: decimal digits, well inside a signed 64-bit column."""
+
+
 def received_line(headers: Mapping[str, str] | None, data: bytes) -> tuple[str, Lines]:
     """A shipped line back as its source and the one-line `Lines` it was at that offset
-    (the inverse of `messages`)."""
+    (the inverse of `messages`). BadHeaders when a header could not have come from it."""
     headers = headers or {}
     source = unquote(headers.get(SOURCE, "nats"))
-    offset = int(headers.get(OFFSET, 0))
-    oversize = headers.get(OVERSIZE)
-    size = int(oversize) if oversize else len(data)
-    return source, Lines(
-        offset,
-        int(headers.get(LINE, 0)),
-        [data],
-        offset + size + 1,
-        {0: size} if oversize else {},
-    )
+    if "\0" in source:
+        raise BadHeaders(f"{SOURCE} holds a NUL byte")
+    offset = _count(headers, OFFSET, 0)
+    number = _count(headers, LINE, 0)
+    oversize = OVERSIZE in headers
+    size = _count(headers, OVERSIZE, len(data))
+    if size < len(data):
+        raise BadHeaders(f"{OVERSIZE} {size} is less than the {len(data)} bytes sent")
+    return source, Lines(offset, number, [data], offset + size + 1, {0: size} if oversize else {})
+
+
+def _count(headers: Mapping[str, str], name: str, default: int) -> int:
+    value = headers.get(name)
+    if value is None:
+        return default
+    if not _COUNT.fullmatch(value):
+        raise BadHeaders(f"{name} {value[:40]!r} is not a count of bytes or lines")
+    return int(value)
 
 
 @dataclass(frozen=True)
