@@ -24,8 +24,11 @@ from runwatch.sinks.store import Connection, connect, is_postgres, outbox, trans
 from runwatch.stream.settings.alerts import DeliverySpec
 
 MAX_RETRY_AFTER = 3600.0
-LEASE_S = 15.0
-"""How long a claimed entry is reserved for its processor (longer than any attempt)."""
+LEASE_MARGIN_S = 30.0
+"""How much longer than its longest attempt an entry stays leased to its processor: the
+attempt's own database work, and clocks of processors a little apart."""
+JOB_ATTEMPT_S = 300.0
+"""The longest attempt of a handler that declares none (the completion jobs)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +82,11 @@ class Dispatcher:
         self.wakeups = {target: threading.Event() for target in handlers}
         self.busy = dict.fromkeys(handlers, False)
         self.threads: list[threading.Thread] = []
-        self.claim = _lease if is_postgres(database) else outbox.next_due
+        self.leases = {
+            target: getattr(handler, "longest_attempt_s", JOB_ATTEMPT_S) + LEASE_MARGIN_S
+            for target, handler in handlers.items()
+        }
+        self.shared = is_postgres(database)
         # Alone on SQLite, every new entry comes with a poke; processors sharing PostgreSQL
         # also deliver what the others decided, unannounced, so they look more often.
         self.longest_wait = 1.0 if is_postgres(database) else 5.0
@@ -117,7 +124,7 @@ class Dispatcher:
         try:
             while not self.stopping.is_set():
                 wakeup.clear()
-                entry = self.claim(connection, target, time.time())
+                entry = self._claim(connection, target)
                 if entry is None:
                     self._idle(target)
                     wakeup.wait(_sleep_for(connection, target, self.longest_wait))
@@ -131,6 +138,14 @@ class Dispatcher:
         finally:
             connection.close()
 
+    def _claim(self, connection: Connection, target: str) -> outbox.Claim | None:
+        """The next due entry. Processors sharing PostgreSQL lease it for longer than an
+        attempt can take: if this one dies mid-attempt, another retries it once the lease
+        ends; if an attempt overruns anyway, its outcome is not written (see `Claim.token`)."""
+        if self.shared:
+            return outbox.lease(connection, target, time.time(), self.leases[target])
+        return outbox.next_due(connection, target, time.time())
+
     def _idle(self, target: str) -> None:
         """A handler's deferred work, done when its queue is empty."""
         when_idle = getattr(self.handlers[target], "when_idle", None)
@@ -138,7 +153,7 @@ class Dispatcher:
             when_idle()
 
     def _attempt(self, connection: Connection, target: str, entry: outbox.Claim) -> None:
-        entry_id, kind, attempts = entry.id, entry.kind, entry.attempts
+        kind, attempts = entry.kind, entry.attempts
         payload = orjson.loads(entry.payload)
         try:
             result = self.handlers[target](payload)
@@ -158,11 +173,14 @@ class Dispatcher:
         with transaction(connection):
             if status == "retry":
                 delay = backoff(attempts, self.delivery, result.retry_after, self.rng)
-                outbox.retry_later(connection, entry_id, attempts, now + delay, result.detail)
+                held = outbox.retry_later(connection, entry, attempts, now + delay, result.detail)
             else:
                 error = None if status == "delivered" else result.detail
-                outbox.settle(connection, entry_id, status, attempts, error, stamp)
-            outbox.record(connection, derived, result.writes, stamp)
+                held = outbox.settle(connection, entry, status, attempts, error, stamp)
+            if held:
+                outbox.record(connection, derived, result.writes, stamp)
+        if not held:
+            return  # the lease ran out: the processor that took the entry over records it
         if status == "failed":
             self.on_failure(payload, result.detail)
         if derived:
@@ -186,12 +204,6 @@ def _alert_event(
     if status != "delivered":
         event["error"] = detail
     return event
-
-
-def _lease(connection: Connection, target: str, now: float) -> outbox.Claim | None:
-    """Processors sharing PostgreSQL lease an entry for LEASE_S: if this one dies
-    mid-attempt, another retries it once the lease ends."""
-    return outbox.lease(connection, target, now, LEASE_S)
 
 
 def _sleep_for(connection: Connection, target: str, longest: float) -> float:

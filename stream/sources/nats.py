@@ -14,10 +14,11 @@ held, rather than landing unpartitioned where no processor reads.
 
 Headers: `Nats-Msg-Id` (the event's id within its run: `<run id>/<event id>`, or `x:` +
 SHA-256 of the two when they are not both plain; `line:` + SHA-256 of source, offset and
-bytes for a line without one), `Runwatch-Source` (the file, percent-encoded), `Runwatch-Offset` (byte
-offset of the line), `Runwatch-Line` (its number), and `Runwatch-Oversize` (its real size)
-when the line exceeded `max_line_bytes` or the server's max_payload and only its first bytes
-were sent. Blank lines are not sent; they only move the checkpoint.
+bytes for a line without one), `Runwatch-Source` (the file, percent-encoded),
+`Runwatch-Offset` (byte offset of the line), `Runwatch-Line` (its number), and
+`Runwatch-Oversize` (its real size) when the line exceeded `max_line_bytes` or the server's
+max_payload and only its first bytes were sent. A processor dead-letters a message whose
+headers are not these (`bad_headers`). Blank lines are not sent; they only move the checkpoint.
 """
 
 from __future__ import annotations
