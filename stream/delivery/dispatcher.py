@@ -4,11 +4,14 @@ Delivery contract: at least once, with the entry's stable id on every attempt, s
 can drop repeats. An entry's state changes only after its attempt ended, in one transaction
 with the derived event that records it (ALERT_SENT, ALERT_FAILED, RUN_ARCHIVED, …), so after
 `kill -9` an undelivered entry is attempted again and a delivered one never is. One worker
-thread per target: a receiver that hangs delays only its own channel.
+thread per target: a receiver that hangs delays only its own channel. A worker whose
+database fails (a restart, a lost connection) reconnects and goes on, waiting longer each
+time; meanwhile `failing()` names it, for the health checks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -29,6 +32,8 @@ LEASE_MARGIN_S = 30.0
 attempt's own database work, and clocks of processors a little apart."""
 JOB_ATTEMPT_S = 300.0
 """The longest attempt of a handler that declares none (the completion jobs)."""
+RESTART_BACKOFF_S = (0.5, 30.0)
+"""A worker whose database failed starts over after this long, doubling up to the cap."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +87,8 @@ class Dispatcher:
         self.wakeups = {target: threading.Event() for target in handlers}
         self.busy = dict.fromkeys(handlers, False)
         self.threads: list[threading.Thread] = []
+        self.trouble: dict[str, str] = {}
+        """Target → why its worker is not working now (until its next claim succeeds)."""
         self.leases = {
             target: getattr(handler, "longest_attempt_s", JOB_ATTEMPT_S) + LEASE_MARGIN_S
             for target, handler in handlers.items()
@@ -113,18 +120,42 @@ class Dispatcher:
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
+    def failing(self) -> dict[str, str]:
+        """Workers that do not deliver now, and why: a database error they are waiting to
+        retry, or a thread that ended (any thread)."""
+        failing = dict(self.trouble)
+        if not self.stopping.is_set():
+            for target, thread in zip(self.handlers, self.threads, strict=False):
+                if not thread.is_alive():
+                    failing.setdefault(target, "its worker thread ended")
+        return failing
+
     def idle(self, connection: Connection, horizon: float = 0.0) -> bool:
         """Nothing pending is due within `horizon` seconds and no attempt is in flight."""
         due = outbox.due_count(connection, time.time() + horizon)
         return due == 0 and not any(self.busy.values())
 
     def _serve(self, target: str) -> None:
+        """Deliver `target`'s entries until stopped, starting over after any error."""
+        delay = RESTART_BACKOFF_S[0]
+        while not self.stopping.is_set():
+            try:
+                self._work(target)
+            except Exception as exc:  # the database (or a bug): this channel must go on
+                if target not in self.trouble:
+                    delay = RESTART_BACKOFF_S[0]  # it had recovered since the last error
+                self.trouble[target] = _describe(exc)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, RESTART_BACKOFF_S[1])
+
+    def _work(self, target: str) -> None:
         connection = connect(self.database)
         wakeup = self.wakeups[target]
         try:
             while not self.stopping.is_set():
                 wakeup.clear()
                 entry = self._claim(connection, target)
+                self.trouble.pop(target, None)
                 if entry is None:
                     self._idle(target)
                     wakeup.wait(_sleep_for(connection, target, self.longest_wait))
@@ -136,7 +167,8 @@ class Dispatcher:
                     self.busy[target] = False
             self._idle(target)  # a clean stop leaves deferred work (the report index) done
         finally:
-            connection.close()
+            with contextlib.suppress(Exception):  # a broken connection may fail to close
+                connection.close()
 
     def _claim(self, connection: Connection, target: str) -> outbox.Claim | None:
         """The next due entry. Processors sharing PostgreSQL lease it for longer than an
@@ -204,6 +236,13 @@ def _alert_event(
     if status != "delivered":
         event["error"] = detail
     return event
+
+
+def _describe(exc: Exception) -> str:
+    """An error in a line, for the health checks: its type and the first line of its text
+    (database drivers name the server and the cause, never a password)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}"[:300].rstrip(": ")
 
 
 def _sleep_for(connection: Connection, target: str, longest: float) -> float:
