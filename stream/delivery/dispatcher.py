@@ -27,11 +27,13 @@ from runwatch.sinks.store import Connection, connect, is_postgres, outbox, trans
 from runwatch.stream.settings.alerts import DeliverySpec
 
 MAX_RETRY_AFTER = 3600.0
-LEASE_MARGIN_S = 30.0
+LEASE_MARGIN_S = 10.0
 """How much longer than its longest attempt an entry stays leased to its processor: the
 attempt's own database work, and clocks of processors a little apart."""
-JOB_ATTEMPT_S = 300.0
-"""The longest attempt of a handler that declares none (the completion jobs)."""
+JOB_ATTEMPT_S = 30.0
+"""The longest attempt of a handler that declares none (the completion jobs: a report or an
+archive of one run takes seconds). A lease is also how long a dead processor's entry waits
+for another; a job that overruns it is done twice at worst, and recorded once."""
 RESTART_BACKOFF_S = (0.5, 30.0)
 """A worker whose database failed starts over after this long, doubling up to the cap."""
 

@@ -287,10 +287,11 @@ def test_a_message_with_bad_headers_is_dead_lettered_and_the_rest_folded(
             postgres_url,
             "--nats",
             server.url,
-        ).start()
-        wait_until(lambda: accepted(postgres_url) == 2, "the good events", 60, show=[processor])
-        assert processor.running(), processor.output()
-        assert processor.stop() == 0
+        )
+        with processor:
+            wait_until(lambda: accepted(postgres_url) == 2, "the good events", 60, show=[processor])
+            assert processor.running(), processor.output()
+            assert processor.stop() == 0
     letters = sorted(dead_letters(postgres_url))
     assert [(source, reason, raw) for source, _, reason, raw in letters] == [
         ("nats:runwatch", "bad_headers", b"not even json"),
