@@ -25,6 +25,10 @@ class Claim:
     kind: str
     payload: bytes
     attempts: int
+    token: float
+    """The entry's `next_attempt_at` as claimed: for a lease, its end. Every later claim of
+    the entry, by any processor, moves it (past the lease's end), so the attempt's outcome
+    is written only while it still holds: a worker that lost its lease overwrites nothing."""
 
 
 _ORDER = "ORDER BY next_attempt_at, decided_at, id LIMIT 1"
@@ -50,24 +54,31 @@ def pending_count(connection: Connection) -> int:
 def next_due(connection: Connection, target: str, now: float) -> Claim | None:
     """The next due entry of `target`; one dispatcher per database (SQLite's one writer)."""
     row = connection.execute(
-        "SELECT id, kind, payload, attempts FROM outbox "
+        "SELECT id, kind, payload, attempts, next_attempt_at FROM outbox "
         f"WHERE state='pending' AND target=? AND next_attempt_at <= ? {_ORDER}",
         (target, now),
     ).fetchone()
-    return None if row is None else Claim(row[0], row[1], bytes(row[2]), int(row[3]))
+    return _claim(row)
 
 
 def lease(connection: Connection, target: str, now: float, lease_s: float) -> Claim | None:
     """Claim the next due entry of `target` among several processors sharing PostgreSQL:
     the row is locked with SKIP LOCKED (no two claim it) and leased for `lease_s`, so if this
-    process dies mid-attempt another one retries it once the lease ends."""
+    process dies mid-attempt another one retries it once the lease ends. The lease's end is
+    the claim's token; a later lease of the entry can only start after it, so ends later."""
     row = connection.execute(
         "UPDATE outbox SET next_attempt_at = ? WHERE id = ("
         f"SELECT id FROM outbox WHERE state='pending' AND target=? AND next_attempt_at <= ? "
-        f"{_ORDER} FOR UPDATE SKIP LOCKED) RETURNING id, kind, payload, attempts",
+        f"{_ORDER} FOR UPDATE SKIP LOCKED) RETURNING id, kind, payload, attempts, next_attempt_at",
         (now + lease_s, target, now),
     ).fetchone()
-    return None if row is None else Claim(row[0], row[1], bytes(row[2]), int(row[3]))
+    return _claim(row)
+
+
+def _claim(row: Any) -> Claim | None:
+    if row is None:
+        return None
+    return Claim(row[0], row[1], bytes(row[2]), int(row[3]), float(row[4]))
 
 
 def next_attempt_at(connection: Connection, target: str) -> float | None:
@@ -78,29 +89,35 @@ def next_attempt_at(connection: Connection, target: str) -> float | None:
     return None if row is None or row[0] is None else float(row[0])
 
 
-def retry_later(
-    connection: Connection, entry_id: str, attempts: int, at: float, error: str
-) -> None:
-    """The attempt failed but may succeed later: due again at `at` (a Unix time)."""
-    connection.execute(
-        "UPDATE outbox SET attempts=?, next_attempt_at=?, last_error=? WHERE id=?",
-        (attempts, at, error, entry_id),
+_HELD = "id=? AND state='pending' AND next_attempt_at=?"
+"""The claimed entry, as long as no one claimed it since (see `Claim.token`)."""
+
+
+def retry_later(connection: Connection, claim: Claim, attempts: int, at: float, error: str) -> bool:
+    """The attempt failed but may succeed later: due again at `at` (a Unix time). False,
+    and nothing written, when the claim was lost to another processor meanwhile."""
+    cursor = connection.execute(
+        f"UPDATE outbox SET attempts=?, next_attempt_at=?, last_error=? WHERE {_HELD}",
+        (attempts, at, error, claim.id, claim.token),
     )
+    return cursor.rowcount == 1
 
 
 def settle(
     connection: Connection,
-    entry_id: str,
+    claim: Claim,
     state: str,
     attempts: int,
     error: str | None,
     done_at: str,
-) -> None:
-    """The entry is done with: `state` is delivered or failed."""
-    connection.execute(
-        "UPDATE outbox SET state=?, attempts=?, last_error=?, done_at=? WHERE id=?",
-        (state, attempts, error, done_at, entry_id),
+) -> bool:
+    """The entry is done with: `state` is delivered or failed. False, and nothing written,
+    when the claim was lost to another processor meanwhile."""
+    cursor = connection.execute(
+        f"UPDATE outbox SET state=?, attempts=?, last_error=?, done_at=? WHERE {_HELD}",
+        (state, attempts, error, done_at, claim.id, claim.token),
     )
+    return cursor.rowcount == 1
 
 
 def record(

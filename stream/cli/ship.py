@@ -80,7 +80,7 @@ COMMAND = Command(
     help="publish event files, line by line, to NATS JetStream",
     description="Follow files, directories (recursively, *.jsonl) or globs (default: the "
     "config's sources) exactly as `tail` does, and publish every line to the "
-    "JetStream subject runwatch.events.<run id> with the event id as "
+    "JetStream subject runwatch.events.<run id> with <run id>/<event id> as "
     "Nats-Msg-Id. A file's checkpoint advances only once its lines are acked; "
     "while NATS is away the batch is retried. The server partitions runs with "
     "the mapping runwatch.events.* -> "

@@ -35,6 +35,7 @@ REASONS: Final = {
     "kept as it was before the line (the dead letter has no line number, only the offset)",
     "internal_error": "folding the line raised an unexpected error (a runwatch bug: please "
     "report it with the line)",
+    "bad_headers": "a JetStream message's Runwatch-* headers are not what a shipper writes",
 }
 
 TYPE_FIELDS: Final = ("event_type", "kind", "type", "event")

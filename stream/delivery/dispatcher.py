@@ -4,11 +4,14 @@ Delivery contract: at least once, with the entry's stable id on every attempt, s
 can drop repeats. An entry's state changes only after its attempt ended, in one transaction
 with the derived event that records it (ALERT_SENT, ALERT_FAILED, RUN_ARCHIVED, …), so after
 `kill -9` an undelivered entry is attempted again and a delivered one never is. One worker
-thread per target: a receiver that hangs delays only its own channel.
+thread per target: a receiver that hangs delays only its own channel. A worker whose
+database fails (a restart, a lost connection) reconnects and goes on, waiting longer each
+time; meanwhile `failing()` names it, for the health checks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -24,8 +27,15 @@ from runwatch.sinks.store import Connection, connect, is_postgres, outbox, trans
 from runwatch.stream.settings.alerts import DeliverySpec
 
 MAX_RETRY_AFTER = 3600.0
-LEASE_S = 15.0
-"""How long a claimed entry is reserved for its processor (longer than any attempt)."""
+LEASE_MARGIN_S = 10.0
+"""How much longer than its longest attempt an entry stays leased to its processor: the
+attempt's own database work, and clocks of processors a little apart."""
+JOB_ATTEMPT_S = 30.0
+"""The longest attempt of a handler that declares none (the completion jobs: a report or an
+archive of one run takes seconds). A lease is also how long a dead processor's entry waits
+for another; a job that overruns it is done twice at worst, and recorded once."""
+RESTART_BACKOFF_S = (0.5, 30.0)
+"""A worker whose database failed starts over after this long, doubling up to the cap."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +89,13 @@ class Dispatcher:
         self.wakeups = {target: threading.Event() for target in handlers}
         self.busy = dict.fromkeys(handlers, False)
         self.threads: list[threading.Thread] = []
-        self.claim = _lease if is_postgres(database) else outbox.next_due
+        self.trouble: dict[str, str] = {}
+        """Target → why its worker is not working now (until its next claim succeeds)."""
+        self.leases = {
+            target: getattr(handler, "longest_attempt_s", JOB_ATTEMPT_S) + LEASE_MARGIN_S
+            for target, handler in handlers.items()
+        }
+        self.shared = is_postgres(database)
         # Alone on SQLite, every new entry comes with a poke; processors sharing PostgreSQL
         # also deliver what the others decided, unannounced, so they look more often.
         self.longest_wait = 1.0 if is_postgres(database) else 5.0
@@ -106,18 +122,42 @@ class Dispatcher:
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
+    def failing(self) -> dict[str, str]:
+        """Workers that do not deliver now, and why: a database error they are waiting to
+        retry, or a thread that ended (any thread)."""
+        failing = dict(self.trouble)
+        if not self.stopping.is_set():
+            for target, thread in zip(self.handlers, self.threads, strict=False):
+                if not thread.is_alive():
+                    failing.setdefault(target, "its worker thread ended")
+        return failing
+
     def idle(self, connection: Connection, horizon: float = 0.0) -> bool:
         """Nothing pending is due within `horizon` seconds and no attempt is in flight."""
         due = outbox.due_count(connection, time.time() + horizon)
         return due == 0 and not any(self.busy.values())
 
     def _serve(self, target: str) -> None:
+        """Deliver `target`'s entries until stopped, starting over after any error."""
+        delay = RESTART_BACKOFF_S[0]
+        while not self.stopping.is_set():
+            try:
+                self._work(target)
+            except Exception as exc:  # the database (or a bug): this channel must go on
+                if target not in self.trouble:
+                    delay = RESTART_BACKOFF_S[0]  # it had recovered since the last error
+                self.trouble[target] = _describe(exc)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, RESTART_BACKOFF_S[1])
+
+    def _work(self, target: str) -> None:
         connection = connect(self.database)
         wakeup = self.wakeups[target]
         try:
             while not self.stopping.is_set():
                 wakeup.clear()
-                entry = self.claim(connection, target, time.time())
+                entry = self._claim(connection, target)
+                self.trouble.pop(target, None)
                 if entry is None:
                     self._idle(target)
                     wakeup.wait(_sleep_for(connection, target, self.longest_wait))
@@ -129,7 +169,16 @@ class Dispatcher:
                     self.busy[target] = False
             self._idle(target)  # a clean stop leaves deferred work (the report index) done
         finally:
-            connection.close()
+            with contextlib.suppress(Exception):  # a broken connection may fail to close
+                connection.close()
+
+    def _claim(self, connection: Connection, target: str) -> outbox.Claim | None:
+        """The next due entry. Processors sharing PostgreSQL lease it for longer than an
+        attempt can take: if this one dies mid-attempt, another retries it once the lease
+        ends; if an attempt overruns anyway, its outcome is not written (see `Claim.token`)."""
+        if self.shared:
+            return outbox.lease(connection, target, time.time(), self.leases[target])
+        return outbox.next_due(connection, target, time.time())
 
     def _idle(self, target: str) -> None:
         """A handler's deferred work, done when its queue is empty."""
@@ -138,7 +187,7 @@ class Dispatcher:
             when_idle()
 
     def _attempt(self, connection: Connection, target: str, entry: outbox.Claim) -> None:
-        entry_id, kind, attempts = entry.id, entry.kind, entry.attempts
+        kind, attempts = entry.kind, entry.attempts
         payload = orjson.loads(entry.payload)
         try:
             result = self.handlers[target](payload)
@@ -158,11 +207,14 @@ class Dispatcher:
         with transaction(connection):
             if status == "retry":
                 delay = backoff(attempts, self.delivery, result.retry_after, self.rng)
-                outbox.retry_later(connection, entry_id, attempts, now + delay, result.detail)
+                held = outbox.retry_later(connection, entry, attempts, now + delay, result.detail)
             else:
                 error = None if status == "delivered" else result.detail
-                outbox.settle(connection, entry_id, status, attempts, error, stamp)
-            outbox.record(connection, derived, result.writes, stamp)
+                held = outbox.settle(connection, entry, status, attempts, error, stamp)
+            if held:
+                outbox.record(connection, derived, result.writes, stamp)
+        if not held:
+            return  # the lease ran out: the processor that took the entry over records it
         if status == "failed":
             self.on_failure(payload, result.detail)
         if derived:
@@ -188,10 +240,11 @@ def _alert_event(
     return event
 
 
-def _lease(connection: Connection, target: str, now: float) -> outbox.Claim | None:
-    """Processors sharing PostgreSQL lease an entry for LEASE_S: if this one dies
-    mid-attempt, another retries it once the lease ends."""
-    return outbox.lease(connection, target, now, LEASE_S)
+def _describe(exc: Exception) -> str:
+    """An error in a line, for the health checks: its type and the first line of its text
+    (database drivers name the server and the cause, never a password)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}"[:300].rstrip(": ")
 
 
 def _sleep_for(connection: Connection, target: str, longest: float) -> float:

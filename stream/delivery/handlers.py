@@ -29,7 +29,17 @@ def channel_handler(channel: Channel) -> Handler:
         outcome = channel.send(payload)
         return Result(outcome.status, outcome.detail, outcome.retry_after)
 
+    send.longest_attempt_s = longest_attempt(channel)  # type: ignore[attr-defined]  # the lease
     return send
+
+
+def longest_attempt(channel: Channel) -> float:
+    """How long one `send` can block: each network step (connect, TLS, request, reply; for
+    mail every SMTP command and every recipient) may take the channel's whole timeout."""
+    config = getattr(channel, "config", None)
+    timeout = float(getattr(config, "timeout", 0.0))
+    steps = 10 + len(getattr(config, "recipients", ())) if channel.kind == "email" else 3
+    return timeout * steps + float(getattr(config, "min_interval", 0.0))
 
 
 def job_handler(settings: Settings, run: Callable[..., Result], **options: Any) -> Handler:

@@ -1,8 +1,8 @@
 """Health checks, the same ones inside the service (`/healthz`) and from a shell
-(`runwatch health`): monitor_heartbeat, db_connection_check, archival_storage_check and
-ingest_lag. The service publishes its liveness in a status file beside the database,
-rewritten every tick, so a shell (cron, systemd, `status --watch`) can see it without
-touching the service's database lock.
+(`runwatch health`): monitor_heartbeat, db_connection_check, archival_storage_check,
+ingest_lag and delivery_workers. The service publishes its liveness in a status file beside
+the database, rewritten every tick, so a shell (cron, systemd, `status --watch`) can see it
+without touching the service's database lock.
 """
 
 from __future__ import annotations
@@ -124,13 +124,26 @@ def ingest_lag(lag_s: float | None, limit_s: float) -> Check:
     )
 
 
+def delivery_workers(failing: dict[str, str] | None) -> Check:
+    """Every channel's delivery worker is working (a worker retries a failed database on its
+    own; until it succeeds, alerts and jobs of its channel wait)."""
+    if failing is None:
+        return Check("delivery_workers", False, "unknown: the service is not running")
+    if not failing:
+        return Check("delivery_workers", True, "every channel's worker is delivering", 0.0)
+    named = "; ".join(f"{target}: {why}" for target, why in sorted(failing.items()))
+    return Check("delivery_workers", False, f"not delivering: {named}", float(len(failing)))
+
+
 def run_checks(
     settings: Settings,
     *,
     loop_age_s: float | None,
     lag_s: float | None,
+    failing_workers: dict[str, str] | None,
     only_liveness: bool = False,
 ) -> list[Check]:
+    """`failing_workers`: the dispatcher's `failing()`, None when the service is not running."""
     limits = settings.health
     checks = [heartbeat(loop_age_s, limits.max_loop_age)]
     if not only_liveness:
@@ -138,6 +151,7 @@ def run_checks(
             database(settings.database),
             archival_storage(settings.archive, limits.min_free_bytes),
             ingest_lag(lag_s, limits.max_ingest_lag),
+            delivery_workers(failing_workers),
         ]
     return checks
 
@@ -145,11 +159,12 @@ def run_checks(
 def from_status_file(settings: Settings) -> list[Check]:
     """The checks from outside the service: its liveness comes from the status file."""
     status = read_status(status_path(settings.database))
-    age = lag = None
+    age = lag = failing = None
     if status is not None and process_alive(int(status.get("pid", 0))):
         age = max(0.0, time.time() - float(status.get("updated_unix", 0)))
         lag = float(status.get("ingest_lag_seconds", 0.0))
-    return run_checks(settings, loop_age_s=age, lag_s=lag)
+        failing = {str(k): str(v) for k, v in dict(status.get("delivery_failing") or {}).items()}
+    return run_checks(settings, loop_age_s=age, lag_s=lag, failing_workers=failing)
 
 
 def report(checks: list[Check]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from runwatch.sinks.audit import AuditLog
 from runwatch.sinks.store import OwnershipLost, connect, open_store
 from runwatch.sinks.store.locks import try_partition_lock
 from runwatch.stream.console import ServiceConsole
+from runwatch.stream.core.decode import Rejection
 from runwatch.stream.core.processor import Processor
 from runwatch.stream.delivery.dispatcher import Dispatcher
 from runwatch.stream.services.runtime import Runtime, lifecycle, now_us
@@ -37,6 +38,7 @@ from runwatch.stream.settings.alerts import AlertSetup
 from runwatch.stream.settings.service import Settings
 from runwatch.stream.sources.nats import (
     STREAM,
+    BadHeaders,
     Partitions,
     received_line,
     stream_lines,
@@ -236,7 +238,13 @@ class PartitionService:
     @staticmethod
     def _fold(processor: Processor, store: Any, source_ids: dict[str, int], message: Any) -> None:
         """One shipped line, folded as `tail` folds a line read at that file offset."""
-        source, lines = received_line(message.headers, message.data)
+        try:
+            source, lines = received_line(message.headers, message.data)
+        except BadHeaders as exc:  # kept where the stream has it, so a redelivery is one letter
+            where = message.metadata.sequence.stream
+            why = Rejection("bad_headers", str(exc))
+            processor.reject(f"nats:{STREAM}", where, 0, message.data, len(message.data), why)
+            return
         source_id = source_ids.get(source)
         if source_id is None:
             source_id = source_ids[source] = store.source_id(source)

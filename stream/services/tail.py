@@ -256,6 +256,7 @@ class TailService:
                 "stalled_runs": stalled,
                 "outbox_pending": pending,
                 "events_accepted": processor.seen,
+                "delivery_failing": self._failing_workers(),
             },
         )
 
@@ -265,9 +266,13 @@ class TailService:
             self.settings,
             loop_age_s=time.monotonic() - self.last_loop,
             lag_s=self.lag_s,
+            failing_workers=self._failing_workers(),
             only_liveness=endpoint == "livez",
         )
         return all(c.ok for c in checks), report(checks)
+
+    def _failing_workers(self) -> dict[str, str]:
+        return {} if self.dispatcher is None else self.dispatcher.failing()
 
     def _serve_metrics(self, cleanup: contextlib.ExitStack) -> None:
         if self.settings.metrics_addr is None:

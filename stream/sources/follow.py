@@ -2,9 +2,15 @@
 
 A followed file is its (device, inode), not its name. Its cursor keeps the file open, so a
 file renamed or deleted by rotation is still read to its end; the name then gets a new
-cursor from offset 0. A file that shrinks, or whose bytes before the read position change,
-was truncated (copytruncate, or truncate-then-regrow): its copy is looked for next to it and
-read from where we stopped, and the file is read again from 0. Every event has an id, so
+cursor from offset 0. A file left unchanged for `idle_close_s` is closed (as are the least
+recently used ones beyond `max_open`), so thousands of quiet files do not hold thousands of
+descriptors: it is watched by its name then, and reopened when it changes, after checking
+that the name still holds the same (device, inode); renamed while closed, it is looked for
+by that identity next to its name.
+
+A file that shrinks, or whose bytes before the read position change, was truncated
+(copytruncate, or truncate-then-regrow): its copy is looked for next to it and read from
+where we stopped, and the file is read again from 0. Every event has an id, so
 lines seen twice through a copy are applied once.
 """
 
@@ -12,7 +18,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -27,6 +34,11 @@ from runwatch.stream.sources.discovery import FINGERPRINT_BYTES, TAIL_HASH_BYTES
 FileId = tuple[int, int]
 MIN_READ: Final = 64 * 1024
 """A pass stops reading once less than this is left of its budget."""
+IDLE_CLOSE_S: Final = 60.0
+"""A file unchanged this long is closed until it changes."""
+MAX_OPEN: Final = 512
+"""At most this many files followed by name are open at once (rotated ones come on top,
+each for about `rotate_wait`)."""
 
 
 class Cursor:
@@ -38,7 +50,7 @@ class Cursor:
         source: str,
         source_id: int,
         file_id: FileId,
-        fd: int,
+        fd: int | None,
         splitter: LineSplitter,
     ) -> None:
         self.path = path
@@ -51,6 +63,7 @@ class Cursor:
         self.tail = b""  # the bytes just before splitter.offset, to notice rewrites
         self.rotated_at: float | None = None
         self.advanced = True
+        self.used_at = time.monotonic()  # when it last grew or was opened
 
     @property
     def position(self) -> int:
@@ -68,23 +81,41 @@ class Cursor:
             digest(self.tail),
         )
 
+    @property
+    def handle(self) -> int:
+        """The open file; only while it is open (the follower reopens it before reading)."""
+        assert self.fd is not None, f"{self.path} is closed"
+        return self.fd
+
     def refresh_edges(self) -> None:
         """Re-read the head (while short) and the tail bytes before the committed offset."""
         offset = self.splitter.offset
         if len(self.head) < FINGERPRINT_BYTES:
-            self.head = os.pread(self.fd, min(FINGERPRINT_BYTES, max(offset, len(self.head))), 0)
+            wanted = min(FINGERPRINT_BYTES, max(offset, len(self.head)))
+            self.head = os.pread(self.handle, wanted, 0)
         start = max(0, offset - TAIL_HASH_BYTES)
-        self.tail = os.pread(self.fd, offset - start, start)
+        self.tail = os.pread(self.handle, offset - start, start)
 
     def rewritten(self, size: int) -> bool:
         """True when the file no longer holds what was read: it shrank or its bytes changed."""
         if size < self.position:
             return True
         start = self.splitter.offset - len(self.tail)
-        return bool(self.tail) and os.pread(self.fd, len(self.tail), start) != self.tail
+        return bool(self.tail) and os.pread(self.handle, len(self.tail), start) != self.tail
+
+    def stat(self) -> os.stat_result | None:
+        """The file's status: from the open file, else by its name while that still names
+        it (None when it does not)."""
+        try:
+            info = os.fstat(self.fd) if self.fd is not None else self.path.stat()
+        except OSError:
+            return None
+        return info if (info.st_dev, info.st_ino) == self.file_id else None
 
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +137,8 @@ class Follower:
         max_line_bytes: int,
         rotate_wait_s: float,
         notes: list[DerivedEvent],
+        idle_close_s: float = IDLE_CLOSE_S,
+        max_open: int = MAX_OPEN,
     ) -> None:
         self.scanner = Scanner(patterns)
         self.store = store
@@ -113,6 +146,11 @@ class Follower:
         self.rotate_wait_s = rotate_wait_s
         self.notes = notes  # audit events about files (rotation, truncation), for the caller
         self.cursors: dict[FileId, Cursor] = {}
+        self.idle_close_s = idle_close_s
+        self.max_open = max_open
+        self.open_by_name: OrderedDict[FileId, Cursor] = OrderedDict()
+        """Open cursors followed by their name, least recently used first (rotated ones are
+        never closed early: their name no longer leads to them)."""
         self.by_path: dict[str, FileId] = {}
         self.forgotten: list[FileId] = []
         self.unreadable: set[str] = set()
@@ -139,6 +177,7 @@ class Follower:
                     cursor.path = path
                 cursor.rotated_at = None  # followed under this name from now on
                 self.by_path[str(path)] = file_id
+                self._track(cursor)
                 continue
             self._open(path, file_id)
         for file_id, saved in list(self.saved.items()):
@@ -147,6 +186,7 @@ class Follower:
         self.saved = {}
 
     def _open(self, path: Path, file_id: FileId, *, rotated: bool = False) -> Cursor | None:
+        self._make_room()
         try:
             fd = os.open(path, os.O_RDONLY)
         except OSError as exc:
@@ -171,6 +211,7 @@ class Follower:
         if rotated:
             cursor.rotated_at = time.monotonic()
         self.cursors[file_id] = cursor
+        self._track(cursor)
         if not rotated:
             self.by_path[str(path)] = file_id
         return cursor
@@ -257,6 +298,7 @@ class Follower:
             current = None
         if current != cursor.file_id:
             cursor.rotated_at = time.monotonic()
+            self.open_by_name.pop(cursor.file_id, None)
             if self.by_path.get(str(cursor.path)) == cursor.file_id:
                 del self.by_path[str(cursor.path)]
             self._note("SOURCE_ROTATED", cursor.path, {"replaced": current is not None})
@@ -265,25 +307,64 @@ class Follower:
 
     def _read_one(self, cursor: Cursor, budget: int) -> tuple[Lines | None, int, int]:
         """(lines, bytes read, bytes left unread) for one file."""
-        size = os.fstat(cursor.fd).st_size
+        if cursor.fd is None:
+            info = cursor.stat()  # by name: an idle file is not opened to learn it is idle
+            if info is not None and info.st_size == cursor.position:
+                return None, 0, 0
+            if not self._reopen(cursor):
+                return None, 0, 0  # gone while closed: `retire` ends it
+        size = os.fstat(cursor.handle).st_size
         position = cursor.position
         if size == position:
             return None, 0, 0  # unchanged (a rewrite to the very same size shows once it grows)
         if cursor.rewritten(size):
             self._truncated(cursor)
-            size = os.fstat(cursor.fd).st_size
+            size = os.fstat(cursor.handle).st_size
             position = cursor.position
         if size <= position:
             return None, 0, 0
-        data = os.pread(cursor.fd, min(budget, size - position), position)
+        data = os.pread(cursor.handle, min(budget, size - position), position)
         left = size - position - len(data)
         if not data:
             return None, 0, left
+        self._track(cursor)
         lines = cursor.splitter.feed(data)
         if lines.items:
             cursor.refresh_edges()
             cursor.advanced = True
         return lines, len(data), left
+
+    def _reopen(self, cursor: Cursor) -> bool:
+        """Open a closed file again: by its name while that names the same (device, inode),
+        else (renamed while closed) a file next to its name with that identity."""
+        for candidate in _name_then_siblings(cursor.path):
+            try:
+                fd = os.open(candidate, os.O_RDONLY)
+            except OSError:
+                continue
+            info = os.fstat(fd)
+            if (info.st_dev, info.st_ino) == cursor.file_id:
+                self._make_room()
+                cursor.fd = fd
+                self._track(cursor)
+                return True
+            os.close(fd)
+        return False
+
+    def _track(self, cursor: Cursor) -> None:
+        """The cursor was just opened or grew: the last to close for want of room."""
+        cursor.used_at = time.monotonic()
+        if cursor.rotated_at is None and cursor.fd is not None:
+            self.open_by_name[cursor.file_id] = cursor
+            self.open_by_name.move_to_end(cursor.file_id)
+        else:
+            self.open_by_name.pop(cursor.file_id, None)
+
+    def _make_room(self) -> None:
+        """Close the least recently used files followed by name, down to `max_open` - 1."""
+        while self.open_by_name and len(self.open_by_name) >= self.max_open:
+            _, oldest = self.open_by_name.popitem(last=False)
+            oldest.close()
 
     def _truncated(self, cursor: Cursor) -> None:
         """Finish the old content from its copy, if one is next to it, then start over at 0."""
@@ -305,12 +386,19 @@ class Follower:
 
     def retire(self, final: list[Read]) -> None:
         """Close rotated files that were read to the end and had `rotate_wait` to finish;
-        a partial last line of such a file is taken as it is (its writer has moved on)."""
+        a partial last line of such a file is taken as it is (its writer has moved on).
+        Files unchanged for `idle_close_s` are closed until they change."""
         now = time.monotonic()
         for cursor in list(self.cursors.values()):
-            if cursor.rotated_at is None or now - cursor.rotated_at < self.rotate_wait_s:
+            if cursor.rotated_at is None:
+                idle = cursor.fd is not None and now - cursor.used_at >= self.idle_close_s
+                if idle and os.fstat(cursor.handle).st_size == cursor.position:
+                    cursor.close()
+                    self.open_by_name.pop(cursor.file_id, None)
                 continue
-            if os.fstat(cursor.fd).st_size > cursor.position:
+            if now - cursor.rotated_at < self.rotate_wait_s:
+                continue
+            if cursor.fd is not None and os.fstat(cursor.fd).st_size > cursor.position:
                 continue
             if cursor.splitter.pending_bytes:
                 final.append(Read(cursor, cursor.splitter.finish()))
@@ -324,9 +412,8 @@ class Follower:
         pending = 0
         age = 0.0
         for cursor in self.cursors.values():
-            try:
-                info = os.fstat(cursor.fd)
-            except OSError:
+            info = cursor.stat()
+            if info is None:
                 continue
             unread = info.st_size - cursor.position
             if unread > 0:
@@ -348,6 +435,7 @@ class Follower:
         for cursor in self.cursors.values():
             cursor.close()
         self.cursors.clear()
+        self.open_by_name.clear()
 
     def _note(self, kind: str, path: Path, data: dict[str, object]) -> None:
         self.notes.append(DerivedEvent(kind, _now_us(), None, {"source": str(path), **data}))
@@ -379,6 +467,12 @@ def _siblings(path: Path) -> list[Path]:
         )
     except OSError:
         return []
+
+
+def _name_then_siblings(path: Path) -> Iterator[Path]:
+    """`path`, then (listing the folder only if asked for more) its siblings."""
+    yield path
+    yield from _siblings(path)
 
 
 def _find_copy(cursor: Cursor) -> Path | None:

@@ -12,11 +12,13 @@ and processor K consumes `runwatch.part.K.>`. The stream captures only `runwatch
 a server without the mapping a publish finds no stream and is retried with the checkpoint
 held, rather than landing unpartitioned where no processor reads.
 
-Headers: `Nats-Msg-Id` (the event id; `line:` + SHA-256 of source, offset and bytes for a
-line without one), `Runwatch-Source` (the file, percent-encoded), `Runwatch-Offset` (byte
-offset of the line), `Runwatch-Line` (its number), and `Runwatch-Oversize` (its real size)
-when the line exceeded `max_line_bytes` or the server's max_payload and only its first bytes
-were sent. Blank lines are not sent; they only move the checkpoint.
+Headers: `Nats-Msg-Id` (the event's id within its run: `<run id>/<event id>`, or `x:` +
+SHA-256 of the two when they are not both plain; `line:` + SHA-256 of source, offset and
+bytes for a line without one), `Runwatch-Source` (the file, percent-encoded),
+`Runwatch-Offset` (byte offset of the line), `Runwatch-Line` (its number), and
+`Runwatch-Oversize` (its real size) when the line exceeded `max_line_bytes` or the server's
+max_payload and only its first bytes were sent. A processor dead-letters a message whose
+headers are not these (`bad_headers`). Blank lines are not sent; they only move the checkpoint.
 """
 
 from __future__ import annotations
@@ -69,11 +71,17 @@ def subject_token(run_id: str | None) -> str:
     return "h" + sha256(run_id.encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
-def message_id(event_id: str) -> str:
-    """The event id as a header value; an id a header would not carry verbatim is hashed."""
-    if _HEADER_SAFE.fullmatch(event_id):
-        return event_id
-    return "x:" + sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()
+def message_id(run_id: str | None, event_id: str) -> str:
+    """The event's id for JetStream's duplicate check. Event ids are unique within a run
+    only, so the run is part of it: `<run id>/<event id>` when the run id is a subject token
+    (it has no `/`, so the split is unambiguous) and the event id a header carries verbatim,
+    else a hash of both."""
+    if run_id is not None and TOKEN.fullmatch(run_id) and _HEADER_SAFE.fullmatch(event_id):
+        return f"{run_id}/{event_id}"
+    scoped = "\0".join(
+        "-" if part is None else f"{len(part)}:{part}" for part in (run_id, event_id)
+    )
+    return "x:" + sha256(scoped.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def line_id(source: str, offset: int, data: bytes) -> str:
@@ -114,25 +122,43 @@ def _message(
             EVENTS_PREFIX + "_", line, {MSG_ID: line_id(source, offset, line), **headers}
         )
     return Outgoing(
-        EVENTS_PREFIX + subject_token(event.run_id), line, {MSG_ID: message_id(event.id), **headers}
+        EVENTS_PREFIX + subject_token(event.run_id),
+        line,
+        {MSG_ID: message_id(event.run_id, event.id), **headers},
     )
+
+
+class BadHeaders(ValueError):
+    """A message's `Runwatch-*` headers are not what a shipper writes."""
+
+
+_COUNT: Final = re.compile(r"[0-9]{1,18}")
+"""A byte offset, line number or size: decimal digits, well inside a signed 64-bit column."""
 
 
 def received_line(headers: Mapping[str, str] | None, data: bytes) -> tuple[str, Lines]:
     """A shipped line back as its source and the one-line `Lines` it was at that offset
-    (the inverse of `messages`)."""
+    (the inverse of `messages`). BadHeaders when a header could not have come from it."""
     headers = headers or {}
     source = unquote(headers.get(SOURCE, "nats"))
-    offset = int(headers.get(OFFSET, 0))
-    oversize = headers.get(OVERSIZE)
-    size = int(oversize) if oversize else len(data)
-    return source, Lines(
-        offset,
-        int(headers.get(LINE, 0)),
-        [data],
-        offset + size + 1,
-        {0: size} if oversize else {},
-    )
+    if "\0" in source:
+        raise BadHeaders(f"{SOURCE} holds a NUL byte")
+    offset = _count(headers, OFFSET, 0)
+    number = _count(headers, LINE, 0)
+    oversize = OVERSIZE in headers
+    size = _count(headers, OVERSIZE, len(data))
+    if size < len(data):
+        raise BadHeaders(f"{OVERSIZE} {size} is less than the {len(data)} bytes sent")
+    return source, Lines(offset, number, [data], offset + size + 1, {0: size} if oversize else {})
+
+
+def _count(headers: Mapping[str, str], name: str, default: int) -> int:
+    value = headers.get(name)
+    if value is None:
+        return default
+    if not _COUNT.fullmatch(value):
+        raise BadHeaders(f"{name} {value[:40]!r} is not a count of bytes or lines")
+    return int(value)
 
 
 @dataclass(frozen=True)

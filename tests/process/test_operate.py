@@ -101,6 +101,7 @@ def test_healthz_flips_with_the_database_and_the_archive_disk(tmp_path: Path) ->
             "db_connection_check",
             "archival_storage_check",
             "ingest_lag",
+            "delivery_workers",
         }
         db.rename(tmp_path / "moved.db")
         try:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import zipfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import nats
 import orjson
+from nats.js.api import StreamConfig
 
 from helpers import RunwatchProcess, run_cli, wait_until
 from natsserver import NatsServer
@@ -212,3 +215,87 @@ def test_replay_into_postgresql_equals_replay_into_sqlite(
         local.close()
     listed = run_cli("status", "--db", postgres_url, "--json")
     assert listed.returncode == 0 and len(orjson.loads(listed.stdout)) == 25
+
+
+def dead_letters(url: str) -> list[tuple[str, int, str, bytes]]:
+    store = open_store(url)
+    try:
+        rows = store.db.execute("SELECT source, offset, reason, raw FROM dead_letters").fetchall()
+        return [(row[0], int(row[1]), row[2], bytes(row[3])) for row in rows]
+    finally:
+        store.close()
+
+
+def publish(url: str, *messages: tuple[bytes, dict[str, str]]) -> None:
+    """Publish as a shipper would (creating the stream), with whatever headers are given."""
+
+    async def send() -> None:
+        client = await nats.connect(url)
+        try:
+            js = client.jetstream()
+            await js.add_stream(StreamConfig(name="runwatch", subjects=["runwatch.part.>"]))
+            for data, headers in messages:
+                await js.publish("runwatch.events.R1", data, headers=headers)
+        finally:
+            await client.close()
+
+    asyncio.run(send())
+
+
+def test_a_message_with_bad_headers_is_dead_lettered_and_the_rest_folded(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Headers come from whoever can publish to the stream: a bad offset must not crash the
+    processor (and crash it again at every restart), it becomes a dead letter."""
+    started = orjson.dumps(
+        {
+            "event_type": "run_started",
+            "event_id": "1",
+            "run_id": "R1",
+            "timestamp": "2026-01-05T08:00:00Z",
+        }
+    )
+    finished = orjson.dumps(
+        {
+            "event_type": "run_completed",
+            "event_id": "2",
+            "run_id": "R1",
+            "status": "ok",
+            "timestamp": "2026-01-05T08:01:00Z",
+        }
+    )
+    source = {"Runwatch-Source": "host/events.jsonl", "Runwatch-Line": "1"}
+    (tmp_path / "rw.yaml").write_text(NEVER_STALLS)
+    with NatsServer(tmp_path / "nats", partitions=1) as server:
+        publish(
+            server.url,
+            (started, {**source, "Runwatch-Offset": "0"}),
+            (b"not even json", {**source, "Runwatch-Offset": "12 bytes in"}),
+            (finished, {**source, "Runwatch-Offset": "99999999999999999999999"}),
+            (finished, {**source, "Runwatch-Offset": "200", "Runwatch-Line": "-3"}),
+            (finished, {**source, "Runwatch-Offset": "300"}),
+        )
+        processor = RunwatchProcess(
+            tmp_path,
+            "p0",
+            "tail",
+            "--partition",
+            "0/1",
+            "--config",
+            str(tmp_path / "rw.yaml"),
+            "--db",
+            postgres_url,
+            "--nats",
+            server.url,
+        )
+        with processor:
+            wait_until(lambda: accepted(postgres_url) == 2, "the good events", 60, show=[processor])
+            assert processor.running(), processor.output()
+            assert processor.stop() == 0
+    letters = sorted(dead_letters(postgres_url))
+    assert [(source, reason, raw) for source, _, reason, raw in letters] == [
+        ("nats:runwatch", "bad_headers", b"not even json"),
+        ("nats:runwatch", "bad_headers", finished),
+        ("nats:runwatch", "bad_headers", finished),
+    ]
+    assert [offset for _, offset, _, _ in letters] == [2, 3, 4], "the stream sequences"

@@ -21,7 +21,7 @@ import pytest
 
 from helpers import RunwatchProcess, wait_until
 from natsserver import NatsServer
-from runwatch.stream.sources.nats import line_id, subject_token
+from runwatch.stream.sources.nats import line_id, message_id, subject_token
 
 CONFIG = "rotate_wait: 1s\nrescan_interval: 1s\nbatch_max_bytes: 65536\n"
 STREAM = "runwatch"
@@ -182,7 +182,7 @@ def test_lines_arrive_with_subject_headers_and_id(tmp_path: Path, server: NatsSe
         token = subject_token(event["run_id"])
         assert message.data == line
         assert message.subject == f"runwatch.part.{server.partition_of(token)}.{token}"
-        assert message.headers["Nats-Msg-Id"] == event["event_id"]
+        assert message.headers["Nats-Msg-Id"] == f"{event['run_id']}/{event['event_id']}"
         assert message.headers["Runwatch-Source"] == str(log)
         assert (message.headers["Runwatch-Offset"], message.headers["Runwatch-Line"]) == (
             str(at),
@@ -271,7 +271,7 @@ def test_a_line_too_big_for_nats_is_shipped_cut_and_flagged(tmp_path: Path) -> N
     assert cut.headers["Runwatch-Oversize"] == str(len(huge))
     assert cut.headers["Nats-Msg-Id"] == line_id(str(log), 0, cut.data)
     assert cut.subject.endswith("._")
-    assert [m.headers["Nats-Msg-Id"] for m in messages[1:]] == ["Re0", "Re1"]
+    assert [m.headers["Nats-Msg-Id"] for m in messages[1:]] == ["R0/Re0", "R1/Re1"]
 
 
 def test_shipper_started_before_nats_waits_for_it(tmp_path: Path) -> None:
@@ -289,7 +289,7 @@ def test_shipper_started_before_nats_waits_for_it(tmp_path: Path) -> None:
         ids = [m.headers["Nats-Msg-Id"] for m in stored(server.url)]
     finally:
         server.kill()
-    assert ids == [f"Re{n}" for n in range(10)]
+    assert ids == [f"R{n % 5}/Re{n}" for n in range(10)]
 
 
 def test_without_the_partition_mapping_nothing_is_checkpointed(tmp_path: Path) -> None:
@@ -323,7 +323,7 @@ def test_kill_9_then_restart_ships_every_line_once(tmp_path: Path, server: NatsS
     messages = stored(server.url)
     ids = [m.headers["Nats-Msg-Id"] for m in messages]
     assert len(messages) == len(set(ids)) == 42_000
-    assert set(ids) == {f"Re{n}" for n in range(42_000)}
+    assert set(ids) == {f"R{n % 50}/Re{n}" for n in range(42_000)}
 
 
 def test_nats_down_holds_the_checkpoint(tmp_path: Path, server: NatsServer) -> None:
@@ -344,7 +344,7 @@ def test_nats_down_holds_the_checkpoint(tmp_path: Path, server: NatsServer) -> N
         wait_until(lambda: shipped_all(shipper, server, 350, log), "after the outage")
         assert shipper.stop() == 0
     ids = [m.headers["Nats-Msg-Id"] for m in stored(server.url)]
-    assert ids == [f"Re{n}" for n in range(350)]
+    assert ids == [f"R{n % 5}/Re{n}" for n in range(350)]
 
 
 WRITER = r'''
@@ -387,7 +387,7 @@ def test_rotation_while_shipping_loses_nothing(tmp_path: Path, server: NatsServe
         assert shipper.stop() == 0
     messages = stored(server.url)
     ids = [m.headers["Nats-Msg-Id"] for m in messages]
-    assert sorted(ids) == sorted(f"w{n}" for n in range(3000))
+    assert sorted(ids) == sorted(f"R{n % 7}/w{n}" for n in range(3000))
     assert {m.headers["Runwatch-Source"] for m in messages} == {str(log)}
     assert "SOURCE_ROTATED" in shipper.output()
 
@@ -404,3 +404,37 @@ def test_a_second_shipper_on_one_checkpoint_db_refuses(tmp_path: Path, server: N
         assert second.returncode == 1
         assert "already in use" in second.stderr
         assert shipper.stop() == 0
+
+
+def test_runs_sharing_an_event_id_both_arrive(tmp_path: Path, server: NatsServer) -> None:
+    """Event ids are unique within a run only: two runs' event "1", shipped within the
+    duplicate window, are two messages, not one dropped as a repeat of the other."""
+    log = tmp_path / "runs.jsonl"
+    log.write_bytes(
+        b"".join(
+            orjson.dumps(
+                {
+                    "event_type": "run_started",
+                    "event_id": "1",
+                    "timestamp": "2026-11-22T10:00:00Z",
+                    "run_id": run_id,
+                }
+            )
+            + b"\n"
+            for run_id in ("A", "B", "run with spaces")
+        )
+    )
+    with Shipper(tmp_path, server.url, log) as shipper:
+        wait_until(lambda: checkpoint(shipper.db, log) == log.stat().st_size, "the lines acked")
+        assert shipper.stop() == 0
+    messages = stored(server.url)
+    assert sorted(orjson.loads(m.data)["run_id"] for m in messages) == [
+        "A",
+        "B",
+        "run with spaces",
+    ]
+    ids = [m.headers["Nats-Msg-Id"] for m in messages]
+    assert len(set(ids)) == 3
+    assert ids[:2] == ["A/1", "B/1"]
+    assert ids[2] == message_id("run with spaces", "1") != message_id("run with space", "s1")
+    assert "(0 already in the stream)" in shipper.output()

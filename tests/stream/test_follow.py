@@ -18,6 +18,7 @@ from typing import Self
 import orjson
 import pytest
 
+from helpers import wait_until
 from runwatch.projections import DerivedEvent
 from runwatch.sinks.store.api import Changes
 from runwatch.sinks.store.sqlite import SqliteStore
@@ -373,3 +374,56 @@ def test_delete_and_recreate_while_stopped_reads_the_new_file_from_zero(
         assert ("SOURCE_GONE" in resumed.note_types()) == (not reused)
         resumed.commit()
         assert resumed.checkpointed() == {file_id(log)}
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_thousands_of_quiet_files_do_not_hold_a_descriptor_each(tmp_path: Path, db: Path) -> None:
+    """A file is open while it is busy (at most `max_open` followed by name at once) and
+    closed once quiet; it is reopened, by name and identity, when it changes, and found by
+    its identity when it was renamed meanwhile."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    writer = Writer()
+    files = [folder / f"f{n:04}.jsonl" for n in range(2000)]
+    written = [line for path in files for line in writer.append(path, 1)]
+    store = SqliteStore(db)
+    baseline = open_descriptors()
+    follower = Follower(
+        [str(folder)],
+        store,
+        max_line_bytes=4096,
+        rotate_wait_s=0.0,
+        notes=[],
+        idle_close_s=0.3,
+        max_open=64,
+    )
+    most = 0
+
+    def step() -> list[bytes]:
+        nonlocal most
+        follower.discover()
+        reads = follower.read(BUDGET)
+        follower.retire(reads)
+        most = max(most, open_descriptors() - baseline)
+        return [line for read in reads for line in read.lines.items]
+
+    try:
+        assert sorted(step()) == sorted(written)
+        assert len(follower.cursors) == 2000 and most <= 64
+        wait_until(lambda: not step() and open_descriptors() <= baseline, "quiet files closed")
+
+        busy = writer.append(files[7], 2) + writer.append(files[1500], 1)
+        assert sorted(step()) == sorted(busy), "a closed file that grew is read again"
+        renamed = writer.append(files[0], 1)
+        files[0].rename(folder / "f0000.jsonl.1")  # rotated while closed: found by identity
+        fresh = writer.append(files[0], 1)
+        assert step() + step() == renamed + fresh
+        assert len(follower.cursors) == 2000
+        wait_until(lambda: not step() and open_descriptors() <= baseline, "closed again")
+        assert most <= 64
+    finally:
+        follower.close()
+        store.close()
