@@ -121,6 +121,7 @@ class Processor:
         # Keyed by GroupKey; the hot loop looks up with equal plain tuples.
         self._cache: OrderedDict[tuple[str, str], Group] = OrderedDict()
         self._limbo: dict[tuple[str, str], Group] = {}
+        self._adopted: dict[tuple[str, str], tuple[bytes, bytes]] = {}  # until the commit
         self._changes = Changes()
         self._pending = Tally()
         self._total = Tally()
@@ -299,16 +300,37 @@ class Processor:
         """Watch only the open runs whose id is `owned` for stalls (a partition's runs)."""
         self._open_runs = {run: seen for run, seen in self._open_runs.items() if owned(run)}
 
-    def partials(self) -> dict[GroupKey, tuple[State, bytes]]:
-        """An in-memory fold's groups: each state with its serialised index entries (what a
-        replay worker hands back for `merge`)."""
-        return {
-            group.key: (group.state, dump_index(group.new_index)) for group in self._cache.values()
-        }
+    def hand_over(self) -> tuple[Changes, list[DerivedEvent], dict[str, tuple[int, bool]]]:
+        """An in-memory fold made ready to write (a replay worker's result): every group
+        flushed into its rows, state and index entries (one of each per group; what no store
+        can hold set aside), with the derived events and the open runs they make."""
+        for group in self._cache.values():
+            self._flush(group)
+        self._set_aside_unstorable(self._changes)
+        return self._changes, self._derived, dict(self._open_runs)
+
+    def adopt(
+        self, key: GroupKey, state: bytes, index: bytes, open_run: tuple[int, bool] | None
+    ) -> bool:
+        """Take a group folded and written elsewhere (a replay worker wrote its rows) as it
+        is: its serialised `state` and `index` entries are written with the next commit.
+        `open_run` is (last event time, stalled) of a run that is not finished. False, and
+        nothing done, if this processor already has the group: then `merge` it."""
+        assert self._known_groups is not None, "adopting needs every group key known"
+        if key in self._known_groups or key in self._cache or key in self._limbo:
+            return False
+        self._known_groups.add(key)
+        self._changes.states.append((key.text, state))
+        self._changes.index.append((key.text, index))
+        self._adopted[key] = (state, index)
+        if open_run is not None:
+            self._open_runs[key.name] = open_run
+        return True
 
     def merge(self, key: GroupKey, partial: State, index: bytes) -> set[str]:
         """Join a group state folded elsewhere (a replay worker) from the events whose
-        serialised index entries are `index`; returns the ids it already had (repeats)."""
+        serialised index entries are `index`; returns the ids it already had (repeats).
+        Those count as duplicates, the rest as accepted (by `absorb`)."""
         group = self._cache.get(key)
         if group is None:
             group = self._load(key)
@@ -323,7 +345,7 @@ class Processor:
             group.index_blobs.append(index)
         group.state.merge(partial)  # type: ignore[arg-type]  # same kind: same key
         group.dirty = True
-        self._pending.accepted += len(partial.seen) - len(known)
+        self._pending.accepted -= len(known)
         self._pending.duplicate += len(known)
         return known
 
@@ -334,13 +356,10 @@ class Processor:
         max_event_time: int,
         triggers: Iterable[Trigger],
     ) -> None:
-        """Take over what a fold elsewhere (a replay worker) rejected, skipped as blank,
-        reached in event time and triggered; its accepted events come with `merge`."""
+        """Take over what a fold elsewhere (a replay worker) counted, rejected, reached in
+        event time and triggered; its groups come with `adopt` or `merge`."""
         self._changes.dead_letters.extend(dead_letters)
-        self._pending.blank += tally.blank
-        rejected = self._pending.rejected
-        for reason, count in tally.rejected.items():
-            rejected[reason] = rejected.get(reason, 0) + count
+        self._pending.add(tally)
         self._max_event_time = max(self._max_event_time, max_event_time)
         self._triggers.extend(triggers)
 
@@ -394,7 +413,12 @@ class Processor:
 
     def _load(self, key: GroupKey) -> Group:
         group = self._limbo.pop(key, None)
-        if group is None and (
+        adopted = self._adopted.pop(key, None)
+        if adopted is not None:  # its state is in this commit, not in the store yet
+            state, index = adopted
+            seen = {entry[0] for entry in orjson.loads(index)}
+            group = Group(key, restore(key, orjson.loads(state), seen))
+        elif group is None and (
             self._store is None
             or (self._known_groups is not None and key not in self._known_groups)
         ):
@@ -541,6 +565,7 @@ class Processor:
         derived = self._derived
         self._changes, self._pending, self._derived = Changes(), Tally(), []
         self._limbo.clear()
+        self._adopted.clear()
         return derived
 
 

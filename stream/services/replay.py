@@ -19,20 +19,22 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any, Final, Protocol, Self
 
-from runwatch.projections import Event
+import orjson
+
+from runwatch.projections import DerivedEvent, Event
 from runwatch.projections.alerts import RuleSet, Trigger
 from runwatch.sinks.store import Store, is_postgres, reads
-from runwatch.sinks.store.api import Checkpoint, DeadLetter
-from runwatch.sinks.store.keys import GroupKey, IndexEntry, load_index
-from runwatch.sinks.store.scratch import scratch_for
+from runwatch.sinks.store.api import Changes, Checkpoint, DeadLetter
+from runwatch.sinks.store.keys import RUN, GroupKey, IndexEntry, load_index
+from runwatch.sinks.store.scratch import Scratch, scratch_for
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import Progress, wall_clock
 from runwatch.stream.core.decode import RAW_KEEP, decode
-from runwatch.stream.core.groups import State
+from runwatch.stream.core.groups import restore
 from runwatch.stream.core.lines import Lines, LineSplitter
 from runwatch.stream.core.processor import Processor, Tally
 from runwatch.stream.services.runtime import Runtime, now_us
@@ -127,6 +129,7 @@ def replay(
     try:
         summary = _build(
             files,
+            scratch,
             store,
             settings,
             progress,
@@ -158,6 +161,7 @@ def replay(
 
 def _build(
     files: list[Path],
+    scratch: Scratch,
     store: Store,
     settings: Settings,
     progress: bool | None,
@@ -190,7 +194,9 @@ def _build(
 
     pool = None
     if workers > 0 and total_bytes > 2 * chunk_bytes:
-        pool = multiprocessing.get_context("fork").Pool(workers)
+        pool = multiprocessing.get_context("fork").Pool(
+            workers, initializer=_join_build, initargs=(scratch,)
+        )
     try:
         regions = _regions(sizes, source_ids, chunk_bytes)
         if pool is None:
@@ -251,12 +257,17 @@ class Region:
 
 @dataclass(slots=True)
 class Folded:
-    """A worker's fold of some regions: partial group states plus per-region bookkeeping."""
+    """A worker's fold of some regions, its rows already written: per group its key, state
+    and index entries as the store keeps them; the derived events and open runs of its runs;
+    per-region bookkeeping. Bytes, not objects: the parent does nothing per event."""
 
     regions: list[Region]
     line_counts: list[int]
     dead_letters: list[list[DeadLetter]]  # per region; lines numbered from the region start
-    groups: dict[GroupKey, tuple[State, bytes]]
+    set_aside: list[DeadLetter]  # unstorable values: numbered already
+    groups: list[tuple[str, bytes, bytes]]
+    derived: list[DerivedEvent]
+    open_runs: dict[str, tuple[int, bool]]
     tally: Tally
     max_event_time: int
     triggers: list[Trigger]
@@ -265,11 +276,23 @@ class Folded:
     def merge_into(
         self, processor: Processor, next_line: dict[Path, int], observer: Observer | None = None
     ) -> None:
+        """A group new to `processor` is adopted as the worker wrote it; one it has seen
+        before (a run that straddles regions) is merged, and its rows are written again."""
         repeats: list[IndexEntry] = []
-        for key, (state, index) in self.groups.items():
-            known = processor.merge(key, state, index)
+        merged_runs: set[str] = set()
+        for text, state, index in self.groups:
+            key = GroupKey.parse(text)
+            if processor.adopt(key, state, index, self.open_runs.get(key.name)):
+                continue
+            if key.kind == RUN:
+                merged_runs.add(key.name)
+            entries = load_index(index)
+            partial = restore(key, orjson.loads(state), {entry.event_id for entry in entries})
+            known = processor.merge(key, partial, index)
             if known and observer is not None:
-                repeats.extend(entry for entry in load_index(index) if entry.event_id in known)
+                repeats.extend(entry for entry in entries if entry.event_id in known)
+        # A merged run is observed again when its merged state is flushed.
+        processor.note(*(d for d in self.derived if d.run_id not in merged_runs))
         letters = [
             DeadLetter(
                 d.source,
@@ -283,6 +306,7 @@ class Folded:
             for region, region_letters in zip(self.regions, self.dead_letters, strict=True)
             for d in region_letters
         ]
+        letters.extend(self.set_aside)
         processor.absorb(letters, self.tally, self.max_event_time, self.triggers)
         if observer is not None and self.observer is not None:
             observer.merge(self.observer)
@@ -358,6 +382,15 @@ def _fold_in_workers(
             yield pending.popleft().get()
 
 
+_rows_store: Store | None = None
+"""A pool worker's own connection to the build, for the rows it folds."""
+
+
+def _join_build(scratch: Scratch) -> None:
+    global _rows_store  # one connection per pool process, opened once
+    _rows_store = scratch.join()
+
+
 def _fold_regions(
     regions: list[Region],
     max_line_bytes: int,
@@ -365,7 +398,8 @@ def _fold_regions(
     observer: Observer | None,
     latest_us: int,
 ) -> Folded:
-    """In a worker: decode and fold some regions into partial group states."""
+    """In a worker: decode and fold some regions, write the rows of every group they touch,
+    and hand back the rest of what the parent needs."""
     folder = Processor(
         None,
         stall_after_s=1,
@@ -388,11 +422,27 @@ def _fold_regions(
         line_counts[-1] += len(lines.items)
         letters[-1].extend(folder.dead_letters[before:])
         fresh = done
+    numbered = len(folder.dead_letters)
+    changes, derived, open_runs = folder.hand_over()
+    assert _rows_store is not None, "a pool worker joins the build first"
+    _rows_store.commit(
+        Changes(
+            runs=sorted(changes.runs, key=itemgetter("run_id")),
+            tasks=sorted(changes.tasks, key=itemgetter("run_id", "task_id")),
+            workstreams=sorted(changes.workstreams, key=itemgetter("run_id", "workstream_id")),
+            pattern_runs=sorted(changes.pattern_runs, key=itemgetter("pattern_run_id")),
+        ),
+        wall_clock(),
+    )
+    index = dict(changes.index)
     return Folded(
         regions,
         line_counts,
         letters,
-        folder.partials(),
+        changes.dead_letters[numbered:],
+        [(key, state, index[key]) for key, state in changes.states],
+        derived,
+        open_runs,
         folder.pending,
         folder.max_event_time,
         list(folder.triggers),
