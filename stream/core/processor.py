@@ -310,18 +310,35 @@ class Processor:
         return self._changes, self._derived, dict(self._open_runs)
 
     def adopt(
-        self, key: GroupKey, state: bytes, index: bytes, open_run: tuple[int, bool] | None
+        self,
+        key: GroupKey,
+        state: bytes,
+        index: bytes,
+        open_run: tuple[int, bool] | None,
+        rows: bytes = b"",
     ) -> bool:
-        """Take a group folded and written elsewhere (a replay worker wrote its rows) as it
-        is: its serialised `state` and `index` entries are written with the next commit.
-        `open_run` is (last event time, stalled) of a run that is not finished. False, and
-        nothing done, if this processor already has the group: then `merge` it."""
-        assert self._known_groups is not None, "adopting needs every group key known"
-        if key in self._known_groups or key in self._cache or key in self._limbo:
+        """Take a group folded and flushed elsewhere (a worker) as it is: its serialised
+        `state`, `index` entries and `rows` (orjson: runs, tasks, workstreams, pattern runs;
+        empty if the worker wrote them) are written with the next commit. `open_run` is
+        (last event time, stalled) of a run that is not finished. False, and nothing done,
+        if the group is known here (in memory or in the store): then `merge` it."""
+        if key in self._cache or key in self._limbo or key in self._adopted:
             return False
-        self._known_groups.add(key)
-        self._changes.states.append((key.text, state))
-        self._changes.index.append((key.text, index))
+        if self._known_groups is not None:
+            if key in self._known_groups:
+                return False
+            self._known_groups.add(key)
+        elif self._store is not None and any(self._store.load_group(key.text)):
+            return False
+        changes = self._changes
+        changes.states.append((key.text, state))
+        changes.index.append((key.text, index))
+        if rows:
+            runs, tasks, workstreams, pattern_runs = orjson.loads(rows)
+            changes.runs.extend(runs)
+            changes.tasks.extend(tasks)
+            changes.workstreams.extend(workstreams)
+            changes.pattern_runs.extend(pattern_runs)
         self._adopted[key] = (state, index)
         if open_run is not None:
             self._open_runs[key.name] = open_run
