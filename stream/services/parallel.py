@@ -14,6 +14,7 @@ nothing per event, and little per group.
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ import orjson
 
 from runwatch.projections import DerivedEvent, Event
 from runwatch.projections.alerts import RuleSet, Trigger
-from runwatch.sinks.store.api import Changes, DeadLetter, Store
+from runwatch.sinks.store.api import Changes, Checkpoint, DeadLetter, Store
 from runwatch.sinks.store.keys import PATTERN, RUN, GroupKey, IndexEntry, load_index
 from runwatch.sinks.store.scratch import Scratch
 from runwatch.stream.console import wall_clock
@@ -279,3 +280,100 @@ def _rows_by_group(changes: Changes) -> dict[str, bytes]:
             key = GroupKey(kind, row[name]).text
             grouped.setdefault(key, [[], [], [], []])[position].append(row)
     return {key: orjson.dumps(lists) for key, lists in grouped.items()}
+
+
+@dataclass(slots=True)
+class Flight:
+    """One read of a tailer, being folded by the workers, and the checkpoints it reaches."""
+
+    pieces: list[Piece]
+    results: list[Any]
+    checkpoints: tuple[list[Checkpoint], list[tuple[int, int]]]
+
+
+class Backlog:
+    """A tailer far behind folds its reads in worker processes: a read of `workers` × 2
+    pieces of `piece_bytes` at a time, folded while the parent merges and commits the read
+    before (so the parent never waits for the workers, nor they for it). The pool is
+    started on the first backlog, by spawning (the service runs threads)."""
+
+    def __init__(self, workers: int, piece_bytes: int, max_line_bytes: int, rules: RuleSet):
+        self.workers = workers
+        self.piece_bytes = piece_bytes
+        self.max_line_bytes = max_line_bytes
+        self.rules = rules
+        self.pool: Any = None
+
+    @property
+    def budget(self) -> int:
+        """What to read at once when behind."""
+        return max(1, self.workers) * 2 * self.piece_bytes
+
+    def wanted(self, read_bytes: int) -> bool:
+        """Is a read of this size worth the workers?"""
+        return self.workers > 0 and read_bytes >= 2 * self.piece_bytes
+
+    def submit(
+        self,
+        reads: Iterable[tuple[str, int, Lines]],
+        latest_us: int,
+        checkpoints: tuple[list[Checkpoint], list[tuple[int, int]]],
+    ) -> Flight:
+        if self.pool is None:
+            self.pool = multiprocessing.get_context("spawn").Pool(self.workers)
+        pieces = [
+            Piece(source, source_id, part)
+            for source, source_id, lines in reads
+            for part in split_lines(lines, self.piece_bytes)
+        ]
+        results = [
+            self.pool.apply_async(
+                fold_batch, ([piece], self.max_line_bytes, self.rules, None, latest_us)
+            )
+            for piece in pieces
+        ]
+        return Flight(pieces, results, checkpoints)
+
+    def land(self, flight: Flight, processor: Processor) -> dict[str, int]:
+        """Merge a flight's folds into `processor`, in input order; returns the new events
+        per source."""
+        fresh: dict[str, int] = {}
+        sources = {piece.source_id: piece.source for piece in flight.pieces}
+        for piece, result in zip(flight.pieces, flight.results, strict=True):
+            folded: Folded = result.get()
+            repeats = folded.merge_into(processor)
+            fresh[piece.source] = fresh.get(piece.source, 0) + sum(folded.accepted)
+            for entry in repeats:
+                source = sources.get(entry.source_id, piece.source)
+                fresh[source] = fresh.get(source, 0) - 1
+        return fresh
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+            self.pool = None
+
+
+def split_lines(lines: Lines, max_bytes: int) -> Iterator[Lines]:
+    """`lines` cut into runs of about `max_bytes`, each with its own offset and number."""
+    items, oversize = lines.items, lines.oversize
+    start, offset, size = 0, lines.offset, 0
+    for index, line in enumerate(items):
+        size += oversize.get(index, len(line)) + 1
+        if size >= max_bytes and index + 1 < len(items):
+            yield _slice(lines, start, index + 1, offset, offset + size)
+            start, offset, size = index + 1, offset + size, 0
+    yield _slice(lines, start, len(items), offset, lines.end)
+
+
+def _slice(lines: Lines, start: int, stop: int, offset: int, end: int) -> Lines:
+    last = stop == len(lines.items)
+    return Lines(
+        offset,
+        lines.line + start,
+        lines.items[start:stop],
+        end,
+        {i - start: n for i, n in lines.oversize.items() if start <= i < stop},
+        lines.unterminated and last,
+    )
