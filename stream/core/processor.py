@@ -300,14 +300,17 @@ class Processor:
         """Watch only the open runs whose id is `owned` for stalls (a partition's runs)."""
         self._open_runs = {run: seen for run, seen in self._open_runs.items() if owned(run)}
 
-    def hand_over(self) -> tuple[Changes, list[DerivedEvent], dict[str, tuple[int, bool]]]:
-        """An in-memory fold made ready to write (a replay worker's result): every group
-        flushed into its rows, state and index entries (one of each per group; what no store
-        can hold set aside), with the derived events and the open runs they make."""
+    def hand_over(
+        self,
+    ) -> tuple[Changes, list[DerivedEvent], dict[str, tuple[int, bool]], dict[str, int]]:
+        """An in-memory fold made ready to write (a worker's result): every group flushed
+        into rows, state and index entries (what no store can hold set aside), the derived
+        events and open runs they make, and each group's count of new events."""
+        events = {group.key.text: len(group.new_index) for group in self._cache.values()}
         for group in self._cache.values():
             self._flush(group)
         self._set_aside_unstorable(self._changes)
-        return self._changes, self._derived, dict(self._open_runs)
+        return self._changes, self._derived, dict(self._open_runs), events
 
     def adopt(
         self,
@@ -315,13 +318,13 @@ class Processor:
         state: bytes,
         index: bytes,
         open_run: tuple[int, bool] | None,
+        events: int,
         rows: bytes = b"",
     ) -> bool:
-        """Take a group folded and flushed elsewhere (a worker) as it is: its serialised
-        `state`, `index` entries and `rows` (orjson: runs, tasks, workstreams, pattern runs;
-        empty if the worker wrote them) are written with the next commit. `open_run` is
-        (last event time, stalled) of a run that is not finished. False, and nothing done,
-        if the group is known here (in memory or in the store): then `merge` it."""
+        """Take a group folded and flushed by a worker as it is: its `state`, `index` and
+        `rows` (orjson: runs, tasks, workstreams, pattern runs; empty if the worker wrote
+        them) are written by the next commit. `open_run`: (last event time, stalled) of an
+        open run. False, and nothing done, if the group is known here: then `merge` it."""
         if key in self._cache or key in self._limbo or key in self._adopted:
             return False
         if self._known_groups is not None:
@@ -333,21 +336,21 @@ class Processor:
         changes = self._changes
         changes.states.append((key.text, state))
         changes.index.append((key.text, index))
-        if rows:
-            runs, tasks, workstreams, pattern_runs = orjson.loads(rows)
-            changes.runs.extend(runs)
-            changes.tasks.extend(tasks)
-            changes.workstreams.extend(workstreams)
-            changes.pattern_runs.extend(pattern_runs)
+        for table, table_rows in zip(
+            (changes.runs, changes.tasks, changes.workstreams, changes.pattern_runs),
+            orjson.loads(rows) if rows else ([], [], [], []),
+            strict=True,
+        ):
+            table.extend(table_rows)
         self._adopted[key] = (state, index)
+        self._pending.accepted += events
         if open_run is not None:
             self._open_runs[key.name] = open_run
         return True
 
     def merge(self, key: GroupKey, partial: State, index: bytes) -> set[str]:
         """Join a group state folded elsewhere (a replay worker) from the events whose
-        serialised index entries are `index`; returns the ids it already had (repeats).
-        Those count as duplicates, the rest as accepted (by `absorb`)."""
+        serialised index entries are `index`; returns the ids it already had (repeats)."""
         group = self._cache.get(key)
         if group is None:
             group = self._load(key)
@@ -362,7 +365,7 @@ class Processor:
             group.index_blobs.append(index)
         group.state.merge(partial)  # type: ignore[arg-type]  # same kind: same key
         group.dirty = True
-        self._pending.accepted -= len(known)
+        self._pending.accepted += len(partial.seen) - len(known)
         self._pending.duplicate += len(known)
         return known
 
@@ -373,10 +376,11 @@ class Processor:
         max_event_time: int,
         triggers: Iterable[Trigger],
     ) -> None:
-        """Take over what a fold elsewhere (a replay worker) counted, rejected, reached in
-        event time and triggered; its groups come with `adopt` or `merge`."""
+        """Take over what a fold elsewhere (a replay worker) rejected, skipped as blank or
+        duplicate, reached in event time and triggered; its accepted events come with
+        `adopt` or `merge`."""
         self._changes.dead_letters.extend(dead_letters)
-        self._pending.add(tally)
+        self._pending.add(Tally(0, tally.duplicate, tally.blank, tally.rejected))
         self._max_event_time = max(self._max_event_time, max_event_time)
         self._triggers.extend(triggers)
 

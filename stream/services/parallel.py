@@ -75,14 +75,15 @@ class Piece:
 @dataclass(slots=True)
 class Folded:
     """A worker's fold of a batch: per group its key, state and index entries as the store
-    keeps them, and its rows (orjson: runs, tasks, workstreams, pattern runs) unless the
-    worker wrote them; the derived events and open runs of its runs; per-part bookkeeping."""
+    keeps them, its new events, and its rows (orjson: runs, tasks, workstreams, pattern
+    runs) unless the worker wrote them; the derived events and open runs of its runs; and
+    per-part bookkeeping."""
 
     line_counts: list[int]
     accepted: list[int]  # new events per part
     dead_letters: list[list[DeadLetter]]  # per part; numbered from the part's first line
     set_aside: list[DeadLetter]  # unstorable values: numbered already
-    groups: list[tuple[str, bytes, bytes, bytes]]
+    groups: list[tuple[str, bytes, bytes, int, bytes]]
     derived: list[DerivedEvent]
     open_runs: dict[str, tuple[int, bool]]
     tally: Tally
@@ -98,9 +99,9 @@ class Folded:
         worker numbered its dead letters from 1 (a file region)."""
         repeats: list[IndexEntry] = []
         merged_runs: set[str] = set()
-        for text, state, index, rows in self.groups:
+        for text, state, index, events, rows in self.groups:
             key = GroupKey.parse(text)
-            if processor.adopt(key, state, index, self.open_runs.get(key.name), rows):
+            if processor.adopt(key, state, index, self.open_runs.get(key.name), events, rows):
                 continue
             if key.kind == RUN:
                 merged_runs.add(key.name)
@@ -218,7 +219,7 @@ def fold_batch(
         line_counts[-1] += len(lines.items)
         letters[-1].extend(folder.dead_letters[before:])
     numbered = len(folder.dead_letters)
-    changes, derived, open_runs = folder.hand_over()
+    changes, derived, open_runs, events = folder.hand_over()
     if _rows_store is not None:
         _rows_store.commit(_sorted_rows(changes), wall_clock())
         rows = {}
@@ -230,7 +231,10 @@ def fold_batch(
         accepted,
         letters,
         changes.dead_letters[numbered:],
-        [(key, state, index[key], rows.get(key, b"")) for key, state in changes.states],
+        [
+            (key, state, index[key], events[key], rows.get(key, b""))
+            for key, state in changes.states
+        ],
         derived,
         open_runs,
         folder.pending,
