@@ -1,5 +1,6 @@
 """Services stand side by side: none imports another, only the shared infrastructure
-(the runtime, the database lock, health, the parallel fold), so each can change or move on its own."""
+(the runtime, the database lock, health, the parallel fold), so each can change or move
+on its own."""
 
 from __future__ import annotations
 
