@@ -16,6 +16,9 @@ from runwatch.sinks.store.postgres import PostgresStore, drop_schema, swap_schem
 from runwatch.sinks.store.postgres_sql import Target, with_schema
 from runwatch.sinks.store.sqlite import SqliteStore
 
+JOIN_WAIT_MS = 600_000
+"""How long a connection to a SQLite build waits for another writer of it."""
+
 
 class Scratch(Protocol):
     """A build in progress: `open` it, then `publish` it over the target or `discard` it.
@@ -24,6 +27,7 @@ class Scratch(Protocol):
     target_name: str
 
     def open(self) -> Store: ...
+    def join(self) -> Store: ...
     def publish(self) -> None: ...
     def discard(self) -> None: ...
 
@@ -46,7 +50,15 @@ class SqliteScratch:
     def open(self) -> Store:
         self.target.parent.mkdir(parents=True, exist_ok=True)
         remove_database(self.path)
-        return SqliteStore(self.path, fast_unsafe=True)
+        return self.join()
+
+    def join(self) -> Store:
+        """A connection to the build; after `open`, another one, for a worker process that
+        writes rows beside the builder. Each waits for the file lock as long as the others
+        hold it (a batch's rows)."""
+        store = SqliteStore(self.path, fast_unsafe=True)
+        store.db.execute(f"PRAGMA busy_timeout={JOIN_WAIT_MS}")
+        return store
 
     def publish(self) -> None:
         fsync_path(self.path)
@@ -69,6 +81,10 @@ class PostgresScratch:
 
     def open(self) -> Store:
         drop_schema(with_schema(self.url, self.scratch))
+        return PostgresStore(with_schema(self.url, self.scratch), fast_unsafe=True)
+
+    def join(self) -> Store:
+        """Another connection to the opened build, for a worker process."""
         return PostgresStore(with_schema(self.url, self.scratch), fast_unsafe=True)
 
     def publish(self) -> None:

@@ -121,6 +121,7 @@ class Processor:
         # Keyed by GroupKey; the hot loop looks up with equal plain tuples.
         self._cache: OrderedDict[tuple[str, str], Group] = OrderedDict()
         self._limbo: dict[tuple[str, str], Group] = {}
+        self._adopted: dict[tuple[str, str], tuple[bytes, bytes]] = {}  # until the commit
         self._changes = Changes()
         self._pending = Tally()
         self._total = Tally()
@@ -299,12 +300,53 @@ class Processor:
         """Watch only the open runs whose id is `owned` for stalls (a partition's runs)."""
         self._open_runs = {run: seen for run, seen in self._open_runs.items() if owned(run)}
 
-    def partials(self) -> dict[GroupKey, tuple[State, bytes]]:
-        """An in-memory fold's groups: each state with its serialised index entries (what a
-        replay worker hands back for `merge`)."""
-        return {
-            group.key: (group.state, dump_index(group.new_index)) for group in self._cache.values()
-        }
+    def hand_over(
+        self,
+    ) -> tuple[Changes, list[DerivedEvent], dict[str, tuple[int, bool]], dict[str, int]]:
+        """An in-memory fold made ready to write (a worker's result): every group flushed
+        into rows, state and index entries (what no store can hold set aside), the derived
+        events and open runs they make, and each group's count of new events."""
+        events = {group.key.text: len(group.new_index) for group in self._cache.values()}
+        for group in self._cache.values():
+            self._flush(group)
+        self._set_aside_unstorable(self._changes)
+        return self._changes, self._derived, dict(self._open_runs), events
+
+    def adopt(
+        self,
+        key: GroupKey,
+        state: bytes,
+        index: bytes,
+        open_run: tuple[int, bool] | None,
+        events: int,
+        rows: bytes = b"",
+    ) -> bool:
+        """Take a group folded and flushed by a worker as it is: its `state`, `index` and
+        `rows` (orjson: runs, tasks, workstreams, pattern runs; empty if the worker wrote
+        them) are written by the next commit. `open_run`: (last event time, stalled) of an
+        open run. False, and nothing done, if the group is known here: then `merge` it."""
+        if key in self._cache or key in self._limbo or key in self._adopted:
+            return False
+        if self._known_groups is not None:
+            if key in self._known_groups:
+                return False
+            self._known_groups.add(key)
+        elif self._store is not None and any(self._store.load_group(key.text)):
+            return False
+        changes = self._changes
+        changes.states.append((key.text, state))
+        changes.index.append((key.text, index))
+        for table, table_rows in zip(
+            (changes.runs, changes.tasks, changes.workstreams, changes.pattern_runs),
+            orjson.loads(rows) if rows else ([], [], [], []),
+            strict=True,
+        ):
+            table.extend(table_rows)
+        self._adopted[key] = (state, index)
+        self._pending.accepted += events
+        if open_run is not None:
+            self._open_runs[key.name] = open_run
+        return True
 
     def merge(self, key: GroupKey, partial: State, index: bytes) -> set[str]:
         """Join a group state folded elsewhere (a replay worker) from the events whose
@@ -334,13 +376,11 @@ class Processor:
         max_event_time: int,
         triggers: Iterable[Trigger],
     ) -> None:
-        """Take over what a fold elsewhere (a replay worker) rejected, skipped as blank,
-        reached in event time and triggered; its accepted events come with `merge`."""
+        """Take over what a fold elsewhere (a replay worker) rejected, skipped as blank or
+        duplicate, reached in event time and triggered; its accepted events come with
+        `adopt` or `merge`."""
         self._changes.dead_letters.extend(dead_letters)
-        self._pending.blank += tally.blank
-        rejected = self._pending.rejected
-        for reason, count in tally.rejected.items():
-            rejected[reason] = rejected.get(reason, 0) + count
+        self._pending.add(Tally(0, tally.duplicate, tally.blank, tally.rejected))
         self._max_event_time = max(self._max_event_time, max_event_time)
         self._triggers.extend(triggers)
 
@@ -395,7 +435,12 @@ class Processor:
 
     def _load(self, key: GroupKey) -> Group:
         group = self._limbo.pop(key, None)
-        if group is None and (
+        adopted = self._adopted.pop(key, None)
+        if adopted is not None:  # its state is in this commit, not in the store yet
+            state, index = adopted
+            seen = {entry[0] for entry in orjson.loads(index)}
+            group = Group(key, restore(key, orjson.loads(state), seen))
+        elif group is None and (
             self._store is None
             or (self._known_groups is not None and key not in self._known_groups)
         ):
@@ -551,6 +596,7 @@ class Processor:
         derived = self._derived
         self._changes, self._pending, self._derived = Changes(), Tally(), []
         self._limbo.clear()
+        self._adopted.clear()
         return derived
 
 

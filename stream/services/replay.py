@@ -4,9 +4,11 @@ The target database is replaced only when the build is complete: an interrupted 
 leaves the old database untouched. Stalls are judged against the greatest event time in
 the input, so the same files always give the same rows. Replay delivers nothing outward.
 
-Large files are cut into line-aligned chunks that worker processes decode and fold into
-partial group states; the parent merges them (the projections are semilattices, so merging
-partial folds equals folding everything) and alone talks to the database.
+Large files are cut into line-aligned regions that worker processes decode and fold; each
+worker writes the rows of the groups it folded and hands back their state and index entries
+as bytes. The parent adopts a group it has not seen, and merges one that straddles regions
+(the projections are semilattices, so merging partial folds equals folding everything);
+see `parallel`.
 """
 
 from __future__ import annotations
@@ -16,47 +18,32 @@ import multiprocessing
 import os
 import sys
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from operator import attrgetter
 from pathlib import Path
-from typing import Any, Final, Protocol, Self
+from typing import Any, Final
 
-from runwatch.projections import Event
-from runwatch.projections.alerts import RuleSet, Trigger
 from runwatch.sinks.store import Store, reads
-from runwatch.sinks.store.api import Checkpoint, DeadLetter
-from runwatch.sinks.store.keys import GroupKey, IndexEntry, load_index
-from runwatch.sinks.store.scratch import scratch_for
+from runwatch.sinks.store.api import Checkpoint
+from runwatch.sinks.store.scratch import Scratch, scratch_for
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import Progress, wall_clock
-from runwatch.stream.core.decode import RAW_KEEP, decode
-from runwatch.stream.core.groups import State
-from runwatch.stream.core.lines import Lines, LineSplitter
-from runwatch.stream.core.processor import Processor, Tally
+from runwatch.stream.core.processor import Tally
+from runwatch.stream.services.parallel import (
+    Observer,
+    Region,
+    fold_in_workers,
+    forget,
+    join_build,
+    read_regions,
+)
 from runwatch.stream.services.runtime import Runtime, now_us
 from runwatch.stream.settings.alerts import AlertSetup, default_alert_setup
 from runwatch.stream.settings.service import Settings
 from runwatch.stream.sources.discovery import checkpoint_for
 
-CHUNK_BYTES: Final = 1 << 20
 PARALLEL_CHUNK_BYTES: Final = 8 << 20
 COMMIT_EVERY: Final = 200_000
-
-
-class Observer(Protocol):
-    """Sees every decoded event of a replay (offline analysis). Each worker fills an `empty()`
-    copy that the parent `merge`s in input order; an event that two workers both saw as new
-    is then `forget`-ten once, so what is observed as fresh counts every event id once."""
-
-    def observe(self, event: Event, source: str, fresh: bool) -> None: ...
-
-    def forget(self, event: Event) -> None: ...
-
-    def empty(self) -> Self: ...
-
-    def merge(self, later: Self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -127,6 +114,7 @@ def replay(
     try:
         summary = _build(
             files,
+            scratch,
             store,
             settings,
             progress,
@@ -158,6 +146,7 @@ def replay(
 
 def _build(
     files: list[Path],
+    scratch: Scratch,
     store: Store,
     settings: Settings,
     progress: bool | None,
@@ -190,11 +179,13 @@ def _build(
 
     pool = None
     if workers > 0 and total_bytes > 2 * chunk_bytes:
-        pool = multiprocessing.get_context("fork").Pool(workers)
+        pool = multiprocessing.get_context("fork").Pool(
+            workers, initializer=join_build, initargs=(scratch,)
+        )
     try:
         regions = _regions(sizes, source_ids, chunk_bytes)
         if pool is None:
-            for region, lines, done in _read_regions(regions, settings.max_line_bytes):
+            for region, lines, done in read_regions(regions, settings.max_line_bytes):
                 processor.process(str(region.path), region.source_id, lines)
                 count(region, len(lines.items), done)
                 bar.advance(lines.end - lines.offset, processor.seen)
@@ -202,20 +193,27 @@ def _build(
                     derived += len(processor.commit(checkpoints, everything=False))
                     checkpoints = []
         else:
-            for folded in _fold_in_workers(
-                pool,
-                2 * workers,
-                regions,
-                chunk_bytes,
-                settings.max_line_bytes,
-                alerts.rules,
-                observer,
-                processor.latest_us,
+            batches = list(_batches(regions, chunk_bytes))
+            for batch, folded in zip(
+                batches,
+                fold_in_workers(
+                    pool,
+                    2 * workers,
+                    batches,
+                    settings.max_line_bytes,
+                    alerts.rules,
+                    observer,
+                    processor.latest_us,
+                ),
+                strict=True,
             ):
-                folded.merge_into(processor, next_line, observer)
-                for region, lines_in_region in zip(folded.regions, folded.line_counts, strict=True):
+                repeats = folded.merge_into(processor, [next_line[r.path] for r in batch])
+                if observer is not None and folded.observer is not None:
+                    observer.merge(folded.observer)
+                    forget(observer, repeats, {r.source_id: r.path for r in batch})
+                for region, lines_in_region in zip(batch, folded.line_counts, strict=True):
                     count(region, lines_in_region, True)
-                bar.advance(sum(r.end - r.start for r in folded.regions), processor.seen)
+                bar.advance(sum(r.end - r.start for r in batch), processor.seen)
                 if processor.pending.accepted >= COMMIT_EVERY or processor.crowded:
                     derived += len(processor.commit(checkpoints, everything=False))
                     checkpoints = []
@@ -238,68 +236,18 @@ def _build(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Region:
-    """[start, end) of one file, starting at a line start; `last` if it ends the file."""
-
-    path: Path
-    source_id: int
-    start: int
-    end: int
-    last: bool
-
-
-@dataclass(slots=True)
-class Folded:
-    """A worker's fold of some regions: partial group states plus per-region bookkeeping."""
-
-    regions: list[Region]
-    line_counts: list[int]
-    dead_letters: list[list[DeadLetter]]  # per region; lines numbered from the region start
-    groups: dict[GroupKey, tuple[State, bytes]]
-    tally: Tally
-    max_event_time: int
-    triggers: list[Trigger]
-    observer: Observer | None
-
-    def merge_into(
-        self, processor: Processor, next_line: dict[Path, int], observer: Observer | None = None
-    ) -> None:
-        repeats: list[IndexEntry] = []
-        for key, (state, index) in self.groups.items():
-            known = processor.merge(key, state, index)
-            if known and observer is not None:
-                repeats.extend(entry for entry in load_index(index) if entry.event_id in known)
-        letters = [
-            DeadLetter(
-                d.source,
-                d.offset,
-                d.line + next_line[region.path] - 1,
-                d.reason,
-                d.detail,
-                d.raw,
-                d.raw_size,
-            )
-            for region, region_letters in zip(self.regions, self.dead_letters, strict=True)
-            for d in region_letters
-        ]
-        processor.absorb(letters, self.tally, self.max_event_time, self.triggers)
-        if observer is not None and self.observer is not None:
-            observer.merge(self.observer)
-            _forget(observer, repeats, {r.source_id: r.path for r in self.regions})
-
-
-def _forget(observer: Observer, repeats: list[IndexEntry], paths: dict[int, Path]) -> None:
-    """Re-read the events a worker took as new that an earlier batch already had, and take
-    back their observation. Such repeats are rare, so this costs little."""
-    repeats.sort(key=attrgetter("source_id", "offset"))
-    for source_id, entries in itertools.groupby(repeats, key=attrgetter("source_id")):
-        with paths[source_id].open("rb") as handle:
-            for entry in entries:
-                handle.seek(entry.offset)
-                event = decode(handle.read(entry.length))
-                if isinstance(event, Event):
-                    observer.forget(event)
+def _batches(regions: Iterator[Region], chunk_bytes: int) -> Iterator[list[Region]]:
+    """Regions batched to about `chunk_bytes` per worker task (small files share one)."""
+    batch: list[Region] = []
+    batch_bytes = 0
+    for region in regions:
+        batch.append(region)
+        batch_bytes += region.end - region.start
+        if batch_bytes >= chunk_bytes:
+            yield batch
+            batch, batch_bytes = [], 0
+    if batch:
+        yield batch
 
 
 def _regions(
@@ -311,93 +259,6 @@ def _regions(
             continue
         for start, end in _line_aligned_ranges(path, size, chunk_bytes):
             yield Region(path, source_ids[path], start, end, end == size)
-
-
-def _read_regions(
-    regions: Iterator[Region], max_line_bytes: int
-) -> Iterator[tuple[Region, Lines, bool]]:
-    """Lines of each region in bounded pieces; the flag marks a region's last piece."""
-    for region in regions:
-        splitter = LineSplitter(region.start, 1, max_line_bytes=max_line_bytes, keep=RAW_KEEP)
-        with region.path.open("rb") as handle:
-            handle.seek(region.start)
-            remaining = region.end - region.start
-            while remaining > 0 and (data := handle.read(min(CHUNK_BYTES, remaining))):
-                remaining -= len(data)
-                yield region, splitter.feed(data), remaining <= 0 and not region.last
-        if region.last:
-            yield region, splitter.finish(), True
-
-
-def _fold_in_workers(
-    pool: Any,
-    window: int,
-    regions: Iterator[Region],
-    chunk_bytes: int,
-    max_line_bytes: int,
-    rules: RuleSet | None,
-    observer: Observer | None,
-    latest_us: int,
-) -> Iterator[Folded]:
-    """Regions batched to about `chunk_bytes` per task (many small files share one),
-    folded by the pool; results in input order with at most `window` tasks in flight."""
-    pending: deque[Any] = deque()
-    batch: list[Region] = []
-    batch_bytes = 0
-    for region in itertools.chain(regions, [None]):
-        if region is not None:
-            batch.append(region)
-            batch_bytes += region.end - region.start
-        if batch and (region is None or batch_bytes >= chunk_bytes):
-            blank = None if observer is None else observer.empty()
-            pending.append(
-                pool.apply_async(_fold_regions, (batch, max_line_bytes, rules, blank, latest_us))
-            )
-            batch, batch_bytes = [], 0
-        while pending and (len(pending) >= window or region is None):
-            yield pending.popleft().get()
-
-
-def _fold_regions(
-    regions: list[Region],
-    max_line_bytes: int,
-    rules: RuleSet | None,
-    observer: Observer | None,
-    latest_us: int,
-) -> Folded:
-    """In a worker: decode and fold some regions into partial group states."""
-    folder = Processor(
-        None,
-        stall_after_s=1,
-        max_line_bytes=max_line_bytes,
-        wall_clock=wall_clock,
-        max_groups=1 << 62,
-        rules=rules,
-        observe=None if observer is None else observer.observe,
-        latest_time=lambda: latest_us,
-    )
-    line_counts: list[int] = []
-    letters: list[list[DeadLetter]] = []
-    fresh = True
-    for region, lines, done in _read_regions(iter(regions), max_line_bytes):
-        if fresh:
-            line_counts.append(0)
-            letters.append([])
-        before = len(folder.dead_letters)
-        folder.process(str(region.path), region.source_id, lines)
-        line_counts[-1] += len(lines.items)
-        letters[-1].extend(folder.dead_letters[before:])
-        fresh = done
-    return Folded(
-        regions,
-        line_counts,
-        letters,
-        folder.partials(),
-        folder.pending,
-        folder.max_event_time,
-        list(folder.triggers),
-        observer,
-    )
 
 
 def _line_aligned_ranges(path: Path, size: int, chunk: int) -> list[tuple[int, int]]:

@@ -24,6 +24,7 @@ from runwatch.projections import DerivedEvent
 from runwatch.sinks.audit import AuditLog
 from runwatch.sinks.metrics import Metrics, MetricsServer
 from runwatch.sinks.store import outbox
+from runwatch.sinks.store.api import Checkpoint
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import ServiceConsole, wall_clock
 from runwatch.stream.core.processor import Processor
@@ -31,11 +32,12 @@ from runwatch.stream.delivery.dispatcher import Dispatcher
 from runwatch.stream.errors import ServiceError
 from runwatch.stream.services.health import report, run_checks, status_path, write_status
 from runwatch.stream.services.lock import DatabaseLock
+from runwatch.stream.services.parallel import Backlog, Flight
 from runwatch.stream.services.runtime import Runtime, lifecycle, now_us
 from runwatch.stream.settings.alerts import AlertSetup, default_alert_setup
 from runwatch.stream.settings.service import Settings, Source, parse_address
 from runwatch.stream.sources.discovery import static_prefix
-from runwatch.stream.sources.follow import Follower
+from runwatch.stream.sources.follow import FileId, Follower
 from runwatch.stream.sources.watch import FileChanges, watch_files
 
 
@@ -162,55 +164,92 @@ class TailService:
         due_tick = now + self.intervals.tick
         due_heartbeat = now + self.intervals.heartbeat
         budget = self.settings.batch_max_bytes
+        backlog = Backlog(
+            _backlog_workers(), budget, self.settings.max_line_bytes, self.alerts.rules
+        )
+        flight: Flight | None = None  # a backlog read the workers are folding
         behind = True  # unread bytes may be in any file (at the start: everything is unread)
-        while not self.stopping:
-            if not behind and self.settings.linger > 0:
-                time.sleep(self.settings.linger)  # let a trickle of lines share one commit
-            self.wake.clear()
-            paths, rescan = handler.take()
-            now = time.monotonic()
-            paths_to_read: set[str] | None = paths
-            if rescan or now >= due_rescan:
-                follower.discover()
-                due_rescan = now + self.intervals.rescan
-                paths_to_read = None
-            elif behind:
-                paths_to_read = None
-            reads = follower.read(budget, paths_to_read)
-            follower.retire(reads)
-            for read in reads:
-                fresh = processor.process(read.cursor.source, read.cursor.source_id, read.lines)
-                self.ingest.add(read.cursor.source, fresh)
-            if now >= due_tick:
-                processor.detect(now_us())
-                self._publish(processor, follower)
-                due_tick = now + self.intervals.tick
-            if now >= due_heartbeat:
-                accepted = follower.store.counters().get("events_accepted", 0)
-                processor.note(
-                    lifecycle(
-                        "HEARTBEAT",
-                        {
-                            "events_accepted": accepted + processor.pending.accepted,
-                            "open_runs": len(processor.open_runs),
-                            "files": len(follower.cursors),
-                        },
+        try:
+            while not self.stopping:
+                if not behind and self.settings.linger > 0:
+                    time.sleep(self.settings.linger)  # let a trickle of lines share one commit
+                self.wake.clear()
+                paths, rescan = handler.take()
+                now = time.monotonic()
+                paths_to_read: set[str] | None = paths
+                if rescan or now >= due_rescan:
+                    follower.discover()
+                    due_rescan = now + self.intervals.rescan
+                    paths_to_read = None
+                elif behind:
+                    paths_to_read = None
+                reads = follower.read(backlog.budget if behind else budget, paths_to_read)
+                follower.retire(reads)
+                landing, flight = flight, None
+                if backlog.wanted(sum(r.lines.end - r.lines.offset for r in reads)):
+                    flight = backlog.submit(
+                        [(r.cursor.source, r.cursor.source_id, r.lines) for r in reads],
+                        processor.latest_us,
+                        follower.checkpoints(),
                     )
-                )
-                due_heartbeat = now + self.intervals.heartbeat
-            self._commit(runtime, follower, notes, audit)
-            self.last_loop = time.monotonic()
-            behind = follower.behind
-            if behind:
-                continue  # more is waiting: keep reading without sleeping
-            timeout = max(0.0, min(due_rescan, due_tick, due_heartbeat) - time.monotonic())
-            self.wake.wait(timeout)
+                    reads = []
+                taken = None
+                if landing is not None:
+                    for source, fresh in backlog.land(landing, processor).items():
+                        self.ingest.add(source, fresh)
+                    taken = landing.checkpoints
+                for read in reads:
+                    fresh = processor.process(read.cursor.source, read.cursor.source_id, read.lines)
+                    self.ingest.add(read.cursor.source, fresh)
+                if now >= due_tick:
+                    processor.detect(now_us())
+                    self._publish(processor, follower)
+                    due_tick = now + self.intervals.tick
+                if now >= due_heartbeat:
+                    accepted = follower.store.counters().get("events_accepted", 0)
+                    processor.note(
+                        lifecycle(
+                            "HEARTBEAT",
+                            {
+                                "events_accepted": accepted + processor.pending.accepted,
+                                "open_runs": len(processor.open_runs),
+                                "files": len(follower.cursors),
+                            },
+                        )
+                    )
+                    due_heartbeat = now + self.intervals.heartbeat
+                self._commit(runtime, follower, notes, audit, taken, more=flight is not None)
+                self.last_loop = time.monotonic()
+                behind = follower.behind or flight is not None
+                if behind:
+                    continue  # more is waiting: keep reading without sleeping
+                timeout = max(0.0, min(due_rescan, due_tick, due_heartbeat) - time.monotonic())
+                self.wake.wait(timeout)
+            if flight is not None:
+                for source, fresh in backlog.land(flight, processor).items():
+                    self.ingest.add(source, fresh)
+                self._commit(runtime, follower, notes, audit, flight.checkpoints)
+        finally:
+            backlog.close()
 
     def _commit(
-        self, runtime: Runtime, follower: Follower, notes: list[DerivedEvent], audit: AuditLog
+        self,
+        runtime: Runtime,
+        follower: Follower,
+        notes: list[DerivedEvent],
+        audit: AuditLog,
+        taken: tuple[list[Checkpoint], list[FileId]] | None = None,
+        *,
+        more: bool = False,
     ) -> None:
+        """Commit what was folded with the checkpoints it reaches: those `taken` when a
+        backlog read was, then those of what was read since, unless that read is still
+        being folded (`more`)."""
         processor = runtime.processor
-        checkpoints, forgotten = follower.checkpoints()
+        checkpoints, forgotten = taken or ([], [])
+        if not more:
+            later, gone = follower.checkpoints()
+            checkpoints, forgotten = [*checkpoints, *later], [*forgotten, *gone]
         if notes:
             processor.note(*notes)
             notes.clear()
@@ -308,6 +347,12 @@ class TailService:
 def _restore_signals(previous: dict[int, Callable[[int, FrameType | None], Any] | Any]) -> None:
     for signum, handler in previous.items():
         signal.signal(signum, handler)
+
+
+def _backlog_workers() -> int:
+    """Worker processes for a backlog: one per core, at most 4; none on one core."""
+    cores = os.cpu_count() or 1
+    return 0 if cores < 2 else min(cores, 4)
 
 
 class IngestCounts:

@@ -1,5 +1,6 @@
 """Services stand side by side: none imports another, only the shared infrastructure
-(the runtime, the database lock, health), so each can change or move on its own."""
+(the runtime, the database lock, health, the parallel fold), so each can change or move
+on its own."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import ast
 from pathlib import Path
 
 SERVICES = Path(__file__).parents[2] / "stream" / "services"
-SHARED = {"runtime", "lock", "health"}
+SHARED = {"runtime", "lock", "health", "parallel"}
 
 
 def service_imports(path: Path) -> set[str]:
