@@ -3,7 +3,8 @@
 from .detect import OpenRuns, detect_stalls
 from .events import ORCHESTRATOR, PATTERN, DerivedEvent, Event, format_time, to_micros
 from .patterns import OrphanEvents, PatternRunState
-from .runs import RUN_TERMINAL, RunState, TaskState
+from .runs import RUN_TERMINAL, RunState
+from .tasks import TaskState
 
 __all__ = [
     "ORCHESTRATOR",

@@ -18,10 +18,8 @@ from __future__ import annotations
 from typing import Any, Final, NamedTuple
 
 from .events import DerivedEvent, Event, format_time
+from .tasks import TASK_TERMINAL, Key, TaskState
 
-Key = tuple[int, int, str]
-
-TASK_TERMINAL: Final = frozenset({"succeeded", "failed", "skipped", "canceled"})
 RUN_TERMINAL: Final = frozenset({"succeeded", "failed", "partial", "quarantined", "canceled"})
 TASK_STATUSES: Final = ("pending", "running", "succeeded", "failed", "skipped", "canceled")
 
@@ -73,58 +71,6 @@ _STEP_STATUS: Final = {
     "skipped": "skipped",
 }
 _ERROR_SEVERITIES: Final = frozenset({"error", "critical"})
-
-
-class TaskState:
-    """One task of a run: latest lifecycle event decides its status."""
-
-    __slots__ = ("key", "started_at", "starts", "status", "workstream", "workstream_key")
-
-    def __init__(self) -> None:
-        self.status = "pending"
-        self.key: Key | None = None
-        self.started_at: int | None = None
-        self.starts: tuple[str, ...] = ()  # ids of its start events; few, and a set costs 216 B
-        self.workstream: str | None = None
-        self.workstream_key: Key | None = None
-
-    def merge(self, other: TaskState) -> None:
-        if other.key is not None and (self.key is None or other.key > self.key):
-            self.key, self.status = other.key, other.status
-        if other.started_at is not None and (
-            self.started_at is None or other.started_at < self.started_at
-        ):
-            self.started_at = other.started_at
-        self.starts += tuple(s for s in other.starts if s not in self.starts)
-        if other.workstream_key is not None and (
-            self.workstream_key is None or other.workstream_key > self.workstream_key
-        ):
-            self.workstream_key, self.workstream = other.workstream_key, other.workstream
-
-    @property
-    def ended_at(self) -> int | None:
-        if self.key is not None and self.status in TASK_TERMINAL:
-            return self.key[0]
-        return None
-
-    def to_list(self) -> list[Any]:
-        return [
-            self.status,
-            self.key,
-            self.started_at,
-            sorted(self.starts),
-            self.workstream,
-            self.workstream_key,
-        ]
-
-    @classmethod
-    def from_list(cls, data: list[Any]) -> TaskState:
-        task = cls()
-        task.status, key, task.started_at, starts, task.workstream, ws_key = data
-        task.starts = tuple(starts)
-        task.key = tuple(key) if key else None  # JSON gives lists
-        task.workstream_key = tuple(ws_key) if ws_key else None
-        return task
 
 
 class RunState:
@@ -504,8 +450,12 @@ class RunState:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        """The whole state in one value: the header with every task under "tasks"."""
-        return {**self.header(), "tasks": {k: t.to_list() for k, t in self.tasks.items()}}
+        """The whole state in one value: the header with every task under "tasks", and the
+        error ids while this state keeps them (it may still be merged into another)."""
+        whole = {**self.header(), "tasks": {k: t.to_list() for k, t in self.tasks.items()}}
+        if self.error_ids is not None:
+            whole["error_ids"] = sorted(self.error_ids)
+        return whole
 
     def keep_error_count_only(self) -> None:
         """Let go of the error ids: only merging this state into another needs them."""
@@ -528,7 +478,8 @@ class RunState:
             setattr(state, name, data[name])
         state.abandoned = data["abandoned"]
         state.errors = data["errors"]
-        state.error_ids = None
+        error_ids = data.get("error_ids")  # only in a whole state handed over unsaved
+        state.error_ids = None if error_ids is None else set(error_ids)
         state.reported_events = data["reported_events"]
         key = data["explicit_key"]
         state.explicit_key = tuple(key) if key else None

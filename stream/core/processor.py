@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 import orjson
@@ -40,40 +39,11 @@ from runwatch.stream.core.decode import (
 )
 from runwatch.stream.core.groups import Group, State, finished, new_state, orphan_day, restore
 from runwatch.stream.core.lines import Lines
-from runwatch.stream.core.unstorable import ROW_TABLES, read_back, unstorable_rows
+from runwatch.stream.core.tally import Tally
+from runwatch.stream.core.unstorable import read_back, set_aside
 
 Observe = Callable[[Event, str, bool], None]
 """Called with each decoded event, its source and whether it was new to this fold."""
-
-
-@dataclass(slots=True)
-class Tally:
-    """What happened to the input lines since the store was created."""
-
-    accepted: int = 0
-    duplicate: int = 0
-    blank: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def rejected_total(self) -> int:
-        return sum(self.rejected.values())
-
-    def add(self, other: Tally) -> None:
-        self.accepted += other.accepted
-        self.duplicate += other.duplicate
-        self.blank += other.blank
-        for reason, n in other.rejected.items():
-            self.rejected[reason] = self.rejected.get(reason, 0) + n
-
-    def counters(self) -> dict[str, int]:
-        out = {
-            "events_accepted": self.accepted,
-            "events_duplicate": self.duplicate,
-            "lines_blank": self.blank,
-        }
-        out.update({f"rejected.{reason}": n for reason, n in self.rejected.items()})
-        return {k: v for k, v in out.items() if v}
 
 
 class Processor:
@@ -304,12 +274,22 @@ class Processor:
         self,
     ) -> tuple[Changes, list[DerivedEvent], dict[str, tuple[int, bool]], dict[str, int]]:
         """An in-memory fold made ready to write (a worker's result): every group flushed
-        into rows, state and index entries (what no store can hold set aside), the derived
-        events and open runs they make, and each group's count of new events."""
+        into rows, state and index entries (what no store can hold set aside; a run's state
+        whole, with its tasks and error ids, so that it can be merged), the derived events
+        and open runs they make, and each group's count of new events."""
         events = {group.key.text: len(group.new_index) for group in self._cache.values()}
         for group in self._cache.values():
             self._flush(group)
         self._set_aside_unstorable(self._changes)
+        kept = {key for key, _ in self._changes.states}
+        whole = [
+            (group.key.text, dumps_exact(group.state.to_dict()))
+            for group in self._cache.values()
+            if group.key.text in kept and isinstance(group.state, RunState)
+        ]
+        others = [(k, s) for k, s in self._changes.states if GroupKey.parse(k).kind != RUN]
+        self._changes.states = [*whole, *others]
+        self._changes.task_states = []
         return self._changes, self._derived, dict(self._open_runs), events
 
     def adopt(
@@ -334,7 +314,16 @@ class Processor:
         elif self._store is not None and any(self._store.load_group(key.text)):
             return False
         changes = self._changes
-        changes.states.append((key.text, state))
+        if key.kind == RUN:  # a whole state: saved as its header and one row per task
+            saved = orjson.loads(state)
+            tasks = saved.pop("tasks")
+            saved.pop("error_ids", None)
+            changes.states.append((key.text, dumps_exact(saved)))
+            changes.task_states.extend(
+                (key.text, task_id, orjson.dumps(task)) for task_id, task in tasks.items()
+            )
+        else:
+            changes.states.append((key.text, state))
         changes.index.append((key.text, index))
         for table, table_rows in zip(
             (changes.runs, changes.tasks, changes.workstreams, changes.pattern_runs),
@@ -398,35 +387,13 @@ class Processor:
         whose rows hold one goes back to its last committed state, and the lines folded into
         it since then are dead-lettered as unstorable_value. Decode refuses every such value
         it knows of; this catches the ones a projection change might add."""
-        unstorable = unstorable_rows(changes)
-        if not unstorable:
-            return
-        for table, kind, id_name in ROW_TABLES:
-            rows = getattr(changes, table)
-            rows[:] = [
-                row for row in rows if GroupKey(kind, str(row[id_name])).text not in unstorable
-            ]
-        changes.states = [(key, blob) for key, blob in changes.states if key not in unstorable]
-        changes.task_states = [part for part in changes.task_states if part[0] not in unstorable]
-        kept: list[tuple[str, bytes]] = []
-        for key, blob in changes.index:
-            if key not in unstorable:
-                kept.append((key, blob))
-                continue
-            for event_id, source_id, offset, length in orjson.loads(blob):
-                source = self._sources.get(source_id, f"source #{source_id}")
-                detail = f"{unstorable[key]} cannot be stored (event {preview(event_id)})"
-                self._pending.accepted -= 1
-                self.reject(
-                    source,
-                    offset,
-                    0,
-                    read_back(source, offset, length),
-                    length,
-                    Rejection("unstorable_value", detail),
-                )
-        changes.index = kept
-        lost = [GroupKey.parse(text) for text in unstorable]
+        lost, lines = set_aside(changes)
+        for line in lines:
+            source = self._sources.get(line.source_id, f"source #{line.source_id}")
+            self._pending.accepted -= 1
+            raw = read_back(source, line.offset, line.length)
+            why = Rejection("unstorable_value", line.detail)
+            self.reject(source, line.offset, 0, raw, line.length, why)
         runs = {group.name for group in lost if group.kind == RUN}
         self._derived = [d for d in self._derived if d.run_id not in runs]
         for group in lost:
@@ -486,7 +453,8 @@ class Processor:
             dirty.clear()
             changes.workstreams.extend(state.workstream_rows(state.dirty_workstreams))
             state.dirty_workstreams.clear()
-            state.keep_error_count_only()
+            if self._store is not None:  # a store-less fold is handed over and merged
+                state.keep_error_count_only()
             changes.states.append((key, dumps_exact(state.header())))
         elif isinstance(state, PatternRunState):
             changes.pattern_runs.append(state.row())

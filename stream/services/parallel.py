@@ -33,7 +33,8 @@ from runwatch.stream.console import wall_clock
 from runwatch.stream.core.decode import RAW_KEEP, decode
 from runwatch.stream.core.groups import restore
 from runwatch.stream.core.lines import Lines, LineSplitter
-from runwatch.stream.core.processor import Processor, Tally
+from runwatch.stream.core.processor import Processor
+from runwatch.stream.core.tally import Tally
 
 READ_BYTES = 1 << 20
 

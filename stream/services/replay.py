@@ -28,7 +28,7 @@ from runwatch.sinks.store.api import Checkpoint
 from runwatch.sinks.store.scratch import Scratch, scratch_for
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import Progress, wall_clock
-from runwatch.stream.core.processor import Tally
+from runwatch.stream.core.tally import Tally
 from runwatch.stream.services.parallel import (
     Observer,
     Region,
