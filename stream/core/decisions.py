@@ -10,7 +10,8 @@ dispatcher); here only the `state` of an entry is chosen: `pending` (to deliver)
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import pickle
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from runwatch.projections import DerivedEvent
 from runwatch.projections.alerts import AlertBook, AlertState, Notification, RuleSet, Trigger
 from runwatch.projections.events import format_time
 from runwatch.projections.storm import StormGate, StormWindow
-from runwatch.sinks.store.api import Changes, OutboxEntry, Store
+from runwatch.sinks.store.api import Changes, Holding, OutboxEntry, Store
 from runwatch.stream.core.blobs import dumps_exact
 from runwatch.stream.core.decode import parse_time
 
@@ -40,6 +41,9 @@ class Policy:
     max_per_minute: int = 30
 
 
+RELEASE_BATCH = 5_000
+"""Held triggers decided, and outbox entries written, at a time when a replay releases."""
+
 STORM_KEY = "\x1fstorm:"
 """The group key prefix under which a rule's per-minute storm counts share `alert_state`."""
 
@@ -48,10 +52,16 @@ class Decisions:
     """The alert book of one database, and the outbox entries its decisions make."""
 
     def __init__(
-        self, rules: RuleSet, store: Store | None, policy: Policy, *, hold: bool = False
+        self,
+        rules: RuleSet,
+        store: Store | None,
+        policy: Policy,
+        *,
+        holding: Holding | None = None,
     ) -> None:
-        """`hold` keeps every trigger until `release`: a replay decides once, over all
-        triggers in event-time order, so its decisions do not depend on file order."""
+        """With `holding`, every trigger is kept there until `release`: a replay decides
+        once, over all triggers in event-time order, so its decisions do not depend on file
+        order, and what it holds stays out of memory."""
         self.rules = rules
         self.policy = policy
         saved: dict[tuple[str, str], AlertState] = {}
@@ -65,11 +75,7 @@ class Decisions:
                 saved[(rule, group)] = AlertState.from_dict(state)
         self.book = AlertBook(rules, saved)
         self.gate = StormGate(policy.max_per_minute, windows)
-        self.hold = hold
-        self.dedupe = hold  # live, a duplicate never triggers: the fold rejects it first
-        self.held: list[tuple[int, int, str, Trigger]] = []
-        self.held_derived: list[DerivedEvent] = []
-        self.seen_events: set[tuple[str, str, str]] = set()
+        self.holding = holding
 
     def decide(
         self,
@@ -95,45 +101,68 @@ class Decisions:
             changes.evaluated.append(seq)
         ordered = [(d.time, 0, "", t) for d in derived for t in self.rules.match_derived(d)]
         ordered.extend((t.time, 1, t.event_id, t) for t in triggers)
-        if self.hold:
-            self.held.extend(ordered)
-            self.held_derived.extend(derived)
+        if self.holding is not None:
+            self.holding.hold(
+                [
+                    (time, tier, order, t.rule, t.role, t.event_id, _pack(t))
+                    for time, tier, order, t in ordered
+                ],
+                [_pack(event) for event in derived],
+            )
             return
-        self._decide(ordered, derived, now, changes)
-
-    def release(self, now: int, changes: Changes) -> None:
-        """Decide everything held back (the end of a replay)."""
-        held, held_derived = self.held, self.held_derived
-        self.held, self.held_derived, self.hold = [], [], False
-        self._decide(held, held_derived, now, changes)
-
-    def _decide(
-        self,
-        ordered: list[tuple[int, int, str, Trigger]],
-        derived: list[DerivedEvent],
-        now: int,
-        changes: Changes,
-    ) -> None:
         ordered.sort(key=lambda item: item[:3])
+        self._offer((trigger for *_, trigger in ordered), changes.outbox)
+        self._settle(now, changes, changes.outbox)
+        for event in derived:
+            changes.outbox.extend(self._jobs(event))
+
+    def release(
+        self, now: int, changes: Changes, write: Callable[[list[OutboxEntry]], None]
+    ) -> None:
+        """Decide everything held back (the end of a replay) in event-time order; the
+        outbox entries go to `write` a batch at a time, in the order they are decided, so
+        memory stays bounded however much was held. The alert book's state goes in
+        `changes`."""
+        holding, self.holding = self.holding, None
+        if holding is None:
+            return
+        outbox: list[OutboxEntry] = []
+        for batch in holding.triggers(RELEASE_BATCH):
+            self._offer((_unpack(body) for body in batch), outbox)
+            if len(outbox) >= RELEASE_BATCH:
+                write(outbox)
+                outbox = []
+        self._settle(now, changes, outbox)
+        for batch in holding.derived(RELEASE_BATCH):
+            for body in batch:
+                outbox.extend(self._jobs(_unpack(body)))
+            if len(outbox) >= RELEASE_BATCH:
+                write(outbox)
+                outbox = []
+        if outbox:
+            write(outbox)
+        holding.close()
+
+    def _offer(self, triggers: Iterable[Trigger], outbox: list[OutboxEntry]) -> None:
+        """Offer triggers, in event-time order, to the storm gate and the alert book."""
         book, gate = self.book, self.gate
-        for _, _, _, trigger in ordered:
-            if self.dedupe:
-                key = (trigger.rule, trigger.role, trigger.event_id)
-                if key in self.seen_events:
-                    continue  # the same input event in two files that repeat each other
-                self.seen_events.add(key)
+        for trigger in triggers:
             # Time moves on in event order: what is over by this trigger is settled first.
             book.expire(trigger.time)
             for digest in gate.due(trigger.time):
-                changes.outbox.extend(self._entries(digest))
+                outbox.extend(self._entries(digest))
             notification = book.offer(trigger)
             if notification is not None and gate.admit(notification):
-                changes.outbox.extend(self._entries(notification))
+                outbox.extend(self._entries(notification))
+
+    def _settle(self, now: int, changes: Changes, outbox: list[OutboxEntry]) -> None:
+        """End the windows over by `now`; the book's changed state goes in `changes`."""
+        book, gate = self.book, self.gate
         for notification in book.due(now):
             if gate.admit(notification):
-                changes.outbox.extend(self._entries(notification))
+                outbox.extend(self._entries(notification))
         for digest in gate.due(now):
-            changes.outbox.extend(self._entries(digest))
+            outbox.extend(self._entries(digest))
         book.expire(now)
         for rule, group, state in book.take_dirty():
             changes.alert_states.append((rule, group, dumps_exact(state)))
@@ -146,8 +175,6 @@ class Decisions:
         changes.alert_states_deleted.extend(
             (rule, f"{STORM_KEY}{start}") for rule, start in dropped
         )
-        for event in derived:
-            changes.outbox.extend(self._jobs(event))
 
     def has_due(self, now: int) -> bool:
         """A held-back notification's window is over: a commit should happen now."""
@@ -208,6 +235,15 @@ class Decisions:
             for kind in kinds
             if kind in self.policy.jobs
         ]
+
+
+def _pack(value: Trigger | DerivedEvent) -> bytes:
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _unpack(body: bytes) -> Any:
+    """A trigger or derived event this process held (never bytes from elsewhere)."""
+    return pickle.loads(body)
 
 
 def _digest(*parts: str) -> str:

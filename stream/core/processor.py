@@ -26,7 +26,7 @@ from runwatch.projections import (
     format_time,
 )
 from runwatch.projections.alerts import RuleSet, Trigger
-from runwatch.sinks.store.api import Changes, Checkpoint, DeadLetter, Store
+from runwatch.sinks.store.api import Changes, Checkpoint, DeadLetter, OutboxEntry, Store
 from runwatch.sinks.store.keys import ORPHANS, PATTERN, RUN, GroupKey, dump_index, load_index
 from runwatch.stream.core.blobs import dumps_exact
 from runwatch.stream.core.decisions import Decisions
@@ -526,22 +526,29 @@ class Processor:
             for d in changes.dead_letters
         )
         changes.derived = [d.to_dict() for d in self._derived]
+        moment = self._max_event_time if now is None else now
         if self._decisions is not None:
-            moment = self._max_event_time if now is None else now
             self._decisions.decide(
                 self._triggers, self._derived, moment, changes, recorded=evaluated or ()
             )
-            if release:
-                self._decisions.release(moment, changes)
-        self._triggers = []
-        self._outboxed = len(changes.outbox)
         assert self._store is not None, "an in-memory processor has nothing to commit to"
+        self._outboxed = 0
+        if release and self._decisions is not None:
+            self._decisions.release(moment, changes, self._write_outbox)
+        self._triggers = []
+        self._outboxed += len(changes.outbox)
         self._store.commit(changes, self._wall_clock())
         self._total.add(self._pending)
         derived = self._derived
         self._changes, self._pending, self._derived = Changes(), Tally(), []
         self._limbo.clear()
         return derived
+
+    def _write_outbox(self, entries: list[OutboxEntry]) -> None:
+        """Commit a batch of released decisions ahead of the commit that released them."""
+        assert self._store is not None
+        self._store.commit(Changes(outbox=entries), self._wall_clock())
+        self._outboxed += len(entries)
 
 
 def _internal_error(exc: Exception) -> Rejection:

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from runwatch.projections import DerivedEvent
 from runwatch.sinks.audit import HEAD_KEY, AuditLog
 from runwatch.sinks.store import Store
+from runwatch.sinks.store.spill import HeldOnDisk
 from runwatch.stream.console import wall_clock
 from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.core.processor import Observe, Processor
@@ -97,7 +98,9 @@ class Runtime:
     ) -> Runtime:
         """A rebuild into a fresh `store`: every decision is held until the input is folded,
         then made in event-time order; left to deliver only with `deliver`."""
-        decisions = Decisions(alerts.rules, None, alerts.policy(deliver=deliver), hold=True)
+        decisions = Decisions(
+            alerts.rules, None, alerts.policy(deliver=deliver), holding=HeldOnDisk()
+        )
         return cls._build(
             store, settings, alerts, decisions, known_groups=True, observe=observe, replay=True
         )

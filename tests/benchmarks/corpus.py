@@ -38,7 +38,7 @@ from typing import IO, Any, Final
 
 import orjson
 
-from runwatch.stream.devtools.simulate import simulate
+from runwatch.stream.devtools.writer import simulate
 
 SHAPES: Final = ("single", "interleaved", "giant", "simulator")
 MARKER: Final = ".bench-corpus.json"
