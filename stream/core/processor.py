@@ -89,6 +89,7 @@ class Processor:
         forget_after_s: float | None = None,
         wall_clock: Callable[[], str],
         max_groups: int = 4096,
+        max_groups_ceiling: int | None = None,
         known_groups: set[GroupKey] | None = None,
         rules: RuleSet | None = None,
         decisions: Decisions | None = None,
@@ -103,7 +104,9 @@ class Processor:
         nothing. `latest_time`, read once a batch, is the latest event time accepted (UTC µs,
         see `wall_clock_bound`); without it only the calendar bounds event times. An open run
         silent longer than `forget_after_s` is abandoned: it leaves the open runs and the cache
-        until an event of it arrives again."""
+        until an event of it arrives again. The cache holds `max_groups` groups and grows,
+        up to `max_groups_ceiling`, while groups it evicted for room come back: more runs
+        in flight than it holds would otherwise write and read each of them again and again."""
         self._store = store
         self._rules = rules
         self._observe = observe
@@ -118,6 +121,8 @@ class Processor:
         self._max_line_bytes = max_line_bytes
         self._wall_clock = wall_clock
         self._max_groups = max_groups
+        self._max_groups_ceiling = max(max_groups, max_groups_ceiling or max_groups)
+        self._evicted: OrderedDict[GroupKey, None] = OrderedDict()
         # Keyed by GroupKey; the hot loop looks up with equal plain tuples.
         self._cache: OrderedDict[tuple[str, str], Group] = OrderedDict()
         self._limbo: dict[tuple[str, str], Group] = {}
@@ -403,10 +408,17 @@ class Processor:
             saved, seen = self._store.load_group(key.text)  # type: ignore[union-attr]
             group = Group(key, restore(key, saved, seen))
         self._cache[key] = group
+        if key in self._evicted:  # evicted for room, and back already
+            del self._evicted[key]
+            self._max_groups = min(self._max_groups_ceiling, self._max_groups * 5 // 4 + 1)
         if len(self._cache) > self._max_groups:
             _, oldest = self._cache.popitem(last=False)
             self._flush(oldest)
             self._limbo[oldest.key] = oldest
+            if self._max_groups < self._max_groups_ceiling:
+                self._evicted[oldest.key] = None
+                if len(self._evicted) > self._max_groups:
+                    self._evicted.popitem(last=False)
         return group
 
     def _flush(self, group: Group) -> None:
@@ -498,14 +510,16 @@ class Processor:
         is used only once complete. `now` (default: the greatest event time) ends throttle
         windows; `evaluated` are derived events recorded outside the fold that the rules
         see now; `release` decides what a holding replay kept back."""
-        if len(self._cache) > self._max_groups // 2:
-            # Finished groups are rarely touched again: make room for the runs in flight.
-            for group in [g for g in self._cache.values() if finished(g.state)]:
+        # Finished groups are rarely touched again: the cache is for the runs in flight.
+        for group in [g for g in self._cache.values() if finished(g.state)]:
+            self._flush(group)
+            del self._cache[group.key]
+        for group in self._cache.values():
+            if everything:
                 self._flush(group)
-                del self._cache[group.key]
-        if everything:
-            for group in self._cache.values():
-                self._flush(group)
+            elif group.new_index:  # held until the group is written: keep it compact
+                group.index_blobs.append(dump_index(group.new_index))
+                group.new_index = []
         changes = self._changes
         self._set_aside_unstorable(changes)
         changes.checkpoints = checkpoints

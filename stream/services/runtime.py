@@ -131,6 +131,7 @@ class Runtime:
             max_line_bytes=settings.max_line_bytes,
             wall_clock=wall_clock,
             max_groups=settings.cache_groups,
+            max_groups_ceiling=settings.cache_groups_max,
             known_groups=set() if known_groups else None,
             rules=alerts.rules,
             decisions=decisions,
