@@ -417,7 +417,9 @@ class Processor:
             self._limbo[oldest.key] = oldest
             if self._max_groups < self._max_groups_ceiling:
                 self._evicted[oldest.key] = None
-                if len(self._evicted) > self._max_groups:
+                # One coming back among the last `ceiling` evicted would have stayed in a
+                # cache that large.
+                if len(self._evicted) > self._max_groups_ceiling:
                     self._evicted.popitem(last=False)
         return group
 
