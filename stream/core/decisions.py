@@ -41,7 +41,7 @@ class Policy:
     max_per_minute: int = 30
 
 
-RELEASE_BATCH = 5_000
+RELEASE_BATCH = 1_000
 """Held triggers decided, and outbox entries written, at a time when a replay releases."""
 
 STORM_KEY = "\x1fstorm:"
