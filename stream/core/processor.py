@@ -121,6 +121,7 @@ class Processor:
         self._max_line_bytes = max_line_bytes
         self._wall_clock = wall_clock
         self._max_groups = max_groups
+        self._base_groups = max_groups
         self._max_groups_ceiling = max(max_groups, max_groups_ceiling or max_groups)
         self._evicted: OrderedDict[GroupKey, None] = OrderedDict()
         # Keyed by GroupKey; the hot loop looks up with equal plain tuples.
@@ -268,8 +269,8 @@ class Processor:
 
     @property
     def crowded(self) -> bool:
-        """Evicted groups waiting for a commit are as many as the cache: commit soon."""
-        return len(self._limbo) >= self._max_groups
+        """Evicted groups waiting for a commit are as many as `max_groups`: commit soon."""
+        return len(self._limbo) >= self._base_groups
 
     @property
     def has_events(self) -> bool:
@@ -410,7 +411,7 @@ class Processor:
         self._cache[key] = group
         if key in self._evicted:  # evicted for room, and back already
             del self._evicted[key]
-            self._max_groups = min(self._max_groups_ceiling, self._max_groups * 5 // 4 + 1)
+            self._max_groups = min(self._max_groups_ceiling, self._max_groups + 1)
         if len(self._cache) > self._max_groups:
             _, oldest = self._cache.popitem(last=False)
             self._flush(oldest)
@@ -483,7 +484,7 @@ class Processor:
         for group in self._cache.values():
             self._flush(group)
         found = detect_stalls(self._open_runs, now, self._stall_after_us, self._forget_after_us)
-        for change in found[: self._max_groups] if bounded else found:
+        for change in found[: self._base_groups] if bounded else found:
             key = GroupKey.run(change.run_id or "")
             group = self._cache.get(key) or self._load(key)
             assert isinstance(group.state, RunState)
