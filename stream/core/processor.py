@@ -411,7 +411,8 @@ class Processor:
         self._cache[key] = group
         if key in self._evicted:  # evicted for room, and back already
             del self._evicted[key]
-            self._max_groups = min(self._max_groups_ceiling, self._max_groups + 1)
+            step = 1 + self._max_groups // 16  # a little ahead of the runs in flight
+            self._max_groups = min(self._max_groups_ceiling, self._max_groups + step)
         if len(self._cache) > self._max_groups:
             _, oldest = self._cache.popitem(last=False)
             self._flush(oldest)
