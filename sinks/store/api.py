@@ -4,7 +4,7 @@ backend is imported here, and neither backend imports the other."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,6 +150,35 @@ class Connection(Protocol):
 
     def execute(self, sql: str, parameters: Any = ..., /) -> Cursor: ...
     def executemany(self, sql: str, parameters: Iterable[Any], /) -> Cursor: ...
+    def close(self) -> None: ...
+
+
+HeldTrigger = tuple[int, int, str, str, str, str, bytes]
+"""A trigger held back: its place in decision order (time, tier, id), then what makes it
+the same as another (rule, role, event id), then the trigger serialised."""
+
+
+class Holding(Protocol):
+    """Where a replay keeps its triggers and derived events until the input is folded."""
+
+    def __len__(self) -> int:
+        """Triggers held."""
+        ...
+
+    def hold(
+        self, triggers: Sequence[HeldTrigger], derived: Iterable[tuple[int, bytes]]
+    ) -> None: ...
+
+    def triggers(self, batch: int) -> Iterator[list[bytes]]:
+        """Every trigger in decision order (time, tier, id, then as held), the first copy
+        of each (rule, role, event id) only, `batch` at a time."""
+        ...
+
+    def derived(self, batch: int) -> Iterator[list[bytes]]:
+        """Every derived event (held with its event time) in time order, then as held,
+        `batch` at a time."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -10,8 +10,9 @@ dispatcher); here only the `state` of an entry is chosen: `pending` (to deliver)
 from __future__ import annotations
 
 import hashlib
+import pickle
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
@@ -20,7 +21,7 @@ from runwatch.projections import DerivedEvent
 from runwatch.projections.alerts import AlertBook, AlertState, Notification, RuleSet, Trigger
 from runwatch.projections.events import format_time
 from runwatch.projections.storm import StormGate, StormWindow
-from runwatch.sinks.store.api import Changes, OutboxEntry, Store
+from runwatch.sinks.store.api import Changes, Holding, OutboxEntry, Store
 from runwatch.stream.core.blobs import dumps_exact
 from runwatch.stream.core.decode import parse_time
 
@@ -47,6 +48,9 @@ class Policy:
     max_per_minute: int = 30
 
 
+RELEASE_BATCH = 1_000
+"""Held triggers decided, and outbox entries written, at a time when a replay releases."""
+
 STORM_KEY = "\x1fstorm:"
 """The group key prefix under which a rule's per-minute storm counts share `alert_state`."""
 
@@ -60,17 +64,18 @@ class Decisions:
         store: Store | None,
         policy: Policy,
         *,
-        hold: bool = False,
+        holding: Holding | None = None,
         settle_s: float = 0.0,
     ) -> None:
-        """`hold` keeps every trigger until `release`: a replay decides once, over all
-        triggers in event-time order, so its decisions do not depend on file order.
-        An implicit completion's jobs wait `settle_s` for the run's explicit terminal event:
-        from the completion's event time in a replay (`hold`), from `now` when live."""
+        """With `holding`, every trigger is kept there until `release`: a replay decides
+        once, over all triggers in event-time order, so its decisions do not depend on file
+        order, and what it holds stays out of memory. An implicit completion's jobs wait
+        `settle_s` for the run's explicit terminal event: from the completion's event time
+        in a replay (`holding`), from `now` when live."""
         self.rules = rules
         self.policy = policy
         self.settle_us = int(settle_s * 1_000_000)
-        self.settle_in_event_time = hold
+        self.settle_in_event_time = holding is not None
         self.settling: OrderedDict[str, int] = OrderedDict()
         """Run → when its completion jobs fall due, for the runs still settling (as far as
         this process knows: after a restart, an explicit end counts as a late event)."""
@@ -85,11 +90,7 @@ class Decisions:
                 saved[(rule, group)] = AlertState.from_dict(state)
         self.book = AlertBook(rules, saved)
         self.gate = StormGate(policy.max_per_minute, windows)
-        self.hold = hold
-        self.dedupe = hold  # live, a duplicate never triggers: the fold rejects it first
-        self.held: list[tuple[int, int, str, Trigger]] = []
-        self.held_derived: list[DerivedEvent] = []
-        self.seen_events: set[tuple[str, str, str]] = set()
+        self.holding = holding
 
     def decide(
         self,
@@ -115,45 +116,67 @@ class Decisions:
             changes.evaluated.append(seq)
         ordered = [(d.time, 0, "", t) for d in derived for t in self.rules.match_derived(d)]
         ordered.extend((t.time, 1, t.event_id, t) for t in triggers)
-        if self.hold:
-            self.held.extend(ordered)
-            self.held_derived.extend(derived)
+        if self.holding is not None:
+            self.holding.hold(
+                [
+                    (time, tier, order, t.rule, t.role, t.event_id, _pack(t))
+                    for time, tier, order, t in ordered
+                ],
+                [(event.time, _pack(event)) for event in derived],
+            )
             return
-        self._decide(ordered, derived, now, changes)
-
-    def release(self, now: int, changes: Changes) -> None:
-        """Decide everything held back (the end of a replay)."""
-        held, held_derived = self.held, self.held_derived
-        self.held, self.held_derived, self.hold = [], [], False
-        self._decide(held, held_derived, now, changes)
-
-    def _decide(
-        self,
-        ordered: list[tuple[int, int, str, Trigger]],
-        derived: list[DerivedEvent],
-        now: int,
-        changes: Changes,
-    ) -> None:
         ordered.sort(key=lambda item: item[:3])
+        self._offer((trigger for *_, trigger in ordered), changes.outbox)
+        self._settle(now, changes, changes.outbox)
+        self._decide_jobs(derived, now, changes.outbox, changes.hastened)
+
+    def release(
+        self, now: int, changes: Changes, write: Callable[[list[OutboxEntry]], None]
+    ) -> None:
+        """Decide everything held back (the end of a replay) in event-time order; the
+        outbox entries go to `write` a batch at a time, in the order they are decided, so
+        memory stays bounded however much was held. The alert book's state goes in
+        `changes`."""
+        holding, self.holding = self.holding, None
+        if holding is None:
+            return
+        outbox: list[OutboxEntry] = []
+        for batch in holding.triggers(RELEASE_BATCH):
+            self._offer((_unpack(body) for body in batch), outbox)
+            if len(outbox) >= RELEASE_BATCH:
+                write(outbox)
+                outbox = []
+        self._settle(now, changes, outbox)
+        for batch in holding.derived(RELEASE_BATCH):
+            events = [_unpack(body) for body in batch]
+            self._decide_jobs(events, now, outbox, changes.hastened)
+            if len(outbox) >= RELEASE_BATCH:
+                write(outbox)
+                outbox = []
+        if outbox:
+            write(outbox)
+        holding.close()
+
+    def _offer(self, triggers: Iterable[Trigger], outbox: list[OutboxEntry]) -> None:
+        """Offer triggers, in event-time order, to the storm gate and the alert book."""
         book, gate = self.book, self.gate
-        for _, _, _, trigger in ordered:
-            if self.dedupe:
-                key = (trigger.rule, trigger.role, trigger.event_id)
-                if key in self.seen_events:
-                    continue  # the same input event in two files that repeat each other
-                self.seen_events.add(key)
+        for trigger in triggers:
             # Time moves on in event order: what is over by this trigger is settled first.
             book.expire(trigger.time)
             for digest in gate.due(trigger.time):
-                changes.outbox.extend(self._entries(digest))
+                outbox.extend(self._entries(digest))
             notification = book.offer(trigger)
             if notification is not None and gate.admit(notification):
-                changes.outbox.extend(self._entries(notification))
+                outbox.extend(self._entries(notification))
+
+    def _settle(self, now: int, changes: Changes, outbox: list[OutboxEntry]) -> None:
+        """End the windows over by `now`; the book's changed state goes in `changes`."""
+        book, gate = self.book, self.gate
         for notification in book.due(now):
             if gate.admit(notification):
-                changes.outbox.extend(self._entries(notification))
+                outbox.extend(self._entries(notification))
         for digest in gate.due(now):
-            changes.outbox.extend(self._entries(digest))
+            outbox.extend(self._entries(digest))
         book.expire(now)
         for rule, group, state in book.take_dirty():
             changes.alert_states.append((rule, group, dumps_exact(state)))
@@ -166,7 +189,6 @@ class Decisions:
         changes.alert_states_deleted.extend(
             (rule, f"{STORM_KEY}{start}") for rule, start in dropped
         )
-        self._decide_jobs(derived, now, changes)
 
     def has_due(self, now: int) -> bool:
         """A held-back notification's window is over: a commit should happen now."""
@@ -202,15 +224,28 @@ class Decisions:
             )
         return out
 
-    def _decide_jobs(self, derived: list[DerivedEvent], now: int, changes: Changes) -> None:
+    def _decide_jobs(
+        self,
+        derived: list[DerivedEvent],
+        now: int,
+        outbox: list[OutboxEntry],
+        hastened: list[tuple[str, float]],
+    ) -> None:
         """Completion jobs, in event-time order. An implicit completion's jobs are written
         at once (so a crash cannot lose them and the outbox shows them) but due only when
         `settle` is over; the run's explicit end makes them due as soon as it arrives."""
         for event in sorted(derived, key=attrgetter("time")):
             if event.type in JOB_TRIGGERS and event.run_id is not None:
-                self._job_trigger(event, event.run_id, now, changes)
+                self._job_trigger(event, event.run_id, now, outbox, hastened)
 
-    def _job_trigger(self, event: DerivedEvent, run_id: str, now: int, changes: Changes) -> None:
+    def _job_trigger(
+        self,
+        event: DerivedEvent,
+        run_id: str,
+        now: int,
+        outbox: list[OutboxEntry],
+        hastened: list[tuple[str, float]],
+    ) -> None:
         status = event.data.get("status")
         explicit = event.data.get("explicit", True)
         clock = event.time if self.settle_in_event_time else now
@@ -220,7 +255,7 @@ class Decisions:
         if run_id in settling:
             if explicit:
                 del settling[run_id]
-                changes.hastened.append((run_id, clock / 1e6))
+                hastened.append((run_id, clock / 1e6))
             return  # the waiting jobs will read the run as it is when they start
         not_before = 0.0
         if event.type == "RUN_COMPLETED" and not explicit and self.settle_us > 0:
@@ -228,7 +263,7 @@ class Decisions:
             due = settling[run_id] = learnt + self.settle_us
             not_before = due / 1e6
         extra = (str(event.data.get("events_total")),) if event.type == "RUN_UPDATED" else ()
-        changes.outbox.extend(self._jobs(run_id, event.type, event.time, status, extra, not_before))
+        outbox.extend(self._jobs(run_id, event.type, event.time, status, extra, not_before))
 
     def _jobs(
         self,
@@ -264,6 +299,15 @@ class Decisions:
             for kind in JOB_TRIGGERS[trigger]
             if kind in self.policy.jobs
         ]
+
+
+def _pack(value: Trigger | DerivedEvent) -> bytes:
+    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _unpack(body: bytes) -> Any:
+    """A trigger or derived event this process held (never bytes from elsewhere)."""
+    return pickle.loads(body)
 
 
 def _digest(*parts: str) -> str:

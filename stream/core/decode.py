@@ -324,3 +324,8 @@ def _undecodable(line: bytes, exc: orjson.JSONDecodeError) -> Rejection:
     except UnicodeDecodeError as bad:
         return Rejection("invalid_utf8", f"invalid UTF-8 at byte {bad.start + 1}")
     return Rejection("invalid_json", str(exc))
+
+
+def internal_error(exc: Exception) -> Rejection:
+    """The rejection of a line whose fold raised: a runwatch bug, kept with its bytes."""
+    return Rejection("internal_error", f"{type(exc).__name__}: {preview(str(exc))}")

@@ -3,7 +3,7 @@ the state it folds into and the index entries it has yet to write."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from runwatch.projections import OrphanEvents, PatternRunState, RunState
 from runwatch.sinks.store.keys import PATTERN, RUN, GroupKey
@@ -55,3 +55,15 @@ def restore(key: GroupKey, saved: dict[str, Any] | None, seen: set[str]) -> Stat
     if saved is not None and key.kind == PATTERN:
         return PatternRunState.from_dict(key.name, saved, seen)
     return new_state(key, seen)
+
+
+HELD_EVENTS: Final = 20_000
+"""Unwritten index entries past which a group is written even by a commit that writes only
+what eviction flushed: a giant run lets go of them, and its flush costs only what changed."""
+
+
+def holds_many_events(group: Group) -> bool:
+    held = len(group.new_index)
+    for blob in group.index_blobs:
+        held += len(blob) // 40  # an entry serialised: about 40 bytes
+    return held >= HELD_EVENTS

@@ -1,16 +1,13 @@
-"""The fold loop shared by replay and the live tailer: lines → decode → fold → one commit.
-
-Memory is bounded by the groups being worked on, not by history: a group (a run, a pattern
-run, or the runless events) lives in an LRU cache; an evicted one is written out with the
-next commit and read back from the store if its events keep coming. A group's saved state
-comes back with the ids of its events, so a duplicate is recognised however late it arrives.
-"""
+"""The fold loop every service shares: lines → decode → fold → one commit. Memory is
+bounded by the groups in flight, not by history: a group (see groups.py) lives in an LRU
+cache; an evicted one is written out and read back, with its event ids, if its events keep
+coming, so a duplicate is recognised however late it arrives."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any
 
 import orjson
 
@@ -25,7 +22,7 @@ from runwatch.projections import (
     format_time,
 )
 from runwatch.projections.alerts import RuleSet, Trigger
-from runwatch.sinks.store.api import Changes, Checkpoint, DeadLetter, Store
+from runwatch.sinks.store.api import Changes, Checkpoint, DeadLetter, OutboxEntry, Store
 from runwatch.sinks.store.keys import ORPHANS, PATTERN, RUN, GroupKey, dump_index, load_index
 from runwatch.stream.core.blobs import dumps_exact
 from runwatch.stream.core.decisions import Decisions
@@ -34,10 +31,18 @@ from runwatch.stream.core.decode import (
     RAW_KEEP,
     Rejection,
     decode,
+    internal_error,
     parse_time,
-    preview,
 )
-from runwatch.stream.core.groups import Group, State, finished, new_state, orphan_day, restore
+from runwatch.stream.core.groups import (
+    Group,
+    State,
+    finished,
+    holds_many_events,
+    new_state,
+    orphan_day,
+    restore,
+)
 from runwatch.stream.core.lines import Lines
 from runwatch.stream.core.tally import Tally
 from runwatch.stream.core.unstorable import read_back, set_aside
@@ -59,6 +64,7 @@ class Processor:
         forget_after_s: float | None = None,
         wall_clock: Callable[[], str],
         max_groups: int = 4096,
+        max_groups_ceiling: int | None = None,
         known_groups: set[GroupKey] | None = None,
         rules: RuleSet | None = None,
         decisions: Decisions | None = None,
@@ -73,7 +79,9 @@ class Processor:
         nothing. `latest_time`, read once a batch, is the latest event time accepted (UTC µs,
         see `wall_clock_bound`); without it only the calendar bounds event times. An open run
         silent longer than `forget_after_s` is abandoned: it leaves the open runs and the cache
-        until an event of it arrives again."""
+        until an event of it arrives again. The cache holds `max_groups` groups and grows,
+        up to `max_groups_ceiling`, while groups it evicted for room come back: more runs
+        in flight than it holds would otherwise write and read each of them again and again."""
         self._store = store
         self._rules = rules
         self._observe = observe
@@ -88,6 +96,9 @@ class Processor:
         self._max_line_bytes = max_line_bytes
         self._wall_clock = wall_clock
         self._max_groups = max_groups
+        self._base_groups = max_groups
+        self._max_groups_ceiling = max(max_groups, max_groups_ceiling or max_groups)
+        self._evicted: OrderedDict[GroupKey, None] = OrderedDict()
         # Keyed by GroupKey; the hot loop looks up with equal plain tuples.
         self._cache: OrderedDict[tuple[str, str], Group] = OrderedDict()
         self._limbo: dict[tuple[str, str], Group] = {}
@@ -166,7 +177,7 @@ class Processor:
                         if observe is not None:
                             observe(event, source, fresh)
                     except Exception as exc:  # the last guard: one line never stops the service
-                        self.reject(source, offset, number, body, len(body), _internal_error(exc))
+                        self.reject(source, offset, number, body, len(body), internal_error(exc))
                     else:
                         if fresh:
                             group.new_index.append((event.id, source_id, offset, len(body)))
@@ -234,8 +245,8 @@ class Processor:
 
     @property
     def crowded(self) -> bool:
-        """Evicted groups waiting for a commit are as many as the cache: commit soon."""
-        return len(self._limbo) >= self._max_groups
+        """Evicted groups waiting for a commit are as many as `max_groups`: commit soon."""
+        return len(self._limbo) >= self._base_groups
 
     @property
     def has_events(self) -> bool:
@@ -416,10 +427,20 @@ class Processor:
             saved, seen = self._store.load_group(key.text)  # type: ignore[union-attr]
             group = Group(key, restore(key, saved, seen))
         self._cache[key] = group
+        if key in self._evicted:  # evicted for room, and back already
+            del self._evicted[key]
+            step = 1 + self._max_groups // 16  # a little ahead of the runs in flight
+            self._max_groups = min(self._max_groups_ceiling, self._max_groups + step)
         if len(self._cache) > self._max_groups:
             _, oldest = self._cache.popitem(last=False)
             self._flush(oldest)
             self._limbo[oldest.key] = oldest
+            if self._max_groups < self._max_groups_ceiling:
+                self._evicted[oldest.key] = None
+                # One coming back among the last `ceiling` evicted would have stayed in a
+                # cache that large.
+                if len(self._evicted) > self._max_groups_ceiling:
+                    self._evicted.popitem(last=False)
         return group
 
     def _flush(self, group: Group) -> None:
@@ -491,7 +512,7 @@ class Processor:
         for group in self._cache.values():
             self._flush(group)
         found = detect_stalls(self._open_runs, now, self._stall_after_us, self._forget_after_us)
-        for change in found[: self._max_groups] if bounded else found:
+        for change in found[: self._base_groups] if bounded else found:
             key = GroupKey.run(change.run_id or "")
             group = self._cache.get(key) or self._load(key)
             assert isinstance(group.state, RunState)
@@ -521,14 +542,16 @@ class Processor:
         `now` (default: the greatest event time) ends throttle windows; `evaluated` are
         derived events recorded outside the fold that the rules see now; `release` decides
         what a holding replay kept back."""
-        if len(self._cache) > self._max_groups // 2:
-            # Finished groups are rarely touched again: make room for the runs in flight.
-            for group in [g for g in self._cache.values() if finished(g.state)]:
-                self._flush(group)
-                del self._cache[group.key]
+        # Finished groups are rarely touched again: the cache is for the runs in flight.
+        for group in [g for g in self._cache.values() if finished(g.state)]:
+            self._flush(group)
+            del self._cache[group.key]
         for group in self._cache.values():
-            if everything or _holds_many_events(group):
+            if everything or holds_many_events(group):
                 self._flush(group)
+            elif group.new_index:  # held until the group is written: keep it compact
+                group.index_blobs.append(dump_index(group.new_index))
+                group.new_index = []
         changes = self._changes
         self._set_aside_unstorable(changes)
         changes.checkpoints = checkpoints
@@ -549,16 +572,17 @@ class Processor:
             for d in changes.dead_letters
         )
         changes.derived = [d.to_dict() for d in self._derived]
+        moment = self._max_event_time if now is None else now
         if self._decisions is not None:
-            moment = self._max_event_time if now is None else now
             self._decisions.decide(
                 self._triggers, self._derived, moment, changes, recorded=evaluated or ()
             )
-            if release:
-                self._decisions.release(moment, changes)
-        self._triggers = []
-        self._outboxed = len(changes.outbox) + len(changes.hastened)
         assert self._store is not None, "an in-memory processor has nothing to commit to"
+        self._outboxed = 0
+        if release and self._decisions is not None:
+            self._decisions.release(moment, changes, self._write_outbox)
+        self._triggers = []
+        self._outboxed += len(changes.outbox) + len(changes.hastened)
         self._store.commit(changes, self._wall_clock())
         self._total.add(self._pending)
         derived = self._derived
@@ -567,18 +591,8 @@ class Processor:
         self._adopted.clear()
         return derived
 
-
-HELD_EVENTS: Final = 20_000
-"""Unwritten index entries past which a group is written even by a commit that writes only
-what eviction flushed: a giant run lets go of them, and its flush costs only what changed."""
-
-
-def _holds_many_events(group: Group) -> bool:
-    held = len(group.new_index)
-    for blob in group.index_blobs:
-        held += len(blob) // 40  # an entry serialised: about 40 bytes
-    return held >= HELD_EVENTS
-
-
-def _internal_error(exc: Exception) -> Rejection:
-    return Rejection("internal_error", f"{type(exc).__name__}: {preview(str(exc))}")
+    def _write_outbox(self, entries: list[OutboxEntry]) -> None:
+        """Commit a batch of released decisions ahead of the commit that released them."""
+        assert self._store is not None
+        self._store.commit(Changes(outbox=entries), self._wall_clock())
+        self._outboxed += len(entries)

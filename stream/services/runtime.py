@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from runwatch.projections import DerivedEvent
 from runwatch.sinks.audit import HEAD_KEY, AuditLog
 from runwatch.sinks.store import Store
+from runwatch.sinks.store.spill import HeldOnDisk
 from runwatch.stream.console import wall_clock
 from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.core.processor import Observe, Processor
@@ -101,7 +102,7 @@ class Runtime:
             alerts.rules,
             None,
             alerts.policy(deliver=deliver),
-            hold=True,
+            holding=HeldOnDisk(),
             settle_s=settings.settle,
         )
         return cls._build(
@@ -136,6 +137,7 @@ class Runtime:
             max_line_bytes=settings.max_line_bytes,
             wall_clock=wall_clock,
             max_groups=settings.cache_groups,
+            max_groups_ceiling=settings.cache_groups_max,
             known_groups=set() if known_groups else None,
             rules=alerts.rules,
             decisions=decisions,

@@ -87,6 +87,7 @@ class Settings(BaseModel):
     max_line_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_future_skew: Seconds = 86400.0
     cache_groups: int = Field(default=1024, ge=1)
+    cache_groups_max: int = Field(default=8192, ge=1)
     sources: list[Source] = Field(default_factory=list)
     rescan_interval: Seconds = 5.0
     tick_interval: Seconds = 1.0

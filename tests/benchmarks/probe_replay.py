@@ -3,9 +3,9 @@
 Runs `replay()` (as `runwatch replay --workers N` does, with the built-in settings and alert
 rules) and, at each commit and at the end, prints the process's RSS next to the sizes of
 what the replay keeps: groups in the cache and waiting for a commit (with their event ids
-and index entries), the alert triggers and derived events held back until the final commit,
-the de-duplication set of decisions, and the rows of the commit being written. Wraps two
-methods from outside to look; changes nothing. Not a timing benchmark: the probes cost CPU.
+and index entries), the alert triggers held back (on disk) until the final commit, and the
+rows of the commit being written. Wraps two methods from outside and reads private fields
+to look; changes nothing. Not a timing benchmark: the probes cost CPU.
 
 Usage:  .venv/bin/python tests/benchmarks/probe_replay.py PATH... [--workers N] [--db FILE]
 """
@@ -44,23 +44,24 @@ class Probe:
         self.rows: list[dict[str, Any]] = []
 
     def snapshot(self, processor: Processor, moment: str) -> None:
-        groups = [*processor.cache.values(), *processor.limbo.values()]
-        changes = processor.changes
+        cache, limbo = processor._cache, processor._limbo  # looking only
+        groups = [*cache.values(), *limbo.values()]
+        changes = processor._changes
         decisions = self.decisions
         row = {
             "when": moment,
             "s": round(time.perf_counter() - self.started, 1),
             "rss_mb": round(status_mb()),
             "events": processor.seen,
-            "cached": len(processor.cache),
-            "limbo": len(processor.limbo),
+            "cached": len(cache),
+            "cache_limit": processor._max_groups,
+            "limbo": len(limbo),
             "ids_in_groups": sum(len(g.state.seen) for g in groups),
             "index_entries": sum(len(g.new_index) for g in groups),
+            "index_blob_mb": round(sum(len(b) for g in groups for b in g.index_blobs) / 1e6),
             "tasks_in_groups": sum(len(getattr(g.state, "tasks", ())) for g in groups),
             "triggers_pending": len(processor.triggers),
-            "held_triggers": 0 if decisions is None else len(decisions.held),
-            "held_derived": 0 if decisions is None else len(decisions.held_derived),
-            "dedupe_keys": 0 if decisions is None else len(decisions.seen_events),
+            "held_on_disk": len(decisions.holding or ()) if decisions else 0,
             "rows_runs": len(changes.runs),
             "rows_tasks": len(changes.tasks),
             "rows_states": len(changes.states),

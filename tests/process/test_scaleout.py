@@ -19,7 +19,7 @@ from runwatch.sinks.archive import verify_archive
 from runwatch.sinks.store import open_store
 from runwatch.stream.devtools.writer import simulate
 
-NEVER_STALLS = "stall_after: 36500d\ntick_interval: 0.2s\n"
+NEVER_QUIET = "stall_after: 36500d\nforget_after: 36500d\ntick_interval: 0.2s\n"
 
 
 def shipper_of(host: Path, nats_url: str) -> RunwatchProcess:
@@ -59,7 +59,7 @@ def test_two_shippers_two_processors_killed_and_restarted_converge(
     hosts = [tmp_path / "host-a", tmp_path / "host-b"]
     simulate(hosts[0] / "events", runs=120, seed=21, fail_rate=0.3, start=start)
     simulate(hosts[1] / "events", runs=120, seed=22, fail_rate=0.3, start=start)
-    (tmp_path / "rw.yaml").write_text(NEVER_STALLS)
+    (tmp_path / "rw.yaml").write_text(NEVER_QUIET)
     with NatsServer(tmp_path / "nats", partitions=4) as nats, WebhookReceiver() as hook:
         (tmp_path / "alerts.yaml").write_text(f"""
 alert_lookback: 30d
@@ -153,7 +153,7 @@ def test_a_standby_takes_over_when_the_owner_dies(tmp_path: Path, postgres_url: 
     advisory lock and carries on from the committed sequence when the first is killed."""
     host = tmp_path / "host"
     simulate(host / "events", runs=20, seed=31)
-    (tmp_path / "rw.yaml").write_text(NEVER_STALLS)
+    (tmp_path / "rw.yaml").write_text(NEVER_QUIET)
     with NatsServer(tmp_path / "nats", partitions=1) as nats:
         common = (
             "--config",
@@ -265,7 +265,7 @@ def test_a_message_with_bad_headers_is_dead_lettered_and_the_rest_folded(
         }
     )
     source = {"Runwatch-Source": "host/events.jsonl", "Runwatch-Line": "1"}
-    (tmp_path / "rw.yaml").write_text(NEVER_STALLS)
+    (tmp_path / "rw.yaml").write_text(NEVER_QUIET)
     with NatsServer(tmp_path / "nats", partitions=1) as server:
         publish(
             server.url,

@@ -9,6 +9,7 @@ from pathlib import Path
 from runwatch.projections import DerivedEvent, detect_stalls
 from runwatch.projections.events import to_micros
 from runwatch.sinks.store.api import Changes
+from runwatch.sinks.store.spill import HeldOnDisk
 from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.devtools.writer import simulate
 from runwatch.stream.services.replay import replay
@@ -153,7 +154,9 @@ def test_replay_settles_in_event_time() -> None:
     outcomes = []
     for _ in range(2):
         changes = Changes()
-        replaying = Decisions(setup.rules, None, setup.policy(deliver=False), hold=True, settle_s=5)
+        replaying = Decisions(
+            setup.rules, None, setup.policy(deliver=False), holding=HeldOnDisk(), settle_s=5
+        )
         replaying.decide(
             [],
             [
@@ -165,7 +168,7 @@ def test_replay_settles_in_event_time() -> None:
             0,
             changes,
         )
-        replaying.release(200 * SECOND, changes)
+        replaying.release(200 * SECOND, changes, changes.outbox.extend)
         entries = [
             (e.id, e.run_id, e.target, e.payload["trigger"], e.not_before) for e in changes.outbox
         ]

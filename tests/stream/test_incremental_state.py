@@ -11,8 +11,9 @@ import orjson
 
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import wall_clock
+from runwatch.stream.core.groups import HELD_EVENTS
 from runwatch.stream.core.lines import Lines
-from runwatch.stream.core.processor import HELD_EVENTS, Processor
+from runwatch.stream.core.processor import Processor
 
 RUN = "GIANT"
 
