@@ -259,7 +259,7 @@ class Decisions:
             return  # the waiting jobs will read the run as it is when they start
         not_before = 0.0
         if event.type == "RUN_COMPLETED" and not explicit and self.settle_us > 0:
-            learnt = event.time if self.settle_in_event_time else max(event.time, now)
+            learnt = event.time if self.settle_in_event_time else now
             due = settling[run_id] = learnt + self.settle_us
             not_before = due / 1e6
         extra = (str(event.data.get("events_total")),) if event.type == "RUN_UPDATED" else ()

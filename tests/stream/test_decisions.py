@@ -133,6 +133,19 @@ def test_an_implicit_completion_waits_for_its_explicit_end() -> None:
     assert later.hastened == [], "once settled, an event is a late event"
 
 
+def test_live_settle_counts_from_the_wall_clock_even_for_events_stamped_ahead() -> None:
+    """A producer whose clock runs ahead must not hold a run's jobs back by that much: live,
+    the settle runs from when the service learnt of the completion."""
+    setup = default_alert_setup()
+    decisions = Decisions(setup.rules, None, setup.policy(deliver=True), settle_s=5)
+    ahead = DerivedEvent(
+        "RUN_COMPLETED", 3 * 3600 * SECOND, "R1", {"status": "succeeded", "explicit": False}
+    )
+    changes = Changes()
+    decisions.decide([], [ahead], 100 * SECOND, changes)
+    assert [due for *_, due in _due(changes)] == [105.0, 105.0]
+
+
 def test_an_explicit_completion_and_a_zero_settle_start_the_jobs_at_once() -> None:
     """Only an implicit end waits; with `settle: 0` nothing waits."""
     setup = default_alert_setup()
