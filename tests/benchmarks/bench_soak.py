@@ -222,7 +222,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rate", type=float, default=1000.0, help="good-run events per second")
     parser.add_argument("--poll-ms", type=float, default=5.0)
     parser.add_argument("--timeout", type=float, default=900.0)
-    parser.add_argument("--out", type=Path, default=Path("bench-out"))
+    parser.add_argument("--out", type=lambda text: Path(text).resolve(), default="bench-out")
     parser.add_argument("--json", type=Path, default=None)
     return parser.parse_args(argv)
 
