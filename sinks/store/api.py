@@ -15,6 +15,11 @@ class StoreError(Exception):
     """A database that cannot be used as it is; the message says what to do."""
 
 
+class UnstorableValue(StoreError):
+    """A commit held a value no column of this store can hold (an integer outside signed
+    64 bits; in PostgreSQL also a text with NUL): nothing of it was written."""
+
+
 class OwnershipLost(StoreError):
     """A stream position moved under us: another process owns the stream, so this one stops
     before it writes anything (its whole transaction is rolled back)."""

@@ -21,7 +21,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
-from runwatch.sinks.store.api import Changes, StoreError
+from runwatch.sinks.store.api import Changes, StoreError, UnstorableValue
 from runwatch.sinks.store.postgres_sql import (
     NAME,
     PgConnection,
@@ -235,14 +235,18 @@ class PostgresStore(SharedQueries):
         for stream, expected, new in changes.positions:
             self._advance(stream, expected, new, seen_at)
         cursor = self._raw.cursor()
-        for name, rows in _rows(changes, seen_at):
-            if not rows:
-                continue
-            batch = _BATCHES.get(name)
-            if batch is None:
-                cursor.executemany(_SMALL[name], rows)
-            else:
-                cursor.execute(self._inserts[name], batch.arrays(rows, self._types[batch.table]))
+        try:
+            for name, rows in _rows(changes, seen_at):
+                if not rows:
+                    continue
+                batch = _BATCHES.get(name)
+                if batch is None:
+                    cursor.executemany(_SMALL[name], rows)
+                else:
+                    arrays = batch.arrays(rows, self._types[batch.table])
+                    cursor.execute(self._inserts[name], arrays)
+        except psycopg.DataError as exc:  # bigint out of range, NUL in text, …
+            raise UnstorableValue(f"{self.path}: {' '.join(str(exc).split())}") from exc
 
     def finalize(self) -> None:
         """Refresh the planner's statistics (replay's scratch schema becomes the real one)."""

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 from typing import Final
 
-from runwatch.sinks.store.api import Changes, StoreError
+from runwatch.sinks.store.api import Changes, StoreError, UnstorableValue
 from runwatch.sinks.store.schema import (
     CONVERGED,
     SCHEMA_VERSION,
@@ -121,13 +121,16 @@ class SqliteStore(SharedQueries):
         db = self.db
         for stream, expected, new in changes.positions:
             self._advance(stream, expected, new, seen_at)
-        for field, statement in _UPSERTS.items():
-            rows = getattr(changes, field)
-            if rows:
-                db.executemany(statement, rows)
-        for part, rows in parts(changes, seen_at):
-            if rows:
-                db.executemany(_STATEMENTS[part], rows)
+        try:
+            for field, statement in _UPSERTS.items():
+                rows = getattr(changes, field)
+                if rows:
+                    db.executemany(statement, rows)
+            for part, rows in parts(changes, seen_at):
+                if rows:
+                    db.executemany(_STATEMENTS[part], rows)
+        except OverflowError as exc:  # an integer outside SQLite's signed 64 bits
+            raise UnstorableValue(f"{self.path}: {exc}") from exc
 
     def finalize(self) -> None:
         """Leave a compact WAL-mode file behind (replay's scratch file becomes the real one)."""

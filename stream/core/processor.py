@@ -22,7 +22,14 @@ from runwatch.projections import (
     format_time,
 )
 from runwatch.projections.alerts import RuleSet, Trigger
-from runwatch.sinks.store.api import Changes, Checkpoint, DeadLetter, OutboxEntry, Store
+from runwatch.sinks.store.api import (
+    Changes,
+    Checkpoint,
+    DeadLetter,
+    OutboxEntry,
+    Store,
+    UnstorableValue,
+)
 from runwatch.sinks.store.keys import ORPHANS, PATTERN, RUN, GroupKey, dump_index, load_index
 from runwatch.stream.core.blobs import dumps_exact
 from runwatch.stream.core.decisions import Decisions
@@ -393,11 +400,10 @@ class Processor:
         letter = DeadLetter(source, offset, number, why.reason, why.detail, line[:RAW_KEEP], size)
         self._changes.dead_letters.append(letter)
 
-    def _set_aside_unstorable(self, changes: Changes) -> None:
-        """Keep a value no store can hold from failing this commit on every restart: a group
-        whose rows hold one goes back to its last committed state, and the lines folded into
-        it since then are dead-lettered as unstorable_value. Decode refuses every such value
-        it knows of; this catches the ones a projection change might add."""
+    def _set_aside_unstorable(self, changes: Changes) -> list[GroupKey]:
+        """Take out of `changes` the groups whose rows hold a value no store can hold: each
+        goes back to its last committed state, and the lines folded into it since then are
+        dead-lettered as unstorable_value. Returns those groups."""
         lost, lines = set_aside(changes)
         for line in lines:
             source = self._sources.get(line.source_id, f"source #{line.source_id}")
@@ -410,6 +416,7 @@ class Processor:
         for group in lost:
             self._cache.pop(group, None)
             self._limbo.pop(group, None)
+        return lost
 
     def _load(self, key: GroupKey) -> Group:
         group = self._limbo.pop(key, None)
@@ -553,10 +560,58 @@ class Processor:
                 group.index_blobs.append(dump_index(group.new_index))
                 group.new_index = []
         changes = self._changes
-        self._set_aside_unstorable(changes)
         changes.checkpoints = checkpoints
         changes.counters = self._pending.counters()
-        self._derived.extend(
+        self._derived.extend(self._rejections(changes.dead_letters))
+        changes.derived = [d.to_dict() for d in self._derived]
+        moment = self._max_event_time if now is None else now
+        if self._decisions is not None:
+            self._decisions.decide(
+                self._triggers, self._derived, moment, changes, recorded=evaluated or ()
+            )
+        assert self._store is not None, "an in-memory processor has nothing to commit to"
+        self._outboxed = 0
+        if release and self._decisions is not None:
+            self._decisions.release(moment, changes, self._write_outbox)
+        self._triggers = []
+        try:
+            self._store.commit(changes, self._wall_clock())
+        except UnstorableValue:
+            letters = len(changes.dead_letters)
+            lost = self._set_aside_unstorable(changes)
+            if not lost:
+                raise  # not a row value: the store's error stands
+            self._commit_without(lost, changes, changes.dead_letters[letters:], moment)
+        self._outboxed += len(changes.outbox) + len(changes.hastened)
+        self._total.add(self._pending)
+        derived = self._derived
+        self._changes, self._pending, self._derived = Changes(), Tally(), []
+        self._limbo.clear()
+        self._adopted.clear()
+        return derived
+
+    def _commit_without(
+        self, lost: list[GroupKey], changes: Changes, letters: list[DeadLetter], moment: int
+    ) -> None:
+        """Commit again, `lost` set aside with their lines as `letters`, what the store
+        rolled back for a value it cannot hold. Decode refuses every such value it knows of,
+        so only a projection bug gets here; failing on each restart would stop the service.
+        Nothing about a run set aside leaves this commit but its dead letters (the alert
+        book may have counted its triggers already)."""
+        assert self._store is not None
+        runs = {group.name for group in lost if group.kind == RUN}
+        rejected = self._rejections(letters)
+        self._derived.extend(rejected)
+        changes.derived = [d.to_dict() for d in self._derived]
+        changes.counters = self._pending.counters()
+        changes.outbox = [entry for entry in changes.outbox if entry.run_id not in runs]
+        changes.hastened = [(run, at) for run, at in changes.hastened if run not in runs]
+        if self._decisions is not None:
+            self._decisions.decide([], rejected, moment, changes)
+        self._store.commit(changes, self._wall_clock())
+
+    def _rejections(self, letters: Iterable[DeadLetter]) -> list[DerivedEvent]:
+        return [
             DerivedEvent(
                 "EVENT_REJECTED",
                 self._max_event_time,
@@ -569,27 +624,8 @@ class Processor:
                     "detail": d.detail,
                 },
             )
-            for d in changes.dead_letters
-        )
-        changes.derived = [d.to_dict() for d in self._derived]
-        moment = self._max_event_time if now is None else now
-        if self._decisions is not None:
-            self._decisions.decide(
-                self._triggers, self._derived, moment, changes, recorded=evaluated or ()
-            )
-        assert self._store is not None, "an in-memory processor has nothing to commit to"
-        self._outboxed = 0
-        if release and self._decisions is not None:
-            self._decisions.release(moment, changes, self._write_outbox)
-        self._triggers = []
-        self._outboxed += len(changes.outbox) + len(changes.hastened)
-        self._store.commit(changes, self._wall_clock())
-        self._total.add(self._pending)
-        derived = self._derived
-        self._changes, self._pending, self._derived = Changes(), Tally(), []
-        self._limbo.clear()
-        self._adopted.clear()
-        return derived
+            for d in letters
+        ]
 
     def _write_outbox(self, entries: list[OutboxEntry]) -> None:
         """Commit a batch of released decisions ahead of the commit that released them."""

@@ -13,8 +13,8 @@ import pytest
 
 from helpers import UPSTREAM, replay_into, run_cli
 from runwatch.projections import Event, RunState
+from runwatch.sinks.store import open_store
 from runwatch.sinks.store.keys import GroupKey
-from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import wall_clock
 from runwatch.stream.core.decode import RAW_KEEP, decode
 from runwatch.stream.core.lines import BOM, Lines
@@ -410,18 +410,23 @@ def test_max_future_skew_bounds_event_times_from_the_wall_clock(tmp_path: Path, 
     }
 
 
-def test_a_row_value_no_store_can_hold_sets_its_lines_aside(tmp_path: Path, db: Path) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_a_row_value_no_store_can_hold_sets_its_lines_aside(
+    tmp_path: Path, db: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
     """Should a projection ever yield a value no store column takes (here a 2**63 task total
     that decode would refuse, handed over as a replay worker's folded state, standing in for
-    a projection bug), the commit must not fail on every restart: the lines that made that
-    run's rows this batch are dead-lettered with their bytes, the rest is written."""
+    a projection bug), the commit must not fail on every restart: the store refuses it, the
+    lines that made that run's rows this batch are dead-lettered with their bytes, and the
+    rest is written."""
     big = orjson.dumps(
         {"event_type": "run_created", "timestamp": "2025-03-01T14:00:00Z", "run_id": "r-big"}
     )
     good = ev("run_created", "14:00:01", run_id="r-ok")
     path = tmp_path / "events.jsonl"
     path.write_bytes(big + b"\n" + good + b"\n")
-    store = SqliteStore(db)
+    target = db if kind == "sqlite" else request.getfixturevalue("postgres_url")
+    store = open_store(target)
     try:
         processor = Processor(
             store, stall_after_s=60, max_line_bytes=1 << 20, wall_clock=wall_clock
@@ -439,14 +444,18 @@ def test_a_row_value_no_store_can_hold_sets_its_lines_aside(tmp_path: Path, db: 
         later = ev("run_started", "14:00:02", run_id="r-ok")
         processor.process(str(path), source_id, Lines(len(big + good) + 2, 3, [later], 0))
         processor.commit([])
+
+        def rows(sql: str) -> list[tuple[Any, ...]]:
+            return [tuple(row) for row in store.db.execute(sql).fetchall()]
+
+        assert rows("SELECT run_id, events_total FROM runs") == [("r-ok", 2)]
+        assert rows("SELECT source, offset, reason, raw, raw_size FROM dead_letters") == [
+            (str(path), 0, "unstorable_value", big, len(big))
+        ]
+        assert "tasks_total" in rows("SELECT detail FROM dead_letters")[0][0]
+        assert dict(rows("SELECT name, value FROM counters")) == {
+            "events_accepted": 2,
+            "rejected.unstorable_value": 1,
+        }
     finally:
         store.close()
-    assert query(db, "SELECT run_id, events_total FROM runs") == [("r-ok", 2)]
-    assert query(db, "SELECT source, offset, reason, raw, raw_size FROM dead_letters") == [
-        (str(path), 0, "unstorable_value", big, len(big))
-    ]
-    assert "tasks_total" in query(db, "SELECT detail FROM dead_letters")[0][0]
-    assert dict(query(db, "SELECT name, value FROM counters")) == {
-        "events_accepted": 2,
-        "rejected.unstorable_value": 1,
-    }
