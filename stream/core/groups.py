@@ -16,13 +16,14 @@ Entry = tuple[str, int, int, int]
 class Group:
     """A unit of folding: one run, one pattern run, or the events that belong to neither."""
 
-    __slots__ = ("dirty", "index_blobs", "key", "new_index", "state")
+    __slots__ = ("blobbed", "dirty", "index_blobs", "key", "new_index", "state")
 
     def __init__(self, key: GroupKey, state: State) -> None:
         self.key = key
         self.state = state
         self.new_index: list[Entry] = []
-        self.index_blobs: list[bytes] = []  # index entries already serialised by a worker
+        self.index_blobs: list[bytes] = []  # index entries already serialised
+        self.blobbed = 0  # how many entries `index_blobs` hold
         self.dirty = False
 
 
@@ -63,7 +64,4 @@ what eviction flushed: a giant run lets go of them, and its flush costs only wha
 
 
 def holds_many_events(group: Group) -> bool:
-    held = len(group.new_index)
-    for blob in group.index_blobs:
-        held += len(blob) // 40  # an entry serialised: about 40 bytes
-    return held >= HELD_EVENTS
+    return len(group.new_index) + group.blobbed >= HELD_EVENTS

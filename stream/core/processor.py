@@ -370,6 +370,7 @@ class Processor:
             )
         else:
             group.index_blobs.append(index)
+            group.blobbed += len(partial.seen)
         group.state.merge(partial)  # type: ignore[arg-type]  # same kind: same key
         group.dirty = True
         self._pending.accepted += len(partial.seen) - len(known)
@@ -464,6 +465,7 @@ class Processor:
         if group.index_blobs:
             changes.index.extend((key, blob) for blob in group.index_blobs)
             group.index_blobs = []
+            group.blobbed = 0
         if self._known_groups is not None:
             self._known_groups.add(group.key)
         if isinstance(state, RunState):
@@ -558,6 +560,7 @@ class Processor:
                 self._flush(group)
             elif group.new_index:  # held until the group is written: keep it compact
                 group.index_blobs.append(dump_index(group.new_index))
+                group.blobbed += len(group.new_index)
                 group.new_index = []
         changes = self._changes
         changes.checkpoints = checkpoints
