@@ -325,7 +325,7 @@ class AlertState:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AlertState:
-        held = data.get("held")
+        held = data["held"]
         return cls(
             data["current"],
             data["starts_at"],

@@ -473,14 +473,14 @@ class RunState:
             "declared_total",
             "explicit_status",
             "reported_status",
+            "reported_events",
             "stalled",
+            "abandoned",
+            "errors",
         ):
             setattr(state, name, data[name])
-        state.abandoned = data["abandoned"]
-        state.errors = data["errors"]
         error_ids = data.get("error_ids")  # only in a whole state handed over unsaved
         state.error_ids = None if error_ids is None else set(error_ids)
-        state.reported_events = data["reported_events"]
         key = data["explicit_key"]
         state.explicit_key = tuple(key) if key else None
         state.workstreams = {
