@@ -52,7 +52,7 @@ from runwatch.stream.core.groups import (
 )
 from runwatch.stream.core.lines import Lines
 from runwatch.stream.core.tally import Tally
-from runwatch.stream.core.unstorable import read_back, set_aside
+from runwatch.stream.core.unstorable import drop_runs, rejections, set_aside
 
 Observe = Callable[[Event, str, bool], None]
 """Called with each decoded event, its source and whether it was new to this fold."""
@@ -401,23 +401,18 @@ class Processor:
         letter = DeadLetter(source, offset, number, why.reason, why.detail, line[:RAW_KEEP], size)
         self._changes.dead_letters.append(letter)
 
-    def _set_aside_unstorable(self, changes: Changes) -> list[GroupKey]:
-        """Take out of `changes` the groups whose rows hold a value no store can hold: each
-        goes back to its last committed state, and the lines folded into it since then are
-        dead-lettered as unstorable_value. Returns those groups."""
-        lost, lines = set_aside(changes)
-        for line in lines:
-            source = self._sources.get(line.source_id, f"source #{line.source_id}")
-            self._pending.accepted -= 1
-            raw = read_back(source, line.offset, line.length)
-            why = Rejection("unstorable_value", line.detail)
-            self.reject(source, line.offset, 0, raw, line.length, why)
+    def _set_aside_unstorable(self, changes: Changes) -> set[str] | None:
+        """Set aside the groups of `changes` holding a value no store holds (see `set_aside`):
+        back to their last committed state. Returns the runs among them (None: no group)."""
+        lost = set_aside(changes, self._sources, self._pending)
+        if not lost:
+            return None
         runs = {group.name for group in lost if group.kind == RUN}
         self._derived = [d for d in self._derived if d.run_id not in runs]
         for group in lost:
             self._cache.pop(group, None)
             self._limbo.pop(group, None)
-        return lost
+        return runs
 
     def _load(self, key: GroupKey) -> Group:
         group = self._limbo.pop(key, None)
@@ -499,14 +494,9 @@ class Processor:
             self._open_runs.pop(state.run_id, None)
             if state.stalled:
                 state.stalled = False
-                self._derived.append(
-                    DerivedEvent(
-                        "RUN_RECOVERED",
-                        state.last_event_at or 0,
-                        state.run_id,
-                        {"reason": "completed", "last_event_at": format_time(state.last_event_at)},
-                    )
-                )
+                at = state.last_event_at
+                data = {"reason": "completed", "last_event_at": format_time(at)}
+                self._derived.append(DerivedEvent("RUN_RECOVERED", at or 0, state.run_id, data))
         elif state.abandoned:
             self._open_runs.pop(state.run_id, None)
         else:
@@ -565,7 +555,7 @@ class Processor:
         changes = self._changes
         changes.checkpoints = checkpoints
         changes.counters = self._pending.counters()
-        self._derived.extend(self._rejections(changes.dead_letters))
+        self._derived.extend(rejections(changes.dead_letters, self._max_event_time))
         changes.derived = [d.to_dict() for d in self._derived]
         moment = self._max_event_time if now is None else now
         if self._decisions is not None:
@@ -580,11 +570,20 @@ class Processor:
         try:
             self._store.commit(changes, self._wall_clock())
         except UnstorableValue:
-            letters = len(changes.dead_letters)
-            lost = self._set_aside_unstorable(changes)
-            if not lost:
+            # A projection bug (decode refuses what it knows no store holds): commit again
+            # without its groups, or every restart fails; of their runs only dead letters.
+            before = len(changes.dead_letters)
+            runs = self._set_aside_unstorable(changes)
+            if runs is None:
                 raise  # not a row value: the store's error stands
-            self._commit_without(lost, changes, changes.dead_letters[letters:], moment)
+            rejected = rejections(changes.dead_letters[before:], self._max_event_time)
+            self._derived.extend(rejected)
+            changes.derived = [d.to_dict() for d in self._derived]
+            changes.counters = self._pending.counters()
+            drop_runs(changes, runs)
+            if self._decisions is not None:
+                self._decisions.decide([], rejected, moment, changes)
+            self._store.commit(changes, self._wall_clock())
         self._outboxed += len(changes.outbox) + len(changes.hastened)
         self._total.add(self._pending)
         derived = self._derived
@@ -592,43 +591,6 @@ class Processor:
         self._limbo.clear()
         self._adopted.clear()
         return derived
-
-    def _commit_without(
-        self, lost: list[GroupKey], changes: Changes, letters: list[DeadLetter], moment: int
-    ) -> None:
-        """Commit again, `lost` set aside with their lines as `letters`, what the store
-        rolled back for a value it cannot hold. Decode refuses every such value it knows of,
-        so only a projection bug gets here; failing on each restart would stop the service.
-        Nothing about a run set aside leaves this commit but its dead letters (the alert
-        book may have counted its triggers already)."""
-        assert self._store is not None
-        runs = {group.name for group in lost if group.kind == RUN}
-        rejected = self._rejections(letters)
-        self._derived.extend(rejected)
-        changes.derived = [d.to_dict() for d in self._derived]
-        changes.counters = self._pending.counters()
-        changes.outbox = [entry for entry in changes.outbox if entry.run_id not in runs]
-        changes.hastened = [(run, at) for run, at in changes.hastened if run not in runs]
-        if self._decisions is not None:
-            self._decisions.decide([], rejected, moment, changes)
-        self._store.commit(changes, self._wall_clock())
-
-    def _rejections(self, letters: Iterable[DeadLetter]) -> list[DerivedEvent]:
-        return [
-            DerivedEvent(
-                "EVENT_REJECTED",
-                self._max_event_time,
-                None,
-                {
-                    "source": d.source,
-                    "offset": d.offset,
-                    "line": d.line,
-                    "reason": d.reason,
-                    "detail": d.detail,
-                },
-            )
-            for d in letters
-        ]
 
     def _write_outbox(self, entries: list[OutboxEntry]) -> None:
         """Commit a batch of released decisions ahead of the commit that released them."""
