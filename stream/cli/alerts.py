@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -13,7 +12,15 @@ import orjson
 from runwatch.projections.events import format_time
 from runwatch.sinks.channels import describe
 from runwatch.sinks.store import reads
-from runwatch.stream.cli.common import Command, common_options, settings_from_args
+from runwatch.stream.cli.common import (
+    Command,
+    alerts_option,
+    common_options,
+    file_argument,
+    json_option,
+    print_json,
+    settings_from_args,
+)
 from runwatch.stream.console import table
 from runwatch.stream.delivery.handlers import build_channel
 from runwatch.stream.errors import EXIT_FAILURE, EXIT_OK, UsageError
@@ -22,9 +29,7 @@ from runwatch.stream.settings.database import open_existing
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "file", nargs="?", type=Path, metavar="FILE", help="the alerts file to check"
-    )
+    file_argument(parser, "the alerts file to check")
 
 
 def check(args: argparse.Namespace) -> int:
@@ -49,8 +54,7 @@ def check(args: argparse.Namespace) -> int:
 
 def add_test_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channel", metavar="NAME", help="only this channel")
-    parser.add_argument("--alerts", type=Path, metavar="FILE", help="alerts file")
-    parser.add_argument("--config", type=Path, metavar="FILE", help="configuration file")
+    alerts_option(parser)
 
 
 def send_test(args: argparse.Namespace) -> int:
@@ -103,7 +107,7 @@ def add_list_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state", metavar="STATE", help="only pending, delivered, failed, recorded or skipped"
     )
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    json_option(parser)
 
 
 def list_alerts(args: argparse.Namespace) -> int:
@@ -121,7 +125,7 @@ def list_alerts(args: argparse.Namespace) -> int:
             summary=payload.get("summary"),
         )
     if args.json:
-        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        print_json(rows)
     elif not rows:
         print("no alerts")
     else:

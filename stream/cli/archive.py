@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-import orjson
-
 from runwatch.sinks.archive import run_archives, verify_archive
-from runwatch.stream.cli.common import Command, common_options, settings_from_args
+from runwatch.stream.cli.common import (
+    Command,
+    common_options,
+    json_option,
+    print_json,
+    settings_from_args,
+)
 from runwatch.stream.cli.report import run_job_now
 from runwatch.stream.delivery import jobs
 from runwatch.stream.errors import EXIT_FAILURE, EXIT_OK, UsageError
@@ -24,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verify", action="store_true", help="verify RUN's archives (default: every archive)"
     )
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    json_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,12 +58,7 @@ def _verify_archives(settings: Settings, run_id: str | None, as_json: bool) -> i
         return EXIT_FAILURE
     results = {str(path): verify_archive(path) for path in paths}
     if as_json:
-        print(
-            orjson.dumps(
-                [{"path": k, "ok": not v, "problems": v} for k, v in results.items()],
-                option=orjson.OPT_INDENT_2,
-            ).decode()
-        )
+        print_json([{"path": k, "ok": not v, "problems": v} for k, v in results.items()])
     else:
         for path, problems in results.items():
             print(f"{path}: " + ("OK" if not problems else "BAD: " + "; ".join(problems)))

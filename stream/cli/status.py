@@ -6,10 +6,14 @@ import argparse
 import sys
 from typing import Any
 
-import orjson
-
 from runwatch.sinks.store import Store, reads
-from runwatch.stream.cli.common import Command, common_options, settings_from_args
+from runwatch.stream.cli.common import (
+    Command,
+    common_options,
+    json_option,
+    print_json,
+    settings_from_args,
+)
 from runwatch.stream.console import table, terminal_safe
 from runwatch.stream.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from runwatch.stream.settings.database import open_existing
@@ -34,9 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="at most this many runs (default: 50 in the table, all with --json)",
     )
-    parser.add_argument(
-        "--json", action="store_true", help="print a JSON list of run objects with the runs columns"
-    )
+    json_option(parser, "print a JSON list of run objects with the runs columns")
     parser.add_argument(
         "--watch",
         action="store_true",
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         for run in runs:
             run["stalled"] = bool(run["stalled"])
-        print(orjson.dumps(runs, option=orjson.OPT_INDENT_2).decode())
+        print_json(runs)
         return EXIT_OK
     if not runs:
         print("no runs" + (f" with status {args.only}" if args.only else ""))
@@ -108,7 +110,7 @@ def _status_one(store: Store, run_id: str, as_json: bool) -> int:
     run["stalled"] = bool(run["stalled"])
     detail = {**found, **reads.archival(store.db, run_id)}
     if as_json:
-        print(orjson.dumps({**run, **detail}, option=orjson.OPT_INDENT_2).decode())
+        print_json({**run, **detail})
         return EXIT_OK
     width = max(len(k) for k in run)
     print(
