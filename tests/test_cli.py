@@ -260,6 +260,24 @@ def test_status_of_an_unknown_run_fails_with_a_message(built: Path, tmp_path: Pa
     assert run_cli("status", "--db", built, "--run", "nope", cwd=tmp_path).stdout == ""
 
 
+def test_report_output_shows_a_hostile_run_id_inert(tmp_path: Path) -> None:
+    """A run id is log text: printed by `report`, it must not drive the terminal."""
+    evil = "R-\x1b]0;pwned\x07\x1b[2J-\u202eevil"
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(
+        bus("run_started", 0, evil)
+        + b"\n"
+        + bus("run_completed", 1, evil, payload={"status": "succeeded"})
+        + b"\n"
+    )
+    db = tmp_path / "runwatch.db"
+    ok("replay", events, "--db", db, cwd=tmp_path)
+    shown = ok("report", evil, "--db", db, cwd=tmp_path).stdout
+    assert "REPORT_GENERATED" in shown
+    assert "run_id=R-\\x1b]0;pwned\\x07\\x1b[2J-\\u202eevil" in shown
+    assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
+
+
 def test_status_filter_keeps_only_that_status(built: Path, tmp_path: Path) -> None:
     """`--status failed` is the triage view: it must not mix in other runs."""
     runs = status_json(built, tmp_path, "--status", "failed")

@@ -19,6 +19,7 @@ from runwatch.stream.cli.common import (
     file_argument,
     json_option,
     print_json,
+    say,
     settings_from_args,
 )
 from runwatch.stream.console import table
@@ -34,18 +35,18 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check(args: argparse.Namespace) -> int:
     setup = load_alerts(args.file, required=args.file is not None)
-    print(
+    say(
         f"{setup.source}: OK (alert_lookback {setup.lookback_s:g} s, "
         f"{setup.delivery.max_attempts} attempts)"
     )
     for name, config in setup.channels.items():
-        print(
+        say(
             f"  channel {name}: "
             + ("off (its address is empty)" if config is None else describe(config))
         )
     for rule in setup.rules.rules.values():
         kinds = ", ".join(m.type for m in rule.fire)
-        print(
+        say(
             f"  rule {rule.name}: {rule.severity} on {kinds} → {', '.join(rule.channels)}; "
             f"throttle {rule.throttle_us / 1e6:g} s"
         )
@@ -68,11 +69,11 @@ def send_test(args: argparse.Namespace) -> int:
             )
         config = setup.channels[name]
         if config is None:
-            print(f"{name}: off (its address is empty), nothing sent")
+            say(f"{name}: off (its address is empty), nothing sent")
             failures += 1
             continue
         outcome = build_channel(name, config).send(_test_notification(name))
-        print(f"{name}: {outcome.status}" + (f" ({outcome.detail})" if outcome.detail else ""))
+        say(f"{name}: {outcome.status}" + (f" ({outcome.detail})" if outcome.detail else ""))
         failures += outcome.status != "delivered"
     return EXIT_FAILURE if failures else EXIT_OK
 

@@ -16,6 +16,7 @@ from runwatch.stream.cli.common import (
     common_options,
     fold_options,
     paths_argument,
+    say,
     settings_from_args,
 )
 from runwatch.stream.errors import EXIT_FAILURE, EXIT_OK, UsageError
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         write_atomically(args.out, data)
     except OSError as exc:
-        print(f"runwatch: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        say(f"runwatch: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 

@@ -11,6 +11,7 @@ from runwatch.stream.cli.common import (
     common_options,
     json_option,
     print_json,
+    say,
     settings_from_args,
 )
 from runwatch.stream.cli.report import run_job_now
@@ -51,7 +52,7 @@ def _verify_archives(settings: Settings, run_id: str | None, as_json: bool) -> i
     else:
         paths = sorted(directory.glob("*.zip"))
     if not paths:
-        print(
+        say(
             f"runwatch: no archives{f' for {run_id!r}' if run_id else ''} in {directory}",
             file=sys.stderr,
         )
@@ -61,7 +62,7 @@ def _verify_archives(settings: Settings, run_id: str | None, as_json: bool) -> i
         print_json([{"path": k, "ok": not v, "problems": v} for k, v in results.items()])
     else:
         for path, problems in results.items():
-            print(f"{path}: " + ("OK" if not problems else "BAD: " + "; ".join(problems)))
+            say(f"{path}: " + ("OK" if not problems else "BAD: " + "; ".join(problems)))
     return EXIT_FAILURE if any(results.values()) else EXIT_OK
 
 

@@ -13,6 +13,7 @@ from runwatch.stream.cli.common import (
     file_argument,
     json_option,
     print_json,
+    say,
     settings_from_args,
 )
 from runwatch.stream.errors import EXIT_FAILURE, EXIT_OK, UsageError
@@ -54,17 +55,17 @@ def verify(args: argparse.Namespace) -> int:
             }
         )
     elif report.ok:
-        print(
+        say(
             f"{path}: OK, {report.records:,} records, chain intact"
             + (" and matches the database's anchor" if store is not None else "")
         )
         if report.legacy_lines:
-            print(
+            say(
                 f"  warning: the first {report.legacy_lines:,} lines predate the chain; "
                 "they are sealed by it but were unprotected before"
             )
     else:
-        print(f"{path}: BROKEN at line {report.first_bad_line}: {report.problem}")
+        say(f"{path}: BROKEN at line {report.first_bad_line}: {report.problem}")
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 

@@ -6,10 +6,11 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
+from runwatch.stream.console import terminal_safe
 from runwatch.stream.errors import UsageError
 from runwatch.stream.settings.service import Settings, load_settings
 
@@ -101,6 +102,12 @@ def fold_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="draw a progress bar (default: when stderr is a terminal)",
     )
+
+
+def say(text: str, *, file: TextIO | None = None) -> None:
+    """A line for a person. Text from logs, archives, configs or receivers is shown inert:
+    it cannot move the cursor, retitle the window or reorder the line."""
+    print(terminal_safe(text), file=file)
 
 
 def print_json(value: Any) -> None:

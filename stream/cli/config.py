@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from runwatch.sinks.store.postgres_sql import Target
-from runwatch.stream.cli.common import Command, file_argument, json_option, print_json
+from runwatch.stream.cli.common import Command, file_argument, json_option, print_json, say
 from runwatch.stream.errors import EXIT_OK
 from runwatch.stream.settings.service import Settings, load_settings
 
@@ -22,9 +22,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(shown)
         return EXIT_OK
-    print(f"{source or 'built-in defaults'}: OK")
+    say(f"{source or 'built-in defaults'}: OK")
     for key, value in shown.items():
-        print(f"  {key}: {value}")
+        say(f"  {key}: {value}")
     return EXIT_OK
 
 

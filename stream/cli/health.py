@@ -9,6 +9,7 @@ from runwatch.stream.cli.common import (
     common_options,
     json_option,
     print_json,
+    say,
     settings_from_args,
 )
 from runwatch.stream.errors import EXIT_FAILURE, EXIT_OK
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
         print_json(report(checks))
     else:
         for check in checks:
-            print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<24} {check.detail}")
+            say(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<24} {check.detail}")
     return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILURE
 
 

@@ -13,6 +13,7 @@ from runwatch.stream.cli.common import (
     json_option,
     paths_argument,
     print_json,
+    say,
     settings_from_args,
 )
 from runwatch.stream.errors import EXIT_OK, UsageError
@@ -89,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         f"stalled {data['stalled_runs']:,}"
     )
     print(f"  patterns  {data['pattern_runs']:,} pattern runs")
-    print(f"  database  {data['database']}")
+    say(f"  database  {data['database']}")
     return EXIT_OK
 
 

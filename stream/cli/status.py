@@ -12,6 +12,7 @@ from runwatch.stream.cli.common import (
     common_options,
     json_option,
     print_json,
+    say,
     settings_from_args,
 )
 from runwatch.stream.console import table, terminal_safe
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 def _status_one(store: Store, run_id: str, as_json: bool) -> int:
     found = reads.run_detail(store.db, run_id)
     if found is None:
-        print(f"runwatch: no run {terminal_safe(repr(run_id))} in {store.path}", file=sys.stderr)
+        say(f"runwatch: no run {run_id!r} in {store.path}", file=sys.stderr)
         return EXIT_FAILURE
     run: dict[str, Any] = found.pop("run")
     run["stalled"] = bool(run["stalled"])
