@@ -28,6 +28,7 @@ import orjson
 
 from runwatch.sinks.store import reads
 from runwatch.sinks.store.reads import Frame
+from runwatch.sinks.terminal import human_duration
 from runwatch.stream.console import terminal_safe
 from runwatch.stream.errors import EXIT_OK, UsageError
 from runwatch.stream.services.health import process_alive, status_path
@@ -170,18 +171,8 @@ def _ago(stamp: str | None, now: datetime) -> str:
 
 
 def _span(seconds: float | None) -> str:
-    """At most two units: 45s, 3m12s, 2h05m, 3d04h."""
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    for unit, size, sub, subsize in (
-        ("d", 86400, "h", 3600),
-        ("h", 3600, "m", 60),
-        ("m", 60, "s", 1),
-    ):
-        if s >= size:
-            return f"{s // size}{unit}{s % size // subsize:02d}{sub}"
-    return f"{s}s"
+    """Whole seconds in the console's units (`3m 12s`), so a frame does not flicker tenths."""
+    return "-" if seconds is None else human_duration(int(seconds))
 
 
 def paint(lines: list[Line], width: int | None, color: bool) -> list[str]:
