@@ -337,6 +337,15 @@ def test_status_refuses_a_database_it_cannot_read(
     assert path.read_bytes() == before
 
 
+def test_status_watch_refuses_postgresql_instead_of_showing_another_database(
+    tmp_path: Path,
+) -> None:
+    """--watch reads SQLite files; given a PostgreSQL URL it must not fall back to the
+    default file and show a different projection."""
+    result = run_cli("status", "--watch", "--db", "postgresql://nobody@127.0.0.1/x", cwd=tmp_path)
+    assert "not PostgreSQL" in clean_failure(result, 2)
+
+
 def test_replaying_the_same_files_twice_gives_the_same_status(built: Path, tmp_path: Path) -> None:
     """Replay is a rebuild: doing it again over the same logs must not change what users see."""
     first = status_json(built, tmp_path)
