@@ -472,6 +472,17 @@ def test_check_config_never_prints_the_database_password(tmp_path: Path) -> None
         assert "s3cret-pw" not in output and "other-pw" not in output
 
 
+def test_a_bad_channel_timeout_is_one_message_naming_it(tmp_path: Path) -> None:
+    """A duration typo in the alerts file is a config error like any other, not a crash."""
+    alerts = tmp_path / "alerts.yaml"
+    alerts.write_text(
+        "channels:\n  webhook:\n    type: webhook\n    url: http://127.0.0.1:9/x\n"
+        "    timeout: soon\n"
+    )
+    message = clean_failure(run_cli("alerts", "check", alerts, cwd=tmp_path), 2)
+    assert "channels.webhook.timeout: expected a duration" in message
+
+
 def test_bad_config_stops_other_commands_too(built: Path, tmp_path: Path) -> None:
     """Every command validates --config the same way, with exit 2 and no traceback."""
     config = tmp_path / "bad.yaml"
