@@ -6,6 +6,7 @@ import argparse
 import ast
 import importlib
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -16,6 +17,8 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
+from pydantic import BaseModel
 
 from helpers import RUNWATCH, run_cli
 from runwatch.sinks.store.schema import RUN_COLUMNS
@@ -23,6 +26,7 @@ from runwatch.stream.cli.common import Command
 from runwatch.stream.cli.main import main
 from runwatch.stream.cli.registry import COMMANDS, build_parser
 from runwatch.stream.devtools.writer import simulate
+from runwatch.stream.settings.service import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / "config" / "runwatch.yaml"
@@ -421,6 +425,22 @@ def test_shipped_config_is_valid(tmp_path: Path) -> None:
     """The example config users copy must itself pass the checker."""
     result = ok("check-config", SHIPPED_CONFIG, cwd=tmp_path)
     assert "OK" in result.stdout
+
+
+def test_every_setting_is_in_the_shipped_config_and_the_readme() -> None:
+    """config/runwatch.yaml shows every key with its default, and the README's configuration
+    table explains every one: a setting added to the code alone cannot be found by users."""
+    shipped = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Configuration") : readme.index("## Performance")]
+    for name, field in Settings.model_fields.items():
+        assert name in shipped, f"{name} is missing from {SHIPPED_CONFIG.name}"
+        assert f"| `{name}" in table, f"{name} is missing from the README's configuration table"
+        nested = field.annotation
+        if isinstance(nested, type) and issubclass(nested, BaseModel):
+            assert set(shipped[name]) == set(nested.model_fields), name
+            for key in nested.model_fields:
+                assert re.search(rf"`({name}\.)?{key}`", table), f"{name}.{key} not in the README"
 
 
 @pytest.mark.parametrize(
