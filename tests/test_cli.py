@@ -6,6 +6,7 @@ import argparse
 import ast
 import importlib
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -16,6 +17,8 @@ from typing import Any
 
 import orjson
 import pytest
+import yaml
+from pydantic import BaseModel
 
 from helpers import RUNWATCH, run_cli
 from runwatch.sinks.store.schema import RUN_COLUMNS
@@ -23,6 +26,7 @@ from runwatch.stream.cli.common import Command
 from runwatch.stream.cli.main import main
 from runwatch.stream.cli.registry import COMMANDS, build_parser
 from runwatch.stream.devtools.writer import simulate
+from runwatch.stream.settings.service import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_CONFIG = ROOT / "config" / "runwatch.yaml"
@@ -260,6 +264,24 @@ def test_status_of_an_unknown_run_fails_with_a_message(built: Path, tmp_path: Pa
     assert run_cli("status", "--db", built, "--run", "nope", cwd=tmp_path).stdout == ""
 
 
+def test_report_output_shows_a_hostile_run_id_inert(tmp_path: Path) -> None:
+    """A run id is log text: printed by `report`, it must not drive the terminal."""
+    evil = "R-\x1b]0;pwned\x07\x1b[2J-\u202eevil"
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(
+        bus("run_started", 0, evil)
+        + b"\n"
+        + bus("run_completed", 1, evil, payload={"status": "succeeded"})
+        + b"\n"
+    )
+    db = tmp_path / "runwatch.db"
+    ok("replay", events, "--db", db, cwd=tmp_path)
+    shown = ok("report", evil, "--db", db, cwd=tmp_path).stdout
+    assert "REPORT_GENERATED" in shown
+    assert "run_id=R-\\x1b]0;pwned\\x07\\x1b[2J-\\u202eevil" in shown
+    assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
+
+
 def test_status_filter_keeps_only_that_status(built: Path, tmp_path: Path) -> None:
     """`--status failed` is the triage view: it must not mix in other runs."""
     runs = status_json(built, tmp_path, "--status", "failed")
@@ -317,6 +339,15 @@ def test_status_refuses_a_database_it_cannot_read(
     assert str(path) in message
     assert words in message
     assert path.read_bytes() == before
+
+
+def test_status_watch_refuses_postgresql_instead_of_showing_another_database(
+    tmp_path: Path,
+) -> None:
+    """--watch reads SQLite files; given a PostgreSQL URL it must not fall back to the
+    default file and show a different projection."""
+    result = run_cli("status", "--watch", "--db", "postgresql://nobody@127.0.0.1/x", cwd=tmp_path)
+    assert "not PostgreSQL" in clean_failure(result, 2)
 
 
 def test_replaying_the_same_files_twice_gives_the_same_status(built: Path, tmp_path: Path) -> None:
@@ -396,6 +427,22 @@ def test_shipped_config_is_valid(tmp_path: Path) -> None:
     assert "OK" in result.stdout
 
 
+def test_every_setting_is_in_the_shipped_config_and_the_readme() -> None:
+    """config/runwatch.yaml shows every key with its default, and the README's configuration
+    table explains every one: a setting added to the code alone cannot be found by users."""
+    shipped = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Configuration") : readme.index("## Performance")]
+    for name, field in Settings.model_fields.items():
+        assert name in shipped, f"{name} is missing from {SHIPPED_CONFIG.name}"
+        assert f"| `{name}" in table, f"{name} is missing from the README's configuration table"
+        nested = field.annotation
+        if isinstance(nested, type) and issubclass(nested, BaseModel):
+            assert set(shipped[name]) == set(nested.model_fields), name
+            for key in nested.model_fields:
+                assert re.search(rf"`({name}\.)?{key}`", table), f"{name}.{key} not in the README"
+
+
 @pytest.mark.parametrize(
     ("text", "named"),
     [
@@ -443,6 +490,17 @@ def test_check_config_never_prints_the_database_password(tmp_path: Path) -> None
     assert json.loads(as_json)["database_url"] == shown
     for output in (text, as_json):
         assert "s3cret-pw" not in output and "other-pw" not in output
+
+
+def test_a_bad_channel_timeout_is_one_message_naming_it(tmp_path: Path) -> None:
+    """A duration typo in the alerts file is a config error like any other, not a crash."""
+    alerts = tmp_path / "alerts.yaml"
+    alerts.write_text(
+        "channels:\n  webhook:\n    type: webhook\n    url: http://127.0.0.1:9/x\n"
+        "    timeout: soon\n"
+    )
+    message = clean_failure(run_cli("alerts", "check", alerts, cwd=tmp_path), 2)
+    assert "channels.webhook.timeout: expected a duration" in message
 
 
 def test_bad_config_stops_other_commands_too(built: Path, tmp_path: Path) -> None:

@@ -150,8 +150,7 @@ def _analyse(
     tasks = _ended_tasks(db, window)
     patterns = _pattern_rows(db, window)
     tools = {} if observer is None else observer.pattern_tools
-    failures = _pattern_failures(patterns, tools)
-    examples = _pattern_examples(patterns, tools)
+    failures, examples = _pattern_failures(patterns, tools)
     if observer is not None:
         failures.update(observer.failures)
         examples.update(observer.examples)
@@ -319,23 +318,19 @@ def _spread(kind: str, name: str, values: list[float]) -> Row:
     }
 
 
-def _pattern_failures(patterns: list[Row], tools: Mapping[str, str]) -> Counter[FailureKey]:
-    """Failed pattern runs by pattern id, and by tool when the logs named it."""
+def _pattern_failures(
+    patterns: list[Row], tools: Mapping[str, str]
+) -> tuple[Counter[FailureKey], dict[FailureKey, str]]:
+    """Failed pattern runs by pattern id, and by tool when the logs named it, each with the
+    error of its earliest-started run as the example."""
     counts: Counter[FailureKey] = Counter()
-    for row in patterns:
-        if row["status"] == "failed":
-            for key in _pattern_keys(row, tools):
-                counts[key] += 1
-    return counts
-
-
-def _pattern_examples(patterns: list[Row], tools: Mapping[str, str]) -> dict[FailureKey, str]:
     examples: dict[FailureKey, str] = {}
-    for row in sorted(patterns, key=lambda r: (r["started_at"] or "", r["pattern_run_id"])):
-        if row["status"] == "failed":
-            for key in _pattern_keys(row, tools):
-                examples.setdefault(key, row["error_message"] or "")
-    return examples
+    failed = (row for row in patterns if row["status"] == "failed")
+    for row in sorted(failed, key=lambda r: (r["started_at"] or "", r["pattern_run_id"])):
+        for key in _pattern_keys(row, tools):
+            counts[key] += 1
+            examples.setdefault(key, row["error_message"] or "")
+    return counts, examples
 
 
 def _pattern_keys(row: Row, tools: Mapping[str, str]) -> list[FailureKey]:

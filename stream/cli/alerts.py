@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -13,7 +12,16 @@ import orjson
 from runwatch.projections.events import format_time
 from runwatch.sinks.channels import describe
 from runwatch.sinks.store import reads
-from runwatch.stream.cli.common import Command, common_options, settings_from_args
+from runwatch.stream.cli.common import (
+    Command,
+    alerts_option,
+    common_options,
+    file_argument,
+    json_option,
+    print_json,
+    say,
+    settings_from_args,
+)
 from runwatch.stream.console import table
 from runwatch.stream.delivery.handlers import build_channel
 from runwatch.stream.errors import EXIT_FAILURE, EXIT_OK, UsageError
@@ -22,25 +30,23 @@ from runwatch.stream.settings.database import open_existing
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "file", nargs="?", type=Path, metavar="FILE", help="the alerts file to check"
-    )
+    file_argument(parser, "the alerts file to check")
 
 
 def check(args: argparse.Namespace) -> int:
     setup = load_alerts(args.file, required=args.file is not None)
-    print(
+    say(
         f"{setup.source}: OK (alert_lookback {setup.lookback_s:g} s, "
         f"{setup.delivery.max_attempts} attempts)"
     )
     for name, config in setup.channels.items():
-        print(
+        say(
             f"  channel {name}: "
             + ("off (its address is empty)" if config is None else describe(config))
         )
     for rule in setup.rules.rules.values():
         kinds = ", ".join(m.type for m in rule.fire)
-        print(
+        say(
             f"  rule {rule.name}: {rule.severity} on {kinds} → {', '.join(rule.channels)}; "
             f"throttle {rule.throttle_us / 1e6:g} s"
         )
@@ -49,8 +55,7 @@ def check(args: argparse.Namespace) -> int:
 
 def add_test_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channel", metavar="NAME", help="only this channel")
-    parser.add_argument("--alerts", type=Path, metavar="FILE", help="alerts file")
-    parser.add_argument("--config", type=Path, metavar="FILE", help="configuration file")
+    alerts_option(parser)
 
 
 def send_test(args: argparse.Namespace) -> int:
@@ -64,11 +69,11 @@ def send_test(args: argparse.Namespace) -> int:
             )
         config = setup.channels[name]
         if config is None:
-            print(f"{name}: off (its address is empty), nothing sent")
+            say(f"{name}: off (its address is empty), nothing sent")
             failures += 1
             continue
         outcome = build_channel(name, config).send(_test_notification(name))
-        print(f"{name}: {outcome.status}" + (f" ({outcome.detail})" if outcome.detail else ""))
+        say(f"{name}: {outcome.status}" + (f" ({outcome.detail})" if outcome.detail else ""))
         failures += outcome.status != "delivered"
     return EXIT_FAILURE if failures else EXIT_OK
 
@@ -103,7 +108,7 @@ def add_list_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state", metavar="STATE", help="only pending, delivered, failed, recorded or skipped"
     )
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    json_option(parser)
 
 
 def list_alerts(args: argparse.Namespace) -> int:
@@ -121,7 +126,7 @@ def list_alerts(args: argparse.Namespace) -> int:
             summary=payload.get("summary"),
         )
     if args.json:
-        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        print_json(rows)
     elif not rows:
         print("no alerts")
     else:

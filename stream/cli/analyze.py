@@ -11,18 +11,20 @@ from pathlib import Path
 from runwatch.sinks.analysis import FORMATS, render
 from runwatch.sinks.atomic import write_atomically
 from runwatch.stream.analysis.observe import Window, parse_moment
-from runwatch.stream.cli.common import Command, common_options, settings_from_args
+from runwatch.stream.cli.common import (
+    Command,
+    common_options,
+    fold_options,
+    paths_argument,
+    say,
+    settings_from_args,
+)
 from runwatch.stream.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from runwatch.stream.sources.discovery import expand
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "paths",
-        nargs="*",
-        metavar="PATH",
-        help="log files, directories or globs (default: analyse the database)",
-    )
+    paths_argument(parser, "log files, directories or globs (default: analyse the database)")
     common_options(parser)
     parser.add_argument(
         "--since",
@@ -56,23 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="rows in each top list (default: %(default)s)",
     )
-    parser.add_argument(
-        "--stall-after",
-        metavar="SECONDS",
-        help="override stall_after for stall incidents (e.g. 1800, 30m)",
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="worker processes for the logs, as for replay (0: none)",
-    )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="draw a progress bar (default: when stderr is a terminal)",
-    )
+    fold_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         write_atomically(args.out, data)
     except OSError as exc:
-        print(f"runwatch: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        say(f"runwatch: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-import orjson
-
 from runwatch.sinks.archive import run_archives, verify_archive
-from runwatch.stream.cli.common import Command, common_options, settings_from_args
+from runwatch.stream.cli.common import (
+    Command,
+    common_options,
+    json_option,
+    print_json,
+    say,
+    settings_from_args,
+)
 from runwatch.stream.cli.report import run_job_now
 from runwatch.stream.delivery import jobs
 from runwatch.stream.errors import EXIT_FAILURE, EXIT_OK, UsageError
@@ -24,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--verify", action="store_true", help="verify RUN's archives (default: every archive)"
     )
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    json_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,22 +52,17 @@ def _verify_archives(settings: Settings, run_id: str | None, as_json: bool) -> i
     else:
         paths = sorted(directory.glob("*.zip"))
     if not paths:
-        print(
+        say(
             f"runwatch: no archives{f' for {run_id!r}' if run_id else ''} in {directory}",
             file=sys.stderr,
         )
         return EXIT_FAILURE
     results = {str(path): verify_archive(path) for path in paths}
     if as_json:
-        print(
-            orjson.dumps(
-                [{"path": k, "ok": not v, "problems": v} for k, v in results.items()],
-                option=orjson.OPT_INDENT_2,
-            ).decode()
-        )
+        print_json([{"path": k, "ok": not v, "problems": v} for k, v in results.items()])
     else:
         for path, problems in results.items():
-            print(f"{path}: " + ("OK" if not problems else "BAD: " + "; ".join(problems)))
+            say(f"{path}: " + ("OK" if not problems else "BAD: " + "; ".join(problems)))
     return EXIT_FAILURE if any(results.values()) else EXIT_OK
 
 

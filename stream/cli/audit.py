@@ -3,27 +3,26 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-import orjson
 
 from runwatch.sinks.audit import verify_trail
 from runwatch.sinks.store.api import StoreError
 from runwatch.sinks.store.sqlite import SqliteStore
-from runwatch.stream.cli.common import Command, common_options, settings_from_args
+from runwatch.stream.cli.common import (
+    Command,
+    common_options,
+    file_argument,
+    json_option,
+    print_json,
+    say,
+    settings_from_args,
+)
 from runwatch.stream.errors import EXIT_FAILURE, EXIT_OK, UsageError
 
 
 def add_verify_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "file",
-        nargs="?",
-        type=Path,
-        metavar="FILE",
-        help="the trail (default: logs_dir/monitor.jsonl)",
-    )
+    file_argument(parser, "the trail (default: logs_dir/monitor.jsonl)")
     common_options(parser)
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    json_option(parser)
 
 
 def verify(args: argparse.Namespace) -> int:
@@ -45,31 +44,28 @@ def verify(args: argparse.Namespace) -> int:
         if store is not None:
             store.close()
     if args.json:
-        print(
-            orjson.dumps(
-                {
-                    "file": str(path),
-                    "ok": report.ok,
-                    "records": report.records,
-                    "first_bad_line": report.first_bad_line,
-                    "problem": report.problem,
-                    "legacy_lines": report.legacy_lines,
-                },
-                option=orjson.OPT_INDENT_2,
-            ).decode()
+        print_json(
+            {
+                "file": str(path),
+                "ok": report.ok,
+                "records": report.records,
+                "first_bad_line": report.first_bad_line,
+                "problem": report.problem,
+                "legacy_lines": report.legacy_lines,
+            }
         )
     elif report.ok:
-        print(
+        say(
             f"{path}: OK, {report.records:,} records, chain intact"
             + (" and matches the database's anchor" if store is not None else "")
         )
         if report.legacy_lines:
-            print(
+            say(
                 f"  warning: the first {report.legacy_lines:,} lines predate the chain; "
                 "they are sealed by it but were unprotected before"
             )
     else:
-        print(f"{path}: BROKEN at line {report.first_bad_line}: {report.problem}")
+        say(f"{path}: BROKEN at line {report.first_bad_line}: {report.problem}")
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 

@@ -3,37 +3,28 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-import orjson
-
 from runwatch.sinks.store.postgres_sql import Target
-from runwatch.stream.cli.common import Command
+from runwatch.stream.cli.common import Command, file_argument, json_option, print_json, say
 from runwatch.stream.errors import EXIT_OK
 from runwatch.stream.settings.service import Settings, load_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "file",
-        nargs="?",
-        type=Path,
-        metavar="FILE",
-        help="the file to check (default: config/runwatch.yaml)",
-    )
-    parser.add_argument("--json", action="store_true", help="print the settings as JSON")
+    file_argument(parser, "the file to check (default: config/runwatch.yaml)")
+    json_option(parser, "print the settings as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     settings, source = load_settings(args.file, required=args.file is not None)
     shown = printable_settings(settings)
     if args.json:
-        print(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode())
+        print_json(shown)
         return EXIT_OK
-    print(f"{source or 'built-in defaults'}: OK")
+    say(f"{source or 'built-in defaults'}: OK")
     for key, value in shown.items():
-        print(f"  {key}: {value}")
+        say(f"  {key}: {value}")
     return EXIT_OK
 
 

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-import orjson
-
-from runwatch.stream.cli.common import Command, common_options, settings_from_args
+from runwatch.stream.cli.common import (
+    Command,
+    common_options,
+    json_option,
+    print_json,
+    say,
+    settings_from_args,
+)
 from runwatch.stream.errors import EXIT_FAILURE, EXIT_OK
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common_options(parser)
-    parser.add_argument("--json", action="store_true", help="print the checks as JSON")
+    json_option(parser, "print the checks as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,10 +25,10 @@ def run(args: argparse.Namespace) -> int:
 
     checks = from_status_file(settings_from_args(args))
     if args.json:
-        print(orjson.dumps(report(checks), option=orjson.OPT_INDENT_2).decode())
+        print_json(report(checks))
     else:
         for check in checks:
-            print(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<24} {check.detail}")
+            say(f"{'ok  ' if check.ok else 'FAIL'}  {check.name:<24} {check.detail}")
     return EXIT_OK if all(c.ok for c in checks) else EXIT_FAILURE
 
 

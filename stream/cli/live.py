@@ -28,9 +28,11 @@ import orjson
 
 from runwatch.sinks.store import reads
 from runwatch.sinks.store.reads import Frame
+from runwatch.sinks.terminal import human_duration
 from runwatch.stream.console import terminal_safe
 from runwatch.stream.errors import EXIT_OK, UsageError
 from runwatch.stream.services.health import process_alive, status_path
+from runwatch.stream.settings.database import existing_file
 from runwatch.stream.settings.service import Settings
 
 ACTIVE: Final = ("pending", "running")
@@ -170,18 +172,8 @@ def _ago(stamp: str | None, now: datetime) -> str:
 
 
 def _span(seconds: float | None) -> str:
-    """At most two units: 45s, 3m12s, 2h05m, 3d04h."""
-    if seconds is None:
-        return "-"
-    s = int(seconds)
-    for unit, size, sub, subsize in (
-        ("d", 86400, "h", 3600),
-        ("h", 3600, "m", 60),
-        ("m", 60, "s", 1),
-    ):
-        if s >= size:
-            return f"{s // size}{unit}{s % size // subsize:02d}{sub}"
-    return f"{s}s"
+    """Whole seconds in the console's units (`3m 12s`), so a frame does not flicker tenths."""
+    return "-" if seconds is None else human_duration(int(seconds))
 
 
 def paint(lines: list[Line], width: int | None, color: bool) -> list[str]:
@@ -299,21 +291,19 @@ def watch(
 ) -> int:
     """The live view; q, Ctrl-C, SIGTERM and SIGHUP all exit 0 with the terminal restored."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    if not settings.database.exists():
-        raise UsageError(
-            f"{settings.database}: no such database; start `runwatch tail` or "
-            "build one with `runwatch replay PATH...`, or point --db at it"
-        )
+    if settings.database_url is not None:
+        raise UsageError("status --watch: reads a SQLite database only, not PostgreSQL")
+    database = existing_file(settings)
     if interval <= 0:
         raise UsageError("status: --interval must be more than 0 seconds")
     if not stdout.isatty() or os.environ.get("TERM") == "dumb":
-        stdout.write("\n".join(paint(frame(settings.database, None), None, False)) + "\n")
+        stdout.write("\n".join(paint(frame(database, None), None, False)) + "\n")
         return EXIT_OK
     screen = Screen(stdin, stdout)
     try:
         screen.enter()
         with _signals(screen):
-            return _loop(settings.database, interval, screen)
+            return _loop(database, interval, screen)
     except (KeyboardInterrupt, _Stopped):
         return EXIT_OK
     finally:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-import orjson
 
 from runwatch.stream.cli.common import (
     Command,
+    alerts_option,
     common_options,
+    fold_options,
     input_patterns,
+    json_option,
+    paths_argument,
+    print_json,
+    say,
     settings_from_args,
 )
 from runwatch.stream.errors import EXIT_OK, UsageError
@@ -20,42 +23,16 @@ from runwatch.stream.sources.discovery import expand
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "paths",
-        nargs="*",
-        metavar="PATH",
-        help="files, directories or globs (default: the config's sources)",
-    )
+    paths_argument(parser, "files, directories or globs (default: the config's sources)")
     common_options(parser)
-    parser.add_argument(
-        "--stall-after", metavar="SECONDS", help="override stall_after (e.g. 1800, 30m)"
-    )
-    parser.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="worker processes that decode and fold large inputs "
-        "(default: one per core, at most 4; 0: all in this process)",
-    )
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-    parser.add_argument(
-        "--alerts",
-        type=Path,
-        metavar="FILE",
-        help="alert rules (default: config/alerts.yaml if present, else the "
-        "built-in rules); decisions are recorded, not delivered",
-    )
+    fold_options(parser)
+    json_option(parser, "print the summary as JSON")
+    alerts_option(parser)
     parser.add_argument(
         "--deliver",
         action="store_true",
-        help="also deliver the recorded alerts and run the completion jobs "
-        "(reports, archives), then wait until the outbox is empty",
-    )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="draw a progress bar (default: when stderr is a terminal)",
+        help="deliver the alerts and run the completion jobs (reports, archives) "
+        "instead of only recording them, then wait until the outbox is empty",
     )
 
 
@@ -93,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         lock.release()
     if args.json:
-        print(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2).decode())
+        print_json(summary.as_dict())
         return EXIT_OK
     data = summary.as_dict()
     rejected = ", ".join(f"{k} {v:,}" for k, v in data["rejected_by_reason"].items())
@@ -113,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         f"stalled {data['stalled_runs']:,}"
     )
     print(f"  patterns  {data['pattern_runs']:,} pattern runs")
-    print(f"  database  {data['database']}")
+    say(f"  database  {data['database']}")
     return EXIT_OK
 
 

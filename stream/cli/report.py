@@ -11,7 +11,7 @@ from typing import Any
 from runwatch.projections.events import format_time
 from runwatch.sinks.audit import AuditLog
 from runwatch.sinks.store import outbox
-from runwatch.stream.cli.common import Command, common_options, settings_from_args
+from runwatch.stream.cli.common import Command, common_options, say, settings_from_args
 from runwatch.stream.delivery import jobs
 from runwatch.stream.delivery.dispatcher import Result
 from runwatch.stream.errors import EXIT_FAILURE, EXIT_OK, ServiceError
@@ -52,9 +52,9 @@ def run_job_now(settings: Settings, run_id: str, job: Callable[[Any], Result]) -
         lock.release()
         store.close()
     for event in result.derived:
-        print(" ".join(f"{k}={v}" for k, v in event.items() if v not in (None, [], "")))
+        say(" ".join(f"{k}={v}" for k, v in event.items() if v not in (None, [], "")))
     if result.status != "delivered":
-        print(f"runwatch: {run_id}: {result.detail}", file=sys.stderr)
+        say(f"runwatch: {run_id}: {result.detail}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 

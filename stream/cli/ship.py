@@ -7,7 +7,14 @@ import argparse
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from runwatch.stream.cli.common import Command, input_patterns, settings_from_args
+from runwatch.stream.cli.common import (
+    Command,
+    config_option,
+    input_patterns,
+    paths_argument,
+    poll_option,
+    settings_from_args,
+)
 from runwatch.stream.errors import UsageError
 from runwatch.stream.services.ship import (
     DEFAULT_DB,
@@ -19,9 +26,7 @@ from runwatch.stream.sources.nats import subject_token
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "paths", nargs="*", metavar="PATH", help="files, directories or globs to follow"
-    )
+    paths_argument(parser, "files, directories or globs to follow (default: the config's sources)")
     parser.add_argument(
         "--nats",
         default=DEFAULT_URL,
@@ -36,23 +41,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="the shipper's checkpoint database, one shipper per file (default: %(default)s)",
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        metavar="FILE",
-        help="configuration file (default: config/runwatch.yaml if present)",
-    )
+    config_option(parser)
     parser.add_argument(
         "--stream",
         default=DEFAULT_STREAM,
         metavar="NAME",
         help="JetStream stream, created on runwatch.part.> if missing (default: %(default)s)",
     )
-    parser.add_argument(
-        "--poll",
-        action="store_true",
-        help="poll for changes instead of inotify (network filesystems)",
-    )
+    poll_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:

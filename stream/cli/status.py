@@ -6,10 +6,15 @@ import argparse
 import sys
 from typing import Any
 
-import orjson
-
 from runwatch.sinks.store import Store, reads
-from runwatch.stream.cli.common import Command, common_options, settings_from_args
+from runwatch.stream.cli.common import (
+    Command,
+    common_options,
+    json_option,
+    print_json,
+    say,
+    settings_from_args,
+)
 from runwatch.stream.console import table, terminal_safe
 from runwatch.stream.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from runwatch.stream.settings.database import open_existing
@@ -34,9 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="at most this many runs (default: 50 in the table, all with --json)",
     )
-    parser.add_argument(
-        "--json", action="store_true", help="print a JSON list of run objects with the runs columns"
-    )
+    json_option(parser, "print a JSON list of run objects with the runs columns")
     parser.add_argument(
         "--watch",
         action="store_true",
@@ -71,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         for run in runs:
             run["stalled"] = bool(run["stalled"])
-        print(orjson.dumps(runs, option=orjson.OPT_INDENT_2).decode())
+        print_json(runs)
         return EXIT_OK
     if not runs:
         print("no runs" + (f" with status {args.only}" if args.only else ""))
@@ -102,13 +105,13 @@ def run(args: argparse.Namespace) -> int:
 def _status_one(store: Store, run_id: str, as_json: bool) -> int:
     found = reads.run_detail(store.db, run_id)
     if found is None:
-        print(f"runwatch: no run {terminal_safe(repr(run_id))} in {store.path}", file=sys.stderr)
+        say(f"runwatch: no run {run_id!r} in {store.path}", file=sys.stderr)
         return EXIT_FAILURE
     run: dict[str, Any] = found.pop("run")
     run["stalled"] = bool(run["stalled"])
     detail = {**found, **reads.archival(store.db, run_id)}
     if as_json:
-        print(orjson.dumps({**run, **detail}, option=orjson.OPT_INDENT_2).decode())
+        print_json({**run, **detail})
         return EXIT_OK
     width = max(len(k) for k in run)
     print(

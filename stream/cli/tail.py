@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from runwatch.stream.cli.common import (
     Command,
+    alerts_option,
     common_options,
     input_patterns,
+    paths_argument,
+    poll_option,
     settings_from_args,
 )
 from runwatch.stream.errors import UsageError
@@ -17,15 +19,9 @@ from runwatch.stream.settings.service import Settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "paths", nargs="*", metavar="PATH", help="files, directories or globs to follow"
-    )
+    paths_argument(parser, "files, directories or globs to follow (default: the config's sources)")
     common_options(parser)
-    parser.add_argument(
-        "--poll",
-        action="store_true",
-        help="poll for changes instead of inotify (network filesystems)",
-    )
+    poll_option(parser)
     parser.add_argument(
         "--quiet", action="store_true", help="do not print derived events on the console"
     )
@@ -47,13 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve Prometheus /metrics and /healthz, /livez, /readyz here "
         "(e.g. 127.0.0.1:9464; a bare :PORT binds to 127.0.0.1)",
     )
-    parser.add_argument(
-        "--alerts",
-        type=Path,
-        metavar="FILE",
-        help="alert rules and channels (default: config/alerts.yaml if present, "
-        "else the built-in defaults)",
-    )
+    alerts_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:

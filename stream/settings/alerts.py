@@ -139,16 +139,15 @@ def _channel(source: str, name: str, raw: dict[str, Any]) -> ChannelConfig | Non
     if model.address_key is not None and not body.get(model.address_key):
         return None
     body = {k: v for k, v in body.items() if v not in ("", None)}  # ${VAR:-} left empty
-    for key in ("timeout",):
-        if key in body:
-            body[key] = parse_duration(body[key])
+    if "timeout" in body:  # the channel models take seconds; the file may say 10s
+        try:
+            body["timeout"] = parse_duration(body["timeout"])
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {where}.timeout: {exc}") from None
     try:
-        config = model.model_validate(body)
-    except (ValidationError, ValueError) as exc:
-        if isinstance(exc, ValidationError):
-            raise ConfigError(explain(source, exc, prefix=f"{where}.")) from None
-        raise ConfigError(f"{source}: {where}.timeout: {exc}") from None
-    return config
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise ConfigError(explain(source, exc, prefix=f"{where}.")) from None
 
 
 def _rule(
