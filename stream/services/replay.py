@@ -295,8 +295,7 @@ def deliver_outbox(
             dispatcher = runtime.dispatcher(out=sys.stderr if quiet else sys.stdout)
             dispatcher.start()
             try:
-                while not dispatcher.idle(store.db, horizon=float("inf")):
-                    time.sleep(0.05)
+                dispatcher.wait_drained()
             finally:
                 dispatcher.stop()
             rows = store.unevaluated()
