@@ -37,14 +37,6 @@ _RECORD_DERIVED = insert(
 )
 
 
-def due_count(connection: Connection, until: float) -> int:
-    """Pending entries due by `until` (a Unix time)."""
-    row = connection.execute(
-        "SELECT count(*) FROM outbox WHERE state='pending' AND next_attempt_at <= ?", (until,)
-    ).fetchone()
-    return int(row[0])
-
-
 def pending_count(connection: Connection) -> int:
     """Pending entries, due or not."""
     row = connection.execute("SELECT count(*) FROM outbox WHERE state='pending'").fetchone()

@@ -87,7 +87,9 @@ class Dispatcher:
         self.rng = rng or random.Random()
         self.stopping = threading.Event()
         self.wakeups = {target: threading.Event() for target in handlers}
-        self.busy = dict.fromkeys(handlers, False)
+        self.drained: set[str] = set()
+        """Targets whose worker last found nothing pending, due or not, and none in flight."""
+        self.drained_changed = threading.Condition()
         self.threads: list[threading.Thread] = []
         self.trouble: dict[str, str] = {}
         """Target → why its worker is not working now (until its next claim succeeds)."""
@@ -132,10 +134,19 @@ class Dispatcher:
                     failing.setdefault(target, "its worker thread ended")
         return failing
 
-    def idle(self, connection: Connection, horizon: float = 0.0) -> bool:
-        """Nothing pending is due within `horizon` seconds and no attempt is in flight."""
-        due = outbox.due_count(connection, time.time() + horizon)
-        return due == 0 and not any(self.busy.values())
+    def wait_drained(self) -> None:
+        """Until every target's worker found its outbox empty (nothing pending, due or not)
+        and has done its deferred work: for a caller that adds no entries meanwhile."""
+        with self.drained_changed:
+            self.drained_changed.wait_for(lambda: self.drained.issuperset(self.handlers))
+
+    def _set_drained(self, target: str, drained: bool) -> None:
+        with self.drained_changed:
+            if drained:
+                self.drained.add(target)
+                self.drained_changed.notify_all()
+            else:
+                self.drained.discard(target)
 
     def _serve(self, target: str) -> None:
         """Deliver `target`'s entries until stopped, starting over after any error."""
@@ -160,13 +171,12 @@ class Dispatcher:
                 self.trouble.pop(target, None)
                 if entry is None:
                     self._idle(target)
-                    wakeup.wait(_sleep_for(connection, target, self.longest_wait))
+                    due = outbox.next_attempt_at(connection, target)
+                    self._set_drained(target, due is None)
+                    wakeup.wait(_sleep_for(due, self.longest_wait))
                     continue
-                self.busy[target] = True
-                try:
-                    self._attempt(connection, target, entry)
-                finally:
-                    self.busy[target] = False
+                self._set_drained(target, False)
+                self._attempt(connection, target, entry)
             self._idle(target)  # a clean stop leaves deferred work (the report index) done
         finally:
             with contextlib.suppress(Exception):  # a broken connection may fail to close
@@ -247,9 +257,8 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {first}"[:300].rstrip(": ")
 
 
-def _sleep_for(connection: Connection, target: str, longest: float) -> float:
-    """Until the next retry falls due, at most `longest`: new entries also poke the thread."""
-    due = outbox.next_attempt_at(connection, target)
+def _sleep_for(due: float | None, longest: float) -> float:
+    """Until the next retry falls `due`, at most `longest`: new entries also poke the thread."""
     if due is None:
         return longest
     return min(max(due - time.time(), 0.005), longest)

@@ -62,14 +62,8 @@ def heartbeat(age_s: float | None, limit_s: float) -> Check:
             False,
             "the service is not running (no status file, or its process is gone)",
         )
-    ok = age_s <= limit_s
-    return Check(
-        "monitor_heartbeat",
-        ok,
-        f"last loop iteration {age_s:.1f} s ago"
-        + ("" if ok else f" (limit {limit_s:g} s): the service is stuck"),
-        age_s,
-    )
+    seen = f"last loop iteration {age_s:.1f} s ago"
+    return _at_most("monitor_heartbeat", age_s, limit_s, seen, ": the service is stuck")
 
 
 def database(path: Path) -> Check:
@@ -114,14 +108,13 @@ def archival_storage(config: ArchiveConfig, min_free_bytes: int) -> Check:
 def ingest_lag(lag_s: float | None, limit_s: float) -> Check:
     if lag_s is None:
         return Check("ingest_lag", False, "unknown: the service is not running")
-    ok = lag_s <= limit_s
-    return Check(
-        "ingest_lag",
-        ok,
-        f"{lag_s:.1f} s behind the newest appended byte"
-        + ("" if ok else f" (limit {limit_s:g} s)"),
-        lag_s,
-    )
+    return _at_most("ingest_lag", lag_s, limit_s, f"{lag_s:.1f} s behind the newest appended byte")
+
+
+def _at_most(name: str, seconds: float, limit_s: float, seen: str, beyond: str = "") -> Check:
+    """Passes while `seconds` (described by `seen`) is within `limit_s`."""
+    ok = seconds <= limit_s
+    return Check(name, ok, seen + ("" if ok else f" (limit {limit_s:g} s){beyond}"), seconds)
 
 
 def delivery_workers(failing: dict[str, str] | None) -> Check:

@@ -177,6 +177,12 @@ def _build(
         if done and region.last:
             checkpoints.append(checkpoint_for(region.path, region.end, next_line[region.path]))
 
+    def commit_when_due() -> None:
+        nonlocal derived, checkpoints
+        if processor.pending.accepted >= COMMIT_EVERY or processor.crowded:
+            derived += len(processor.commit(checkpoints, everything=False))
+            checkpoints = []
+
     pool = None
     if workers > 0 and total_bytes > 2 * chunk_bytes:
         pool = multiprocessing.get_context("fork").Pool(
@@ -189,9 +195,7 @@ def _build(
                 processor.process(str(region.path), region.source_id, lines)
                 count(region, len(lines.items), done)
                 bar.advance(lines.end - lines.offset, processor.seen)
-                if processor.pending.accepted >= COMMIT_EVERY or processor.crowded:
-                    derived += len(processor.commit(checkpoints, everything=False))
-                    checkpoints = []
+                commit_when_due()
         else:
             batches = list(_batches(regions, chunk_bytes))
             for batch, folded in zip(
@@ -214,9 +218,7 @@ def _build(
                 for region, lines_in_region in zip(batch, folded.line_counts, strict=True):
                     count(region, lines_in_region, True)
                 bar.advance(sum(r.end - r.start for r in batch), processor.seen)
-                if processor.pending.accepted >= COMMIT_EVERY or processor.crowded:
-                    derived += len(processor.commit(checkpoints, everything=False))
-                    checkpoints = []
+                commit_when_due()
     finally:
         if pool is not None:
             pool.terminate()
@@ -295,8 +297,7 @@ def deliver_outbox(
             dispatcher = runtime.dispatcher(out=sys.stderr if quiet else sys.stdout)
             dispatcher.start()
             try:
-                while not dispatcher.idle(store.db, horizon=float("inf")):
-                    time.sleep(0.05)
+                dispatcher.wait_drained()
             finally:
                 dispatcher.stop()
             rows = store.unevaluated()

@@ -50,7 +50,7 @@ from runwatch.stream.sources.nats import (
     Outgoing,
     messages,
 )
-from runwatch.stream.sources.watch import FileChanges, watch_files
+from runwatch.stream.sources.watch import FileChanges, Passes, watch_files
 
 T = TypeVar("T")
 
@@ -117,7 +117,6 @@ class ShipService:
         self.wake = asyncio.Event()
         self.halt = asyncio.Event()
         self.stopping = False
-        self.due_rescan = 0.0  # discover at once
         self.shipped = self.duplicates = self.committed = 0  # since the last report
         self.reported_at = 0.0
         self.trouble = ""
@@ -153,6 +152,7 @@ class ShipService:
             notes=notes,
         )
         changes = FileChanges(self._poke)
+        passes = Passes(follower, changes, self.settings.rescan_interval)
         observer = watch_files(self.patterns, changes, poll=self.poll)
         observer.start()
         self.console.say(
@@ -164,7 +164,7 @@ class ShipService:
             nc = await self._connect()
             if nc is not None:
                 try:
-                    await self._ship_until_stopped(nc, follower, changes, notes)
+                    await self._ship_until_stopped(nc, passes, notes)
                 finally:
                     with contextlib.suppress(*_RETRYABLE):  # everything acked is committed
                         await nc.close()
@@ -204,7 +204,7 @@ class ShipService:
         return nc
 
     async def _ship_until_stopped(
-        self, nc: NATS, follower: Follower, changes: FileChanges, notes: list[DerivedEvent]
+        self, nc: NATS, passes: Passes, notes: list[DerivedEvent]
     ) -> None:
         js = nc.jetstream()
         info = await self._retry("stream setup", lambda: self._ensure_stream(js))
@@ -218,29 +218,16 @@ class ShipService:
         while not self.halt.is_set():
             if not behind and self.settings.linger > 0:
                 await asyncio.sleep(self.settings.linger)  # let a trickle share one batch
-            reads = self._read(follower, changes, everything=behind)
+            self.wake.clear()
+            reads = passes.read(self.settings.batch_max_bytes, everything=behind)
             self._show(notes)
-            if not await self._ship(js, nc.max_payload, follower, reads):
+            if not await self._ship(js, nc.max_payload, passes.follower, reads):
                 return  # stopped before the batch was acked: its checkpoints stay behind it
             self._report()
-            behind = follower.behind
+            behind = passes.follower.behind
             if not behind:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), self.due_rescan - time.monotonic())
-
-    def _read(self, follower: Follower, changes: FileChanges, *, everything: bool) -> list[Read]:
-        """The next batch: from the files that changed, or from all of them when a re-scan is
-        due or the last batch left bytes unread."""
-        self.wake.clear()
-        paths, rescan = changes.take()
-        wanted: set[str] | None = None if everything else paths
-        if rescan or time.monotonic() >= self.due_rescan:
-            follower.discover()
-            self.due_rescan = time.monotonic() + self.settings.rescan_interval
-            wanted = None
-        reads = follower.read(self.settings.batch_max_bytes, wanted)
-        follower.retire(reads)
-        return reads
+                    await asyncio.wait_for(self.wake.wait(), passes.due_rescan - time.monotonic())
 
     async def _ensure_stream(self, js: JetStreamContext) -> StreamInfo:
         """The stream, created if missing; an existing one is used as it is."""

@@ -38,7 +38,7 @@ from runwatch.stream.settings.alerts import AlertSetup, default_alert_setup
 from runwatch.stream.settings.service import Settings, Source, parse_address
 from runwatch.stream.sources.discovery import static_prefix
 from runwatch.stream.sources.follow import FileId, Follower
-from runwatch.stream.sources.watch import FileChanges, watch_files
+from runwatch.stream.sources.watch import FileChanges, Passes, watch_files
 
 
 @dataclass
@@ -117,6 +117,7 @@ class TailService:
             cleanup.callback(follower.close)
             audit = runtime.audit()
             handler = FileChanges(self.wake.set)
+            passes = Passes(follower, handler, self.intervals.rescan)
             observer = watch_files(self.patterns, handler, poll=self.poll)
             processor.note(
                 lifecycle(
@@ -128,7 +129,7 @@ class TailService:
                     },
                 )
             )
-            follower.discover()
+            passes.discover()
             self._commit(runtime, follower, notes, audit)
             dispatcher.start()
             cleanup.callback(dispatcher.stop)
@@ -139,7 +140,7 @@ class TailService:
             observer.start()
             cleanup.callback(observer.join, 0.2)  # daemon threads; everything is committed
             cleanup.callback(observer.stop)
-            self._loop(runtime, follower, notes, audit, handler)
+            self._loop(runtime, passes, notes, audit)
             dispatcher.stop()
             runtime.recorded.set()  # what the deliveries recorded last is evaluated and audited
             processor.note(
@@ -153,14 +154,12 @@ class TailService:
     def _loop(
         self,
         runtime: Runtime,
-        follower: Follower,
+        passes: Passes,
         notes: list[DerivedEvent],
         audit: AuditLog,
-        handler: FileChanges,
     ) -> None:
-        processor = runtime.processor
+        processor, follower = runtime.processor, passes.follower
         now = time.monotonic()
-        due_rescan = now + self.intervals.rescan
         due_tick = now + self.intervals.tick
         due_heartbeat = now + self.intervals.heartbeat
         budget = self.settings.batch_max_bytes
@@ -174,17 +173,8 @@ class TailService:
                 if not behind and self.settings.linger > 0:
                     time.sleep(self.settings.linger)  # let a trickle of lines share one commit
                 self.wake.clear()
-                paths, rescan = handler.take()
+                reads = passes.read(backlog.budget if behind else budget, everything=behind)
                 now = time.monotonic()
-                paths_to_read: set[str] | None = paths
-                if rescan or now >= due_rescan:
-                    follower.discover()
-                    due_rescan = now + self.intervals.rescan
-                    paths_to_read = None
-                elif behind:
-                    paths_to_read = None
-                reads = follower.read(backlog.budget if behind else budget, paths_to_read)
-                follower.retire(reads)
                 landing, flight = flight, None
                 if backlog.wanted(sum(r.lines.end - r.lines.offset for r in reads)):
                     flight = backlog.submit(
@@ -223,7 +213,9 @@ class TailService:
                 behind = follower.behind or flight is not None
                 if behind:
                     continue  # more is waiting: keep reading without sleeping
-                timeout = max(0.0, min(due_rescan, due_tick, due_heartbeat) - time.monotonic())
+                timeout = max(
+                    0.0, min(passes.due_rescan, due_tick, due_heartbeat) - time.monotonic()
+                )
                 self.wake.wait(timeout)
             if flight is not None:
                 for source, fresh in backlog.land(flight, processor).items():

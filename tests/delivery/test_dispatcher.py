@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,6 +179,19 @@ def test_retry_after_is_honoured(db: Path, hook: WebhookReceiver, status: int) -
     first, second = hook.requests
     assert second.received_at - first.received_at >= 0.98
     assert entries(db)["c1"]["attempts"] == 2
+
+
+def test_wait_drained_returns_once_every_entry_is_done(db: Path, hook: WebhookReceiver) -> None:
+    """`replay --deliver` waits on this: an entry waiting for its retry is not done yet."""
+    hook.script((503, {"Retry-After": "1"}))
+    decide(db, "w1", "w2")
+    with Delivery(db, hook.url) as dispatcher:
+        waiter = threading.Thread(target=dispatcher.wait_drained, daemon=True)
+        waiter.start()
+        waiter.join(10)
+        assert not waiter.is_alive(), "drained"
+        assert states(db) == {"w1": "delivered", "w2": "delivered"}
+    assert len(hook.requests) == 3
 
 
 def test_4xx_is_not_retried_and_is_marked_failed(db: Path, hook: WebhookReceiver) -> None:

@@ -17,12 +17,14 @@ from typing import Self
 
 import orjson
 import pytest
+from watchdog.events import FileCreatedEvent, FileModifiedEvent
 
 from helpers import wait_until
 from runwatch.projections import DerivedEvent
 from runwatch.sinks.store.api import Changes
 from runwatch.sinks.store.sqlite import SqliteStore
-from runwatch.stream.sources.follow import Follower
+from runwatch.stream.sources.follow import Follower, Read
+from runwatch.stream.sources.watch import FileChanges, Passes
 
 BUDGET = 1 << 20
 
@@ -171,6 +173,33 @@ def test_crlf_line_keeps_its_carriage_return_until_the_newline_arrives(log: Path
             handle.write(b"\n")
         assert source.step() == [split]
     assert all(line.endswith(b"\r") for line in [*whole, split])
+
+
+def test_a_pass_reads_the_files_named_unless_a_rescan_is_due_or_it_is_behind(
+    log: Path, db: Path
+) -> None:
+    """`Passes`, as `tail` and `ship` run them: the notifications say which files to read."""
+    other, writer = log.with_name("other.jsonl"), Writer()
+    with Source(db, log.parent / "*.jsonl") as source:
+        first = writer.append(log, 1) + writer.append(other, 1)
+        changes = FileChanges(lambda: None)
+        passes = Passes(source.follower, changes, rescan_s=3600)
+        passes.discover()
+
+        def read(*, everything: bool = False) -> list[bytes]:
+            reads: list[Read] = passes.read(BUDGET, everything=everything)
+            return sorted(line for read in reads for line in read.lines.items)
+
+        assert read() == [], "no file was named"
+        assert read(everything=True) == sorted(first), "behind: every file"
+        named = writer.append(log, 1)
+        unnamed = writer.append(other, 1)
+        changes.on_any_event(FileModifiedEvent(str(log)))
+        assert read() == named
+        new = log.with_name("new.jsonl")
+        created = writer.append(new, 1)
+        changes.on_any_event(FileCreatedEvent(str(new)))
+        assert read() == sorted(unnamed + created), "a file came: re-scan, every file"
 
 
 def test_rename_rotation_finishes_the_old_file_and_reads_the_new_one_from_zero(
