@@ -15,11 +15,18 @@ from runwatch.sinks.store.api import Changes, Checkpoint, Connection, OwnershipL
 from runwatch.sinks.store.schema import SNAPSHOT
 
 
-def fetch_dicts(db: Any, sql: str, params: Sequence[object] = ()) -> list[dict[str, Any]]:
-    """Rows as dicts keyed by column name, from any store connection (`?` parameters)."""
+def iter_dicts(db: Any, sql: str, params: Sequence[object] = ()) -> Iterator[dict[str, Any]]:
+    """Rows as dicts keyed by column name, one at a time, from any store connection (`?`
+    parameters)."""
     cursor = db.execute(sql, params)
     names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor]
+    for row in cursor:
+        yield dict(zip(names, row, strict=True))
+
+
+def fetch_dicts(db: Any, sql: str, params: Sequence[object] = ()) -> list[dict[str, Any]]:
+    """All of `iter_dicts` at once."""
+    return list(iter_dicts(db, sql, params))
 
 
 @contextmanager
