@@ -70,8 +70,10 @@ def run_detail(connection: Connection, run_id: str) -> dict[str, Any] | None:
 
 
 def status_counts(connection: Connection) -> dict[str, int]:
-    """How many runs have each status."""
-    return dict(connection.execute("SELECT status, count(*) FROM runs GROUP BY status"))
+    """How many runs have each status, statuses in order."""
+    return dict(
+        connection.execute("SELECT status, count(*) FROM runs GROUP BY status ORDER BY status")
+    )
 
 
 def newest_runs(connection: Connection, limit: int) -> Iterator[dict[str, Any]]:
@@ -135,11 +137,7 @@ class Totals:
 
 def totals(connection: Connection) -> Totals:
     return Totals(
-        dict(
-            connection.execute(
-                "SELECT status, count(*) FROM runs GROUP BY status ORDER BY status"
-            ).fetchall()
-        ),
+        status_counts(connection),
         int(connection.execute("SELECT count(*) FROM runs WHERE stalled=1").fetchone()[0]),
         int(connection.execute("SELECT count(*) FROM pattern_runs").fetchone()[0]),
     )
