@@ -28,7 +28,7 @@ import orjson
 
 from runwatch.sinks.store import reads
 from runwatch.sinks.store.reads import Frame
-from runwatch.stream.console import terminal_safe
+from runwatch.sinks.terminal import terminal_safe
 from runwatch.stream.errors import EXIT_OK, UsageError
 from runwatch.stream.services.health import process_alive, status_path
 from runwatch.stream.settings.service import Settings

@@ -9,8 +9,9 @@ from typing import Any
 import orjson
 
 from runwatch.sinks.store import Store, reads
+from runwatch.sinks.terminal import terminal_safe
 from runwatch.stream.cli.common import Command, common_options, settings_from_args
-from runwatch.stream.console import table, terminal_safe
+from runwatch.stream.console import table
 from runwatch.stream.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from runwatch.stream.settings.database import open_existing
 
