@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from html import escape
 from typing import Any, Final, NamedTuple
 
 import orjson
+
+from runwatch.sinks.terminal import terminal_safe
 
 
 class Section(NamedTuple):
@@ -90,8 +91,6 @@ COLOURS: Final = {
     "quarantined": "#8e5bd0",
 }
 MAX_CELL: Final = 60
-_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-"""Control characters from the logs are shown escaped, never sent to the terminal."""
 _CSS: Final = (
     "body{font:14px system-ui,sans-serif;margin:24px;color:#1d232b;max-width:1200px}"
     "table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #d5dae0;padding:3px 8px;"
@@ -214,7 +213,7 @@ def _text_cell(value: object) -> str:
         return f"{value:,.3f}"
     if isinstance(value, int):
         return f"{value:,}"
-    text = _CONTROL.sub(lambda c: f"\\x{ord(c[0]):02x}", " ".join(str(value).split()))
+    text = terminal_safe(" ".join(str(value).split()))
     return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
