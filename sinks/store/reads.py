@@ -126,6 +126,19 @@ def alerts(connection: Connection, *, state: str | None = None, limit: int) -> l
     )
 
 
+def last_derived_seq(connection: Connection) -> int:
+    """The row number of the newest derived event, 0 without any."""
+    row = connection.execute("SELECT max(seq) FROM derived_events").fetchone()
+    return int(row[0] or 0)
+
+
+def derived_since(connection: Connection, seq: int) -> list[tuple[int, str, bytes]]:
+    """(seq, recorded_at, data) of every derived event after row `seq`, in order."""
+    return connection.execute(
+        "SELECT seq, recorded_at, data FROM derived_events WHERE seq > ? ORDER BY seq", (seq,)
+    ).fetchall()
+
+
 @dataclass(frozen=True, slots=True)
 class Totals:
     """What a finished build holds, for replay's summary."""
