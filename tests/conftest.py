@@ -14,6 +14,7 @@ import pytest
 from hypothesis import settings
 
 from helpers import replay_into, run_cli, snapshot
+from receivers import WebhookReceiver
 from runwatch.sinks.store import Store, open_store
 
 # CI explores a fixed set of examples, so a landing never depends on luck; developers'
@@ -67,6 +68,13 @@ def postgres_url() -> Iterator[str]:
     yield f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}schema={schema}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
         admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture
+def hook() -> Iterator[WebhookReceiver]:
+    """A loopback webhook receiver that records what it is sent."""
+    with WebhookReceiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -75,12 +75,6 @@ def notification(**changes: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def hook() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as receiver:
-        yield receiver
-
-
-@pytest.fixture
 def smtp() -> Iterator[SmtpReceiver]:
     with SmtpReceiver() as receiver:
         yield receiver
