@@ -43,7 +43,7 @@ from typing import Any, Final
 import orjson
 
 from runwatch.sinks.atomic import fsync_path
-from runwatch.sinks.store import Store
+from runwatch.sinks.store import Store, reads
 
 GENESIS: Final = "0" * 64
 HEAD_KEY: Final = "audit_head"
@@ -94,15 +94,11 @@ class AuditLog:
         if head.db == self.database_id:
             self.position = head.db_seq
         else:
-            row = store.db.execute("SELECT max(seq) FROM derived_events").fetchone()
-            self.position = int(row[0] or 0)
+            self.position = reads.last_derived_seq(store.db)
 
     def drain(self) -> list[dict[str, Any]]:
         """Append every recorded event not yet in the trail; returns the records written."""
-        rows = self.store.db.execute(
-            "SELECT seq, recorded_at, data FROM derived_events WHERE seq > ? ORDER BY seq",
-            (self.position,),
-        ).fetchall()
+        rows = reads.derived_since(self.store.db, self.position)
         if not rows:
             return []
         records, lines = self._extend(rows)

@@ -12,7 +12,7 @@ from typing import Any, Final, TextIO
 
 from runwatch.sinks.terminal import human_duration, human_size, terminal_safe
 
-__all__ = ["Progress", "ServiceConsole", "console_line", "table", "terminal_safe", "wall_clock"]
+__all__ = ["Progress", "ServiceConsole", "console_line", "table", "wall_clock"]
 
 
 class Progress:

@@ -14,6 +14,8 @@ import pytest
 from hypothesis import settings
 
 from helpers import replay_into, run_cli, snapshot
+from receivers import WebhookReceiver
+from runwatch.sinks.store import Store, open_store
 
 # CI explores a fixed set of examples, so a landing never depends on luck; developers'
 # runs keep exploring new ones (and replay any failure from .hypothesis/).
@@ -66,6 +68,24 @@ def postgres_url() -> Iterator[str]:
     yield f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}schema={schema}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
         admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture
+def hook() -> Iterator[WebhookReceiver]:
+    """A loopback webhook receiver that records what it is sent."""
+    with WebhookReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """An open store of each backend: a fresh SQLite file, or a throw-away PostgreSQL schema."""
+    target = (
+        tmp_path / "rw.db" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    )
+    opened = open_store(target)
+    yield opened
+    opened.close()
 
 
 PROCESS_TESTS = Path(__file__).parent / "process"

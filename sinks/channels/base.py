@@ -14,11 +14,11 @@ import re
 import socket
 import ssl
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Annotated, Any, ClassVar, Final, Literal, Protocol, TextIO
+from typing import Annotated, Any, ClassVar, Final, Generic, Literal, Protocol, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -84,14 +84,30 @@ class ChannelConfig(BaseModel):
                 yield key, value
 
 
-class Described:
-    """A channel's repr is its config's, which is already free of secrets."""
+C = TypeVar("C", bound=ChannelConfig)
 
-    name: str
-    config: ChannelConfig
+
+class Described(Generic[C]):
+    """A channel made from its config; its repr is the config's, which is already free of
+    secrets."""
+
+    def __init__(self, name: str, config: C) -> None:
+        self.name = name
+        self.config = config
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.config!r})"
+
+
+class Posting(Described[C]):
+    """A channel that POSTs each notification over one kept-alive HTTP session."""
+
+    def __init__(self, name: str, config: C) -> None:
+        super().__init__(name, config)
+        self.session = requests.Session()
+
+    def close(self) -> None:
+        self.session.close()
 
 
 def conceal(value: Any) -> Any:
@@ -111,16 +127,6 @@ def origin(url: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """An HTTP reply: its status, its headers and the first bytes of its body, at most the
-    number the caller asked for."""
-
-    status_code: int
-    headers: Mapping[str, str]
-    body: bytes
-
-
 def post(
     session: requests.Session,
     url: str,
@@ -128,11 +134,12 @@ def post(
     headers: dict[str, str],
     timeout: float,
     *,
-    read: int = 0,
-) -> Reply | Outcome:
-    """One POST that never follows a redirect and reads at most `read` bytes of the reply
-    body (capped at MAX_REPLY_BYTES): a receiver may answer with a huge or endless body. The
-    rest is dropped with the connection."""
+    explain: Callable[[bytes], str] | None = None,
+) -> Outcome:
+    """One attempt: a POST that never follows a redirect, its reply classified. `explain`
+    turns the first bytes of the reply body (at most MAX_REPLY_BYTES: a receiver may answer
+    with a huge or endless body) into a note for the detail; without it the body is not
+    read. The rest is dropped with the connection."""
     try:
         response = session.post(
             url, data=body, headers=headers, timeout=timeout, allow_redirects=False, stream=True
@@ -142,32 +149,29 @@ def post(
     except requests.RequestException as e:
         return Outcome("failed", f"request error ({type(e).__name__})")
     with response:
-        return Reply(response.status_code, response.headers, _first_bytes(response, read))
+        note = "" if explain is None else explain(_first_bytes(response))
+        return classify(response.status_code, response.headers, note)
 
 
-def _first_bytes(response: requests.Response, limit: int) -> bytes:
-    limit = min(limit, MAX_REPLY_BYTES)
-    if limit <= 0:
-        return b""
+def _first_bytes(response: requests.Response) -> bytes:
     head = bytearray()
     try:
-        for chunk in response.iter_content(min(limit, 8192)):
+        for chunk in response.iter_content(8192):
             head += chunk
-            if len(head) >= limit:
+            if len(head) >= MAX_REPLY_BYTES:
                 break
     except requests.RequestException:
         pass  # the status already says how the delivery went; the text only explains it
-    return bytes(head[:limit])
+    return bytes(head[:MAX_REPLY_BYTES])
 
 
-def classify(reply: Reply, note: str = "") -> Outcome:
+def classify(code: int, headers: Mapping[str, str], note: str = "") -> Outcome:
     """2xx delivered; 408, 429 and 5xx retried (honouring Retry-After); the rest failed."""
-    code = reply.status_code
     detail = f"HTTP {code} {note}".rstrip()
     if 200 <= code < 300:
         return Outcome("delivered", detail)
     if code in (408, 429) or code >= 500:
-        return Outcome("retry", detail, parse_retry_after(reply.headers.get("Retry-After")))
+        return Outcome("retry", detail, parse_retry_after(headers.get("Retry-After")))
     return Outcome("failed", detail)
 
 

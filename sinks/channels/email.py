@@ -79,15 +79,10 @@ class EmailConfig(ChannelConfig):
         )
 
 
-class EmailChannel(Described):
+class EmailChannel(Described[EmailConfig]):
     """One plain-text mail per notification; SMTP 4xx and network trouble are worth a retry."""
 
-    config: EmailConfig
     kind = "email"
-
-    def __init__(self, name: str, config: EmailConfig) -> None:
-        self.name = name
-        self.config = config
 
     def send(self, notification: dict[str, Any]) -> Outcome:
         message = email_message(self.config, notification)

@@ -9,18 +9,15 @@ from typing import Annotated, Any, ClassVar, Final, TextIO
 from urllib.parse import urlsplit
 
 import orjson
-import requests
 from pydantic import AfterValidator, Field, SecretStr
 
 from runwatch.sinks.channels.base import (
     CONCEAL,
-    MAX_REPLY_BYTES,
     USER_AGENT,
     ChannelConfig,
-    Described,
     Outcome,
+    Posting,
     Timeout,
-    classify,
     clip,
     origin,
     post,
@@ -60,34 +57,21 @@ class SlackConfig(ChannelConfig):
         return f"slack {origin(self.url.get_secret_value())}"
 
 
-class SlackChannel(Described):
+class SlackChannel(Posting[SlackConfig]):
     """Block Kit messages, at most one per `min_interval` (Slack allows about one a second)."""
 
-    config: SlackConfig
     kind = "slack"
 
     def __init__(self, name: str, config: SlackConfig) -> None:
-        self.name = name
-        self.config = config
-        self._session = requests.Session()
+        super().__init__(name, config)
         self._last: float | None = None
 
     def send(self, notification: dict[str, Any]) -> Outcome:
         body = orjson.dumps(slack_payload(notification))
         self._pace()
         headers = {"User-Agent": USER_AGENT, "content-type": "application/json"}
-        reply = post(
-            self._session,
-            self.config.url.get_secret_value(),
-            body,
-            headers,
-            self.config.timeout,
-            read=MAX_REPLY_BYTES,
-        )
-        if isinstance(reply, Outcome):
-            return reply
-        error = reply.body.decode("utf-8", "replace").strip()
-        return classify(reply, error if re.fullmatch(r"[a-z_]{1,40}", error) else "")
+        url = self.config.url.get_secret_value()
+        return post(self.session, url, body, headers, self.config.timeout, explain=_error_code)
 
     def _pace(self) -> None:
         if self._last is not None:
@@ -96,8 +80,12 @@ class SlackChannel(Described):
                 time.sleep(wait)
         self._last = time.monotonic()
 
-    def close(self) -> None:
-        self._session.close()
+
+def _error_code(body: bytes) -> str:
+    """Slack answers a refused message with a short code (`invalid_payload`); anything else
+    in the body is not repeated."""
+    error = body.decode("utf-8", "replace").strip()
+    return error if re.fullmatch(r"[a-z_]{1,40}", error) else ""
 
 
 def slack_payload(n: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import time
 from typing import Annotated, Any, ClassVar, Final, TextIO
 
 import orjson
-import requests
 from pydantic import AfterValidator, AnyHttpUrl, Field, SecretStr, field_validator
 
 from runwatch.sinks.channels.base import (
@@ -20,10 +19,9 @@ from runwatch.sinks.channels.base import (
     CONTROL,
     USER_AGENT,
     ChannelConfig,
-    Described,
     Outcome,
+    Posting,
     Timeout,
-    classify,
     origin,
     post,
 )
@@ -92,15 +90,13 @@ class WebhookConfig(ChannelConfig):
         return f"webhook {origin(str(self.url))}" + (" (signed)" if self.secret else "")
 
 
-class WebhookChannel(Described):
+class WebhookChannel(Posting[WebhookConfig]):
     """POSTs the Alertmanager v4 body, signed per attempt, and never follows redirects."""
 
-    config: WebhookConfig
     kind = "webhook"
 
     def __init__(self, name: str, config: WebhookConfig) -> None:
-        self.name = name
-        self.config = config
+        super().__init__(name, config)
         self._key = config.secret.get_secret_value() if config.secret else None
         self._headers = {
             "User-Agent": USER_AGENT,
@@ -109,7 +105,6 @@ class WebhookChannel(Described):
         }
         if config.token:
             self._headers["Authorization"] = f"Bearer {config.token.get_secret_value()}"
-        self._session = requests.Session()
 
     def send(self, notification: dict[str, Any]) -> Outcome:
         body = orjson.dumps(alertmanager_payload(self.name, notification))
@@ -121,11 +116,7 @@ class WebhookChannel(Described):
         }
         if self._key is not None:
             headers["webhook-signature"] = sign(self._key, notification["id"], timestamp, body)
-        reply = post(self._session, str(self.config.url), body, headers, self.config.timeout)
-        return reply if isinstance(reply, Outcome) else classify(reply)
-
-    def close(self) -> None:
-        self._session.close()
+        return post(self.session, str(self.config.url), body, headers, self.config.timeout)
 
 
 def alertmanager_payload(receiver: str, n: dict[str, Any]) -> dict[str, Any]:

@@ -12,8 +12,6 @@ placeholders, kept portable: no `INSERT OR REPLACE` (write `ON CONFLICT (key) DO
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
@@ -28,6 +26,7 @@ from runwatch.sinks.store.api import (
 )
 from runwatch.sinks.store.postgres import PostgresStore
 from runwatch.sinks.store.postgres_sql import PgConnection, Target
+from runwatch.sinks.store.shared import transaction
 from runwatch.sinks.store.sqlite import SqliteStore
 
 __all__ = [
@@ -69,18 +68,6 @@ def connect(target: str | Path, *, timeout_s: float = 10.0) -> Connection:
     db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
     db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
     return db
-
-
-@contextmanager
-def transaction(connection: Connection) -> Iterator[Connection]:
-    """BEGIN IMMEDIATE (the one writer) … COMMIT, rolled back on any exception."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        yield connection
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
 
 
 def _url(target: str | Path) -> str:

@@ -14,7 +14,7 @@ from urllib.parse import quote
 from runwatch.sinks.store.api import Connection, StoreError
 from runwatch.sinks.store.keys import GroupKey, IndexEntry, load_index
 from runwatch.sinks.store.schema import RUN_COLUMNS
-from runwatch.sinks.store.shared import fetch_dicts
+from runwatch.sinks.store.shared import fetch_dicts, iter_dicts
 
 ALERT_COLUMNS: Final = (
     "decided_at",
@@ -28,35 +28,41 @@ ALERT_COLUMNS: Final = (
 )
 
 
-def runs(
-    connection: Connection, *, status: str | None = None, limit: int | None = None
-) -> list[dict[str, Any]]:
-    """Runs (every column), the latest event first; only `status` when given."""
+def _runs_query(status: str | None, limit: int | None) -> tuple[str, list[object]]:
+    """The SQL and parameters of `runs`."""
     where = "WHERE status = ?" if status else ""
     params: list[object] = [status] if status else []
     if limit is not None:
         params.append(limit)
-    return fetch_dicts(
-        connection,
+    sql = (
         f"SELECT {', '.join(RUN_COLUMNS)} FROM runs {where} "
-        "ORDER BY last_event_at DESC, run_id" + ("" if limit is None else " LIMIT ?"),
-        params,
+        "ORDER BY last_event_at DESC, run_id" + ("" if limit is None else " LIMIT ?")
     )
+    return sql, params
 
 
-def run_detail(db: Any, run_id: str) -> dict[str, Any] | None:
+def runs(
+    connection: Connection, *, status: str | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Runs (every column), the latest event first; only `status` when given."""
+    return fetch_dicts(connection, *_runs_query(status, limit))
+
+
+def run_detail(connection: Connection, run_id: str) -> dict[str, Any] | None:
     """A run's row with its tasks, workstreams and pattern runs; None if there is no run."""
-    found = fetch_dicts(db, "SELECT * FROM runs WHERE run_id=?", (run_id,))
+    found = fetch_dicts(connection, "SELECT * FROM runs WHERE run_id=?", (run_id,))
     if not found:
         return None
     return {
         "run": found[0],
-        "tasks": fetch_dicts(db, "SELECT * FROM tasks WHERE run_id=? ORDER BY task_id", (run_id,)),
+        "tasks": fetch_dicts(
+            connection, "SELECT * FROM tasks WHERE run_id=? ORDER BY task_id", (run_id,)
+        ),
         "workstreams": fetch_dicts(
-            db, "SELECT * FROM workstreams WHERE run_id=? ORDER BY workstream_id", (run_id,)
+            connection, "SELECT * FROM workstreams WHERE run_id=? ORDER BY workstream_id", (run_id,)
         ),
         "pattern_runs": fetch_dicts(
-            db,
+            connection,
             "SELECT * FROM pattern_runs WHERE run_id=? ORDER BY started_at, pattern_run_id",
             (run_id,),
         ),
@@ -64,20 +70,16 @@ def run_detail(db: Any, run_id: str) -> dict[str, Any] | None:
 
 
 def status_counts(connection: Connection) -> dict[str, int]:
-    """How many runs have each status."""
-    return dict(connection.execute("SELECT status, count(*) FROM runs GROUP BY status"))
+    """How many runs have each status, statuses in order."""
+    return dict(
+        connection.execute("SELECT status, count(*) FROM runs GROUP BY status ORDER BY status")
+    )
 
 
 def newest_runs(connection: Connection, limit: int) -> Iterator[dict[str, Any]]:
     """The `limit` runs with the latest last event, newest first, as the index
     `runs_recent` yields them: never every run in memory."""
-    cursor = connection.execute(
-        f"SELECT {', '.join(RUN_COLUMNS)} FROM runs ORDER BY last_event_at DESC, run_id LIMIT ?",
-        (limit,),
-    )
-    names = [d[0] for d in cursor.description]
-    for row in cursor:
-        yield dict(zip(names, row, strict=True))
+    return iter_dicts(connection, *_runs_query(None, limit))
 
 
 def archival(connection: Connection, run_id: str) -> dict[str, list[dict[str, Any]]]:
@@ -124,6 +126,19 @@ def alerts(connection: Connection, *, state: str | None = None, limit: int) -> l
     )
 
 
+def last_derived_seq(connection: Connection) -> int:
+    """The row number of the newest derived event, 0 without any."""
+    row = connection.execute("SELECT max(seq) FROM derived_events").fetchone()
+    return int(row[0] or 0)
+
+
+def derived_since(connection: Connection, seq: int) -> list[tuple[int, str, bytes]]:
+    """(seq, recorded_at, data) of every derived event after row `seq`, in order."""
+    return connection.execute(
+        "SELECT seq, recorded_at, data FROM derived_events WHERE seq > ? ORDER BY seq", (seq,)
+    ).fetchall()
+
+
 @dataclass(frozen=True, slots=True)
 class Totals:
     """What a finished build holds, for replay's summary."""
@@ -135,11 +150,7 @@ class Totals:
 
 def totals(connection: Connection) -> Totals:
     return Totals(
-        dict(
-            connection.execute(
-                "SELECT status, count(*) FROM runs GROUP BY status ORDER BY status"
-            ).fetchall()
-        ),
+        status_counts(connection),
         int(connection.execute("SELECT count(*) FROM runs WHERE stalled=1").fetchone()[0]),
         int(connection.execute("SELECT count(*) FROM pattern_runs").fetchone()[0]),
     )

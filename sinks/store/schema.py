@@ -230,9 +230,6 @@ SNAPSHOT: Final = {
 `seen_at` of dead letters is left out."""
 
 RUN_COLUMNS: Final = TABLES["runs"].names
-TASK_COLUMNS: Final = TABLES["tasks"].names
-WORKSTREAM_COLUMNS: Final = TABLES["workstreams"].names
-PATTERN_RUN_COLUMNS: Final = TABLES["pattern_runs"].names
 CONVERGED: Final = {
     "runs": TABLES["runs"],
     "tasks": TABLES["tasks"],

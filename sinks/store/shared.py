@@ -6,20 +6,39 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import orjson
 
-from runwatch.sinks.store.api import Changes, Checkpoint, OwnershipLost
+from runwatch.sinks.store.api import Changes, Checkpoint, Connection, OwnershipLost
 from runwatch.sinks.store.schema import SNAPSHOT
 
 
-def fetch_dicts(db: Any, sql: str, params: Sequence[object] = ()) -> list[dict[str, Any]]:
-    """Rows as dicts keyed by column name, from any store connection (`?` parameters)."""
+def iter_dicts(db: Any, sql: str, params: Sequence[object] = ()) -> Iterator[dict[str, Any]]:
+    """Rows as dicts keyed by column name, one at a time, from any store connection (`?`
+    parameters)."""
     cursor = db.execute(sql, params)
     names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor]
+    for row in cursor:
+        yield dict(zip(names, row, strict=True))
+
+
+def fetch_dicts(db: Any, sql: str, params: Sequence[object] = ()) -> list[dict[str, Any]]:
+    """All of `iter_dicts` at once."""
+    return list(iter_dicts(db, sql, params))
+
+
+@contextmanager
+def transaction(connection: Connection) -> Iterator[Connection]:
+    """BEGIN IMMEDIATE (the one writer) … COMMIT, rolled back on any exception."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        yield connection
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
 
 
 class SharedQueries:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Final
 
-from runwatch.sinks.store.api import Changes, StoreError, UnstorableValue
+from runwatch.sinks.store.api import Changes, Connection, StoreError, UnstorableValue
 from runwatch.sinks.store.schema import (
     CONVERGED,
     SCHEMA_VERSION,
@@ -23,7 +24,7 @@ from runwatch.sinks.store.schema import (
     insert,
     upsert,
 )
-from runwatch.sinks.store.shared import SharedQueries, parts
+from runwatch.sinks.store.shared import SharedQueries, parts, transaction
 
 _UPSERTS: Final = {field: upsert(table) for field, table in CONVERGED.items()}
 _STATEMENTS: Final = {
@@ -100,8 +101,8 @@ class SqliteStore(SharedQueries):
             )
         check_version(self.path, row[0])
 
-    def transaction(self) -> Transaction:
-        return Transaction(self.db)
+    def transaction(self) -> AbstractContextManager[Connection]:
+        return transaction(self.db)
 
     def source_id(self, path: str) -> int:
         """A small stable number for a source path, used by the event index."""
@@ -139,17 +140,3 @@ class SqliteStore(SharedQueries):
 
     def close(self) -> None:
         self.db.close()
-
-
-class Transaction:
-    """BEGIN IMMEDIATE … COMMIT, rolled back on any exception."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
-        return self.db
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type is not None else "COMMIT")

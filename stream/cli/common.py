@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from runwatch.stream.console import terminal_safe
+from runwatch.sinks.terminal import terminal_safe
 from runwatch.stream.errors import UsageError
 from runwatch.stream.settings.service import Settings, load_settings
 

@@ -28,8 +28,7 @@ import orjson
 
 from runwatch.sinks.store import reads
 from runwatch.sinks.store.reads import Frame
-from runwatch.sinks.terminal import human_duration
-from runwatch.stream.console import terminal_safe
+from runwatch.sinks.terminal import human_duration, terminal_safe
 from runwatch.stream.errors import EXIT_OK, UsageError
 from runwatch.stream.services.health import process_alive, status_path
 from runwatch.stream.settings.database import existing_file

@@ -7,8 +7,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from runwatch.sinks.store.api import StoreError
+from runwatch.sinks.terminal import terminal_safe
 from runwatch.stream.cli.registry import build_parser
-from runwatch.stream.console import terminal_safe
 from runwatch.stream.errors import (
     EXIT_FAILURE,
     EXIT_OK,

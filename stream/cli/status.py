@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from runwatch.sinks.store import Store, reads
+from runwatch.sinks.terminal import terminal_safe
 from runwatch.stream.cli.common import (
     Command,
     common_options,
@@ -15,7 +16,7 @@ from runwatch.stream.cli.common import (
     say,
     settings_from_args,
 )
-from runwatch.stream.console import table, terminal_safe
+from runwatch.stream.console import table
 from runwatch.stream.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from runwatch.stream.settings.database import open_existing
 

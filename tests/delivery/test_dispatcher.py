@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +129,6 @@ class Delivery:
 
     def __exit__(self, *_: object) -> None:
         self.dispatcher.stop()
-
-
-@pytest.fixture
-def hook() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as receiver:
-        yield receiver
 
 
 def test_each_entry_is_delivered_once_with_its_id(db: Path, hook: WebhookReceiver) -> None:

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
-import pytest
 
 from helpers import wait_until
 from receivers import WebhookReceiver
@@ -75,12 +73,6 @@ def recorded(url: str) -> list[dict[str, Any]]:
         return [orjson.loads(data) for (data,) in found]
     finally:
         store.close()
-
-
-@pytest.fixture
-def hook() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as receiver:
-        yield receiver
 
 
 def test_a_slow_attempt_keeps_its_lease_so_a_second_processor_does_not_resend(

@@ -5,7 +5,7 @@ memory. Real loopback server, real sockets."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,12 +29,6 @@ NOTIFICATION: dict[str, Any] = {
 # Loopback socket buffers hold a few MiB that the server counts as sent; an uncapped
 # reader takes everything the server can send.
 BUFFERED = 32 << 20
-
-
-@pytest.fixture
-def hook() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as receiver:
-        yield receiver
 
 
 def send_in_thread(send: Callable[[], Outcome]) -> Outcome:

@@ -348,7 +348,10 @@ def test_html_and_table_escape_log_strings(tmp_path: Path) -> None:
                     task_id="t",
                     tool_id=hostile,
                     severity="error",
-                    payload={"duration_ms": 1500, "error": f"\x1b[2J\u202e<img src=x> {hostile}"},
+                    payload={
+                        "duration_ms": 1500,
+                        "error": f"\x1b[2J<img src=x> \u202e{hostile}",
+                    },
                 ),
                 line("task_failed", "2026-01-05T10:00:02Z", run_id="R", task_id="t"),
             ]
@@ -364,7 +367,7 @@ def test_html_and_table_escape_log_strings(tmp_path: Path) -> None:
     )
     text = render(result, "table").decode()
     assert "\x1b" not in text and "\\x1b[2J" in text
-    assert "\u202e" not in text and "\\u202e" in text
+    assert "\u202e" not in text and "\\u202e" in text  # a bidi override cannot reorder a line
 
 
 def test_table_lists_every_section(analysis: dict[str, Any]) -> None:

@@ -10,7 +10,8 @@ import pytest
 from helpers import TailProcess, run_cli
 from runwatch.projections.alerts import render
 from runwatch.sinks.store.sqlite import SqliteStore
-from runwatch.stream.console import console_line, table, terminal_safe, wall_clock
+from runwatch.sinks.terminal import terminal_safe
+from runwatch.stream.console import console_line, table, wall_clock
 from runwatch.stream.core.decode import parse_time
 from runwatch.stream.core.lines import Lines
 from runwatch.stream.core.processor import Processor
