@@ -24,20 +24,19 @@ Usage:  .venv/bin/python tests/benchmarks/corpus.py SHAPE --events N --out DIR [
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import json
 import math
 import sys
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass
-from datetime import date
 from pathlib import Path
 from random import Random
 from typing import IO, Any, Final
 
 import orjson
 
+from runwatch.stream.devtools.plan import FILES, MESSAGES, TOOLS, Stamper, make_ulid
 from runwatch.stream.devtools.writer import simulate
 
 SHAPES: Final = ("single", "interleaved", "giant", "simulator")
@@ -57,34 +56,9 @@ CALIBRATION_RUNS: Final = 400
 _S: Final = 1_000_000
 _DUMPS: Final = orjson.dumps
 _NL: Final = orjson.OPT_APPEND_NEWLINE
-_B32: Final = bytes.maketrans(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-)
-_EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
-_TOOLS: Final = ("git", "pytest", "ruff", "mypy", "aider", "semgrep", "fs", "llm")
-_FILES: Final = tuple(
-    f"src/{pkg}/{mod}.py"
-    for pkg in ("core", "api", "cli", "store")
-    for mod in ("models", "service", "utils", "handlers")
-)
 _TASK_NAMES: Final = ("plan", "implement", "refactor", "lint", "typecheck", "unit-tests", "docs")
 _TASK_ERRORS: Final = ("tool exited with status 1", "timeout after 300s", "tests failed: 3 of 42")
-_MESSAGES: Final = {
-    "run_created": "run created",
-    "run_started": "run started",
-    "run_completed": "run completed",
-    "run_failed": "run failed",
-    "workstream_started": "workstream started",
-    "workstream_completed": "workstream completed",
-    "workstream_failed": "workstream failed",
-    "task_created": "task queued",
-    "task_started": "task started",
-    "task_progress": "task progress",
-    "tool_call_started": "tool call started",
-    "tool_call_completed": "tool call completed",
-    "task_completed": "task completed",
-    "task_failed": "task failed",
-}
+# Unlike the simulator's lines, progress lines here name the job.
 _JOB_KINDS: Final = frozenset(
     {"task_created", "task_started", "task_completed", "task_failed", "task_progress"}
 )
@@ -110,25 +84,17 @@ class CorpusInfo:
 
 
 class Lines:
-    """Formats orchestrator lines; owns the id and timestamp helpers."""
+    """Formats orchestrator lines: the simulator's ids and timestamps from one generator."""
 
     def __init__(self, rng: Random) -> None:
         self.rng = rng
-        self._dates: dict[int, str] = {}
+        self._stamp = Stamper()
 
     def ulid(self, us: int) -> str:
-        value = (us // 1000) << 80 | self.rng.getrandbits(80)
-        return base64.b32encode(value.to_bytes(20, "big")).translate(_B32)[6:].decode()
+        return make_ulid(self.rng, us)
 
     def stamp(self, us: int) -> str:
-        secs, frac = divmod(us, _S)
-        days, secs = divmod(secs, 86400)
-        day = self._dates.get(days)
-        if day is None:
-            day = self._dates[days] = date.fromordinal(_EPOCH_ORDINAL + days).isoformat()
-        hours, secs = divmod(secs, 3600)
-        minutes, secs = divmod(secs, 60)
-        return f"{day}T{hours:02d}:{minutes:02d}:{secs:02d}.{frac:06d}Z"
+        return self._stamp(us, "Z")
 
 
 class Run:
@@ -218,8 +184,8 @@ class Run:
                         None,
                     )
                     continue
-                tool = _TOOLS[int(random() * len(_TOOLS))]
-                file = _FILES[int(random() * len(_FILES))] if random() < 0.5 else None
+                tool = TOOLS[int(random() * len(TOOLS))]
+                file = FILES[int(random() * len(FILES))] if random() < 0.5 else None
                 yield "tool_call_started", task, ws, {"call": call}, "info", tool, file
                 ok = random() >= 0.05
                 took = 200 + int(random() * 25_000)
@@ -254,7 +220,7 @@ class Run:
                 "event_type": kind,
                 "timestamp": lines.stamp(time),
                 "severity": severity,
-                "message": _MESSAGES[kind],
+                "message": MESSAGES[kind],
                 "run_id": self.run_id,
                 "workstream_id": ws,
                 "job_id": self.job_id if kind in _JOB_KINDS else None,
