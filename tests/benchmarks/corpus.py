@@ -18,7 +18,12 @@ stream: memory is bounded by the runs in flight, never by the corpus size. A run
 are drawn by a generator, and the event counts are met by calibrating the mean run size on a
 scratch generator first, so a corpus lands within a run or two of the asked-for count.
 
+With a hostile share, `hostile.py` then inserts bad lines (mutated upstream lines, deep
+nesting, huge integers, invalid UTF-8, NUL bytes, over-long lines) before about that share
+of the lines; `events` counts them too (lines, as everywhere here), `hostile` says how many.
+
 Usage:  .venv/bin/python tests/benchmarks/corpus.py SHAPE --events N --out DIR [--seed S]
+        [--hostile-percent P]
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ from pathlib import Path
 from random import Random
 from typing import IO, Any, Final
 
+import hostile
 import orjson
 
+from runwatch.stream.devtools import expected, plan, writer
 from runwatch.stream.devtools.plan import FILES, MESSAGES, TOOLS, Stamper, make_ulid
 from runwatch.stream.devtools.writer import simulate
 
@@ -78,6 +85,7 @@ class CorpusInfo:
     bytes: int
     largest_run_tasks: int
     seed: int
+    hostile: int = 0  # hostile lines mixed in, counted in `events`
 
 
 # --- one run --------------------------------------------------------------------------------
@@ -403,9 +411,10 @@ WRITERS: Final[dict[str, Callable[[Path, int, int], CorpusInfo]]] = {
 
 
 def generator_digest() -> str:
-    """This file's and the simulator's source: a cached corpus is rebuilt when either changes."""
-    digest = hashlib.sha256(Path(__file__).read_bytes())
-    digest.update(Path(sys.modules[simulate.__module__].__file__ or "").read_bytes())
+    """The sources that write a corpus: a cached one is rebuilt when any of them changes."""
+    digest = hashlib.sha256()
+    for module in (sys.modules[__name__], hostile, plan, expected, writer):
+        digest.update(Path(module.__file__ or "").read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -413,10 +422,20 @@ def corpus_files(path: Path) -> list[Path]:
     return sorted(path.rglob("*.jsonl"))
 
 
-def ensure(shape: str, events: int, seed: int, root: Path) -> tuple[CorpusInfo, bool]:
-    """The corpus of `shape` under `root`, reused when its marker matches; (info, reused)."""
-    path = root / f"shape-{shape}-{events}-seed{seed}"
-    key = {"shape": shape, "events": events, "seed": seed, "generator": generator_digest()}
+def ensure(
+    shape: str, events: int, seed: int, root: Path, hostile_share: float = 0.0
+) -> tuple[CorpusInfo, bool]:
+    """The corpus of `shape` under `root`, with a hostile line before about `hostile_share`
+    of its lines, reused when its marker matches; (info, reused)."""
+    mixed = f"-hostile{hostile_share:g}" if hostile_share else ""
+    path = root / f"shape-{shape}-{events}-seed{seed}{mixed}"
+    key = {
+        "shape": shape,
+        "events": events,
+        "seed": seed,
+        "hostile_share": hostile_share,
+        "generator": generator_digest(),
+    }
     try:
         record = json.loads((path / MARKER).read_text())
         files = corpus_files(path)
@@ -433,6 +452,11 @@ def ensure(shape: str, events: int, seed: int, root: Path) -> tuple[CorpusInfo, 
             old.unlink()
     path.mkdir(parents=True, exist_ok=True)
     info = WRITERS[shape](path, events, seed)
+    if hostile_share:
+        files = corpus_files(path)
+        info.hostile = hostile.mix(files, hostile_share, seed)
+        info.events += info.hostile
+        info.bytes = sum(f.stat().st_size for f in files)
     (path / MARKER).write_text(json.dumps({"key": key, "info": asdict(info)}, indent=2) + "\n")
     return info, False
 
@@ -443,8 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True, metavar="DIR")
+    parser.add_argument(
+        "--hostile-percent", type=float, default=0.0, help="hostile lines mixed in (hostile.py)"
+    )
     args = parser.parse_args(argv)
-    info, reused = ensure(args.shape, args.events, args.seed, args.out.resolve())
+    share = args.hostile_percent / 100
+    info, reused = ensure(args.shape, args.events, args.seed, args.out.resolve(), share)
     print(json.dumps(asdict(info) | {"reused": reused}))
     return 0
 
