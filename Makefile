@@ -48,15 +48,19 @@ test: $(STAMP)
 		echo "could not install chromium: the HTML report tests will fail"
 	$(BIN)/pytest -q
 
+# Every shape of tests/benchmarks/corpus.py, clean and with 1 % hostile lines mixed in.
+SHAPES := single,interleaved,giant,simulator
 bench: $(STAMP)
 	@command -v jq >/dev/null || (apt-get install -y jq >/dev/null 2>&1 || echo "jq not installed: the replay/jq ratio is skipped")
-	$(BIN)/python tests/benchmarks/bench_replay.py --json bench-out/replay.json
-	$(BIN)/python tests/benchmarks/bench_tail.py --json bench-out/tail.json
+	$(BIN)/python tests/benchmarks/bench_replay.py --shape $(SHAPES) --workers default,0,1,2 --big-events 5000000 --json bench-out/replay.json
+	$(BIN)/python tests/benchmarks/bench_replay.py --shape $(SHAPES) --hostile-percent 1 --repeat 1 --big-events 0 --json bench-out/replay-hostile.json
+	$(BIN)/python tests/benchmarks/bench_tail.py --shape $(SHAPES) --json bench-out/tail.json
+	$(BIN)/python tests/benchmarks/bench_tail.py --shape $(SHAPES) --hostile-percent 1 --phases throughput,catchup --json bench-out/tail-hostile.json
 	$(BIN)/python tests/benchmarks/bench_alerts.py --json bench-out/alerts.json
-	$(BIN)/python tests/benchmarks/bench_analyze.py --json bench-out/analyze.json
+	$(BIN)/python tests/benchmarks/bench_analyze.py --shape $(SHAPES) --json bench-out/analyze.json
+	$(BIN)/python tests/benchmarks/bench_analyze.py --shape $(SHAPES) --hostile-percent 1 --repeat 1 --json bench-out/analyze-hostile.json
 	$(BIN)/python tests/benchmarks/bench_scaleout.py --json bench-out/scaleout.json
 	$(BIN)/python tests/benchmarks/bench_soak.py --json bench-out/soak.json
-	$(BIN)/python tests/benchmarks/bench_shapes.py --json bench-out/shapes.json
 
 # For the scale-out tests on a plain Debian machine: PostgreSQL and NATS with JetStream,
 # from Debian's packages, on 127.0.0.1 (the embedded default never needs them).

@@ -61,8 +61,8 @@ _DUMPS: Final = orjson.dumps
 _NL: Final = orjson.OPT_APPEND_NEWLINE
 
 _WORKSTREAMS: Final = ("WS-A", "WS-B", "WS-C")
-_TOOLS: Final = ("git", "pytest", "ruff", "mypy", "aider", "semgrep", "fs", "llm")
-_FILES: Final = tuple(
+TOOLS: Final = ("git", "pytest", "ruff", "mypy", "aider", "semgrep", "fs", "llm")
+FILES: Final = tuple(
     f"src/{pkg}/{mod}.py"
     for pkg in ("core", "api", "cli", "store")
     for mod in ("models", "service", "utils", "handlers")
@@ -96,7 +96,7 @@ _PATTERNS: Final = (
     ("PAT-MYPY-001", "mypy_check", "mypy", "mypy --strict src/"),
     ("PAT-AIDER-003", "aider_refactor", "aider", "aider --yes --message-file task.md"),
 )
-_MESSAGES: Final = {
+MESSAGES: Final = {
     "run_created": "run created",
     "run_started": "run started",
     "run_completed": "run completed",
@@ -133,6 +133,30 @@ _LEGACY_KIND: Final = {
 _Ev = tuple[int, int, str, int, str | None, dict[str, Any], str, str | None, str | None]
 # (time, sink, line)
 TimedLine = tuple[int, int, bytes]
+
+
+def make_ulid(rng: Random, us: int) -> str:
+    """Crockford base32 ULID: 48-bit millisecond time + 80 bits from `rng`."""
+    value = (us // 1000) << 80 | rng.getrandbits(80)
+    return base64.b32encode(value.to_bytes(20, "big")).translate(_B32)[6:].decode()
+
+
+class Stamper:
+    """ISO-8601 times of epoch microseconds, with `suffix` as the zone; each day's date is
+    formatted once."""
+
+    def __init__(self) -> None:
+        self._dates: dict[int, str] = {}
+
+    def __call__(self, us: int, suffix: str) -> str:
+        secs, frac = divmod(us, _S)
+        days, secs = divmod(secs, 86400)
+        day = self._dates.get(days)
+        if day is None:
+            day = self._dates[days] = date.fromordinal(_EPOCH_ORDINAL + days).isoformat()
+        hours, secs = divmod(secs, 3600)
+        minutes, secs = divmod(secs, 60)
+        return f"{day}T{hours:02d}:{minutes:02d}:{secs:02d}.{frac:06d}{suffix}"
 
 
 class PlannedRun(NamedTuple):
@@ -172,24 +196,12 @@ class Planner:
         self.stall_rate = stall_rate
         self.tasks_per_run = tasks_per_run
         self.origin = origin_us
-        self._dates: dict[int, str] = {}
+        self.stamp = Stamper()
 
     # -- identifiers and timestamps -----------------------------------------------------
 
     def ulid(self, us: int) -> str:
-        """Crockford base32 ULID: 48-bit millisecond time + 80 bits from the seeded rng."""
-        value = (us // 1000) << 80 | self.rng.getrandbits(80)
-        return base64.b32encode(value.to_bytes(20, "big")).translate(_B32)[6:].decode()
-
-    def stamp(self, us: int, suffix: str) -> str:
-        secs, frac = divmod(us, _S)
-        days, secs = divmod(secs, 86400)
-        day = self._dates.get(days)
-        if day is None:
-            day = self._dates[days] = date.fromordinal(_EPOCH_ORDINAL + days).isoformat()
-        hours, secs = divmod(secs, 3600)
-        minutes, secs = divmod(secs, 60)
-        return f"{day}T{hours:02d}:{minutes:02d}:{secs:02d}.{frac:06d}{suffix}"
+        return make_ulid(self.rng, us)
 
     # -- corpus --------------------------------------------------------------------------
 
@@ -366,8 +378,8 @@ class Planner:
                         pct = (step + 1) * 100 // (steps + 1)
                         add(clock, "task_progress", task, ws, {"percent": pct, "step": step + 1})
                 else:
-                    tool = _TOOLS[int(random() * len(_TOOLS))]
-                    file = _FILES[int(random() * len(_FILES))] if random() < 0.5 else None
+                    tool = TOOLS[int(random() * len(TOOLS))]
+                    file = FILES[int(random() * len(FILES))] if random() < 0.5 else None
                     call = step + 1
                     add(clock, "tool_call_started", task, ws, {"call": call}, "info", tool, file)
                     took = 200_000 + int(random() * 25 * _S)
@@ -565,7 +577,7 @@ class Planner:
                         "event_type": kind,
                         "timestamp": stamp(time, suffix),
                         "severity": severity,
-                        "message": _MESSAGES[kind],
+                        "message": MESSAGES[kind],
                         "run_id": run_id,
                         "workstream_id": ws,
                         "job_id": job_id if kind in _JOB_KINDS else None,

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from benchkit import percentile, report_figures
+from benchkit import BenchError, main_for, percentile, report_figures
 
 from receivers import WebhookReceiver  # the tests' own loopback receiver
 
@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             deadline = time.monotonic() + 20
             while not (args.out / "logs" / "monitor.jsonl").exists():
                 if time.monotonic() > deadline or service.poll() is not None:
-                    raise SystemExit("bench_alerts: the service did not start")
+                    raise BenchError("the service did not start")
                 time.sleep(0.05)
             time.sleep(0.5)
             fd = os.open(logs / "events.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -131,10 +131,13 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def report(args: argparse.Namespace) -> int:
     report_figures(run(args), args.json)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return main_for("bench_alerts", parse_args, report, argv)
 
 
 if __name__ == "__main__":

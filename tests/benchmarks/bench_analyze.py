@@ -3,9 +3,10 @@
 Over logs, analyze is a replay (the same decoding, folding and worker processes, into a
 scratch database) with an observer beside the fold, then SQL over the tables: its time
 should stay close to replay's. Both run as subprocesses from the output directory (so no
-config file is picked up), interleaved, on the corpus `bench_replay.py` generates and reuses
-(`runwatch simulate --seed 1`), with the page cache warmed; wall clock, median of --repeat
-runs, plus the largest process's max RSS and the peak RSS of the whole process tree.
+config file is picked up), interleaved, on each --shape of corpus.py (optionally with
+--hostile-percent of hostile lines), with the page cache warmed; wall clock and CPU time,
+median of --repeat runs, plus the largest process's max RSS and the peak RSS of the whole
+process tree (measure.py).
 `analyze --db` over the replayed database is timed as well.
 
 The counts are checked on every round: the analysis's events accepted, duplicate and rejected,
@@ -13,62 +14,56 @@ runs by status, stalled runs and pattern runs must equal replay's summary, and i
 hour must add up to the accepted events. Times are figures, never assertions; a count that
 differs is printed and makes the script exit 1.
 
-Usage:  .venv/bin/python tests/benchmarks/bench_analyze.py [--events N] [--repeat N]
-        [--workers N] [--out DIR] [--json FILE]
+Usage:  .venv/bin/python tests/benchmarks/bench_analyze.py [--shape A,B] [--events N]
+        [--hostile-percent P] [--repeat N] [--workers N] [--out DIR] [--json FILE]
+Smoke:  .venv/bin/python tests/benchmarks/bench_analyze.py --shape interleaved,simulator
+        --events 20000 --repeat 1 --hostile-percent 1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from bench_replay import (
-    REPO,
-    Corpus,
-    Stats,
-    cpu_model,
-    ensure_corpus,
+from benchkit import (
+    BenchError,
+    add_corpus_options,
+    add_output_options,
+    corpus_label,
+    load_corpus,
     log,
+    machine_facts,
+    machine_line,
+    main_for,
     remove_database,
     render,
     run_checked,
-    run_measured,
     runwatch_command,
-    source_fingerprint,
-    source_revision,
+    write_json,
 )
-from benchkit import BenchError, main_for
+from corpus import CorpusInfo
+from measure import Measured, measure
 
 COMMANDS: Final = ("replay", "analyze (logs)", "analyze --db")
 
 
 @dataclass(slots=True)
-class Run:
-    wall_s: float
-    largest_process_mb: float
-    tree_rss_mb: float
-
-
-@dataclass(slots=True)
 class Timings:
     command: str
-    runs: list[Run] = field(default_factory=list)
+    runs: list[Measured] = field(default_factory=list)
 
     @property
-    def stats(self) -> Stats:
-        return Stats.of([r.wall_s for r in self.runs])
+    def median(self) -> float:
+        return statistics.median(r.wall_s for r in self.runs)
 
-
-def timed(command: Sequence[str], cwd: Path) -> tuple[Run, str]:
-    """Run `command` once: wall time, memory, and its stdout."""
-    wall, memory, stdout = run_measured(command, cwd)
-    return Run(wall, memory.largest_process_mb, memory.tree_rss_mb), stdout
+    def peak(self, attribute: str) -> float:
+        return max(float(getattr(r.memory, attribute)) for r in self.runs)
 
 
 def mismatches(replayed: dict[str, Any], analysis: dict[str, Any]) -> list[str]:
@@ -80,7 +75,7 @@ def mismatches(replayed: dict[str, Any], analysis: dict[str, Any]) -> list[str]:
         "events_rejected": (replayed["events_rejected"], totals["events_rejected"]),
         "runs_by_status": (
             replayed["runs_by_status"],
-            {s: totals[f"runs_{s}"] for s in replayed["runs_by_status"]},
+            {s: totals.get(f"runs_{s}", 0) for s in replayed["runs_by_status"]},
         ),
         "runs": (sum(replayed["runs_by_status"].values()), totals["runs"]),
         "stalled_runs": (replayed["stalled_runs"], totals["runs_stalled"]),
@@ -94,132 +89,77 @@ def mismatches(replayed: dict[str, Any], analysis: dict[str, Any]) -> list[str]:
 
 
 def one_round(
-    cli: Sequence[str], corpus: Corpus, out: Path, workers: list[str], timings: dict[str, Timings]
+    cli: Sequence[str],
+    corpus: CorpusInfo,
+    out: Path,
+    workers: list[str],
+    timings: dict[str, Timings],
 ) -> list[str]:
     """replay, analyze over the logs, analyze over replay's database; the count check."""
     db, result = out / "bench-analyze.db", out / "bench-analysis.json"
     remove_database(db)
-    run, stdout = timed(
+    replayed = measure(
         [*cli, "replay", corpus.path, "--db", str(db), "--json", "--no-progress", *workers], out
     )
-    timings["replay"].runs.append(run)
-    replayed = json.loads(stdout)
-    run, _ = timed(
-        [
-            *cli,
-            "analyze",
-            corpus.path,
-            "--format",
-            "json",
-            "--out",
-            str(result),
-            "--no-progress",
-            *workers,
-        ],
-        out,
-    )
-    timings["analyze (logs)"].runs.append(run)
+    timings["replay"].runs.append(replayed)
+    analyze = [*cli, "analyze", corpus.path, "--format", "json", "--out", str(result)]
+    timings["analyze (logs)"].runs.append(measure([*analyze, "--no-progress", *workers], out))
     analysis = json.loads(result.read_text())
-    run, _ = timed([*cli, "analyze", "--db", str(db), "--format", "json"], out)
-    timings["analyze --db"].runs.append(run)
+    timings["analyze --db"].runs.append(
+        measure([*cli, "analyze", "--db", str(db), "--format", "json"], out)
+    )
     for command in COMMANDS:
         log(f"{command}: {timings[command].runs[-1].wall_s:.2f} s")
-    return mismatches(replayed, analysis)
+    return mismatches(json.loads(replayed.stdout), analysis)
 
 
-def report(
-    corpus: Corpus, timings: dict[str, Timings], problems: list[str], workers: list[str]
-) -> dict[str, Any]:
-    replay = timings["replay"].stats.median
-    rows = [
+def report(label: str, corpus: CorpusInfo, timings: dict[str, Timings]) -> list[list[str]]:
+    replay = timings["replay"].median
+    return [
         [
+            label,
             name,
-            str(t.stats.n),
-            f"{t.stats.median:.2f}",
-            f"{t.stats.min:.2f}",
-            f"{t.stats.max:.2f}",
-            f"{corpus.lines / t.stats.median:,.0f}",
-            f"{t.stats.median / replay:.2f}",
-            f"{max(r.largest_process_mb for r in t.runs):.0f}",
-            f"{max(r.tree_rss_mb for r in t.runs):.0f}",
+            str(len(t.runs)),
+            f"{t.median:.2f}",
+            f"{statistics.median(r.cpu_s for r in t.runs):.2f}",
+            f"{corpus.events / t.median:,.0f}",
+            f"{t.median / replay:.2f}",
+            f"{t.peak('largest_process_mb'):.0f}",
+            f"{t.peak('tree_rss_mb'):.0f}",
         ]
         for name, t in timings.items()
     ]
-    print(
-        f"runwatch analyze benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M UTC}, source "
-        f"{source_revision()} (sources {source_fingerprint()}); {cpu_model()}"
-    )
-    print(
-        f"corpus {corpus.label}: {corpus.runs:,} runs, {corpus.events:,} events, "
-        f"{corpus.lines:,} lines, {corpus.files:,} files, {corpus.mb:,.1f} MB "
-        f"(runwatch simulate --seed 1); workers: {' '.join(workers) or 'default'}\n"
-    )
-    print(
-        render(
-            [
-                "command",
-                "n",
-                "median s",
-                "min s",
-                "max s",
-                "lines/s",
-                "x replay",
-                "largest proc MB",
-                "peak tree RSS MB",
-            ],
-            rows,
-            1,
-        )
-    )
-    ratio = timings["analyze (logs)"].stats.median / replay
-    print(
-        f"\nanalyze over the logs takes {ratio:.2f}x replay's time; counts "
-        + ("match replay's on every round" if not problems else "DIFFER:")
-    )
-    for problem in problems:
-        print(f"  {problem}")
-    return {
-        "corpus": asdict(corpus) | {"mb": round(corpus.mb, 1)},
-        "ratio_analyze_replay": round(ratio, 3),
-        "counts_match": not problems,
-        "problems": problems,
-        "timings": {
-            name: {"stats": asdict(t.stats), "runs": [asdict(r) for r in t.runs]}
-            for name, t in timings.items()
-        },
-    }
+
+
+def bench_shape(
+    args: argparse.Namespace, cli: Sequence[str], shape: str
+) -> tuple[str, CorpusInfo, dict[str, Timings], list[str]]:
+    corpus = load_corpus(shape, args.events, args, args.out)
+    label = corpus_label(corpus, args.events, args.hostile_percent / 100)
+    workers = [] if args.workers is None else ["--workers", str(args.workers)]
+    timings = {name: Timings(name) for name in COMMANDS}
+    problems: list[str] = []
+    for round_ in range(1, args.repeat + 1):
+        log(f"{label}: round {round_}/{args.repeat}")
+        found = one_round(cli, corpus, args.out, workers, timings)
+        problems += [f"{label}, round {round_}: {p}" for p in found]
+    return label, corpus, timings, problems
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Time `runwatch analyze` next to `runwatch replay` on a simulated corpus "
+        description="Time `runwatch analyze` next to `runwatch replay` on corpus shapes "
         "and check that their counts agree."
     )
-    parser.add_argument(
-        "--events", type=int, default=1_000_000, help="events in the corpus (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--repeat",
-        type=int,
-        default=3,
-        help="rounds; the median is reported (default: %(default)s)",
-    )
+    add_corpus_options(parser, "simulator", 1_000_000)
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported")
     parser.add_argument(
         "--workers",
         type=int,
         metavar="N",
         help="--workers for replay and analyze (default: theirs)",
     )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=REPO / "bench-out",
-        metavar="DIR",
-        help="corpus and scratch files (default: bench-out/ in the repo)",
-    )
-    parser.add_argument(
-        "--json", type=Path, metavar="FILE", help="also write the figures as JSON to FILE"
-    )
+    add_output_options(parser)
     args = parser.parse_args(argv)
     if args.events < 1 or args.repeat < 1:
         parser.error("--events and --repeat must be at least 1")
@@ -227,23 +167,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    out: Path = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
     cli = runwatch_command()
     if "analyze" not in run_checked([*cli, "--help"]).stdout:
-        raise BenchError("this runwatch has no `analyze` command yet (see stream/cli/analyze.py)")
-    corpus = ensure_corpus(cli, out, args.events)
-    workers = [] if args.workers is None else ["--workers", str(args.workers)]
-    timings = {name: Timings(name) for name in COMMANDS}
-    problems: list[str] = []
-    for round_ in range(1, args.repeat + 1):
-        log(f"round {round_}/{args.repeat}")
-        problems += [f"round {round_}: {p}" for p in one_round(cli, corpus, out, workers, timings)]
-    figures = report(corpus, timings, problems, workers)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
-        print(f"\nfigures written to {args.json}")
+        raise BenchError("this runwatch has no `analyze` command")
+    machine = machine_facts()
+    shapes = [bench_shape(args, cli, shape) for shape in args.shape]
+    print(f"runwatch analyze benchmark, {machine_line(machine)}")
+    print(f"workers: {args.workers if args.workers is not None else 'default'}\n")
+    rows = [row for label, corpus, timings, _ in shapes for row in report(label, corpus, timings)]
+    headers = ["corpus", "command", "n", "median s", "CPU s", "lines/s", "x replay"]
+    print(render([*headers, "largest proc MB", "peak tree RSS MB"], rows))
+    problems = [p for *_, found in shapes for p in found]
+    figures: dict[str, Any] = {"machine": machine, "problems": problems}
+    for label, corpus, timings, _ in shapes:
+        ratio = timings["analyze (logs)"].median / timings["replay"].median
+        print(f"\n{label}: analyze over the logs takes {ratio:.2f}x replay's time")
+        figures[label] = {
+            "corpus": asdict(corpus),
+            "ratio_analyze_replay": round(ratio, 3),
+            "timings": {
+                name: [asdict(r) | {"stdout": None} for r in t.runs] for name, t in timings.items()
+            },
+        }
+    print("counts " + ("match replay's on every round" if not problems else "DIFFER:"))
+    for problem in problems:
+        print(f"  {problem}")
+    figures["counts_match"] = not problems
+    write_json(figures, args.json)
     return 1 if problems else 0
 
 

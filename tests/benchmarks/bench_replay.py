@@ -1,832 +1,363 @@
-"""Benchmark `runwatch replay` against `jq` on the same simulated corpus, and its peak memory.
+"""Benchmark `runwatch replay` against `jq` on the corpus shapes real deployments write, and
+its peak memory as the history grows.
 
-What it measures, and why:
+For each `--shape` of corpus.py (one big file of sequential runs; 40 rolled files of ~3,000
+interleaved runs; one giant run plus 50 small ones; the simulator's many small files), at
+--events events, optionally with --hostile-percent of hostile lines mixed in:
 
-* Throughput. `jq -c .run_id` over every file is the floor for "read and parse each JSON
-  line once" with a mature C tool; replay does that and also folds every event into run
-  state and writes a SQLite projection. The ratio replay/jq (target <= 1.0) says whether
-  replay keeps up with a plain JSON parse. Both run as subprocesses on the same files,
-  interleaved, with the page cache warmed first; wall clock, median of --repeat runs.
-* Memory. Replay is meant to stream: its peak memory should stay under 250 MB and be nearly
-  the same for 1M and 5M events. Replay forks worker processes, so one process's peak says
-  little. Reported per replay:
-    - largest process: the kernel's max RSS of any one process of the tree (`/usr/bin/time
-      %M`, or a `python -c` wrapper's RUSAGE_CHILDREN when `time` is missing);
-    - parent HWM: the replay process's own VmHWM;
-    - sum of HWMs: each process's VmHWM added up (an upper bound);
-    - peak tree RSS: the largest sum of VmRSS over the replay process and its workers seen
-      at the same moment, polling /proc every 50 ms. This is the figure the target is judged
-      on; it still counts copy-on-write pages shared after fork once per process;
-    - peak tree PSS: the same with proportional set size, which splits shared pages.
+* `jq -c .run_id` over the files (stdout to /dev/null): the floor for "read and parse each
+  JSON line once" with a mature C tool. Replay does that and also folds every event and
+  writes a SQLite projection; the ratio replay/jq (target <= 1.0) says whether it keeps up;
+* `runwatch replay` as a subprocess into a fresh database, once per `--workers` value
+  ("default" runs it without --workers), from the output folder so no config file is
+  picked up: wall time, CPU time of the whole tree and of the replay process alone, and
+  the peak memory of the tree (measure.py; target: peak tree RSS <= 250 MB);
+* the speedup from 1 to 2 workers, when both are asked for.
 
-The corpus comes from the real CLI (`runwatch simulate --seed 1`, ~199 events a run) and is
-reused while its marker file records the same arguments and simulator source. Replays run
-from the output directory, so no `config/runwatch.yaml` is picked up: built-in defaults.
-Targets are printed next to the figures; the script fails only when a command fails.
+Rounds interleave jq and the replays, after the page cache is warmed; medians of --repeat
+rounds. With --big-events, every shape is replayed once more at that size with the first
+--workers value, and the growth of its peak tree RSS is reported (target: nearly flat,
+x1.25 at most). Figures, not assertions: the script fails only when a command fails.
 
-Usage:  .venv/bin/python tests/benchmarks/bench_replay.py [--events N] [--big-events N]
-        [--repeat N] [--out DIR] [--json FILE]
+Usage:  .venv/bin/python tests/benchmarks/bench_replay.py [--shape A,B] [--events N]
+        [--hostile-percent P] [--workers default,0,1,2] [--repeat N] [--big-events N]
+        [--out DIR] [--json FILE]
+Smoke:  .venv/bin/python tests/benchmarks/bench_replay.py --shape single,simulator
+        --events 20000 --repeat 1 --big-events 40000 --hostile-percent 1
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
-import platform
-import re
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from benchkit import BenchError, count_lines, main_for, simulator_digest
+from benchkit import (
+    add_corpus_options,
+    add_output_options,
+    corpus_label,
+    finish_machine,
+    load_corpus,
+    log,
+    machine_facts,
+    machine_line,
+    main_for,
+    remove_database,
+    render,
+    runwatch_command,
+    verdict,
+    write_json,
+)
+from corpus import CorpusInfo
+from measure import POLL_S, Measured, measure
 
-REPO: Final = Path(__file__).resolve().parents[2]
-EVENTS_PER_RUN: Final = 199
-SEED: Final = 1
-MARKER: Final = ".bench-corpus.json"
-POLL_S: Final = 0.05
-GNU_TIME: Final = Path("/usr/bin/time")
+JQ: Final = "jq"
+# jq stops at the first line it cannot parse: with hostile lines it reads raw lines instead.
+JQ_PROGRAMS: Final = {False: "jq -c .run_id", True: "jq -cR 'fromjson? | .run_id'"}
 TARGET_RATIO: Final = 1.0
 TARGET_RSS_MB: Final = 250.0
-TARGET_GROWTH: Final = 1.25  # "nearly flat": the 5M peak at most 25 % above the 1M peak
-WORKERS_ENV: Final = "RUNWATCH_REPLAY_WORKERS"
-SOURCE_LAYERS: Final = ("stream", "projections", "sinks")
-MAXRSS_WRAPPER: Final = (
-    "import resource, subprocess, sys\n"
-    "code = subprocess.call(sys.argv[2:])\n"
-    "with open(sys.argv[1], 'w') as out:\n"
-    "    out.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
-    "sys.exit(code)\n"
-)
-
-
-# --- figures ------------------------------------------------------------------------------
+TARGET_GROWTH: Final = 1.25  # "nearly flat": the big corpus's peak at most 25 % above
 
 
 @dataclass(slots=True)
-class Corpus:
-    label: str
-    path: str
-    runs: int
-    events: int
-    lines: int
-    files: int
-    bytes: int
-    generated_s: float | None  # None: reused from an earlier benchmark
-    simulate_output: str
+class Timing:
+    """Every run of one command on one corpus."""
 
-    @property
-    def mb(self) -> float:
-        return self.bytes / 1e6
-
-
-@dataclass(slots=True)
-class Memory:
-    """Peak memory of one replay in MB (see the module docstring for each figure)."""
-
-    largest_process_mb: float = 0.0
-    parent_hwm_mb: float = 0.0
-    sum_of_hwm_mb: float = 0.0
-    tree_rss_mb: float = 0.0
-    tree_pss_mb: float = 0.0
-    processes: int = 0
-    samples: int = 0
-
-
-@dataclass(slots=True)
-class ReplayRun:
-    wall_s: float
-    memory: Memory
-    db_mb: float
-    summary: dict[str, Any]
-
-
-@dataclass(slots=True)
-class Stats:
-    n: int
-    median: float
-    min: float
-    max: float
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> Stats:
-        return cls(len(values), statistics.median(values), min(values), max(values))
-
-
-@dataclass(slots=True)
-class Measurement:
-    """All timings of one command on one corpus."""
-
-    corpus: str
     command: str
-    wall_s: list[float] = field(default_factory=list)
-    replays: list[ReplayRun] = field(default_factory=list)
+    runs: list[Measured] = field(default_factory=list)
+    summaries: list[dict[str, Any]] = field(default_factory=list)
 
     @property
-    def stats(self) -> Stats:
-        return Stats.of(self.wall_s)
+    def median(self) -> float:
+        return statistics.median(r.wall_s for r in self.runs)
+
+    @property
+    def median_cpu(self) -> float:
+        return statistics.median(r.cpu_s for r in self.runs)
 
     def peak(self, attribute: str) -> float:
-        return max(float(getattr(run.memory, attribute)) for run in self.replays)
+        return max(float(getattr(r.memory, attribute)) for r in self.runs)
 
 
-# --- commands -----------------------------------------------------------------------------
+@dataclass(slots=True)
+class ShapeResult:
+    label: str  # "single 1M"
+    corpus: CorpusInfo
+    timings: dict[str, Timing] = field(default_factory=dict)
+
+    def timing(self, command: str) -> Timing:
+        return self.timings.setdefault(command, Timing(command))
+
+    def replays(self) -> list[Timing]:
+        return [t for t in self.timings.values() if t.command != JQ]
 
 
-def runwatch_command() -> list[str]:
-    """The installed `runwatch` next to this interpreter, else `python -m`."""
-    script = Path(sys.executable).parent / "runwatch"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-m", "runwatch.stream.cli.main"]
+def replay_label(workers: str) -> str:
+    return "replay (default workers)" if workers == "default" else f"replay --workers {workers}"
 
 
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop(WORKERS_ENV, None)
-    return env
+def time_jq(corpus: CorpusInfo, out: Path, timing: Timing) -> None:
+    script = (
+        f"find {shlex.quote(corpus.path)} -name '*.jsonl' -print0 | sort -z "
+        f"| xargs -0 {JQ_PROGRAMS[corpus.hostile > 0]} > /dev/null"
+    )
+    timing.runs.append(measure(["sh", "-c", script], out))
 
 
-def run_checked(command: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(command, capture_output=True, text=True, check=False, **kwargs)
-    if result.returncode != 0:
-        raise BenchError(
-            f"`{shlex.join(command)}` exited with {result.returncode}:\n{result.stderr.strip()}"
-        )
+def time_replay(corpus: CorpusInfo, out: Path, workers: str, timing: Timing) -> None:
+    db = out / "bench-replay.db"
+    remove_database(db)  # every run starts from nothing, as the first one does
+    command = [*runwatch_command(), "replay", corpus.path, "--db", str(db), "--json"]
+    command += ["--no-progress"] + ([] if workers == "default" else ["--workers", workers])
+    run = measure(command, out)
+    summary = json.loads(run.stdout)
+    seen = summary["events_accepted"] + summary["events_duplicate"] + summary["events_rejected"]
+    if seen != corpus.events:
+        log(f"warning: replay saw {seen:,} lines, the corpus has {corpus.events:,}")
+    summary["db_mb"] = round(db.stat().st_size / 1e6, 1)
+    timing.runs.append(run)
+    timing.summaries.append(summary)
+    remove_database(db)
+
+
+def bench_shape(
+    args: argparse.Namespace, shape: str, events: int, workers: Sequence[str], repeat: int
+) -> ShapeResult:
+    out: Path = args.out
+    corpus = load_corpus(shape, events, args, out)
+    result = ShapeResult(corpus_label(corpus, events, args.hostile_percent / 100), corpus)
+    for round_ in range(1, repeat + 1):
+        if args.jq:
+            time_jq(corpus, out, result.timing(JQ))
+            log(f"{result.label} {round_}/{repeat}: jq {result.timing(JQ).runs[-1].wall_s:.2f} s")
+        for count in workers:
+            timing = result.timing(replay_label(count))
+            time_replay(corpus, out, count, timing)
+            run = timing.runs[-1]
+            log(
+                f"{result.label} {round_}/{repeat}: {timing.command}: {run.wall_s:.2f} s wall, "
+                f"{run.cpu_s:.2f} s CPU, peak tree RSS {run.memory.tree_rss_mb:.0f} MB"
+            )
     return result
 
 
-def has_workers_option(cli: Sequence[str]) -> bool:
-    return "--workers" in run_checked([*cli, "replay", "--help"]).stdout
+# --- report ---------------------------------------------------------------------------------
 
 
-def log(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+def speedup(result: ShapeResult) -> float | None:
+    slow, fast = result.timings.get(replay_label("1")), result.timings.get(replay_label("2"))
+    return slow.median / fast.median if slow and fast else None
 
 
-# --- corpus -------------------------------------------------------------------------------
-
-
-def label_for(events: int) -> str:
-    if events % 1_000_000 == 0:
-        return f"{events // 1_000_000}M"
-    if events % 1_000 == 0:
-        return f"{events // 1_000}k"
-    return str(events)
-
-
-def corpus_files(path: Path) -> list[Path]:
-    return sorted(path.rglob("*.jsonl"))
-
-
-def read_marker(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
-    """The marker's record if it was made with `key` and the files are still as written."""
-    try:
-        record: dict[str, Any] = json.loads((path / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-    files = corpus_files(path)
-    if (
-        record.get("key") != key
-        or record.get("files") != len(files)
-        or record.get("bytes") != sum(f.stat().st_size for f in files)
-    ):
-        return None
-    return record
-
-
-def parse_simulate_output(text: str) -> int | None:
-    """Events from `simulated N runs: E events in F files, X MB -> DIR`."""
-    match = re.search(r"simulated \d+ runs: (\d+) events", text)
-    return int(match.group(1)) if match else None
-
-
-def generate(cli: Sequence[str], path: Path, runs: int) -> tuple[str, float]:
-    if path.exists():
-        shutil.rmtree(path)  # the simulator leaves files with other names alone
-    command = [*cli, "simulate", "--out", str(path), "--runs", str(runs), "--seed", str(SEED)]
-    log(f"generating {path.name}: {shlex.join(command[-6:])}")
-    started = time.perf_counter()
-    result = run_checked(command, env=child_env())
-    return result.stdout.strip(), time.perf_counter() - started
-
-
-def ensure_corpus(cli: Sequence[str], out: Path, events: int) -> Corpus:
-    runs = max(1, events // EVENTS_PER_RUN)
-    path = out / f"corpus-{runs}runs-seed{SEED}"
-    key = {
-        "argv": ["simulate", "--runs", runs, "--seed", SEED],
-        "simulator_sha256": simulator_digest(),
-    }
-    record = read_marker(path, key)
-    generated_s = None
-    if record is None:
-        output, generated_s = generate(cli, path, runs)
-        files = corpus_files(path)
-        record = {
-            "key": key,
-            "output": output,
-            "files": len(files),
-            "bytes": sum(f.stat().st_size for f in files),
-        }
-        (path / MARKER).write_text(json.dumps(record, indent=2) + "\n")
-    else:
-        log(f"reusing {path.name} ({record['output']})")
-    files = corpus_files(path)
-    lines = count_lines(files)
-    found = parse_simulate_output(record["output"])
-    return Corpus(
-        label_for(events),
-        str(path),
-        runs,
-        lines if found is None else found,
-        lines,
-        len(files),
-        record["bytes"],
-        generated_s,
-        record["output"],
-    )
-
-
-# --- memory sampling ----------------------------------------------------------------------
-
-
-def process_parents() -> dict[int, int]:
-    """pid -> parent pid for every process visible in /proc."""
-    parents: dict[int, int] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as handle:
-                stat = handle.read()
-        except OSError:
-            continue
-        parents[int(entry.name)] = int(stat.rsplit(b")", 1)[1].split()[1])
-    return parents
-
-
-def descendants(root: int) -> list[int]:
-    """Every process below `root`, breadth first (the root itself excluded)."""
-    children: dict[int, list[int]] = {}
-    for pid, parent in process_parents().items():
-        children.setdefault(parent, []).append(pid)
-    found: list[int] = []
-    queue = [root]
-    while queue:
-        kids = children.get(queue.pop(0), [])
-        found.extend(kids)
-        queue.extend(kids)
-    return found
-
-
-def proc_kb(path: str, *keys: str) -> dict[str, int]:
-    """`key:  N kB` lines of a /proc file, in KB; missing keys (or process) read as 0."""
-    found = dict.fromkeys(keys, 0)
-    try:
-        with open(path) as handle:
-            for line in handle:
-                key = line.split(":", 1)[0]
-                if key in found:
-                    found[key] = int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return found
-
-
-class TreeSampler:
-    """Polls the memory of the processes below a wrapper (time or python) every 50 ms."""
-
-    def __init__(self, root: int) -> None:
-        self.root = root
-        self.memory = Memory()
-        self.hwm_kb: dict[int, int] = {}
-        self.parent_hwm_kb = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> TreeSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.memory.parent_hwm_mb = self.parent_hwm_kb / 1024
-        self.memory.sum_of_hwm_mb = sum(self.hwm_kb.values()) / 1024
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.sample()
-            self._stop.wait(POLL_S)
-
-    def sample(self) -> None:
-        pids = descendants(self.root)
-        if not pids:
-            return
-        rss = pss = 0
-        for pid in pids:
-            status = proc_kb(f"/proc/{pid}/status", "VmRSS", "VmHWM")
-            rss += status["VmRSS"]
-            pss += proc_kb(f"/proc/{pid}/smaps_rollup", "Pss")["Pss"]
-            hwm = status["VmHWM"]
-            self.hwm_kb[pid] = max(self.hwm_kb.get(pid, 0), hwm)
-            if pid == pids[0]:
-                self.parent_hwm_kb = max(self.parent_hwm_kb, hwm)
-        memory = self.memory
-        memory.samples += 1
-        memory.processes = max(memory.processes, len(pids))
-        memory.tree_rss_mb = max(memory.tree_rss_mb, rss / 1024)
-        memory.tree_pss_mb = max(memory.tree_pss_mb, pss / 1024)
-
-
-def with_maxrss(command: Sequence[str], report: Path) -> list[str]:
-    """`command` wrapped so the max RSS (KB) of its largest process lands in `report`."""
-    if GNU_TIME.exists():
-        return [str(GNU_TIME), "-o", str(report), "-f", "%M", *command]
-    return [sys.executable, "-c", MAXRSS_WRAPPER, str(report), *command]
-
-
-def read_maxrss_mb(report: Path) -> float:
-    lines = report.read_text().split()  # GNU time may put an exit-status line first
-    return int(lines[-1]) / 1024 if lines else 0.0
-
-
-# --- timed commands -----------------------------------------------------------------------
-
-
-def jq_script(corpus: Corpus) -> str:
-    return (
-        f"find {shlex.quote(corpus.path)} -name '*.jsonl' -print0 "
-        "| xargs -0 jq -c .run_id > /dev/null"
-    )
-
-
-def time_jq(corpus: Corpus) -> float:
-    started = time.perf_counter()
-    run_checked(["sh", "-c", jq_script(corpus)])
-    return time.perf_counter() - started
-
-
-def remove_database(db: Path) -> None:
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-
-
-def replay_command(cli: Sequence[str], corpus: Corpus, db: Path, workers: int | None) -> list[str]:
-    command = [*cli, "replay", corpus.path, "--db", str(db), "--json", "--no-progress"]
-    return command if workers is None else [*command, "--workers", str(workers)]
-
-
-def time_replay(cli: Sequence[str], corpus: Corpus, out: Path, workers: int | None) -> ReplayRun:
-    db = out / "bench.db"
-    remove_database(db)  # every run starts from nothing, as the first one does
-    wall, memory, stdout = run_measured(replay_command(cli, corpus, db, workers), out)
-    return ReplayRun(wall, memory, db.stat().st_size / 1e6, json.loads(stdout))
-
-
-def run_measured(command: Sequence[str], cwd: Path) -> tuple[float, Memory, str]:
-    """Run `command` once under the tree sampler: wall time, memory, and its stdout."""
-    with tempfile.TemporaryDirectory(dir=cwd) as scratch:
-        report = Path(scratch) / "maxrss"
-        started = time.perf_counter()
-        process = subprocess.Popen(
-            with_maxrss(command, report),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=cwd,
-            env=child_env(),
-        )
-        with TreeSampler(process.pid) as sampler:
-            stdout, stderr = process.communicate()
-        wall = time.perf_counter() - started
-        if process.returncode != 0:
-            raise BenchError(
-                f"`{shlex.join(command)}` exited with {process.returncode}:\n{stderr.strip()}"
-            )
-        sampler.memory.largest_process_mb = read_maxrss_mb(report)
-    return wall, sampler.memory, stdout
-
-
-def replay_label(workers: int | None) -> str:
-    return "replay (default workers)" if workers is None else f"replay --workers {workers}"
-
-
-def measure_replay(
-    cli: Sequence[str],
-    corpus: Corpus,
-    out: Path,
-    workers: int | None,
-    measurement: Measurement | None = None,
-) -> Measurement:
-    measurement = measurement or Measurement(corpus.label, replay_label(workers))
-    run = time_replay(cli, corpus, out, workers)
-    measurement.wall_s.append(run.wall_s)
-    measurement.replays.append(run)
-    check_summary(corpus, run.summary)
-    log(
-        f"{corpus.label}: {measurement.command}: {run.wall_s:.2f} s, peak tree RSS "
-        f"{run.memory.tree_rss_mb:.0f} MB"
-    )
-    return measurement
-
-
-def check_summary(corpus: Corpus, summary: dict[str, Any]) -> None:
-    seen = summary["events_accepted"] + summary["events_duplicate"] + summary["events_rejected"]
-    if summary["lines"] != corpus.lines or seen != corpus.lines:
-        log(
-            f"warning: {corpus.label}: replay read {summary['lines']:,} lines and saw "
-            f"{seen:,} events, the corpus has {corpus.lines:,} lines"
-        )
-    if summary["events_rejected"]:
-        log(f"warning: {corpus.label}: {summary['events_rejected']:,} events rejected")
-
-
-def bench_corpus(
-    cli: Sequence[str], corpus: Corpus, out: Path, repeat: int, jq: bool, in_process: bool
-) -> list[Measurement]:
-    """jq and replay interleaved `repeat` times, then one in-process replay if asked."""
-    jq_times = Measurement(corpus.label, "jq -c .run_id")
-    replays = Measurement(corpus.label, replay_label(None))
-    for round_ in range(1, repeat + 1):
-        if jq:
-            jq_times.wall_s.append(time_jq(corpus))
-            log(f"{corpus.label}: jq {round_}/{repeat}: {jq_times.wall_s[-1]:.2f} s")
-        measure_replay(cli, corpus, out, None, replays)
-    measurements = [jq_times, replays] if jq else [replays]
-    if in_process:
-        measurements.append(measure_replay(cli, corpus, out, 0))
-    return measurements
-
-
-# --- machine ------------------------------------------------------------------------------
-
-
-def first_line(command: Sequence[str], cwd: Path | None = None) -> str:
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=cwd)
-    except OSError:
-        return "unavailable"
-    return (result.stdout.strip() or result.stderr.strip() or "unavailable").splitlines()[0]
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def source_revision() -> str:
-    git = ["git", "--no-optional-locks", "-C", str(REPO)]
-    commit = first_line([*git, "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run(
-        [*git, "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    return f"{commit}{' + uncommitted changes' if dirty else ''}"
-
-
-def source_fingerprint() -> str:
-    """A digest of the package sources: replay runs them from the working tree (editable
-    install), so a change while the benchmark runs would mix two versions."""
-    digest = hashlib.sha256()
-    for path in sorted(p for layer in SOURCE_LAYERS for p in (REPO / layer).rglob("*.py")):
-        digest.update(path.relative_to(REPO).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def machine_facts(jq: str | None, cli: Sequence[str], workers_option: bool) -> dict[str, Any]:
-    memory_kb = proc_kb("/proc/meminfo", "MemTotal")["MemTotal"]
-    return {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)),
-        "cpu": cpu_model(),
-        "memory_gib": round(memory_kb / 1024 / 1024, 1),
-        "load_average_1_5_15": [round(load, 2) for load in os.getloadavg()],
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "jq": first_line([jq, "--version"]) if jq else "not installed",
-        "maxrss_via": str(GNU_TIME) if GNU_TIME.exists() else "python RUSAGE_CHILDREN wrapper",
-        "runwatch": shlex.join(cli),
-        "runwatch_source": source_revision(),
-        "source_fingerprint": source_fingerprint(),
-        "replay_workers_option": workers_option,
-    }
-
-
-# --- report -------------------------------------------------------------------------------
-
-
-def render(headers: Sequence[str], rows: Sequence[Sequence[str]], text_columns: int = 2) -> str:
-    """A plain table: the first `text_columns` columns left-aligned, numbers right-aligned."""
-    widths = [max(map(len, column)) for column in zip(headers, *rows, strict=True)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            cell.ljust(width) if i < text_columns else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    return "\n".join([line(headers), *map(line, rows)]).rstrip()
-
-
-def corpus_table(corpora: Sequence[Corpus]) -> str:
-    rows = [
-        [
-            c.label,
-            f"{c.runs:,}",
-            f"{c.events:,}",
-            f"{c.lines:,}",
-            f"{c.files:,}",
-            f"{c.mb:,.1f}",
-            "reused" if c.generated_s is None else f"{c.generated_s:.1f} s",
-        ]
-        for c in corpora
-    ]
-    return render(["corpus", "runs", "events", "lines", "files", "MB", "generated"], rows, 1)
-
-
-def timing_table(measurements: Sequence[Measurement], corpora: dict[str, Corpus]) -> str:
-    rows = []
-    for m in measurements:
-        s, lines = m.stats, corpora[m.corpus].lines
-        reported = (
-            f"{statistics.median(r.summary['events_per_s'] for r in m.replays):,.0f}"
-            if m.replays
-            else "-"
-        )
-        rows.append(
-            [
-                m.corpus,
-                m.command,
-                str(s.n),
-                f"{s.median:.2f}",
-                f"{s.min:.2f}",
-                f"{s.max:.2f}",
-                f"{lines / s.median:,.0f}",
-                reported,
-            ]
-        )
-    return render(
-        [
-            "corpus",
-            "command",
-            "n",
-            "median s",
-            "min s",
-            "max s",
-            "lines/s (wall)",
-            "events/s (runwatch)",
-        ],
-        rows,
-    )
-
-
-def memory_table(measurements: Sequence[Measurement]) -> str:
-    rows = [
-        [
-            m.corpus,
-            m.command,
-            f"{m.peak('largest_process_mb'):.0f}",
-            f"{m.peak('parent_hwm_mb'):.0f}",
-            f"{m.peak('sum_of_hwm_mb'):.0f}",
-            f"{m.peak('tree_rss_mb'):.0f}",
-            f"{m.peak('tree_pss_mb'):.0f}",
-            str(max(r.memory.processes for r in m.replays)),
-            f"{m.replays[-1].db_mb:.1f}",
-        ]
-        for m in measurements
-        if m.replays
-    ]
-    return render(
-        [
-            "corpus",
-            "command",
-            "largest proc",
-            "parent HWM",
-            "sum HWM",
-            "peak tree RSS",
-            "peak tree PSS",
-            "procs",
-            "db MB",
-        ],
-        rows,
-    )
-
-
-def verdict(ok: bool) -> str:
-    return "meets target" if ok else "MISSES target"
-
-
-def key_figures(
-    measurements: Sequence[Measurement], corpora: Sequence[Corpus], has_jq: bool
-) -> tuple[list[str], dict[str, Any]]:
-    """Readable lines and the same figures as a dict for --json."""
-    by = {(m.corpus, m.command): m for m in measurements}
-    lines: list[str] = []
-    figures: dict[str, Any] = {}
-    peaks: list[float] = []
-    for corpus in corpora:
-        replay = by[(corpus.label, replay_label(None))]
-        jq = by.get((corpus.label, "jq -c .run_id"))
-        rss, pss = replay.peak("tree_rss_mb"), replay.peak("tree_pss_mb")
-        peaks.append(rss)
+def figures_of(result: ShapeResult) -> dict[str, Any]:
+    corpus, jq = result.corpus, result.timings.get(JQ)
+    figures: dict[str, Any] = asdict(corpus) | {"mb": round(corpus.bytes / 1e6, 1)}
+    if jq:
+        figures |= {"jq_median_s": round(jq.median, 3), "jq_median_cpu_s": round(jq.median_cpu, 3)}
+    for timing in result.replays():
+        rss = timing.peak("tree_rss_mb")
         entry: dict[str, Any] = {
-            "events": corpus.events,
-            "lines": corpus.lines,
-            "mb": round(corpus.mb, 1),
-            "replay_median_s": round(replay.stats.median, 3),
-            "replay_lines_per_s": round(corpus.lines / replay.stats.median),
-            "peak_tree_rss_mb": round(rss, 1),
-            "peak_tree_pss_mb": round(pss, 1),
-            "largest_process_mb": round(replay.peak("largest_process_mb"), 1),
+            "median_s": round(timing.median, 3),
+            "median_cpu_s": round(timing.median_cpu, 3),
+            "median_parent_cpu_s": round(statistics.median(r.parent_cpu_s for r in timing.runs), 3),
+            "lines_per_s": round(corpus.events / timing.median),
+            "cpu_us_per_line": round(timing.median_cpu / corpus.events * 1e6, 2),
+            "memory_peaks_mb": {
+                name: round(timing.peak(name), 1)
+                for name in ("tree_rss_mb", "tree_pss_mb", "largest_process_mb", "parent_hwm_mb")
+            },
+            "processes": max(r.memory.processes for r in timing.runs),
+            "db_mb": timing.summaries[-1]["db_mb"],
+            "rss_meets_target": rss <= TARGET_RSS_MB,
         }
-        text = (
-            f"{corpus.label}: {corpus.events:,} events, {corpus.mb:,.0f} MB; replay "
-            f"{replay.stats.median:.2f} s = {corpus.lines / replay.stats.median:,.0f} "
-            "lines/s"
-        )
-        if jq and has_jq:
-            ratio = replay.stats.median / jq.stats.median
+        if jq:
+            ratio = timing.median / jq.median
             entry |= {
-                "jq_median_s": round(jq.stats.median, 3),
                 "ratio_replay_jq": round(ratio, 3),
                 "ratio_meets_target": ratio <= TARGET_RATIO,
             }
-            text += (
-                f"; jq {jq.stats.median:.2f} s; ratio replay/jq {ratio:.2f} "
-                f"(target <= {TARGET_RATIO:.1f}: {verdict(ratio <= TARGET_RATIO)})"
-            )
-        lines.append(text)
-        lines.append(
-            f"    peak RSS {rss:.0f} MB (PSS {pss:.0f} MB; largest single process "
-            f"{replay.peak('largest_process_mb'):.0f} MB) (target <= "
-            f"{TARGET_RSS_MB:.0f} MB: {verdict(rss <= TARGET_RSS_MB)})"
-        )
-        entry["rss_meets_target"] = rss <= TARGET_RSS_MB
-        figures[corpus.label] = entry
-    if len(peaks) == 2 and peaks[0] > 0:
-        growth = peaks[1] / peaks[0]
-        lines.append(
-            f"peak RSS {corpora[0].label} -> {corpora[1].label}: {peaks[0]:.0f} -> "
-            f"{peaks[1]:.0f} MB, x{growth:.2f} (target nearly flat, <= "
-            f"x{TARGET_GROWTH:.2f}: {verdict(growth <= TARGET_GROWTH)})"
-        )
-        figures["rss_growth"] = round(growth, 3)
-        figures["rss_growth_meets_target"] = growth <= TARGET_GROWTH
-    if not has_jq:
-        lines.append("jq is not installed: no jq timings, no replay/jq ratio")
-    return lines, figures
-
-
-def report(
-    machine: dict[str, Any],
-    corpora: Sequence[Corpus],
-    measurements: Sequence[Measurement],
-    has_jq: bool,
-) -> dict[str, Any]:
-    lines, figures = key_figures(measurements, corpora, has_jq)
-    by_label = {c.label: c for c in corpora}
-    print(
-        f"runwatch replay benchmark, {machine['date']}, source {machine['runwatch_source']} "
-        f"(sources {machine['source_fingerprint']})"
-    )
-    if machine["source_fingerprint_at_end"] != machine["source_fingerprint"]:
-        print(
-            f"WARNING: the sources changed during the run (now "
-            f"{machine['source_fingerprint_at_end']}): the figures mix two versions"
-        )
-    print(
-        f"machine: nproc {machine['nproc']} (usable {machine['usable_cpus']}), "
-        f"{machine['cpu']}, {machine['memory_gib']} GiB RAM; Python {machine['python']}; "
-        f"{machine['jq']}; max RSS via {machine['maxrss_via']}; load average at start "
-        f"{' '.join(map(str, machine['load_average_1_5_15']))}"
-    )
-    print(f"\ncorpora (runwatch simulate --seed {SEED}):\n{corpus_table(corpora)}")
-    print(
-        "\nwall-clock time (jq: find | xargs -0 jq -c .run_id > /dev/null):\n"
-        + timing_table(measurements, by_label)
-    )
-    print(
-        "\npeak memory per replay, MB (max over repeats; tree = replay process + "
-        f"workers, polled every {POLL_S * 1000:.0f} ms):\n{memory_table(measurements)}"
-    )
-    print("\nkey figures:\n" + "\n".join(f"  {line}" for line in lines))
+        figures[timing.command] = entry
+    gain = speedup(result)
+    if gain is not None:
+        figures["speedup_1_to_2_workers"] = round(gain, 3)
     return figures
 
 
-def as_json(
-    machine: dict[str, Any],
-    corpora: Sequence[Corpus],
-    measurements: Sequence[Measurement],
-    figures: dict[str, Any],
-) -> dict[str, Any]:
-    return {
-        "machine": machine,
-        "targets": {
-            "ratio_replay_jq_max": TARGET_RATIO,
-            "peak_rss_mb_max": TARGET_RSS_MB,
-            "rss_growth_max": TARGET_GROWTH,
-        },
-        "figures": figures,
-        "corpora": [asdict(c) | {"mb": round(c.mb, 1)} for c in corpora],
-        "measurements": [
-            {
-                "corpus": m.corpus,
-                "command": m.command,
-                "stats": asdict(m.stats),
-                "wall_s": m.wall_s,
-                "replays": [asdict(r) for r in m.replays],
-            }
-            for m in measurements
-        ],
-    }
+def timing_table(results: Sequence[ShapeResult]) -> str:
+    rows: list[list[str]] = []
+    for result in results:
+        corpus, jq = result.corpus, result.timings.get(JQ)
+        for timing in result.timings.values():
+            walls = [r.wall_s for r in timing.runs]
+            replayed = timing.command != JQ
+            ratio = f"{timing.median / jq.median:.2f}" if jq and replayed else "-"
+            rows.append(
+                [
+                    result.label,
+                    timing.command,
+                    str(len(walls)),
+                    f"{timing.median:.2f}",
+                    f"{min(walls):.2f}-{max(walls):.2f}",
+                    f"{corpus.events / timing.median:,.0f}",
+                    ratio,
+                    f"{timing.median_cpu:.2f}",
+                    f"{timing.median_cpu / corpus.events * 1e6:.1f}",
+                ]
+            )
+        if gain := speedup(result):
+            rows.append([result.label, "speedup 1 -> 2 workers", "", f"x{gain:.2f}", *[""] * 5])
+    headers = ["corpus", "command", "n", "median s", "range s", "lines/s", "replay/jq"]
+    return render([*headers, "CPU s", "CPU µs/line"], rows)
 
 
-# --- main ---------------------------------------------------------------------------------
+def memory_table(results: Sequence[ShapeResult]) -> str:
+    names = ("largest_process_mb", "parent_hwm_mb", "sum_of_hwm_mb", "tree_rss_mb", "tree_pss_mb")
+    rows = [
+        [
+            result.label,
+            t.command,
+            *(f"{t.peak(name):,.0f}" for name in names),
+            str(max(r.memory.processes for r in t.runs)),
+            f"{t.summaries[-1]['db_mb']:,.1f}",
+        ]
+        for result in results
+        for t in result.replays()
+    ]
+    headers = ["corpus", "command", "largest proc", "parent HWM", "sum HWM", "peak tree RSS"]
+    return render([*headers, "peak tree PSS", "procs", "db MB"], rows)
+
+
+def corpus_table(results: Sequence[ShapeResult]) -> str:
+    rows = [
+        [
+            r.label,
+            f"{r.corpus.events:,}",
+            f"{r.corpus.hostile:,}",
+            f"{r.corpus.runs:,}",
+            f"{r.corpus.largest_run_tasks:,}",
+            f"{r.corpus.files:,}",
+            f"{r.corpus.bytes / 1e6:,.0f}",
+        ]
+        for r in results
+    ]
+    headers = ["corpus", "lines", "hostile", "runs", "largest run (tasks)", "files", "MB"]
+    return render(headers, rows, 1)
+
+
+def key_lines(results: Sequence[ShapeResult], big: Sequence[ShapeResult]) -> list[str]:
+    lines = []
+    for result in results:
+        jq = result.timings.get(JQ)
+        for timing in result.replays():
+            rss = timing.peak("tree_rss_mb")
+            text = f"{result.label}, {timing.command}: peak tree RSS {rss:,.0f} MB "
+            text += f"(<= {TARGET_RSS_MB:.0f}: {verdict(rss <= TARGET_RSS_MB)})"
+            if jq:
+                ratio = timing.median / jq.median
+                text += f"; replay/jq {ratio:.2f} (<= 1.0: {verdict(ratio <= TARGET_RATIO)})"
+            lines.append(text)
+    small_of = {r.corpus.shape: r for r in results}
+    for result in big:
+        small = small_of[result.corpus.shape]
+        command = result.replays()[0].command
+        before = small.timings[command].peak("tree_rss_mb")
+        after = result.timings[command].peak("tree_rss_mb")
+        growth = after / before
+        lines.append(
+            f"{result.corpus.shape}, {command}: peak tree RSS {before:,.0f} MB at "
+            f"{small.label} -> {after:,.0f} MB at {result.label}, x{growth:.2f} "
+            f"(<= x{TARGET_GROWTH}: {verdict(growth <= TARGET_GROWTH)})"
+        )
+    return lines
+
+
+# --- main -----------------------------------------------------------------------------------
+
+
+def workers_list(text: str) -> list[str]:
+    values = [part.strip() for part in text.split(",") if part.strip()]
+    if not values or any(v != "default" and not v.isdigit() for v in values):
+        raise argparse.ArgumentTypeError("a comma list of worker counts >= 0 and 'default'")
+    return values
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Time `runwatch replay` against jq on a simulated corpus and measure "
-        "its peak memory at two corpus sizes."
+        description="Time `runwatch replay` against jq on corpus shapes, with CPU time, the "
+        "1 -> 2 worker speedup and the peak memory of the process tree."
     )
+    add_corpus_options(parser, "simulator", 1_000_000)
     parser.add_argument(
-        "--events",
-        type=int,
-        default=1_000_000,
-        help="events in the main corpus (default: %(default)s)",
+        "--workers",
+        type=workers_list,
+        default=["default", "0"],
+        help="replay --workers values, comma list; 'default' passes none (default: default,0)",
     )
+    parser.add_argument("--repeat", type=int, default=3, help="rounds; medians are reported")
     parser.add_argument(
         "--big-events",
         type=int,
         default=5_000_000,
-        help="events in the big corpus, timed once; 0 skips it (default: %(default)s)",
+        help="every shape once more at this size, first --workers value; 0 skips",
     )
-    parser.add_argument(
-        "--repeat",
-        type=int,
-        default=3,
-        help="timed runs on the main corpus; the median is reported (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=REPO / "bench-out",
-        metavar="DIR",
-        help="corpora and scratch databases (default: bench-out/ in the repo)",
-    )
-    parser.add_argument(
-        "--json", type=Path, metavar="FILE", help="also write every figure as JSON to FILE"
-    )
+    add_output_options(parser)
     args = parser.parse_args(argv)
-    if args.events < 1 or args.big_events < 0 or args.repeat < 1:
-        parser.error("--events and --repeat must be at least 1, --big-events at least 0")
+    if args.events < 1 or args.repeat < 1 or args.big_events < 0:
+        parser.error("--events and --repeat must be >= 1, --big-events >= 0")
     return args
 
 
 def run(args: argparse.Namespace) -> int:
-    out: Path = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    cli = runwatch_command()
-    jq = shutil.which("jq")
-    if jq is None:
-        log("jq is not installed: skipping the jq timings and the replay/jq ratio")
-    workers_option = has_workers_option(cli)
-    if not workers_option:
-        log("`runwatch replay` has no --workers option: no in-process replay timing")
-    machine = machine_facts(jq, cli, workers_option)
-    corpora = [ensure_corpus(cli, out, args.events)]
-    measurements = bench_corpus(cli, corpora[0], out, args.repeat, jq is not None, workers_option)
-    if args.big_events:
-        corpora.append(ensure_corpus(cli, out, args.big_events))
-        if corpora[1].label == corpora[0].label:
-            corpora[1].label += " (big)"
-        measurements += bench_corpus(cli, corpora[1], out, 1, jq is not None, False)
-    machine["source_fingerprint_at_end"] = source_fingerprint()
-    figures = report(machine, corpora, measurements, jq is not None)
-    if args.json:
-        args.json.write_text(
-            json.dumps(as_json(machine, corpora, measurements, figures), indent=2) + "\n"
-        )
-        print(f"\nfigures written to {args.json}")
+    args.out = args.out.resolve()
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.jq = shutil.which("jq") is not None
+    if not args.jq:
+        log("jq is not installed: no jq timings and no replay/jq ratio")
+    machine = machine_facts()
+    results = [bench_shape(args, s, args.events, args.workers, args.repeat) for s in args.shape]
+    sizes = [args.big_events] if args.big_events else []
+    big = [bench_shape(args, s, n, args.workers[:1], 1) for n in sizes for s in args.shape]
+    print(f"runwatch replay benchmark, {machine_line(machine)}")
+    finish_machine(machine)
+    every = [*results, *big]
+    print(f"\ncorpora (corpus.py, seed {args.seed}):\n{corpus_table(every)}")
+    print(
+        f"\nwall clock, medians (jq: find | sort | xargs {JQ_PROGRAMS[False]} > /dev/null; "
+        f"with hostile lines {JQ_PROGRAMS[True]}):\n{timing_table(every)}"
+    )
+    print(
+        f"\npeak memory, MB (max over rounds; the replay and its workers, polled every "
+        f"{POLL_S * 1000:.0f} ms):\n{memory_table(every)}"
+    )
+    print("\nkey figures:\n" + "\n".join(f"  {line}" for line in key_lines(results, big)))
+    document = {
+        "machine": machine,
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "targets": {
+            "ratio_replay_jq_max": TARGET_RATIO,
+            "peak_tree_rss_mb_max": TARGET_RSS_MB,
+            "rss_growth_max": TARGET_GROWTH,
+        },
+        "figures": {r.label: figures_of(r) for r in every},
+        "runs": {
+            r.label: {
+                command: {
+                    "runs": [asdict(m) | {"stdout": None} for m in t.runs],
+                    "summaries": t.summaries,
+                }
+                for command, t in r.timings.items()
+            }
+            for r in every
+        },
+    }
+    write_json(document, args.json)
     return 0
 
 

@@ -38,7 +38,8 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from benchkit import percentile, report_figures
+from benchkit import main_for, percentile, report_figures
+from measure import cpu_seconds
 
 from natsserver import NatsServer  # the tests' private nats-server
 from runwatch.stream.devtools.writer import simulate
@@ -79,12 +80,6 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
         process.send_signal(signal.SIGTERM)
     for process in processes:
         process.wait(30)
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a live process, all threads (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def stream_count(nats_url: str) -> int:
@@ -223,8 +218,11 @@ def latency(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    report_figures(run(args), args.json)
+    return main_for("bench_scaleout", parse_args, lambda args: report(run(args), args), argv)
+
+
+def report(figures: dict[str, object], args: argparse.Namespace) -> int:
+    report_figures(figures, args.json)
     return 0
 
 

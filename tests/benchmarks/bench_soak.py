@@ -30,16 +30,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from bench_tail import CounterPoller, Tailer, fresh_dir, read_derived
-from benchkit import BenchError, main_for, percentile, report_figures
+from benchkit import BenchError, fresh_dir, log, main_for, percentile, report_figures
+from tailer import CounterPoller, Tailer, commit_latencies, read_derived
 
 TARGET_RSS_MB: Final = 250.0
 STALL_AFTER_S: Final = 2.0
 FORGET_AFTER_S: Final = 30.0
-
-
-def log(message: str) -> None:
-    print(f"[bench_soak] {message}", flush=True)
 
 
 def stamp(ns: int) -> str:
@@ -181,15 +177,7 @@ def run(args: argparse.Namespace) -> int:
         code, _ = tailer.stop()
     finally:
         tailer.kill()
-    latencies: list[float] = []
-    changes = iter(poller.changes)
-    current = next(changes, None)
-    for k, sent_ns in enumerate(sent, start=base + 1):
-        while current is not None and current.accepted < k:
-            current = next(changes, None)
-        if current is None:
-            break
-        latencies.append((current.ns - sent_ns) / 1e6)
+    latencies = commit_latencies(poller.changes, sent, base)
     figures: dict[str, Any] = {
         "quiet_runs": args.quiet_runs,
         "good_runs": args.good_runs,

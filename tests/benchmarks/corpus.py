@@ -18,26 +18,32 @@ stream: memory is bounded by the runs in flight, never by the corpus size. A run
 are drawn by a generator, and the event counts are met by calibrating the mean run size on a
 scratch generator first, so a corpus lands within a run or two of the asked-for count.
 
+With a hostile share, `hostile.py` then inserts bad lines (mutated upstream lines, deep
+nesting, huge integers, invalid UTF-8, NUL bytes, over-long lines) before about that share
+of the lines; `events` counts them too (lines, as everywhere here), `hostile` says how many.
+
 Usage:  .venv/bin/python tests/benchmarks/corpus.py SHAPE --events N --out DIR [--seed S]
+        [--hostile-percent P]
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
 import json
 import math
 import sys
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass
-from datetime import date
 from pathlib import Path
 from random import Random
 from typing import IO, Any, Final
 
+import hostile
 import orjson
 
+from runwatch.stream.devtools import expected, plan, writer
+from runwatch.stream.devtools.plan import FILES, MESSAGES, TOOLS, Stamper, make_ulid
 from runwatch.stream.devtools.writer import simulate
 
 SHAPES: Final = ("single", "interleaved", "giant", "simulator")
@@ -57,34 +63,9 @@ CALIBRATION_RUNS: Final = 400
 _S: Final = 1_000_000
 _DUMPS: Final = orjson.dumps
 _NL: Final = orjson.OPT_APPEND_NEWLINE
-_B32: Final = bytes.maketrans(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-)
-_EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
-_TOOLS: Final = ("git", "pytest", "ruff", "mypy", "aider", "semgrep", "fs", "llm")
-_FILES: Final = tuple(
-    f"src/{pkg}/{mod}.py"
-    for pkg in ("core", "api", "cli", "store")
-    for mod in ("models", "service", "utils", "handlers")
-)
 _TASK_NAMES: Final = ("plan", "implement", "refactor", "lint", "typecheck", "unit-tests", "docs")
 _TASK_ERRORS: Final = ("tool exited with status 1", "timeout after 300s", "tests failed: 3 of 42")
-_MESSAGES: Final = {
-    "run_created": "run created",
-    "run_started": "run started",
-    "run_completed": "run completed",
-    "run_failed": "run failed",
-    "workstream_started": "workstream started",
-    "workstream_completed": "workstream completed",
-    "workstream_failed": "workstream failed",
-    "task_created": "task queued",
-    "task_started": "task started",
-    "task_progress": "task progress",
-    "tool_call_started": "tool call started",
-    "tool_call_completed": "tool call completed",
-    "task_completed": "task completed",
-    "task_failed": "task failed",
-}
+# Unlike the simulator's lines, progress lines here name the job.
 _JOB_KINDS: Final = frozenset(
     {"task_created", "task_started", "task_completed", "task_failed", "task_progress"}
 )
@@ -104,31 +85,24 @@ class CorpusInfo:
     bytes: int
     largest_run_tasks: int
     seed: int
+    hostile: int = 0  # hostile lines mixed in, counted in `events`
 
 
 # --- one run --------------------------------------------------------------------------------
 
 
 class Lines:
-    """Formats orchestrator lines; owns the id and timestamp helpers."""
+    """Formats orchestrator lines: the simulator's ids and timestamps from one generator."""
 
     def __init__(self, rng: Random) -> None:
         self.rng = rng
-        self._dates: dict[int, str] = {}
+        self._stamp = Stamper()
 
     def ulid(self, us: int) -> str:
-        value = (us // 1000) << 80 | self.rng.getrandbits(80)
-        return base64.b32encode(value.to_bytes(20, "big")).translate(_B32)[6:].decode()
+        return make_ulid(self.rng, us)
 
     def stamp(self, us: int) -> str:
-        secs, frac = divmod(us, _S)
-        days, secs = divmod(secs, 86400)
-        day = self._dates.get(days)
-        if day is None:
-            day = self._dates[days] = date.fromordinal(_EPOCH_ORDINAL + days).isoformat()
-        hours, secs = divmod(secs, 3600)
-        minutes, secs = divmod(secs, 60)
-        return f"{day}T{hours:02d}:{minutes:02d}:{secs:02d}.{frac:06d}Z"
+        return self._stamp(us, "Z")
 
 
 class Run:
@@ -218,8 +192,8 @@ class Run:
                         None,
                     )
                     continue
-                tool = _TOOLS[int(random() * len(_TOOLS))]
-                file = _FILES[int(random() * len(_FILES))] if random() < 0.5 else None
+                tool = TOOLS[int(random() * len(TOOLS))]
+                file = FILES[int(random() * len(FILES))] if random() < 0.5 else None
                 yield "tool_call_started", task, ws, {"call": call}, "info", tool, file
                 ok = random() >= 0.05
                 took = 200 + int(random() * 25_000)
@@ -254,7 +228,7 @@ class Run:
                 "event_type": kind,
                 "timestamp": lines.stamp(time),
                 "severity": severity,
-                "message": _MESSAGES[kind],
+                "message": MESSAGES[kind],
                 "run_id": self.run_id,
                 "workstream_id": ws,
                 "job_id": self.job_id if kind in _JOB_KINDS else None,
@@ -437,9 +411,10 @@ WRITERS: Final[dict[str, Callable[[Path, int, int], CorpusInfo]]] = {
 
 
 def generator_digest() -> str:
-    """This file's and the simulator's source: a cached corpus is rebuilt when either changes."""
-    digest = hashlib.sha256(Path(__file__).read_bytes())
-    digest.update(Path(sys.modules[simulate.__module__].__file__ or "").read_bytes())
+    """The sources that write a corpus: a cached one is rebuilt when any of them changes."""
+    digest = hashlib.sha256()
+    for module in (sys.modules[__name__], hostile, plan, expected, writer):
+        digest.update(Path(module.__file__ or "").read_bytes())
     return digest.hexdigest()[:16]
 
 
@@ -447,10 +422,20 @@ def corpus_files(path: Path) -> list[Path]:
     return sorted(path.rglob("*.jsonl"))
 
 
-def ensure(shape: str, events: int, seed: int, root: Path) -> tuple[CorpusInfo, bool]:
-    """The corpus of `shape` under `root`, reused when its marker matches; (info, reused)."""
-    path = root / f"shape-{shape}-{events}-seed{seed}"
-    key = {"shape": shape, "events": events, "seed": seed, "generator": generator_digest()}
+def ensure(
+    shape: str, events: int, seed: int, root: Path, hostile_share: float = 0.0
+) -> tuple[CorpusInfo, bool]:
+    """The corpus of `shape` under `root`, with a hostile line before about `hostile_share`
+    of its lines, reused when its marker matches; (info, reused)."""
+    mixed = f"-hostile{hostile_share:g}" if hostile_share else ""
+    path = root / f"shape-{shape}-{events}-seed{seed}{mixed}"
+    key = {
+        "shape": shape,
+        "events": events,
+        "seed": seed,
+        "hostile_share": hostile_share,
+        "generator": generator_digest(),
+    }
     try:
         record = json.loads((path / MARKER).read_text())
         files = corpus_files(path)
@@ -467,6 +452,11 @@ def ensure(shape: str, events: int, seed: int, root: Path) -> tuple[CorpusInfo, 
             old.unlink()
     path.mkdir(parents=True, exist_ok=True)
     info = WRITERS[shape](path, events, seed)
+    if hostile_share:
+        files = corpus_files(path)
+        info.hostile = hostile.mix(files, hostile_share, seed)
+        info.events += info.hostile
+        info.bytes = sum(f.stat().st_size for f in files)
     (path / MARKER).write_text(json.dumps({"key": key, "info": asdict(info)}, indent=2) + "\n")
     return info, False
 
@@ -477,8 +467,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, required=True, metavar="DIR")
+    parser.add_argument(
+        "--hostile-percent", type=float, default=0.0, help="hostile lines mixed in (hostile.py)"
+    )
     args = parser.parse_args(argv)
-    info, reused = ensure(args.shape, args.events, args.seed, args.out.resolve())
+    share = args.hostile_percent / 100
+    info, reused = ensure(args.shape, args.events, args.seed, args.out.resolve(), share)
     print(json.dumps(asdict(info) | {"reused": reused}))
     return 0
 

@@ -72,3 +72,33 @@ def test_a_marked_corpus_is_reused_and_a_changed_one_rewritten(tmp_path: Path) -
     rebuilt, reused = ensure("single", EVENTS, 1, tmp_path)
     assert not reused
     assert corpus_files(Path(rebuilt.path))[0].stat().st_size == info.bytes
+
+
+def test_hostile_lines_are_counted_and_leave_every_good_run_as_it_was(tmp_path: Path) -> None:
+    """Throughput and memory figures with bad input present mean something only if the bad
+    lines really reach the fold as bad lines and the corpus's own runs still fold the same."""
+    clean, _ = ensure("interleaved", EVENTS, 1, tmp_path)
+    mixed, _ = ensure("interleaved", EVENTS, 1, tmp_path, hostile_share=0.05)
+    mixed_files = corpus_files(Path(mixed.path))
+    assert mixed.hostile > 0.03 * clean.events
+    assert mixed.events == clean.events + mixed.hostile
+    assert sum(p.read_bytes().count(b"\n") for p in mixed_files) == mixed.events
+    assert mixed.bytes == sum(p.stat().st_size for p in mixed_files)
+
+    settings = Settings()
+    replay(
+        corpus_files(Path(clean.path)), tmp_path / "clean.db", settings, progress=False, workers=0
+    )
+    summary = replay(mixed_files, tmp_path / "mixed.db", settings, progress=False, workers=0)
+
+    tally = summary.tally
+    assert tally.accepted + tally.duplicate + tally.rejected_total == mixed.events
+    assert tally.rejected_total > mixed.hostile // 2
+    assert tally.rejected["line_too_long"] == 1
+    assert {"invalid_json", "invalid_utf8", "nul_bytes"} <= set(tally.rejected)
+    query = "SELECT run_id, status, tasks_total, tasks_failed FROM runs ORDER BY run_id"
+    clean_runs = sqlite3.connect(tmp_path / "clean.db").execute(query).fetchall()
+    mixed_runs = dict(
+        (row[0], row) for row in sqlite3.connect(tmp_path / "mixed.db").execute(query)
+    )
+    assert [mixed_runs.get(row[0]) for row in clean_runs] == clean_runs
