@@ -14,6 +14,7 @@ import pytest
 from hypothesis import settings
 
 from helpers import replay_into, run_cli, snapshot
+from receivers import WebhookReceiver
 
 # CI explores a fixed set of examples, so a landing never depends on luck; developers'
 # runs keep exploring new ones (and replay any failure from .hypothesis/).
@@ -87,3 +88,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             reporter.write_sep(
                 "!", f"{service} TESTS SKIPPED: {message} — {count} test(s)", red=True, bold=True
             )
+
+
+@pytest.fixture
+def hook() -> Iterator[WebhookReceiver]:
+    """A loopback webhook receiver, answering 200 unless scripted otherwise."""
+    with WebhookReceiver() as receiver:
+        yield receiver

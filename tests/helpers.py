@@ -12,6 +12,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Self
 
+import orjson
+
+from runwatch.sinks.store import open_store
+from runwatch.sinks.store.api import Changes, OutboxEntry
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.services.replay import ReplaySummary, replay
 from runwatch.stream.settings.service import Settings
@@ -85,6 +89,80 @@ def converged(db: Path) -> dict[str, Any]:
     for row in rows["runs"]:
         row.pop("stalled")
     return rows
+
+
+def notification(**changes: Any) -> dict[str, Any]:
+    """An alert notification as `Decisions` writes it into the outbox, with `changes`."""
+    note: dict[str, Any] = {
+        "id": "9f1c0aa5d2e34b7c",
+        "alert_id": "a1b2c3",
+        "rule": "run_failure",
+        "state": "firing",
+        "severity": "critical",
+        "group_key": "run_id=R1",
+        "labels": {
+            "alertname": "run_failure",
+            "severity": "critical",
+            "run_id": "R1",
+            "team": "ml",
+        },
+        "summary": "run R1 failed: 3 of 10 tasks failed",
+        "description": "tasks t3, t7, t9",
+        "run_id": "R1",
+        "event": {
+            "type": "run_finished",
+            "event_time": "2026-11-22T07:00:00Z",
+            "status": "failed",
+            "failed": 3,
+        },
+        "event_time": "2026-11-22T07:00:00.000000Z",
+        "starts_at": "2026-11-22T07:00:00.000000Z",
+        "ends_at": None,
+        "suppressed": 0,
+        "test": False,
+    }
+    return note | changes
+
+
+def record_alerts(store_target: Path | str, *entry_ids: str, channel: str = "hook") -> None:
+    """Record pending alert entries for `channel`, one run each, as a commit of the service
+    does."""
+    entries = [
+        OutboxEntry(
+            entry_id,
+            "alert",
+            channel,
+            "pending",
+            notification(
+                id=entry_id,
+                alert_id=f"alert-{entry_id}",
+                group_key=f"run_id=R-{entry_id}",
+                labels={"run_id": f"R-{entry_id}"},
+                summary=f"run R-{entry_id} failed",
+                run_id=f"R-{entry_id}",
+            ),
+            run_id=f"R-{entry_id}",
+            alert_id=f"alert-{entry_id}",
+            rule="run_failure",
+            event_time="2026-01-05T08:00:00.000000Z",
+        )
+        for entry_id in entry_ids
+    ]
+    store = open_store(store_target)
+    try:
+        store.commit(Changes(outbox=entries), "2026-01-05T08:00:01.000000Z")
+    finally:
+        store.close()
+
+
+def derived_events(store_target: Path | str) -> list[dict[str, Any]]:
+    """The derived events a store recorded (ALERT_SENT, ALERT_FAILED, …), oldest first."""
+    store = open_store(store_target)
+    try:
+        found = store.db.execute("SELECT data FROM derived_events ORDER BY seq").fetchall()
+        return [orjson.loads(data) for (data,) in found]
+    finally:
+        store.close()
 
 
 def wait_until(

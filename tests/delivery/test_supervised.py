@@ -12,32 +12,12 @@ from typing import Any
 
 import orjson
 
-from helpers import wait_until
+from helpers import record_alerts, wait_until
 from runwatch.sinks.store import connect, open_store
-from runwatch.sinks.store.api import Changes, OutboxEntry
 from runwatch.stream.delivery.dispatcher import Dispatcher, Handler, Result
 from runwatch.stream.services.health import delivery_workers, from_status_file, status_path
 from runwatch.stream.settings.alerts import DeliverySpec
 from runwatch.stream.settings.service import Settings
-
-
-def decide(url: str, entry_id: str) -> None:
-    store = open_store(url)
-    try:
-        entry = OutboxEntry(
-            entry_id,
-            "alert",
-            "hook",
-            "pending",
-            {"id": entry_id},
-            run_id="R1",
-            alert_id=f"alert-{entry_id}",
-            rule="run_failure",
-            event_time="2026-01-05T08:00:00.000000Z",
-        )
-        store.commit(Changes(outbox=[entry]), "2026-01-05T08:00:01.000000Z")
-    finally:
-        store.close()
 
 
 def state(url: str, entry_id: str) -> str | None:
@@ -67,7 +47,7 @@ def test_a_worker_survives_a_database_outage_and_health_names_it_meanwhile(
         return Result("delivered")
 
     handlers: dict[str, Handler] = {"hook": deliver}
-    decide(postgres_url, "v1")
+    record_alerts(postgres_url, "v1")
     dispatcher = Dispatcher(postgres_url, handlers, DeliverySpec())
     dispatcher.start()
     try:
@@ -83,7 +63,7 @@ def test_a_worker_survives_a_database_outage_and_health_names_it_meanwhile(
             assert "password" not in check.detail
         finally:
             rename_outbox(postgres_url, "outbox_away", "outbox")
-        decide(postgres_url, "v2")
+        record_alerts(postgres_url, "v2")
         dispatcher.poke()
         wait_until(lambda: state(postgres_url, "v2") == "delivered", "delivered after", 60)
         assert dispatcher.failing() == {}

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from helpers import notification
 from receivers import SmtpReceiver, WebhookReceiver, free_port
 from runwatch.sinks.channels import (
     NOT_ENDED,
@@ -40,44 +41,6 @@ VECTOR_ID = "msg_p5jXN8AQM9LWM0D4loKWxJek"
 VECTOR_TIMESTAMP = 1614265330
 VECTOR_BODY = b'{"test": 2432232314}'
 VECTOR_SIGNATURE = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
-
-
-def notification(**changes: Any) -> dict[str, Any]:
-    note: dict[str, Any] = {
-        "id": "9f1c0aa5d2e34b7c",
-        "alert_id": "a1b2c3",
-        "rule": "run_failure",
-        "state": "firing",
-        "severity": "critical",
-        "group_key": "run_id=R1",
-        "labels": {
-            "alertname": "run_failure",
-            "severity": "critical",
-            "run_id": "R1",
-            "team": "ml",
-        },
-        "summary": "run R1 failed: 3 of 10 tasks failed",
-        "description": "tasks t3, t7, t9",
-        "run_id": "R1",
-        "event": {
-            "type": "run_finished",
-            "event_time": "2026-11-22T07:00:00Z",
-            "status": "failed",
-            "failed": 3,
-        },
-        "event_time": "2026-11-22T07:00:00.000000Z",
-        "starts_at": "2026-11-22T07:00:00.000000Z",
-        "ends_at": None,
-        "suppressed": 0,
-        "test": False,
-    }
-    return note | changes
-
-
-@pytest.fixture
-def hook() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as receiver:
-        yield receiver
 
 
 @pytest.fixture
