@@ -15,6 +15,7 @@ from hypothesis import settings
 
 from helpers import replay_into, run_cli, snapshot
 from receivers import WebhookReceiver
+from runwatch.sinks.store import Store, open_store
 
 # CI explores a fixed set of examples, so a landing never depends on luck; developers'
 # runs keep exploring new ones (and replay any failure from .hypothesis/).
@@ -67,6 +68,24 @@ def postgres_url() -> Iterator[str]:
     yield f"{POSTGRES_URL}{'&' if '?' in POSTGRES_URL else '?'}schema={schema}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
         admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where a store lives, once for each backend: a SQLite file in a folder that does not
+    exist yet, or a PostgreSQL URL naming a fresh schema."""
+    if request.param == "sqlite":
+        return tmp_path / "state" / "runwatch.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def store(store_target: str | Path) -> Iterator[Store]:
+    """An open store on each backend in turn."""
+    opened = open_store(store_target)
+    yield opened
+    opened.close()
 
 
 PROCESS_TESTS = Path(__file__).parent / "process"

@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
-from runwatch.sinks.store import Store, open_store
+from runwatch.sinks.store import Store
 from runwatch.sinks.store.api import Changes, OutboxEntry
 
 NOW = "2026-01-01T00:00:00.000000Z"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    target = (
-        tmp_path / "rw.db" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    )
-    opened = open_store(target)
-    yield opened
-    opened.close()
 
 
 def job(entry_id: str, run_id: str, not_before: float) -> OutboxEntry:

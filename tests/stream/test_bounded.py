@@ -4,11 +4,9 @@ runless events in small groups, and alert storms — on real stores."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
-import pytest
 
 from runwatch.projections import detect_stalls
 from runwatch.projections.events import format_time
@@ -137,16 +135,6 @@ def test_runless_events_stay_deduplicated_in_small_groups(tmp_path: Path) -> Non
     processor.commit([])
     assert (processor.total.accepted, processor.total.duplicate) == (1, 2)
     store.close()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    target = (
-        tmp_path / "rw.db" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    )
-    opened = open_store(target)
-    yield opened
-    opened.close()
 
 
 def test_resolved_alert_states_are_deleted_once_their_window_is_over(store: Store) -> None:
