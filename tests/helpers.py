@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -14,9 +15,11 @@ from typing import Any, Self
 
 import orjson
 
+from runwatch.projections import Event
 from runwatch.sinks.store import open_store
 from runwatch.sinks.store.api import Changes, OutboxEntry
 from runwatch.sinks.store.sqlite import SqliteStore
+from runwatch.stream.core.decode import decode
 from runwatch.stream.services.replay import ReplaySummary, replay
 from runwatch.stream.settings.service import Settings
 from runwatch.stream.sources.discovery import expand
@@ -89,6 +92,18 @@ def converged(db: Path) -> dict[str, Any]:
     for row in rows["runs"]:
         row.pop("stalled")
     return rows
+
+
+def jsonl(**fields: Any) -> bytes:
+    """One JSONL line (without its line ending) holding `fields` (ints of any size allowed)."""
+    return json.dumps(fields).encode()
+
+
+def accepted(raw: bytes) -> Event:
+    """Decode a line that must be accepted."""
+    result = decode(raw)
+    assert isinstance(result, Event), f"{raw!r} was rejected: {result}"
+    return result
 
 
 def notification(**changes: Any) -> dict[str, Any]:
