@@ -36,6 +36,16 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "state" / "runwatch.db"
 
 
+@pytest.fixture
+def log(tmp_path: Path) -> Path:
+    """An empty log file, alone in the folder tmp_path/events."""
+    folder = tmp_path / "events"
+    folder.mkdir()
+    path = folder / "run.jsonl"
+    path.write_bytes(b"")
+    return path
+
+
 def skip_unreachable(service: str, address: str, reason: str) -> None:
     """Skip a test whose service is down, and say so loudly at the end; under CI, fail:
     CI runs these tests for real, so a missing service must not pass as green."""

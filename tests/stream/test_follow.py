@@ -109,15 +109,6 @@ class Writer:
 
 
 @pytest.fixture
-def log(tmp_path: Path) -> Path:
-    folder = tmp_path / "events"
-    folder.mkdir()
-    path = folder / "run.jsonl"
-    path.write_bytes(b"")
-    return path
-
-
-@pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "state" / "checkpoints.db"
 
