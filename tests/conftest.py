@@ -36,6 +36,16 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "state" / "runwatch.db"
 
 
+@pytest.fixture
+def log(tmp_path: Path) -> Path:
+    """An empty log file, alone in the folder tmp_path/events."""
+    folder = tmp_path / "events"
+    folder.mkdir()
+    path = folder / "run.jsonl"
+    path.write_bytes(b"")
+    return path
+
+
 def skip_unreachable(service: str, address: str, reason: str) -> None:
     """Skip a test whose service is down, and say so loudly at the end; under CI, fail:
     CI runs these tests for real, so a missing service must not pass as green."""
@@ -70,20 +80,20 @@ def postgres_url() -> Iterator[str]:
         admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
-@pytest.fixture
-def hook() -> Iterator[WebhookReceiver]:
-    """A loopback webhook receiver that records what it is sent."""
-    with WebhookReceiver() as receiver:
-        yield receiver
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """An open store of each backend: a fresh SQLite file, or a throw-away PostgreSQL schema."""
-    target = (
-        tmp_path / "rw.db" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    )
-    opened = open_store(target)
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> str | Path:
+    """Where a store lives, once for each backend: a SQLite file in a folder that does not
+    exist yet, or a PostgreSQL URL naming a fresh schema."""
+    if request.param == "sqlite":
+        return tmp_path / "state" / "runwatch.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def store(store_target: str | Path) -> Iterator[Store]:
+    """An open store on each backend in turn."""
+    opened = open_store(store_target)
     yield opened
     opened.close()
 
@@ -107,3 +117,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
             reporter.write_sep(
                 "!", f"{service} TESTS SKIPPED: {message} — {count} test(s)", red=True, bold=True
             )
+
+
+@pytest.fixture
+def hook() -> Iterator[WebhookReceiver]:
+    """A loopback webhook receiver, answering 200 unless scripted otherwise."""
+    with WebhookReceiver() as receiver:
+        yield receiver

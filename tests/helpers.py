@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -12,7 +13,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Self
 
+import orjson
+
+from runwatch.projections import Event
+from runwatch.sinks.store import open_store
+from runwatch.sinks.store.api import Changes, OutboxEntry
 from runwatch.sinks.store.sqlite import SqliteStore
+from runwatch.stream.core.decode import decode
 from runwatch.stream.services.replay import ReplaySummary, replay
 from runwatch.stream.settings.service import Settings
 from runwatch.stream.sources.discovery import expand
@@ -85,6 +92,92 @@ def converged(db: Path) -> dict[str, Any]:
     for row in rows["runs"]:
         row.pop("stalled")
     return rows
+
+
+def jsonl(**fields: Any) -> bytes:
+    """One JSONL line (without its line ending) holding `fields` (ints of any size allowed)."""
+    return json.dumps(fields).encode()
+
+
+def accepted(raw: bytes) -> Event:
+    """Decode a line that must be accepted."""
+    result = decode(raw)
+    assert isinstance(result, Event), f"{raw!r} was rejected: {result}"
+    return result
+
+
+def notification(**changes: Any) -> dict[str, Any]:
+    """An alert notification as `Decisions` writes it into the outbox, with `changes`."""
+    note: dict[str, Any] = {
+        "id": "9f1c0aa5d2e34b7c",
+        "alert_id": "a1b2c3",
+        "rule": "run_failure",
+        "state": "firing",
+        "severity": "critical",
+        "group_key": "run_id=R1",
+        "labels": {
+            "alertname": "run_failure",
+            "severity": "critical",
+            "run_id": "R1",
+            "team": "ml",
+        },
+        "summary": "run R1 failed: 3 of 10 tasks failed",
+        "description": "tasks t3, t7, t9",
+        "run_id": "R1",
+        "event": {
+            "type": "run_finished",
+            "event_time": "2026-11-22T07:00:00Z",
+            "status": "failed",
+            "failed": 3,
+        },
+        "event_time": "2026-11-22T07:00:00.000000Z",
+        "starts_at": "2026-11-22T07:00:00.000000Z",
+        "ends_at": None,
+        "suppressed": 0,
+        "test": False,
+    }
+    return note | changes
+
+
+def record_alerts(store_target: Path | str, *entry_ids: str, channel: str = "hook") -> None:
+    """Record pending alert entries for `channel`, one run each, as a commit of the service
+    does."""
+    entries = [
+        OutboxEntry(
+            entry_id,
+            "alert",
+            channel,
+            "pending",
+            notification(
+                id=entry_id,
+                alert_id=f"alert-{entry_id}",
+                group_key=f"run_id=R-{entry_id}",
+                labels={"run_id": f"R-{entry_id}"},
+                summary=f"run R-{entry_id} failed",
+                run_id=f"R-{entry_id}",
+            ),
+            run_id=f"R-{entry_id}",
+            alert_id=f"alert-{entry_id}",
+            rule="run_failure",
+            event_time="2026-01-05T08:00:00.000000Z",
+        )
+        for entry_id in entry_ids
+    ]
+    store = open_store(store_target)
+    try:
+        store.commit(Changes(outbox=entries), "2026-01-05T08:00:01.000000Z")
+    finally:
+        store.close()
+
+
+def derived_events(store_target: Path | str) -> list[dict[str, Any]]:
+    """The derived events a store recorded (ALERT_SENT, ALERT_FAILED, …), oldest first."""
+    store = open_store(store_target)
+    try:
+        found = store.db.execute("SELECT data FROM derived_events ORDER BY seq").fetchall()
+        return [orjson.loads(data) for (data,) in found]
+    finally:
+        store.close()
 
 
 def wait_until(

@@ -22,11 +22,11 @@ import email.policy
 import socket
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, Generic, Self, TypeVar, cast
 
 import orjson
@@ -38,6 +38,22 @@ T = TypeVar("T")
 # (status,), (status, headers), (status, headers, body) or ("hang", seconds): sleep, then 200.
 Response = tuple[Any, ...]
 _DEFAULT_REPLY: Response = (200, {}, b"")
+
+
+class Served(ABC):
+    """A server started on entering a `with` block and stopped on leaving it."""
+
+    @abstractmethod
+    def start(self) -> Self: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
 
 class Recorder(Generic[T]):
@@ -77,7 +93,7 @@ class ReceivedRequest:
     received_wall: float  # time.time()
 
 
-class WebhookReceiver:
+class WebhookReceiver(Served):
     """An HTTP server on 127.0.0.1 that records every request and answers as scripted.
 
     `script(*responses)` queues replies, one per request: `(503,)`, `(429, {"Retry-After":
@@ -131,17 +147,6 @@ class WebhookReceiver:
             self._server.server_close()
             self._thread.join()
             self._server = self._thread = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _next_reply(self) -> Response:
         with self._lock:
@@ -227,7 +232,7 @@ class ReceivedMail:
     data: bytes
 
 
-class SmtpReceiver:
+class SmtpReceiver(Served):
     """An aiosmtpd server on 127.0.0.1 that records accepted mail.
 
     `script(451, 550, ...)` makes the next messages get that reply to DATA instead of 250 (a
@@ -264,17 +269,6 @@ class SmtpReceiver:
 
     def stop(self) -> None:
         self._controller.stop()
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        trace: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         with self._lock:

@@ -11,64 +11,17 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
-from helpers import wait_until
+from helpers import derived_events, record_alerts, wait_until
 from receivers import WebhookReceiver
 from runwatch.sinks.channels import WebhookConfig
-from runwatch.sinks.store.api import Changes, OutboxEntry
-from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.delivery.dispatcher import Dispatcher, Handler, Result, backoff
 from runwatch.stream.delivery.handlers import channel_handler
 from runwatch.stream.settings.alerts import DeliverySpec
 
 DELIVERY = DeliverySpec(max_attempts=4, backoff_initial=0.2, backoff_max=1.0)
 SEED = 11
-
-
-def notification(entry_id: str, run_id: str) -> dict[str, Any]:
-    """An alert payload as `Decisions` writes it."""
-    return {
-        "id": entry_id,
-        "alert_id": f"alert-{entry_id}",
-        "rule": "run_failure",
-        "state": "firing",
-        "severity": "critical",
-        "group_key": f"run_id={run_id}",
-        "labels": {"run_id": run_id},
-        "summary": f"run {run_id} failed",
-        "run_id": run_id,
-        "event": {},
-        "event_id": f"E-{entry_id}",
-        "event_time": "2026-01-05T08:00:00.000000Z",
-        "starts_at": "2026-01-05T08:00:00.000000Z",
-        "ends_at": None,
-        "suppressed": 0,
-    }
-
-
-def decide(db: Path, *entry_ids: str, target: str = "hook") -> None:
-    """Record pending alert entries, as a commit of the service does."""
-    store = SqliteStore(db)
-    try:
-        entries = [
-            OutboxEntry(
-                entry_id,
-                "alert",
-                target,
-                "pending",
-                notification(entry_id, f"R-{entry_id}"),
-                run_id=f"R-{entry_id}",
-                alert_id=f"alert-{entry_id}",
-                rule="run_failure",
-                event_time="2026-01-05T08:00:00.000000Z",
-            )
-            for entry_id in entry_ids
-        ]
-        store.commit(Changes(outbox=entries), "2026-01-05T08:00:01.000000Z")
-    finally:
-        store.close()
 
 
 def entries(db: Path) -> dict[str, dict[str, Any]]:
@@ -80,18 +33,6 @@ def entries(db: Path) -> dict[str, dict[str, Any]]:
         )
         names = [d[0] for d in cursor.description]
         return {row[0]: dict(zip(names, row, strict=True)) for row in cursor}
-    finally:
-        connection.close()
-
-
-def recorded(db: Path) -> list[dict[str, Any]]:
-    """The derived events the dispatcher recorded (ALERT_SENT, ALERT_FAILED)."""
-    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        return [
-            orjson.loads(data)
-            for (data,) in connection.execute("SELECT data FROM derived_events ORDER BY seq")
-        ]
     finally:
         connection.close()
 
@@ -132,24 +73,24 @@ class Delivery:
 
 
 def test_each_entry_is_delivered_once_with_its_id(db: Path, hook: WebhookReceiver) -> None:
-    decide(db, "a1", "a2")
+    record_alerts(db, "a1", "a2")
     delivery = Delivery(db, hook.url)
     with delivery as dispatcher:
         wait_until(lambda: set(states(db).values()) == {"delivered"}, "both delivered")
-        decide(db, "a3")  # a later entry, announced by a poke as the service does
+        record_alerts(db, "a3")  # a later entry, announced by a poke as the service does
         dispatcher.poke()
         wait_until(lambda: states(db)["a3"] == "delivered", "the later entry delivered")
     # a3 was claimed after a1 and a2 were done: had they been pending still, they came first
     assert sorted(sent_ids(hook)) == ["a1", "a2", "a3"]
     assert {row["attempts"] for row in entries(db).values()} == {1}
-    sent = [event for event in recorded(db) if event["type"] == "ALERT_SENT"]
+    sent = [event for event in derived_events(db) if event["type"] == "ALERT_SENT"]
     assert sorted(event["id"] for event in sent) == ["a1", "a2", "a3"]
     assert delivery.records == 3 and delivery.failures == []
 
 
 def test_503_is_retried_with_exponential_backoff(db: Path, hook: WebhookReceiver) -> None:
     hook.script((503,), (503,))
-    decide(db, "b1")
+    record_alerts(db, "b1")
     with Delivery(db, hook.url):
         wait_until(lambda: states(db)["b1"] == "delivered", "delivered after two 503s")
     first, second, third = hook.requests
@@ -166,7 +107,7 @@ def test_503_is_retried_with_exponential_backoff(db: Path, hook: WebhookReceiver
 def test_retry_after_is_honoured(db: Path, hook: WebhookReceiver, status: int) -> None:
     """The receiver's Retry-After, not the (shorter) backoff, decides the next attempt."""
     hook.script((status, {"Retry-After": "1"}))
-    decide(db, "c1")
+    record_alerts(db, "c1")
     with Delivery(db, hook.url):
         wait_until(lambda: states(db)["c1"] == "delivered", "delivered after Retry-After")
     first, second = hook.requests
@@ -177,7 +118,7 @@ def test_retry_after_is_honoured(db: Path, hook: WebhookReceiver, status: int) -
 def test_wait_drained_returns_once_every_entry_is_done(db: Path, hook: WebhookReceiver) -> None:
     """`replay --deliver` waits on this: an entry waiting for its retry is not done yet."""
     hook.script((503, {"Retry-After": "1"}))
-    decide(db, "w1", "w2")
+    record_alerts(db, "w1", "w2")
     with Delivery(db, hook.url) as dispatcher:
         waiter = threading.Thread(target=dispatcher.wait_drained, daemon=True)
         waiter.start()
@@ -189,24 +130,24 @@ def test_wait_drained_returns_once_every_entry_is_done(db: Path, hook: WebhookRe
 
 def test_4xx_is_not_retried_and_is_marked_failed(db: Path, hook: WebhookReceiver) -> None:
     hook.script((400,))
-    decide(db, "d1")
+    record_alerts(db, "d1")
     delivery = Delivery(db, hook.url)
     with delivery as dispatcher:
         wait_until(lambda: states(db)["d1"] == "failed", "marked failed")
-        decide(db, "d2")
+        record_alerts(db, "d2")
         dispatcher.poke()
         wait_until(lambda: states(db)["d2"] == "delivered", "the next entry delivered")
     assert sent_ids(hook) == ["d1", "d2"], "the failed entry was not attempted again"
     failed = entries(db)["d1"]
     assert (failed["attempts"], failed["last_error"]) == (1, "HTTP 400")
     assert delivery.failures == [("d1", "HTTP 400")]
-    [event] = [e for e in recorded(db) if e["type"] == "ALERT_FAILED"]
+    [event] = [e for e in derived_events(db) if e["type"] == "ALERT_FAILED"]
     assert (event["id"], event["error"], event["attempts"]) == ("d1", "HTTP 400", 1)
 
 
 def test_retries_end_at_max_attempts(db: Path, hook: WebhookReceiver) -> None:
     hook.script(*[(503, {"Retry-After": "0"})] * DELIVERY.max_attempts)
-    decide(db, "e1")
+    record_alerts(db, "e1")
     delivery = Delivery(db, hook.url)
     with delivery:
         wait_until(lambda: states(db)["e1"] == "failed", "failed after max_attempts")
@@ -225,7 +166,7 @@ def test_a_failing_handler_is_retried_not_fatal(db: Path, hook: WebhookReceiver)
             raise RuntimeError("bug")
         return Result("delivered")
 
-    decide(db, "f1")
+    record_alerts(db, "f1")
     handlers: dict[str, Handler] = {"hook": flaky}
     dispatcher = Dispatcher(db, handlers, DeliverySpec(backoff_initial=0.05, backoff_max=0.05))
     dispatcher.start()
@@ -243,15 +184,15 @@ def test_restart_resumes_pending_entries_and_never_resends_delivered_ones(
     """Stopped with one attempt in flight and more entries waiting: after a restart the
     in-flight one is sent again with the same id, the waiting ones once, the delivered
     ones never."""
-    decide(db, "g1", "g2")
+    record_alerts(db, "g1", "g2")
     first = Delivery(db, hook.url, timeout=1.5)
     with first as dispatcher:
         wait_until(lambda: set(states(db).values()) == {"delivered"}, "g1 and g2 delivered")
         hook.script(("hang", 2.5))  # longer than the timeout: this attempt cannot succeed
-        decide(db, "g3")
+        record_alerts(db, "g3")
         dispatcher.poke()
         hook.wait_for(3)
-        decide(db, "g4")
+        record_alerts(db, "g4")
     # stop() does not wait for an attempt in flight; let it end, then look at the entries
     for thread in first.dispatcher.threads:
         thread.join(5)
@@ -268,7 +209,7 @@ def test_restart_resumes_pending_entries_and_never_resends_delivered_ones(
 
 def test_stop_wakes_an_idle_dispatcher_at_once(db: Path, hook: WebhookReceiver) -> None:
     """An idle channel thread waits up to 5 s for work; stop (which waits 0.5 s) wakes it."""
-    decide(db, "h1")
+    record_alerts(db, "h1")
     delivery = Delivery(db, hook.url)
     with delivery:
         wait_until(lambda: states(db)["h1"] == "delivered", "delivered")

@@ -9,6 +9,7 @@ from typing import Any
 
 from runwatch.projections import format_time
 from runwatch.sinks.reports import ReportsConfig
+from runwatch.sinks.store import reads
 from runwatch.sinks.store.api import Changes
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.delivery import jobs
@@ -64,14 +65,15 @@ def test_the_index_lists_the_newest_runs_and_counts_the_rest(tmp_path: Path) -> 
 
 
 def test_the_newest_runs_are_read_through_an_index_without_sorting(tmp_path: Path) -> None:
-    """The query walks `runs_recent` and stops after the limit: no sort of every row."""
+    """The index page's query walks `runs_recent` and stops after the limit: no sort of
+    every row."""
     SqliteStore(tmp_path / "rw.db").close()
     connection = sqlite3.connect(tmp_path / "rw.db")
-    plan = " ".join(
-        str(row[-1])
-        for row in connection.execute(
-            "EXPLAIN QUERY PLAN SELECT * FROM runs ORDER BY last_event_at DESC, run_id LIMIT 10"
-        )
-    )
+    statements: list[str] = []
+    connection.set_trace_callback(statements.append)
+    list(reads.newest_runs(connection, 10))
+    connection.set_trace_callback(None)
+    [query] = statements
+    plan = " ".join(str(row[-1]) for row in connection.execute(f"EXPLAIN QUERY PLAN {query}"))
     connection.close()
     assert "runs_recent" in plan and "TEMP B-TREE" not in plan

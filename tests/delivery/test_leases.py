@@ -9,13 +9,10 @@ import random
 import time
 from typing import Any
 
-import orjson
-
-from helpers import wait_until
+from helpers import derived_events, record_alerts, wait_until
 from receivers import WebhookReceiver
 from runwatch.sinks.channels import WebhookConfig
 from runwatch.sinks.store import connect, open_store, outbox, transaction
-from runwatch.sinks.store.api import Changes, OutboxEntry
 from runwatch.stream.delivery.dispatcher import LEASE_MARGIN_S, Dispatcher, Handler, Result
 from runwatch.stream.delivery.handlers import channel_handler
 from runwatch.stream.settings.alerts import DeliverySpec
@@ -23,37 +20,6 @@ from runwatch.stream.settings.alerts import DeliverySpec
 DELIVERY = DeliverySpec(max_attempts=1, backoff_initial=0.2, backoff_max=1.0)
 OLD_LEASE_S = 15.0
 """The fixed lease processors took before it was derived from the channel's timeout."""
-
-
-def decide(url: str, *entry_ids: str) -> None:
-    store = open_store(url)
-    try:
-        entries = [
-            OutboxEntry(
-                entry_id,
-                "alert",
-                "hook",
-                "pending",
-                {
-                    "id": entry_id,
-                    "rule": "run_failure",
-                    "state": "firing",
-                    "starts_at": "2026-01-05T08:00:00.000000Z",
-                    "severity": "critical",
-                    "group_key": f"run_id=R-{entry_id}",
-                    "summary": f"run R-{entry_id} failed",
-                    "run_id": f"R-{entry_id}",
-                },
-                run_id=f"R-{entry_id}",
-                alert_id=f"alert-{entry_id}",
-                rule="run_failure",
-                event_time="2026-01-05T08:00:00.000000Z",
-            )
-            for entry_id in entry_ids
-        ]
-        store.commit(Changes(outbox=entries), "2026-01-05T08:00:01.000000Z")
-    finally:
-        store.close()
 
 
 def rows(url: str) -> dict[str, tuple[str, int, float]]:
@@ -66,22 +32,13 @@ def rows(url: str) -> dict[str, tuple[str, int, float]]:
         store.close()
 
 
-def recorded(url: str) -> list[dict[str, Any]]:
-    store = open_store(url)
-    try:
-        found = store.db.execute("SELECT data FROM derived_events ORDER BY seq").fetchall()
-        return [orjson.loads(data) for (data,) in found]
-    finally:
-        store.close()
-
-
 def test_a_slow_attempt_keeps_its_lease_so_a_second_processor_does_not_resend(
     postgres_url: str, hook: WebhookReceiver
 ) -> None:
     """The receiver answers after 16 s, inside the channel's 20 s timeout: the attempt is
     good, and no other processor may take the entry meanwhile and send it again."""
     hook.script(("hang", OLD_LEASE_S + 1.0))
-    decide(postgres_url, "s1")
+    record_alerts(postgres_url, "s1")
     channel = WebhookConfig(url=hook.url, timeout=20.0).build("hook")
     failures: list[str] = []
     dispatchers = [
@@ -105,7 +62,7 @@ def test_a_slow_attempt_keeps_its_lease_so_a_second_processor_does_not_resend(
             dispatcher.stop()
     assert settled_with == 1, "sent again while the first attempt was still in flight"
     assert rows(postgres_url)["s1"][:2] == ("delivered", 1)
-    assert [e["type"] for e in recorded(postgres_url)] == ["ALERT_SENT"]
+    assert [e["type"] for e in derived_events(postgres_url)] == ["ALERT_SENT"]
     assert failures == []
 
 
@@ -115,7 +72,7 @@ def test_an_outcome_is_not_written_once_another_processor_leased_the_entry(
     """An attempt that overran its lease fails ("failed" would be ALERT_FAILED); meanwhile
     a second processor, whose clock says the lease is over, leased the entry. The first
     must neither settle it nor record ALERT_FAILED nor report a failure."""
-    decide(postgres_url, "t1")
+    record_alerts(postgres_url, "t1")
     other = connect(postgres_url)
     taken: list[outbox.Claim] = []
     failures: list[str] = []
@@ -139,7 +96,7 @@ def test_an_outcome_is_not_written_once_another_processor_leased_the_entry(
     dispatcher.start()
     try:
         wait_until(lambda: bool(taken), "the entry leased by the other processor")
-        decide(postgres_url, "t2")
+        record_alerts(postgres_url, "t2")
         dispatcher.poke()
         # one thread per target: t2 settled means the t1 attempt has ended
         wait_until(lambda: rows(postgres_url)["t2"][0] == "delivered", "the next entry")
@@ -147,7 +104,7 @@ def test_an_outcome_is_not_written_once_another_processor_leased_the_entry(
         dispatcher.stop()
     [claim] = taken
     assert rows(postgres_url)["t1"] == ("pending", 0, claim.token), "left to the new holder"
-    assert [e["id"] for e in recorded(postgres_url)] == ["t2"]
+    assert [e["id"] for e in derived_events(postgres_url)] == ["t2"]
     assert failures == []
     with transaction(other):  # the new holder's outcome is the one written
         assert outbox.settle(other, claim, "delivered", 1, None, "2026-01-05T08:00:02Z")
@@ -158,7 +115,7 @@ def test_an_outcome_is_not_written_once_another_processor_leased_the_entry(
 def test_a_lost_lease_writes_nothing_in_sql(postgres_url: str) -> None:
     """The fence itself: after another lease, the first claim's retry and settle match no
     row, while the second claim's do."""
-    decide(postgres_url, "u1")
+    record_alerts(postgres_url, "u1")
     first_connection, second_connection = connect(postgres_url), connect(postgres_url)
     try:
         now = time.time()

@@ -1,43 +1,25 @@
 """A delivery worker outlives its database's failures: a real dispatcher on a real
-PostgreSQL schema whose outbox table is taken away for a moment. Meanwhile the health checks
-(`/healthz` and `runwatch health`, through the status file) name the worker; afterwards it
-delivers again by itself."""
+PostgreSQL schema, sending to a loopback webhook receiver, while its outbox table is taken
+away for a moment. Meanwhile the health checks (`/healthz` and `runwatch health`, through
+the status file) name the worker; afterwards it delivers again by itself."""
 
 from __future__ import annotations
 
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import orjson
 
-from helpers import wait_until
+from helpers import record_alerts, wait_until
+from receivers import WebhookReceiver
+from runwatch.sinks.channels import WebhookConfig
 from runwatch.sinks.store import connect, open_store
-from runwatch.sinks.store.api import Changes, OutboxEntry
-from runwatch.stream.delivery.dispatcher import Dispatcher, Handler, Result
+from runwatch.stream.delivery.dispatcher import Dispatcher
+from runwatch.stream.delivery.handlers import channel_handler
 from runwatch.stream.services.health import delivery_workers, from_status_file, status_path
 from runwatch.stream.settings.alerts import DeliverySpec
 from runwatch.stream.settings.service import Settings
-
-
-def decide(url: str, entry_id: str) -> None:
-    store = open_store(url)
-    try:
-        entry = OutboxEntry(
-            entry_id,
-            "alert",
-            "hook",
-            "pending",
-            {"id": entry_id},
-            run_id="R1",
-            alert_id=f"alert-{entry_id}",
-            rule="run_failure",
-            event_time="2026-01-05T08:00:00.000000Z",
-        )
-        store.commit(Changes(outbox=[entry]), "2026-01-05T08:00:01.000000Z")
-    finally:
-        store.close()
 
 
 def state(url: str, entry_id: str) -> str | None:
@@ -58,17 +40,11 @@ def rename_outbox(url: str, old: str, new: str) -> None:
 
 
 def test_a_worker_survives_a_database_outage_and_health_names_it_meanwhile(
-    postgres_url: str,
+    postgres_url: str, hook: WebhookReceiver
 ) -> None:
-    delivered: list[str] = []
-
-    def deliver(payload: dict[str, Any]) -> Result:
-        delivered.append(payload["id"])
-        return Result("delivered")
-
-    handlers: dict[str, Handler] = {"hook": deliver}
-    decide(postgres_url, "v1")
-    dispatcher = Dispatcher(postgres_url, handlers, DeliverySpec())
+    channel = WebhookConfig(url=hook.url).build("hook")
+    record_alerts(postgres_url, "v1")
+    dispatcher = Dispatcher(postgres_url, {"hook": channel_handler(channel)}, DeliverySpec())
     dispatcher.start()
     try:
         wait_until(lambda: state(postgres_url, "v1") == "delivered", "the first entry")
@@ -83,14 +59,15 @@ def test_a_worker_survives_a_database_outage_and_health_names_it_meanwhile(
             assert "password" not in check.detail
         finally:
             rename_outbox(postgres_url, "outbox_away", "outbox")
-        decide(postgres_url, "v2")
+        record_alerts(postgres_url, "v2")
         dispatcher.poke()
         wait_until(lambda: state(postgres_url, "v2") == "delivered", "delivered after", 60)
         assert dispatcher.failing() == {}
         assert all(thread.is_alive() for thread in dispatcher.threads)
     finally:
         dispatcher.stop()
-    assert delivered == ["v1", "v2"]
+        channel.close()
+    assert [request.headers["webhook-id"] for request in hook.requests] == ["v1", "v2"]
 
 
 def test_runwatch_health_reads_the_workers_from_the_status_file(tmp_path: Path) -> None:

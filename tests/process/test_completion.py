@@ -8,6 +8,8 @@ import os
 import sqlite3
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -192,16 +194,31 @@ def test_kill_9_while_archiving_leaves_no_partial_zip_and_finishes_after_restart
     assert not [p for p in archive_dir.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_late_event_regenerates_reports_but_not_the_archive(tmp_path: Path) -> None:
-    """A finished run's archive is immutable; its reports follow the latest truth."""
-    logs = tmp_path / "in"
+@contextmanager
+def archived_then_late(
+    workdir: Path, kind: str, **extra: Any
+) -> Iterator[tuple[TailProcess, bytes]]:
+    """A service on workdir/rw.db that archived the finished run R1 and was then handed a
+    late `kind` event of R1's (stamped after the run's end); with the archive's bytes from
+    before the late event."""
+    logs = workdir / "in"
     logs.mkdir()
-    db = tmp_path / "rw.db"
-    with TailProcess(tmp_path, db, logs) as service:
+    db = workdir / "rw.db"
+    with TailProcess(workdir, db, logs) as service:
         append(logs / "events.jsonl", finished_run("R1"))
         service.wait_until(lambda: jobs(db).get("R1/archive") == "delivered")
-        archive = (tmp_path / ".archive" / "R1.zip").read_bytes()
-        append(logs / "events.jsonl", event("task_failed", "R1", 7, task_id="T2"))
+        archive = (workdir / ".archive" / "R1.zip").read_bytes()
+        append(logs / "events.jsonl", event(kind, "R1", 7, **extra))
+        yield service, archive
+
+
+def test_late_event_regenerates_reports_but_not_the_archive(tmp_path: Path) -> None:
+    """A finished run's archive is immutable; its reports follow the latest truth."""
+    db = tmp_path / "rw.db"
+    with archived_then_late(tmp_path, "task_failed", task_id="T2") as (
+        service,
+        archive,
+    ):
         service.wait_until(lambda: "RUN_STATUS_CHANGED" in trail_types(tmp_path))
         service.wait_until(lambda: trail_types(tmp_path).count("REPORT_GENERATED") == 2)
         assert service.stop() == 0
@@ -361,14 +378,8 @@ def test_a_late_event_regenerates_the_reports_and_is_recorded_against_the_archiv
 ) -> None:
     """An event for a run that was archived changes its reports, not its archive; the
     archival log says which events the archive lacks, and `status --run` shows them."""
-    logs = tmp_path / "in"
-    logs.mkdir()
     db = tmp_path / "rw.db"
-    with TailProcess(tmp_path, db, logs) as service:
-        append(logs / "events.jsonl", finished_run("R1"))
-        service.wait_until(lambda: jobs(db).get("R1/archive") == "delivered")
-        archive = (tmp_path / ".archive" / "R1.zip").read_bytes()
-        append(logs / "events.jsonl", event("artifact_uploaded", "R1", 7))
+    with archived_then_late(tmp_path, "artifact_uploaded") as (service, archive):
         service.wait_until(lambda: "RUN_UPDATED" in trail_types(tmp_path))
         service.wait_until(lambda: trail_types(tmp_path).count("REPORT_GENERATED") == 2)
         service.wait_until(lambda: trail_types(tmp_path).count("RUN_ARCHIVED") == 2)

@@ -232,13 +232,10 @@ def test_backlog_present_at_start_is_read_without_a_rescan(tmp_path: Path) -> No
         assert tail.stop() == 0
 
 
-def test_a_burst_larger_than_one_batch_is_read_to_its_end(tmp_path: Path) -> None:
+def test_a_burst_larger_than_one_batch_is_read_to_its_end(tmp_path: Path, log: Path) -> None:
     """`batch_max_bytes` bounds one commit, not what gets read: the rest of a burst must
     follow in the next passes without waiting for another write or a rescan."""
-    events = tmp_path / "events"
-    events.mkdir()
-    log = events / "run.jsonl"
-    log.write_bytes(b"")
+    events = log.parent
     config = write_config(tmp_path / "runwatch.yaml", rescan_interval="1h", batch_max_bytes="4096")
     db = tmp_path / "live.db"
     burst = sample_events(2000)  # ~220 KB in one write: dozens of 4 KiB batches
@@ -252,13 +249,12 @@ def test_a_burst_larger_than_one_batch_is_read_to_its_end(tmp_path: Path) -> Non
 # --- one database, one writer -------------------------------------------------------------
 
 
-def test_a_second_service_or_a_replay_on_the_same_database_is_refused(tmp_path: Path) -> None:
+def test_a_second_service_or_a_replay_on_the_same_database_is_refused(
+    tmp_path: Path, log: Path
+) -> None:
     """Two writers on one database would corrupt checkpoints; the second must refuse at once
     and say who holds it, and the first must go on unharmed."""
-    events = tmp_path / "events"
-    events.mkdir()
-    log = events / "run.jsonl"
-    log.write_bytes(b"")
+    events = log.parent
     db = tmp_path / "live.db"
     with TailProcess(tmp_path, db, events, args=("--quiet",)) as tail:
         wait_started(tail, tmp_path)
@@ -298,14 +294,12 @@ def test_a_second_service_or_a_replay_on_the_same_database_is_refused(tmp_path: 
 
 def test_sigterm_stops_promptly_with_exit_0_and_a_restart_continues_the_trail(
     tmp_path: Path,
+    log: Path,
 ) -> None:
     """Service managers send SIGTERM and escalate to SIGKILL after a grace period: the
     service must finish, record MONITOR_STOPPED, exit 0, and the next start must carry on
     the same audit trail."""
-    events = tmp_path / "events"
-    events.mkdir()
-    log = events / "run.jsonl"
-    log.write_bytes(b"")
+    events = log.parent
     db = tmp_path / "live.db"
     tail = TailProcess(tmp_path, db, events, args=("--quiet",))
     with tail:
@@ -339,13 +333,12 @@ def test_sigterm_stops_promptly_with_exit_0_and_a_restart_continues_the_trail(
 # --- the wall clock -----------------------------------------------------------------------
 
 
-def test_a_silent_run_is_flagged_stalled_on_the_wall_clock_and_recovers(tmp_path: Path) -> None:
+def test_a_silent_run_is_flagged_stalled_on_the_wall_clock_and_recovers(
+    tmp_path: Path, log: Path
+) -> None:
     """Live, a run that goes quiet must be flagged by the passing of time alone (no new
     event needs to arrive), and cleared by its next event."""
-    events = tmp_path / "events"
-    events.mkdir()
-    log = events / "run.jsonl"
-    log.write_bytes(b"")
+    events = log.parent
     config = write_config(tmp_path / "runwatch.yaml", stall_after="2s", tick_interval="0.2s")
     db = tmp_path / "live.db"
     with TailProcess(tmp_path, db, events, args=("--config", str(config))) as tail:
@@ -382,12 +375,9 @@ def test_a_silent_run_is_flagged_stalled_on_the_wall_clock_and_recovers(tmp_path
     assert "RUN_STALLED" in tail.output(), "derived events are also printed on the console"
 
 
-def test_heartbeats_are_recorded_at_the_configured_interval(tmp_path: Path) -> None:
+def test_heartbeats_are_recorded_at_the_configured_interval(tmp_path: Path, log: Path) -> None:
     """A HEARTBEAT in the trail is how an operator tells a quiet service from a dead one."""
-    events = tmp_path / "events"
-    events.mkdir()
-    log = events / "run.jsonl"
-    log.write_bytes(b"")
+    events = log.parent
     config = write_config(tmp_path / "runwatch.yaml", heartbeat_interval="0.5s")
     db = tmp_path / "live.db"
     with TailProcess(tmp_path, db, events, args=("--config", str(config), "--quiet")) as tail:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -128,13 +128,30 @@ def test_healthz_flips_with_the_database_and_the_archive_disk(tmp_path: Path) ->
     assert "FAIL  monitor_heartbeat" in stopped.stdout
 
 
+def listening_addresses(port: int) -> set[str]:
+    """The IPv4 and IPv6 addresses a socket listens on at `port`, from the kernel's tables."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add(str(ipaddress.ip_address(words)))
+    return found
+
+
 def test_metrics_server_binds_loopback_by_default(tmp_path: Path) -> None:
     """Secure by default: a bare :PORT must not listen on every interface."""
     logs = tmp_path / "in"
     logs.mkdir()
     with TailProcess(tmp_path, tmp_path / "rw.db", logs, args=("--metrics-addr", ":0")) as service:
-        assert base_url(service).startswith("http://127.0.0.1:")
-        time.sleep(0.2)
+        url = base_url(service)
+        assert url.startswith("http://127.0.0.1:")
+        assert requests.get(url + "/metrics", timeout=5).status_code == 200
+        port = int(url.rpartition(":")[2])
+        assert listening_addresses(port) == {"127.0.0.1"}, "what the socket is bound to"
         assert service.stop() == 0
     bad = run_cli(
         "tail", logs, "--db", tmp_path / "x.db", "--metrics-addr", "nowhere", cwd=tmp_path

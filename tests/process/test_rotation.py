@@ -154,17 +154,8 @@ def save_aside(tmp_path: Path, log: Path) -> Path:
     return copy
 
 
-def new_log(tmp_path: Path) -> Path:
-    events = tmp_path / "events"
-    events.mkdir()
-    log = events / "run.jsonl"
-    log.write_bytes(b"")
-    return log
-
-
-def test_rename_rotation_create_style(tmp_path: Path) -> None:
+def test_rename_rotation_create_style(tmp_path: Path, log: Path) -> None:
     """logrotate `create` loses nothing: the renamed file is finished, the new one read from 0."""
-    log = new_log(tmp_path)
     rotated = log.with_name("run.jsonl.1")
     events = Events()
     with tail_for(tmp_path, log.parent) as tail:
@@ -190,9 +181,8 @@ def test_rename_rotation_create_style(tmp_path: Path) -> None:
     assert_replays_equal(tmp_path)
 
 
-def test_copytruncate_reads_unread_lines_from_the_copy(tmp_path: Path) -> None:
+def test_copytruncate_reads_unread_lines_from_the_copy(tmp_path: Path, log: Path) -> None:
     """Lines unread at copytruncate time exist only in the copy, so they must be read from it."""
-    log = new_log(tmp_path)
     copy = log.with_name("run.jsonl.1")
     events = Events()
     with tail_for(tmp_path, log.parent) as tail:
@@ -216,9 +206,8 @@ def test_copytruncate_reads_unread_lines_from_the_copy(tmp_path: Path) -> None:
     assert_replays_equal(tmp_path)
 
 
-def test_truncate_then_regrow_past_the_old_offset(tmp_path: Path) -> None:
+def test_truncate_then_regrow_past_the_old_offset(tmp_path: Path, log: Path) -> None:
     """A file rewritten past the old offset is not mistaken for an append: it is read from 0."""
-    log = new_log(tmp_path)
     events = Events()
     with tail_for(tmp_path, log.parent) as tail:
         writer = log.open("ab")
@@ -239,9 +228,8 @@ def test_truncate_then_regrow_past_the_old_offset(tmp_path: Path) -> None:
     assert_replays_equal(tmp_path, lost)
 
 
-def test_delete_and_recreate_reads_the_new_file_from_zero(tmp_path: Path) -> None:
+def test_delete_and_recreate_reads_the_new_file_from_zero(tmp_path: Path, log: Path) -> None:
     """A name deleted and created again is a new file; the old one is finished through its fd."""
-    log = new_log(tmp_path)
     events = Events()
     with tail_for(tmp_path, log.parent) as tail:
         with log.open("ab") as writer:
@@ -286,9 +274,8 @@ def test_files_appearing_after_start_are_followed(tmp_path: Path) -> None:
     assert_replays_equal(tmp_path)
 
 
-def test_partial_line_waits_for_its_newline_even_across_restart(tmp_path: Path) -> None:
+def test_partial_line_waits_for_its_newline_even_across_restart(tmp_path: Path, log: Path) -> None:
     """A line without its `\\n` is never parsed early, lost or applied twice, across restarts."""
-    log = new_log(tmp_path)
     events = Events()
     tail = tail_for(tmp_path, log.parent)
     with tail:
@@ -325,9 +312,8 @@ def test_partial_line_waits_for_its_newline_even_across_restart(tmp_path: Path) 
     assert_replays_equal(tmp_path)
 
 
-def test_crlf_lines(tmp_path: Path) -> None:
+def test_crlf_lines(tmp_path: Path, log: Path) -> None:
     """Windows writers end lines with `\\r\\n`; the `\\r` must not change or reject an event."""
-    log = new_log(tmp_path)
     events = Events()
     with tail_for(tmp_path, log.parent) as tail:
         with log.open("ab") as writer:
@@ -359,9 +345,8 @@ with open(path, "ab") as out:
 """
 
 
-def test_burst_of_100k_lines(tmp_path: Path) -> None:
+def test_burst_of_100k_lines(tmp_path: Path, log: Path) -> None:
     """A writer dumping 100,000 lines at full speed loses none of them and matches a replay."""
-    log = new_log(tmp_path)
     with tail_for(tmp_path, log.parent) as tail:
         started(tail)
         subprocess.run([sys.executable, "-c", WRITER, str(log), "100000"], check=True, timeout=60)
@@ -372,9 +357,8 @@ def test_burst_of_100k_lines(tmp_path: Path) -> None:
     assert_replays_equal(tmp_path)
 
 
-def test_inode_reuse_while_stopped_reads_the_new_file_from_zero(tmp_path: Path) -> None:
+def test_inode_reuse_while_stopped_reads_the_new_file_from_zero(tmp_path: Path, log: Path) -> None:
     """A file replaced while stopped (inode maybe reused) is read from 0, not the old offset."""
-    log = new_log(tmp_path)
     events = Events()
     tail = tail_for(tmp_path, log.parent)
     with tail:
@@ -397,9 +381,8 @@ def test_inode_reuse_while_stopped_reads_the_new_file_from_zero(tmp_path: Path) 
     assert_replays_equal(tmp_path, lost)
 
 
-def test_rename_rotation_while_stopped_finishes_the_rotated_file(tmp_path: Path) -> None:
+def test_rename_rotation_while_stopped_finishes_the_rotated_file(tmp_path: Path, log: Path) -> None:
     """Rotation often happens while the service is down: the renamed file is still finished."""
-    log = new_log(tmp_path)
     events = Events()
     tail = tail_for(tmp_path, log.parent)
     with tail:
@@ -421,9 +404,10 @@ def test_rename_rotation_while_stopped_finishes_the_rotated_file(tmp_path: Path)
     assert_replays_equal(tmp_path)
 
 
-def test_copytruncate_while_stopped_reads_unread_lines_from_the_copy(tmp_path: Path) -> None:
+def test_copytruncate_while_stopped_reads_unread_lines_from_the_copy(
+    tmp_path: Path, log: Path
+) -> None:
     """copytruncate while the service is down must not lose the lines that are only in the copy."""
-    log = new_log(tmp_path)
     copy = log.with_name("run.jsonl.1")
     events = Events()
     tail = tail_for(tmp_path, log.parent)

@@ -368,12 +368,11 @@ handle.close()
 '''
 
 
-def test_rotation_while_shipping_loses_nothing(tmp_path: Path, server: NatsServer) -> None:
+def test_rotation_while_shipping_loses_nothing(
+    tmp_path: Path, log: Path, server: NatsServer
+) -> None:
     """Log rotation under a live writer must not drop or repeat a line."""
-    events = tmp_path / "events"
-    events.mkdir()
-    log = events / "run.jsonl"
-    log.write_bytes(b"")
+    events = log.parent
     with Shipper(tmp_path, server.url, log) as shipper:
         time.sleep(0.5)
         subprocess.run(

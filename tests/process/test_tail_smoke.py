@@ -9,12 +9,9 @@ import orjson
 from helpers import TailProcess, converged, replay_into
 
 
-def test_follows_appends_and_matches_replay(tmp_path: Path) -> None:
+def test_follows_appends_and_matches_replay(tmp_path: Path, log: Path) -> None:
     """Lines appended while the service runs land in the projection, equal to a replay."""
-    events = tmp_path / "events"
-    events.mkdir()
-    log = events / "run.jsonl"
-    log.write_bytes(b"")
+    events = log.parent
     db = tmp_path / "live.db"
     with TailProcess(tmp_path, db, events) as tail:
         with log.open("ab") as handle:

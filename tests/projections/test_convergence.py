@@ -264,10 +264,13 @@ def arrange(
 
 
 PROPERTY = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SEEDS = st.integers(0, 2**32)
+REPEATS = st.integers(0, 30)
+"""How many events arrive a second time."""
 
 
 @PROPERTY
-@given(events=decoded(), seed=st.integers(0, 2**32), duplicates=st.integers(0, 30))
+@given(events=decoded(), seed=SEEDS, duplicates=REPEATS)
 def test_any_order_with_duplicates_folds_to_the_same_rows(
     events: list[Event], seed: int, duplicates: int
 ) -> None:
@@ -279,9 +282,9 @@ def test_any_order_with_duplicates_folds_to_the_same_rows(
 @PROPERTY
 @given(
     events=decoded(),
-    seed=st.integers(0, 2**32),
+    seed=SEEDS,
     parts=st.integers(2, 6),
-    duplicates=st.integers(0, 30),
+    duplicates=REPEATS,
 )
 def test_chunks_merged_in_any_order_give_the_sequential_fold(
     events: list[Event], seed: int, parts: int, duplicates: int
@@ -299,7 +302,7 @@ def test_chunks_merged_in_any_order_give_the_sequential_fold(
 
 
 @PROPERTY
-@given(events=decoded(), seed=st.integers(0, 2**32))
+@given(events=decoded(), seed=SEEDS)
 def test_merging_a_state_into_itself_or_a_copy_changes_nothing(
     events: list[Event], seed: int
 ) -> None:
@@ -373,9 +376,9 @@ def stored(state: RunState) -> RunState:
 @PROPERTY
 @given(
     events=decoded(),
-    seed=st.integers(0, 2**32),
+    seed=SEEDS,
     parts=st.integers(1, 6),
-    duplicates=st.integers(0, 30),
+    duplicates=REPEATS,
 )
 def test_counts_stay_in_step_through_apply_merge_and_restore(
     events: list[Event], seed: int, parts: int, duplicates: int

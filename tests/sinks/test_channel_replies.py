@@ -6,26 +6,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
+from helpers import notification
 from receivers import WebhookReceiver
 from runwatch.sinks.channels import Outcome, SlackConfig, WebhookConfig
 
-NOTIFICATION: dict[str, Any] = {
-    "id": "9f1c0aa5d2e34b7c",
-    "alert_id": "a1b2c3",
-    "rule": "run_failure",
-    "state": "firing",
-    "severity": "critical",
-    "group_key": "run_id=R1",
-    "labels": {"run_id": "R1"},
-    "summary": "run R1 failed",
-    "run_id": "R1",
-    "event_time": "2026-11-22T07:00:00.000000Z",
-    "starts_at": "2026-11-22T07:00:00.000000Z",
-}
 # Loopback socket buffers hold a few MiB that the server counts as sent; an uncapped
 # reader takes everything the server can send.
 BUFFERED = 32 << 20
@@ -49,7 +36,7 @@ def test_webhook_stops_reading_an_endless_reply(
     hook.script(("endless", status))
     channel = WebhookConfig(url=hook.url).build("hook")
     try:
-        outcome = send_in_thread(lambda: channel.send(NOTIFICATION))
+        outcome = send_in_thread(lambda: channel.send(notification()))
     finally:
         channel.close()
     assert outcome == Outcome(expected, f"HTTP {status}")
@@ -63,7 +50,7 @@ def test_slack_reads_at_most_a_bounded_prefix_of_an_endless_reply(hook: WebhookR
     hook.script(("endless", 400))
     channel = SlackConfig(url=hook.url, min_interval=0).build("slack")
     try:
-        outcome = send_in_thread(lambda: channel.send(NOTIFICATION))
+        outcome = send_in_thread(lambda: channel.send(notification()))
     finally:
         channel.close()
     assert outcome == Outcome("failed", "HTTP 400")
@@ -76,6 +63,6 @@ def test_slack_error_code_still_arrives_after_the_cap(hook: WebhookReceiver) -> 
     hook.script((404, {}, b"channel_not_found"))
     channel = SlackConfig(url=hook.url, min_interval=0).build("slack")
     try:
-        assert channel.send(NOTIFICATION) == Outcome("failed", "HTTP 404 channel_not_found")
+        assert channel.send(notification()) == Outcome("failed", "HTTP 404 channel_not_found")
     finally:
         channel.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,22 +48,6 @@ from runwatch.stream.sources.discovery import checkpoint_for, expand
 NOW = "2026-01-01T00:00:00.000000Z"
 GOLDEN = Path(__file__).parents[1] / "golden"
 Where = str | Path
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> Where:
-    """Where a store lives: a SQLite file, or a PostgreSQL URL naming a fresh schema."""
-    if request.param == "sqlite":
-        return tmp_path / "state" / "runwatch.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
-@pytest.fixture
-def store(target: Where) -> Iterator[Store]:
-    opened = open_store(target)
-    yield opened
-    opened.close()
 
 
 def run_row(run_id: str, status: str = "running", **fields: Any) -> dict[str, Any]:
@@ -198,11 +181,11 @@ def test_a_key_twice_in_one_batch(store: Store) -> None:
     assert rows(store, "SELECT state FROM fold_state") == [(b"2",)]
 
 
-def test_one_writer_at_a_time(target: Where) -> None:
+def test_one_writer_at_a_time(store_target: Where) -> None:
     """Writers take turns as in SQLite, so derived events appear in commit order; one that
     cannot get its turn in time fails instead of interleaving."""
-    open_store(target).close()
-    first, second = connect(target), connect(target, timeout_s=0.2)
+    open_store(store_target).close()
+    first, second = connect(store_target), connect(store_target, timeout_s=0.2)
     try:
         with transaction(first):
             first.execute("INSERT INTO counters VALUES (?, ?)", ("held", 1))
@@ -390,9 +373,9 @@ def test_stream_positions_compare_and_set(store: Store) -> None:
     assert store.snapshot()["runs"] == [] and store.snapshot()["dead_letters"] == []
 
 
-def test_two_processes_cannot_both_advance_a_stream(target: Where) -> None:
+def test_two_processes_cannot_both_advance_a_stream(store_target: Where) -> None:
     """Two writers that read the same position: the second to commit loses, cleanly."""
-    first, second = open_store(target), open_store(target)
+    first, second = open_store(store_target), open_store(store_target)
     try:
         first.commit(Changes(positions=[("s", None, 1)]), NOW)
         seen = second.position("s")
@@ -405,7 +388,7 @@ def test_two_processes_cannot_both_advance_a_stream(target: Where) -> None:
         second.close()
 
 
-def test_db_takes_question_mark_placeholders(store: Store, target: Where) -> None:
+def test_db_takes_question_mark_placeholders(store: Store, store_target: Where) -> None:
     """Callers write one SQL for both backends: `?` marks, SQLite's INSERT OR IGNORE."""
     store.commit(
         Changes(runs=[run_row("r1"), run_row("r2", "failed")], dead_letters=[letter(7)]), NOW
@@ -422,7 +405,7 @@ def test_db_takes_question_mark_placeholders(store: Store, target: Where) -> Non
         (0, 5, 0),
     ).fetchall() == [("/logs/a.jsonl", 7)]
     assert db.execute("SELECT 'a ? b', ?", ("x",)).fetchone() == ("a ? b", "x")
-    other = connect(target)
+    other = connect(store_target)
     try:
         with transaction(other):
             other.executemany(
@@ -440,10 +423,10 @@ def test_db_takes_question_mark_placeholders(store: Store, target: Where) -> Non
 @pytest.mark.parametrize(
     ("version", "word"), [(99, "newer"), (SCHEMA_VERSION - 1, "older")], ids=["newer", "older"]
 )
-def test_another_schema_version_is_refused(target: Where, version: int, word: str) -> None:
+def test_another_schema_version_is_refused(store_target: Where, version: int, word: str) -> None:
     """A database from another runwatch (an older one saved a run's state whole) is
     refused with a message, never misread."""
-    store = open_store(target)
+    store = open_store(store_target)
     store.set_meta([("schema_version", str(version))])
     store.close()
     with pytest.raises(
@@ -451,23 +434,23 @@ def test_another_schema_version_is_refused(target: Where, version: int, word: st
         match=rf"schema version {version} is {word} than this runwatch "
         rf"supports \({SCHEMA_VERSION}\); rebuild it with `runwatch replay`",
     ):
-        open_store(target)
+        open_store(store_target)
 
 
-def test_a_foreign_database_is_refused(target: Where) -> None:
+def test_a_foreign_database_is_refused(store_target: Where) -> None:
     """Pointing --db at someone else's tables is refused before anything is written."""
-    if is_postgres(target):
-        parsed = Target.parse(str(target))
+    if is_postgres(store_target):
+        parsed = Target.parse(str(store_target))
         with psycopg.connect(parsed.conninfo, autocommit=True) as admin:
             admin.execute(f"CREATE SCHEMA {parsed.schema}")
             admin.execute(f"CREATE TABLE {parsed.schema}.customers (id int)")
     else:
-        Path(target).parent.mkdir(parents=True)
-        with sqlite3.connect(target) as foreign:
+        Path(store_target).parent.mkdir(parents=True)
+        with sqlite3.connect(store_target) as foreign:
             foreign.execute("CREATE TABLE customers (id INTEGER)")
         foreign.close()
     with pytest.raises(StoreError, match="not a runwatch database"):
-        open_store(target)
+        open_store(store_target)
 
 
 def fold(store: Store, paths: list[Path]) -> None:
@@ -559,10 +542,10 @@ def corpora(corpus: Path) -> dict[str, list[Path]]:
 
 @pytest.mark.parametrize("name", ["simulate-20-5", "upstream", "mixed", "simulated"])
 def test_a_real_corpus_gives_the_same_rows(
-    name: str, target: Where, corpus: Path, sqlite_build: dict[str, Any]
+    name: str, store_target: Where, corpus: Path, sqlite_build: dict[str, Any]
 ) -> None:
     """Any backend folds the same logs into the same rows: SQLite's, and the golden files'."""
-    store = open_store(target)
+    store = open_store(store_target)
     try:
         fold(store, corpora(corpus)[name])
         snapshot, table_rows = store.snapshot(), every_row(store)

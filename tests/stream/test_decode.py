@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from helpers import UPSTREAM
+from helpers import UPSTREAM, accepted, jsonl
 from runwatch.projections import ORCHESTRATOR, PATTERN, Event, format_time, to_micros
 from runwatch.stream.core.decode import (
     EARLIEST_US,
@@ -24,18 +24,6 @@ from runwatch.stream.core.decode import (
 
 T0 = "2025-11-26T14:46:52.742613Z"
 T0_US = to_micros(datetime(2025, 11, 26, 14, 46, 52, 742613, tzinfo=UTC))
-
-
-def line(**fields: Any) -> bytes:
-    """One JSONL line (without its line ending) holding `fields` (ints of any size allowed)."""
-    return json.dumps(fields).encode()
-
-
-def accepted(raw: bytes) -> Event:
-    """Decode a line that must be accepted."""
-    result = decode(raw)
-    assert isinstance(result, Event), f"{raw!r} was rejected: {result}"
-    return result
 
 
 # --- rejections: one case per reason -------------------------------------------------------
@@ -51,16 +39,20 @@ REJECTIONS = [
     ("nul_bytes", b'{"event_type": "note", "run_id": "a\\u0000"}', "escaped NUL"),
     ("invalid_json", b'{"event_type": "note", "timestamp": ', ""),
     ("not_object", b"[1, 2, 3]", "list"),
-    ("missing_type", line(timestamp=T0, run_id="r1"), "event_type"),
-    ("bad_type", line(kind=42, timestamp=T0, run_id="r1"), "kind"),
-    ("missing_time", line(event_type="run_started", run_id="r1"), "timestamp"),
-    ("bad_time", line(event_type="run_started", ts="yesterday", run_id="r1"), "ts"),
-    ("bad_payload", line(event_type="run_started", timestamp=T0, run_id="r1", data=[1, 2]), "data"),
-    ("bad_field", line(event_type="run_started", timestamp=T0, run_id=["r1"]), "run_id"),
-    ("missing_run_id", line(event_type="task_started", timestamp=T0, task_id="t1"), "run_id"),
+    ("missing_type", jsonl(timestamp=T0, run_id="r1"), "event_type"),
+    ("bad_type", jsonl(kind=42, timestamp=T0, run_id="r1"), "kind"),
+    ("missing_time", jsonl(event_type="run_started", run_id="r1"), "timestamp"),
+    ("bad_time", jsonl(event_type="run_started", ts="yesterday", run_id="r1"), "ts"),
+    (
+        "bad_payload",
+        jsonl(event_type="run_started", timestamp=T0, run_id="r1", data=[1, 2]),
+        "data",
+    ),
+    ("bad_field", jsonl(event_type="run_started", timestamp=T0, run_id=["r1"]), "run_id"),
+    ("missing_run_id", jsonl(event_type="task_started", timestamp=T0, task_id="t1"), "run_id"),
     (
         "missing_pattern_run_id",
-        line(
+        jsonl(
             event_type="pattern.execution.started",
             timestamp=T0,
             job_id="JOB-1",
@@ -96,20 +88,20 @@ def test_bad_line_is_rejected_with_its_reason(reason: str, raw: bytes, where: st
         (b"null", "not_object"),
         (b"", "invalid_json"),
         (b"\x00" * 64, "nul_bytes"),
-        (line(event_type="   ", timestamp=T0), "bad_type"),
-        (line(event_type="", timestamp=T0), "bad_type"),
-        (line(event_type="note", timestamp=T0, payload="text"), "bad_payload"),
-        (line(event_type="note", timestamp=T0, details=3), "bad_payload"),
-        (line(event_type="note", timestamp=T0, payload={"run_id": 1.5}), "bad_field"),
+        (jsonl(event_type="   ", timestamp=T0), "bad_type"),
+        (jsonl(event_type="", timestamp=T0), "bad_type"),
+        (jsonl(event_type="note", timestamp=T0, payload="text"), "bad_payload"),
+        (jsonl(event_type="note", timestamp=T0, details=3), "bad_payload"),
+        (jsonl(event_type="note", timestamp=T0, payload={"run_id": 1.5}), "bad_field"),
         (
-            line(event_type="task_started", timestamp=T0, run_id="r1", task_id={"id": 1}),
+            jsonl(event_type="task_started", timestamp=T0, run_id="r1", task_id={"id": 1}),
             "bad_field",
         ),
-        (line(event_type="run_started", timestamp=T0, run_id=""), "missing_run_id"),
-        (line(event_type="step_started", timestamp=T0), "missing_run_id"),
-        (line(event_type="workstream_started", timestamp=T0), "missing_run_id"),
-        (line(event_type="job_completed", timestamp=T0), "missing_run_id"),
-        (line(event_type="Pattern.Selection.Started", timestamp=T0), "missing_pattern_run_id"),
+        (jsonl(event_type="run_started", timestamp=T0, run_id=""), "missing_run_id"),
+        (jsonl(event_type="step_started", timestamp=T0), "missing_run_id"),
+        (jsonl(event_type="workstream_started", timestamp=T0), "missing_run_id"),
+        (jsonl(event_type="job_completed", timestamp=T0), "missing_run_id"),
+        (jsonl(event_type="Pattern.Selection.Started", timestamp=T0), "missing_pattern_run_id"),
     ],
 )
 def test_more_bad_shapes(raw: bytes, reason: str) -> None:
@@ -201,7 +193,7 @@ def test_upstream_pattern_events_all_decode() -> None:
 def test_pattern_run_id_may_come_from_details() -> None:
     """Some emitters nest the pattern_run_id in details; the event still belongs to its run."""
     event = accepted(
-        line(
+        jsonl(
             event_type="pattern.execution.completed",
             timestamp=T0,
             details={"pattern_run_id": "PRUN-9", "duration_seconds": 2.5},
@@ -217,72 +209,72 @@ def test_pattern_run_id_may_come_from_details() -> None:
 @pytest.mark.parametrize("field", ["event_type", "kind", "type", "event"])
 def test_type_aliases(field: str) -> None:
     """Every producer names the type differently; all must be understood."""
-    event = accepted(line(**{field: "run_started"}, timestamp=T0, run_id="r1"))
+    event = accepted(jsonl(**{field: "run_started"}, timestamp=T0, run_id="r1"))
     assert event.type == "run_started"
 
 
 def test_type_alias_precedence() -> None:
     """When several type fields are present, event_type wins, then kind, type, event."""
-    assert accepted(line(event_type="a", kind="b", type="c", event="d", ts=T0)).type == "a"
-    assert accepted(line(kind="b", type="c", event="d", ts=T0)).type == "b"
-    assert accepted(line(type="c", event="d", ts=T0)).type == "c"
-    assert accepted(line(event_type=None, event="d", ts=T0)).type == "d"
+    assert accepted(jsonl(event_type="a", kind="b", type="c", event="d", ts=T0)).type == "a"
+    assert accepted(jsonl(kind="b", type="c", event="d", ts=T0)).type == "b"
+    assert accepted(jsonl(type="c", event="d", ts=T0)).type == "c"
+    assert accepted(jsonl(event_type=None, event="d", ts=T0)).type == "d"
 
 
 def test_type_is_stripped_and_lower_cased() -> None:
     """`Task_Started ` and `task_started` are one lifecycle step, not two."""
-    event = accepted(line(event_type="  Task_Started\t", timestamp=T0, run_id="r1", task_id="t1"))
+    event = accepted(jsonl(event_type="  Task_Started\t", timestamp=T0, run_id="r1", task_id="t1"))
     assert event.type == "task_started"
 
 
 @pytest.mark.parametrize("field", ["timestamp", "ts", "time"])
 def test_time_aliases(field: str) -> None:
     """Every producer names the time differently; all must be understood."""
-    event = accepted(line(event_type="note", **{field: T0}))
+    event = accepted(jsonl(event_type="note", **{field: T0}))
     assert event.time == T0_US
 
 
 def test_time_alias_precedence() -> None:
     """timestamp wins over ts, which wins over time."""
     early, late = "2025-01-01T00:00:00Z", "2025-06-01T00:00:00Z"
-    assert accepted(line(event_type="n", timestamp=early, ts=late, time=late)).time == parse_time(
+    assert accepted(jsonl(event_type="n", timestamp=early, ts=late, time=late)).time == parse_time(
         early
     )
-    assert accepted(line(event_type="n", ts=early, time=late)).time == parse_time(early)
+    assert accepted(jsonl(event_type="n", ts=early, time=late)).time == parse_time(early)
 
 
 @pytest.mark.parametrize("field", ["payload", "data", "details"])
 def test_payload_aliases(field: str) -> None:
     """Every producer names the payload differently; all must be understood."""
-    event = accepted(line(event_type="note", timestamp=T0, **{field: {"k": [1, 2]}}))
+    event = accepted(jsonl(event_type="note", timestamp=T0, **{field: {"k": [1, 2]}}))
     assert event.payload == {"k": [1, 2]}
 
 
 def test_payload_defaults_to_empty_object() -> None:
     """Projections read payload fields without guarding for a missing payload."""
-    assert accepted(line(event_type="note", timestamp=T0)).payload == {}
-    assert accepted(line(event_type="note", timestamp=T0, payload=None)).payload == {}
+    assert accepted(jsonl(event_type="note", timestamp=T0)).payload == {}
+    assert accepted(jsonl(event_type="note", timestamp=T0, payload=None)).payload == {}
 
 
 def test_run_id_from_payload_when_absent_at_top_level() -> None:
     """Some emitters only put run_id in the payload; the event still belongs to its run."""
-    event = accepted(line(event_type="run_started", timestamp=T0, payload={"run_id": "r7"}))
+    event = accepted(jsonl(event_type="run_started", timestamp=T0, payload={"run_id": "r7"}))
     assert event.run_id == "r7"
     top = accepted(
-        line(event_type="run_started", timestamp=T0, run_id="top", payload={"run_id": "inner"})
+        jsonl(event_type="run_started", timestamp=T0, run_id="top", payload={"run_id": "inner"})
     )
     assert top.run_id == "top"
 
 
 def test_integer_ids_become_strings() -> None:
     """Numeric ids are common; `7` and `"7"` must key the same run."""
-    event = accepted(line(event_type="task_started", timestamp=T0, run_id=7, task_id=3))
+    event = accepted(jsonl(event_type="task_started", timestamp=T0, run_id=7, task_id=3))
     assert (event.run_id, event.task) == ("7", "3")
 
 
 def test_event_without_run_scope_needs_no_run_id() -> None:
     """A free-standing note or tool event is fine without run_id; only run-scoped ones need it."""
-    event = accepted(line(event_type="heartbeat", timestamp=T0))
+    event = accepted(jsonl(event_type="heartbeat", timestamp=T0))
     assert event.run_id is None
     assert event.family == ORCHESTRATOR
 
@@ -304,7 +296,7 @@ def test_event_without_run_scope_needs_no_run_id() -> None:
 )
 def test_task_key(fields: dict[str, Any], expected: str | None) -> None:
     """The task key is looked up top level first, then in the payload, in a fixed order."""
-    event = accepted(line(event_type="task_started", timestamp=T0, run_id="r1", **fields))
+    event = accepted(jsonl(event_type="task_started", timestamp=T0, run_id="r1", **fields))
     assert event.task == expected
 
 
@@ -323,7 +315,7 @@ def test_task_key(fields: dict[str, Any], expected: str | None) -> None:
 def test_workstream_key(fields: dict[str, Any], expected: str | None) -> None:
     """Workstream comes from workstream_id, else job_id, top level first, then the payload."""
     event = accepted(
-        line(event_type="task_started", timestamp=T0, run_id="r1", task_id="t", **fields)
+        jsonl(event_type="task_started", timestamp=T0, run_id="r1", task_id="t", **fields)
     )
     assert event.workstream == expected
 
@@ -360,9 +352,9 @@ def test_time_parsing(value: Any, expected: int) -> None:
     """Times from every producer end up as the same UTC instant, or ordering breaks."""
     assert parse_time(value) == expected
     if expected >= EARLIEST_US:
-        assert accepted(line(event_type="note", timestamp=value)).time == expected
+        assert accepted(jsonl(event_type="note", timestamp=value)).time == expected
     else:
-        assert decode(line(event_type="note", timestamp=value)) == Rejection(
+        assert decode(jsonl(event_type="note", timestamp=value)) == Rejection(
             "bad_time", f"timestamp is before 2000-01-01: {value}"
         )
 
@@ -387,7 +379,7 @@ def test_time_parsing(value: Any, expected: int) -> None:
 )
 def test_bad_times_are_rejected(value: Any) -> None:
     """A time that cannot be placed on the UTC timeline must not be guessed at."""
-    result = decode(line(event_type="note", ts=value))
+    result = decode(jsonl(event_type="note", ts=value))
     assert isinstance(result, Rejection)
     assert result.reason == "bad_time"
     assert "ts" in result.detail
@@ -402,7 +394,7 @@ def test_bad_times_are_rejected(value: Any) -> None:
 )
 def test_iso_time_out_of_range_after_utc_conversion_is_rejected(value: str) -> None:
     """Every accepted time must be storable as a UTC ISO string, or the processor crashes."""
-    result = decode(line(event_type="note", ts=value))
+    result = decode(jsonl(event_type="note", ts=value))
     assert isinstance(result, Rejection), (
         f"accepted with time {result.time} µs, which format_time() cannot render"
     )
@@ -426,9 +418,9 @@ def test_derived_id_is_blake2b_128_of_the_raw_line() -> None:
 
 def test_event_id_is_used_when_present() -> None:
     """Upstream ids are kept so the same event in two files is applied once."""
-    raw = line(event_id="EVT-1", event_type="note", timestamp=T0)
+    raw = jsonl(event_id="EVT-1", event_type="note", timestamp=T0)
     assert accepted(raw).id == "EVT-1"
-    assert accepted(line(event_id="", event_type="note", timestamp=T0)).id.startswith("h:")
+    assert accepted(jsonl(event_id="", event_type="note", timestamp=T0)).id.startswith("h:")
 
 
 @pytest.mark.parametrize(

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from helpers import accepted, jsonl
 from runwatch.projections import Event, to_micros
 from runwatch.stream.core.decode import (
     EARLIEST_US,
@@ -19,17 +18,6 @@ from runwatch.stream.core.decode import (
 )
 
 T0 = "2025-11-26T14:46:52.742613Z"
-
-
-def line(**fields: Any) -> bytes:
-    """One JSONL line (without its line ending) holding `fields` (ints of any size allowed)."""
-    return json.dumps(fields).encode()
-
-
-def accepted(raw: bytes) -> Event:
-    result = decode(raw)
-    assert isinstance(result, Event), f"{raw!r} was rejected: {result}"
-    return result
 
 
 def utc(year: int, month: int, day: int) -> int:
@@ -84,7 +72,9 @@ def test_huge_string_values_are_previewed_not_copied() -> None:
 def test_integer_beyond_64_bits_in_a_stored_field_is_bad_payload(name: str, value: int) -> None:
     """SQLite and PostgreSQL store signed 64-bit integers; a larger one failed the commit and
     stopped the service, so it is refused at the door, naming the field."""
-    result = decode(line(event_type="run_created", timestamp=T0, run_id="r", payload={name: value}))
+    result = decode(
+        jsonl(event_type="run_created", timestamp=T0, run_id="r", payload={name: value})
+    )
     assert isinstance(result, Rejection)
     assert result.reason == "bad_payload"
     assert f"payload.{name}" in result.detail
@@ -94,7 +84,7 @@ def test_integer_beyond_64_bits_in_a_stored_field_is_bad_payload(name: str, valu
 def test_integer_within_64_bits_in_a_stored_field_is_accepted(value: int) -> None:
     """The limit is the store's, not a guess: every signed 64-bit value still folds."""
     event = accepted(
-        line(event_type="run_created", timestamp=T0, run_id="r", payload={"total_tasks": value})
+        jsonl(event_type="run_created", timestamp=T0, run_id="r", payload={"total_tasks": value})
     )
     assert event.payload == {"total_tasks": value}
 
@@ -104,22 +94,22 @@ def test_times_before_2000_are_bad_time() -> None:
     look decades long."""
     assert utc(2000, 1, 1) == EARLIEST_US
     for value in (0, 946_684_799, "1999-12-31T23:59:59.999999Z", "1970-01-01T00:00:00Z"):
-        result = decode(line(event_type="note", timestamp=value))
+        result = decode(jsonl(event_type="note", timestamp=value))
         assert isinstance(result, Rejection), value
         assert result.reason == "bad_time"
         assert "2000-01-01" in result.detail
-    assert accepted(line(event_type="note", timestamp="2000-01-01T00:00:00Z")).time == EARLIEST_US
+    assert accepted(jsonl(event_type="note", timestamp="2000-01-01T00:00:00Z")).time == EARLIEST_US
 
 
 def test_times_after_the_latest_allowed_are_bad_time() -> None:
     """A clock far in the future would hold a run open (or stalled) for years; the bound is
     passed in so decode stays a pure function of its arguments."""
     latest = utc(2026, 1, 1)
-    assert accepted(line(event_type="note", timestamp="2026-01-01T00:00:00Z")).time == latest
-    at_bound = decode(line(event_type="note", timestamp="2026-01-01T00:00:00Z"), latest_us=latest)
+    assert accepted(jsonl(event_type="note", timestamp="2026-01-01T00:00:00Z")).time == latest
+    at_bound = decode(jsonl(event_type="note", timestamp="2026-01-01T00:00:00Z"), latest_us=latest)
     assert isinstance(at_bound, Event)
     for value in ("2026-01-01T00:00:00.000001Z", 1_767_225_601, "2026-01-01T01:00:00+00:30"):
-        result = decode(line(event_type="note", ts=value), latest_us=latest)
+        result = decode(jsonl(event_type="note", ts=value), latest_us=latest)
         assert isinstance(result, Rejection), value
         assert result.reason == "bad_time"
         assert "ts" in result.detail
@@ -131,14 +121,14 @@ def test_escaped_backslash_before_u0000_is_text_not_a_nul(text: str) -> None:
     """A Windows path or a regex in a message may read `\\u0000`: a backslash and five
     characters, which every store can hold, not a NUL."""
     assert "\x00" not in text
-    event = accepted(line(event_type="note", timestamp=T0, message=text))
+    event = accepted(jsonl(event_type="note", timestamp=T0, message=text))
     assert event.raw["message"] == text
 
 
 @pytest.mark.parametrize("text", ["\x00", "\\\x00", "ok \\u0000 then \x00", "\x00\\"])
 def test_real_escaped_nul_is_still_rejected(text: str) -> None:
     """A real NUL cannot be stored in a PostgreSQL text column, however it is spelled."""
-    raw = line(event_type="note", timestamp=T0, message=text)
+    raw = jsonl(event_type="note", timestamp=T0, message=text)
     assert b"\\u0000" in raw
     result = decode(raw)
     assert isinstance(result, Rejection)

@@ -110,13 +110,12 @@ class Writer:
         return lines
 
 
-@pytest.fixture
-def log(tmp_path: Path) -> Path:
-    folder = tmp_path / "events"
-    folder.mkdir()
-    path = folder / "run.jsonl"
-    path.write_bytes(b"")
-    return path
+def read_and_stop(db: Path, log: Path, writer: Writer, count: int) -> None:
+    """A service that reads `count` new lines of `log`, checkpoints them and stops."""
+    with Source(db, log.parent) as source:
+        written = writer.append(log, count)
+        assert source.step() == written
+        source.commit()
 
 
 @pytest.fixture
@@ -351,10 +350,7 @@ def test_rename_while_stopped_finishes_the_rotated_file(log: Path, db: Path) -> 
 def test_copytruncate_while_stopped_reads_the_copy_from_the_checkpoint(log: Path, db: Path) -> None:
     writer = Writer()
     copy = log.with_name("run.jsonl.1")
-    with Source(db, log.parent) as source:
-        writer.append(log, 4)
-        source.step()
-        source.commit()
+    read_and_stop(db, log, writer, 4)
     unread = writer.append(log, 3)
     shutil.copyfile(log, copy)
     os.truncate(log, 0)
@@ -369,10 +365,7 @@ def test_same_inode_with_other_bytes_is_a_new_file(log: Path, db: Path) -> None:
     """What inode reuse looks like to a checkpoint: the same (device, inode) holding other
     bytes. It is read from 0, not from the old offset."""
     writer = Writer()
-    with Source(db, log.parent) as source:
-        writer.append(log, 3)
-        source.step()
-        source.commit()
+    read_and_stop(db, log, writer, 3)
     before = file_id(log)
     with log.open("r+b") as handle:  # same inode, other first bytes, longer than before
         handle.truncate(0)
@@ -389,10 +382,7 @@ def test_delete_and_recreate_while_stopped_reads_the_new_file_from_zero(
 ) -> None:
     """The new file may or may not get the old inode; either way it is read whole."""
     writer = Writer()
-    with Source(db, log.parent) as source:
-        writer.append(log, 3)
-        source.step()
-        source.commit()
+    read_and_stop(db, log, writer, 3)
     old = file_id(log)
     log.unlink()
     recreated = writer.append(log, 5)

@@ -179,10 +179,13 @@ def test_hostile_lines_never_stop_the_fold(batch: list[bytes]) -> None:
         assert rows["GOOD"]["status"] == "succeeded"
 
 
-@settings(max_examples=2000, deadline=None)
+# Drawing a hostile line costs about 9 ms, folding it well under 1 ms: 2000 examples took
+# 18 s, nearly all in hypothesis, while the batch test above already folds ~1300 drawn lines.
+@settings(max_examples=500, deadline=None)
 @given(HOSTILE_LINE)
 def test_one_hostile_line_is_accounted_for(line: bytes) -> None:
-    """Many cheap single lines through decode and the in-memory fold: never an exception."""
+    """Single lines through decode and the in-memory fold: never an exception, and each
+    lands in exactly one counter."""
     processor = Processor(None, stall_after_s=1, max_line_bytes=1 << 20, wall_clock=wall_clock)
     splitter = LineSplitter(0, 1, max_line_bytes=1 << 20, keep=RAW_KEEP)
     lines = splitter.feed(line.replace(b"\n", b" ") + b"\n")
