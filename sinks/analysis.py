@@ -43,6 +43,7 @@ RUN_STATUSES: Final = (
     "canceled",
     "running",
     "pending",
+    "abandoned",
 )
 SECTIONS: Final = (
     Section(
@@ -89,6 +90,7 @@ COLOURS: Final = {
     "canceled": "#e08a2c",
     "partial": "#d9a400",
     "quarantined": "#8e5bd0",
+    "abandoned": "#5f6b77",
 }
 MAX_CELL: Final = 60
 _CSS: Final = (

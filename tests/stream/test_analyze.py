@@ -76,6 +76,25 @@ def test_counts_match_a_replay_of_the_same_files(
     assert analysis["analysis"]["lines"] == summary.lines
 
 
+def test_an_abandoned_run_is_counted_like_replay_counts_it(tmp_path: Path) -> None:
+    """A run silent past forget_after is `abandoned`: the analysis must count it too, or its
+    totals stop adding up to replay's."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.jsonl").write_bytes(
+        line("run_started", T0, run_id="QUIET")
+        + line("run_started", "2026-01-20T10:00:00Z", run_id="BUSY")
+        + line(
+            "run_completed", "2026-01-20T10:05:00Z", run_id="BUSY", payload={"status": "succeeded"}
+        )
+    )
+    summary = replay_into(tmp_path / "rw.db", logs)
+    assert summary.runs_by_status == {"abandoned": 1, "succeeded": 1}
+    totals = analyse(logs, workers=0)["totals"]
+    assert {s: totals[f"runs_{s}"] for s in summary.runs_by_status} == summary.runs_by_status
+    assert totals["runs"] == 2
+
+
 def test_database_analysis_agrees_with_the_logs_and_names_what_it_lacks(
     analysis: dict[str, Any], replayed: tuple[Path, ReplaySummary]
 ) -> None:
