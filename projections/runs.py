@@ -433,8 +433,9 @@ class RunState:
         return []
 
     def header(self) -> dict[str, Any]:
-        """The state but its tasks, which are saved one by one (`TaskState.to_list`)."""
-        return {
+        """The state but its tasks, which are saved one by one (`TaskState.to_list`); with
+        the error ids while this state keeps them (it may still be merged into another)."""
+        head: dict[str, Any] = {
             "created_at": self.created_at,
             "last_event_at": self.last_event_at,
             "started_at": self.started_at,
@@ -448,14 +449,13 @@ class RunState:
             "stalled": self.stalled,
             "abandoned": self.abandoned,
         }
+        if self.error_ids is not None:
+            head["error_ids"] = sorted(self.error_ids)
+        return head
 
     def to_dict(self) -> dict[str, Any]:
-        """The whole state in one value: the header with every task under "tasks", and the
-        error ids while this state keeps them (it may still be merged into another)."""
-        whole = {**self.header(), "tasks": {k: t.to_list() for k, t in self.tasks.items()}}
-        if self.error_ids is not None:
-            whole["error_ids"] = sorted(self.error_ids)
-        return whole
+        """The whole state in one value: the header with every task under "tasks"."""
+        return {**self.header(), "tasks": {k: t.to_list() for k, t in self.tasks.items()}}
 
     def keep_error_count_only(self) -> None:
         """Let go of the error ids: only merging this state into another needs them."""

@@ -3,7 +3,10 @@ the state it folds into and the index entries it has yet to write."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Final
+
+import orjson
 
 from runwatch.projections import OrphanEvents, PatternRunState, RunState
 from runwatch.sinks.store.keys import PATTERN, RUN, GroupKey
@@ -65,3 +68,14 @@ what eviction flushed: a giant run lets go of them, and its flush costs only wha
 
 def holds_many_events(group: Group) -> bool:
     return len(group.new_index) + group.blobbed >= HELD_EVENTS
+
+
+def from_parts(
+    key: GroupKey, header: bytes, tasks: Sequence[tuple[str, bytes]], seen: set[str]
+) -> State:
+    """A state handed over as its saved parts: the header (or a pattern run's whole state)
+    and, for a run, one blob per task."""
+    saved = orjson.loads(header)
+    if tasks:
+        saved["tasks"] = {task_id: orjson.loads(blob) for task_id, blob in tasks}
+    return restore(key, saved, seen)

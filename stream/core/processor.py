@@ -45,6 +45,7 @@ from runwatch.stream.core.groups import (
     Group,
     State,
     finished,
+    from_parts,
     holds_many_events,
     new_state,
     orphan_day,
@@ -54,6 +55,8 @@ from runwatch.stream.core.lines import Lines
 from runwatch.stream.core.tally import Tally
 from runwatch.stream.core.unstorable import drop_runs, rejections, set_aside
 
+Adopted = tuple[bytes, bytes, Sequence[tuple[str, bytes]]]
+"""What `adopt` took, until the commit writes it: state, index, task states."""
 Observe = Callable[[Event, str, bool], None]
 """Called with each decoded event, its source and whether it was new to this fold."""
 
@@ -109,7 +112,7 @@ class Processor:
         # Keyed by GroupKey; the hot loop looks up with equal plain tuples.
         self._cache: OrderedDict[tuple[str, str], Group] = OrderedDict()
         self._limbo: dict[tuple[str, str], Group] = {}
-        self._adopted: dict[tuple[str, str], tuple[bytes, bytes]] = {}  # until the commit
+        self._adopted: dict[tuple[str, str], Adopted] = {}  # until the commit
         self._changes = Changes()
         self._pending = Tally()
         self._total = Tally()
@@ -292,22 +295,13 @@ class Processor:
         self,
     ) -> tuple[Changes, list[DerivedEvent], dict[str, tuple[int, bool]], dict[str, int]]:
         """An in-memory fold made ready to write (a worker's result): every group flushed
-        into rows, state and index entries (what no store can hold set aside; a run's state
-        whole, with its tasks and error ids, so that it can be merged), the derived events
+        into rows, state (a run's header keeps its error ids, so that it can be merged) and
+        task states, and index entries (what no store can hold set aside), the derived events
         and open runs they make, and each group's count of new events."""
         events = {group.key.text: len(group.new_index) for group in self._cache.values()}
         for group in self._cache.values():
             self._flush(group)
         self._set_aside_unstorable(self._changes)
-        kept = {key for key, _ in self._changes.states}
-        whole = [
-            (group.key.text, dumps_exact(group.state.to_dict()))
-            for group in self._cache.values()
-            if group.key.text in kept and isinstance(group.state, RunState)
-        ]
-        others = [(k, s) for k, s in self._changes.states if GroupKey.parse(k).kind != RUN]
-        self._changes.states = [*whole, *others]
-        self._changes.task_states = []
         return self._changes, self._derived, dict(self._open_runs), events
 
     def adopt(
@@ -318,11 +312,13 @@ class Processor:
         open_run: tuple[int, bool] | None,
         events: int,
         rows: bytes = b"",
+        tasks: Sequence[tuple[str, bytes]] = (),
     ) -> bool:
-        """Take a group folded and flushed by a worker as it is: its `state`, `index` and
-        `rows` (orjson: runs, tasks, workstreams, pattern runs; empty if the worker wrote
-        them) are written by the next commit. `open_run`: (last event time, stalled) of an
-        open run. False, and nothing done, if the group is known here: then `merge` it."""
+        """Take a group folded and flushed by a worker as it is: its `state`, task states,
+        `index` and `rows` (orjson: runs, tasks, workstreams, pattern runs; empty if the
+        worker wrote them) are written by the next commit. `open_run`: (last event time,
+        stalled) of an open run. False, and nothing done, if the group is known here: then
+        `merge` it."""
         if key in self._cache or key in self._limbo or key in self._adopted:
             return False
         if self._known_groups is not None:
@@ -332,14 +328,11 @@ class Processor:
         elif self._store is not None and any(self._store.load_group(key.text)):
             return False
         changes = self._changes
-        if key.kind == RUN:  # a whole state: saved as its header and one row per task
-            saved = orjson.loads(state)
-            tasks = saved.pop("tasks")
-            saved.pop("error_ids", None)
-            changes.states.append((key.text, dumps_exact(saved)))
-            changes.task_states.extend(
-                (key.text, task_id, orjson.dumps(task)) for task_id, task in tasks.items()
-            )
+        if key.kind == RUN:  # only a merge needs the error ids: the store keeps the count
+            header = orjson.loads(state)
+            header.pop("error_ids", None)
+            changes.states.append((key.text, dumps_exact(header)))
+            changes.task_states.extend((key.text, task_id, blob) for task_id, blob in tasks)
         else:
             changes.states.append((key.text, state))
         changes.index.append((key.text, index))
@@ -349,7 +342,7 @@ class Processor:
             strict=True,
         ):
             table.extend(table_rows)
-        self._adopted[key] = (state, index)
+        self._adopted[key] = (state, index, tasks)
         self._pending.accepted += events
         if open_run is not None:
             self._open_runs[key.name] = open_run
@@ -418,9 +411,9 @@ class Processor:
         group = self._limbo.pop(key, None)
         adopted = self._adopted.pop(key, None)
         if adopted is not None:  # its state is in this commit, not in the store yet
-            state, index = adopted
+            state, index, tasks = adopted
             seen = {entry[0] for entry in orjson.loads(index)}
-            group = Group(key, restore(key, orjson.loads(state), seen))
+            group = Group(key, from_parts(key, state, tasks, seen))
         elif group is None and (
             self._store is None
             or (self._known_groups is not None and key not in self._known_groups)

@@ -31,7 +31,7 @@ from runwatch.sinks.store.keys import PATTERN, RUN, GroupKey, IndexEntry, load_i
 from runwatch.sinks.store.scratch import Scratch
 from runwatch.stream.console import wall_clock
 from runwatch.stream.core.decode import RAW_KEEP, decode
-from runwatch.stream.core.groups import restore
+from runwatch.stream.core.groups import from_parts
 from runwatch.stream.core.lines import Lines, LineSplitter
 from runwatch.stream.core.processor import Processor
 from runwatch.stream.core.tally import Tally
@@ -84,7 +84,7 @@ class Folded:
     accepted: list[int]  # new events per part
     dead_letters: list[list[DeadLetter]]  # per part; numbered from the part's first line
     set_aside: list[DeadLetter]  # unstorable values: numbered already
-    groups: list[tuple[str, bytes, bytes, int, bytes]]
+    groups: list[tuple[str, bytes, bytes, int, bytes, list[tuple[str, bytes]]]]
     derived: list[DerivedEvent]
     open_runs: dict[str, tuple[int, bool]]
     tally: Tally
@@ -100,14 +100,15 @@ class Folded:
         worker numbered its dead letters from 1 (a file region)."""
         repeats: list[IndexEntry] = []
         merged_runs: set[str] = set()
-        for text, state, index, events, rows in self.groups:
+        for text, state, index, events, rows, tasks in self.groups:
             key = GroupKey.parse(text)
-            if processor.adopt(key, state, index, self.open_runs.get(key.name), events, rows):
+            open_run = self.open_runs.get(key.name)
+            if processor.adopt(key, state, index, open_run, events, rows, tasks):
                 continue
             if key.kind == RUN:
                 merged_runs.add(key.name)
             entries = load_index(index)
-            partial = restore(key, orjson.loads(state), {entry.event_id for entry in entries})
+            partial = from_parts(key, state, tasks, {entry.event_id for entry in entries})
             known = processor.merge(key, partial, index)
             if known:
                 repeats.extend(entry for entry in entries if entry.event_id in known)
@@ -227,13 +228,16 @@ def fold_batch(
     else:
         rows = _rows_by_group(changes)
     index = dict(changes.index)
+    tasks: dict[str, list[tuple[str, bytes]]] = {}
+    for key, task_id, blob in changes.task_states:
+        tasks.setdefault(key, []).append((task_id, blob))
     return Folded(
         line_counts,
         accepted,
         letters,
         changes.dead_letters[numbered:],
         [
-            (key, state, index[key], events[key], rows.get(key, b""))
+            (key, state, index[key], events[key], rows.get(key, b""), tasks.get(key, []))
             for key, state in changes.states
         ],
         derived,
