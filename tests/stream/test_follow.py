@@ -287,6 +287,25 @@ def test_repeated_rename_rotation_under_a_live_writer_loses_nothing(
         assert source.checkpointed() == {file_id(log)}, "the renamed files are retired"
 
 
+def test_a_file_created_within_the_folders_timestamp_tick_is_discovered(
+    log: Path, db: Path
+) -> None:
+    """Where folder timestamps are coarse (a kernel tick, or a second on some filesystems), a
+    rename and the name's re-creation can leave the folder's mtime as it was when a re-scan
+    listed it in between. That listing must not be reused: the new file would be found only
+    after its own rotation, when it no longer matches, and every line of it would be lost."""
+    writer = Writer()
+    with Source(db, log.parent) as source:
+        writer.append(log, 1)
+        source.step()
+        log.rename(log.with_name("run.jsonl.1"))
+        assert source.step(discover=True) == []  # the re-scan between rename and re-creation
+        listed = log.parent.stat()
+        new = writer.append(log, 2)
+        os.utime(log.parent, ns=(listed.st_atime_ns, listed.st_mtime_ns))  # the same tick
+        assert source.drain() == new
+
+
 def test_copytruncate_reads_the_unread_lines_from_the_copy(log: Path, db: Path) -> None:
     writer = Writer()
     copy = log.with_name("run.jsonl.1")
