@@ -6,6 +6,7 @@ import fnmatch
 import glob
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Final
 
@@ -14,6 +15,9 @@ from runwatch.stream.errors import InputError
 
 FINGERPRINT_BYTES: Final = 1024
 TAIL_HASH_BYTES: Final = 256
+TIMESTAMP_TICK_NS: Final = 2_000_000_000
+"""How coarse a folder's mtime may be (a kernel tick; a second, or two on FAT): a folder
+changed less than this before it was listed is listed again at the next scan."""
 
 
 def expand(patterns: list[str]) -> list[Path]:
@@ -49,7 +53,8 @@ class Scanner:
     and a pattern that matches nothing yet is not an error (unlike replay's `expand`).
 
     Re-scans are cheap on big trees: a directory whose modification time has not changed
-    has the same entries, so it costs one stat instead of a listing."""
+    since a listing (taken over `TIMESTAMP_TICK_NS` after that time) has the same entries,
+    so it costs one stat instead of a listing."""
 
     def __init__(self, patterns: list[str]) -> None:
         self.patterns = patterns
@@ -91,7 +96,10 @@ class Scanner:
                 continue
             listing = self.listings.get(folder)
             if listing is None or listing[0] != modified:
-                listing = (modified, *_list(folder))
+                # listed within a timestamp tick of its last change: a change after the
+                # listing may still leave the same mtime, so this listing is not kept
+                trusted = modified < time.time_ns() - TIMESTAMP_TICK_NS
+                listing = (modified if trusted else -1, *_list(folder))
                 self.listings[folder] = listing
             out.extend(
                 p for p in listing[2] if fnmatch.fnmatchcase(os.path.basename(p), name_pattern)

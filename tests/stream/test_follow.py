@@ -17,7 +17,7 @@ from typing import Self
 
 import orjson
 import pytest
-from watchdog.events import FileCreatedEvent, FileModifiedEvent
+from watchdog.events import FileCreatedEvent, FileModifiedEvent, FileMovedEvent
 
 from helpers import wait_until
 from runwatch.projections import DerivedEvent
@@ -236,6 +236,73 @@ def test_rotated_file_stays_open_for_rotate_wait(log: Path, db: Path) -> None:
         late = writer.append(log.with_name("run.jsonl.1"), 2)
         assert source.step() == late
         assert len(source.follower.cursors) == 2
+
+
+@pytest.mark.parametrize("every", [1, 3, 7, 64, 699])
+@pytest.mark.parametrize("by_folder", [False, True])
+def test_repeated_rename_rotation_under_a_live_writer_loses_nothing(
+    log: Path, db: Path, every: int, by_folder: bool
+) -> None:
+    """The writer of tests/process/test_ship.py, step by step: every 700 lines the log is
+    renamed, 3 more lines go to the renamed file, then the name is created anew. A pass of
+    the loop (as `ship` and `tail` run it: notifications say what to read and when to
+    re-scan) comes after every `every` lines, so some pass falls between each two steps of
+    the writer; each line is handed out exactly once."""
+    writer, written, handed_out = Writer(), [], []
+    with Source(db, log.parent if by_folder else log, rotate_wait_s=3600) as source:
+        changes = FileChanges(lambda: None)
+        passes = Passes(source.follower, changes, rescan_s=3600)
+        passes.discover()
+
+        def step() -> None:
+            behind = False
+            while True:
+                reads = passes.read(4096, everything=behind)
+                handed_out.extend(line for read in reads for line in read.lines.items)
+                source.commit()
+                behind = source.follower.behind
+                if not behind:
+                    return
+
+        target = log
+        for n in range(3000):
+            if n and n % 700 == 0:
+                target = log.with_name(f"{log.name}.{n}")
+                log.rename(target)
+                changes.on_any_event(FileMovedEvent(str(log), str(target)))
+            elif n % 700 == 3 and target != log:
+                target = log
+                log.touch()
+                changes.on_any_event(FileCreatedEvent(str(log)))
+            written.extend(writer.append(target, 1))
+            changes.on_any_event(FileModifiedEvent(str(target)))
+            if n % every == 0:
+                step()
+        step()
+        source.follower.rotate_wait_s = 0.0  # the writer is done: rotated files may retire
+        step()
+        assert Counter(handed_out) == Counter(written) and len(handed_out) == 3000
+        assert source.note_types() == ["SOURCE_ROTATED"] * 4
+        assert source.checkpointed() == {file_id(log)}, "the renamed files are retired"
+
+
+def test_a_file_created_within_the_folders_timestamp_tick_is_discovered(
+    log: Path, db: Path
+) -> None:
+    """Where folder timestamps are coarse (a kernel tick, or a second on some filesystems), a
+    rename and the name's re-creation can leave the folder's mtime as it was when a re-scan
+    listed it in between. That listing must not be reused: the new file would be found only
+    after its own rotation, when it no longer matches, and every line of it would be lost."""
+    writer = Writer()
+    with Source(db, log.parent) as source:
+        writer.append(log, 1)
+        source.step()
+        log.rename(log.with_name("run.jsonl.1"))
+        assert source.step(discover=True) == []  # the re-scan between rename and re-creation
+        listed = log.parent.stat()
+        new = writer.append(log, 2)
+        os.utime(log.parent, ns=(listed.st_atime_ns, listed.st_mtime_ns))  # the same tick
+        assert source.drain() == new
 
 
 def test_copytruncate_reads_the_unread_lines_from_the_copy(log: Path, db: Path) -> None:
