@@ -221,7 +221,7 @@ class ShipService:
             self.wake.clear()
             reads = passes.read(self.settings.batch_max_bytes, everything=behind)
             self._show(notes)
-            if not await self._ship(js, nc.max_payload, passes.follower, reads):
+            if not await self._ship(js, nc.max_payload, passes, reads):
                 return  # stopped before the batch was acked: its checkpoints stay behind it
             self._report()
             behind = passes.follower.behind
@@ -244,14 +244,19 @@ class ShipService:
             )
 
     async def _ship(
-        self, js: JetStreamContext, max_payload: int, follower: Follower, reads: list[Read]
+        self, js: JetStreamContext, max_payload: int, passes: Passes, reads: list[Read]
     ) -> bool:
         """Publish the lines read, then commit the checkpoints covering them; False when
-        stopped before every line was acked (nothing is committed then)."""
+        stopped before every line was acked (nothing is committed then). While a batch is
+        retried, files are still discovered (and so held open), so that a file created and
+        rotated away during an outage is not missed: the files are the buffer."""
+        follower = passes.follower
         batch = [m for read in reads for m in messages(read.cursor.source, read.lines, max_payload)]
         if batch:
             acks = await self._retry(
-                f"publishing {len(batch)} lines", lambda: self._publish(js, batch)
+                f"publishing {len(batch)} lines",
+                lambda: self._publish(js, batch),
+                between_tries=passes.discover,
             )
             if acks is None:
                 return False
@@ -274,9 +279,15 @@ class ShipService:
                 f"{PARTITIONED} (see `runwatch ship --help`)?"
             ) from None
 
-    async def _retry(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T | None:
-        """`attempt()` until it succeeds, waiting longer between tries; None when a stop
-        comes while it is failing."""
+    async def _retry(
+        self,
+        what: str,
+        attempt: Callable[[], Awaitable[T]],
+        *,
+        between_tries: Callable[[], None] = lambda: None,
+    ) -> T | None:
+        """`attempt()` until it succeeds, waiting longer between tries (and calling
+        `between_tries` after each wait); None when a stop comes while it is failing."""
         delay = BACKOFF_S[0]
         while True:
             try:
@@ -288,6 +299,7 @@ class ShipService:
                 self._complain(f"{what} failed ({_describe(exc)}); retrying, checkpoints held")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.halt.wait(), delay)
+                between_tries()
                 delay = min(delay * 2, BACKOFF_S[1])
                 continue
             if self.trouble:

@@ -161,8 +161,12 @@ class Follower:
         """Pick up files matching the patterns; resume each from its checkpoint if it is the
         same file, and finish files rotated away while the service was down."""
         for name in self.scanner.files():
-            if name in self.by_path:
-                continue  # followed already; renames and replacements show in _check_name
+            followed = self.by_path.get(name)
+            if followed is not None:
+                # Notice a replaced name now, not at the next read: a loop that is not reading
+                # (a shipper retrying a batch) must still hold each new file before it goes too.
+                self._check_name(self.cursors[followed])
+                continue
             path = Path(name)
             try:
                 info = path.stat()

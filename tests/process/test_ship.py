@@ -7,7 +7,9 @@ the shipper as a subprocess, and reads the stream back with nats-py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -349,6 +351,44 @@ def test_nats_down_holds_the_checkpoint(tmp_path: Path, server: NatsServer) -> N
         assert shipper.stop() == 0
     ids = [m.headers["Nats-Msg-Id"] for m in stored(server.url)]
     assert ids == [f"R{n % 5}/Re{n}" for n in range(350)]
+
+
+def test_rotations_during_an_outage_lose_nothing(tmp_path: Path, server: NatsServer) -> None:
+    """The files are the buffer while NATS is away: a file created and rotated away during
+    the outage is still found, held open and shipped once NATS is back."""
+    log = tmp_path / "live.jsonl"
+    lines = Lines()
+    log.write_bytes(lines.block(20))
+    with Shipper(tmp_path, server.url, log) as shipper:
+        wait_until(lambda: shipped_all(shipper, server, 20, log), "before the outage")
+        server.kill()
+        append(log, lines.block(30))
+        wait_until(lambda: "retrying, checkpoints held" in shipper.output(), "a failed batch")
+        for turn in (1, 2):
+            log.rename(tmp_path / f"live.jsonl.{turn}")
+            log.write_bytes(lines.block(40))
+            held_open(shipper, log.stat().st_ino, f"file {turn}")
+        server.start()
+        wait_until(lambda: len(stored(server.url)) == 130, "every line after the outage", 60)
+        assert shipper.stop() == 0
+    ids = [m.headers["Nats-Msg-Id"] for m in stored(server.url)]
+    assert sorted(ids) == sorted(f"R{n % 5}/Re{n}" for n in range(130))
+
+
+def held_open(process: Shipper, inode: int, what: str) -> None:
+    wait_until(lambda: inode in open_inodes(process), f"{what} held open", 30)
+
+
+def open_inodes(process: Shipper) -> set[int]:
+    """The inodes of the regular files a process holds open."""
+    assert process.process is not None
+    found = set()
+    for fd in Path(f"/proc/{process.process.pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            info = fd.stat()
+            if stat.S_ISREG(info.st_mode):
+                found.add(info.st_ino)
+    return found
 
 
 WRITER = r'''
