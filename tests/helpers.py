@@ -283,3 +283,17 @@ class TailProcess(RunwatchProcess):
             f"only {counters(self.db).get('events_accepted', 0)} of {count} "
             f"events committed after {timeout} s:\n{self.output()}"
         )
+
+
+def checkpointed(db: Path) -> set[tuple[int, int]]:
+    """The (device, inode) of every file a service or shipper holds a checkpoint for (none
+    while it has not made its database yet)."""
+    if not db.exists():
+        return set()
+    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return set(connection.execute("SELECT device, inode FROM checkpoints").fetchall())
+    except sqlite3.OperationalError:
+        return set()
+    finally:
+        connection.close()

@@ -20,6 +20,7 @@ from runwatch.projections import DerivedEvent
 from runwatch.sinks.audit import HEAD_KEY, AuditLog
 from runwatch.sinks.store import Store
 from runwatch.sinks.store.spill import HeldOnDisk
+from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import wall_clock
 from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.core.processor import Observe, Processor
@@ -28,6 +29,7 @@ from runwatch.stream.delivery.dispatcher import Dispatcher
 from runwatch.stream.delivery.handlers import build_handlers
 from runwatch.stream.settings.alerts import AlertSetup
 from runwatch.stream.settings.service import Settings
+from runwatch.stream.sources.follow import Follower
 
 TRAIL = "monitor.jsonl"
 """The audit trail's file in `logs_dir` (a partition processor keeps its own)."""
@@ -198,3 +200,17 @@ def wall_clock_bound(skew_s: float, *, fixed: bool = False) -> Callable[[], int]
         latest = time.time_ns() // 1000 + skew_us
         return lambda: latest
     return lambda: time.time_ns() // 1000 + skew_us
+
+
+def follow(
+    patterns: list[str], store: SqliteStore, settings: Settings, notes: list[DerivedEvent]
+) -> Follower:
+    """A follower of `patterns` as the settings say, resumed from `store`'s checkpoints; its
+    notes (rotations, unreadable files) go to `notes`."""
+    return Follower(
+        patterns,
+        store,
+        max_line_bytes=settings.max_line_bytes,
+        rotate_wait_s=settings.rotate_wait,
+        notes=notes,
+    )

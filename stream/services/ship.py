@@ -41,8 +41,9 @@ from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import ServiceConsole, wall_clock
 from runwatch.stream.errors import EXIT_OK
 from runwatch.stream.services.lock import DatabaseLock
+from runwatch.stream.services.runtime import follow
 from runwatch.stream.settings.service import Settings
-from runwatch.stream.sources.follow import Follower, Read
+from runwatch.stream.sources.follow import Read
 from runwatch.stream.sources.nats import (
     EVENTS_PREFIX,
     PARTITIONED,
@@ -144,13 +145,7 @@ class ShipService:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self.loop.add_signal_handler(signum, self.stop)
         notes: list[DerivedEvent] = []
-        follower = Follower(
-            self.patterns,
-            store,
-            max_line_bytes=self.settings.max_line_bytes,
-            rotate_wait_s=self.settings.rotate_wait,
-            notes=notes,
-        )
+        follower = follow(self.patterns, store, self.settings, notes)
         changes = FileChanges(self._poke)
         passes = Passes(follower, changes, self.settings.rescan_interval)
         observer = watch_files(self.patterns, changes, poll=self.poll)

@@ -33,7 +33,7 @@ from runwatch.stream.errors import ServiceError
 from runwatch.stream.services.health import report, run_checks, status_path, write_status
 from runwatch.stream.services.lock import DatabaseLock
 from runwatch.stream.services.parallel import Backlog, Flight
-from runwatch.stream.services.runtime import Runtime, lifecycle, now_us
+from runwatch.stream.services.runtime import Runtime, follow, lifecycle, now_us
 from runwatch.stream.settings.alerts import AlertSetup, default_alert_setup
 from runwatch.stream.settings.service import Settings, Source, parse_address
 from runwatch.stream.sources.discovery import static_prefix
@@ -107,13 +107,7 @@ class TailService:
                 on_record=self.wake.set,
                 on_failure=self._failed,
             )
-            follower = Follower(
-                self.patterns,
-                store,
-                max_line_bytes=self.settings.max_line_bytes,
-                rotate_wait_s=self.settings.rotate_wait,
-                notes=notes,
-            )
+            follower = follow(self.patterns, store, self.settings, notes)
             cleanup.callback(follower.close)
             audit = runtime.audit()
             handler = FileChanges(self.wake.set)

@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import orjson
 
-from helpers import TailProcess, converged, counters, replay_into
+from helpers import TailProcess, checkpointed, converged, counters, replay_into
 
 CONFIG = "rotate_wait: 1s\nrescan_interval: 1s\ntick_interval: 1s\n"
 KINDS = ("task_created", "task_started", "task_completed")
@@ -94,20 +94,6 @@ def dead_letters(db: Path) -> int:
     connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
     try:
         return int(connection.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
-    finally:
-        connection.close()
-
-
-def checkpointed(db: Path) -> set[tuple[int, int]]:
-    """The (device, inode) of every file the service holds a checkpoint for (none while the
-    service has not created its database yet)."""
-    if not db.exists():
-        return set()
-    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        return set(connection.execute("SELECT device, inode FROM checkpoints").fetchall())
-    except sqlite3.OperationalError:
-        return set()
     finally:
         connection.close()
 

@@ -20,7 +20,7 @@ import nats
 import orjson
 import pytest
 
-from helpers import RunwatchProcess, wait_until
+from helpers import RunwatchProcess, checkpointed, wait_until
 from natsserver import NatsServer
 from runwatch.stream.sources.nats import line_id, message_id, subject_token
 
@@ -86,20 +86,6 @@ def checkpoint(db: Path, path: Path) -> int:
         return int(row[0]) if row else 0
     except sqlite3.OperationalError:
         return 0
-    finally:
-        connection.close()
-
-
-def checkpointed(db: Path) -> set[tuple[int, int]]:
-    """The (device, inode) of every file the shipper holds a checkpoint for (none while it
-    has not made its database yet)."""
-    if not db.exists():
-        return set()
-    connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    try:
-        return set(connection.execute("SELECT device, inode FROM checkpoints").fetchall())
-    except sqlite3.OperationalError:
-        return set()
     finally:
         connection.close()
 
