@@ -12,7 +12,12 @@ OpenRuns = Mapping[str, tuple[int, bool]]
 
 
 def detect_stalls(
-    open_runs: OpenRuns, now: int, stall_after_us: int, forget_after_us: int | None = None
+    open_runs: OpenRuns,
+    now: int,
+    stall_after_us: int,
+    forget_after_us: int | None = None,
+    *,
+    limit: int | None = None,
 ) -> list[DerivedEvent]:
     """RUN_STALLED for runs silent longer than `stall_after`, RUN_RECOVERED for flagged runs
     that are no longer silent, RUN_ABANDONED for runs silent longer than `forget_after`
@@ -21,18 +26,25 @@ def detect_stalls(
     Each is dated when it happened, not when it was noticed: a stall at the end of the
     allowed silence, an abandonment at the end of `forget_after`, a recovery at the event
     that ended it (so a service started long after a run went quiet still places the stall
-    in the past, where the alert horizon sees it)."""
+    in the past, where the alert horizon sees it). With `limit`, the changes of at most that
+    many runs, the first by run id: a caller that applies a bounded number per call pays
+    for those only, not for every silent run."""
     horizon = now - stall_after_us
     forget_horizon = None if forget_after_us is None else now - forget_after_us
-    changes = []
+    changes: list[DerivedEvent] = []
+    changed = 0
     for run_id in sorted(open_runs):
+        if changed == limit:
+            break
         last_event_at, flagged = open_runs[run_id]
         if forget_horizon is not None and last_event_at < forget_horizon:
             assert forget_after_us is not None
             changes.extend(_abandon(run_id, last_event_at, flagged, now, forget_after_us))
+            changed += 1
             continue
         silent = last_event_at < horizon
         if silent and not flagged:
+            changed += 1
             changes.append(
                 DerivedEvent(
                     "RUN_STALLED",
@@ -45,6 +57,7 @@ def detect_stalls(
                 )
             )
         elif flagged and not silent:
+            changed += 1
             changes.append(
                 DerivedEvent(
                     "RUN_RECOVERED",

@@ -255,8 +255,9 @@ class Processor:
 
     @property
     def crowded(self) -> bool:
-        """Evicted groups waiting for a commit are as many as `max_groups`: commit soon."""
-        return len(self._limbo) >= self._base_groups
+        """Groups evicted or adopted since the last commit, all held in memory until it, are
+        as many as `max_groups`: commit soon."""
+        return len(self._limbo) + len(self._adopted) >= self._base_groups
 
     @property
     def has_events(self) -> bool:
@@ -503,8 +504,14 @@ class Processor:
         next call (a replay, which detects once at its end, takes them all)."""
         for group in self._cache.values():
             self._flush(group)
-        found = detect_stalls(self._open_runs, now, self._stall_after_us, self._forget_after_us)
-        for change in found[: self._base_groups] if bounded else found:
+        found = detect_stalls(
+            self._open_runs,
+            now,
+            self._stall_after_us,
+            self._forget_after_us,
+            limit=self._base_groups if bounded else None,
+        )
+        for change in found:
             key = GroupKey.run(change.run_id or "")
             group = self._cache.get(key) or self._load(key)
             assert isinstance(group.state, RunState)

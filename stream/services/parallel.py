@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 from pathlib import Path
@@ -291,11 +291,22 @@ def _rows_by_group(changes: Changes) -> dict[str, bytes]:
     return {key: orjson.dumps(lists) for key, lists in grouped.items()}
 
 
+@dataclass(frozen=True, slots=True)
+class Reached:
+    """Where the lines of one owner (a file being read) are folded up to: the offset just
+    past them and the number of the next line."""
+
+    owner: Any
+    offset: int
+    line: int
+
+
 @dataclass(slots=True)
 class Flight:
     """One read of a tailer, being folded by the workers, and the checkpoints it reaches."""
 
     pieces: list[Piece]
+    owners: list[Any]  # what each piece was read from (the tailer's cursor); never pickled
     results: list[Any]
     checkpoints: tuple[list[Checkpoint], list[tuple[int, int]]]
 
@@ -324,37 +335,49 @@ class Backlog:
 
     def submit(
         self,
-        reads: Iterable[tuple[str, int, Lines]],
+        reads: Iterable[tuple[Any, str, int, Lines]],
         latest_us: int,
         checkpoints: tuple[list[Checkpoint], list[tuple[int, int]]],
     ) -> Flight:
+        """Fold (owner, source, source id, lines) reads in the workers; `owner` comes back
+        with each piece's end in `land`."""
         if self.pool is None:
             self.pool = multiprocessing.get_context("spawn").Pool(self.workers)
-        pieces = [
-            Piece(source, source_id, part)
-            for source, source_id, lines in reads
+        owned = [
+            (owner, Piece(source, source_id, part))
+            for owner, source, source_id, lines in reads
             for part in split_lines(lines, self.piece_bytes)
         ]
+        pieces = [piece for _, piece in owned]
         results = [
             self.pool.apply_async(
                 fold_batch, ([piece], self.max_line_bytes, self.rules, None, latest_us)
             )
             for piece in pieces
         ]
-        return Flight(pieces, results, checkpoints)
+        return Flight(pieces, [owner for owner, _ in owned], results, checkpoints)
 
-    def land(self, flight: Flight, processor: Processor) -> dict[str, int]:
-        """Merge a flight's folds into `processor`, in input order; returns the new events
-        per source."""
+    def land(
+        self, flight: Flight, processor: Processor, between: Callable[[list[Reached]], None]
+    ) -> dict[str, int]:
+        """Merge a flight's folds into `processor`, in input order, calling `between` after
+        each piece with how far each owner's lines are merged (a chance to commit); returns
+        the new events per source. A piece's fold is dropped once merged."""
         fresh: dict[str, int] = {}
         sources = {piece.source_id: piece.source for piece in flight.pieces}
-        for piece, result in zip(flight.pieces, flight.results, strict=True):
-            folded: Folded = result.get()
+        reached: dict[int, Reached] = {}
+        for position, piece in enumerate(flight.pieces):
+            folded: Folded = flight.results[position].get()
+            flight.results[position] = None
             repeats = folded.merge_into(processor)
             fresh[piece.source] = fresh.get(piece.source, 0) + sum(folded.accepted)
             for entry in repeats:
                 source = sources.get(entry.source_id, piece.source)
                 fresh[source] = fresh.get(source, 0) - 1
+            del folded
+            owner, lines = flight.owners[position], piece.lines
+            reached[id(owner)] = Reached(owner, lines.end, lines.line + len(lines.items))
+            between(list(reached.values()))
         return fresh
 
     def close(self) -> None:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from runwatch.projections import DerivedEvent
 from runwatch.sinks.audit import AuditLog
@@ -32,13 +32,17 @@ from runwatch.stream.delivery.dispatcher import Dispatcher
 from runwatch.stream.errors import ServiceError
 from runwatch.stream.services.health import report, run_checks, status_path, write_status
 from runwatch.stream.services.lock import DatabaseLock
-from runwatch.stream.services.parallel import Backlog, Flight
+from runwatch.stream.services.parallel import Backlog, Flight, Reached, split_lines
 from runwatch.stream.services.runtime import Runtime, follow, lifecycle, now_us
 from runwatch.stream.settings.alerts import AlertSetup, default_alert_setup
 from runwatch.stream.settings.service import Settings, Source, parse_address
 from runwatch.stream.sources.discovery import static_prefix
 from runwatch.stream.sources.follow import FileId, Follower
 from runwatch.stream.sources.watch import FileChanges, Passes, watch_files
+
+SLICE_BYTES: Final = 256 << 10
+"""A read is folded this much at a time, so that a read of many new runs can be written
+out before all of it is folded (see `Processor.crowded`)."""
 
 
 @dataclass
@@ -161,6 +165,19 @@ class TailService:
             _backlog_workers(), budget, self.settings.max_line_bytes, self.alerts.rules
         )
         flight: Flight | None = None  # a backlog read the workers are folding
+        taken: tuple[list[Checkpoint], list[FileId]] | None = None  # where a landed one ends
+
+        def unload(reached: list[Reached]) -> None:
+            """Many new runs in one read: commit them, with checkpoints where the lines
+            folded so far end, before memory fills (not possible once a file is closed)."""
+            if not processor.crowded:
+                return
+            checkpoints = [r.owner.checkpoint_at(r.offset, r.line) for r in reached]
+            if None not in checkpoints:
+                landed = [] if taken is None else taken[0]
+                at = [*landed, *(c for c in checkpoints if c is not None)]
+                self._commit(runtime, follower, notes, audit, (at, []), more=True)
+
         behind = True  # unread bytes may be in any file (at the start: everything is unread)
         try:
             while not self.stopping:
@@ -172,19 +189,25 @@ class TailService:
                 landing, flight = flight, None
                 if backlog.wanted(sum(r.lines.end - r.lines.offset for r in reads)):
                     flight = backlog.submit(
-                        [(r.cursor.source, r.cursor.source_id, r.lines) for r in reads],
+                        [(r.cursor, r.cursor.source, r.cursor.source_id, r.lines) for r in reads],
                         processor.latest_us,
                         follower.checkpoints(),
                     )
                     reads = []
                 taken = None
                 if landing is not None:
-                    for source, fresh in backlog.land(landing, processor).items():
+                    for source, fresh in backlog.land(landing, processor, unload).items():
                         self.ingest.add(source, fresh)
                     taken = landing.checkpoints
+                done: list[Reached] = []
                 for read in reads:
-                    fresh = processor.process(read.cursor.source, read.cursor.source_id, read.lines)
-                    self.ingest.add(read.cursor.source, fresh)
+                    cursor = read.cursor
+                    for part in split_lines(read.lines, SLICE_BYTES):
+                        fresh = processor.process(cursor.source, cursor.source_id, part)
+                        self.ingest.add(cursor.source, fresh)
+                        unload([*done, Reached(cursor, part.end, part.line + len(part.items))])
+                    lines = read.lines
+                    done.append(Reached(cursor, lines.end, lines.line + len(lines.items)))
                 if now >= due_tick:
                     processor.detect(now_us())
                     self._publish(processor, follower)
@@ -212,7 +235,8 @@ class TailService:
                 )
                 self.wake.wait(timeout)
             if flight is not None:
-                for source, fresh in backlog.land(flight, processor).items():
+                taken = None
+                for source, fresh in backlog.land(flight, processor, unload).items():
                     self.ingest.add(source, fresh)
                 self._commit(runtime, follower, notes, audit, flight.checkpoints)
         finally:

@@ -81,6 +81,19 @@ class Cursor:
             digest(self.tail),
         )
 
+    def checkpoint_at(self, offset: int, line: int) -> Checkpoint | None:
+        """A checkpoint at an `offset` (line number `line`) at or before where reading got,
+        for a commit in the middle of a read; None once the file is closed."""
+        if self.fd is None:
+            return None
+        head = self.head
+        if len(head) < FINGERPRINT_BYTES:
+            head = os.pread(self.fd, min(FINGERPRINT_BYTES, max(offset, len(head))), 0)
+        start = max(0, offset - TAIL_HASH_BYTES)
+        tail = os.pread(self.fd, offset - start, start)
+        device, inode = self.file_id
+        return Checkpoint(device, inode, self.source, digest(head), offset, line, digest(tail))
+
     @property
     def handle(self) -> int:
         """The open file; only while it is open (the follower reopens it before reading)."""

@@ -39,6 +39,27 @@ def test_a_run_silent_past_forget_after_is_abandoned_once_and_its_stall_resolves
     assert all(c.type != "RUN_ABANDONED" for c in detect_stalls(open_runs, now, 30 * MINUTE))
 
 
+def test_a_limit_bounds_the_runs_changed_not_the_events_of_one_run() -> None:
+    """A service applies a bounded number of changes per tick; detection must stop there
+    (not describe every silent run each tick) and never split one run's pair of events."""
+    now = 10 * DAY
+    open_runs = {
+        "D-busy": (now - MINUTE, False),
+        "C-stalled": (now - 2 * DAY, False),
+        "B-flagged": (now - 8 * DAY, True),
+        "A-quiet": (now - 8 * DAY, False),
+    }
+    limited = detect_stalls(open_runs, now, 30 * MINUTE, 7 * DAY, limit=2)
+    assert [(c.type, c.run_id) for c in limited] == [
+        ("RUN_ABANDONED", "A-quiet"),
+        ("RUN_RECOVERED", "B-flagged"),
+        ("RUN_ABANDONED", "B-flagged"),
+    ]
+    everything = detect_stalls(open_runs, now, 30 * MINUTE, 7 * DAY)
+    assert everything[: len(limited)] == limited
+    assert detect_stalls(open_runs, now, 30 * MINUTE, 7 * DAY, limit=0) == []
+
+
 def test_an_abandoned_run_shows_as_abandoned_until_an_event_brings_it_back() -> None:
     run = RunState("R1")
     run.apply(event("run_started", "2026-01-01T00:00:00Z", "e1"))
