@@ -350,13 +350,17 @@ class AlertBook:
     states: dict[tuple[str, str], AlertState] = field(default_factory=dict)
     dirty: set[tuple[str, str]] = field(default_factory=set)
     held: set[tuple[str, str]] = field(default_factory=set)
+    held_until: list[tuple[int, tuple[str, str]]] = field(default_factory=list)
+    """A heap of (when the window ends, key) of the held alerts, so that finding the due ones
+    costs what is due, not every alert held; stale entries are checked."""
     expiring: list[tuple[int, tuple[str, str]]] = field(default_factory=list)
     """A heap of (when the window ends, key) of resolved alerts; stale entries are checked."""
     expired: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.held.update(key for key, state in self.states.items() if state.held is not None)
         for key, state in self.states.items():
+            if state.held is not None:
+                self._hold(key, state)
             self._settle(key, state)
 
     def offer(self, trigger: Trigger) -> Notification | None:
@@ -376,10 +380,17 @@ class AlertBook:
             notification = self._resolve(rule, state, trigger)
         if state.held is None:
             self.held.discard(key)
-        else:
-            self.held.add(key)
+        elif key not in self.held:
+            self._hold(key, state)
         self._settle(key, state)
         return notification
+
+    def _hold(self, key: tuple[str, str], state: AlertState) -> None:
+        self.held.add(key)
+        rule = self.rules.rules.get(key[0])
+        if rule is not None:  # an alert of a rule no longer configured is never due
+            ends = 0 if state.notified_at is None else state.notified_at + rule.throttle_us
+            heapq.heappush(self.held_until, (ends, key))
 
     def _settle(self, key: tuple[str, str], state: AlertState) -> None:
         """Note when a resolved alert with nothing held back may be forgotten."""
@@ -440,11 +451,20 @@ class AlertBook:
 
     def due(self, now: int) -> list[Notification]:
         """Held-back changes whose throttle window is over by `now`, oldest first."""
+        ready = set()
+        until = self.held_until
+        while until and until[0][0] <= now:
+            _, key = heapq.heappop(until)
+            if key in self.held:
+                ready.add(key)
         out = []
-        for key in sorted(self.held, key=lambda k: (self.states[k].notified_at or 0, k)):
+        for key in sorted(ready, key=lambda k: (self.states[k].notified_at or 0, k)):
             state = self.states[key]
             rule = self.rules.rules.get(key[0])
             if rule is None or state.held is None or not _window_over(rule, state, now):
+                if state.held is not None:  # a stale entry: the window ends later
+                    self.held.discard(key)
+                    self._hold(key, state)
                 continue
             self.dirty.add(key)
             self.held.discard(key)
@@ -454,11 +474,10 @@ class AlertBook:
 
     def has_due(self, now: int) -> bool:
         """Some held-back change can be sent by `now`."""
-        return any(
-            _window_over(self.rules.rules[key[0]], self.states[key], now)
-            for key in self.held
-            if key[0] in self.rules.rules
-        )
+        until = self.held_until
+        while until and until[0][1] not in self.held:
+            heapq.heappop(until)
+        return bool(until) and until[0][0] <= now
 
     def _notify(self, rule: Rule, state: AlertState, trigger: Trigger) -> Notification:
         announced: Literal["firing", "resolved"] = (

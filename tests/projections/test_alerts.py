@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from runwatch.projections import DerivedEvent
 from runwatch.projections.alerts import (
@@ -244,3 +246,42 @@ def test_an_alert_forgotten_and_fired_again_in_one_batch_is_not_deleted() -> Non
     assert offer_all(book, [derived("RUN_STALLED", 71)]) == ["firing"]
     assert book.take_expired() == []
     assert [key for key, *_ in book.take_dirty()] == ["run_stalled"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["RUN_STALLED", "RUN_RECOVERED", "RUN_COMPLETED", "run_failed"]),
+            st.integers(0, 240),
+            st.sampled_from(["R1", "R2", "R3"]),
+        ),
+        max_size=40,
+    ),
+    st.lists(st.integers(0, 400), max_size=8),
+)
+def test_the_due_alerts_are_the_held_ones_whose_window_is_over(
+    offers: list[tuple[str, int, str]], checks: list[int]
+) -> None:
+    """Found from a heap of window ends, the due alerts are still exactly the held-back ones
+    whose throttle window is over, oldest notification first, whatever the order of
+    triggers and checks."""
+    book = AlertBook(RuleSet([STALLED, FAILED]))
+    moments = sorted([(minute, 0, kind, run) for kind, minute, run in offers])
+    moments += sorted((minute, 1, "", "") for minute in checks)
+    for minute, is_check, kind, run in sorted(moments):
+        if not is_check:
+            offer_all(book, [derived(kind, minute, run, status="failed")])
+            continue
+        now = minute * MINUTE
+        rules = book.rules.rules
+        expected = sorted(
+            (state.notified_at or 0, key)
+            for key, state in book.states.items()
+            if state.held is not None
+            and (state.notified_at is None or now - state.notified_at >= rules[key[0]].throttle_us)
+        )
+        assert book.has_due(now) == bool(expected)
+        due = book.due(now)
+        assert [(n.rule, n.group_key) for n in due] == [k for _, k in expected]
+        assert not book.has_due(now)
