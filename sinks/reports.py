@@ -99,7 +99,7 @@ def build_run_reports(
     )
     workstreams = sorted(workstreams, key=lambda w: w["workstream_id"])
     pattern_runs = sorted(pattern_runs, key=lambda p: (p["started_at"] or "", p["pattern_run_id"]))
-    failed = _failed_tasks(tasks, events)
+    failed = failed_tasks(tasks, events)
     summary = _summary(run, tasks, workstreams, pattern_runs, events, failed)
     return {
         f"{stem}_summary.json": orjson.dumps(summary, option=_JSON) + b"\n",
@@ -267,7 +267,7 @@ def _stats(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _failed_tasks(tasks: Sequence[Row], events: Sequence[Row]) -> list[dict[str, Any]]:
+def failed_tasks(tasks: Sequence[Row], events: Sequence[Row]) -> list[dict[str, Any]]:
     """Failed tasks with the text of their latest error event that carries one."""
     texts = {
         e["task_id"]: text
