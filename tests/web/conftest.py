@@ -7,12 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from webcorpus import crafted_logs
 
 from helpers import replay_into
 from runwatch.sinks.store import Store, open_store
 from runwatch.stream.web.app import Dashboard
 from runwatch.stream.web.server import WebServer
+from webcorpus import crafted_logs
 
 
 @pytest.fixture(scope="module")

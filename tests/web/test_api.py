@@ -13,11 +13,11 @@ from urllib.parse import quote
 import orjson
 import pytest
 import requests
-from webcorpus import HOSTILE_ERROR, HOSTILE_RUN, RETRIED, commit_runs, run_row
 
 from runwatch.sinks.store import Store
 from runwatch.stream.web.app import Dashboard
 from runwatch.stream.web.server import WebServer
+from webcorpus import HOSTILE_ERROR, HOSTILE_RUN, RETRIED, commit_runs, run_row
 
 
 def get(server: WebServer, path: str, **kwargs: Any) -> requests.Response:

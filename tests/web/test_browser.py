@@ -10,10 +10,10 @@ from urllib.parse import quote
 
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
-from webcorpus import HOSTILE_ERROR, HOSTILE_RUN, HOSTILE_TASK, RETRIED, commit_runs, run_row
 
 from runwatch.sinks.store import Store
 from runwatch.stream.web.server import WebServer
+from webcorpus import HOSTILE_ERROR, HOSTILE_RUN, HOSTILE_TASK, RETRIED, commit_runs, run_row
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
