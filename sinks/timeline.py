@@ -5,8 +5,9 @@ times for people (`29m 30s`, `2026-12-07 05:50:46`). Pure: rows and events in, v
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from html import escape
 from typing import Any
 
 from runwatch.projections import to_micros
@@ -137,3 +138,97 @@ def _start_order(task: Row) -> tuple[bool, str, str]:
     """Tasks that started first come first; tasks that never did come last."""
     first = task["attempts"][0]["start"] if task["attempts"] else ""
     return (not task["attempts"], first, task["task_id"])
+
+
+LABEL_W, PLOT_W, ROW_H, TOP = 250, 700, 18, 26
+
+
+def axis_label(elapsed_us: int) -> str:
+    return "start" if elapsed_us <= 0 else "+" + human_duration(elapsed_us / 1e6)
+
+
+def timeline_svg(
+    timeline: Mapping[str, Any], lo: int, hi: int, status_class: Callable[[str | None], str]
+) -> str:
+    """The timeline as inline SVG for a page without script (the HTML report): a lane per
+    workstream, a `rect.bar` per attempt, a dashed `line.wait` between two attempts, and a
+    marker at the right edge for a task that never started. Every text is escaped."""
+    rows: list[tuple[str | None, Mapping[str, Any] | None]] = []
+    for lane in timeline["workstreams"]:
+        rows.append((lane["workstream_id"] or "(no workstream)", None))
+        rows += [(None, task) for task in lane["tasks"]]
+    if not rows:
+        return "<p>none</p>\n"
+    span = max(hi - lo, 1)
+    height = TOP + len(rows) * ROW_H + 4
+    width = LABEL_W + PLOT_W + 40
+
+    def x(us: int) -> float:
+        return LABEL_W + (us - lo) * PLOT_W / span
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="gantt" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}"><g class="axis">'
+    ]
+    for k in range(5):
+        tick = x(lo + span * k // 4)
+        out.append(
+            f'<line x1="{tick:.1f}" y1="{TOP - 6}" x2="{tick:.1f}" y2="{height}"/>'
+            f'<text x="{tick:.1f}" y="{TOP - 10}" text-anchor="middle">'
+            f"{axis_label(span * k // 4)}</text>"
+        )
+    out.append("</g>")
+    for index, (lane, task) in enumerate(rows):
+        y = TOP + index * ROW_H
+        if task is None:
+            out.append(f'<text class="lane" x="4" y="{y + 12}">{_e(lane)}</text>')
+            continue
+        out.append(_task_row(task, y, hi, x, status_class))
+    out.append("</svg>\n")
+    return "".join(out)
+
+
+def _task_row(
+    task: Mapping[str, Any],
+    y: int,
+    hi: int,
+    x: Callable[[int], float],
+    status_class: Callable[[str | None], str],
+) -> str:
+    key = task["task_id"]
+    label = key if len(key) <= 36 else key[:35] + "…"
+    out = [f'<text x="{LABEL_W - 6}" y="{y + 12}" text-anchor="end">{_e(label)}</text>']
+    attempts_ = task["attempts"] or [
+        {"attempt": 0, "status": task["status"], "start": None, "open": True}
+    ]
+    previous: float | None = None
+    for attempt in attempts_:
+        if attempt["start"] is None:  # never started: a marker at the right edge
+            left = right = x(hi)
+            title = f"{key}: {task['status']}, not started"
+        else:
+            left, right = x(micros(attempt["start"])), x(micros(attempt["end"]))
+            if previous is not None and left > previous:
+                out.append(
+                    f'<line class="wait" x1="{previous:.1f}" x2="{left:.1f}" y1="{y + 9}" '
+                    f'y2="{y + 9}"><title>{_e(key)}: waited '
+                    f"{human_duration(attempt['wait_s'])}</title></line>"
+                )
+            title = (
+                f"{key} attempt {attempt['attempt']}: {attempt['status']}, "
+                f"{human_duration(attempt['duration_s'])} ({human_time(attempt['start'])} → "
+                f"{'still running' if attempt['open'] else human_time(attempt['end'])})"
+            )
+        previous = right
+        width = max(right - left, 2)
+        out.append(
+            f'<rect class="bar {status_class(attempt["status"])}'
+            f'{" open" if attempt["open"] else ""}" data-task="{_e(key)}" '
+            f'data-attempt="{attempt["attempt"]}" x="{left:.1f}" y="{y + 2}" '
+            f'width="{width:.1f}" height="{ROW_H - 4}"><title>{_e(title)}</title></rect>'
+        )
+    return "".join(out)
+
+
+def _e(value: object) -> str:
+    return escape(str(value), quote=True)

@@ -3,7 +3,7 @@
 // attempts. Zoom: drag across the plot to pick a range, the buttons, or double-click to fit.
 import { clear, el, humanDuration, humanTime, micros, safeClass, svg } from "./common.js";
 
-const LABEL = 230;
+const LABEL = 260;
 const ROW = 20;
 const TOP = 28;
 
@@ -70,7 +70,7 @@ export class Timeline {
       axis.append(
         svg("line", { x1: x(at), y1: TOP - 6, x2: x(at), y2: height }),
         svg("text", { x: x(at), y: TOP - 10, "text-anchor": k === 0 ? "start" : k === 4 ? "end" : "middle" },
-          `+${humanDuration((at - origin) / 1e6)}`));
+          at <= origin ? "start" : `+${humanDuration((at - origin) / 1e6)}`));
     }
     chart.append(axis, svg("clipPath", { id: "plot-area" }, svg("rect", { x: LABEL, y: 0, width: plot, height })));
     const bars = svg("g", { "clip-path": "url(#plot-area)" });
