@@ -3,10 +3,13 @@ runs of several statuses) and run rows committed the way the service commits the
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
+import requests
 
 from runwatch.sinks.store import Store
 from runwatch.sinks.store.api import Changes
@@ -95,3 +98,36 @@ def commit_runs(
     store: Store, *rows: dict[str, Any], stalled: list[tuple[int, str]] | None = None
 ) -> None:
     store.commit(Changes(runs=list(rows), stalled=stalled or []), seen_at=at(0))
+
+
+class Stream:
+    """A real SSE client: events as (name, id, data) as they arrive."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        self.response = requests.get(url, stream=True, timeout=10, headers=headers)
+        assert self.response.status_code == 200
+        assert self.response.headers["Content-Type"].startswith("text/event-stream")
+        self.lines: Iterator[bytes] = self.response.iter_lines()
+        self.comments = 0
+
+    def next(self, deadline_s: float = 5.0, name: str = "run") -> tuple[str, str | None, Any]:
+        """The next event called `name` (heartbeat comments and other events counted and
+        skipped)."""
+        fields: dict[str, str] = {}
+        end = time.monotonic() + deadline_s
+        for raw in self.lines:
+            assert time.monotonic() < end, f"no {name} event within {deadline_s} s"
+            line = raw.decode()
+            if line.startswith(":"):
+                self.comments += 1
+            elif line:
+                key, _, value = line.partition(":")
+                fields[key] = value.removeprefix(" ")
+            elif fields:
+                if fields.get("event") == name:
+                    return name, fields.get("id"), orjson.loads(fields["data"])
+                fields = {}
+        raise AssertionError("the stream ended")
+
+    def close(self) -> None:
+        self.response.close()

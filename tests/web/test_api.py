@@ -5,19 +5,17 @@ API, the security headers, read-only methods, the bearer token, and the live eve
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import orjson
 import pytest
 import requests
 
 from runwatch.sinks.store import Store
 from runwatch.stream.web.app import Dashboard
 from runwatch.stream.web.server import WebServer
-from webcorpus import HOSTILE_ERROR, HOSTILE_RUN, RETRIED, commit_runs, run_row
+from webcorpus import HOSTILE_ERROR, HOSTILE_RUN, RETRIED, Stream, commit_runs, run_row
 
 
 def get(server: WebServer, path: str, **kwargs: Any) -> requests.Response:
@@ -113,39 +111,6 @@ def test_the_token_guards_every_page_and_call(projection: Path) -> None:
         assert browser.get(server.url + "/api/runs", timeout=10).status_code == 200
     finally:
         server.stop()
-
-
-class Stream:
-    """A real SSE client: events as (name, id, data) as they arrive."""
-
-    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
-        self.response = requests.get(url, stream=True, timeout=10, headers=headers)
-        assert self.response.status_code == 200
-        assert self.response.headers["Content-Type"].startswith("text/event-stream")
-        self.lines: Iterator[bytes] = self.response.iter_lines()
-        self.comments = 0
-
-    def next(self, deadline_s: float = 5.0, name: str = "run") -> tuple[str, str | None, Any]:
-        """The next event called `name` (heartbeat comments and other events counted and
-        skipped)."""
-        fields: dict[str, str] = {}
-        end = time.monotonic() + deadline_s
-        for raw in self.lines:
-            assert time.monotonic() < end, f"no {name} event within {deadline_s} s"
-            line = raw.decode()
-            if line.startswith(":"):
-                self.comments += 1
-            elif line:
-                key, _, value = line.partition(":")
-                fields[key] = value.removeprefix(" ")
-            elif fields:
-                if fields.get("event") == name:
-                    return name, fields.get("id"), orjson.loads(fields["data"])
-                fields = {}
-        raise AssertionError("the stream ended")
-
-    def close(self) -> None:
-        self.response.close()
 
 
 def test_a_commit_reaches_the_stream_within_a_second(served: WebServer, writer: Store) -> None:
