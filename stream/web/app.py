@@ -94,7 +94,7 @@ def build_app(dashboard: Dashboard) -> Starlette:
         if after is not None and not after.isdigit():
             raise BadRequest(f"Last-Event-ID / after must be a change number, not {after!r}")
         return EventSourceResponse(
-            dashboard.feed.stream(request, None if after is None else int(after)),
+            dashboard.feed.stream(None if after is None else int(after)),
             ping=dashboard.ping_s,
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )

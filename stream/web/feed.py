@@ -6,7 +6,7 @@ Event ids are change numbers. A client that reconnects with `Last-Event-ID: N` f
 from the store, every run changed after N (each once, as it is now), then the live changes;
 so nothing committed is missed across a reconnect, whatever happened meanwhile. An id newer
 than the store's (the database was rebuilt by a replay) gets a `reset` event: reload.
-A client too slow to keep up is disconnected; its browser reconnects and catches up the same
+A client 200 turns behind is disconnected; its browser reconnects and catches up the same
 way. Inside the service the commit wakes the poller at once (`nudge`); over a database
 another process writes (`runwatch serve`) it polls every `poll_s`.
 """
@@ -21,15 +21,22 @@ from typing import Any, Final
 
 import orjson
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
 
 from runwatch.sinks.store import web_reads
 from runwatch.stream.web.readers import Readers
 
 BATCH: Final = 500
-QUEUE_MAX: Final = 2000
+QUEUE_MAX: Final = 200
+"""Turns a client may fall behind (each a batch of changes) before it is disconnected."""
 STATS_EVERY_S: Final = 2.0
+TURN_MIN_S: Final = 0.05
+"""Commits closer together than this share one read and one write to each client: with
+hundreds of clients, a write per client per commit would cost the service's loop more than
+the commits themselves."""
 _END: Final = None
+
+Message = tuple[int, bytes]
+"""A run event's change number and its encoded SSE text (encoded once for every client)."""
 
 
 class ChangeFeed:
@@ -53,29 +60,29 @@ class ChangeFeed:
         sampled: tuple[float, int] | None = None
         due_stats = 0.0
         while not self.closed:
+            turn = time.monotonic()
             changes = await self._read(web_reads.changes_after, self.seq, BATCH) or []
-            for seq, row in changes:
-                self.seq = seq
-                self._publish(("run", seq, row))
-            now = time.monotonic()
-            if now >= due_stats:
-                sampled = await self._sample(sampled, now)
-                due_stats = now + STATS_EVERY_S
+            if changes:
+                self.seq = changes[-1][0]
+                self._publish([(seq, run_message(seq, row)) for seq, row in changes])
+            if turn >= due_stats:
+                sampled = await self._sample(sampled, turn)
+                due_stats = turn + STATS_EVERY_S
             if len(changes) == BATCH:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.poll_s)
             self.wake.clear()
+            await asyncio.sleep(max(0.0, turn + TURN_MIN_S - time.monotonic()))
 
     async def _sample(self, before: tuple[float, int] | None, now: float) -> tuple[float, int]:
         accepted = await self._read(web_reads.events_accepted)
         if accepted is None:
             return before or (now, 0)
         if before is not None and now > before[0]:
-            self.stats = {
-                "events_per_s": round(max(accepted - before[1], 0) / (now - before[0]), 1)
-            }
-            self._publish(("stats", None, self.stats))
+            rate = max(accepted - before[1], 0) / (now - before[0])
+            self.stats = {"events_per_s": round(rate, 1)}
+            self._publish(event_message("stats", self.stats))
         return now, accepted
 
     async def _read(self, query: Any, *args: Any) -> Any:
@@ -84,7 +91,7 @@ class ChangeFeed:
         except Exception:  # an unreadable moment (a replay swapping files): try again
             return None
 
-    def _publish(self, item: tuple[str, int | None, dict[str, Any]]) -> None:
+    def _publish(self, item: list[Message] | bytes) -> None:
         for queue in list(self.subscribers):
             if queue.full():  # too slow: it reconnects and catches up from the store
                 self.subscribers.discard(queue)
@@ -111,42 +118,46 @@ class ChangeFeed:
         self.subscribers.add(queue)
         return queue
 
-    async def stream(self, request: Request, after: int | None) -> AsyncIterator[dict[str, Any]]:
-        """One client's events: the catch-up from the store after `after`, then live."""
+    async def stream(self, after: int | None) -> AsyncIterator[bytes]:
+        """One client's events: the catch-up from the store after `after`, then live; each
+        turn's events in one write."""
         queue = self.subscribe()
         try:
             sent = self.seq if after is None else after
             if after is not None:
                 head = await self._read(web_reads.change_seq)
                 if head is not None and after > head:
-                    yield {"event": "reset", "data": orjson.dumps({"seq": head}).decode()}
+                    yield event_message("reset", {"seq": head})
                     sent = head
                 while True:
                     batch = await self._read(web_reads.changes_after, sent, BATCH) or []
-                    for seq, row in batch:
-                        yield _run_event(seq, row)
-                        sent = seq
+                    if batch:
+                        yield b"".join(run_message(seq, row) for seq, row in batch)
+                        sent = batch[-1][0]
                     if len(batch) < BATCH:
                         break
-            yield {"event": "stats", "data": orjson.dumps(self.stats).decode()}
+            yield event_message("stats", self.stats)
             while not self.closed:
                 item = await queue.get()
                 if item is _END:
                     return
-                kind, seq, data = item
-                if kind == "run":
-                    if seq <= sent:
-                        continue
-                    sent = seq
-                    yield _run_event(seq, data)
-                else:
-                    yield {"event": kind, "data": orjson.dumps(data).decode()}
+                if isinstance(item, bytes):
+                    yield item
+                    continue
+                fresh = [text for seq, text in item if seq > sent]
+                if fresh:
+                    sent = item[-1][0]
+                    yield b"".join(fresh)
         finally:
             self.subscribers.discard(queue)
 
 
-def _run_event(seq: int, row: dict[str, Any]) -> dict[str, Any]:
-    return {"event": "run", "id": str(seq), "data": orjson.dumps(row).decode()}
+def run_message(seq: int, row: dict[str, Any]) -> bytes:
+    return b"id: %d\r\nevent: run\r\ndata: %s\r\n\r\n" % (seq, orjson.dumps(row))
+
+
+def event_message(name: str, data: dict[str, Any]) -> bytes:
+    return b"event: %s\r\ndata: %s\r\n\r\n" % (name.encode(), orjson.dumps(data))
 
 
 def _end_now(queue: asyncio.Queue[Any]) -> None:

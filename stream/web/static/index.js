@@ -12,10 +12,10 @@ let listed = []; // run ids the list shows, from the API, in its order
 let stats = { events_per_s: null };
 let drawing = false;
 
-// Each panel is one entry: a title and a function from the state to its content. A new
-// panel (say, SLOs from /api/slo) is one more entry here.
+// Each panel is one entry: a title and a function from the state to its content (`wide`
+// takes the whole row). A new panel (say, SLOs from /api/slo) is one more entry here.
 export const PANELS = [
-  { id: "active", title: "Active runs", render: activePanel },
+  { id: "active", title: "Active runs", render: activePanel, wide: true },
   { id: "completed", title: "Recent completions", render: completedPanel },
   { id: "alerts", title: "Recent alerts", render: alertsPanel },
 ];
@@ -70,7 +70,7 @@ function draw() {
   for (const panel of PANELS) {
     let section = document.getElementById(`panel-${panel.id}`);
     if (!section) {
-      section = el("section", { class: "panel", id: `panel-${panel.id}` });
+      section = el("section", { class: panel.wide ? "panel wide" : "panel", id: `panel-${panel.id}` });
       holder.append(section);
     }
     clear(section, el("h2", {}, panel.title), panel.render());
