@@ -57,7 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_tail.py --shape $(SHAPES) --json bench-out/tail.json
 	$(BIN)/python tests/benchmarks/bench_tail.py --shape $(SHAPES) --hostile-percent 1 --phases throughput,catchup --json bench-out/tail-hostile.json
 	$(BIN)/python tests/benchmarks/bench_alerts.py --json bench-out/alerts.json
-	$(BIN)/python tests/benchmarks/bench_sse.py --clients 1,200 --json bench-out/sse.json
+	$(BIN)/python tests/benchmarks/bench_sse.py --clients 0,1,200 --json bench-out/sse.json
 	$(BIN)/python tests/benchmarks/bench_analyze.py --shape $(SHAPES) --json bench-out/analyze.json
 	$(BIN)/python tests/benchmarks/bench_analyze.py --shape $(SHAPES) --hostile-percent 1 --repeat 1 --json bench-out/analyze-hostile.json
 	$(BIN)/python tests/benchmarks/bench_scaleout.py --json bench-out/scaleout.json

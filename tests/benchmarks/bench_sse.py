@@ -17,9 +17,9 @@ What it measures, and how:
 * Append → commit (target p99 <= 100 ms) with the clients held: the counter poller of
   tailer.py reads `events_accepted` every --poll-ms, exactly as bench_tail.py's latency phase.
 * Clients still connected at the end and the events each received show whether any was
-  dropped for being slow.
+  dropped for being slow. 0 clients is the baseline: the same service and writer, no stream.
 
-Usage:  .venv/bin/python tests/benchmarks/bench_sse.py [--clients 1,200] [--rate 1000]
+Usage:  .venv/bin/python tests/benchmarks/bench_sse.py [--clients 0,1,200] [--rate 1000]
         [--seconds 20] [--measure 10] [--poll-ms 2] [--out DIR] [--json FILE]
 Smoke:  .venv/bin/python tests/benchmarks/bench_sse.py --clients 1,20 --rate 200 --seconds 3
 """
@@ -237,7 +237,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Measure the dashboard's live feed: append → SSE latency, and append → "
         "commit latency while many SSE clients are connected."
     )
-    parser.add_argument("--clients", default="1,200", help="client counts, one run each")
+    parser.add_argument(
+        "--clients", default="0,1,200", help="client counts, one run each (0: the baseline)"
+    )
     parser.add_argument("--rate", type=float, default=1000.0, help="events per second")
     parser.add_argument("--seconds", type=float, default=20.0, help="how long the writer appends")
     parser.add_argument("--measure", type=int, default=10, help="clients that time every event")
@@ -250,8 +252,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.client_counts = [int(c) for c in args.clients.split(",") if c.strip()]
     except ValueError:
         parser.error(f"--clients takes numbers separated by commas, not {args.clients!r}")
-    if not args.client_counts or min(args.client_counts) < 1 or args.rate <= 0:
-        parser.error("--clients must be positive counts and --rate positive")
+    if not args.client_counts or min(args.client_counts) < 0 or args.rate <= 0:
+        parser.error("--clients must be counts (0 or more) and --rate positive")
     return args
 
 

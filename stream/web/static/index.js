@@ -56,6 +56,24 @@ function onRun(run) {
   runs.set(run.run_id, run);
   if (matches(run, filters()) && !listed.includes(run.run_id)) listed.push(run.run_id);
   schedule();
+  countsSoon();
+}
+
+// The figures count every run, not only those on the page: re-read them, at most every 2 s.
+let counting = null;
+function countsSoon() {
+  if (counting) return;
+  counting = setTimeout(async () => {
+    try {
+      overview = (await api("/api/overview")).body;
+      // the stream already brought every change of a run it knows; only add the others
+      for (const run of [...overview.active, ...overview.completed]) {
+        if (!runs.has(run.run_id)) runs.set(run.run_id, run);
+      }
+      schedule();
+    } catch { /* the next change tries again */ }
+    counting = null;
+  }, 2000);
 }
 
 function schedule() {
@@ -83,19 +101,15 @@ function allRuns() {
 }
 
 function drawFigures() {
-  const counts = {};
-  for (const run of allRuns()) counts[run.status] = (counts[run.status] || 0) + 1;
-  const totals = overview ? { ...overview.counts } : {};
-  // counts from the overview cover every run; runs seen live since may add to them
-  for (const [status, n] of Object.entries(counts)) totals[status] = Math.max(totals[status] || 0, n);
-  const stalled = allRuns().filter((r) => r.stalled && ACTIVE.has(r.status)).length;
+  const totals = overview ? overview.counts : {};
+  const stalled = overview ? overview.stalled : 0;
   const service = overview?.service;
   const figure = (label, value, cls = "") =>
     el("div", { class: `figure ${cls}` }, el("span", { class: "value" }, value), el("span", { class: "label" }, label));
   clear(document.getElementById("figures"),
     figure("running", totals.running || 0, "s-running-text"),
     figure("pending", totals.pending || 0),
-    figure("stalled", Math.max(stalled, overview?.stalled || 0), stalled ? "warn" : ""),
+    figure("stalled", stalled, stalled ? "warn" : ""),
     figure("succeeded", totals.succeeded || 0),
     figure("failed", (totals.failed || 0) + (totals.partial || 0), "s-failed-text"),
     figure("events/s", stats.events_per_s ?? "-"),
