@@ -36,8 +36,8 @@ STATUSES: Final = frozenset(
 )
 ALERT_STATES: Final = frozenset({"pending", "delivered", "failed", "recorded", "skipped"})
 SEQ_HEADER: Final = "X-Runwatch-Change-Seq"
-"""On `/api/runs` and `/api/overview`: the change number the rows are at least as new as;
-open `/api/events?after=` it to miss nothing."""
+"""On `/api/runs`, `/api/runs/<id>` and `/api/overview`: the change number the rows are at
+least as new as; open `/api/events?after=` it to miss nothing."""
 
 
 class BadRequest(Exception):
@@ -78,11 +78,18 @@ def _choice(request: Request, name: str, allowed: frozenset[str]) -> str | None:
 
 class Api:
     """The API's handlers over one projection; `reports` is where run reports are served
-    from (`/reports/<file>`), when there is such a folder."""
+    from (`/reports/<file>`), when there is such a folder; `live` gives the running service's
+    own figures for the overview."""
 
-    def __init__(self, readers: Readers, reports: Path | None) -> None:
+    def __init__(
+        self,
+        readers: Readers,
+        reports: Path | None,
+        live: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.readers = readers
         self.reports = reports
+        self.live = live
 
     async def _read(self, query: Callable[[Connection], Any]) -> Any:
         return await run_in_threadpool(self.readers.read, query)
@@ -109,6 +116,8 @@ class Api:
                 return {"seq": seq, **web_reads.overview(db, active=50, recent=15)}
 
         body = await self._read(query)
+        if self.live is not None:
+            body["service"] = await run_in_threadpool(self.live)
         return json_response(body, headers={SEQ_HEADER: str(body["seq"])})
 
     async def run(self, request: Request) -> Response:
@@ -117,15 +126,16 @@ class Api:
         offset = _int(request, "offset", 0, 0, 10**9)
         limit = _int(request, "limit", 100, 1, 1000)
 
-        def query(db: Connection) -> dict[str, Any] | None:
+        def query(db: Connection) -> tuple[int, dict[str, Any] | None]:
             with web_reads.snapshot(db):
+                seq = web_reads.change_seq(db)
                 data = load_run(db, run_id)
                 archival = reads.archival(db, run_id) if data is not None else {}
                 alerts = web_reads.alert_page(db, limit=50, run_id=run_id)
             if data is None:
-                return None
+                return seq, None
             shown = [e for e in data.events if task is None or e["task_id"] == task]
-            return {
+            return seq, {
                 "run": data.run,
                 "tasks": data.tasks,
                 "workstreams": data.workstreams,
@@ -148,10 +158,10 @@ class Api:
                 },
             }
 
-        body = await self._read(query)
+        seq, body = await self._read(query)
         if body is None:
             return json_response({"error": f"no run {run_id!r}"}, 404)
-        return json_response(body)
+        return json_response(body, headers={SEQ_HEADER: str(seq)})
 
     def _report_links(self, run_id: str) -> list[dict[str, str]]:
         if self.reports is None:

@@ -71,23 +71,13 @@ class Dashboard:
 
 
 def build_app(dashboard: Dashboard) -> Starlette:
-    api = Api(dashboard.readers, dashboard.reports)
+    api = Api(dashboard.readers, dashboard.reports, dashboard.live)
 
     def page_route(path: str, name: str) -> Route:
         async def endpoint(request: Request) -> Response:
             return FileResponse(STATIC / PAGES[name], headers={"Cache-Control": "no-store"})
 
         return Route(path, endpoint, methods=["GET", "HEAD"])
-
-    async def overview(request: Request) -> Response:
-        response = await api.overview(request)
-        if dashboard.live is None:
-            return response
-        body = orjson.loads(response.body)
-        body["service"] = await run_in_threadpool(dashboard.live)
-        return json_response(
-            body, headers={k: v for k, v in response.headers.items() if k.startswith("x-")}
-        )
 
     async def events(request: Request) -> Response:
         after = request.headers.get("last-event-id") or request.query_params.get("after")
@@ -150,7 +140,7 @@ def build_app(dashboard: Dashboard) -> Starlette:
         page_route("/tasks/{task_id:path}", "task"),
         Route("/api/runs", api.runs, methods=get),
         Route("/api/runs/{run_id:path}", api.run, methods=get),
-        Route("/api/overview", overview, methods=get),
+        Route("/api/overview", api.overview, methods=get),
         Route("/api/alerts", api.alerts, methods=get),
         Route("/api/tasks/{task_id:path}", api.task, methods=get),
         Route("/api/events", events, methods=get),

@@ -22,9 +22,9 @@ function detailPath() {
 }
 
 async function refresh() {
-  const [detail, list] = await Promise.all([api(detailPath()), api(`/api/runs?limit=1`)]);
+  const detail = await api(detailPath());
   draw(detail.body);
-  return list.seq;
+  return detail.seq;
 }
 
 function select(taskId) {
