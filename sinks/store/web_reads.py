@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
+import psycopg
+
 from runwatch.sinks.store.api import Connection, StoreError
 from runwatch.sinks.store.postgres_sql import PgConnection, Target
-from runwatch.sinks.store.schema import RUN_COLUMNS
+from runwatch.sinks.store.schema import RUN_COLUMNS, check_version
 from runwatch.sinks.store.shared import fetch_dicts
 
 ACTIVE: Final = ("pending", "running")
@@ -25,23 +27,39 @@ _ALERTS: Final = (
 
 
 def open_reader(target: str | Path, *, timeout_s: float = 2.0) -> Connection:
-    """A connection that cannot write: SQLite opened read-only (by a URI any file name
-    survives), or a PostgreSQL session whose transactions are read-only."""
+    """A connection that cannot write, to a projection of this runwatch's schema version:
+    SQLite opened read-only (by a URI any file name survives), or a PostgreSQL session whose
+    transactions are read-only. StoreError says what is wrong with anything else."""
     if str(target).startswith(("postgresql:/", "postgres:/")):
-        pg = PgConnection(Target.parse(str(target)), lock_timeout_ms=int(timeout_s * 1000))
-        pg.raw.execute("SET default_transaction_read_only = on")
-        return pg
-    path = Path(target)
-    if not path.is_file():
-        raise StoreError(f"{path}: no such database file")
-    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+        where = Target.parse(str(target))
+        db: Connection = PgConnection(where, lock_timeout_ms=int(timeout_s * 1000))
+        db.execute("SET default_transaction_read_only = on")
+        errors: tuple[type[Exception], ...] = (psycopg.Error,)
+        printable = where.printable
+    else:
+        path = Path(target)
+        if not path.is_file():
+            raise StoreError(f"{path}: no such database file")
+        uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+        try:
+            db = sqlite3.connect(
+                uri, uri=True, timeout=timeout_s, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot open ({exc})") from exc
+        errors, printable = (sqlite3.Error,), str(path)
     try:
-        db = sqlite3.connect(
-            uri, uri=True, timeout=timeout_s, isolation_level=None, check_same_thread=False
-        )
-        db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-    except sqlite3.Error as exc:
-        raise StoreError(f"{path}: not a readable runwatch database ({exc})") from exc
+        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            raise StoreError(f"{printable}: not a runwatch database (no schema version)")
+        check_version(printable, row[0])
+    except errors as exc:
+        db.close()
+        message = " ".join(str(exc).split())
+        raise StoreError(f"{printable}: not a readable runwatch database ({message})") from exc
+    except StoreError:
+        db.close()
+        raise
     return db
 
 

@@ -55,7 +55,10 @@ def run(args: argparse.Namespace) -> int:
         health=lambda endpoint: _health(dashboard),
         poll_s=args.poll,
     )
-    dashboard.readers.read(web_reads.change_seq)  # a database we cannot read fails now
+    try:
+        dashboard.readers.read(web_reads.change_seq)  # a database we cannot read fails now
+    except DB_ERRORS as exc:
+        raise StoreError(f"{_printable(target)}: cannot read ({' '.join(str(exc).split())})")
     try:
         server = WebServer(host, port, dashboard)
     except OSError as exc:
