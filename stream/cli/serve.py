@@ -58,7 +58,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         dashboard.readers.read(web_reads.change_seq)  # a database we cannot read fails now
     except DB_ERRORS as exc:
-        raise StoreError(f"{_printable(target)}: cannot read ({' '.join(str(exc).split())})")
+        raise StoreError(
+            f"{_printable(target)}: cannot read ({' '.join(str(exc).split())})"
+        ) from None
     try:
         server = WebServer(host, port, dashboard)
     except OSError as exc:
