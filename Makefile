@@ -42,10 +42,11 @@ demo: $(STAMP)
 	  print('identical runs table:', a==b); sys.exit(a!=b)"
 
 test: $(STAMP)
-	@# The HTML report test renders pages in real headless Chromium (Debian's package).
+	@# The HTML report and dashboard tests render pages in real headless Chromium (Debian's
+	@# package; Playwright drives it, never a downloaded browser).
 	@command -v chromium >/dev/null || apt-get install -y chromium >/dev/null 2>&1 || \
 		(apt-get update >/dev/null 2>&1 && apt-get install -y chromium >/dev/null 2>&1) || \
-		echo "could not install chromium: the HTML report tests will fail"
+		echo "could not install chromium: the HTML report and dashboard browser tests will fail"
 	$(BIN)/pytest -q
 
 # Every shape of tests/benchmarks/corpus.py, clean and with 1 % hostile lines mixed in.
