@@ -42,10 +42,11 @@ demo: $(STAMP)
 	  print('identical runs table:', a==b); sys.exit(a!=b)"
 
 test: $(STAMP)
-	@# The HTML report test renders pages in real headless Chromium (Debian's package).
+	@# The HTML report and dashboard tests render pages in real headless Chromium (Debian's
+	@# package; Playwright drives it, never a downloaded browser).
 	@command -v chromium >/dev/null || apt-get install -y chromium >/dev/null 2>&1 || \
 		(apt-get update >/dev/null 2>&1 && apt-get install -y chromium >/dev/null 2>&1) || \
-		echo "could not install chromium: the HTML report tests will fail"
+		echo "could not install chromium: the HTML report and dashboard browser tests will fail"
 	$(BIN)/pytest -q
 
 # Every shape of tests/benchmarks/corpus.py, clean and with 1 % hostile lines mixed in.
@@ -57,6 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_tail.py --shape $(SHAPES) --json bench-out/tail.json
 	$(BIN)/python tests/benchmarks/bench_tail.py --shape $(SHAPES) --hostile-percent 1 --phases throughput,catchup --json bench-out/tail-hostile.json
 	$(BIN)/python tests/benchmarks/bench_alerts.py --json bench-out/alerts.json
+	$(BIN)/python tests/benchmarks/bench_sse.py --clients 0,1,200 --json bench-out/sse.json
 	$(BIN)/python tests/benchmarks/bench_analyze.py --shape $(SHAPES) --json bench-out/analyze.json
 	$(BIN)/python tests/benchmarks/bench_analyze.py --shape $(SHAPES) --hostile-percent 1 --repeat 1 --json bench-out/analyze-hostile.json
 	$(BIN)/python tests/benchmarks/bench_scaleout.py --json bench-out/scaleout.json

@@ -63,7 +63,7 @@ WORKSTREAM_LIFECYCLE: Final[dict[str, tuple[int, str]]] = {
     "canceled": (3, "canceled"),
 }
 
-_STEP_STATUS: Final = {
+STEP_STATUS: Final = {
     "succeeded": "succeeded",
     "failed": "failed",
     "canceled": "canceled",
@@ -172,7 +172,7 @@ class RunState:
                         self.started_at = t
                 if task.key is None or key > task.key:
                     task.key = key
-                    task.status = kind.task_status or _STEP_STATUS.get(
+                    task.status = kind.task_status or STEP_STATUS.get(
                         str(e.payload.get("status")), "failed"
                     )
                     self._note_end(task, status in TASK_TERMINAL)

@@ -1,4 +1,5 @@
-"""Prometheus metrics and health endpoints of the service, on one loopback HTTP server.
+"""Prometheus metrics of the service (served with the health checks and the dashboard by
+stream/web).
 
 Counters move only from committed facts: ingest counts after the commit that wrote the
 events, everything else from audit records (each derived event reaches the audit trail
@@ -8,14 +9,10 @@ Prometheus expects; gauges are set from the service's state at each tick.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
-import orjson
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -98,58 +95,3 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class MetricsServer:
-    """`/metrics` in the Prometheus text format; `/healthz`, `/livez`, `/readyz` as JSON with
-    200 when healthy and 503 when not."""
-
-    def __init__(self, host: str, port: int, metrics: Metrics, health: Health) -> None:
-        handler = type("Handler", (_Handler,), {"metrics": metrics, "health": health})
-        self.server = ThreadingHTTPServer((host, port), handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_port
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, args=(0.2,), daemon=True, name="metrics"
-        )
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    metrics: Metrics
-    health: Health
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0].rstrip("/")
-        if path == "/metrics":
-            self._reply(200, CONTENT_TYPE_LATEST, self.metrics.exposition())
-        elif path in ("/healthz", "/livez", "/readyz"):
-            healthy, body = type(self).health(path[1:])
-            self._reply(
-                200 if healthy else 503,
-                "application/json",
-                orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n",
-            )
-        else:
-            self._reply(
-                404,
-                "text/plain; charset=utf-8",
-                b"not found: try /metrics, /healthz, /livez or /readyz\n",
-            )
-
-    def _reply(self, status: int, content_type: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Requests are not worth a line each on the service's console."""

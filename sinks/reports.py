@@ -23,6 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from runwatch.projections import to_micros
 from runwatch.sinks.atomic import write_atomically
 from runwatch.sinks.naming import safe_filename
+from runwatch.sinks.timeline import (
+    axis_label,
+    build_timeline,
+    human_duration,
+    human_time,
+    timeline_svg,
+)
 
 Row = Mapping[str, Any]
 
@@ -52,7 +59,8 @@ _CSS: Final = (
     "text-align:left;vertical-align:top}th{background:#f1f3f5}.num{text-align:right}"
     ".badge{color:#fff;border-radius:3px;padding:1px 6px}svg text{font-size:11px;fill:#1d232b}"
     ".axis line{stroke:#d5dae0}.bar.open{opacity:.6}.legend span{margin-right:10px}"
-    ".msg{white-space:pre-wrap;font-family:monospace}"
+    ".msg{white-space:pre-wrap;font-family:monospace}.lane{font-weight:600;fill:#5f6b7a}"
+    ".wait{stroke:#5f6b7a;stroke-width:1.5;stroke-dasharray:3 3}"
     + "".join(f".s-{k}{{fill:{c};background:{c}}}" for k, c in _COLOURS.items())
 )
 _CSP: Final = "default-src 'none'; style-src 'unsafe-inline'"
@@ -99,7 +107,7 @@ def build_run_reports(
     )
     workstreams = sorted(workstreams, key=lambda w: w["workstream_id"])
     pattern_runs = sorted(pattern_runs, key=lambda p: (p["started_at"] or "", p["pattern_run_id"]))
-    failed = _failed_tasks(tasks, events)
+    failed = failed_tasks(tasks, events)
     summary = _summary(run, tasks, workstreams, pattern_runs, events, failed)
     return {
         f"{stem}_summary.json": orjson.dumps(summary, option=_JSON) + b"\n",
@@ -107,7 +115,7 @@ def build_run_reports(
             _metrics(run, tasks, pattern_runs, events), option=_JSON
         )
         + b"\n",
-        f"{stem}.html": _page(run, tasks, workstreams, pattern_runs, failed),
+        f"{stem}.html": _page(run, tasks, workstreams, pattern_runs, events, failed),
     }
 
 
@@ -137,12 +145,12 @@ def build_index(runs: Iterable[Row], counts: Mapping[str, int] | None = None) ->
             "yes" if r["stalled"] else "",
             r["tasks_total"],
             r["tasks_failed"],
-            r["last_event_at"],
-            _ms(r["duration_s"]),
+            human_time(r["last_event_at"]),
+            human_duration(r["duration_s"]),
         )
         for r in ordered
     ]
-    body = _table(("run", "status", "stalled", "tasks", "failed", "last event", "duration s"), rows)
+    body = _table(("run", "status", "stalled", "tasks", "failed", "last event", "duration"), rows)
     total = len(rows) if counts is None else sum(counts.values())
     summary = ""
     if counts is not None:
@@ -267,7 +275,7 @@ def _stats(items: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _failed_tasks(tasks: Sequence[Row], events: Sequence[Row]) -> list[dict[str, Any]]:
+def failed_tasks(tasks: Sequence[Row], events: Sequence[Row]) -> list[dict[str, Any]]:
     """Failed tasks with the text of their latest error event that carries one."""
     texts = {
         e["task_id"]: text
@@ -352,6 +360,7 @@ def _page(
     tasks: Sequence[Row],
     workstreams: Sequence[Row],
     pattern_runs: Sequence[Row],
+    events: Sequence[Row],
     failed: list[dict[str, Any]],
 ) -> bytes:
     """The run's single self-contained page: header, timelines and tables."""
@@ -367,7 +376,7 @@ def _page(
         _header(run, tasks),
         "<h2>Task timeline</h2>\n",
         _legend(t["status"] for t in tasks),
-        _gantt([_task_bar(t, hi) for t in tasks], lo, hi, "data-task"),
+        timeline_svg(build_timeline(run, tasks, events), lo, hi, _status_class),
         f"<h2>Failed tasks ({len(failed)})</h2>\n",
         _table(
             ("task", "workstream", "attempts", "ended", "error"),
@@ -376,7 +385,7 @@ def _page(
                     f["task_id"],
                     f["workstream_id"],
                     f["attempts"],
-                    f["ended_at"],
+                    human_time(f["ended_at"]),
                     _Html(f'<span class="msg">{_e(f["error"])}</span>'),
                 )
                 for f in failed
@@ -417,18 +426,18 @@ def _header(run: Row, tasks: Sequence[Row]) -> str:
             "started",
             "ended",
             "last event",
-            "duration s",
+            "duration",
         ),
         [
             (
                 f"{run['tasks_total']} ({counts or 'none seen'})",
                 run["events_total"],
                 run["error_events"],
-                run["created_at"],
-                run["started_at"],
-                run["ended_at"],
-                run["last_event_at"],
-                _ms(run["duration_s"]),
+                human_time(run["created_at"]),
+                human_time(run["started_at"]),
+                human_time(run["ended_at"]),
+                human_time(run["last_event_at"]),
+                human_duration(run["duration_s"]),
             )
         ],
     )
@@ -441,7 +450,7 @@ def _patterns(pattern_runs: Sequence[Row], lo: int, hi: int) -> str:
         return "<p>none</p>\n"
     return _gantt([_pattern_bar(p, hi) for p in pattern_runs], lo, hi, "data-pattern-run") + (
         _table(
-            ("pattern run", "pattern", "step", "status", "phase", "started", "duration s", "error"),
+            ("pattern run", "pattern", "step", "status", "phase", "started", "duration", "error"),
             [
                 (
                     p["pattern_run_id"],
@@ -449,26 +458,14 @@ def _patterns(pattern_runs: Sequence[Row], lo: int, hi: int) -> str:
                     p["step_id"],
                     _badge(p["status"]),
                     p["phase"],
-                    p["started_at"],
-                    _pattern_s(p),
+                    human_time(p["started_at"]),
+                    human_duration(_pattern_s(p)),
                     p["error_message"],
                 )
                 for p in pattern_runs
             ],
         )
     )
-
-
-def _task_bar(task: Row, hi: int) -> _Bar:
-    """A started task spans start → end (or → last event while open); others are a marker."""
-    start = task["started_at"] or task["ended_at"]
-    begin = _us(start) if start else hi
-    end = _us(task["ended_at"]) if task["ended_at"] else (hi if task["started_at"] else begin)
-    title = (
-        f"{task['task_id']}: {task['status']}, attempts {task['attempts']}, "
-        f"{task['started_at'] or '-'} → {task['ended_at'] or 'open'}"
-    )
-    return _Bar(task["task_id"], task["status"], begin, end, task["ended_at"] is None, title)
 
 
 def _pattern_bar(row: Row, hi: int) -> _Bar:
@@ -507,7 +504,7 @@ def _gantt(bars: Sequence[_Bar], lo: int, hi: int, key_attr: str) -> str:
         out.append(
             f'<line x1="{tick:.1f}" y1="{_TOP - 6}" x2="{tick:.1f}" y2="{height}"/>'
             f'<text x="{tick:.1f}" y="{_TOP - 10}" text-anchor="middle">'
-            f"{_elapsed(span * k // 4)}</text>"
+            f"{axis_label(span * k // 4)}</text>"
         )
     out.append("</g>")
     for row, bar in enumerate(bars):
@@ -526,15 +523,13 @@ def _gantt(bars: Sequence[_Bar], lo: int, hi: int, key_attr: str) -> str:
     return "".join(out)
 
 
-def _elapsed(us: int) -> str:
-    seconds = us // 1_000_000
-    return f"+{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 def _legend(statuses: Iterable[str]) -> str:
     seen = sorted(set(statuses))
     items = "".join(f"<span>{_badge(s)}</span>" for s in seen)
-    return f'<p class="legend">{items} time since the first event; faded bars are open</p>\n'
+    return (
+        f'<p class="legend">{items} time since the first event; one bar per attempt, a dashed '
+        "line for the wait between two; faded bars are still running</p>\n"
+    )
 
 
 def _head(title: str) -> str:

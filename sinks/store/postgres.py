@@ -32,7 +32,7 @@ from runwatch.sinks.store.postgres_sql import (
     with_schema,
 )
 from runwatch.sinks.store.schema import CONVERGED, SCHEMA_VERSION, TABLES, check_version
-from runwatch.sinks.store.shared import SharedQueries, parts
+from runwatch.sinks.store.shared import RUN_CHANGE, SharedQueries, parts
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +112,7 @@ _SMALL: Final = {
     "alert_states_deleted": "DELETE FROM alert_state WHERE rule=%s AND group_key=%s",
     "hastened": "UPDATE outbox SET next_attempt_at=%s "
     "WHERE run_id=%s AND kind='job' AND state='pending' AND next_attempt_at > %s",
+    "run_changes": to_postgres(RUN_CHANGE),
 }
 """Updates and deletes of a few rows each, one statement per row (pipelined)."""
 

@@ -11,7 +11,7 @@ from typing import Any, Final
 
 from runwatch.sinks.store.api import StoreError
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +194,7 @@ _TABLES: Final = (
         ),
         ("run_id", "event_id"),
     ),
+    Table("run_changes", _cols("run_id TEXT, seq INTEGER!", seq={"unique": True}), ("run_id",)),
     Table(
         "stream_positions",
         _cols("stream TEXT, position INTEGER!, owner TEXT, updated_at TEXT"),

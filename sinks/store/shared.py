@@ -7,7 +7,7 @@ import os
 import socket
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -215,6 +215,24 @@ def parts(changes: Changes, seen_at: str) -> Iterator[tuple[str, Sequence[Sequen
     yield "alert_states", changes.alert_states
     yield "alert_states_deleted", changes.alert_states_deleted
     yield "evaluated", [(seq,) for seq in changes.evaluated]
+    yield "run_changes", [(run_id,) for run_id in changed_runs(changes)]
+
+
+RUN_CHANGE: Final = (
+    "INSERT INTO run_changes (run_id, seq) VALUES "
+    "(?, (SELECT coalesce(max(seq), 0) + 1 FROM run_changes)) "
+    "ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq"
+)
+"""A run's row changed: it takes the next change number. Writers commit one at a time (the
+store's writer lock), so the numbers grow in commit order and a reader that has seen up to N
+misses nothing by asking for the changes after N (the web dashboard's event ids)."""
+
+
+def changed_runs(changes: Changes) -> list[str]:
+    """The runs whose `runs` row this commit writes, each once, in the order written."""
+    touched = [row["run_id"] for row in changes.runs]
+    touched += [run_id for _, run_id in changes.stalled]
+    return list(dict.fromkeys(touched))
 
 
 def owner_name() -> str:

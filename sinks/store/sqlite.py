@@ -24,7 +24,7 @@ from runwatch.sinks.store.schema import (
     insert,
     upsert,
 )
-from runwatch.sinks.store.shared import SharedQueries, parts, transaction
+from runwatch.sinks.store.shared import RUN_CHANGE, SharedQueries, parts, transaction
 
 _UPSERTS: Final = {field: upsert(table) for field, table in CONVERGED.items()}
 _STATEMENTS: Final = {
@@ -44,6 +44,7 @@ _STATEMENTS: Final = {
     "hastened": "UPDATE outbox SET next_attempt_at=? "
     "WHERE run_id=? AND kind='job' AND state='pending' AND next_attempt_at > ?",
     "evaluated": "UPDATE derived_events SET unevaluated=0 WHERE seq=?",
+    "run_changes": RUN_CHANGE,
 }
 """`parts` name → the statement that writes its rows."""
 

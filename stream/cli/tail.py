@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-addr",
         metavar="HOST:PORT",
-        help="serve Prometheus /metrics and /healthz, /livez, /readyz here "
+        help="serve Prometheus /metrics, /healthz, /livez, /readyz and the web dashboard here "
         "(e.g. 127.0.0.1:9464; a bare :PORT binds to 127.0.0.1)",
     )
     alerts_option(parser)

@@ -22,7 +22,7 @@ from typing import Any, Final, TextIO
 
 from runwatch.projections import DerivedEvent
 from runwatch.sinks.audit import AuditLog
-from runwatch.sinks.metrics import Metrics, MetricsServer
+from runwatch.sinks.metrics import Metrics
 from runwatch.sinks.store import outbox
 from runwatch.sinks.store.api import Checkpoint
 from runwatch.sinks.store.sqlite import SqliteStore
@@ -39,6 +39,8 @@ from runwatch.stream.settings.service import Settings, Source, parse_address
 from runwatch.stream.sources.discovery import static_prefix
 from runwatch.stream.sources.follow import FileId, Follower
 from runwatch.stream.sources.watch import FileChanges, Passes, watch_files
+from runwatch.stream.web.app import Dashboard
+from runwatch.stream.web.server import WebServer
 
 SLICE_BYTES: Final = 256 << 10
 """A read is folded this much at a time, so that a read of many new runs can be written
@@ -77,6 +79,7 @@ class TailService:
         )
         self.wake = threading.Event()
         self.dispatcher: Dispatcher | None = None
+        self.web: WebServer | None = None
         self.metrics = Metrics()
         self.ingest = IngestCounts(settings.sources)
         self.last_loop = time.monotonic()
@@ -272,6 +275,8 @@ class TailService:
         self.ingest.committed(self.metrics)
         if processor.outboxed and self.dispatcher is not None:
             self.dispatcher.poke()
+        if self.web is not None:
+            self.web.nudge()
         records = audit.drain()
         self.metrics.record(records)
         self.console.records(records)
@@ -324,18 +329,39 @@ class TailService:
         return {} if self.dispatcher is None else self.dispatcher.failing()
 
     def _serve_metrics(self, cleanup: contextlib.ExitStack) -> None:
+        """The metrics, the health checks and the dashboard, on `metrics_addr`."""
         if self.settings.metrics_addr is None:
             return
         host, port = parse_address(self.settings.metrics_addr)
+        token = self.settings.http.token
+        dashboard = Dashboard(
+            self.settings.database,
+            reports=self.settings.reports.directory,
+            token=None if token is None else token.get_secret_value(),
+            metrics=self.metrics,
+            health=self._health,
+            live=self._live,
+        )
         try:
-            server = MetricsServer(host, port, self.metrics, self._health)
+            server = WebServer(host, port, dashboard)
         except OSError as exc:
             raise ServiceError(
                 f"metrics_addr {self.settings.metrics_addr}: cannot listen ({exc.strerror})"
             ) from None
         server.start()
+        self.web = server
         cleanup.callback(server.stop)
-        self.console.write(f"metrics and health on http://{host}:{server.port}/metrics, /healthz")
+        self.console.write(f"metrics and health on {server.url}/metrics, /healthz")
+        self.console.write(f"dashboard on {server.url}/")
+
+    def _live(self) -> dict[str, Any]:
+        """On the web thread: what only the running service knows."""
+        return {
+            "ingest_lag_seconds": round(self.lag_s, 3),
+            "ingest_lag_bytes": self.lag_bytes,
+            "loop_age_seconds": round(time.monotonic() - self.last_loop, 3),
+            "started_at": self.started_at,
+        }
 
     def _failed(self, payload: dict[str, Any], detail: str) -> None:
         """The console is the fallback: a notification that could not be delivered shows

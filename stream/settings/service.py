@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Final
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 
 from runwatch.sinks.archive import ArchiveConfig
 from runwatch.sinks.reports import ReportsConfig
@@ -74,6 +74,14 @@ class HealthLimits(BaseModel):
     min_free_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
 
 
+class HttpSettings(BaseModel):
+    """The dashboard on `metrics_addr` (and `runwatch serve`): with a token, every page and
+    API call requires it (the health checks excepted)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    token: SecretStr | None = Field(default=None, min_length=16)
+
+
 class Settings(BaseModel):
     """Everything runwatch can be told; see config/runwatch.yaml for the commented defaults."""
 
@@ -97,6 +105,7 @@ class Settings(BaseModel):
     linger: float = Field(default=0.01, ge=0, le=1)
     metrics_addr: Address | None = None
     health: HealthLimits = HealthLimits()
+    http: HttpSettings = HttpSettings()
     reports: ReportsConfig = ReportsConfig()
     archive: ArchiveConfig = ArchiveConfig()
 

@@ -19,6 +19,7 @@ from test_reports import (
     HOSTILE_ERROR,
     HOSTILE_RUN,
     Elements,
+    bars_per_attempt,
     load_inputs,
     make_corpus,
     reports_for,
@@ -102,14 +103,14 @@ def test_hostile_error_is_shown_as_text(hostile: tuple[str, list[str]]) -> None:
     assert "<img" not in dom and "<script" not in dom
 
 
-def test_hostile_page_has_one_bar_per_task(corpus: Path, hostile: tuple[str, list[str]]) -> None:
-    """Hostile task ids still get exactly their own bar, with the id intact as data."""
+def test_hostile_page_has_one_bar_per_attempt(corpus: Path, hostile: tuple[str, list[str]]) -> None:
+    """Hostile task ids still get exactly their own bars, with the id intact as data."""
     tasks = load_inputs(corpus / "db.sqlite", corpus / "events", HOSTILE_RUN)["tasks"]
-    assert sorted(map(str, Elements(hostile[0]).bars())) == sorted(t["task_id"] for t in tasks)
+    assert sorted(map(str, Elements(hostile[0]).bars())) == bars_per_attempt(tasks)
 
 
 def test_simulated_run_page_renders_cleanly(corpus: Path, tmp_path: Path) -> None:
-    """A real run with open tasks shows one bar per task, runs nothing and logs no error."""
+    """A real run with open tasks shows one bar per attempt, runs nothing and logs no error."""
     runs = [r for r in run_rows(corpus / "db.sqlite") if r["run_id"] != HOSTILE_RUN]
     run = max(runs, key=lambda r: (r["tasks_pending"] + r["tasks_running"], r["run_id"]))
     assert run["tasks_pending"] + run["tasks_running"] > 0
@@ -118,7 +119,7 @@ def test_simulated_run_page_renders_cleanly(corpus: Path, tmp_path: Path) -> Non
     dom, console = render(page, tmp_path / "profile")
     assert console == []
     rendered = Elements(dom)
-    assert sorted(map(str, rendered.bars())) == sorted(t["task_id"] for t in inputs["tasks"])
+    assert sorted(map(str, rendered.bars())) == bars_per_attempt(inputs["tasks"])
     assert rendered.title == f"Run {run['run_id']}"
     assert not rendered.named("script") and not rendered.named("img")
 

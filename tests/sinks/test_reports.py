@@ -350,17 +350,28 @@ def test_regeneration_is_byte_identical(corpus: Path, tmp_path: Path) -> None:
 # -- HTML ---------------------------------------------------------------------------------
 
 
-def test_html_has_one_bar_per_task(corpus: Path) -> None:
-    """Every task shows on the timeline, including pending and still-running ones."""
+def bars_per_attempt(tasks: list[dict[str, Any]]) -> list[str]:
+    """What the timeline must draw: a bar per attempt (start event), and a marker for a task
+    that never started."""
+    return sorted(t["task_id"] for t in tasks for _ in range(max(t["attempts"], 1)))
+
+
+def test_html_has_one_bar_per_attempt(corpus: Path) -> None:
+    """Every task shows on the timeline, each attempt its own bar, pending and running too;
+    a retried task shows the wait between its attempts."""
+    retried = 0
     for run_id in run_ids(corpus / "db.sqlite"):
         inputs = load_inputs(corpus / "db.sqlite", corpus / "events", run_id)
         html = next(d for n, d in build_run_reports(**inputs).items() if n.endswith(".html"))
         page = Elements(html.decode())
-        assert sorted(map(str, page.bars())) == sorted(t["task_id"] for t in inputs["tasks"])
+        assert sorted(map(str, page.bars())) == bars_per_attempt(inputs["tasks"])
+        assert len(page.named("line")) >= sum(t["attempts"] > 1 for t in inputs["tasks"])
+        retried += sum(t["attempts"] > 1 for t in inputs["tasks"])
         assert sorted(map(str, page.bars("data-pattern-run"))) == sorted(
             p["pattern_run_id"] for p in inputs["pattern_runs"]
         )
         assert not page.named("script") and not page.named("link") and not page.named("img")
+    assert retried, "the corpus must hold a retried task for this test to mean something"
 
 
 def test_html_escapes_every_log_string(corpus: Path) -> None:

@@ -103,9 +103,10 @@ def test_a_commit_writes_what_changed_not_the_whole_run(tmp_path: Path) -> None:
         later_commit(tmp_path / "giant.db", 5000),
     )
     # Rows: runs 1, tasks 3, fold_tasks 3, workstreams 3 (W0 new; W1 and W2 of the two
-    # tasks that changed), fold_state 1, event_index 1, counters 1 (events_accepted).
-    assert small["rows"] == giant["rows"] == 13
-    assert small["rows after restart"] == giant["rows after restart"] < 13
+    # tasks that changed), fold_state 1, event_index 1, counters 1 (events_accepted),
+    # run_changes 1 (the run's change number).
+    assert small["rows"] == giant["rows"] == 14
+    assert small["rows after restart"] == giant["rows after restart"] < 14
     # The header holds nothing per task; only its numbers have more digits.
     assert small["header bytes"] <= giant["header bytes"] <= small["header bytes"] + 4 < 400
     assert (giant["saved tasks"], giant["accepted"], giant["duplicate"]) == (5001, 10007, 1)

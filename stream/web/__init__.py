@@ -1,0 +1,1 @@
+"""The web dashboard: a Starlette app (pages, JSON API, live events) on uvicorn."""
