@@ -38,6 +38,8 @@ class RuleSpec(BaseModel):
     throttle: Duration = 0.0
     send_resolved: bool = False
     summary: str = "{type} {run_id}"
+    severity_by: dict[str, dict[str, str]] | None = None
+    runbook_url: str = ""
 
 
 class DeliverySpec(BaseModel):
@@ -158,6 +160,20 @@ def _rule(
         raise ConfigError(
             f"{where}.severity: {spec.severity!r} is not one of {', '.join(ALERT_SEVERITIES)}"
         )
+    severity_by = None
+    if spec.severity_by is not None:
+        if len(spec.severity_by) != 1:
+            raise ConfigError(
+                f"{where}.severity_by: name one event field, e.g. {{level: {{page: critical}}}}"
+            )
+        ((field, choices),) = spec.severity_by.items()
+        for value, severity in choices.items():
+            if severity not in ALERT_SEVERITIES:
+                raise ConfigError(
+                    f"{where}.severity_by.{field}.{value}: {severity!r} is not one of "
+                    f"{', '.join(ALERT_SEVERITIES)}"
+                )
+        severity_by = (field, tuple(choices.items()))
     for channel in spec.channels:
         if channel not in channels:
             raise ConfigError(
@@ -174,6 +190,8 @@ def _rule(
         throttle_us=int(spec.throttle * 1_000_000),
         send_resolved=spec.send_resolved,
         summary=spec.summary,
+        severity_by=severity_by,
+        runbook_url=spec.runbook_url,
     )
 
 
