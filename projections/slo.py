@@ -111,6 +111,12 @@ class Timeline:
         return [run_id for _, run_id in reversed(self.bad_runs[max(low, high - RUNS_NAMED) : high])]
 
 
+def _clean(value: float) -> float:
+    """Rounded to 10 decimals: 1 − 0.95 is 0.05000000000000004 in binary, and a burn rate of
+    exactly 14.4 must not come out as 14.399999999999999 and miss its threshold."""
+    return round(value, 10)
+
+
 def _us(seconds: float) -> int:
     return round(seconds * 1_000_000)
 
@@ -125,7 +131,7 @@ def burn_rates(
     for name, seconds in WINDOWS.items():
         total, bad = timeline.counts(now, _us(seconds))
         totals[name] = total
-        rates[name] = None if total == 0 else (bad / total) / budget
+        rates[name] = None if total == 0 else _clean(bad / total / budget)
     return rates, totals
 
 
@@ -159,8 +165,8 @@ def result(slo: Slo, timeline: Timeline, now: int) -> dict[str, Any]:
         "total": total,
         "good": total - bad,
         "bad": bad,
-        "ratio": None if total == 0 else (total - bad) / total,
-        "budget_remaining": None if total == 0 else 1.0 - bad / (budget * total),
+        "ratio": None if total == 0 else _clean((total - bad) / total),
+        "budget_remaining": None if total == 0 else _clean(1.0 - bad / total / budget),
         "burn_rates": rates,
         "alert": alert_level(rates, totals, slo.min_events),
     }
@@ -223,13 +229,12 @@ def transitions(
     runs: Iterable[FinishedRun],
     until: int,
     announced: Mapping[str, str | None] | None = None,
-    since: int | None = None,
 ) -> tuple[list[DerivedEvent], dict[str, str | None]]:
     """SLO_BURN and SLO_RECOVERED in event time, up to `until`, for a replay: each SLO is
     judged at every instant one of its windows changes (a run enters them all at its
-    `ended_at`, and leaves window w at `ended_at + w`), after `since` when given, so the
-    events and their times depend only on the runs. Returns them sorted by time, and the
-    level announced at `until` per SLO."""
+    `ended_at`, and leaves window w at `ended_at + w`), so the events and their times
+    depend only on the runs. Returns them sorted by time, and the level announced at
+    `until` per SLO."""
     rows = list(runs)
     levels = dict(announced or {})
     out: list[DerivedEvent] = []
@@ -241,8 +246,6 @@ def transitions(
         for instant in sorted(instants):
             if instant > until:
                 break
-            if since is not None and instant <= since:
-                continue
             event, level = change(slo, timeline, instant, level)
             if event is not None:
                 out.append(event)

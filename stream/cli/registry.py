@@ -21,6 +21,7 @@ from runwatch.stream.cli import (
     report,
     ship,
     simulate,
+    slo,
     status,
     tail,
 )
@@ -30,6 +31,7 @@ COMMANDS: Final[tuple[Command, ...]] = (
     replay.COMMAND,
     tail.COMMAND,
     status.COMMAND,
+    slo.COMMAND,
     simulate.COMMAND,
     health.COMMAND,
     alerts.COMMAND,

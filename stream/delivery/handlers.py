@@ -30,6 +30,9 @@ def channel_handler(channel: Channel) -> Handler:
         return Result(outcome.status, outcome.detail, outcome.retry_after)
 
     send.longest_attempt_s = longest_attempt(channel)  # type: ignore[attr-defined]  # the lease
+    when_idle = getattr(channel, "when_idle", None)
+    if when_idle is not None:  # periodic work of the channel (Alertmanager's re-sends)
+        send.when_idle = when_idle  # type: ignore[attr-defined]  # read by the dispatcher
     return send
 
 

@@ -141,11 +141,12 @@ def _channel(source: str, name: str, raw: dict[str, Any]) -> ChannelConfig | Non
     if model.address_key is not None and not body.get(model.address_key):
         return None
     body = {k: v for k, v in body.items() if v not in ("", None)}  # ${VAR:-} left empty
-    if "timeout" in body:  # the channel models take seconds; the file may say 10s
-        try:
-            body["timeout"] = parse_duration(body["timeout"])
-        except ValueError as exc:
-            raise ConfigError(f"{source}: {where}.timeout: {exc}") from None
+    for key in ("timeout", "resend_interval"):  # the models take seconds; the file may say 10s
+        if key in body:
+            try:
+                body[key] = parse_duration(body[key])
+            except ValueError as exc:
+                raise ConfigError(f"{source}: {where}.{key}: {exc}") from None
     try:
         return model.model_validate(body)
     except ValidationError as exc:
