@@ -157,3 +157,15 @@ def test_live_book_announces_a_level_once_and_recovers() -> None:
     assert [e.type for e in recovered] == ["SLO_RECOVERED"] and figures[0]["alert"] is None
     resumed = SloBook([SUCCESS], runs, {"ok": "page"})
     assert resumed.tick(NOW)[0] == [], "a restart knows the level already announced"
+
+
+def test_a_burn_rate_exactly_at_its_threshold_fires() -> None:
+    """1 − 0.7 is 0.30000000000000004 in binary: 3 bad runs of 10 burn exactly 1×, which
+    must open the ticket (≥), not miss it by a rounding error."""
+    slo = Slo("ok", "success", 0.7, min_events=10)
+    runs = [run(MIN + i, "failed" if i < 3 else "succeeded") for i in range(10)]
+    (out,) = evaluate([slo], runs, NOW)
+    assert out["burn_rates"]["3d"] == 1.0 and out["burn_rates"]["6h"] == 1.0
+    assert out["alert"] == "ticket"
+    (fewer,) = evaluate([slo], runs[1:], NOW)
+    assert fewer["burn_rates"]["3d"] < 1.0 and fewer["alert"] is None
