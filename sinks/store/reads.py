@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
+import orjson
+
 from runwatch.sinks.store.api import Connection, StoreError
 from runwatch.sinks.store.keys import GroupKey, IndexEntry, load_index
 from runwatch.sinks.store.schema import RUN_COLUMNS
@@ -124,6 +126,27 @@ def alerts(connection: Connection, *, state: str | None = None, limit: int) -> l
         "ORDER BY decided_at DESC, id LIMIT ?",
         [*params, limit],
     )
+
+
+def still_firing(connection: Connection, channel: str) -> list[dict[str, Any]]:
+    """The last notification `channel` delivered of every alert that is firing now (its
+    alert state says so): what a channel that keeps alerts alive must resume."""
+    firing = {
+        (rule, group)
+        for rule, group, state in connection.execute(
+            "SELECT rule, group_key, state FROM alert_state"
+        )
+        if orjson.loads(state).get("current") == "firing"
+    }
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for (payload,) in connection.execute(
+        "SELECT payload FROM outbox WHERE kind = 'alert' AND target = ? AND state = 'delivered' "
+        "ORDER BY decided_at, id",
+        (channel,),
+    ):
+        notification = orjson.loads(payload)
+        latest[(notification["rule"], notification["group_key"])] = notification
+    return [n for key, n in latest.items() if key in firing and n["state"] == "firing"]
 
 
 def last_derived_seq(connection: Connection) -> int:

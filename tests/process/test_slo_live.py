@@ -15,6 +15,7 @@ from alertmanager import Alertmanager
 from helpers import TailProcess, derived_events, wait_until
 from receivers import WebhookReceiver
 
+ROOT = Path(__file__).parents[2]
 CONFIG = """\
 tick_interval: 0.2s
 slos:
@@ -51,16 +52,19 @@ def slo_burns(db: Path) -> list[dict[str, object]]:
 def test_a_live_burn_pages_through_alertmanager_once(tmp_path: Path) -> None:
     """Failures that burn the budget 10× page (the 6h/30m pair) within a tick, land in the
     team's Alertmanager with the SLO's labels, show in /metrics, and a crashed and restarted
-    service knows it already announced the page."""
+    service knows it already announced the page and keeps it alive in Alertmanager."""
     logs = tmp_path / "in"
     logs.mkdir()
     config = tmp_path / "runwatch.yaml"
     config.write_text(CONFIG)
     db = tmp_path / "rw.db"
+    alerts = tmp_path / "alerts.yaml"
+    shipped = (ROOT / "config" / "alerts.yaml").read_text()
+    alerts.write_text(shipped.replace("resend_interval: 1m", "resend_interval: 1s"))
     with WebhookReceiver() as receiver:
         manager = Alertmanager(tmp_path, receiver)
         try:
-            args = ("--config", config, "--metrics-addr", "127.0.0.1:0")
+            args = ("--config", config, "--alerts", alerts, "--metrics-addr", "127.0.0.1:0")
             env = {"ALERTMANAGER_URL": manager.url}
             service = TailProcess(tmp_path, db, logs, args=tuple(map(str, args)), env=env)
             with service:
@@ -96,6 +100,12 @@ def test_a_live_burn_pages_through_alertmanager_once(tmp_path: Path) -> None:
                     30,
                 )
                 assert len(slo_burns(db)) == 1, "the page was announced before the crash"
+                before = manager.alerts(alertname="slo_burn")[0]["updatedAt"]
+                wait_until(
+                    lambda: manager.alerts(alertname="slo_burn")[0]["updatedAt"] != before,
+                    "the restarted service re-posts the alert still firing",
+                    15,
+                )
                 assert service.stop() == 0
         finally:
             manager.stop()
