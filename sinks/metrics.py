@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
@@ -106,6 +107,11 @@ class Metrics:
             registry=r,
             buckets=duration_buckets(thresholds),
         )
+        self.last_success = Gauge(
+            "last_successful_run_timestamp_seconds",
+            "When the newest successful run ended (Unix time)",
+            registry=r,
+        )
         self.slo_objective = Gauge(
             "slo_objective", "The share of good runs each SLO promises", ["slo"], registry=r
         )
@@ -136,6 +142,8 @@ class Metrics:
                     self.runs_failed.inc()
                 if status in RESULTS:
                     self.runs_finished.labels(RESULTS[status]).inc()
+                if status == "succeeded":
+                    self.succeeded_at(str(record.get("event_time")))
                 duration = record.get("duration_s")
                 if status != "canceled" and isinstance(duration, int | float):
                     self.run_duration.observe(float(duration))
@@ -148,6 +156,13 @@ class Metrics:
             elif kind == "RUN_ARCHIVED" and record.get("created"):
                 self.archived.inc()
                 self.archive_size.observe(float(record.get("size_bytes") or 0))
+
+    def succeeded_at(self, ended_at: str | None) -> None:
+        """A run succeeded at `ended_at` (ISO-8601): the newest success so far moves on."""
+        if ended_at:
+            when = datetime.fromisoformat(ended_at).timestamp()
+            if when > self.last_success._value.get():  # prometheus_client: no public getter
+                self.last_success.set(when)
 
     def set_slos(self, figures: Iterable[dict[str, Any]]) -> None:
         """Every SLO's gauges from its figures (`projections.slo.evaluate`); a window without

@@ -57,6 +57,12 @@ def _rows(rows: list[Any]) -> list[tuple[int, str, float | None, str]]:
     ]
 
 
+def latest_success(connection: Connection) -> str | None:
+    """When the newest successful run ended."""
+    row = connection.execute("SELECT max(ended_at) FROM runs WHERE status = 'succeeded'").fetchone()
+    return None if row is None else row[0]
+
+
 def announced_levels(connection: Connection) -> dict[str, str | None]:
     """SLO name → the level its newest SLO_BURN announced, or None after an SLO_RECOVERED."""
     levels: dict[str, str | None] = {}

@@ -25,6 +25,7 @@ from runwatch.sinks.audit import AuditLog
 from runwatch.sinks.metrics import Metrics, MetricsServer
 from runwatch.sinks.store import outbox
 from runwatch.sinks.store.api import Checkpoint
+from runwatch.sinks.store.slo_reads import latest_success
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import ServiceConsole, wall_clock
 from runwatch.stream.core.processor import Processor
@@ -103,6 +104,7 @@ class TailService:
             runtime = Runtime.live(store, self.settings, self.alerts)
             if self.settings.objectives:
                 self.slos = LiveSlos(store, self.settings.objectives)
+            self.metrics.succeeded_at(latest_success(store.db))
             processor = runtime.processor
             dispatcher = runtime.dispatcher(
                 out=self.console.out,
