@@ -17,6 +17,7 @@ from runwatch.sinks.store.api import Connection, StoreError
 from runwatch.sinks.store.keys import GroupKey, IndexEntry, load_index
 from runwatch.sinks.store.schema import RUN_COLUMNS
 from runwatch.sinks.store.shared import fetch_dicts, iter_dicts
+from runwatch.sinks.store.slo_reads import finished_runs
 
 ALERT_COLUMNS: Final = (
     "decided_at",
@@ -228,10 +229,12 @@ class Frame:
     active: list[dict[str, Any]] = field(default_factory=list)
     completed: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
+    finished: list[tuple[int, str, float | None, str]] = field(default_factory=list)
+    """Runs ended since `slo_since` (see `slo_reads.finished_runs`), when asked for."""
     problem: str | None = None
 
 
-def frame(database: Path, *, active: int, recent: int) -> Frame:
+def frame(database: Path, *, active: int, recent: int, slo_since: int | None = None) -> Frame:
     """Never writes; a busy, half-built or foreign database gives a frame naming the problem
     (sections are read most important first, so what was read before it still shows)."""
     snap = Frame()
@@ -248,6 +251,8 @@ def frame(database: Path, *, active: int, recent: int) -> Frame:
         snap.active = fetch_dicts(connection, _ACTIVE, (active,))
         snap.completed = fetch_dicts(connection, _COMPLETED, (recent,))
         snap.alerts = fetch_dicts(connection, _ALERTS, (recent * 20, recent))
+        if slo_since is not None:
+            snap.finished = finished_runs(connection, slo_since)
     except sqlite3.Error as exc:
         snap.problem = str(exc)
     finally:

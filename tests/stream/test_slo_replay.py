@@ -28,12 +28,12 @@ def stamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def history(path: Path) -> datetime:
-    """20 good runs, one every 10 minutes, then 10 failures within 5 minutes; returns the
-    end of the first failure."""
+def history(path: Path, start: datetime = START) -> datetime:
+    """From `start`, 20 good runs, one every 10 minutes, then 10 failures within 5 minutes
+    (4 h after `start`); returns the end of the first failure."""
     lines = []
     for i in range(20):
-        began = START + timedelta(minutes=10 * i)
+        began = start + timedelta(minutes=10 * i)
         lines += [
             jsonl(event_type="run_started", timestamp=stamp(began), run_id=f"ok{i}"),
             jsonl(
@@ -42,7 +42,7 @@ def history(path: Path) -> datetime:
                 run_id=f"ok{i}",
             ),
         ]
-    burst = START + timedelta(hours=4)
+    burst = start + timedelta(hours=4)
     for i in range(10):
         began = burst + timedelta(seconds=30 * i)
         lines += [
@@ -142,3 +142,22 @@ def test_slo_command_reports_the_contract_figures(tmp_path: Path) -> None:
     refused = run_cli("slo", "--db", db, "--config", bad)
     assert refused.returncode == 2
     assert "slos.0.name" in refused.stderr and "slos.0.objective" in refused.stderr
+
+
+def test_status_watch_shows_the_service_levels(tmp_path: Path) -> None:
+    """The live view puts each SLO's level beside the runs: the burst that ended an hour
+    ago no longer pages (its short windows are empty) but still holds a ticket open."""
+    log = tmp_path / "events.jsonl"
+    history(log, datetime.now(UTC) - timedelta(hours=5))
+    db = tmp_path / "rw.db"
+    replay_into(db, log)
+    config = tmp_path / "runwatch.yaml"
+    config.write_text(CONFIG)
+    shown = run_cli("status", "--watch", "--db", db, "--config", config)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert "SERVICE LEVELS" in lines
+    (success,) = [line for line in lines if "pipeline_success" in line]
+    assert "TICKET" in success and "good 66.7% of 30" in success
+    (fast,) = [line for line in lines if "pipeline_fast" in line]
+    assert " OK " in fast
