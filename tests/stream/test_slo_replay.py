@@ -12,7 +12,10 @@ import orjson
 import pytest
 
 from helpers import derived_events, jsonl, replay_into, run_cli
+from runwatch.sinks.analysis import render
 from runwatch.sinks.store.sqlite import SqliteStore
+from runwatch.stream.analysis.analyze import analyze_logs
+from runwatch.stream.settings.service import Settings
 
 START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 SLOS = [
@@ -161,3 +164,23 @@ def test_status_watch_shows_the_service_levels(tmp_path: Path) -> None:
     assert "TICKET" in success and "good 66.7% of 30" in success
     (fast,) = [line for line in lines if "pipeline_fast" in line]
     assert " OK " in fast
+
+
+def test_analyze_reports_service_levels_and_their_incidents(tmp_path: Path) -> None:
+    """Months of logs answer "how often did we burn the budget": analyze judges each SLO at
+    the end of the logs and counts the pages and tickets SLO_BURN would have raised."""
+    log = tmp_path / "events.jsonl"
+    history(log)
+    analysis = analyze_logs([log], Settings(slos=SLOS), progress=False, workers=0)
+    success, fast = analysis["service_levels"]
+    assert (success["slo"], success["pages"], success["tickets"]) == ("pipeline_success", 1, 1)
+    assert (success["total"], success["bad"], success["alert"]) == (30, 10, "page")
+    assert (fast["slo"], fast["pages"], fast["tickets"], fast["alert"]) == (
+        "pipeline_fast",
+        0,
+        0,
+        "ok",
+    )
+    table = render(analysis, "table").decode()
+    assert "Service levels" in table and "pipeline_success" in table
+    assert "pipeline_success" in render(analysis, "html").decode()
