@@ -88,7 +88,12 @@ class AlertmanagerChannel(Posting[AlertmanagerConfig]):
             batch = [alert]
             if before is not None and before["labels"] != alert["labels"]:
                 batch.append({**before, "endsAt": _now()})
+            resending = self._resend_due()
+            if resending:  # a busy channel is never idle: keep the others alive here too
+                batch += [a for k, a in self.active.items() if k != key]
             outcome = self._post(batch)
+            if resending and outcome.status == "delivered":
+                self.resent_at = time.monotonic()
             if outcome.status == "delivered":
                 if notification["state"] == "firing":
                     self.active[key] = alert
@@ -99,7 +104,7 @@ class AlertmanagerChannel(Posting[AlertmanagerConfig]):
     def when_idle(self) -> None:
         """Re-post the firing alerts once `resend_interval` has passed since the last time."""
         with self.lock:
-            if not self.active or time.monotonic() - self.resent_at < self.config.resend_interval:
+            if not self._resend_due():
                 return
             self.resent_at = time.monotonic()
             self._post(list(self.active.values()))  # a failure waits for the next interval
@@ -111,6 +116,11 @@ class AlertmanagerChannel(Posting[AlertmanagerConfig]):
                 key = (str(notification["rule"]), str(notification["group_key"]))
                 self.active[key] = to_alert(notification, self.config.generator_url)
             self.resent_at = time.monotonic() - self.config.resend_interval
+
+    def _resend_due(self) -> bool:
+        return bool(self.active) and (
+            time.monotonic() - self.resent_at >= self.config.resend_interval
+        )
 
     def _post(self, alerts: list[dict[str, Any]]) -> Outcome:
         body = orjson.dumps(alerts)
