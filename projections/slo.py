@@ -30,6 +30,7 @@ WINDOWS: Final[dict[str, int]] = {
     "3d": 259200,
 }
 """The burn-rate windows, in seconds, by the names the outputs use."""
+WINDOWS_US: Final = {name: seconds * 1_000_000 for name, seconds in WINDOWS.items()}
 
 ALERT_PAIRS: Final[tuple[tuple[Level, str, str, float], ...]] = (
     ("page", "1h", "5m", 14.4),
@@ -152,6 +153,29 @@ def alert_level(
     return None
 
 
+def level_at(slo: Slo, timeline: Timeline, now: int) -> Level | None:
+    """`alert_level` of `slo` at `now`, counting only the windows its pairs need (a replay
+    asks this at every instant a window changes)."""
+    times, bad_before = timeline.times, timeline.bad_before
+    high = bisect_right(times, now)
+    if bad_before[high] == bad_before[bisect_right(times, now - WINDOWS_US["6h"])]:
+        return None  # every short window is within 6h: without a bad run none fires
+    budget = 1.0 - slo.objective
+
+    def reaches(window: str, least: int, factor: float) -> bool:
+        low = bisect_right(times, now - WINDOWS_US[window])
+        total = high - low
+        if total < least or total == 0:
+            return False
+        rate = (bad_before[high] - bad_before[low]) / total / budget
+        return rate >= factor or (rate > factor - 1e-9 and _clean(rate) >= factor)
+
+    for level, long, short, factor in ALERT_PAIRS:
+        if reaches(long, slo.min_events, factor) and reaches(short, 1, factor):
+            return level
+    return None
+
+
 def result(slo: Slo, timeline: Timeline, now: int) -> dict[str, Any]:
     """One SLO at `now`: the object `runwatch slo --json` prints for it."""
     total, bad = timeline.counts(now, _us(slo.window_s))
@@ -240,15 +264,18 @@ def transitions(
     out: list[DerivedEvent] = []
     for slo in slos:
         timeline = Timeline.build(slo, rows)
-        instants = {t for t in timeline.times}
-        instants.update(t + _us(w) for t in timeline.times for w in WINDOWS.values())
+        instants = set(timeline.times)
+        for width in WINDOWS_US.values():
+            instants.update([t + width for t in timeline.times])
         level = levels.get(slo.name)
         for instant in sorted(instants):
             if instant > until:
                 break
-            event, level = change(slo, timeline, instant, level)
-            if event is not None:
-                out.append(event)
+            current = level_at(slo, timeline, instant)
+            if LEVEL_RANK[current] > LEVEL_RANK[level] or (current is None and level is not None):
+                event, level = change(slo, timeline, instant, level)
+                if event is not None:
+                    out.append(event)
         levels[slo.name] = level
     out.sort(key=lambda event: (event.time, event.data["slo"]))
     return out, levels

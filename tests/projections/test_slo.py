@@ -169,3 +169,24 @@ def test_a_burn_rate_exactly_at_its_threshold_fires() -> None:
     assert out["alert"] == "ticket"
     (fewer,) = evaluate([slo], runs[1:], NOW)
     assert fewer["burn_rates"]["3d"] < 1.0 and fewer["alert"] is None
+
+
+def test_the_replay_sweep_agrees_with_evaluate_at_every_instant() -> None:
+    """Replay judges levels with a lean path (`level_at`); it must say exactly what the full
+    figures say, at window edges too."""
+    import random
+
+    from runwatch.projections.slo import WINDOWS_US, Timeline, level_at
+
+    rng = random.Random(11)
+    for objective, min_events in ((0.9, 3), (0.99, 1), (0.7, 10)):
+        slo = Slo("x", "success", objective, min_events=min_events)
+        runs = [
+            (NOW - rng.randrange(0, 3 * 86400) * S, rng.choice(["succeeded"] * 3 + ["failed"]), 1.0)
+            for _ in range(200)
+        ]
+        timeline = Timeline.build(slo, runs)
+        instants = {t + w for t, *_ in runs for w in (0, *WINDOWS_US.values())}
+        for instant in sorted(instants)[::7]:
+            (full,) = evaluate([slo], runs, instant)
+            assert level_at(slo, timeline, instant) == full["alert"], instant
