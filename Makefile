@@ -17,6 +17,8 @@ demo: $(STAMP)
 	@rm -rf $(DEMO) && mkdir -p $(DEMO)/live $(DEMO)/config
 	@# The simulated history spans the last 6 h; alert on all of it, not only the last hour.
 	@sed 's/^alert_lookback: 1h/alert_lookback: 12h/' config/alerts.yaml > $(DEMO)/config/alerts.yaml
+	@# Two service levels over the simulated runs (`runwatch slo`, SLO_BURN alerts, metrics).
+	@printf 'slos:\n  - {name: pipeline_success, sli: success, objective: 0.9, min_events: 5}\n  - {name: pipeline_latency, sli: duration, objective: 0.8, threshold: 20m, min_events: 5}\n' > $(DEMO)/config/runwatch.yaml
 	@echo "== 1. the service starts and follows $(DEMO)/live (derived events and alerts print below)"
 	@cd $(DEMO) && ../$(BIN)/runwatch tail live --db runwatch.db & echo $$! > $(DEMO)/tail.pid
 	@sleep 1
@@ -35,7 +37,9 @@ demo: $(STAMP)
 	@cd $(DEMO) && ../$(BIN)/runwatch archive --verify --db runwatch.db
 	@echo "== 6. the audit trail's hash chain"
 	@cd $(DEMO) && ../$(BIN)/runwatch audit verify --db runwatch.db
-	@echo "== 7. a clean rebuild from the same logs gives the same rows, and sends nothing"
+	@echo "== 7. service levels: each SLO's error budget, burn rates and alert level"
+	@cd $(DEMO) && ../$(BIN)/runwatch slo --db runwatch.db
+	@echo "== 8. a clean rebuild from the same logs gives the same rows, and sends nothing"
 	@$(BIN)/runwatch replay $(DEMO)/live --db $(DEMO)/replayed.db
 	@$(BIN)/python -c "import sqlite3,sys; q='SELECT * FROM runs ORDER BY run_id'; \
 	  a,b=(sqlite3.connect(f'$(DEMO)/{n}.db').execute(q).fetchall() for n in ('runwatch','replayed')); \
@@ -47,6 +51,14 @@ test: $(STAMP)
 	@command -v chromium >/dev/null || apt-get install -y chromium >/dev/null 2>&1 || \
 		(apt-get update >/dev/null 2>&1 && apt-get install -y chromium >/dev/null 2>&1) || \
 		echo "could not install chromium: the HTML report and dashboard browser tests will fail"
+	@# The mixin tests run the real promtool, the Alertmanager tests a real Alertmanager.
+	@command -v promtool >/dev/null || apt-get install -y prometheus >/dev/null 2>&1 || \
+		(apt-get update >/dev/null 2>&1 && apt-get install -y prometheus >/dev/null 2>&1) || \
+		echo "could not install prometheus (promtool): the mixin tests will fail"
+	@command -v prometheus-alertmanager >/dev/null || \
+		apt-get install -y prometheus-alertmanager >/dev/null 2>&1 || \
+		(apt-get update >/dev/null 2>&1 && apt-get install -y prometheus-alertmanager >/dev/null 2>&1) || \
+		echo "could not install prometheus-alertmanager: the Alertmanager tests will fail"
 	$(BIN)/pytest -q
 
 # Every shape of tests/benchmarks/corpus.py, clean and with 1 % hostile lines mixed in.
@@ -63,6 +75,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_analyze.py --shape $(SHAPES) --hostile-percent 1 --repeat 1 --json bench-out/analyze-hostile.json
 	$(BIN)/python tests/benchmarks/bench_scaleout.py --json bench-out/scaleout.json
 	$(BIN)/python tests/benchmarks/bench_soak.py --json bench-out/soak.json
+	$(BIN)/python tests/benchmarks/bench_slo.py --json bench-out/slo.json
 
 # For the scale-out tests on a plain Debian machine: PostgreSQL and NATS with JetStream,
 # from Debian's packages, on 127.0.0.1 (the embedded default never needs them).

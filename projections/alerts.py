@@ -27,7 +27,7 @@ from .events import DerivedEvent, Event, format_time
 SEVERITY_RANK: Final = {"debug": 0, "info": 1, "warning": 2, "error": 3, "critical": 4}
 """Event severities, as decoding normalises them (§1)."""
 
-ALERT_SEVERITIES: Final = ("info", "low", "medium", "high", "critical")
+ALERT_SEVERITIES: Final = ("info", "low", "medium", "warning", "high", "critical")
 
 Role = Literal["fire", "resolve"]
 _COMPARISON: Final = re.compile(r"^\s*(>=|<=|!=|==|>|<)\s*(.+?)\s*$")
@@ -110,12 +110,23 @@ class Rule:
     throttle_us: int = 0
     send_resolved: bool = False
     summary: str = "{type} {run_id}"
+    severity_by: tuple[str, tuple[tuple[str, str], ...]] | None = None
+    """(field, ((value, severity), ...)): the triggering event's field picks the severity
+    (e.g. an SLO_BURN's level: page → critical); other values keep `severity`."""
+    runbook_url: str = ""
 
     def matchers(self) -> Iterator[tuple[Role, Matcher]]:
         for matcher in self.fire:
             yield "fire", matcher
         for matcher in self.resolve:
             yield "resolve", matcher
+
+    def severity_of(self, fields: Mapping[str, Any]) -> str:
+        if self.severity_by is None:
+            return self.severity
+        name, choices = self.severity_by
+        value = fields.get(name)
+        return next((severity for key, severity in choices if key == value), self.severity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +159,7 @@ class Notification:
     labels: dict[str, str]
     summary: str
     event: dict[str, Any]
+    runbook_url: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -165,6 +177,7 @@ class Notification:
             "starts_at": format_time(self.starts_at),
             "ends_at": format_time(self.ends_at),
             "suppressed": self.suppressed,
+            "runbook_url": self.runbook_url,
         }
 
 
@@ -308,6 +321,8 @@ class AlertState:
     notified_at: int | None = None
     suppressed: int = 0
     held: Trigger | None = None
+    severity: str | None = None
+    """The severity last announced as firing: its resolution carries the same labels."""
 
     def to_dict(self) -> dict[str, Any]:
         held = self.held
@@ -321,6 +336,7 @@ class AlertState:
             "held": None
             if held is None
             else [held.rule, held.group_key, held.role, held.event_id, held.time, held.fields],
+            "severity": self.severity,
         }
 
     @classmethod
@@ -334,6 +350,7 @@ class AlertState:
             data["notified_at"],
             data["suppressed"],
             None if held is None else Trigger(*held),
+            data.get("severity"),
         )
 
 
@@ -484,7 +501,10 @@ class AlertBook:
             "firing" if state.current == "firing" else "resolved"
         )
         text = f"{rule.name}\x1f{trigger.group_key}\x1f{announced}\x1f{trigger.event_id}"
-        labels = {"alertname": rule.name, "severity": rule.severity}
+        if announced == "firing" or state.severity is None:
+            state.severity = rule.severity_of(trigger.fields)
+        severity = state.severity
+        labels = {"alertname": rule.name, "severity": severity}
         labels.update(
             (k, str(trigger.fields.get(k)))
             for k in rule.group_by
@@ -497,7 +517,7 @@ class AlertBook:
             rule=rule.name,
             group_key=trigger.group_key,
             state=announced,
-            severity=rule.severity,
+            severity=severity,
             channels=rule.channels,
             event_id=trigger.event_id,
             event_time=trigger.time,
@@ -508,6 +528,7 @@ class AlertBook:
             summary=render(rule.summary, trigger.fields)
             + ("" if announced == "firing" else " (resolved)"),
             event=trigger.fields,
+            runbook_url=rule.runbook_url,
         )
         state.notified, state.notified_at = announced, trigger.time
         state.suppressed, state.held = 0, None

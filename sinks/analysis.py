@@ -81,6 +81,27 @@ SECTIONS: Final = (
     Section(
         "clock_skew", "Clock skew by file", ("source", "backwards", "future", "worst_backwards_s")
     ),
+    Section(
+        "service_levels",
+        "Service levels (SLOs judged at the end of the window; pages and tickets inside it)",
+        (
+            "slo",
+            "sli",
+            "objective",
+            "at",
+            "total",
+            "bad",
+            "ratio",
+            "budget_remaining",
+            "burn_1h",
+            "burn_6h",
+            "burn_1d",
+            "burn_3d",
+            "alert",
+            "pages",
+            "tickets",
+        ),
+    ),
 )
 COLOURS: Final = {
     "succeeded": "#2e9e55",

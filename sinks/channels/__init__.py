@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from runwatch.sinks.channels.alertmanager import AlertmanagerChannel, AlertmanagerConfig, to_alert
 from runwatch.sinks.channels.base import Channel, ChannelConfig, Outcome, Status, origin
 from runwatch.sinks.channels.console import ConsoleChannel, ConsoleConfig, console_line
 from runwatch.sinks.channels.email import EmailChannel, EmailConfig, email_body, email_message
@@ -23,6 +24,8 @@ from runwatch.sinks.channels.webhook import (
 __all__ = [
     "CHANNELS",
     "NOT_ENDED",
+    "AlertmanagerChannel",
+    "AlertmanagerConfig",
     "Channel",
     "ChannelConfig",
     "ChannelType",
@@ -44,6 +47,7 @@ __all__ = [
     "origin",
     "sign",
     "slack_payload",
+    "to_alert",
     "verify",
 ]
 
@@ -61,6 +65,7 @@ CHANNELS: Final[dict[str, ChannelType]] = {
     "webhook": ChannelType(WebhookConfig, WebhookChannel),
     "slack": ChannelType(SlackConfig, SlackChannel),
     "email": ChannelType(EmailConfig, EmailChannel),
+    "alertmanager": ChannelType(AlertmanagerConfig, AlertmanagerChannel),
 }
 """A new channel is one module and one line here."""
 

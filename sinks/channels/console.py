@@ -12,6 +12,7 @@ from runwatch.sinks.terminal import terminal_safe
 _COLORS: Final = {
     "critical": "\x1b[1;31m",
     "high": "\x1b[31m",
+    "warning": "\x1b[33m",
     "medium": "\x1b[33m",
     "low": "\x1b[36m",
     "info": "\x1b[2m",

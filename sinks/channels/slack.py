@@ -26,6 +26,7 @@ from runwatch.sinks.channels.base import (
 _EMOJI: Final = {
     "critical": ":rotating_light:",
     "high": ":red_circle:",
+    "warning": ":warning:",
     "medium": ":large_orange_circle:",
     "low": ":large_yellow_circle:",
     "info": ":information_source:",

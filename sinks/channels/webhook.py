@@ -128,6 +128,8 @@ def alertmanager_payload(receiver: str, n: dict[str, Any]) -> dict[str, Any]:
     labels = dict(sorted(labels.items()))
     grouped = {part.partition("=")[0] for part in n["group_key"].split(",")} | {"alertname"}
     annotations = {"summary": n["summary"], "description": n.get("description") or ""}
+    if n.get("runbook_url"):
+        annotations["runbook_url"] = n["runbook_url"]
     fingerprint = hashlib.sha256(orjson.dumps(labels)).hexdigest()[:16]
     return {
         "version": "4",

@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
+import orjson
+
 from runwatch.sinks.store.api import Connection, StoreError
 from runwatch.sinks.store.keys import GroupKey, IndexEntry, load_index
 from runwatch.sinks.store.schema import RUN_COLUMNS
 from runwatch.sinks.store.shared import fetch_dicts, iter_dicts
+from runwatch.sinks.store.slo_reads import finished_runs
 
 ALERT_COLUMNS: Final = (
     "decided_at",
@@ -126,6 +129,27 @@ def alerts(connection: Connection, *, state: str | None = None, limit: int) -> l
     )
 
 
+def still_firing(connection: Connection, channel: str) -> list[dict[str, Any]]:
+    """The last notification `channel` delivered of every alert that is firing now (its
+    alert state says so): what a channel that keeps alerts alive must resume."""
+    firing = {
+        (rule, group)
+        for rule, group, state in connection.execute(
+            "SELECT rule, group_key, state FROM alert_state"
+        )
+        if orjson.loads(state).get("current") == "firing"
+    }
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for (payload,) in connection.execute(
+        "SELECT payload FROM outbox WHERE kind = 'alert' AND target = ? AND state = 'delivered' "
+        "ORDER BY decided_at, id",
+        (channel,),
+    ):
+        notification = orjson.loads(payload)
+        latest[(notification["rule"], notification["group_key"])] = notification
+    return [n for key, n in latest.items() if key in firing and n["state"] == "firing"]
+
+
 def last_derived_seq(connection: Connection) -> int:
     """The row number of the newest derived event, 0 without any."""
     row = connection.execute("SELECT max(seq) FROM derived_events").fetchone()
@@ -205,10 +229,12 @@ class Frame:
     active: list[dict[str, Any]] = field(default_factory=list)
     completed: list[dict[str, Any]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
+    finished: list[tuple[int, str, float | None, str]] = field(default_factory=list)
+    """Runs ended since `slo_since` (see `slo_reads.finished_runs`), when asked for."""
     problem: str | None = None
 
 
-def frame(database: Path, *, active: int, recent: int) -> Frame:
+def frame(database: Path, *, active: int, recent: int, slo_since: int | None = None) -> Frame:
     """Never writes; a busy, half-built or foreign database gives a frame naming the problem
     (sections are read most important first, so what was read before it still shows)."""
     snap = Frame()
@@ -225,6 +251,8 @@ def frame(database: Path, *, active: int, recent: int) -> Frame:
         snap.active = fetch_dicts(connection, _ACTIVE, (active,))
         snap.completed = fetch_dicts(connection, _COMPLETED, (recent,))
         snap.alerts = fetch_dicts(connection, _ALERTS, (recent * 20, recent))
+        if slo_since is not None:
+            snap.finished = finished_runs(connection, slo_since)
     except sqlite3.Error as exc:
         snap.problem = str(exc)
     finally:

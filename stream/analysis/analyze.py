@@ -64,10 +64,12 @@ from typing import Any, Final
 import orjson
 
 from runwatch.projections import RUN_TERMINAL, format_time
+from runwatch.projections.slo import evaluate, transitions
 from runwatch.sinks.analysis import RUN_STATUSES
 from runwatch.sinks.reports import PERCENTILES, nearest_rank
 from runwatch.sinks.store import Connection, connect
 from runwatch.sinks.store import analysis_reads as reads
+from runwatch.sinks.store.slo_reads import finished_runs
 from runwatch.stream.analysis.observe import (
     ALL_TIME,
     HOUR_US,
@@ -177,6 +179,7 @@ def _analyse(
         "events_per_hour": [] if observer is None else _per_hour(observer.hours),
         "dead_letters": _dead_letters(db),
         "clock_skew": [] if observer is None else _skew_rows(observer.files),
+        "service_levels": _service_levels(db, window, horizon, settings),
     }
     analysis["totals"] = _totals(db, window, analysis, tasks, patterns, observer)
     return analysis
@@ -199,6 +202,35 @@ def _about(
         "percentiles": "nearest-rank",
         "missing": {} if from_logs else dict(NEEDS_LOGS),
     }
+
+
+def _service_levels(
+    db: Connection, window: Window, horizon: int | None, settings: Settings
+) -> list[Row]:
+    """Each SLO judged at the end of the window (or of the logs), and how often it paged or
+    opened a ticket inside the window (SLO_BURN in event time, as a replay records them)."""
+    slos = settings.objectives
+    if not slos or horizon is None:
+        return []
+    at = min(window.hi - 1, horizon)
+    runs = finished_runs(db)
+    burns, _ = transitions(slos, runs, at)
+    rows = []
+    for figures in evaluate(slos, runs, at):
+        mine = [b for b in burns if b.data["slo"] == figures["name"] and b.time >= window.lo]
+        rates = figures.pop("burn_rates")
+        rows.append(
+            {
+                **{k: v for k, v in figures.items() if k != "window_s"},
+                "slo": figures["name"],
+                "at": format_time(at),
+                **{f"burn_{w}": rates[w] for w in ("1h", "6h", "1d", "3d")},
+                "alert": figures["alert"] or "ok",
+                "pages": sum(b.type == "SLO_BURN" and b.data["level"] == "page" for b in mine),
+                "tickets": sum(b.type == "SLO_BURN" and b.data["level"] == "ticket" for b in mine),
+            }
+        )
+    return rows
 
 
 def _horizon(db: Connection) -> int | None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from runwatch.projections.alerts import Rule
 from runwatch.projections.events import format_time
 from runwatch.sinks.channels import describe
 from runwatch.sinks.store import reads
@@ -47,7 +48,7 @@ def check(args: argparse.Namespace) -> int:
     for rule in setup.rules.rules.values():
         kinds = ", ".join(m.type for m in rule.fire)
         say(
-            f"  rule {rule.name}: {rule.severity} on {kinds} → {', '.join(rule.channels)}; "
+            f"  rule {rule.name}: {_severity(rule)} on {kinds} → {', '.join(rule.channels)}; "
             f"throttle {rule.throttle_us / 1e6:g} s"
         )
     return EXIT_OK
@@ -149,6 +150,15 @@ def list_alerts(args: argparse.Namespace) -> int:
             )
         )
     return EXIT_OK
+
+
+def _severity(rule: Rule) -> str:
+    """`warning (level page: critical)` for a rule whose severity follows an event field."""
+    if rule.severity_by is None:
+        return rule.severity
+    field, choices = rule.severity_by
+    picked = ", ".join(f"{field} {value}: {severity}" for value, severity in choices)
+    return f"{rule.severity} ({picked})"
 
 
 COMMAND = Command(

@@ -26,6 +26,7 @@ from typing import Any, Final, TextIO
 
 import orjson
 
+from runwatch.projections.slo import Slo, evaluate, horizon_s
 from runwatch.sinks.store import reads
 from runwatch.sinks.store.reads import Frame
 from runwatch.sinks.terminal import human_duration, terminal_safe
@@ -71,16 +72,23 @@ def service_line(path: Path, now: float) -> Line:
 
 
 def render(
-    snap: Frame, service: Line, database: Path, now: datetime, height: int | None
+    snap: Frame,
+    service: Line,
+    database: Path,
+    now: datetime,
+    height: int | None,
+    slos: list[dict[str, Any]] | None = None,
 ) -> list[Line]:
     """On a short terminal the active runs keep at least half the room below the head;
-    alerts give way first, then completions."""
+    alerts give way first, then completions. `slos`: each SLO's figures, when configured."""
     active_total = sum(snap.counts.get(status, 0) for status in ACTIVE)
+    levels = [("", ""), ("SERVICE LEVELS", BOLD), *map(_slo_line, slos)] if slos else []
     head = [
         (f"runwatch  {database}  {now:%Y-%m-%d %H:%M:%S}Z   (q quits)", BOLD),
         service,
         (_summary(snap), ""),
         *([(f"database: {snap.problem}", RED)] if snap.problem else []),
+        *levels,
         ("", ""),
         (f"ACTIVE RUNS ({active_total})", BOLD),
     ]
@@ -113,6 +121,23 @@ def _summary(snap: Frame) -> str:
     order = sorted(snap.counts.items(), key=lambda kv: (kv[0] not in ACTIVE, kv[0]))
     parts = ", ".join(f"{n:,} {status}" for status, n in order) or "none"
     return f"runs: {parts}; {snap.stalled} stalled"
+
+
+def _slo_line(slo: dict[str, Any]) -> Line:
+    """Budget, ratio and the burn rates alerts look at; page in red, ticket in yellow."""
+
+    def percent(value: float | None) -> str:
+        return "-" if value is None else f"{value * 100:.1f}%"
+
+    rates = slo["burn_rates"]
+    burns = " ".join(f"{w} {'-' if rates[w] is None else f'{rates[w]:.1f}x'}" for w in rates)
+    alert = slo["alert"]
+    text = (
+        f"  {slo['name']:<24} {(alert or 'ok').upper():<6} objective {percent(slo['objective'])}"
+        f"  good {percent(slo['ratio'])} of {slo['total']}  budget left "
+        f"{percent(slo['budget_remaining'])}  burn {burns}"
+    )
+    return text, RED if alert == "page" else YELLOW if alert == "ticket" else GREEN
 
 
 def _active_line(run: dict[str, Any], now: datetime) -> Line:
@@ -185,11 +210,15 @@ def paint(lines: list[Line], width: int | None, color: bool) -> list[str]:
     return out
 
 
-def frame(database: Path, size: os.terminal_size | None) -> list[Line]:
-    """One frame from the current database and status file."""
-    snap = reads.frame(database, active=size.lines if size else 200, recent=RECENT)
+def frame(database: Path, size: os.terminal_size | None, slos: list[Slo]) -> list[Line]:
+    """One frame from the current database and status file, with the SLOs judged now."""
+    now_us = time.time_ns() // 1000
+    since = now_us - round(horizon_s(slos) * 1_000_000) if slos else None
+    snap = reads.frame(database, active=size.lines if size else 200, recent=RECENT, slo_since=since)
     service = service_line(status_path(database), time.time())
-    return render(snap, service, database, datetime.now(UTC), size.lines if size else None)
+    figures = evaluate(slos, snap.finished, now_us) if slos else None
+    now = datetime.now(UTC)
+    return render(snap, service, database, now, size.lines if size else None, figures)
 
 
 class Screen:
@@ -269,13 +298,13 @@ def _signals(screen: Screen) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def _loop(database: Path, interval: float, screen: Screen) -> int:
+def _loop(database: Path, interval: float, screen: Screen, slos: list[Slo]) -> int:
     """Redraw every `interval`, on a resize and after a resume; q returns at once."""
     due, drawn_for = 0.0, None
     while True:
         size = screen.size()
         if screen.dirty or size != drawn_for or time.monotonic() >= due:
-            screen.draw(frame(database, size), size.columns)
+            screen.draw(frame(database, size, slos), size.columns)
             due, drawn_for = time.monotonic() + interval, size
         if screen.quit_pressed(min(KEY_POLL, max(due - time.monotonic(), 0.0))):
             return EXIT_OK
@@ -293,16 +322,17 @@ def watch(
     if settings.database_url is not None:
         raise UsageError("status --watch: reads a SQLite database only, not PostgreSQL")
     database = existing_file(settings)
+    slos = settings.objectives
     if interval <= 0:
         raise UsageError("status: --interval must be more than 0 seconds")
     if not stdout.isatty() or os.environ.get("TERM") == "dumb":
-        stdout.write("\n".join(paint(frame(database, None), None, False)) + "\n")
+        stdout.write("\n".join(paint(frame(database, None, slos), None, False)) + "\n")
         return EXIT_OK
     screen = Screen(stdin, stdout)
     try:
         screen.enter()
         with _signals(screen):
-            return _loop(database, interval, screen)
+            return _loop(database, interval, screen, slos)
     except (KeyboardInterrupt, _Stopped):
         return EXIT_OK
     finally:

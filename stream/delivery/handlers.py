@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from runwatch.sinks.channels import Channel, ChannelConfig
-from runwatch.sinks.store import connect
+from runwatch.sinks.store import connect, reads
 from runwatch.stream.delivery import jobs
 from runwatch.stream.delivery.dispatcher import Handler, Result
 from runwatch.stream.settings.alerts import AlertSetup
@@ -24,12 +24,28 @@ def build_channel(
     return config.build(name, stream=out, lock=lock)
 
 
+def resume(channel: Channel, settings: Settings) -> None:
+    """A channel that keeps firing alerts alive (Alertmanager) takes up those still firing
+    from before a restart."""
+    seed = getattr(channel, "seed", None)
+    if seed is None:
+        return
+    connection = connect(settings.database_url or settings.database)
+    try:
+        seed(reads.still_firing(connection, channel.name))
+    finally:
+        connection.close()
+
+
 def channel_handler(channel: Channel) -> Handler:
     def send(payload: dict[str, Any]) -> Result:
         outcome = channel.send(payload)
         return Result(outcome.status, outcome.detail, outcome.retry_after)
 
     send.longest_attempt_s = longest_attempt(channel)  # type: ignore[attr-defined]  # the lease
+    when_idle = getattr(channel, "when_idle", None)
+    if when_idle is not None:  # periodic work of the channel (Alertmanager's re-sends)
+        send.when_idle = when_idle  # type: ignore[attr-defined]  # read by the dispatcher
     return send
 
 
@@ -83,11 +99,12 @@ def build_handlers(
     with_jobs: bool = True,
     fetch: jobs.Fetch | None = None,
 ) -> dict[str, Handler]:
-    handlers = {
-        name: channel_handler(build_channel(name, config, out=out, lock=lock))
-        for name, config in alerts.channels.items()
-        if config is not None
-    }
+    handlers = {}
+    for name, config in alerts.channels.items():
+        if config is not None:
+            channel = build_channel(name, config, out=out, lock=lock)
+            resume(channel, settings)
+            handlers[name] = channel_handler(channel)
     if with_jobs:
         handlers["report"] = report_handler(settings, fetch)
         handlers["archive"] = job_handler(settings, jobs.archive, fetch=fetch, finished_only=True)

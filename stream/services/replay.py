@@ -23,9 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from runwatch.projections import DerivedEvent
+from runwatch.projections.slo import transitions
 from runwatch.sinks.store import Store, reads
 from runwatch.sinks.store.api import Checkpoint
 from runwatch.sinks.store.scratch import Scratch, scratch_for
+from runwatch.sinks.store.slo_reads import finished_runs
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import Progress, wall_clock
 from runwatch.stream.core.tally import Tally
@@ -224,6 +227,10 @@ def _build(
             pool.terminate()
     processor.detect(processor.max_event_time, bounded=False)
     store.set_meta([("event_time_now", str(processor.max_event_time))])
+    if settings.objectives:  # judged over the runs as written: commit them first
+        derived += len(processor.commit(checkpoints))
+        checkpoints = []
+        processor.note(*slo_history(store, settings, processor.max_event_time))
     derived += len(processor.commit(checkpoints, release=True))
     bar.close()
     line_total = sum(next_line.values()) - len(next_line)
@@ -236,6 +243,12 @@ def _build(
         processor.total,
         derived_events=derived,
     )
+
+
+def slo_history(store: Store, settings: Settings, until: int) -> list[DerivedEvent]:
+    """The SLO_BURN and SLO_RECOVERED of the whole history, in event time, up to `until`."""
+    events, _ = transitions(settings.objectives, finished_runs(store.db), until)
+    return events
 
 
 def _batches(regions: Iterator[Region], chunk_bytes: int) -> Iterator[list[Region]]:

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from runwatch.projections import DerivedEvent
+from runwatch.projections.slo import Slo, SloBook, horizon_s
 from runwatch.sinks.audit import HEAD_KEY, AuditLog
 from runwatch.sinks.store import Store
+from runwatch.sinks.store.slo_reads import announced_levels, finished_runs, finished_runs_of
 from runwatch.sinks.store.spill import HeldOnDisk
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import wall_clock
@@ -186,6 +188,32 @@ class Runtime:
         self.recorded.clear()
         rows = self.store.unevaluated()
         return rows if owned is None else [(seq, data) for seq, data in rows if owned(data)]
+
+
+class LiveSlos:
+    """A live service's SLOs: the finished runs their windows reach, kept up to date from
+    what each commit made durable, judged on the wall clock at every tick. The level each
+    SLO announced is read back from its last SLO_BURN / SLO_RECOVERED, so a restart neither
+    repeats nor loses an announcement (one not yet committed is made again)."""
+
+    CHANGES = frozenset({"RUN_COMPLETED", "RUN_STATUS_CHANGED", "RUN_UPDATED"})
+
+    def __init__(self, store: Store, slos: list[Slo]) -> None:
+        self.store = store
+        since = now_us() - round(horizon_s(slos) * 1_000_000)
+        self.book = SloBook(slos, finished_runs(store.db, since), announced_levels(store.db))
+        self.figures: list[dict[str, Any]] = []
+
+    def committed(self, derived: list[DerivedEvent]) -> None:
+        """Runs that ended or changed in a commit: read back as the commit wrote them."""
+        changed = sorted({d.run_id for d in derived if d.type in self.CHANGES and d.run_id})
+        if changed:
+            self.book.note(changed, finished_runs_of(self.store.db, changed))
+
+    def tick(self, now: int) -> list[DerivedEvent]:
+        """The SLO events due at `now`; `figures` holds every SLO's figures at `now`."""
+        events, self.figures = self.book.tick(now)
+        return events
 
 
 def _unreported(_payload: dict[str, Any], _detail: str) -> None:

@@ -25,6 +25,7 @@ from runwatch.sinks.audit import AuditLog
 from runwatch.sinks.metrics import Metrics
 from runwatch.sinks.store import outbox
 from runwatch.sinks.store.api import Checkpoint
+from runwatch.sinks.store.slo_reads import latest_success
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import ServiceConsole, wall_clock
 from runwatch.stream.core.processor import Processor
@@ -33,7 +34,7 @@ from runwatch.stream.errors import ServiceError
 from runwatch.stream.services.health import report, run_checks, status_path, write_status
 from runwatch.stream.services.lock import DatabaseLock
 from runwatch.stream.services.parallel import Backlog, Flight, Reached, split_lines
-from runwatch.stream.services.runtime import Runtime, follow, lifecycle, now_us
+from runwatch.stream.services.runtime import LiveSlos, Runtime, follow, lifecycle, now_us
 from runwatch.stream.settings.alerts import AlertSetup, default_alert_setup
 from runwatch.stream.settings.service import Settings, Source, parse_address
 from runwatch.stream.sources.discovery import static_prefix
@@ -80,7 +81,8 @@ class TailService:
         self.wake = threading.Event()
         self.dispatcher: Dispatcher | None = None
         self.web: WebServer | None = None
-        self.metrics = Metrics()
+        self.metrics = Metrics(s.threshold_s for s in settings.objectives if s.threshold_s)
+        self.slos: LiveSlos | None = None
         self.ingest = IngestCounts(settings.sources)
         self.last_loop = time.monotonic()
         self.lag_s = 0.0
@@ -107,6 +109,9 @@ class TailService:
             cleanup.callback(store.close)
             notes: list[DerivedEvent] = []
             runtime = Runtime.live(store, self.settings, self.alerts)
+            if self.settings.objectives:
+                self.slos = LiveSlos(store, self.settings.objectives)
+            self.metrics.succeeded_at(latest_success(store.db))
             processor = runtime.processor
             dispatcher = runtime.dispatcher(
                 out=self.console.out,
@@ -213,6 +218,9 @@ class TailService:
                     done.append(Reached(cursor, lines.end, lines.line + len(lines.items)))
                 if now >= due_tick:
                     processor.detect(now_us())
+                    if self.slos is not None:
+                        processor.note(*self.slos.tick(now_us()))
+                        self.metrics.set_slos(self.slos.figures)
                     self._publish(processor, follower)
                     due_tick = now + self.intervals.tick
                 if now >= due_heartbeat:
@@ -271,7 +279,9 @@ class TailService:
             return
         evaluated = runtime.take_recorded()
         processor.forget_files(forgotten)
-        processor.commit(checkpoints, now=now, evaluated=evaluated)
+        derived = processor.commit(checkpoints, now=now, evaluated=evaluated)
+        if self.slos is not None:
+            self.slos.committed(derived)
         self.ingest.committed(self.metrics)
         if processor.outboxed and self.dispatcher is not None:
             self.dispatcher.poke()

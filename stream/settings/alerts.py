@@ -38,6 +38,8 @@ class RuleSpec(BaseModel):
     throttle: Duration = 0.0
     send_resolved: bool = False
     summary: str = "{type} {run_id}"
+    severity_by: dict[str, dict[str, str]] | None = None
+    runbook_url: str = ""
 
 
 class DeliverySpec(BaseModel):
@@ -139,11 +141,12 @@ def _channel(source: str, name: str, raw: dict[str, Any]) -> ChannelConfig | Non
     if model.address_key is not None and not body.get(model.address_key):
         return None
     body = {k: v for k, v in body.items() if v not in ("", None)}  # ${VAR:-} left empty
-    if "timeout" in body:  # the channel models take seconds; the file may say 10s
-        try:
-            body["timeout"] = parse_duration(body["timeout"])
-        except ValueError as exc:
-            raise ConfigError(f"{source}: {where}.timeout: {exc}") from None
+    for key in ("timeout", "resend_interval"):  # the models take seconds; the file may say 10s
+        if key in body:
+            try:
+                body[key] = parse_duration(body[key])
+            except ValueError as exc:
+                raise ConfigError(f"{source}: {where}.{key}: {exc}") from None
     try:
         return model.model_validate(body)
     except ValidationError as exc:
@@ -158,6 +161,20 @@ def _rule(
         raise ConfigError(
             f"{where}.severity: {spec.severity!r} is not one of {', '.join(ALERT_SEVERITIES)}"
         )
+    severity_by = None
+    if spec.severity_by is not None:
+        if len(spec.severity_by) != 1:
+            raise ConfigError(
+                f"{where}.severity_by: name one event field, e.g. {{level: {{page: critical}}}}"
+            )
+        ((field, choices),) = spec.severity_by.items()
+        for value, severity in choices.items():
+            if severity not in ALERT_SEVERITIES:
+                raise ConfigError(
+                    f"{where}.severity_by.{field}.{value}: {severity!r} is not one of "
+                    f"{', '.join(ALERT_SEVERITIES)}"
+                )
+        severity_by = (field, tuple(choices.items()))
     for channel in spec.channels:
         if channel not in channels:
             raise ConfigError(
@@ -174,6 +191,8 @@ def _rule(
         throttle_us=int(spec.throttle * 1_000_000),
         send_resolved=spec.send_resolved,
         summary=spec.summary,
+        severity_by=severity_by,
+        runbook_url=spec.runbook_url,
     )
 
 

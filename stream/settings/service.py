@@ -8,11 +8,21 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal, Self
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
+from runwatch.projections.slo import Slo
 from runwatch.sinks.archive import ArchiveConfig
 from runwatch.sinks.reports import ReportsConfig
 
@@ -82,6 +92,40 @@ class HttpSettings(BaseModel):
     token: SecretStr | None = Field(default=None, min_length=16)
 
 
+class SloSpec(BaseModel):
+    """One objective under `slos:`: `success` (the share of runs that succeed) or `duration`
+    (the share of runs that end within `threshold`), over a rolling `window`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    sli: Literal["success", "duration"]
+    objective: float = Field(gt=0, lt=1)
+    window: Seconds = 30 * 86400.0
+    threshold: Seconds | None = None
+    min_events: int = Field(default=10, ge=1)
+
+    @model_validator(mode="after")
+    def _threshold_fits_sli(self) -> Self:
+        if self.sli == "duration" and self.threshold is None:
+            raise ValueError("a duration SLO needs `threshold` (how long a good run may take)")
+        if self.sli == "success" and self.threshold is not None:
+            raise ValueError("`threshold` is for duration SLOs only (or use sli: duration)")
+        return self
+
+    def slo(self) -> Slo:
+        return Slo(
+            self.name, self.sli, self.objective, self.window, self.threshold, self.min_events
+        )
+
+
+def _unique_slo_names(slos: list[SloSpec]) -> list[SloSpec]:
+    names = [spec.name for spec in slos]
+    doubled = sorted({name for name in names if names.count(name) > 1})
+    if doubled:
+        raise ValueError(f"SLO names must be unique; repeated: {', '.join(doubled)}")
+    return slos
+
+
 class Settings(BaseModel):
     """Everything runwatch can be told; see config/runwatch.yaml for the commented defaults."""
 
@@ -108,6 +152,12 @@ class Settings(BaseModel):
     http: HttpSettings = HttpSettings()
     reports: ReportsConfig = ReportsConfig()
     archive: ArchiveConfig = ArchiveConfig()
+    slos: Annotated[list[SloSpec], AfterValidator(_unique_slo_names)] = Field(default_factory=list)
+
+    @property
+    def objectives(self) -> list[Slo]:
+        """The configured SLOs, in the order of the file."""
+        return [spec.slo() for spec in self.slos]
 
 
 def load_settings(path: Path | None, *, required: bool = False) -> tuple[Settings, Path | None]:

@@ -12,7 +12,13 @@ from runwatch.stream.settings.service import ConfigError
 
 ROOT = Path(__file__).parents[2]
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
-UNSET = {"ALERT_WEBHOOK_URL": "", "SLACK_WEBHOOK_URL": "", "SMTP_HOST": "", "ALERT_EMAIL_TO": ""}
+UNSET = {
+    "ALERT_WEBHOOK_URL": "",
+    "SLACK_WEBHOOK_URL": "",
+    "SMTP_HOST": "",
+    "ALERT_EMAIL_TO": "",
+    "ALERTMANAGER_URL": "",
+}
 
 
 def test_shipped_file_is_the_built_in_default() -> None:
@@ -32,6 +38,7 @@ def test_defaults_work_with_no_environment(monkeypatch: pytest.MonkeyPatch) -> N
         "run_stalled",
         "step_failure",
         "pattern_failure",
+        "slo_burn",
     }
     assert setup.lookback_s == 3600
 
