@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         token=None if token is None else token.get_secret_value(),
         health=lambda endpoint: _health(dashboard),
         poll_s=args.poll,
+        slos=settings.objectives,
     )
     try:
         dashboard.readers.read(web_reads.change_seq)  # a database we cannot read fails now

@@ -351,6 +351,7 @@ class TailService:
             metrics=self.metrics,
             health=self._health,
             live=self._live,
+            slos=self.settings.objectives,
         )
         try:
             server = WebServer(host, port, dashboard)

@@ -4,7 +4,8 @@ bad parameters are a 400 naming the parameter."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -13,9 +14,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from runwatch.projections.slo import Slo, evaluate, horizon_s
 from runwatch.sinks.naming import safe_filename
 from runwatch.sinks.reports import failed_tasks
 from runwatch.sinks.store import Connection, reads, web_reads
+from runwatch.sinks.store.slo_reads import finished_runs
 from runwatch.sinks.timeline import build_timeline
 from runwatch.stream.delivery.jobs import load_run
 from runwatch.stream.web.readers import Readers
@@ -86,10 +89,12 @@ class Api:
         readers: Readers,
         reports: Path | None,
         live: Callable[[], dict[str, Any]] | None = None,
+        slos: Sequence[Slo] = (),
     ) -> None:
         self.readers = readers
         self.reports = reports
         self.live = live
+        self.slos = tuple(slos)
 
     async def _read(self, query: Callable[[Connection], Any]) -> Any:
         return await run_in_threadpool(self.readers.read, query)
@@ -118,7 +123,19 @@ class Api:
         body = await self._read(query)
         if self.live is not None:
             body["service"] = await run_in_threadpool(self.live)
+        if self.slos:
+            body["slo"] = await self._judge_slos()
         return json_response(body, headers={SEQ_HEADER: str(body["seq"])})
+
+    async def slo(self, request: Request) -> Response:
+        """Every configured SLO judged now, as `runwatch slo --json` gives it ([] if none)."""
+        return json_response(await self._judge_slos() if self.slos else [])
+
+    async def _judge_slos(self) -> list[dict[str, Any]]:
+        now = time.time_ns() // 1000
+        since = now - round(horizon_s(self.slos) * 1_000_000)
+        runs = await self._read(lambda db: finished_runs(db, since))
+        return evaluate(self.slos, runs, now)
 
     async def run(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]

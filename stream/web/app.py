@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -26,6 +26,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from runwatch.projections.slo import Slo
 from runwatch.sinks.metrics import Health, Metrics
 from runwatch.stream.web.api import Api, BadRequest, json_response
 from runwatch.stream.web.feed import ChangeFeed
@@ -46,7 +47,9 @@ REPORT_CSP: Final = "default-src 'none'; style-src 'unsafe-inline'; frame-ancest
 """Report files are self-contained pages with their own inline style and no script."""
 HEALTH: Final = ("/healthz", "/livez", "/readyz")
 COOKIE: Final = "runwatch_token"
-NOT_FOUND: Final = "not found: try /, /alerts, /api/runs, /metrics, /healthz, /livez or /readyz\n"
+NOT_FOUND: Final = (
+    "not found: try /, /alerts, /api/runs, /api/slo, /metrics, /healthz, /livez or /readyz\n"
+)
 
 
 @dataclass
@@ -60,6 +63,8 @@ class Dashboard:
     health: Health | None = None
     live: Callable[[], dict[str, Any]] | None = None
     """The service's own figures (ingest lag), merged into /api/overview."""
+    slos: Sequence[Slo] = ()
+    """The configured SLOs, judged now by /api/slo and in /api/overview."""
     poll_s: float = 0.25
     ping_s: float = 15.0
     readers: Readers = field(init=False)
@@ -71,7 +76,7 @@ class Dashboard:
 
 
 def build_app(dashboard: Dashboard) -> Starlette:
-    api = Api(dashboard.readers, dashboard.reports, dashboard.live)
+    api = Api(dashboard.readers, dashboard.reports, dashboard.live, dashboard.slos)
 
     def page_route(path: str, name: str) -> Route:
         async def endpoint(request: Request) -> Response:
@@ -142,6 +147,7 @@ def build_app(dashboard: Dashboard) -> Starlette:
         Route("/api/runs/{run_id:path}", api.run, methods=get),
         Route("/api/overview", api.overview, methods=get),
         Route("/api/alerts", api.alerts, methods=get),
+        Route("/api/slo", api.slo, methods=get),
         Route("/api/tasks/{task_id:path}", api.task, methods=get),
         Route("/api/events", events, methods=get),
         Route("/metrics", metrics, methods=get),

@@ -4,6 +4,7 @@ API, the security headers, read-only methods, the bearer token, and the live eve
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
+from runwatch.projections.slo import Slo
 from runwatch.sinks.store import Store
 from runwatch.stream.web.app import Dashboard
 from runwatch.stream.web.server import WebServer
@@ -167,3 +169,45 @@ def test_the_feed_follows_a_postgresql_projection(store_target: str, store: Stor
             stream.close()
     finally:
         server.stop()
+
+
+DECADE_S = 10 * 365 * 86400.0
+SLOS = (
+    Slo("runs_succeed", "success", 0.9, DECADE_S, min_events=1),
+    Slo("runs_quick", "duration", 0.5, DECADE_S, threshold_s=3600.0, min_events=1),
+)
+
+
+def test_slos_are_judged_now_over_the_finished_runs(projection: Path, served: WebServer) -> None:
+    """/api/slo answers as `runwatch slo --json` does, and the overview carries the same
+    judgement for the front page's panel; without SLOs configured the list is empty."""
+    assert get(served, "/api/slo").json() == []
+    assert "slo" not in get(served, "/api/overview").json()
+    server = WebServer("127.0.0.1", 0, Dashboard(projection, slos=SLOS))
+    server.start()
+    try:
+        judged = get(server, "/api/slo").json()
+        overview = get(server, "/api/overview").json()
+    finally:
+        server.stop()
+    connection = sqlite3.connect(f"file:{projection}?mode=ro", uri=True)
+    try:
+        counted, bad = connection.execute(
+            "SELECT count(*), count(*) FILTER (WHERE status != 'succeeded') FROM runs "
+            "WHERE status IN ('succeeded', 'failed', 'partial', 'quarantined') "
+            "AND ended_at IS NOT NULL"
+        ).fetchone()
+    finally:
+        connection.close()
+    assert counted >= 2 and bad >= 1
+    assert [s["name"] for s in judged] == ["runs_succeed", "runs_quick"]
+    success = judged[0]
+    assert set(success) == {
+        "name", "sli", "objective", "window_s", "total", "good", "bad", "ratio",
+        "budget_remaining", "burn_rates", "alert",
+    }  # fmt: skip
+    assert (success["total"], success["good"], success["bad"]) == (counted, counted - bad, bad)
+    assert success["budget_remaining"] == pytest.approx(1 - bad / (0.1 * counted))
+    assert [(s["name"], s["total"], s["bad"]) for s in overview["slo"]] == [
+        (s["name"], s["total"], s["bad"]) for s in judged
+    ]

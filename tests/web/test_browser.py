@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
 
+from runwatch.projections.slo import Slo
 from runwatch.sinks.store import Store
+from runwatch.stream.web.app import Dashboard
 from runwatch.stream.web.server import WebServer
 from webcorpus import HOSTILE_ERROR, HOSTILE_RUN, HOSTILE_TASK, RETRIED, commit_runs, run_row
 
@@ -138,3 +141,28 @@ def test_other_pages_render_cleanly(page: Page, served: WebServer) -> None:
     page.goto(served.url + "/tasks/T1")
     page.wait_for_selector("svg.history rect.bar")
     assert RETRIED in (page.locator("#history").text_content() or "")
+
+
+def test_the_slo_panel_shows_each_objective_when_slos_are_configured(
+    page: Page, served: WebServer, projection: Path
+) -> None:
+    """With `slos:` configured the front page leads with their level and budget; without,
+    there is no empty panel."""
+    page.goto(served.url + "/")
+    page.wait_for_selector(f'#runs tr[data-run="{RETRIED}"]')
+    assert page.locator("#panel-slo").count() == 0
+    decade = 10 * 365 * 86400.0
+    slos = (Slo("runs_succeed", "success", 0.999, decade, min_events=1),)
+    server = WebServer("127.0.0.1", 0, Dashboard(projection, slos=slos))
+    server.start()
+    try:
+        page.goto(server.url + "/")
+        row = page.locator('#panel-slo tr[data-slo="runs_succeed"]')
+        expect(row).to_have_count(1)
+        cells = row.locator("td")
+        expect(cells).to_have_count(14)  # name, objective, runs, bad, share, budget, 7 burns, alert
+        expect(cells.nth(5)).to_have_class("warn")  # failures overspent a 0.1 % budget
+        expect(cells.last).to_have_text("ok")  # long ago: no window burns now
+        expect(page.locator("#panel-slo h2")).to_have_text("Service levels")
+    finally:
+        server.stop()

@@ -13,8 +13,9 @@ let stats = { events_per_s: null };
 let drawing = false;
 
 // Each panel is one entry: a title and a function from the state to its content (`wide`
-// takes the whole row). A new panel (say, SLOs from /api/slo) is one more entry here.
+// takes the whole row; `shown`, when given, says whether the panel applies at all).
 export const PANELS = [
+  { id: "slo", title: "Service levels", render: sloPanel, wide: true, shown: () => overview?.slo?.length },
   { id: "active", title: "Active runs", render: activePanel, wide: true },
   { id: "completed", title: "Recent completions", render: completedPanel },
   { id: "alerts", title: "Recent alerts", render: alertsPanel },
@@ -86,6 +87,7 @@ function draw() {
   drawFigures();
   const holder = document.getElementById("panels");
   for (const panel of PANELS) {
+    if (panel.shown && !panel.shown()) continue;
     let section = document.getElementById(`panel-${panel.id}`);
     if (!section) {
       section = el("section", { class: panel.wide ? "panel wide" : "panel", id: `panel-${panel.id}` });
@@ -143,6 +145,20 @@ function completedPanel() {
       el("td", {}, `${r.tasks_succeeded}/${r.tasks_total}` + (r.tasks_failed ? `, ${r.tasks_failed} failed` : "")),
       el("td", {}, humanDuration(r.duration_s)),
       el("td", { title: r.ended_at }, ago(r.ended_at)))));
+}
+
+const percent = (value) => (value === null || value === undefined ? "-" : `${(value * 100).toFixed(2)}%`);
+const rate = (value) => (value === null || value === undefined ? "-" : value.toFixed(2));
+
+function sloPanel() {
+  const windows = ["5m", "30m", "1h", "2h", "6h", "1d", "3d"];
+  return table(["SLO", "objective", "runs", "bad", "good share", "budget left", ...windows.map((w) => `burn ${w}`), "alert"],
+    overview.slo.map((s) => el("tr", { dataset: { slo: s.name } },
+      el("td", {}, s.name), el("td", {}, percent(s.objective)), el("td", { class: "num" }, s.total),
+      el("td", { class: "num" }, s.bad), el("td", {}, percent(s.ratio)),
+      el("td", { class: s.budget_remaining !== null && s.budget_remaining < 0 ? "warn" : "" }, percent(s.budget_remaining)),
+      ...windows.map((w) => el("td", { class: "num" }, rate(s.burn_rates[w]))),
+      el("td", {}, s.alert ? el("span", { class: `badge ${s.alert === "page" ? "s-failed" : "s-warning"}` }, s.alert) : "ok"))));
 }
 
 function alertsPanel() {
