@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import zipfile
 from datetime import UTC, datetime, timedelta
@@ -154,7 +155,7 @@ def test_a_standby_takes_over_when_the_owner_dies(tmp_path: Path, postgres_url: 
     host = tmp_path / "host"
     simulate(host / "events", runs=20, seed=31)
     (tmp_path / "rw.yaml").write_text(NEVER_QUIET)
-    with NatsServer(tmp_path / "nats", partitions=1) as nats:
+    with NatsServer(tmp_path / "nats", partitions=1) as nats, contextlib.ExitStack() as cleanup:
         common = (
             "--config",
             str(tmp_path / "rw.yaml"),
@@ -165,13 +166,15 @@ def test_a_standby_takes_over_when_the_owner_dies(tmp_path: Path, postgres_url: 
             "--partition",
             "0/1",
         )
-        owner = RunwatchProcess(tmp_path, "owner", "tail", *common).start()
+        # Entered, they are killed whatever happens: a processor left behind would hold the
+        # partition's lock for the tests after this one.
+        owner = cleanup.enter_context(RunwatchProcess(tmp_path, "owner", "tail", *common))
         wait_until(
             lambda: "owner of partition(s) 0/1" in owner.output(), "ownership", 30, show=[owner]
         )
-        standby = RunwatchProcess(tmp_path, "standby", "tail", *common).start()
+        standby = cleanup.enter_context(RunwatchProcess(tmp_path, "standby", "tail", *common))
         wait_until(lambda: "standby" in standby.output(), "standby", 30, show=[standby])
-        shipper = shipper_of(host, nats.url).start()
+        shipper = cleanup.enter_context(shipper_of(host, nats.url))
         wait_until(lambda: accepted(postgres_url) > 500, "first events", 60, show=[owner, shipper])
         owner.kill()
         wait_until(
