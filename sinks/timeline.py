@@ -107,16 +107,29 @@ def _seconds(start: str, end: str) -> float:
 
 def build_timeline(run: Row, tasks: Sequence[Row], events: Sequence[Row]) -> dict[str, Any]:
     """The run's timeline: its time window and, per workstream (sorted, the tasks without one
-    last), its tasks in start order with their attempts."""
+    last), its tasks in start order with their attempts and the name `task_created` gave
+    them (None without one)."""
     end_of_view = run.get("ended_at") or run.get("last_event_at")
     lanes: dict[str | None, list[dict[str, Any]]] = {}
     times: list[str] = [t for k in ("created_at", "started_at") if (t := run.get(k))]
+    by_task: dict[str, list[Row]] = {}  # once, not a pass over the run's events per task
+    names: dict[str, str] = {}
+    for event in events:
+        task_id = event.get("task_id")
+        if task_id is not None:
+            by_task.setdefault(task_id, []).append(event)
+            payload = event["payload"]
+            if event["type"] == "task_created" and isinstance(payload, dict):
+                name = payload.get("name")
+                if isinstance(name, str) and name:
+                    names[task_id] = name
     for task in tasks:
-        segments = attempts(task, events, end_of_view)
+        segments = attempts(task, by_task.get(task["task_id"], []), end_of_view)
         times += [s["start"] for s in segments] + [s["end"] for s in segments]
         lanes.setdefault(task["workstream_id"], []).append(
             {
                 "task_id": task["task_id"],
+                "name": names.get(task["task_id"]),
                 "status": task["status"],
                 "attempts": segments,
                 "terminal": task["status"] in TASK_TERMINAL,
@@ -196,8 +209,12 @@ def _task_row(
     status_class: Callable[[str | None], str],
 ) -> str:
     key = task["task_id"]
-    label = key if len(key) <= 36 else key[:35] + "…"
-    out = [f'<text x="{LABEL_W - 6}" y="{y + 12}" text-anchor="end">{_e(label)}</text>']
+    shown = task.get("name") or key
+    label = shown if len(shown) <= 36 else shown[:35] + "…"
+    out = [
+        f'<text x="{LABEL_W - 6}" y="{y + 12}" text-anchor="end">{_e(label)}'
+        f"<title>{_e(key)}</title></text>"
+    ]
     attempts_ = task["attempts"] or [
         {"attempt": 0, "status": task["status"], "start": None, "open": True}
     ]

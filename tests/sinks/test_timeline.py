@@ -6,7 +6,13 @@ from typing import Any
 
 import pytest
 
-from runwatch.sinks.timeline import attempts, build_timeline, human_duration, human_time
+from runwatch.sinks.timeline import (
+    attempts,
+    build_timeline,
+    human_duration,
+    human_time,
+    timeline_svg,
+)
 
 
 @pytest.mark.parametrize(
@@ -98,3 +104,28 @@ def test_lanes_are_workstreams_with_the_unassigned_last() -> None:
     timeline = build_timeline(run, tasks, events)
     assert [w["workstream_id"] for w in timeline["workstreams"]] == ["WS-1", "WS-2", None]
     assert (timeline["start"], timeline["end"]) == (run["created_at"], run["last_event_at"])
+
+
+def test_tasks_are_labelled_by_the_name_task_created_gave_them() -> None:
+    """People know `lint` and `unit-tests`, not ULIDs: the name labels the row, the id stays
+    in its tooltip; a task without a name (or a hostile one) shows its id, as text."""
+    tasks = [task("T-1"), task("T-2"), task("T-3")]
+    events = [
+        ev(1, "task_created", 0, "T-1", name="lint"),
+        ev(2, "task_created", 0, "T-3", name="<b>x</b>"),
+        ev(3, "task_started", 1, "T-1"),
+        ev(4, "task_started", 2, "T-2"),
+        ev(5, "task_started", 3, "T-3"),
+    ]
+    run = {"created_at": "2026-12-01T09:00:00.000000Z"}
+    timeline = build_timeline(run, tasks, events)
+    (lane,) = timeline["workstreams"]
+    assert [(t["task_id"], t["name"]) for t in lane["tasks"]] == [
+        ("T-1", "lint"),
+        ("T-2", None),
+        ("T-3", "<b>x</b>"),
+    ]
+    drawn = timeline_svg(timeline, 0, 10**18, lambda status: f"s-{status}")
+    assert ">lint<title>T-1</title></text>" in drawn
+    assert ">T-2<title>T-2</title></text>" in drawn
+    assert "&lt;b&gt;x&lt;/b&gt;" in drawn and "<b>x</b>" not in drawn

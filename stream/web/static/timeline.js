@@ -82,12 +82,13 @@ export class Timeline {
         return;
       }
       const task = row.task;
-      const label = task.task_id.length > 32 ? `${task.task_id.slice(0, 31)}…` : task.task_id;
+      const shown = task.name || task.task_id;
+      const label = shown.length > 32 ? `${shown.slice(0, 31)}…` : shown;
       const name = svg("text", {
         x: LABEL - 6, y: y + 14, "text-anchor": "end",
         class: `task-label${task.task_id === this.selected ? " selected" : ""}`,
         dataset: { task: task.task_id },
-      }, label, svg("title", {}, task.task_id));
+      }, label, svg("title", {}, task.name ? `${task.name} (${task.task_id})` : task.task_id));
       name.addEventListener("click", () => this.onSelect(task.task_id));
       chart.append(name);
       let previous = null;
