@@ -23,6 +23,7 @@ from runwatch.stream.cli import (
     simulate,
     status,
     tail,
+    traces,
 )
 from runwatch.stream.cli.common import Command
 
@@ -39,6 +40,7 @@ COMMANDS: Final[tuple[Command, ...]] = (
     analyze.COMMAND,
     ship.COMMAND,
     config.COMMAND,
+    traces.COMMAND,
 )
 
 

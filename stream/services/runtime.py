@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,14 +21,16 @@ from runwatch.sinks.audit import HEAD_KEY, AuditLog
 from runwatch.sinks.store import Store
 from runwatch.sinks.store.spill import HeldOnDisk
 from runwatch.sinks.store.sqlite import SqliteStore
+from runwatch.sinks.traces import OtlpTarget
 from runwatch.stream.console import wall_clock
-from runwatch.stream.core.decisions import Decisions
+from runwatch.stream.core.decisions import Decisions, Policy
 from runwatch.stream.core.processor import Observe, Processor
 from runwatch.stream.delivery import jobs
 from runwatch.stream.delivery.dispatcher import Dispatcher
 from runwatch.stream.delivery.handlers import build_handlers
 from runwatch.stream.settings.alerts import AlertSetup
 from runwatch.stream.settings.service import Settings
+from runwatch.stream.settings.traces import otlp_target
 from runwatch.stream.sources.follow import Follower
 
 TRAIL = "monitor.jsonl"
@@ -70,6 +72,8 @@ class Runtime:
     processor: Processor
     target: Path | str
     """The database the dispatcher's threads connect to."""
+    traces: OtlpTarget | None = None
+    """Where run traces are exported; None: traces are off."""
     recorded: threading.Event = field(default_factory=threading.Event)
     """Set when a delivery or a job recorded something the rules have not evaluated."""
 
@@ -84,9 +88,12 @@ class Runtime:
     ) -> Runtime:
         """A service that delivers what it decides, from the alert horizon on. `target` is
         the database `store` opened when it is not `settings.database` (a PostgreSQL URL)."""
+        traces = otlp_target(settings)
         policy = alerts.policy(deliver=True, since_us=alert_horizon(store, alerts.lookback_s))
-        decisions = Decisions(alerts.rules, store, policy, settle_s=settings.settle)
-        return cls._build(store, settings, alerts, decisions, target=target)
+        decisions = Decisions(
+            alerts.rules, store, with_trace_jobs(policy, traces), settle_s=settings.settle
+        )
+        return cls._build(store, settings, alerts, decisions, traces, target=target)
 
     @classmethod
     def replay(
@@ -100,24 +107,32 @@ class Runtime:
     ) -> Runtime:
         """A rebuild into a fresh `store`: every decision is held until the input is folded,
         then made in event-time order; left to deliver only with `deliver`."""
+        traces = otlp_target(settings)
         decisions = Decisions(
             alerts.rules,
             None,
-            alerts.policy(deliver=deliver),
+            with_trace_jobs(alerts.policy(deliver=deliver), traces),
             holding=HeldOnDisk(),
             settle_s=settings.settle,
         )
         return cls._build(
-            store, settings, alerts, decisions, known_groups=True, observe=observe, replay=True
+            store,
+            settings,
+            alerts,
+            decisions,
+            traces,
+            known_groups=True,
+            observe=observe,
+            replay=True,
         )
 
     @classmethod
     def outbox(cls, store: Store, settings: Settings, alerts: AlertSetup) -> Runtime:
         """Delivering an outbox a replay left: everything in it, whatever its age."""
-        decisions = Decisions(
-            alerts.rules, store, alerts.policy(deliver=True), settle_s=settings.settle
-        )
-        return cls._build(store, settings, alerts, decisions)
+        traces = otlp_target(settings)
+        policy = with_trace_jobs(alerts.policy(deliver=True), traces)
+        decisions = Decisions(alerts.rules, store, policy, settle_s=settings.settle)
+        return cls._build(store, settings, alerts, decisions, traces)
 
     @classmethod
     def _build(
@@ -126,6 +141,7 @@ class Runtime:
         settings: Settings,
         alerts: AlertSetup,
         decisions: Decisions,
+        traces: OtlpTarget | None,
         *,
         target: Path | str | None = None,
         known_groups: bool = False,
@@ -146,7 +162,7 @@ class Runtime:
             observe=observe,
             latest_time=wall_clock_bound(settings.max_future_skew, fixed=replay),
         )
-        return cls(store, settings, alerts, processor, target or settings.database)
+        return cls(store, settings, alerts, processor, target or settings.database, traces)
 
     def dispatcher(
         self,
@@ -168,7 +184,9 @@ class Runtime:
 
         return Dispatcher(
             self.target,
-            build_handlers(self.alerts, self.settings, out=out, lock=lock, fetch=fetch),
+            build_handlers(
+                self.alerts, self.settings, out=out, lock=lock, fetch=fetch, traces=self.traces
+            ),
             self.alerts.delivery,
             on_record=recorded,
             on_failure=on_failure or _unreported,
@@ -186,6 +204,11 @@ class Runtime:
         self.recorded.clear()
         rows = self.store.unevaluated()
         return rows if owned is None else [(seq, data) for seq, data in rows if owned(data)]
+
+
+def with_trace_jobs(policy: Policy, traces: OtlpTarget | None) -> Policy:
+    """The policy deciding trace jobs too when traces are on."""
+    return policy if traces is None else replace(policy, jobs=policy.jobs | {"trace"})
 
 
 def _unreported(_payload: dict[str, Any], _detail: str) -> None:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from runwatch.sinks.archive import ArchiveConfig
 from runwatch.sinks.reports import ReportsConfig
+from runwatch.sinks.traces import TracesConfig
 
 DEFAULT_CONFIG: Final = Path("config/runwatch.yaml")
 _ENV_REF: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -99,6 +100,7 @@ class Settings(BaseModel):
     health: HealthLimits = HealthLimits()
     reports: ReportsConfig = ReportsConfig()
     archive: ArchiveConfig = ArchiveConfig()
+    traces: TracesConfig = TracesConfig()
 
 
 def load_settings(path: Path | None, *, required: bool = False) -> tuple[Settings, Path | None]:
