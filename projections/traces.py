@@ -128,7 +128,7 @@ def run_trace(
     by_task: dict[str, list[Row]] = {}
     by_workstream: dict[str, list[Row]] = {}
     run_level: list[Row] = []
-    for event in events:
+    for event in sorted(events, key=_lifecycle_key):
         if event["task_id"] is not None:
             by_task.setdefault(event["task_id"], []).append(event)
         elif event["workstream_id"] is not None:

@@ -20,6 +20,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
 from receivers import ReceivedRequest, WebhookReceiver
+from runwatch.projections import format_time
 
 KINDS = {ProtoSpan.SPAN_KIND_SERVER: "server", ProtoSpan.SPAN_KIND_INTERNAL: "internal"}
 
@@ -118,3 +119,77 @@ class OtlpReceiver(WebhookReceiver):
 
 def roots(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
     return [span for span in spans if not span.parent_id]
+
+
+# A small run, as `reads.run_detail` and `jobs.load_run` give it: task T1 fails, then succeeds.
+
+BASE = 1_767_600_000_000_000  # 2026-01-05T08:00:00Z in µs
+
+
+def at(seconds: float) -> str:
+    return format_time(BASE + int(seconds * 1_000_000)) or ""
+
+
+def us(seconds: float) -> int:
+    return BASE + int(seconds * 1_000_000)
+
+
+def ev(
+    n: int,
+    kind: str,
+    seconds: float,
+    task: str | None = None,
+    ws: str | None = None,
+    **payload: Any,
+) -> dict[str, Any]:
+    return {
+        "id": f"e{n}",
+        "type": kind,
+        "time": at(seconds),
+        "severity": "error" if kind.endswith("_failed") else "info",
+        "task_id": task,
+        "workstream_id": ws,
+        "payload": payload,
+    }
+
+
+def run_row(status: str = "succeeded", **changes: Any) -> dict[str, Any]:
+    row = {
+        "run_id": "R1",
+        "status": status,
+        "created_at": at(0),
+        "started_at": at(1),
+        "ended_at": at(100),
+        "last_event_at": at(100),
+        "tasks_total": 1,
+        "tasks_failed": 0,
+        "events_total": 6,
+    }
+    return row | changes
+
+
+def task_row(task: str = "T1", status: str = "succeeded", **changes: Any) -> dict[str, Any]:
+    row = {
+        "task_id": task,
+        "workstream_id": "WS-A",
+        "status": status,
+        "attempts": 2,
+        "started_at": at(10),
+        "ended_at": at(90),
+    }
+    return row | changes
+
+
+WORKSTREAM = {"workstream_id": "WS-A", "status": "succeeded", "tasks_total": 1, "tasks_failed": 0}
+
+RETRIED = [
+    ev(1, "run_created", 0, pipeline="nightly-build"),
+    ev(2, "run_started", 1),
+    ev(3, "task_created", 2, "T1", "WS-A", name="unit-tests"),
+    ev(4, "task_started", 10, "T1", "WS-A"),
+    ev(5, "task_failed", 40, "T1", "WS-A", error="pytest exited with 1"),
+    ev(6, "task_started", 50, "T1", "WS-A"),
+    ev(7, "tool_call_completed", 60, "T1", "WS-A"),
+    ev(8, "task_completed", 90, "T1", "WS-A"),
+    ev(9, "run_completed", 100, status="succeeded"),
+]
