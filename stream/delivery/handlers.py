@@ -11,6 +11,7 @@ from runwatch.sinks.store import connect
 from runwatch.sinks.traces import OtlpTarget
 from runwatch.stream.delivery import jobs
 from runwatch.stream.delivery.dispatcher import Handler, Result
+from runwatch.stream.delivery.traces import trace_handler
 from runwatch.stream.settings.alerts import AlertSetup
 from runwatch.stream.settings.service import Settings
 
@@ -94,7 +95,5 @@ def build_handlers(
         handlers["report"] = report_handler(settings, fetch)
         handlers["archive"] = job_handler(settings, jobs.archive, fetch=fetch, finished_only=True)
         if traces is not None:
-            from runwatch.stream.delivery.traces import trace_handler  # the SDK loads slowly
-
             handlers["trace"] = trace_handler(settings, traces, fetch)
     return handlers

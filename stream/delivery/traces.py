@@ -7,16 +7,18 @@ ids (see `projections.traces`). TRACE_EXPORTED or TRACE_FAILED records each atte
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runwatch.projections import RUN_TERMINAL
 from runwatch.projections.traces import Trace, run_trace
-from runwatch.sinks.otlp import TraceExporter
 from runwatch.sinks.store import Connection, connect
 from runwatch.sinks.traces import OtlpTarget
 from runwatch.stream.delivery.dispatcher import Handler, Result
 from runwatch.stream.delivery.jobs import Fetch, RunData, derived_event, load_run
 from runwatch.stream.settings.service import Settings
+
+if TYPE_CHECKING:
+    from runwatch.sinks.otlp import TraceExporter  # the SDK loads slowly: only when used
 
 
 def trace_of(data: RunData) -> Trace:
@@ -63,6 +65,8 @@ def export_trace(
 
 def trace_handler(settings: Settings, target: OtlpTarget, fetch: Fetch | None) -> Handler:
     """One exporter (one kept-alive session) for every trace job of the service."""
+    from runwatch.sinks.otlp import TraceExporter
+
     exporter = TraceExporter(target)
 
     def execute(payload: dict[str, Any]) -> Result:
