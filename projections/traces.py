@@ -420,11 +420,12 @@ def _attempt_at(attempts: list[tuple[_Attempt, int]], time: int) -> int:
 
 
 def _noted(event: Row) -> SpanEvent:
-    return SpanEvent(
-        event["type"],
-        micros(event["time"]) or 0,
-        {"runwatch.event.id": event["id"], "runwatch.event.severity": event["severity"]},
-    )
+    """An event as a span event: its id (to find its line), its severity unless `info`
+    (every attribute costs a run's export time: tool calls are most of a run's events)."""
+    attributes: Attributes = {"runwatch.event.id": event["id"]}
+    if event["severity"] != "info":
+        attributes["runwatch.event.severity"] = event["severity"]
+    return SpanEvent(event["type"], micros(event["time"]) or 0, attributes)
 
 
 def _exception(event: Row, message: str, time: int) -> SpanEvent:
