@@ -15,6 +15,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, Final, Literal
 
 from .events import to_micros
@@ -95,8 +96,24 @@ def _id(run_id: str, parts: Sequence[str], size: int) -> int:
 
 
 def micros(text: str | None) -> int | None:
-    """A stored time (`YYYY-MM-DDTHH:MM:SS.ffffffZ`) → UTC microseconds."""
-    return None if text is None else to_micros(datetime.fromisoformat(text))
+    """A stored time (`YYYY-MM-DDTHH:MM:SS.ffffffZ`, read by position: a run has thousands)
+    → UTC microseconds; any other ISO-8601 form is parsed in full."""
+    if text is None:
+        return None
+    if len(text) != 27 or text[10] != "T" or text[26] != "Z":
+        return to_micros(datetime.fromisoformat(text))
+    return (
+        _day_micros(text[:10])
+        + int(text[11:13]) * 3_600_000_000
+        + int(text[14:16]) * 60_000_000
+        + int(text[17:19]) * 1_000_000
+        + int(text[20:26])
+    )
+
+
+@lru_cache(maxsize=4096)
+def _day_micros(day: str) -> int:
+    return to_micros(datetime.fromisoformat(day))
 
 
 @dataclass(slots=True)
@@ -210,15 +227,15 @@ def _lifecycle_key(event: Row) -> tuple[str, int, str]:
 
 
 def _attempts(events: list[Row], task: Row, run_status: str, run_end: int) -> list[_Attempt]:
-    """Each start event opens an attempt; a terminal event closes the open one (or, late,
-    changes the last one's outcome, as it changes the task's status). A start while an
-    attempt is open ends that one as an `error` (it was interrupted). Without events the
-    task's row stands for its last attempt."""
+    """`events` in (time, rank, id) order. Each start event opens an attempt; a terminal
+    event closes the open one (or, late, changes the last one's outcome, as it changes the
+    task's status). A start while an attempt is open ends that one as an `error` (it was
+    interrupted). Without events the task's row stands for its last attempt."""
     if not events:
         return _from_row(task)
     attempts: list[_Attempt] = []
     current: _Attempt | None = None
-    for event in sorted(events, key=_lifecycle_key):
+    for event in events:
         time = micros(event["time"]) or 0
         lifecycle = TASK_LIFECYCLE.get(event["type"])
         if event["type"] in TASK_START:
@@ -273,7 +290,8 @@ def _attempt_spans(
     run_id: str, task: Row, events: list[Row], attempts: list[_Attempt], parent: int
 ) -> list[Span]:
     task_id = str(task["task_id"])
-    name = _first_text(sorted(events, key=_lifecycle_key), ("name", "task_name")) or task_id
+    lifecycle = [event for event in events if event["type"] in TASK_LIFECYCLE]
+    name = _first_text(lifecycle, ("name", "task_name")) or task_id
     spans: list[Span] = []
     previous: int | None = None
     for attempt in attempts:
