@@ -4,17 +4,18 @@ database (a backfill of history, or a re-send: the ids are the same every time).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from runwatch.projections import RUN_TERMINAL, format_time
-from runwatch.projections.traces import Trace
 from runwatch.sinks.channels.base import origin
-from runwatch.sinks.store import Connection
 from runwatch.sinks.store.trace_reads import finished_runs
+from runwatch.sinks.traces import OtlpTarget
 from runwatch.stream.analysis.observe import parse_moment
 from runwatch.stream.cli.common import (
     Command,
@@ -25,14 +26,10 @@ from runwatch.stream.cli.common import (
     settings_from_args,
 )
 from runwatch.stream.console import Progress
-from runwatch.stream.delivery.jobs import load_run
-from runwatch.stream.delivery.traces import trace_of
+from runwatch.stream.delivery.traces import send_in_chunks
 from runwatch.stream.errors import EXIT_FAILURE, EXIT_OK, UsageError
 from runwatch.stream.settings.database import open_existing
 from runwatch.stream.settings.traces import otlp_target
-
-if TYPE_CHECKING:
-    from runwatch.sinks.otlp import TraceExporter
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +54,13 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
     common_options(parser)
     json_option(parser, "print the summary as JSON")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes that read the runs' events, build their traces and send them "
+        "(default: one per core, at most 4; 0: all in this process)",
+    )
     parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -128,16 +132,16 @@ def run_export(args: argparse.Namespace) -> int:
     if args.since is not None:
         moment = parse_moment(args.since, "--since", datetime.now(UTC), command="traces export")
         since = format_time(moment)
-    from runwatch.sinks.otlp import TraceExporter  # the SDK loads slowly
-
+    if args.workers is not None and args.workers < 0:
+        raise UsageError("traces export: --workers must be 0 or more")
+    workers = min(os.cpu_count() or 1, 4) if args.workers is None else args.workers
     store = open_existing(settings)
-    exporter = TraceExporter(target)
     try:
         runs = args.runs or finished_runs(store.db, RUN_TERMINAL, since=since)
-        summary = export_runs(store.db, runs, exporter, progress=args.progress)
     finally:
-        exporter.close()
         store.close()
+    database = settings.database_url or settings.database
+    summary = export_runs(database, runs, target, workers=workers, progress=args.progress)
     if args.json:
         print_json(summary.as_dict())
     else:
@@ -146,56 +150,36 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def export_runs(
-    connection: Connection,
+    database: Path | str,
     run_ids: list[str],
-    exporter: TraceExporter,
+    target: OtlpTarget,
     *,
+    workers: int = 0,
     progress: bool | None = None,
 ) -> Summary:
-    """Export the runs' traces, several runs a request; stop at the first request that
-    fails (the rest would fail alike; the same command sends them again, same ids)."""
-    from runwatch.sinks.otlp import MAX_SPANS_PER_REQUEST
-
-    summary = Summary(origin(exporter.target.endpoint), selected=len(run_ids))
+    """Export the runs' traces; stop at the first request that fails (the rest would fail
+    alike; the same command sends them again, with the same ids)."""
+    summary = Summary(origin(target.endpoint), selected=len(run_ids))
     bar = RunProgress(len(run_ids), "traces", enabled=progress)
     started = time.perf_counter()
-    batch: list[Trace] = []
+    sent = 0
     try:
-        for index, run_id in enumerate(run_ids):
-            data = load_run(connection, run_id)
-            if data is None:
-                summary.unknown.append(run_id)
-            elif data.run["status"] not in RUN_TERMINAL:
-                summary.unfinished.append(run_id)
-            else:
-                batch.append(trace_of(data))
-            if sum(len(t.spans) for t in batch) >= MAX_SPANS_PER_REQUEST and not _send(
-                exporter, batch, summary
-            ):
-                summary.not_sent.extend(run_ids[index + 1 :])
+        for done in send_in_chunks(database, target, run_ids, workers):
+            sent += done.runs
+            summary.exported += done.exported
+            summary.spans += done.spans
+            summary.requests += done.requests
+            summary.unknown += done.unknown
+            summary.unfinished += done.unfinished
+            if done.error is not None:
+                summary.error = done.error
+                summary.not_sent = done.not_sent + run_ids[sent:]
                 break
-            bar.advance(1, 0)
-        else:
-            _send(exporter, batch, summary)
+            bar.advance(done.runs, 0)
     finally:
         bar.close()
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-def _send(exporter: TraceExporter, batch: list[Trace], summary: Summary) -> bool:
-    if not batch:
-        return True
-    sent = exporter.export(batch)
-    summary.requests += sent.requests
-    if sent.status == "delivered":
-        summary.exported += len(batch)
-        summary.spans += sent.spans
-    else:
-        summary.not_sent.extend(trace.run_id for trace in batch)
-        summary.error = sent.detail
-    batch.clear()
-    return sent.status == "delivered"
 
 
 def _say_summary(summary: Summary) -> None:

@@ -163,3 +163,49 @@ def test_each_finished_run_is_exported_once_across_kill_9_and_replays_send_the_s
         assert exported.returncode == 0, exported.stderr
         assert json.loads(exported.stdout)["runs_exported"] == 2
         assert comparable(again.spans()) == comparable(live)
+
+
+def test_export_in_worker_processes_sends_what_one_process_sends(tmp_path: Path) -> None:
+    """A backfill spreads reading, building and sending over processes: the same spans
+    arrive, each once; a refused request stops it with exit 1 and says what was not sent."""
+    events, db = tmp_path / "events", tmp_path / "rw.db"
+    made = run_cli("simulate", "--out", events, "--runs", "80", "--seed", "5", "--stall-rate", "0")
+    assert made.returncode == 0, made.stderr
+    assert run_cli("replay", events, "--db", db, cwd=tmp_path).returncode == 0
+    received = []
+    for workers in ("0", "2"):
+        with OtlpReceiver() as collector:
+            exported = run_cli(
+                "traces",
+                "export",
+                "--db",
+                db,
+                "--endpoint",
+                collector.url,
+                "--workers",
+                workers,
+                "--json",
+                cwd=tmp_path,
+            )
+            assert exported.returncode == 0, exported.stderr
+            summary = json.loads(exported.stdout)
+            spans = collector.spans()
+        assert summary["runs_exported"] == summary["runs_selected"] == len(roots(spans)) > 64
+        assert summary["spans"] == len(spans) == len({(s.trace_id, s.span_id) for s in spans})
+        received.append(comparable(spans))
+    assert received[0] == received[1]
+    with OtlpReceiver() as refusing:
+        refusing.script((400,))
+        failed = run_cli(
+            "traces",
+            "export",
+            "--db",
+            db,
+            "--endpoint",
+            refusing.url,
+            "--workers",
+            "0",
+            cwd=tmp_path,
+        )
+    assert failed.returncode == 1
+    assert "not sent: HTTP 400; run the command again" in failed.stderr
