@@ -1,8 +1,10 @@
-"""The trace job: a finished run exported as an OpenTelemetry trace, once, through the outbox.
+"""Runs out as OpenTelemetry traces: the trace completion job (a finished run, once, through
+the outbox) and the bulk export behind `runwatch traces export`.
 
-Like the report and archive jobs it reads the committed rows and the run's own events through
-the event index, and it is idempotent towards backends: a retry sends the same trace and span
-ids (see `projections.traces`). TRACE_EXPORTED or TRACE_FAILED records each attempt.
+Like the report and archive jobs both read the committed rows and the run's own events through
+the event index, and both are idempotent towards backends: a retry or a re-export sends the
+same trace and span ids (see `projections.traces`). TRACE_EXPORTED or TRACE_FAILED records
+each attempt of the job; the bulk export records nothing (its summary says what it sent).
 """
 
 from __future__ import annotations
