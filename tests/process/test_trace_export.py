@@ -95,7 +95,7 @@ def test_each_finished_run_is_exported_once_across_kill_9_and_replays_send_the_s
     logs.mkdir()
     db = tmp_path / "rw.db"
     (tmp_path / "rw.yaml").write_text("settle: 3s\n")
-    start = time.time() - 60
+    start = float(int(time.time()) - 60)  # whole seconds: the expected times are exact
     with OtlpReceiver() as collector:
         env = {
             "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.port}",
