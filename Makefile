@@ -76,6 +76,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench_scaleout.py --json bench-out/scaleout.json
 	$(BIN)/python tests/benchmarks/bench_soak.py --json bench-out/soak.json
 	$(BIN)/python tests/benchmarks/bench_slo.py --json bench-out/slo.json
+	$(BIN)/python tests/benchmarks/bench_traces.py --runs 10000 --json bench-out/traces.json
 
 # For the scale-out tests on a plain Debian machine: PostgreSQL and NATS with JetStream,
 # from Debian's packages, on 127.0.0.1 (the embedded default never needs them).

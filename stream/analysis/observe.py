@@ -83,7 +83,9 @@ ALL_TIME: Final = Window()
 """No --since and no --until."""
 
 
-def parse_moment(text: str, option: str, now: datetime, *, end_of_day: bool = False) -> int:
+def parse_moment(
+    text: str, option: str, now: datetime, *, end_of_day: bool = False, command: str = "analyze"
+) -> int:
     """An ISO time, a date, or a duration back from `now` → UTC microseconds."""
     text = text.strip()
     if relative := _RELATIVE.fullmatch(text):
@@ -97,7 +99,7 @@ def parse_moment(text: str, option: str, now: datetime, *, end_of_day: bool = Fa
     except (ValueError, BadField):
         pass
     raise UsageError(
-        f"analyze: {option} {text!r} is not an ISO-8601 time, a date "
+        f"{command}: {option} {text!r} is not an ISO-8601 time, a date "
         "(2026-01-05) or a duration back from now (90m, 12h, 7d)"
     )
 

@@ -9,6 +9,7 @@ from runwatch.sinks.store.postgres_sql import Target
 from runwatch.stream.cli.common import Command, file_argument, json_option, print_json, say
 from runwatch.stream.errors import EXIT_OK
 from runwatch.stream.settings.service import Settings, load_settings
+from runwatch.stream.settings.traces import otlp_target
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,10 +30,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def printable_settings(settings: Settings) -> dict[str, Any]:
-    """The settings as JSON values, with the database URL's password left out."""
+    """The settings as JSON values, with the database URL's password and the trace headers'
+    values left out; `traces.export` says where traces go once the environment is read."""
     shown = settings.model_dump(mode="json")
     if settings.database_url is not None:
         shown["database_url"] = Target.parse(settings.database_url).printable
+    target = otlp_target(settings)
+    shown["traces"] = {
+        **settings.traces.printable(),
+        "export": "off" if target is None else target.describe(),
+    }
     return shown
 
 

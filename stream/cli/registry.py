@@ -26,6 +26,7 @@ from runwatch.stream.cli import (
     slo,
     status,
     tail,
+    traces,
 )
 from runwatch.stream.cli.common import Command
 
@@ -45,6 +46,7 @@ COMMANDS: Final[tuple[Command, ...]] = (
     analyze.COMMAND,
     ship.COMMAND,
     config.COMMAND,
+    traces.COMMAND,
 )
 
 

@@ -26,12 +26,13 @@ from runwatch.stream.core.blobs import dumps_exact
 from runwatch.stream.core.decode import parse_time
 
 JOB_TRIGGERS = {
-    "RUN_COMPLETED": ("report", "archive"),
+    "RUN_COMPLETED": ("report", "archive", "trace"),
     "RUN_STATUS_CHANGED": ("report", "archive"),
     "RUN_UPDATED": ("report", "archive"),
 }
 """Which derived events start which completion jobs. After a run's first completion the
-archive job only records the events its archive lacks: an archive is never rewritten."""
+archive job only records the events its archive lacks: an archive is never rewritten. A
+run's trace is exported once, at its completion (`runwatch traces export` re-sends it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,7 @@ class Policy:
     since_us: int | None = None
     channels: frozenset[str] | None = None
     jobs: frozenset[str] = frozenset({"report", "archive"})
+    """The completion jobs decided; `trace` joins them when traces are on."""
     max_per_minute: int = 30
 
 

@@ -1,4 +1,4 @@
-"""The dispatcher's targets: one handler per enabled channel, and the two completion jobs."""
+"""The dispatcher's targets: one handler per enabled channel, and the completion jobs."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from typing import Any, TextIO
 
 from runwatch.sinks.channels import Channel, ChannelConfig
 from runwatch.sinks.store import connect, reads
+from runwatch.sinks.traces import OtlpTarget
 from runwatch.stream.delivery import jobs
 from runwatch.stream.delivery.dispatcher import Handler, Result
+from runwatch.stream.delivery.traces import trace_handler
 from runwatch.stream.settings.alerts import AlertSetup
 from runwatch.stream.settings.service import Settings
 
@@ -98,6 +100,7 @@ def build_handlers(
     lock: threading.Lock | None = None,
     with_jobs: bool = True,
     fetch: jobs.Fetch | None = None,
+    traces: OtlpTarget | None = None,
 ) -> dict[str, Handler]:
     handlers = {}
     for name, config in alerts.channels.items():
@@ -108,4 +111,6 @@ def build_handlers(
     if with_jobs:
         handlers["report"] = report_handler(settings, fetch)
         handlers["archive"] = job_handler(settings, jobs.archive, fetch=fetch, finished_only=True)
+        if traces is not None:
+            handlers["trace"] = trace_handler(settings, traces, fetch)
     return handlers

@@ -198,13 +198,15 @@ def report(
         return Result(
             "retry",
             f"writing reports: {exc.strerror}",
-            derived=[_event("REPORT_FAILED", run_id, {"error": f"{exc.strerror}: {exc.filename}"})],
+            derived=[
+                derived_event("REPORT_FAILED", run_id, {"error": f"{exc.strerror}: {exc.filename}"})
+            ],
         )
     return Result(
         "delivered",
         f"{len(written)} file(s) written",
         derived=[
-            _event(
+            derived_event(
                 "REPORT_GENERATED",
                 run_id,
                 {
@@ -259,7 +261,7 @@ def archive(
     except Exception as exc:  # a bug must still leave ARCHIVAL_FAILED on the record
         return _archival_failed(run_id, "internal_error", type(exc).__name__)
     writes = [] if result.created else _late_events(data, result.path, now)
-    derived = [_event("RUN_ARCHIVED", run_id, _archived(result, data.missing, len(writes)))]
+    derived = [derived_event("RUN_ARCHIVED", run_id, _archived(result, data.missing, len(writes)))]
     if result.created:
         archived_at = format_time(int(now.timestamp() * 1e6))
         writes.append(
@@ -287,7 +289,7 @@ def archive(
             },
         )
     for path in apply_retention(settings.archive, now):
-        derived.append(_event("ARCHIVE_PRUNED", None, {"path": str(path)}))
+        derived.append(derived_event("ARCHIVE_PRUNED", None, {"path": str(path)}))
     return Result("delivered", str(result.path), derived=derived, writes=writes)
 
 
@@ -296,7 +298,7 @@ def _archival_failed(run_id: str, reason: str, detail: str) -> Result:
     return Result(
         "retry",
         f"{reason}: {detail}",
-        derived=[_event("ARCHIVAL_FAILED", run_id, {"reason": reason, "detail": detail})],
+        derived=[derived_event("ARCHIVAL_FAILED", run_id, {"reason": reason, "detail": detail})],
     )
 
 
@@ -332,7 +334,8 @@ def _archived(result: ArchiveResult, missing: int, late: int) -> dict[str, Any]:
     }
 
 
-def _event(kind: str, run_id: str | None, data: dict[str, Any]) -> dict[str, Any]:
+def derived_event(kind: str, run_id: str | None, data: dict[str, Any]) -> dict[str, Any]:
+    """What a job did, stamped now, for the audit trail and the alert rules."""
     out: dict[str, Any] = {
         "type": kind,
         "event_time": format_time(int(datetime.now(UTC).timestamp() * 1e6)),

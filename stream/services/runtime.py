@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -23,14 +23,16 @@ from runwatch.sinks.store import Store
 from runwatch.sinks.store.slo_reads import announced_levels, finished_runs, finished_runs_of
 from runwatch.sinks.store.spill import HeldOnDisk
 from runwatch.sinks.store.sqlite import SqliteStore
+from runwatch.sinks.traces import OtlpTarget
 from runwatch.stream.console import wall_clock
-from runwatch.stream.core.decisions import Decisions
+from runwatch.stream.core.decisions import Decisions, Policy
 from runwatch.stream.core.processor import Observe, Processor
 from runwatch.stream.delivery import jobs
 from runwatch.stream.delivery.dispatcher import Dispatcher
 from runwatch.stream.delivery.handlers import build_handlers
 from runwatch.stream.settings.alerts import AlertSetup
 from runwatch.stream.settings.service import Settings
+from runwatch.stream.settings.traces import otlp_target
 from runwatch.stream.sources.follow import Follower
 
 TRAIL = "monitor.jsonl"
@@ -72,6 +74,8 @@ class Runtime:
     processor: Processor
     target: Path | str
     """The database the dispatcher's threads connect to."""
+    traces: OtlpTarget | None = None
+    """Where run traces are exported; None: traces are off."""
     recorded: threading.Event = field(default_factory=threading.Event)
     """Set when a delivery or a job recorded something the rules have not evaluated."""
 
@@ -86,9 +90,12 @@ class Runtime:
     ) -> Runtime:
         """A service that delivers what it decides, from the alert horizon on. `target` is
         the database `store` opened when it is not `settings.database` (a PostgreSQL URL)."""
+        traces = otlp_target(settings)
         policy = alerts.policy(deliver=True, since_us=alert_horizon(store, alerts.lookback_s))
-        decisions = Decisions(alerts.rules, store, policy, settle_s=settings.settle)
-        return cls._build(store, settings, alerts, decisions, target=target)
+        decisions = Decisions(
+            alerts.rules, store, with_trace_jobs(policy, traces), settle_s=settings.settle
+        )
+        return cls._build(store, settings, alerts, decisions, traces, target=target)
 
     @classmethod
     def replay(
@@ -102,24 +109,32 @@ class Runtime:
     ) -> Runtime:
         """A rebuild into a fresh `store`: every decision is held until the input is folded,
         then made in event-time order; left to deliver only with `deliver`."""
+        traces = otlp_target(settings)
         decisions = Decisions(
             alerts.rules,
             None,
-            alerts.policy(deliver=deliver),
+            with_trace_jobs(alerts.policy(deliver=deliver), traces),
             holding=HeldOnDisk(),
             settle_s=settings.settle,
         )
         return cls._build(
-            store, settings, alerts, decisions, known_groups=True, observe=observe, replay=True
+            store,
+            settings,
+            alerts,
+            decisions,
+            traces,
+            known_groups=True,
+            observe=observe,
+            replay=True,
         )
 
     @classmethod
     def outbox(cls, store: Store, settings: Settings, alerts: AlertSetup) -> Runtime:
         """Delivering an outbox a replay left: everything in it, whatever its age."""
-        decisions = Decisions(
-            alerts.rules, store, alerts.policy(deliver=True), settle_s=settings.settle
-        )
-        return cls._build(store, settings, alerts, decisions)
+        traces = otlp_target(settings)
+        policy = with_trace_jobs(alerts.policy(deliver=True), traces)
+        decisions = Decisions(alerts.rules, store, policy, settle_s=settings.settle)
+        return cls._build(store, settings, alerts, decisions, traces)
 
     @classmethod
     def _build(
@@ -128,6 +143,7 @@ class Runtime:
         settings: Settings,
         alerts: AlertSetup,
         decisions: Decisions,
+        traces: OtlpTarget | None,
         *,
         target: Path | str | None = None,
         known_groups: bool = False,
@@ -148,7 +164,7 @@ class Runtime:
             observe=observe,
             latest_time=wall_clock_bound(settings.max_future_skew, fixed=replay),
         )
-        return cls(store, settings, alerts, processor, target or settings.database)
+        return cls(store, settings, alerts, processor, target or settings.database, traces)
 
     def dispatcher(
         self,
@@ -170,7 +186,9 @@ class Runtime:
 
         return Dispatcher(
             self.target,
-            build_handlers(self.alerts, self.settings, out=out, lock=lock, fetch=fetch),
+            build_handlers(
+                self.alerts, self.settings, out=out, lock=lock, fetch=fetch, traces=self.traces
+            ),
             self.alerts.delivery,
             on_record=recorded,
             on_failure=on_failure or _unreported,
@@ -214,6 +232,11 @@ class LiveSlos:
         """The SLO events due at `now`; `figures` holds every SLO's figures at `now`."""
         events, self.figures = self.book.tick(now)
         return events
+
+
+def with_trace_jobs(policy: Policy, traces: OtlpTarget | None) -> Policy:
+    """The policy deciding trace jobs too when traces are on."""
+    return policy if traces is None else replace(policy, jobs=policy.jobs | {"trace"})
 
 
 def _unreported(_payload: dict[str, Any], _detail: str) -> None:

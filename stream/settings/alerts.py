@@ -95,7 +95,7 @@ def load_alerts(path: Path | None, *, required: bool = False) -> AlertSetup:
         spec = AlertsFile.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(explain(name, exc)) from None
-    for reserved in ("report", "archive"):
+    for reserved in ("report", "archive", "trace"):
         if reserved in spec.channels:
             raise ConfigError(
                 f"{name}: channels.{reserved}: the name is taken by the "

@@ -25,6 +25,7 @@ from pydantic import (
 from runwatch.projections.slo import Slo
 from runwatch.sinks.archive import ArchiveConfig
 from runwatch.sinks.reports import ReportsConfig
+from runwatch.sinks.traces import TracesConfig
 
 DEFAULT_CONFIG: Final = Path("config/runwatch.yaml")
 _ENV_REF: Final = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -152,6 +153,7 @@ class Settings(BaseModel):
     http: HttpSettings = HttpSettings()
     reports: ReportsConfig = ReportsConfig()
     archive: ArchiveConfig = ArchiveConfig()
+    traces: TracesConfig = TracesConfig()
     slos: Annotated[list[SloSpec], AfterValidator(_unique_slo_names)] = Field(default_factory=list)
 
     @property
