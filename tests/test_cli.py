@@ -399,6 +399,8 @@ def test_interrupted_replay_leaves_the_old_database(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell's background job inherits SIGINT ignored, and Python then keeps it so.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     scratch = built.with_name(f".{built.name}.replay-{proc.pid}")
     deadline = time.monotonic() + 20
