@@ -3,17 +3,37 @@ the state it folds into and the index entries it has yet to write."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final, NamedTuple
 
 import orjson
 
-from runwatch.projections import OrphanEvents, PatternRunState, RunState
+from runwatch.projections import DerivedEvent, Event, OrphanEvents, PatternRunState, RunState
+from runwatch.projections.alerts import Trigger
+from runwatch.sinks.store.api import Changes
 from runwatch.sinks.store.keys import PATTERN, RUN, GroupKey
+from runwatch.stream.core.tally import Tally
 
 State = RunState | PatternRunState | OrphanEvents
 Entry = tuple[str, int, int, int]
 """An `IndexEntry` as the fold appends it: a plain tuple."""
+Adopted = tuple[bytes, bytes, Sequence[tuple[str, bytes]]]
+"""What `adopt` took, until the commit writes it: state, index, task states."""
+Observe = Callable[[Event, str, bool], None]
+"""Called with each decoded event, its source and whether it was new to this fold."""
+
+
+class HandOver(NamedTuple):
+    """What a store-less fold hands over: the groups leaving it as rows, states and index
+    entries, their derived events, open runs (last event time, stalled) and new events per
+    group key, and what happened to the lines and which alert rules they triggered."""
+
+    changes: Changes
+    derived: list[DerivedEvent]
+    open_runs: dict[str, tuple[int, bool]]
+    events: dict[str, int]
+    tally: Tally
+    triggers: list[Trigger]
 
 
 class Group:
@@ -51,6 +71,14 @@ def finished(state: State) -> bool:
     if isinstance(state, PatternRunState):
         return state.raw_status != "in_progress"
     return False
+
+
+def settled(state: State) -> bool:
+    """Finished for good: a run that is terminal only implicitly (its tasks are) may still
+    get its explicit end, which would change what is observed of it."""
+    if isinstance(state, RunState):
+        return state.explicit_key is not None and state.is_terminal()
+    return finished(state)
 
 
 def restore(key: GroupKey, saved: dict[str, Any] | None, seen: set[str]) -> State:

@@ -5,6 +5,7 @@ coming, so a duplicate is recognised however late it arrives."""
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -15,7 +16,6 @@ from runwatch.projections import (
     ORCHESTRATOR,
     RUN_TERMINAL,
     DerivedEvent,
-    Event,
     PatternRunState,
     RunState,
     detect_stalls,
@@ -42,7 +42,10 @@ from runwatch.stream.core.decode import (
     parse_time,
 )
 from runwatch.stream.core.groups import (
+    Adopted,
     Group,
+    HandOver,
+    Observe,
     State,
     finished,
     from_parts,
@@ -50,15 +53,11 @@ from runwatch.stream.core.groups import (
     new_state,
     orphan_day,
     restore,
+    settled,
 )
 from runwatch.stream.core.lines import Lines
 from runwatch.stream.core.tally import Tally
 from runwatch.stream.core.unstorable import drop_runs, rejections, set_aside
-
-Adopted = tuple[bytes, bytes, Sequence[tuple[str, bytes]]]
-"""What `adopt` took, until the commit writes it: state, index, task states."""
-Observe = Callable[[Event, str, bool], None]
-"""Called with each decoded event, its source and whether it was new to this fold."""
 
 
 class Processor:
@@ -93,8 +92,7 @@ class Processor:
         up to `max_groups_ceiling`, while groups it evicted for room come back: more runs
         in flight than it holds would otherwise write and read each of them again and again."""
         self._store = store
-        self._rules = rules
-        self._observe = observe
+        self._rules, self._observe = rules, observe
         self._latest_time = latest_time
         self._sources: dict[int, str] = {}
         self._triggers: list[Trigger] = []
@@ -244,11 +242,6 @@ class Processor:
         return self._outboxed
 
     @property
-    def triggers(self) -> Sequence[Trigger]:
-        """Alert triggers of the input events since the last commit."""
-        return self._triggers
-
-    @property
     def dead_letters(self) -> Sequence[DeadLetter]:
         """Lines rejected since the last commit."""
         return self._changes.dead_letters
@@ -292,18 +285,25 @@ class Processor:
         """Watch only the open runs whose id is `owned` for stalls (a partition's runs)."""
         self._open_runs = {run: seen for run, seen in self._open_runs.items() if owned(run)}
 
-    def hand_over(
-        self,
-    ) -> tuple[Changes, list[DerivedEvent], dict[str, tuple[int, bool]], dict[str, int]]:
-        """An in-memory fold made ready to write (a worker's result): every group flushed
-        into rows, state (a run's header keeps its error ids, so that it can be merged) and
-        task states, and index entries (what no store can hold set aside), the derived events
-        and open runs they make, and each group's count of new events."""
-        events = {group.key.text: len(group.new_index) for group in self._cache.values()}
-        for group in self._cache.values():
+    def hand_over(self, keep: int = 0) -> HandOver:
+        """A store-less fold's result (a worker's), forgotten here: the settled groups and
+        the least recently used others beyond `keep`, flushed (a run's header keeps its error
+        ids, for a merge); the rest go on folding, and a later part of them is merged."""
+        cache = self._cache
+        leaving = [group for group in cache.values() if settled(group.state)]
+        if (beyond := len(cache) - len(leaving) - keep) > 0:
+            others = (group for group in cache.values() if not settled(group.state))
+            leaving.extend(itertools.islice(others, beyond))
+        events, open_runs = {g.key.text: len(g.new_index) + g.blobbed for g in leaving}, {}
+        for group in leaving:
             self._flush(group)
+            del cache[group.key]
+            if group.key.kind == RUN and group.key.name in self._open_runs:
+                open_runs[group.key.name] = self._open_runs.pop(group.key.name)
         self._set_aside_unstorable(self._changes)
-        return self._changes, self._derived, dict(self._open_runs), events
+        out = self._changes, self._derived, open_runs, events, self._pending, self._triggers
+        self._changes, self._derived, self._pending, self._triggers = Changes(), [], Tally(), []
+        return HandOver(*out)
 
     def adopt(
         self,

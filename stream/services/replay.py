@@ -34,6 +34,7 @@ from runwatch.stream.console import Progress, wall_clock
 from runwatch.stream.core.tally import Tally
 from runwatch.stream.services.parallel import (
     Observer,
+    PartitionedFold,
     Region,
     fold_in_workers,
     forget,
@@ -186,24 +187,37 @@ def _build(
             derived += len(processor.commit(checkpoints, everything=False))
             checkpoints = []
 
-    pool = None
+    pool = partitioned = None
+    regions = _regions(sizes, source_ids, chunk_bytes)
+    batches = list(_batches(regions, chunk_bytes))
     if workers > 0 and total_bytes > 2 * chunk_bytes:
-        pool = multiprocessing.get_context("fork").Pool(
-            workers, initializer=join_build, initargs=(scratch,)
-        )
+        if observer is None:
+            keep = max(settings.cache_groups, settings.cache_groups_max // workers)
+            rules = alerts.rules
+            partitioned = PartitionedFold(
+                scratch,
+                batches,
+                workers,
+                (settings.max_line_bytes, rules, processor.latest_us, keep),
+            )
+        else:  # an observer sees the events of each batch in input order
+            pool = multiprocessing.get_context("fork").Pool(
+                workers, initializer=join_build, initargs=(scratch,)
+            )
     try:
-        regions = _regions(sizes, source_ids, chunk_bytes)
-        if pool is None:
-            for region, lines, done in read_regions(regions, settings.max_line_bytes):
+        if partitioned is None and pool is None:
+            for region, lines, done in read_regions(
+                (r for batch in batches for r in batch), settings.max_line_bytes
+            ):
                 processor.process(str(region.path), region.source_id, lines)
                 count(region, len(lines.items), done)
                 bar.advance(lines.end - lines.offset, processor.seen)
                 commit_when_due()
         else:
-            batches = list(_batches(regions, chunk_bytes))
-            for batch, folded in zip(
-                batches,
-                fold_in_workers(
+            results = (
+                partitioned.results()
+                if partitioned is not None
+                else fold_in_workers(
                     pool,
                     2 * workers,
                     batches,
@@ -211,9 +225,9 @@ def _build(
                     alerts.rules,
                     observer,
                     processor.latest_us,
-                ),
-                strict=True,
-            ):
+                )
+            )
+            for batch, folded in zip(batches, results, strict=True):
                 repeats = folded.merge_into(processor, [next_line[r.path] for r in batch])
                 if observer is not None and folded.observer is not None:
                     observer.merge(folded.observer)
@@ -225,6 +239,8 @@ def _build(
     finally:
         if pool is not None:
             pool.terminate()
+        if partitioned is not None:
+            partitioned.close()
     processor.detect(processor.max_event_time, bounded=False)
     store.set_meta([("event_time_now", str(processor.max_event_time))])
     if settings.objectives:  # judged over the runs as written: commit them first

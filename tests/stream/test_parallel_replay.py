@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
 
 from helpers import snapshot
+from runwatch.stream.core.lines import Lines
 from runwatch.stream.devtools.writer import simulate
+from runwatch.stream.services.parallel import PartitionedFold, partition_of, stretches
 from runwatch.stream.services.replay import replay
 from runwatch.stream.settings.service import Settings
 from runwatch.stream.sources.discovery import expand
@@ -104,3 +108,103 @@ def test_any_number_of_workers_builds_the_same_database(tmp_path: Path) -> None:
     assert {row["status"] for row in rows["runs"]} >= {"succeeded", "failed"}
     for workers in (1, 2, 4):
         assert built[workers] == built[0], f"{workers} workers"
+
+
+def test_runs_split_across_workers_or_handed_over_early_are_merged(tmp_path: Path) -> None:
+    """Interleaved files, a run whose id is written three ways (so the byte-level partition
+    sends its lines to different workers) and a cache of two runs per worker (so runs in
+    flight are handed over and their later parts merged): the rows equal one process's."""
+    corpus = tmp_path / "corpus"
+    simulate(corpus, runs=50, seed=7, fail_rate=0.2)
+    lines = [
+        line for path in sorted(corpus.rglob("*.jsonl")) for line in path.read_bytes().splitlines()
+    ]
+    runs = sorted({orjson.loads(line).get("run_id") for line in lines} - {None})
+    odd = runs[0]
+    mixed = []
+    for number, line in enumerate(lines):
+        event = orjson.loads(line)
+        if event.get("run_id") == odd and number % 3:
+            event.pop("run_id")  # the id only in the payload, or spaced out
+            if number % 3 == 1:
+                event["payload"] = {**(event.get("payload") or {}), "run_id": odd}
+                line = orjson.dumps(event)
+            else:
+                line = orjson.dumps(event).replace(b"{", b'{"run_id": "' + odd.encode() + b'",', 1)
+        mixed.append(line)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for shard in range(4):  # runs interleaved across files, as rolled logs of a busy host
+        (shards / f"log-{shard}.jsonl").write_bytes(b"\n".join(mixed[shard::4]) + b"\n")
+    files = expand([str(shards)])
+    settings = Settings(cache_groups=2, cache_groups_max=2)
+
+    one = replay(files, tmp_path / "one.db", settings, progress=False, workers=0)
+    for workers in (1, 2, 3):
+        db = tmp_path / f"w{workers}.db"
+        many = replay(files, db, settings, progress=False, workers=workers, chunk_bytes=4096)
+        assert snapshot(db) == snapshot(tmp_path / "one.db"), f"{workers} workers"
+        assert many.tally == one.tally
+    assert any(row["run_id"] == odd for row in snapshot(tmp_path / "one.db")["runs"])
+
+
+def test_a_line_goes_to_exactly_one_partition_with_its_place() -> None:
+    """Every line, whatever it holds, is folded by one worker, at its own offset and number."""
+    items = [
+        b'{"run_id":"a","x":1}',
+        b'{"run_id": "b"}',
+        b"",
+        b'{"run_id":7}',
+        b'{"run_id":null}',
+        b"not json",
+        b'{"run_id":"unterminated',
+        b'{"payload":{"run_id":"c"}}',
+        b'{"run_id":"c"}',
+    ] * 3
+    end = 100 + sum(len(item) + 1 for item in items)
+    lines = Lines(100, 10, items, end, {4: 5000})
+    for parts in (1, 2, 3):
+        seen: list[tuple[int, int, bytes]] = []
+        for part in range(parts):
+            for stretch in stretches(lines, part, parts):
+                offset = stretch.offset
+                for index, item in enumerate(stretch.items):
+                    seen.append((offset, stretch.line + index, item))
+                    offset += stretch.oversize.get(index, len(item)) + 1
+                assert offset == stretch.end or stretch.end == end
+        expected, offset = [], 100
+        for index, item in enumerate(items):
+            expected.append((offset, 10 + index, item))
+            offset += (5000 if index == 4 else len(item)) + 1
+        assert sorted(seen) == expected
+    assert partition_of(b'{"run_id":"b"}', 7) == partition_of(b'{"run_id": "b", "x": 2}', 7)
+    assert partition_of(b'{"run_id":7}', 7) == partition_of(b"garbage", 7) == 0
+
+
+def test_a_failing_worker_stops_the_replay_with_its_error(tmp_path: Path) -> None:
+    """A worker that fails does not leave the parent waiting: the replay ends with its error
+    and the old database stays."""
+    corpus = tmp_path / "corpus"
+    simulate(corpus, runs=20, seed=3)
+    files = expand([str(corpus)])
+    target = tmp_path / "built.db"
+    replay(files, target, Settings(), progress=False, workers=0)
+    before = snapshot(target)
+    gone = files[-1]
+    lost = gone.read_bytes()
+
+    def vanish(*_: object) -> None:
+        gone.unlink()
+
+    fold = PartitionedFold.__init__
+
+    def start_then_vanish(self: PartitionedFold, *args: Any, **kwargs: Any) -> None:
+        vanish()
+        fold(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PartitionedFold, "__init__", start_then_vanish)
+        with pytest.raises(RuntimeError, match=r"replay worker \d failed"):
+            replay(files, target, Settings(), progress=False, workers=2, chunk_bytes=4096)
+    gone.write_bytes(lost)
+    assert snapshot(target) == before
