@@ -26,7 +26,8 @@ from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.sinks.traces import OtlpTarget
 from runwatch.stream.console import wall_clock
 from runwatch.stream.core.decisions import Decisions, Policy
-from runwatch.stream.core.processor import Observe, Processor
+from runwatch.stream.core.groups import Observe
+from runwatch.stream.core.processor import Processor
 from runwatch.stream.delivery import jobs
 from runwatch.stream.delivery.dispatcher import Dispatcher
 from runwatch.stream.delivery.handlers import build_handlers
