@@ -80,17 +80,13 @@ class Processor:
         observe: Observe | None = None,
         latest_time: Callable[[], int] | None = None,
     ) -> None:
-        """Without a store the processor only folds in memory (a replay worker's chunk).
-        `known_groups`, when given, is every group key the store holds (a fresh store: empty),
-        which spares a lookup for each new group. With `rules`, new input events that match
-        an alert rule become triggers; `decisions` turns them into outbox entries at commit.
-        `observe`, when given, sees every decoded event (offline analysis); else it costs
-        nothing. `latest_time`, read once a batch, is the latest event time accepted (UTC µs,
-        see `wall_clock_bound`); without it only the calendar bounds event times. An open run
-        silent longer than `forget_after_s` is abandoned: it leaves the open runs and the cache
-        until an event of it arrives again. The cache holds `max_groups` groups and grows,
-        up to `max_groups_ceiling`, while groups it evicted for room come back: more runs
-        in flight than it holds would otherwise write and read each of them again and again."""
+        """Without a store the processor only folds in memory (a replay worker's part).
+        `known_groups`: every group key the store holds (spares a lookup per new group).
+        `rules` turn matching new events into triggers, which `decisions` turns into outbox
+        entries at commit; `observe` sees every decoded event (offline analysis).
+        `latest_time` (read once a batch): the latest event time accepted. A run silent past
+        `forget_after_s` is abandoned. The cache holds `max_groups` groups, growing up to
+        `max_groups_ceiling` while the groups it evicted come back (more runs in flight)."""
         self._store = store
         self._rules, self._observe = rules, observe
         self._latest_time = latest_time
@@ -286,20 +282,25 @@ class Processor:
         self._open_runs = {run: seen for run, seen in self._open_runs.items() if owned(run)}
 
     def hand_over(self, keep: int = 0) -> HandOver:
-        """A store-less fold's result (a worker's), forgotten here: the settled groups and
-        the least recently used others beyond `keep`, flushed (a run's header keeps its error
-        ids, for a merge); the rest go on folding, and a later part of them is merged."""
+        """A store-less fold's result (a worker's): the settled groups and the least recently
+        used others beyond `keep` leave, flushed (a run's header keeps its error ids, for a
+        merge); the rest fold on, and a later part is merged. A giant run's flush is sent too."""
         cache = self._cache
         leaving = [group for group in cache.values() if settled(group.state)]
         if (beyond := len(cache) - len(leaving) - keep) > 0:
             others = (group for group in cache.values() if not settled(group.state))
             leaving.extend(itertools.islice(others, beyond))
+        gone = {group.key for group in leaving}
+        leaving.extend(g for g in cache.values() if g.key not in gone and holds_many_events(g))
         events, open_runs = {g.key.text: len(g.new_index) + g.blobbed for g in leaving}, {}
         for group in leaving:
             self._flush(group)
-            del cache[group.key]
             if group.key.kind == RUN and group.key.name in self._open_runs:
-                open_runs[group.key.name] = self._open_runs.pop(group.key.name)
+                open_runs[group.key.name] = self._open_runs[group.key.name]
+        for key in gone:
+            del cache[key]
+            if key.kind == RUN:
+                self._open_runs.pop(key.name, None)
         self._set_aside_unstorable(self._changes)
         out = self._changes, self._derived, open_runs, events, self._pending, self._triggers
         self._changes, self._derived, self._pending, self._triggers = Changes(), [], Tally(), []

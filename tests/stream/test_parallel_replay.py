@@ -12,6 +12,7 @@ import pytest
 
 from helpers import snapshot
 from runwatch.stream.core.lines import Lines
+from runwatch.stream.core.processor import Processor
 from runwatch.stream.devtools.writer import simulate
 from runwatch.stream.services.parallel import PartitionedFold, partition_of, stretches
 from runwatch.stream.services.replay import replay
@@ -208,3 +209,48 @@ def test_a_failing_worker_stops_the_replay_with_its_error(tmp_path: Path) -> Non
             replay(files, target, Settings(), progress=False, workers=2, chunk_bytes=4096)
     gone.write_bytes(lost)
     assert snapshot(target) == before
+
+
+def test_a_giant_run_is_sent_in_parts_while_its_worker_folds_on(tmp_path: Path) -> None:
+    """A run of 15,000 tasks (45,000 events) among small ones: its worker sends what it holds
+    every 20,000 events instead of keeping it all to the end; the parent merges the parts
+    into the rows one process builds."""
+    lines = []
+    start = 1767261600
+    for task in range(15_000):
+        for step, kind in enumerate(("task_created", "task_started", "task_completed")):
+            lines.append(
+                {
+                    "event_type": kind,
+                    "timestamp": start + task + step,
+                    "run_id": "giant",
+                    "task_id": f"t{task}",
+                    "workstream_id": f"ws{task % 7}",
+                }
+            )
+        if task % 500 == 0:
+            small = f"small-{task}"
+            lines.append({"event_type": "run_started", "timestamp": start + task, "run_id": small})
+            lines.append(
+                {"event_type": "run_completed", "timestamp": start + task + 1, "run_id": small}
+            )
+    lines.append({"event_type": "run_completed", "timestamp": start + 20_000, "run_id": "giant"})
+    log = tmp_path / "giant.jsonl"
+    log.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+
+    one = replay([log], tmp_path / "one.db", Settings(), progress=False, workers=0)
+    calls = []
+    merge = Processor.merge
+
+    def counted(self: Processor, key: Any, partial: Any, index: bytes) -> set[str]:
+        calls.append(key.name)
+        return merge(self, key, partial, index)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Processor, "merge", counted)
+        two = replay(
+            [log], tmp_path / "two.db", Settings(), progress=False, workers=2, chunk_bytes=64 * 1024
+        )
+    assert snapshot(tmp_path / "two.db") == snapshot(tmp_path / "one.db")
+    assert two.tally == one.tally
+    assert calls.count("giant") == 2  # parts after the first: at 20,000 events, at 40,000
