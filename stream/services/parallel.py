@@ -31,7 +31,14 @@ import orjson
 from runwatch.projections import DerivedEvent, Event
 from runwatch.projections.alerts import RuleSet, Trigger
 from runwatch.sinks.store.api import Changes, Checkpoint, DeadLetter, Store
-from runwatch.sinks.store.keys import PATTERN, RUN, GroupKey, IndexEntry, load_index
+from runwatch.sinks.store.keys import (
+    PATTERN,
+    RUN,
+    GroupKey,
+    IndexEntry,
+    index_ids,
+    load_index,
+)
 from runwatch.sinks.store.scratch import Scratch
 from runwatch.stream.console import wall_clock
 from runwatch.stream.core.decode import RAW_KEEP, decode
@@ -111,11 +118,10 @@ class Folded:
                 continue
             if key.kind == RUN:
                 merged_runs.add(key.name)
-            entries = load_index(index)
-            partial = from_parts(key, state, tasks, {entry.event_id for entry in entries})
+            partial = from_parts(key, state, tasks, index_ids(index))
             known = processor.merge(key, partial, index)
             if known:
-                repeats.extend(entry for entry in entries if entry.event_id in known)
+                repeats.extend(entry for entry in load_index(index) if entry.event_id in known)
         # A merged run is observed again when its merged state is flushed.
         processor.note(*(d for d in self.derived if d.run_id not in merged_runs))
         if first_lines is None:
