@@ -24,13 +24,10 @@ class Event:
     __slots__ = (
         "family",
         "id",
-        "length",
-        "offset",
         "payload",
         "raw",
         "run_id",
         "severity",
-        "source_id",
         "task",
         "time",
         "type",
@@ -49,9 +46,6 @@ class Event:
         task: str | None,
         workstream: str | None,
         raw: dict[str, Any],
-        source_id: int = 0,
-        offset: int = 0,
-        length: int = 0,
     ) -> None:
         self.family = family
         self.id = id
@@ -63,9 +57,6 @@ class Event:
         self.task = task
         self.workstream = workstream
         self.raw = raw
-        self.source_id = source_id
-        self.offset = offset
-        self.length = length
 
     def __repr__(self) -> str:
         when = format_time(self.time)
