@@ -12,7 +12,6 @@ PATTERN: Final = "p"
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _NAIVE_EPOCH: Final = datetime(1970, 1, 1)
-_DAY_US: Final = 86_400_000_000
 
 
 class Event:
@@ -84,17 +83,29 @@ def format_time(us: int | None) -> str | None:
     """UTC microseconds → `YYYY-MM-DDTHH:MM:SS.ffffffZ`, the only time format in outputs."""
     if us is None:
         return None
-    day, rest = divmod(us, _DAY_US)
-    seconds, micros = divmod(rest, 1_000_000)
-    minutes, second = divmod(seconds, 60)
-    hour, minute = divmod(minutes, 60)
-    return f"{_date(day)}T{hour:02d}:{minute:02d}:{second:02d}.{micros:06d}Z"
+    minute, rest = divmod(us, 60_000_000)
+    second, micros = divmod(rest, 1_000_000)
+    return f"{_MINUTES.get(minute) or _minute(minute)}{second:02d}.{micros:06d}Z"
+
+
+_MINUTES: dict[int, str] = {}
+"""Minute since the epoch → `YYYY-MM-DDTHH:MM:`: a flush formats many times of few minutes."""
+_MINUTES_MAX: Final = 16_384
+
+
+def _minute(minute: int) -> str:
+    day, rest = divmod(minute, 1440)
+    hour, minute_of_hour = divmod(rest, 60)
+    prefix = f"{_date(day)}T{hour:02d}:{minute_of_hour:02d}:"
+    if len(_MINUTES) >= _MINUTES_MAX:
+        _MINUTES.clear()
+    _MINUTES[minute] = prefix
+    return prefix
 
 
 @lru_cache(maxsize=4096)
 def _date(day: int) -> str:
-    """`YYYY-MM-DD` of a day since the epoch: the calendar part of `format_time`, which a
-    fold asks for many times a day."""
+    """`YYYY-MM-DD` of a day since the epoch."""
     return (_NAIVE_EPOCH + timedelta(days=day)).date().isoformat()
 
 
