@@ -85,12 +85,13 @@ def format_time(us: int | None) -> str | None:
         return None
     minute, rest = divmod(us, 60_000_000)
     second, micros = divmod(rest, 1_000_000)
-    return f"{_MINUTES.get(minute) or _minute(minute)}{second:02d}.{micros:06d}Z"
+    return f"{_MINUTES.get(minute) or _minute(minute)}{_SECONDS[second]}{micros:06d}Z"
 
 
 _MINUTES: dict[int, str] = {}
 """Minute since the epoch → `YYYY-MM-DDTHH:MM:`: a flush formats many times of few minutes."""
 _MINUTES_MAX: Final = 16_384
+_SECONDS: Final = tuple(f"{second:02d}." for second in range(60))
 
 
 def _minute(minute: int) -> str:
