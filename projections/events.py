@@ -12,7 +12,6 @@ PATTERN: Final = "p"
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _NAIVE_EPOCH: Final = datetime(1970, 1, 1)
-_DAY_US: Final = 86_400_000_000
 
 
 class Event:
@@ -24,13 +23,10 @@ class Event:
     __slots__ = (
         "family",
         "id",
-        "length",
-        "offset",
         "payload",
         "raw",
         "run_id",
         "severity",
-        "source_id",
         "task",
         "time",
         "type",
@@ -49,9 +45,6 @@ class Event:
         task: str | None,
         workstream: str | None,
         raw: dict[str, Any],
-        source_id: int = 0,
-        offset: int = 0,
-        length: int = 0,
     ) -> None:
         self.family = family
         self.id = id
@@ -63,9 +56,6 @@ class Event:
         self.task = task
         self.workstream = workstream
         self.raw = raw
-        self.source_id = source_id
-        self.offset = offset
-        self.length = length
 
     def __repr__(self) -> str:
         when = format_time(self.time)
@@ -93,17 +83,30 @@ def format_time(us: int | None) -> str | None:
     """UTC microseconds → `YYYY-MM-DDTHH:MM:SS.ffffffZ`, the only time format in outputs."""
     if us is None:
         return None
-    day, rest = divmod(us, _DAY_US)
-    seconds, micros = divmod(rest, 1_000_000)
-    minutes, second = divmod(seconds, 60)
-    hour, minute = divmod(minutes, 60)
-    return f"{_date(day)}T{hour:02d}:{minute:02d}:{second:02d}.{micros:06d}Z"
+    minute, rest = divmod(us, 60_000_000)
+    second, micros = divmod(rest, 1_000_000)
+    return f"{_MINUTES.get(minute) or _minute(minute)}{_SECONDS[second]}{micros:06d}Z"
+
+
+_MINUTES: dict[int, str] = {}
+"""Minute since the epoch → `YYYY-MM-DDTHH:MM:`: a flush formats many times of few minutes."""
+_MINUTES_MAX: Final = 16_384
+_SECONDS: Final = tuple(f"{second:02d}." for second in range(60))
+
+
+def _minute(minute: int) -> str:
+    day, rest = divmod(minute, 1440)
+    hour, minute_of_hour = divmod(rest, 60)
+    prefix = f"{_date(day)}T{hour:02d}:{minute_of_hour:02d}:"
+    if len(_MINUTES) >= _MINUTES_MAX:
+        _MINUTES.clear()
+    _MINUTES[minute] = prefix
+    return prefix
 
 
 @lru_cache(maxsize=4096)
 def _date(day: int) -> str:
-    """`YYYY-MM-DD` of a day since the epoch: the calendar part of `format_time`, which a
-    fold asks for many times a day."""
+    """`YYYY-MM-DD` of a day since the epoch."""
     return (_NAIVE_EPOCH + timedelta(days=day)).date().isoformat()
 
 

@@ -143,7 +143,8 @@ class RunState:
         if self.last_event_at is None or t > self.last_event_at:
             self.last_event_at = t
         kind = _KINDS.get(e.type) or _classify(e.type)
-        if kind.failed or e.severity in _ERROR_SEVERITIES:
+        failed, run_level, workstream_level, lifecycle, rank, task_status, task_start = kind
+        if failed or e.severity in _ERROR_SEVERITIES:
             self.errors += 1
             if self.error_ids is not None:
                 self.error_ids.add(eid)
@@ -159,12 +160,12 @@ class RunState:
                 self.counts["pending"] += 1
             self.dirty_tasks.add(task_id)
             status, member = task.status, task.workstream
-            key = (t, kind.task_rank, eid)
+            key = (t, rank, eid)
             if ws is not None and (task.workstream_key is None or key > task.workstream_key):
                 task.workstream_key = key
                 task.workstream = ws
-            if kind.task_rank >= 0:
-                if kind.task_start:
+            if rank >= 0:
+                if task_start:
                     task.starts += (eid,)  # new: apply refuses a repeat above
                     if task.started_at is None or t < task.started_at:
                         task.started_at = t
@@ -172,16 +173,16 @@ class RunState:
                         self.started_at = t
                 if task.key is None or key > task.key:
                     task.key = key
-                    task.status = kind.task_status or STEP_STATUS.get(
+                    task.status = task_status or STEP_STATUS.get(
                         str(e.payload.get("status")), "failed"
                     )
                     self._note_end(task, status in TASK_TERMINAL)
             if task.status != status or task.workstream != member:
                 self._recount(status, member, task)
-        if kind.run_level:
+        if run_level:
             self._apply_run_level(e)
-        elif kind.workstream_level and ws is not None:
-            self._apply_workstream_level(e, ws, kind.workstream_lifecycle)
+        elif workstream_level and ws is not None:
+            self._apply_workstream_level(e, ws, lifecycle)
         return True
 
     def merge(self, other: RunState) -> None:

@@ -135,21 +135,13 @@ class Processor:
         observe = self._observe
         latest = NO_LATEST if self._latest_time is None else self._latest_time()
         self._sources[source_id] = source
+        last_key: tuple[str, str] | None = None
         for index, line in enumerate(lines.items):
             size = len(line)
             if oversize and index in oversize:
                 size = oversize[index]
-                self.reject(
-                    source,
-                    offset,
-                    number,
-                    line,
-                    size,
-                    Rejection(
-                        "line_too_long",
-                        f"line of {size} bytes exceeds max_line_bytes={self._max_line_bytes}",
-                    ),
-                )
+                why = f"line of {size} bytes exceeds max_line_bytes={self._max_line_bytes}"
+                self.reject(source, offset, number, line, size, Rejection("line_too_long", why))
             elif not line or line.isspace():
                 tally.blank += 1
             else:
@@ -166,11 +158,16 @@ class Processor:
                         )
                     else:
                         key = (PATTERN, event.task)  # type: ignore[assignment]  # never None here
-                    group = cache.get(key)
-                    if group is None:
-                        group = self._load(GroupKey(*key))
-                    else:
-                        cache.move_to_end(key)
+                    # Lines of one group come in runs: the group of the line before is
+                    # already the most recent in the cache.
+                    if key != last_key:
+                        cached = cache.get(key)
+                        if cached is None:
+                            group = self._load(GroupKey(*key))
+                        else:
+                            group = cached
+                            cache.move_to_end(key)
+                        last_key = key if key in cache else None
                     try:
                         fresh = group.state.apply(event)
                         found = (

@@ -1,4 +1,4 @@
-"""`format_time` builds the text by arithmetic on a cached date: it must agree with the
+"""`format_time` builds the text by arithmetic on a cached minute: it must agree with the
 datetime library on every representable instant, and refuse the same ones."""
 
 from __future__ import annotations
@@ -7,6 +7,8 @@ import random
 from datetime import datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from runwatch.projections.events import format_time
 
@@ -28,6 +30,13 @@ def test_agrees_with_datetime_across_the_calendar() -> None:
     anywhere = [rng.randint(FIRST, LAST) for _ in range(20_000)]
     for us in [*edges, *recent, *anywhere]:
         assert format_time(us) == by_datetime(us), us
+
+
+@given(st.integers(FIRST, LAST), st.integers(0, 59_999_999))
+def test_agrees_with_datetime_within_a_cached_minute(us: int, later: int) -> None:
+    """The text of a minute is cached: other instants of it must still come out right."""
+    again = min(us - us % 60_000_000 + later, LAST)
+    assert (format_time(us), format_time(again)) == (by_datetime(us), by_datetime(again))
 
 
 @pytest.mark.parametrize("us", [FIRST - 1, LAST + 1, 10**30, -(10**30)])

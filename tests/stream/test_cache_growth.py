@@ -7,9 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from runwatch.projections.events import format_time
+from runwatch.sinks.store.keys import GroupKey
 from runwatch.sinks.store.sqlite import SqliteStore
+from runwatch.stream.core.groups import Group
 from runwatch.stream.core.lines import Lines
 from runwatch.stream.core.processor import Processor
 
@@ -79,3 +82,52 @@ def test_the_cache_grows_while_evicted_runs_come_back(tmp_path: Path) -> None:
 def test_the_ceiling_bounds_the_growth(tmp_path: Path) -> None:
     loads, _ = replay_with(tmp_path / "capped.db", ceiling=20)
     assert loads >= (RUNS - 20) * (ROUNDS - 1), "past the ceiling, runs are read back"
+
+
+def test_lines_of_one_run_in_a_row_with_a_cache_of_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`process` keeps the group of the line before for the next line of the same run; with
+    room for one group, each switch of run still evicts one and loads the other."""
+    lines = [
+        orjson.dumps(
+            {
+                "event_id": f"e{run}-{round_}-{step}",
+                "event_type": "task_started",
+                "timestamp": format_time(T0 + (round_ * 100 + run * 10 + step) * SECOND),
+                "run_id": f"R{run}",
+                "task_id": f"t{step}",
+            }
+        )
+        for round_ in range(2)
+        for run in range(5)
+        for step in range(3)
+    ]
+    loaded: list[GroupKey] = []
+    load = Processor._load
+
+    def counted(self: Processor, key: GroupKey) -> Group:
+        loaded.append(key)
+        return load(self, key)
+
+    monkeypatch.setattr(Processor, "_load", counted)
+    results = []
+    for room in (1, 1024):
+        loaded.clear()
+        store = SqliteStore(tmp_path / f"{room}.db")
+        processor = Processor(
+            store,
+            stall_after_s=1800,
+            max_line_bytes=8 << 20,
+            wall_clock=lambda: "2026-01-01T00:00:00.000000Z",
+            max_groups=room,
+        )
+        end = sum(len(line) + 1 for line in lines)
+        assert processor.process("events.jsonl", 1, Lines(0, 1, lines, end)) == len(lines)
+        processor.commit([])
+        rows = store.db.execute("SELECT * FROM tasks ORDER BY run_id, task_id").fetchall()
+        results.append((len(loaded), rows))
+        store.close()
+    (small_loads, small_rows), (large_loads, large_rows) = results
+    assert small_rows == large_rows and len(small_rows) == 5 * 3
+    assert (small_loads, large_loads) == (10, 5), "a load per switch of run, not per line"
