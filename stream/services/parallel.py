@@ -102,6 +102,7 @@ class Folded:
     max_event_time: int
     triggers: list[Trigger]
     observer: Observer | None
+    merged: int = 0  # of its groups, how many `merge_into` merged (the rest it adopted)
 
     def merge_into(
         self, processor: Processor, first_lines: list[int] | None = None
@@ -116,6 +117,7 @@ class Folded:
             open_run = self.open_runs.get(key.name)
             if processor.adopt(key, state, index, open_run, events, rows, tasks):
                 continue
+            self.merged += 1
             if key.kind == RUN:
                 merged_runs.add(key.name)
             partial = from_parts(key, state, tasks, index_ids(index))
@@ -504,7 +506,14 @@ class Backlog:
     """A tailer far behind folds its reads in worker processes: a read of `workers` × 2
     pieces of `piece_bytes` at a time, folded while the parent merges and commits the read
     before (so the parent never waits for the workers, nor they for it). The pool is
-    started on the first backlog, by spawning (the service runs threads)."""
+    started on the first backlog, by spawning (the service runs threads).
+
+    Each piece is folded apart, so a run with lines in many pieces (logs of many runs at
+    once) reaches the parent in parts to merge, which costs it more than folding the lines
+    itself: when most groups of a read were merged, the next `REST_READS` reads are left
+    to the parent, and then the workers are tried again."""
+
+    REST_READS = 16
 
     def __init__(self, workers: int, piece_bytes: int, max_line_bytes: int, rules: RuleSet):
         self.workers = workers
@@ -512,6 +521,7 @@ class Backlog:
         self.max_line_bytes = max_line_bytes
         self.rules = rules
         self.pool: Any = None
+        self.resting = 0  # reads still to leave to the parent
 
     @property
     def budget(self) -> int:
@@ -520,7 +530,12 @@ class Backlog:
 
     def wanted(self, read_bytes: int) -> bool:
         """Is a read of this size worth the workers?"""
-        return self.workers > 0 and read_bytes >= 2 * self.piece_bytes
+        if self.workers == 0 or read_bytes < 2 * self.piece_bytes:
+            return False
+        if self.resting:
+            self.resting -= 1
+            return False
+        return True
 
     def submit(
         self,
@@ -555,10 +570,12 @@ class Backlog:
         fresh: dict[str, int] = {}
         sources = {piece.source_id: piece.source for piece in flight.pieces}
         reached: dict[int, Reached] = {}
+        groups = merged = 0
         for position, piece in enumerate(flight.pieces):
             folded: Folded = flight.results[position].get()
             flight.results[position] = None
             repeats = folded.merge_into(processor)
+            groups, merged = groups + len(folded.groups), merged + folded.merged
             fresh[piece.source] = fresh.get(piece.source, 0) + sum(folded.accepted)
             for entry in repeats:
                 source = sources.get(entry.source_id, piece.source)
@@ -567,6 +584,8 @@ class Backlog:
             owner, lines = flight.owners[position], piece.lines
             reached[id(owner)] = Reached(owner, lines.end, lines.line + len(lines.items))
             between(list(reached.values()))
+        if merged * 2 > groups:
+            self.resting = self.REST_READS
         return fresh
 
     def close(self) -> None:

@@ -44,6 +44,10 @@ from runwatch.stream.web.app import Dashboard
 from runwatch.stream.web.server import WebServer
 
 SLICE_BYTES: Final = 256 << 10
+DETECT_BEHIND_S: Final = 60.0
+"""While a backlog is being read, stalls are judged at most this often: a run's silence
+may be lines not read yet. Judged every tick, the runs of an old backlog would be abandoned
+and brought back again and again (each time written out and read back)."""
 """A read is folded this much at a time, so that a read of many new runs can be written
 out before all of it is folded (see `Processor.crowded`)."""
 
@@ -168,6 +172,7 @@ class TailService:
         now = time.monotonic()
         due_tick = now + self.intervals.tick
         due_heartbeat = now + self.intervals.heartbeat
+        due_detect = now + DETECT_BEHIND_S
         budget = self.settings.batch_max_bytes
         backlog = Backlog(
             _backlog_workers(), budget, self.settings.max_line_bytes, self.alerts.rules
@@ -217,7 +222,9 @@ class TailService:
                     lines = read.lines
                     done.append(Reached(cursor, lines.end, lines.line + len(lines.items)))
                 if now >= due_tick:
-                    processor.detect(now_us())
+                    if not behind or now >= due_detect:
+                        processor.detect(now_us())
+                        due_detect = now + DETECT_BEHIND_S
                     if self.slos is not None:
                         processor.note(*self.slos.tick(now_us()))
                         self.metrics.set_slos(self.slos.figures)
@@ -250,6 +257,8 @@ class TailService:
                 for source, fresh in backlog.land(flight, processor, unload).items():
                     self.ingest.add(source, fresh)
                 self._commit(runtime, follower, notes, audit, flight.checkpoints)
+            else:
+                self._commit(runtime, follower, notes, audit)
         finally:
             backlog.close()
 

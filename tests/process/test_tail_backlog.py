@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers import TailProcess, converged, replay_into
+from helpers import TailProcess, converged, derived_events, replay_into
 from runwatch.stream.devtools.writer import simulate
 
 
@@ -84,3 +84,37 @@ def test_a_read_of_many_new_runs_is_written_out_in_parts(tmp_path: Path) -> None
     small = _peak_after_new_runs(tmp_path, 3_000)
     large = _peak_after_new_runs(tmp_path, 30_000)
     assert large - small < 30, f"peak RSS {small:.0f} MB for 3,000 runs, {large:.0f} for 30,000"
+
+
+def test_an_old_backlog_is_not_judged_silent_while_it_is_read(tmp_path: Path) -> None:
+    """Runs whose lines are weeks old, read by many small reads over many ticks: a run's
+    silence is judged once the backlog is read, not at every tick (which abandoned the
+    runs, brought them back with their next line, and abandoned them again, each time
+    writing them out and reading them back)."""
+    events = tmp_path / "events"
+    events.mkdir()
+    runs, rounds = 300, 100
+    start = 1_767_225_600  # 2026-01-01: weeks older than forget_after
+    (events / "old.jsonl").write_bytes(
+        b"".join(
+            b'{"event_type":"task_progress","timestamp":%d,"run_id":"old-%03d","task_id":"t%d"}\n'
+            % (start + n * runs + run, run, n)
+            for n in range(rounds)
+            for run in range(runs)
+        )
+    )
+    config = tmp_path / "runwatch.yaml"
+    config.write_text(
+        "batch_max_bytes: 8192\ntick_interval: 0.02\nforget_after: 1d\nrescan_interval: 1h\n"
+    )
+    db = tmp_path / "live.db"
+    with TailProcess(tmp_path, db, events, args=("--config", str(config), "--quiet")) as tail:
+        tail.wait_for_accepted(runs * rounds, timeout=120)
+
+        def abandoned() -> list[str]:
+            found = derived_events(db)
+            return [e["run_id"] for e in found if e["type"] == "RUN_ABANDONED"]
+
+        tail.wait_until(lambda: len(set(abandoned())) == runs, timeout=60)
+        assert tail.stop(timeout=60) == 0
+    assert sorted(abandoned()) == sorted(f"old-{run:03d}" for run in range(runs))
