@@ -6,7 +6,7 @@
   runwatch only projections, stream/core and the store's neutral sinks/store/api.py.
 - Database drivers (DRIVERS) are imported only under sinks/store/.
 - A service module in stream/services/ imports no other service module, except the shared
-  runtime.py, lock.py, health.py and parallel.py.
+  runtime.py, lock.py, health.py, parallel.py and partitions.py.
 - Only stream/cli/ imports stream.cli; sinks/ never imports stream/.
 - stream/ keeps at most MAX_TOP_LEVEL modules at its top level (the rest live in role
   subpackages), and no source module is longer than MAX_LINES lines.
@@ -62,7 +62,7 @@ IO = DRIVERS | frozenset(
     }
 )
 IMPURE = IO | frozenset({"random", "orjson", "yaml", "json", "uuid", "secrets"})
-SHARED_SERVICES = frozenset({"runtime", "lock", "health", "parallel"})
+SHARED_SERVICES = frozenset({"runtime", "lock", "health", "parallel", "partitions"})
 MAX_TOP_LEVEL = 6
 MAX_LINES = 600
 

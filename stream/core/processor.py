@@ -82,11 +82,10 @@ class Processor:
     ) -> None:
         """Without a store the processor only folds in memory (a replay worker's part).
         `known_groups`: every group key the store holds (spares a lookup per new group).
-        `rules` turn matching new events into triggers, which `decisions` turns into outbox
-        entries at commit; `observe` sees every decoded event (offline analysis).
-        `latest_time` (read once a batch): the latest event time accepted. A run silent past
-        `forget_after_s` is abandoned. The cache holds `max_groups` groups, growing up to
-        `max_groups_ceiling` while the groups it evicted come back (more runs in flight)."""
+        `rules` make triggers of new events, `decisions` outbox entries of them at commit;
+        `observe` sees every decoded event. `latest_time` (read once a batch): the latest
+        event time accepted. A run silent past `forget_after_s` is abandoned. The cache holds
+        `max_groups` groups, up to `max_groups_ceiling` while evicted ones come back."""
         self._store = store
         self._rules, self._observe = rules, observe
         self._latest_time = latest_time
@@ -107,6 +106,7 @@ class Processor:
         self._cache: OrderedDict[tuple[str, str], Group] = OrderedDict()
         self._limbo: dict[tuple[str, str], Group] = {}
         self._adopted: dict[tuple[str, str], Adopted] = {}  # until the commit
+        self._held: dict[tuple[str, str], int] = {}  # new events of each group kept by `hand_over`
         self._changes = Changes()
         self._pending = Tally()
         self._total = Tally()
@@ -241,8 +241,7 @@ class Processor:
 
     @property
     def crowded(self) -> bool:
-        """Groups evicted or adopted since the last commit, all held in memory until it, are
-        as many as `max_groups`: commit soon."""
+        """The groups held until the commit (evicted or adopted) reach `max_groups`."""
         return len(self._limbo) + len(self._adopted) >= self._base_groups
 
     @property
@@ -279,14 +278,17 @@ class Processor:
         self._open_runs = {run: seen for run, seen in self._open_runs.items() if owned(run)}
 
     def hand_over(self, keep: int = 0) -> HandOver:
-        """A store-less fold's result (a worker's): the settled groups and the least recently
-        used others beyond `keep` leave, flushed (a run's header keeps its error ids, for a
-        merge); the rest fold on, and a later part is merged. A giant run's flush is sent too."""
-        cache = self._cache
-        leaving = [group for group in cache.values() if settled(group.state)]
+        """A store-less fold's result (a worker's): groups settled or idle since the last call,
+        and the least recently used beyond `keep`, leave, flushed (a run's header keeps its
+        error ids, for a merge); the rest fold on (a giant run's flush is sent too)."""
+        cache, held = self._cache, self._held
+
+        def staying(group: Group) -> bool:
+            return not settled(group.state) and held.get(group.key) != len(group.new_index)
+
+        leaving = [group for group in cache.values() if not staying(group)]
         if (beyond := len(cache) - len(leaving) - keep) > 0:
-            others = (group for group in cache.values() if not settled(group.state))
-            leaving.extend(itertools.islice(others, beyond))
+            leaving.extend(itertools.islice(filter(staying, cache.values()), beyond))
         gone = {group.key for group in leaving}
         leaving.extend(g for g in cache.values() if g.key not in gone and holds_many_events(g))
         events, open_runs = {g.key.text: len(g.new_index) + g.blobbed for g in leaving}, {}
@@ -298,6 +300,7 @@ class Processor:
             del cache[key]
             if key.kind == RUN:
                 self._open_runs.pop(key.name, None)
+        self._held = {key: len(group.new_index) for key, group in cache.items()}
         self._set_aside_unstorable(self._changes)
         out = self._changes, self._derived, open_runs, events, self._pending, self._triggers
         self._changes, self._derived, self._pending, self._triggers = Changes(), [], Tally(), []

@@ -34,13 +34,13 @@ from runwatch.stream.console import Progress, wall_clock
 from runwatch.stream.core.tally import Tally
 from runwatch.stream.services.parallel import (
     Observer,
-    PartitionedFold,
     Region,
     fold_in_workers,
     forget,
     join_build,
     read_regions,
 )
+from runwatch.stream.services.partitions import PartitionedFold
 from runwatch.stream.services.runtime import Runtime, now_us
 from runwatch.stream.settings.alerts import AlertSetup, default_alert_setup
 from runwatch.stream.settings.service import Settings

@@ -14,7 +14,7 @@ from helpers import snapshot
 from runwatch.stream.core.lines import Lines
 from runwatch.stream.core.processor import Processor
 from runwatch.stream.devtools.writer import simulate
-from runwatch.stream.services.parallel import PartitionedFold, partition_of, stretches
+from runwatch.stream.services.partitions import PartitionedFold, partition_of, stretches
 from runwatch.stream.services.replay import replay
 from runwatch.stream.settings.service import Settings
 from runwatch.stream.sources.discovery import expand
@@ -254,3 +254,36 @@ def test_a_giant_run_is_sent_in_parts_while_its_worker_folds_on(tmp_path: Path) 
     assert snapshot(tmp_path / "two.db") == snapshot(tmp_path / "one.db")
     assert two.tally == one.tally
     assert calls.count("giant") == 2  # parts after the first: at 20,000 events, at 40,000
+
+
+def test_a_run_gone_quiet_leaves_its_worker_and_is_merged_if_it_comes_back(tmp_path: Path) -> None:
+    """A run with no line in a whole batch is handed over (a run that never ends must not
+    stay in a worker's memory to the end of the input); if it speaks again, the parent
+    merges the later part, and the rows equal one process's."""
+    start = 1767261600
+
+    def event(kind: str, run: str, at: int, task: str | None = None) -> bytes:
+        line = {"event_type": kind, "timestamp": start + at, "run_id": run, "task_id": task}
+        return orjson.dumps(line) + b"\n"
+
+    lines = [event("run_started", "quiet", 0), event("task_started", "quiet", 1, "q1")]
+    for run in range(400):
+        name = f"busy-{run}"
+        lines += [event("run_started", name, 10 + run), event("run_completed", name, 11 + run)]
+    lines.append(event("task_completed", "quiet", 500, "q1"))
+    log = tmp_path / "quiet.jsonl"
+    log.write_bytes(b"".join(lines))
+
+    replay([log], tmp_path / "one.db", Settings(), progress=False, workers=0)
+    calls = []
+    merge = Processor.merge
+
+    def counted(self: Processor, key: Any, partial: Any, index: bytes) -> set[str]:
+        calls.append(key.name)
+        return merge(self, key, partial, index)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Processor, "merge", counted)
+        replay([log], tmp_path / "w1.db", Settings(), progress=False, workers=1, chunk_bytes=4096)
+    assert snapshot(tmp_path / "w1.db") == snapshot(tmp_path / "one.db")
+    assert calls == ["quiet"]
