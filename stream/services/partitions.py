@@ -28,19 +28,24 @@ from runwatch.stream.services.parallel import (
     slice_lines,
 )
 
+_PATTERN_RUN_ID: Final = b'"pattern_run_id":'
 _RUN_ID: Final = b'"run_id":'
-_AFTER: Final = len(_RUN_ID)
 _QUOTE: Final = 34
 
 
 def partition_of(line: bytes, parts: int) -> int:
-    """Which of `parts` workers folds this line: by a hash of its run id as written, found
-    without decoding. A line without one, or with one written otherwise, goes to the first;
-    if that splits a run, the parent merges its parts."""
-    at = line.find(_RUN_ID)
+    """Which of `parts` workers folds this line: by a hash of its pattern run id or else its
+    run id (the key of the group it folds into) as written, found without decoding. A line
+    without either, or with one written otherwise, goes to the first; if that splits a
+    group, the parent merges its parts."""
+    marker = _PATTERN_RUN_ID
+    at = line.find(marker)
     if at < 0:
-        return 0
-    at += _AFTER
+        marker = _RUN_ID
+        at = line.find(marker)
+        if at < 0:
+            return 0
+    at += len(marker)
     if line[at : at + 1] == b" ":
         at += 1
     if at >= len(line) or line[at] != _QUOTE:

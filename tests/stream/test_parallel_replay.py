@@ -4,6 +4,7 @@ rows, counts and dead letters of folding everything in one process."""
 from __future__ import annotations
 
 import sqlite3
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -287,3 +288,36 @@ def test_a_run_gone_quiet_leaves_its_worker_and_is_merged_if_it_comes_back(tmp_p
         replay([log], tmp_path / "w1.db", Settings(), progress=False, workers=1, chunk_bytes=4096)
     assert snapshot(tmp_path / "w1.db") == snapshot(tmp_path / "one.db")
     assert calls == ["quiet"]
+
+
+def test_a_pattern_run_goes_whole_to_one_worker_whatever_run_its_lines_name(
+    tmp_path: Path,
+) -> None:
+    """Lines are dealt out by the key of the group they fold into: a pattern run's lines by
+    its pattern run id, even when only some of them name a run. A repeated event id with
+    other content (a mangled copy) is then a duplicate in file order, as in one process,
+    not two partial states merged with both contents (which a copy more than a batch later
+    still gives: see the README)."""
+    run = next(name for name in (f"run-{n}" for n in range(100)) if zlib.crc32(name.encode()) % 2)
+    start = 1767261600
+    first = {
+        "event_id": "e1",
+        "event_type": "pattern.selection.started",
+        "timestamp": start,
+        "pattern_run_id": "PRUN-1",
+        "status": "in_progress",
+    }
+    filler = [
+        {"event_type": "task_progress", "timestamp": start + n, "run_id": f"r{n}", "task_id": "t"}
+        for n in range(300)
+    ]
+    # The same event id with another content, a few lines on (in the same batch).
+    lines = [first, *filler[:10], {**first, "run_id": run}, *filler[10:]]
+    log = tmp_path / "patterns.jsonl"
+    log.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+
+    replay([log], tmp_path / "one.db", Settings(), progress=False, workers=0)
+    replay([log], tmp_path / "two.db", Settings(), progress=False, workers=2, chunk_bytes=2048)
+    assert snapshot(tmp_path / "two.db") == snapshot(tmp_path / "one.db")
+    assert snapshot(tmp_path / "one.db")["pattern_runs"][0]["run_id"] is None
+    assert partition_of(orjson.dumps(lines[11]), 2) == partition_of(orjson.dumps(first), 2)
