@@ -151,11 +151,15 @@ def forget(observer: Observer, repeats: list[IndexEntry], paths: dict[int, Path]
 
 
 def read_regions(
-    regions: Iterator[Region], max_line_bytes: int
+    regions: Iterator[Region],
+    max_line_bytes: int,
+    first_line: Callable[[Region], int] | None = None,
 ) -> Iterator[tuple[Region, Lines, bool]]:
-    """Lines of each region in bounded pieces; the flag marks a region's last piece."""
+    """Lines of each region in bounded pieces; the flag marks a region's last piece. Lines
+    are numbered from `first_line(region)`, asked when the region is reached (default 1)."""
     for region in regions:
-        splitter = LineSplitter(region.start, 1, max_line_bytes=max_line_bytes, keep=RAW_KEEP)
+        number = 1 if first_line is None else first_line(region)
+        splitter = LineSplitter(region.start, number, max_line_bytes=max_line_bytes, keep=RAW_KEEP)
         with region.path.open("rb") as handle:
             handle.seek(region.start)
             remaining = region.end - region.start

@@ -207,7 +207,9 @@ def _build(
     try:
         if partitioned is None and pool is None:
             for region, lines, done in read_regions(
-                (r for batch in batches for r in batch), settings.max_line_bytes
+                (r for batch in batches for r in batch),
+                settings.max_line_bytes,
+                lambda region: next_line[region.path],  # a file's later regions go on counting
             ):
                 processor.process(str(region.path), region.source_id, lines)
                 count(region, len(lines.items), done)

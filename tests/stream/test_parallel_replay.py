@@ -321,3 +321,20 @@ def test_a_pattern_run_goes_whole_to_one_worker_whatever_run_its_lines_name(
     assert snapshot(tmp_path / "two.db") == snapshot(tmp_path / "one.db")
     assert snapshot(tmp_path / "one.db")["pattern_runs"][0]["run_id"] is None
     assert partition_of(orjson.dumps(lines[11]), 2) == partition_of(orjson.dumps(first), 2)
+
+
+def test_one_process_numbers_the_lines_of_a_big_file_across_its_regions(tmp_path: Path) -> None:
+    """A file cut into regions and read in this process: a refused line deep in it is named
+    by its line in the file, not in its region."""
+    lines = [
+        orjson.dumps({"event_type": "run_started", "timestamp": 1767261600 + n, "run_id": f"r{n}"})
+        for n in range(2000)
+    ]
+    lines[1500] = b"not json"
+    log = tmp_path / "big.jsonl"
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    for workers in (0, 2):
+        db = tmp_path / f"w{workers}.db"
+        replay([log], db, Settings(), progress=False, workers=workers, chunk_bytes=8192)
+        letters = snapshot(db)["dead_letters"]
+        assert [(d["line"], d["reason"]) for d in letters] == [(1501, "invalid_json")], workers
