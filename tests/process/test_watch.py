@@ -277,9 +277,19 @@ def test_a_dropped_connection_ends_the_view(terminal: Tmux, replayed: Path) -> N
     pid = view_pid(terminal)
     terminal.run("kill-server")
     deadline = time.monotonic() + 2
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+    while running(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert not Path(f"/proc/{pid}").exists()
+    assert not running(pid)
+
+
+def running(pid: int) -> bool:
+    """The process exists and has not exited. Its shell died with the terminal, so once it
+    exits it waits as a zombie until PID 1 reaps it, which may take a while here."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def test_stalled_runs_are_coloured_unless_no_color(terminal: Tmux, replayed: Path) -> None:
