@@ -44,12 +44,12 @@ from runwatch.stream.web.app import Dashboard
 from runwatch.stream.web.server import WebServer
 
 SLICE_BYTES: Final = 256 << 10
+"""A read is folded this much at a time, so that a read of many new runs can be written
+out before all of it is folded (see `Processor.crowded`)."""
 DETECT_BEHIND_S: Final = 60.0
 """While a backlog is being read, stalls are judged at most this often: a run's silence
 may be lines not read yet. Judged every tick, the runs of an old backlog would be abandoned
 and brought back again and again (each time written out and read back)."""
-"""A read is folded this much at a time, so that a read of many new runs can be written
-out before all of it is folded (see `Processor.crowded`)."""
 
 
 @dataclass
@@ -257,8 +257,6 @@ class TailService:
                 for source, fresh in backlog.land(flight, processor, unload).items():
                     self.ingest.add(source, fresh)
                 self._commit(runtime, follower, notes, audit, flight.checkpoints)
-            else:
-                self._commit(runtime, follower, notes, audit)
         finally:
             backlog.close()
 
