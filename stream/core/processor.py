@@ -167,7 +167,7 @@ class Processor:
                         else:
                             group = cached
                             cache.move_to_end(key)
-                        last_key = key if key in cache else None
+                        last_key = key
                     try:
                         fresh = group.state.apply(event)
                         found = (
