@@ -73,6 +73,16 @@ def stretches(lines: Lines, part: int, parts: int) -> Iterator[Lines]:
         yield slice_lines(lines, start, len(items), start_offset, lines.end)
 
 
+class FoldSettings(NamedTuple):
+    """What every partition worker folds with: the longest line, the alert rules, the latest
+    event time accepted, and how many runs in flight it keeps between batches."""
+
+    max_line_bytes: int
+    rules: RuleSet | None
+    latest_us: int
+    keep: int
+
+
 class WorkerFailed(NamedTuple):
     """What a partition worker sends instead of a fold when it fails."""
 
@@ -84,11 +94,11 @@ def fold_partition(
     batches: list[list[Region]],
     part: int,
     parts: int,
-    settings: tuple[int, RuleSet | None, int, int],
+    settings: FoldSettings,
     results: Any,
 ) -> None:
     """A worker process of a partitioned replay: folds the lines of its partition of every
-    batch, in order, keeping the runs in flight between batches (at most `keep` of them,
+    batch, in order, keeping the runs in flight between batches (at most `settings.keep`,
     the rest handed over and merged later), and puts one `Folded` per batch on `results`."""
     max_line_bytes, rules, latest_us, keep = settings
     try:
@@ -107,17 +117,15 @@ def fold_partition(
 
 
 class PartitionedFold:
-    """Replay's workers, one per partition of the runs (a hash of the run id): each reads
-    every batch and folds only the lines of its runs, so a run is folded whole by one
-    worker, which writes its rows, and the parent adopts it instead of merging its parts.
-    At most `window` results per worker wait in its queue."""
+    """The worker processes of one replay (see the module's docstring), started at once;
+    at most `window` results per worker wait in its queue."""
 
     def __init__(
         self,
         scratch: Scratch,
         batches: list[list[Region]],
         workers: int,
-        settings: tuple[int, RuleSet | None, int, int],
+        settings: FoldSettings,
         window: int = 2,
     ) -> None:
         context = multiprocessing.get_context("fork")

@@ -18,7 +18,7 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -40,7 +40,7 @@ from runwatch.stream.services.parallel import (
     join_build,
     read_regions,
 )
-from runwatch.stream.services.partitions import PartitionedFold
+from runwatch.stream.services.partitions import FoldSettings, PartitionedFold
 from runwatch.stream.services.runtime import Runtime, now_us
 from runwatch.stream.settings.alerts import AlertSetup, default_alert_setup
 from runwatch.stream.settings.service import Settings
@@ -188,17 +188,16 @@ def _build(
             checkpoints = []
 
     pool = partitioned = None
-    regions = _regions(sizes, source_ids, chunk_bytes)
+    regions = list(_regions(sizes, source_ids, chunk_bytes))
     batches = list(_batches(regions, chunk_bytes))
     if workers > 0 and total_bytes > 2 * chunk_bytes:
         if observer is None:
             keep = max(settings.cache_groups, settings.cache_groups_max // workers)
-            rules = alerts.rules
             partitioned = PartitionedFold(
                 scratch,
                 batches,
                 workers,
-                (settings.max_line_bytes, rules, processor.latest_us, keep),
+                FoldSettings(settings.max_line_bytes, alerts.rules, processor.latest_us, keep),
             )
         else:  # an observer sees the events of each batch in input order
             pool = multiprocessing.get_context("fork").Pool(
@@ -207,7 +206,7 @@ def _build(
     try:
         if partitioned is None and pool is None:
             for region, lines, done in read_regions(
-                (r for batch in batches for r in batch),
+                iter(regions),
                 settings.max_line_bytes,
                 lambda region: next_line[region.path],  # a file's later regions go on counting
             ):
@@ -269,7 +268,7 @@ def slo_history(store: Store, settings: Settings, until: int) -> list[DerivedEve
     return events
 
 
-def _batches(regions: Iterator[Region], chunk_bytes: int) -> Iterator[list[Region]]:
+def _batches(regions: Iterable[Region], chunk_bytes: int) -> Iterator[list[Region]]:
     """Regions batched to about `chunk_bytes` per worker task (small files share one)."""
     batch: list[Region] = []
     batch_bytes = 0
