@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sqlite3
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,21 @@ from runwatch.stream.services.partitions import PartitionedFold, partition_of, s
 from runwatch.stream.services.replay import replay
 from runwatch.stream.settings.service import Settings
 from runwatch.stream.sources.discovery import expand
+
+
+@contextmanager
+def merges_counted() -> Iterator[list[str]]:
+    """The names of the groups the parent merges (rather than adopts), in order."""
+    calls: list[str] = []
+    merge = Processor.merge
+
+    def counted(self: Processor, key: Any, partial: Any, index: bytes) -> set[str]:
+        calls.append(key.name)
+        return merge(self, key, partial, index)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Processor, "merge", counted)
+        yield calls
 
 
 def test_workers_and_single_process_build_identical_databases(tmp_path: Path) -> None:
@@ -144,7 +161,9 @@ def test_runs_split_across_workers_or_handed_over_early_are_merged(tmp_path: Pat
     one = replay(files, tmp_path / "one.db", settings, progress=False, workers=0)
     for workers in (1, 2, 3):
         db = tmp_path / f"w{workers}.db"
-        many = replay(files, db, settings, progress=False, workers=workers, chunk_bytes=4096)
+        with merges_counted() as calls:
+            many = replay(files, db, settings, progress=False, workers=workers, chunk_bytes=4096)
+        assert calls, "runs reached the parent in parts"
         assert snapshot(db) == snapshot(tmp_path / "one.db"), f"{workers} workers"
         assert many.tally == one.tally
     assert any(row["run_id"] == odd for row in snapshot(tmp_path / "one.db")["runs"])
@@ -194,14 +213,10 @@ def test_a_failing_worker_stops_the_replay_with_its_error(tmp_path: Path) -> Non
     before = snapshot(target)
     gone = files[-1]
     lost = gone.read_bytes()
-
-    def vanish(*_: object) -> None:
-        gone.unlink()
-
     fold = PartitionedFold.__init__
 
     def start_then_vanish(self: PartitionedFold, *args: Any, **kwargs: Any) -> None:
-        vanish()
+        gone.unlink()  # after the parent measured it, before a worker reads it
         fold(self, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
@@ -240,15 +255,7 @@ def test_a_giant_run_is_sent_in_parts_while_its_worker_folds_on(tmp_path: Path) 
     log.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
 
     one = replay([log], tmp_path / "one.db", Settings(), progress=False, workers=0)
-    calls = []
-    merge = Processor.merge
-
-    def counted(self: Processor, key: Any, partial: Any, index: bytes) -> set[str]:
-        calls.append(key.name)
-        return merge(self, key, partial, index)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Processor, "merge", counted)
+    with merges_counted() as calls:
         two = replay(
             [log], tmp_path / "two.db", Settings(), progress=False, workers=2, chunk_bytes=64 * 1024
         )
@@ -276,15 +283,7 @@ def test_a_run_gone_quiet_leaves_its_worker_and_is_merged_if_it_comes_back(tmp_p
     log.write_bytes(b"".join(lines))
 
     replay([log], tmp_path / "one.db", Settings(), progress=False, workers=0)
-    calls = []
-    merge = Processor.merge
-
-    def counted(self: Processor, key: Any, partial: Any, index: bytes) -> set[str]:
-        calls.append(key.name)
-        return merge(self, key, partial, index)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Processor, "merge", counted)
+    with merges_counted() as calls:
         replay([log], tmp_path / "w1.db", Settings(), progress=False, workers=1, chunk_bytes=4096)
     assert snapshot(tmp_path / "w1.db") == snapshot(tmp_path / "one.db")
     assert calls == ["quiet"]
