@@ -32,6 +32,7 @@ from runwatch.sinks.store.api import (
 )
 from runwatch.sinks.store.keys import ORPHANS, PATTERN, RUN, GroupKey, dump_index, load_index
 from runwatch.stream.core.blobs import dumps_exact
+from runwatch.stream.core.collector import collect
 from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.core.decode import (
     NO_LATEST,
@@ -158,8 +159,7 @@ class Processor:
                         )
                     else:
                         key = (PATTERN, event.task)  # type: ignore[assignment]  # never None here
-                    # Lines of one group come in runs: the group of the line before is
-                    # already the most recent in the cache.
+                    # A group's lines come in runs: the last line's is the cache's newest.
                     if key != last_key:
                         cached = cache.get(key)
                         if cached is None:
@@ -304,6 +304,7 @@ class Processor:
         self._set_aside_unstorable(self._changes)
         out = self._changes, self._derived, open_runs, events, self._pending, self._triggers
         self._changes, self._derived, self._pending, self._triggers = Changes(), [], Tally(), []
+        collect()
         return HandOver(*out)
 
     def adopt(
@@ -435,8 +436,7 @@ class Processor:
             self._limbo[oldest.key] = oldest
             if self._max_groups < self._max_groups_ceiling:
                 self._evicted[oldest.key] = None
-                # One coming back among the last `ceiling` evicted would have stayed in a
-                # cache that large.
+                # One back among the last `ceiling` evicted would have stayed in so large a cache.
                 if len(self._evicted) > self._max_groups_ceiling:
                     self._evicted.popitem(last=False)
         return group
@@ -459,8 +459,7 @@ class Processor:
         if self._known_groups is not None:
             self._known_groups.add(group.key)
         if isinstance(state, RunState):
-            # Only what changed since the last flush: the cost of a commit does not grow
-            # with the size of the run.
+            # Only what changed since the last flush: a commit costs the same for any run size.
             current = state.status()
             self._derived.extend(state.observe(current))
             self._track_open(state, current[0] in RUN_TERMINAL)
@@ -591,6 +590,7 @@ class Processor:
         self._changes, self._pending, self._derived = Changes(), Tally(), []
         self._limbo.clear()
         self._adopted.clear()
+        collect()
         return derived
 
     def _write_outbox(self, entries: list[OutboxEntry]) -> None:

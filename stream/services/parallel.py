@@ -37,6 +37,7 @@ from runwatch.sinks.store.keys import (
 )
 from runwatch.sinks.store.scratch import Scratch
 from runwatch.stream.console import wall_clock
+from runwatch.stream.core import collector
 from runwatch.stream.core.decode import RAW_KEEP, decode
 from runwatch.stream.core.groups import from_parts
 from runwatch.stream.core.lines import Lines, LineSplitter
@@ -211,7 +212,8 @@ def fold_batch(
     """In a worker: decode and fold a batch, flush every group it touched, write their rows
     if this worker joined a build, and hand back the rest of what the parent needs."""
     folder = folder_for(max_line_bytes, rules, observer, latest_us)
-    return fold_parts(folder, parts_of(batch, max_line_bytes), 0, observer, whole, _rows_store)
+    with collector.paused():
+        return fold_parts(folder, parts_of(batch, max_line_bytes), 0, observer, whole, _rows_store)
 
 
 def folder_for(

@@ -31,6 +31,7 @@ from runwatch.sinks.store.scratch import Scratch, scratch_for
 from runwatch.sinks.store.slo_reads import finished_runs
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import Progress, wall_clock
+from runwatch.stream.core import collector
 from runwatch.stream.core.tally import Tally
 from runwatch.stream.services.parallel import (
     Observer,
@@ -116,19 +117,20 @@ def replay(
     scratch = scratch_for(target)
     store = scratch.open()
     try:
-        summary = _build(
-            files,
-            scratch,
-            store,
-            settings,
-            progress,
-            started,
-            default_workers() if workers is None else workers,
-            chunk_bytes,
-            alerts,
-            deliver,
-            observer,
-        )
+        with collector.paused():
+            summary = _build(
+                files,
+                scratch,
+                store,
+                settings,
+                progress,
+                started,
+                default_workers() if workers is None else workers,
+                chunk_bytes,
+                alerts,
+                deliver,
+                observer,
+            )
         store.set_meta(
             [("built_by", "replay"), ("built_at", wall_clock()), ("inputs", str(len(files)))]
         )

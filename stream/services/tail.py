@@ -28,6 +28,7 @@ from runwatch.sinks.store.api import Checkpoint
 from runwatch.sinks.store.slo_reads import latest_success
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import ServiceConsole, wall_clock
+from runwatch.stream.core import collector
 from runwatch.stream.core.processor import Processor
 from runwatch.stream.delivery.dispatcher import Dispatcher
 from runwatch.stream.errors import ServiceError
@@ -106,6 +107,7 @@ class TailService:
         previous = self._install_signals()
         with contextlib.ExitStack() as cleanup:
             cleanup.callback(_restore_signals, previous)
+            cleanup.enter_context(collector.paused())
             lock = DatabaseLock(self.settings.database)
             lock.acquire()
             cleanup.callback(lock.release)
