@@ -30,7 +30,7 @@ from runwatch.sinks.store.api import (
     Store,
     UnstorableValue,
 )
-from runwatch.sinks.store.keys import ORPHANS, PATTERN, RUN, GroupKey, dump_index, load_index
+from runwatch.sinks.store.keys import ORPHANS, PATTERN, RUN, GroupKey, load_index
 from runwatch.stream.core.blobs import dumps_exact
 from runwatch.stream.core.collector import collect
 from runwatch.stream.core.decisions import Decisions
@@ -181,7 +181,7 @@ class Processor:
                         self.reject(source, offset, number, body, len(body), internal_error(exc))
                     else:
                         if fresh:
-                            group.new_index.append((event.id, source_id, offset, len(body)))
+                            group.new_index.add(event.id, source_id, offset, len(body))
                             group.dirty = True
                             tally.accepted += 1
                             if event.time > self._max_event_time:
@@ -450,8 +450,7 @@ class Processor:
         state = group.state
         key = group.key.text
         if group.new_index:
-            changes.index.append((key, dump_index(group.new_index)))
-            group.new_index = []
+            changes.index.append((key, group.take_index()))
         if group.index_blobs:
             changes.index.extend((key, blob) for blob in group.index_blobs)
             group.index_blobs = []
@@ -549,9 +548,8 @@ class Processor:
             if everything or holds_many_events(group):
                 self._flush(group)
             elif group.new_index:  # held until the group is written: keep it compact
-                group.index_blobs.append(dump_index(group.new_index))
                 group.blobbed += len(group.new_index)
-                group.new_index = []
+                group.index_blobs.append(group.take_index())
         changes = self._changes
         changes.checkpoints = checkpoints
         changes.counters = self._pending.counters()
