@@ -13,11 +13,10 @@ from runwatch.projections import DerivedEvent, Event, OrphanEvents, PatternRunSt
 from runwatch.projections.alerts import Trigger
 from runwatch.sinks.store.api import Changes
 from runwatch.sinks.store.keys import PATTERN, RUN, GroupKey, IndexEntry, dump_index
+from runwatch.stream.core.blobs import dumps_exact
 from runwatch.stream.core.tally import Tally
 
 State = RunState | PatternRunState | OrphanEvents
-Adopted = tuple[bytes, bytes, Sequence[tuple[str, bytes]]]
-"""What `adopt` took, until the commit writes it: state, index, task states."""
 Observe = Callable[[Event, str, bool], None]
 """Called with each decoded event, its source and whether it was new to this fold."""
 
@@ -25,7 +24,9 @@ Observe = Callable[[Event, str, bool], None]
 class HandOver(NamedTuple):
     """What a store-less fold hands over: the groups leaving it as rows, states and index
     entries, their derived events, open runs (last event time, stalled) and new events per
-    group key, and what happened to the lines and which alert rules they triggered."""
+    group key, and what happened to the lines and which alert rules they triggered. Of the
+    groups, the `sequels` go on from their part handed over before (the fold kept them in
+    between), and the fold keeps folding those `kept`."""
 
     changes: Changes
     derived: list[DerivedEvent]
@@ -33,6 +34,8 @@ class HandOver(NamedTuple):
     events: dict[str, int]
     tally: Tally
     triggers: list[Trigger]
+    sequels: set[str]
+    kept: set[str]
 
 
 class PendingIndex:
@@ -143,3 +146,55 @@ def from_parts(
     if tasks:
         saved["tasks"] = {task_id: orjson.loads(blob) for task_id, blob in tasks}
     return restore(key, saved, seen)
+
+
+class Adopted(NamedTuple):
+    """What `Processor.adopt` took of a group since the last commit, until the commit writes
+    it: its latest state, the index entries and task states of every part (a later task
+    state wins), and whether earlier parts are in the store already."""
+
+    state: bytes
+    indexes: list[bytes]
+    tasks: list[tuple[str, bytes]]
+    stored: bool
+
+
+def write_adopted(
+    changes: Changes,
+    key: GroupKey,
+    state: bytes,
+    index: bytes,
+    rows: bytes,
+    tasks: Sequence[tuple[str, bytes]],
+) -> None:
+    """Put a group a worker folded and flushed into `changes` as it is: its state, task
+    states, index entries and rows (orjson: runs, tasks, workstreams, pattern runs; empty
+    if the worker wrote them)."""
+    if key.kind == RUN:  # only a merge needs the error ids: the store keeps the count
+        header = orjson.loads(state)
+        header.pop("error_ids", None)
+        changes.states.append((key.text, dumps_exact(header)))
+        changes.task_states.extend((key.text, task_id, blob) for task_id, blob in tasks)
+    else:
+        changes.states.append((key.text, state))
+    changes.index.append((key.text, index))
+    for table, table_rows in zip(
+        (changes.runs, changes.tasks, changes.workstreams, changes.pattern_runs),
+        orjson.loads(rows) if rows else ([], [], [], []),
+        strict=True,
+    ):
+        table.extend(table_rows)
+
+
+def from_adopted(
+    key: GroupKey, adopted: Adopted, stored: tuple[dict[str, Any] | None, set[str]] | None
+) -> State:
+    """The state of a group adopted since the last commit, over what the store holds of it
+    (`stored`, as `load_group` gives it) when earlier parts were committed."""
+    seen = {entry[0] for index in adopted.indexes for entry in orjson.loads(index)}
+    saved = orjson.loads(adopted.state)
+    tasks = {} if stored is None or stored[0] is None else stored[0].get("tasks", {})
+    tasks.update((task_id, orjson.loads(blob)) for task_id, blob in adopted.tasks)
+    if tasks:
+        saved["tasks"] = tasks
+    return restore(key, saved, seen if stored is None else seen | stored[1])

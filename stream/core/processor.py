@@ -10,8 +10,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-import orjson
-
 from runwatch.projections import (
     ORCHESTRATOR,
     RUN_TERMINAL,
@@ -49,12 +47,13 @@ from runwatch.stream.core.groups import (
     Observe,
     State,
     finished,
-    from_parts,
+    from_adopted,
     holds_many_events,
     new_state,
     orphan_day,
     restore,
     settled,
+    write_adopted,
 )
 from runwatch.stream.core.lines import Lines
 from runwatch.stream.core.tally import Tally
@@ -108,6 +107,7 @@ class Processor:
         self._limbo: dict[tuple[str, str], Group] = {}
         self._adopted: dict[tuple[str, str], Adopted] = {}  # until the commit
         self._held: dict[tuple[str, str], int] = {}  # new events of each group kept by `hand_over`
+        self._sent: set[tuple[str, str]] = set()  # handed over and folded on since
         self._changes = Changes()
         self._pending = Tally()
         self._total = Tally()
@@ -291,6 +291,8 @@ class Processor:
             leaving.extend(itertools.islice(filter(staying, cache.values()), beyond))
         gone = {group.key for group in leaving}
         leaving.extend(g for g in cache.values() if g.key not in gone and holds_many_events(g))
+        sequels = {g.key.text for g in leaving if g.key in self._sent}
+        kept = {g.key for g in leaving if g.key not in gone}
         events, open_runs = {g.key.text: len(g.new_index) + g.blobbed for g in leaving}, {}
         for group in leaving:
             self._flush(group)
@@ -302,10 +304,11 @@ class Processor:
                 self._open_runs.pop(key.name, None)
         self._held = {key: len(group.new_index) for key, group in cache.items()}
         self._set_aside_unstorable(self._changes)
+        self._sent = {key for key in (self._sent | kept) - gone if key in cache}
         out = self._changes, self._derived, open_runs, events, self._pending, self._triggers
         self._changes, self._derived, self._pending, self._triggers = Changes(), [], Tally(), []
         collect()
-        return HandOver(*out)
+        return HandOver(*out, sequels, {key.text for key in kept})
 
     def adopt(
         self,
@@ -316,39 +319,36 @@ class Processor:
         events: int,
         rows: bytes = b"",
         tasks: Sequence[tuple[str, bytes]] = (),
+        *,
+        again: bool = False,
     ) -> bool:
         """Take a group folded and flushed by a worker as it is: its `state`, task states,
         `index` and `rows` (orjson: runs, tasks, workstreams, pattern runs; empty if the
         worker wrote them) are written by the next commit. `open_run`: (last event time,
-        stalled) of an open run. False, and nothing done, if the group is known here: then
-        `merge` it."""
-        if key in self._cache or key in self._limbo or key in self._adopted:
+        stalled) of an open run. `again`: a later part of a group adopted here, folded on
+        from there by the same worker: its changes are written over it. False, and nothing
+        done, if the group is known here otherwise: then `merge` it."""
+        if key in self._cache or key in self._limbo or (key in self._adopted and not again):
             return False
-        if self._known_groups is not None:
+        if not again and self._known_groups is not None:
             if key in self._known_groups:
                 return False
             self._known_groups.add(key)
-        elif self._store is not None and any(self._store.load_group(key.text)):
+        elif not again and self._store is not None and any(self._store.load_group(key.text)):
             return False
-        changes = self._changes
-        if key.kind == RUN:  # only a merge needs the error ids: the store keeps the count
-            header = orjson.loads(state)
-            header.pop("error_ids", None)
-            changes.states.append((key.text, dumps_exact(header)))
-            changes.task_states.extend((key.text, task_id, blob) for task_id, blob in tasks)
-        else:
-            changes.states.append((key.text, state))
-        changes.index.append((key.text, index))
-        for table, table_rows in zip(
-            (changes.runs, changes.tasks, changes.workstreams, changes.pattern_runs),
-            orjson.loads(rows) if rows else ([], [], [], []),
-            strict=True,
-        ):
-            table.extend(table_rows)
-        self._adopted[key] = (state, index, tasks)
+        write_adopted(self._changes, key, state, index, rows, tasks)
+        earlier = self._adopted.get(key) if again else None
+        if earlier is not None:  # what `_load` needs that is not in the store yet
+            earlier.indexes.append(index)
+            earlier.tasks.extend(tasks)
+            self._adopted[key] = earlier._replace(state=state)
+        else:  # an earlier part adopted `again` is in the store already
+            self._adopted[key] = Adopted(state, [index], list(tasks), stored=again)
         self._pending.accepted += events
         if open_run is not None:
             self._open_runs[key.name] = open_run
+        elif again:
+            self._open_runs.pop(key.name, None)
         return True
 
     def merge(self, key: GroupKey, partial: State, index: bytes) -> set[str]:
@@ -414,9 +414,9 @@ class Processor:
         group = self._limbo.pop(key, None)
         adopted = self._adopted.pop(key, None)
         if adopted is not None:  # its state is in this commit, not in the store yet
-            state, index, tasks = adopted
-            seen = {entry[0] for entry in orjson.loads(index)}
-            group = Group(key, from_parts(key, state, tasks, seen))
+            store = self._store if adopted.stored else None  # earlier parts are committed
+            stored = None if store is None else store.load_group(key.text)
+            group = Group(key, from_adopted(key, adopted, stored))
         elif group is None and (
             self._store is None
             or (self._known_groups is not None and key not in self._known_groups)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, NamedTuple, Protocol, Self
 
 import orjson
 
@@ -81,6 +81,23 @@ class Piece:
     lines: Lines
 
 
+class FoldedGroup(NamedTuple):
+    """One group of a worker's fold, as `Processor.hand_over` flushed it: its key, state and
+    index entries as the store keeps them, its new events, its rows (see `Folded`) and task
+    states; whether it goes on from the part that `worker` handed over before (`sequel`),
+    and whether that worker folds on (`kept`)."""
+
+    key: str
+    state: bytes
+    entries: bytes
+    events: int
+    rows: bytes
+    tasks: list[tuple[str, bytes]]
+    sequel: bool
+    kept: bool
+    worker: int
+
+
 @dataclass(slots=True)
 class Folded:
     """A worker's fold of a batch: per group its key, state and index entries as the store
@@ -92,7 +109,7 @@ class Folded:
     accepted: list[int]  # new events per part
     dead_letters: list[list[DeadLetter]]  # per part; numbered from the part's first line
     set_aside: list[DeadLetter]  # unstorable values: numbered already
-    groups: list[tuple[str, bytes, bytes, int, bytes, list[tuple[str, bytes]]]]
+    groups: list[FoldedGroup]
     derived: list[DerivedEvent]
     open_runs: dict[str, tuple[int, bool]]
     tally: Tally
@@ -102,18 +119,30 @@ class Folded:
     merged: int = 0  # of its groups, how many `merge_into` merged (the rest it adopted)
 
     def merge_into(
-        self, processor: Processor, first_lines: list[int] | None = None
+        self,
+        processor: Processor,
+        first_lines: list[int] | None = None,
+        owners: dict[str, int] | None = None,
     ) -> list[IndexEntry]:
         """Adopt the groups new to `processor` and merge the others; returns the events it
         already had (repeats). `first_lines`: the line number each part starts at, when the
-        worker numbered its dead letters from 1 (a file region)."""
+        worker numbered its dead letters from 1 (a file region). `owners` (kept from batch
+        to batch): the worker still folding each group adopted whole, whose next part is
+        adopted over it instead of merged."""
         repeats: list[IndexEntry] = []
         merged_runs: set[str] = set()
-        for text, state, index, events, rows, tasks in self.groups:
+        owners = {} if owners is None else owners
+        for text, state, index, events, rows, tasks, sequel, kept, worker in self.groups:
             key = GroupKey.parse(text)
             open_run = self.open_runs.get(key.name)
-            if processor.adopt(key, state, index, open_run, events, rows, tasks):
+            again = sequel and owners.get(text) == worker
+            if processor.adopt(key, state, index, open_run, events, rows, tasks, again=again):
+                if kept:
+                    owners[text] = worker
+                else:
+                    owners.pop(text, None)
                 continue
+            owners.pop(text, None)
             self.merged += 1
             if key.kind == RUN:
                 merged_runs.add(key.name)
@@ -242,6 +271,7 @@ def fold_parts(
     observer: Observer | None,
     select: Callable[[Lines], Iterable[Lines]],
     rows_store: Store | None,
+    worker: int = 0,
 ) -> Folded:
     """Fold the `select`-ed lines of `parts` and hand over the groups leaving `folder` (all
     but `keep` unfinished ones), their rows written into `rows_store` if given (a worker of
@@ -277,7 +307,17 @@ def fold_parts(
         letters,
         changes.dead_letters[numbered:],
         [
-            (key, state, index[key], handed.events[key], rows.get(key, b""), tasks.get(key, []))
+            FoldedGroup(
+                key,
+                state,
+                index[key],
+                handed.events[key],
+                rows.get(key, b""),
+                tasks.get(key, []),
+                key in handed.sequels,
+                key in handed.kept,
+                worker,
+            )
             for key, state in changes.states
         ],
         handed.derived,

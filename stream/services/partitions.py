@@ -108,7 +108,7 @@ def fold_partition(
         for number, batch in enumerate(batches):
             left = 0 if number == len(batches) - 1 else keep
             results.put(
-                fold_parts(folder, parts_of(batch, max_line_bytes), left, None, select, rows)
+                fold_parts(folder, parts_of(batch, max_line_bytes), left, None, select, rows, part)
             )
         rows.close()
     except BaseException:

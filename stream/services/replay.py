@@ -177,6 +177,7 @@ def _build(
     next_line = dict.fromkeys(files, 1)
     derived = 0
     checkpoints: list[Checkpoint] = []
+    owners: dict[str, int] = {}  # see `Folded.merge_into`
 
     def count(region: Region, line_count: int, done: bool) -> None:
         next_line[region.path] += line_count
@@ -231,7 +232,7 @@ def _build(
                 )
             )
             for batch, folded in zip(batches, results, strict=True):
-                repeats = folded.merge_into(processor, [next_line[r.path] for r in batch])
+                repeats = folded.merge_into(processor, [next_line[r.path] for r in batch], owners)
                 if observer is not None and folded.observer is not None:
                     observer.merge(folded.observer)
                     forget(observer, repeats, {r.source_id: r.path for r in batch})

@@ -14,9 +14,14 @@ import orjson
 import pytest
 
 from helpers import snapshot
+from runwatch.sinks.store.sqlite import SqliteStore
+from runwatch.stream.console import wall_clock
+from runwatch.stream.core.decode import NO_LATEST
 from runwatch.stream.core.lines import Lines
 from runwatch.stream.core.processor import Processor
 from runwatch.stream.devtools.writer import simulate
+from runwatch.stream.services.parallel import fold_parts, folder_for
+from runwatch.stream.services.parallel import whole as whole_lines
 from runwatch.stream.services.partitions import PartitionedFold, partition_of, stretches
 from runwatch.stream.services.replay import replay
 from runwatch.stream.settings.service import Settings
@@ -227,41 +232,90 @@ def test_a_failing_worker_stops_the_replay_with_its_error(tmp_path: Path) -> Non
     assert snapshot(target) == before
 
 
-def test_a_giant_run_is_sent_in_parts_while_its_worker_folds_on(tmp_path: Path) -> None:
-    """A run of 15,000 tasks (45,000 events) among small ones: its worker sends what it holds
-    every 20,000 events instead of keeping it all to the end; the parent merges the parts
-    into the rows one process builds."""
-    lines = []
+@contextmanager
+def adoptions_counted() -> Iterator[list[tuple[str, bool]]]:
+    """(group name, adopted over an earlier part) of each group the parent adopts."""
+    calls: list[tuple[str, bool]] = []
+    adopt = Processor.adopt
+
+    def counted(self: Processor, key: Any, *args: Any, again: bool = False) -> bool:
+        adopted = adopt(self, key, *args, again=again)
+        if adopted:
+            calls.append((key.name, again))
+        return adopted
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Processor, "adopt", counted)
+        yield calls
+
+
+def giant_log(path: Path, run_id: str = "giant", elsewhere_from: int | None = None) -> Path:
+    """A run of 15,000 tasks (45,000 events) among small ones. From task `elsewhere_from` on,
+    every 500th task's last line writes the run id with a space before its colon (valid
+    JSON that `partition_of` does not read: the line goes to the first worker)."""
+    lines: list[bytes] = []
     start = 1767261600
     for task in range(15_000):
         for step, kind in enumerate(("task_created", "task_started", "task_completed")):
-            lines.append(
-                {
-                    "event_type": kind,
-                    "timestamp": start + task + step,
-                    "run_id": "giant",
-                    "task_id": f"t{task}",
-                    "workstream_id": f"ws{task % 7}",
-                }
-            )
+            line: dict[str, Any] = {
+                "event_type": kind,
+                "timestamp": start + task + step,
+                "run_id": run_id,
+                "task_id": f"t{task}",
+                "workstream_id": f"ws{task % 7}",
+            }
+            text = orjson.dumps(line)
+            if (
+                elsewhere_from is not None
+                and task >= elsewhere_from
+                and task % 500 == 0 == step - 2
+            ):
+                text = text.replace(b'"run_id":', b'"run_id" :')
+            lines.append(text)
         if task % 500 == 0:
             small = f"small-{task}"
-            lines.append({"event_type": "run_started", "timestamp": start + task, "run_id": small})
-            lines.append(
-                {"event_type": "run_completed", "timestamp": start + task + 1, "run_id": small}
-            )
-    lines.append({"event_type": "run_completed", "timestamp": start + 20_000, "run_id": "giant"})
-    log = tmp_path / "giant.jsonl"
-    log.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+            for kind, at in (("run_started", start + task), ("run_completed", start + task + 1)):
+                lines.append(orjson.dumps({"event_type": kind, "timestamp": at, "run_id": small}))
+    end = {"event_type": "run_completed", "timestamp": start + 20_000, "run_id": run_id}
+    path.write_bytes(b"".join(line + b"\n" for line in [*lines, orjson.dumps(end)]))
+    return path
 
+
+def test_a_giant_run_is_sent_in_parts_while_its_worker_folds_on(tmp_path: Path) -> None:
+    """A giant run's worker sends what it holds every 20,000 events instead of keeping it
+    all to the end; the parent writes each part over the one before (it merges nothing:
+    the worker holds the whole run) into the rows one process builds."""
+    log = giant_log(tmp_path / "giant.jsonl")
     one = replay([log], tmp_path / "one.db", Settings(), progress=False, workers=0)
-    with merges_counted() as calls:
+    with merges_counted() as merged, adoptions_counted() as adopted:
         two = replay(
             [log], tmp_path / "two.db", Settings(), progress=False, workers=2, chunk_bytes=64 * 1024
         )
     assert snapshot(tmp_path / "two.db") == snapshot(tmp_path / "one.db")
     assert two.tally == one.tally
-    assert calls.count("giant") == 2  # parts after the first: at 20,000 events, at 40,000
+    assert "giant" not in merged
+    # the first part whole, then at 40,000 events and at its end over it
+    assert [again for name, again in adopted if name == "giant"] == [False, True, True]
+
+
+def test_a_giant_run_with_lines_at_another_worker_is_merged_from_there_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Late in a giant run, some of its lines go to the first worker while the rest go to
+    the second: once a part comes from elsewhere the parent merges, over what it wrote of
+    the earlier parts (some in the store already: a commit came in between), and builds
+    what one process builds."""
+    run_id = next(f"giant-{n}" for n in range(100) if zlib.crc32(f"giant-{n}".encode()) % 2)
+    log = giant_log(tmp_path / "giant.jsonl", run_id, elsewhere_from=14_000)
+    monkeypatch.setattr("runwatch.stream.services.replay.COMMIT_EVERY", 5_000)
+    one = replay([log], tmp_path / "one.db", Settings(), progress=False, workers=0)
+    with merges_counted() as merged, adoptions_counted() as adopted:
+        two = replay(
+            [log], tmp_path / "two.db", Settings(), progress=False, workers=2, chunk_bytes=64 * 1024
+        )
+    assert snapshot(tmp_path / "two.db") == snapshot(tmp_path / "one.db")
+    assert two.tally == one.tally
+    assert (run_id, True) in adopted and run_id in merged
 
 
 def test_a_run_gone_quiet_leaves_its_worker_and_is_merged_if_it_comes_back(tmp_path: Path) -> None:
@@ -337,3 +391,69 @@ def test_one_process_numbers_the_lines_of_a_big_file_across_its_regions(tmp_path
         replay([log], db, Settings(), progress=False, workers=workers, chunk_bytes=8192)
         letters = snapshot(db)["dead_letters"]
         assert [(d["line"], d["reason"]) for d in letters] == [(1501, "invalid_json")], workers
+
+
+def test_a_part_adopted_over_a_committed_one_then_merged_gives_the_whole_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent adopts a run's first part, commits, adopts the next part over it (from the
+    same worker, which folded on), then merges a part from another worker before the next
+    commit: the state it merges into is the store's plus what it adopted since, and the rows
+    equal one process's."""
+    monkeypatch.setattr("runwatch.stream.core.groups.HELD_EVENTS", 50)
+    items = [
+        orjson.dumps(
+            {
+                "event_type": kind,
+                "timestamp": 1767261600 + task * 3 + step,
+                "run_id": "r",
+                "task_id": f"t{task}",
+                "workstream_id": f"ws{task % 3}",
+                "severity": "error" if task % 9 == 0 and step == 2 else "info",
+            }
+        )
+        for task in range(80)
+        for step, kind in enumerate(("task_created", "task_started", "task_failed"))
+    ]
+
+    def part(start: int, stop: int) -> Iterator[tuple[str, int, Lines, bool]]:
+        offset = sum(len(item) + 1 for item in items[:start])
+        lines = Lines(offset, start + 1, items[start:stop], offset + 1)
+        yield "log.jsonl", 1, lines, True
+
+    def parent(name: str) -> tuple[Processor, SqliteStore]:
+        store = SqliteStore(tmp_path / f"{name}.db")
+        store.source_id("log.jsonl")
+        return Processor(
+            store, stall_after_s=3600, max_line_bytes=1 << 20, wall_clock=wall_clock
+        ), store
+
+    whole, whole_store = parent("whole")
+    whole.process("log.jsonl", 1, next(part(0, len(items)))[2])
+    whole.commit([])
+
+    built, built_store = parent("built")
+    worker, other = (
+        folder_for(1 << 20, None, None, NO_LATEST),
+        folder_for(1 << 20, None, None, NO_LATEST),
+    )
+    owners: dict[str, int] = {}
+
+    def send(folder: Processor, start: int, stop: int, keep: int, number: int) -> None:
+        folded = fold_parts(folder, part(start, stop), keep, None, whole_lines, None, number)
+        folded.merge_into(built, None, owners)
+
+    with merges_counted() as merged, adoptions_counted() as adopted:
+        send(worker, 0, 60, 10, 1)  # flushed at 50 events, kept: adopted whole
+        built.commit([])
+        send(worker, 60, 120, 10, 1)  # adopted over the committed part
+        send(other, 120, 130, 0, 0)  # merged into the store's part and the adopted one
+        send(worker, 130, len(items), 0, 1)  # merged: the parent holds the run now
+        built.commit([])
+    assert adopted == [("r", False), ("r", True)]
+    assert merged == ["r", "r"]
+    tables = ("runs", "tasks", "workstreams")
+    expected, got = whole_store.snapshot(), built_store.snapshot()
+    assert {t: got[t] for t in tables} == {t: expected[t] for t in tables}
+    whole_store.close()
+    built_store.close()
