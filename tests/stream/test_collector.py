@@ -5,7 +5,6 @@ automatic collector comes back when the service is done."""
 from __future__ import annotations
 
 import gc
-import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,8 +73,8 @@ def test_a_commit_frees_the_cycles_made_while_collection_is_paused(
 
 
 def test_a_full_pass_comes_every_so_often(monkeypatch: pytest.MonkeyPatch, automatic: None) -> None:
-    """A cycle that grew old while held is out of a young pass's reach; a full pass, due
-    every FULL_EVERY_S, frees it."""
+    """A cycle that grew old while held is out of a young pass's reach; a full pass, every
+    FULL_EVERY commits, frees it."""
     with collector.paused():
         gc.collect()
         old = _cycle()
@@ -83,14 +82,13 @@ def test_a_full_pass_comes_every_so_often(monkeypatch: pytest.MonkeyPatch, autom
         gc.collect(1)
         gc.collect(1)  # promoted to the oldest generation
         del holder
-        monkeypatch.setattr(collector._Passes, "last_full", time.monotonic())
-        collector.collect()  # a young pass: the last full one was just now
+        monkeypatch.setattr(collector._Passes, "young", 0)
+        collector.collect()  # a young pass
         assert old() is not None
-        monkeypatch.setattr(
-            collector._Passes, "last_full", time.monotonic() - collector.FULL_EVERY_S
-        )
+        monkeypatch.setattr(collector._Passes, "young", collector.FULL_EVERY - 1)
         collector.collect()
         assert old() is None
+        assert collector._Passes.young == 0
 
 
 class EnabledWhileObserved:
