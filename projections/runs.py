@@ -226,6 +226,14 @@ class RunState:
             if current is None or (explicit is not None and explicit[0] > current[0]):
                 self.workstreams[ws] = explicit
             self.dirty_workstreams.add(ws)
+        self.dirty_tasks |= other.dirty_tasks
+        self.dirty_workstreams |= other.dirty_workstreams
+
+    def mark_changed(self, other: RunState) -> None:
+        """Mark the tasks and workstreams of `other` changed here, and wherever this state
+        is merged: their rows are written again, over rows written from `other`."""
+        self.dirty_tasks.update(other.tasks)
+        self.dirty_workstreams.update(other.workstreams)
 
     def _recount(self, status: str | None, member: str | None, task: TaskState) -> None:
         """Move `task` in the counts from (`status`, `member`), where it was (None: nowhere

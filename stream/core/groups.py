@@ -19,6 +19,8 @@ from runwatch.stream.core.tally import Tally
 State = RunState | PatternRunState | OrphanEvents
 Observe = Callable[[Event, str, bool], None]
 """Called with each decoded event, its source and whether it was new to this fold."""
+Refold = Callable[[list[IndexEntry]], "State"]
+"""Folds a group's state anew from some of its events, read back from their files."""
 
 
 class HandOver(NamedTuple):

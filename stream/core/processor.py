@@ -45,6 +45,7 @@ from runwatch.stream.core.groups import (
     Group,
     HandOver,
     Observe,
+    Refold,
     State,
     finished,
     from_adopted,
@@ -260,8 +261,7 @@ class Processor:
         )
 
     def note(self, *events: DerivedEvent) -> None:
-        """Record derived events made outside the fold (lifecycle, file notes) at the next
-        commit, where the alert rules see them too."""
+        """Derived events made outside the fold (lifecycle, file notes), for the next commit."""
         self._derived.extend(events)
 
     def forget_files(self, files: list[tuple[int, int]]) -> None:
@@ -351,25 +351,28 @@ class Processor:
             self._open_runs.pop(key.name, None)
         return True
 
-    def merge(self, key: GroupKey, partial: State, index: bytes) -> set[str]:
+    def merge(
+        self, key: GroupKey, partial: State, index: bytes, refold: Refold | None = None
+    ) -> set[str]:
         """Join a group state folded elsewhere (a replay worker) from the events whose
-        serialised index entries are `index`; returns the ids it already had (repeats)."""
+        serialised index entries are `index`; returns the ids it already had (repeats),
+        which `refold` leaves out of the join: a repeat with other content changes nothing."""
         group = self._cache.get(key)
         if group is None:
             group = self._load(key)
         else:
             self._cache.move_to_end(key)
-        known = group.state.seen & partial.seen
+        known, events = group.state.seen & partial.seen, len(partial.seen)
         if known:
-            group.new_index.extend(
-                entry for entry in load_index(index) if entry.event_id not in known
-            )
+            fresh = [entry for entry in load_index(index) if entry.event_id not in known]
+            group.new_index.extend(fresh)
+            partial = partial if refold is None else refold(fresh)
         else:
             group.index_blobs.append(index)
-            group.blobbed += len(partial.seen)
+            group.blobbed += events
         group.state.merge(partial)  # type: ignore[arg-type]  # same kind: same key
         group.dirty = True
-        self._pending.accepted += len(partial.seen) - len(known)
+        self._pending.accepted += events - len(known)
         self._pending.duplicate += len(known)
         return known
 
@@ -381,8 +384,7 @@ class Processor:
         triggers: Iterable[Trigger],
     ) -> None:
         """Take over what a fold elsewhere (a replay worker) rejected, skipped as blank or
-        duplicate, reached in event time and triggered; its accepted events come with
-        `adopt` or `merge`."""
+        duplicate, reached in event time and triggered (its new events: `adopt`, `merge`)."""
         self._changes.dead_letters.extend(dead_letters)
         self._pending.add(Tally(0, tally.duplicate, tally.blank, tally.rejected))
         self._max_event_time = max(self._max_event_time, max_event_time)

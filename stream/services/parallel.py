@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Protocol, Self
 
 import orjson
 
-from runwatch.projections import DerivedEvent, Event
+from runwatch.projections import DerivedEvent, Event, RunState
 from runwatch.projections.alerts import RuleSet, Trigger
 from runwatch.sinks.store.api import Changes, Checkpoint, DeadLetter, Store
 from runwatch.sinks.store.keys import (
@@ -39,7 +39,7 @@ from runwatch.sinks.store.scratch import Scratch
 from runwatch.stream.console import wall_clock
 from runwatch.stream.core import collector
 from runwatch.stream.core.decode import RAW_KEEP, decode
-from runwatch.stream.core.groups import from_parts
+from runwatch.stream.core.groups import Refold, State, from_parts, new_state
 from runwatch.stream.core.lines import Lines, LineSplitter
 from runwatch.stream.core.processor import Processor
 from runwatch.stream.core.tally import Tally
@@ -123,15 +123,18 @@ class Folded:
         processor: Processor,
         first_lines: list[int] | None = None,
         owners: dict[str, int] | None = None,
+        paths: Mapping[int, Path] | None = None,
     ) -> list[IndexEntry]:
         """Adopt the groups new to `processor` and merge the others; returns the events it
         already had (repeats). `first_lines`: the line number each part starts at, when the
         worker numbered its dead letters from 1 (a file region). `owners` (kept from batch
         to batch): the worker still folding each group adopted whole, whose next part is
-        adopted over it instead of merged."""
+        adopted over it instead of merged. `paths` (source id → file) lets a part that
+        repeats events the processor has be folded again without them (see `merge`)."""
         repeats: list[IndexEntry] = []
         merged_runs: set[str] = set()
         owners = {} if owners is None else owners
+        latest_us = processor.latest_us
         for text, state, index, events, rows, tasks, sequel, kept, worker in self.groups:
             key = GroupKey.parse(text)
             open_run = self.open_runs.get(key.name)
@@ -147,7 +150,8 @@ class Folded:
             if key.kind == RUN:
                 merged_runs.add(key.name)
             partial = from_parts(key, state, tasks, index_ids(index))
-            known = processor.merge(key, partial, index)
+            refold = None if paths is None else refolder(key, partial, paths, latest_us)
+            known = processor.merge(key, partial, index, refold)
             if known:
                 repeats.extend(entry for entry in load_index(index) if entry.event_id in known)
         # A merged run is observed again when its merged state is flushed.
@@ -165,6 +169,28 @@ class Folded:
         letters.extend(self.set_aside)
         processor.absorb(letters, self.tally, self.max_event_time, self.triggers)
         return repeats
+
+
+def refolder(key: GroupKey, written: State, paths: Mapping[int, Path], latest_us: int) -> Refold:
+    """Folds `key`'s state from the events of some index entries alone, read back from
+    their files, in place of the part `written` (whose rows a worker may have written: they
+    are written again). A merge needs it only for a part that repeats events: that is rare."""
+
+    def refold(entries: list[IndexEntry]) -> State:
+        state = new_state(key)
+        if isinstance(state, RunState) and isinstance(written, RunState):
+            state.mark_changed(written)
+        entries = sorted(entries, key=attrgetter("source_id", "offset"))
+        for source_id, some in itertools.groupby(entries, key=attrgetter("source_id")):
+            with paths[source_id].open("rb") as handle:
+                for entry in some:
+                    handle.seek(entry.offset)
+                    event = decode(handle.read(entry.length), latest_us)
+                    if isinstance(event, Event):
+                        state.apply(event)
+        return state
+
+    return refold
 
 
 def forget(observer: Observer, repeats: list[IndexEntry], paths: dict[int, Path]) -> None:
@@ -458,12 +484,13 @@ class Backlog:
         the new events per source. A piece's fold is dropped once merged."""
         fresh: dict[str, int] = {}
         sources = {piece.source_id: piece.source for piece in flight.pieces}
+        sources_by_id = {source_id: Path(source) for source_id, source in sources.items()}
         reached: dict[int, Reached] = {}
         groups = merged = 0
         for position, piece in enumerate(flight.pieces):
             folded: Folded = flight.results[position].get()
             flight.results[position] = None
-            repeats = folded.merge_into(processor)
+            repeats = folded.merge_into(processor, paths=sources_by_id)
             groups, merged = groups + len(folded.groups), merged + folded.merged
             fresh[piece.source] = fresh.get(piece.source, 0) + sum(folded.accepted)
             for entry in repeats:

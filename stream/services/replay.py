@@ -174,6 +174,7 @@ def _build(
     total_bytes = sum(sizes.values())
     bar = Progress(total_bytes, "replay", enabled=progress)
     source_ids = {path: store.source_id(str(path)) for path in files}
+    paths = {source_id: path for path, source_id in source_ids.items()}
     next_line = dict.fromkeys(files, 1)
     derived = 0
     checkpoints: list[Checkpoint] = []
@@ -232,10 +233,12 @@ def _build(
                 )
             )
             for batch, folded in zip(batches, results, strict=True):
-                repeats = folded.merge_into(processor, [next_line[r.path] for r in batch], owners)
+                repeats = folded.merge_into(
+                    processor, [next_line[r.path] for r in batch], owners, paths
+                )
                 if observer is not None and folded.observer is not None:
                     observer.merge(folded.observer)
-                    forget(observer, repeats, {r.source_id: r.path for r in batch})
+                    forget(observer, repeats, paths)
                 for region, lines_in_region in zip(batch, folded.line_counts, strict=True):
                     count(region, lines_in_region, True)
                 bar.advance(sum(r.end - r.start for r in batch), processor.seen)

@@ -34,9 +34,9 @@ def merges_counted() -> Iterator[list[str]]:
     calls: list[str] = []
     merge = Processor.merge
 
-    def counted(self: Processor, key: Any, partial: Any, index: bytes) -> set[str]:
+    def counted(self: Processor, key: Any, *args: Any) -> set[str]:
         calls.append(key.name)
-        return merge(self, key, partial, index)
+        return merge(self, key, *args)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Processor, "merge", counted)
@@ -349,8 +349,7 @@ def test_a_pattern_run_goes_whole_to_one_worker_whatever_run_its_lines_name(
     """Lines are dealt out by the key of the group they fold into: a pattern run's lines by
     its pattern run id, even when only some of them name a run. A repeated event id with
     other content (a mangled copy) is then a duplicate in file order, as in one process,
-    not two partial states merged with both contents (which a copy more than a batch later
-    still gives: see the README)."""
+    not two partial states merged with both contents."""
     run = next(name for name in (f"run-{n}" for n in range(100)) if zlib.crc32(name.encode()) % 2)
     start = 1767261600
     first = {
@@ -374,6 +373,54 @@ def test_a_pattern_run_goes_whole_to_one_worker_whatever_run_its_lines_name(
     assert snapshot(tmp_path / "two.db") == snapshot(tmp_path / "one.db")
     assert snapshot(tmp_path / "one.db")["pattern_runs"][0]["run_id"] is None
     assert partition_of(orjson.dumps(lines[11]), 2) == partition_of(orjson.dumps(first), 2)
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_a_mangled_copy_batches_later_changes_nothing_as_in_one_process(
+    tmp_path: Path, workers: int
+) -> None:
+    """An event id repeated with other content (an earlier time, another status) long after
+    its run and its pattern run went quiet and left their workers: the part holding the copy
+    repeats an event the parent has, so it is folded again without it, from the file, and
+    the copy is a duplicate that changes nothing, as in one process."""
+    start = 1767261600
+    run_event = {
+        "event_id": "r-1",
+        "event_type": "task_started",
+        "timestamp": start + 5,
+        "run_id": "run-a",
+        "task_id": "t1",
+    }
+    pattern_event = {
+        "event_id": "p-1",
+        "event_type": "pattern.selection.started",
+        "timestamp": start + 5,
+        "pattern_run_id": "PRUN-a",
+        "status": "in_progress",
+    }
+    filler = [
+        {"event_type": "task_progress", "timestamp": start + n, "run_id": f"r{n}", "task_id": "t"}
+        for n in range(650)
+    ]
+    mangled = [
+        {**run_event, "timestamp": start - 86_400, "event_type": "task_failed"},
+        {**pattern_event, "timestamp": start - 86_400, "status": "failed"},
+    ]
+    lines = [run_event, pattern_event, *filler[:600], *mangled, *filler[600:]]
+    log = tmp_path / "copies.jsonl"
+    log.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+
+    one = replay([log], tmp_path / "one.db", Settings(), progress=False, workers=0)
+    many = replay(
+        [log], tmp_path / "many.db", Settings(), progress=False, workers=workers, chunk_bytes=4096
+    )
+    built = snapshot(tmp_path / "many.db")
+    assert built == snapshot(tmp_path / "one.db")
+    assert many.tally == one.tally and one.tally.duplicate == 2
+    [task] = [t for t in built["tasks"] if t["run_id"] == "run-a"]
+    assert task["status"] == "running"
+    [pattern_run] = built["pattern_runs"]
+    assert pattern_run["status"] == "running"
 
 
 def test_one_process_numbers_the_lines_of_a_big_file_across_its_regions(tmp_path: Path) -> None:
