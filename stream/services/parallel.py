@@ -484,13 +484,12 @@ class Backlog:
         the new events per source. A piece's fold is dropped once merged."""
         fresh: dict[str, int] = {}
         sources = {piece.source_id: piece.source for piece in flight.pieces}
-        sources_by_id = {source_id: Path(source) for source_id, source in sources.items()}
         reached: dict[int, Reached] = {}
         groups = merged = 0
         for position, piece in enumerate(flight.pieces):
             folded: Folded = flight.results[position].get()
             flight.results[position] = None
-            repeats = folded.merge_into(processor, paths=sources_by_id)
+            repeats = folded.merge_into(processor)  # files may be rotated: no re-reading
             groups, merged = groups + len(folded.groups), merged + folded.merged
             fresh[piece.source] = fresh.get(piece.source, 0) + sum(folded.accepted)
             for entry in repeats:
