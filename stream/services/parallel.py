@@ -43,6 +43,7 @@ from runwatch.stream.core.groups import Refold, State, from_parts, new_state
 from runwatch.stream.core.lines import Lines, LineSplitter
 from runwatch.stream.core.processor import Processor
 from runwatch.stream.core.tally import Tally
+from runwatch.stream.errors import InputError
 
 READ_BYTES = 1 << 20
 
@@ -182,12 +183,17 @@ def refolder(key: GroupKey, written: State, paths: Mapping[int, Path], latest_us
             state.mark_changed(written)
         entries = sorted(entries, key=attrgetter("source_id", "offset"))
         for source_id, some in itertools.groupby(entries, key=attrgetter("source_id")):
-            with paths[source_id].open("rb") as handle:
+            path = paths[source_id]
+            with path.open("rb") as handle:
                 for entry in some:
                     handle.seek(entry.offset)
                     event = decode(handle.read(entry.length), latest_us)
-                    if isinstance(event, Event):
-                        state.apply(event)
+                    if not isinstance(event, Event) or event.id != entry.event_id:
+                        raise InputError(
+                            f"{path}: byte {entry.offset} no longer holds the line read there "
+                            "before: the file was replaced during the replay"
+                        )
+                    state.apply(event)
         return state
 
     return refold

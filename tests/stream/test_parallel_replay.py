@@ -3,6 +3,7 @@ rows, counts and dead letters of folding everything in one process."""
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import zlib
 from collections.abc import Iterator
@@ -14,13 +15,16 @@ import orjson
 import pytest
 
 from helpers import snapshot
+from runwatch.sinks.store.keys import GroupKey, IndexEntry
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import wall_clock
 from runwatch.stream.core.decode import NO_LATEST
+from runwatch.stream.core.groups import new_state
 from runwatch.stream.core.lines import Lines
 from runwatch.stream.core.processor import Processor
 from runwatch.stream.devtools.writer import simulate
-from runwatch.stream.services.parallel import fold_parts, folder_for
+from runwatch.stream.errors import InputError
+from runwatch.stream.services.parallel import fold_parts, folder_for, refolder
 from runwatch.stream.services.parallel import whole as whole_lines
 from runwatch.stream.services.partitions import PartitionedFold, partition_of, stretches
 from runwatch.stream.services.replay import replay
@@ -504,3 +508,18 @@ def test_a_part_adopted_over_a_committed_one_then_merged_gives_the_whole_run(
     assert {t: got[t] for t in tables} == {t: expected[t] for t in tables}
     whole_store.close()
     built_store.close()
+
+
+def test_a_repeat_read_back_from_a_replaced_file_stops_the_replay(tmp_path: Path) -> None:
+    """Folding a part again reads its lines back from the file; if the file was replaced
+    meanwhile, the replay stops naming the file and byte, rather than fold other lines."""
+    log = tmp_path / "log.jsonl"
+    line = orjson.dumps({"event_type": "run_started", "timestamp": 1767261600, "run_id": "a"})
+    log.write_bytes(line + b"\n")
+    entry = IndexEntry(f"h:{hashlib.blake2b(line, digest_size=16).hexdigest()}", 1, 0, len(line))
+    key = GroupKey.run("a")
+    refold = refolder(key, new_state(key), {1: log}, NO_LATEST)
+    assert refold([entry]).seen == {entry.event_id}
+    log.write_bytes(line.replace(b'"a"', b'"b"') + b"\n")
+    with pytest.raises(InputError, match=r"log\.jsonl: byte 0 no longer holds the line"):
+        refold([entry])
