@@ -490,11 +490,19 @@ class AlertBook:
         return out
 
     def has_due(self, now: int) -> bool:
-        """Some held-back change can be sent by `now`."""
+        """Some held-back change can be sent by `now`. Stale window ends on top of the heap
+        (of an alert no longer held, or sent since: its window ends later) are dropped."""
         until = self.held_until
-        while until and until[0][1] not in self.held:
+        while until and not self._current(*until[0]):
             heapq.heappop(until)
         return bool(until) and until[0][0] <= now
+
+    def _current(self, ends: int, key: tuple[str, str]) -> bool:
+        """`ends` is when the window of `key`, held back, is over now."""
+        state, rule = self.states.get(key), self.rules.rules.get(key[0])
+        if key not in self.held or state is None or rule is None:
+            return False
+        return ends == (0 if state.notified_at is None else state.notified_at + rule.throttle_us)
 
     def _notify(self, rule: Rule, state: AlertState, trigger: Trigger) -> Notification:
         announced: Literal["firing", "resolved"] = (
