@@ -246,6 +246,7 @@ class TailService:
                     )
                     due_heartbeat = now + self.intervals.heartbeat
                 self._commit(runtime, follower, notes, audit, taken, more=flight is not None)
+                collector.collect()  # also while idle: the dispatcher and web threads make garbage
                 self.last_loop = time.monotonic()
                 behind = follower.behind or flight is not None
                 if behind:
