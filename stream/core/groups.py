@@ -12,14 +12,14 @@ import orjson
 from runwatch.projections import DerivedEvent, Event, OrphanEvents, PatternRunState, RunState
 from runwatch.projections.alerts import Trigger
 from runwatch.sinks.store.api import Changes
-from runwatch.sinks.store.keys import PATTERN, RUN, GroupKey, IndexEntry, dump_index
+from runwatch.sinks.store.keys import PATTERN, RUN, GroupKey, IndexEntry, dump_index, index_ids
 from runwatch.stream.core.blobs import dumps_exact
 from runwatch.stream.core.tally import Tally
 
 State = RunState | PatternRunState | OrphanEvents
 Observe = Callable[[Event, str, bool], None]
 """Called with each decoded event, its source and whether it was new to this fold."""
-Refold = Callable[[list[IndexEntry]], "State"]
+Refold = Callable[[list[IndexEntry]], State]
 """Folds a group's state anew from some of its events, read back from their files."""
 
 
@@ -193,7 +193,7 @@ def from_adopted(
 ) -> State:
     """The state of a group adopted since the last commit, over what the store holds of it
     (`stored`, as `load_group` gives it) when earlier parts were committed."""
-    seen = {entry[0] for index in adopted.indexes for entry in orjson.loads(index)}
+    seen = set().union(*map(index_ids, adopted.indexes))
     saved = orjson.loads(adopted.state)
     tasks = {} if stored is None or stored[0] is None else stored[0].get("tasks", {})
     tasks.update((task_id, orjson.loads(blob)) for task_id, blob in adopted.tasks)

@@ -38,7 +38,7 @@ from runwatch.sinks.store.keys import (
 from runwatch.sinks.store.scratch import Scratch
 from runwatch.stream.console import wall_clock
 from runwatch.stream.core import collector
-from runwatch.stream.core.decode import RAW_KEEP, decode
+from runwatch.stream.core.decode import NO_LATEST, RAW_KEEP, Rejection, decode
 from runwatch.stream.core.groups import Refold, State, from_parts, new_state
 from runwatch.stream.core.lines import Lines, LineSplitter
 from runwatch.stream.core.processor import Processor
@@ -181,35 +181,36 @@ def refolder(key: GroupKey, written: State, paths: Mapping[int, Path], latest_us
         state = new_state(key)
         if isinstance(state, RunState) and isinstance(written, RunState):
             state.mark_changed(written)
-        entries = sorted(entries, key=attrgetter("source_id", "offset"))
-        for source_id, some in itertools.groupby(entries, key=attrgetter("source_id")):
-            path = paths[source_id]
-            with path.open("rb") as handle:
-                for entry in some:
-                    handle.seek(entry.offset)
-                    event = decode(handle.read(entry.length), latest_us)
-                    if not isinstance(event, Event) or event.id != entry.event_id:
-                        raise InputError(
-                            f"{path}: byte {entry.offset} no longer holds the line read there "
-                            "before: the file was replaced during the replay"
-                        )
-                    state.apply(event)
+        for entry, event in read_back(entries, paths, latest_us):
+            if not isinstance(event, Event) or event.id != entry.event_id:
+                raise InputError(
+                    f"{paths[entry.source_id]}: byte {entry.offset} no longer holds the line "
+                    "read there before: the file was replaced during the replay"
+                )
+            state.apply(event)
         return state
 
     return refold
 
 
-def forget(observer: Observer, repeats: list[IndexEntry], paths: dict[int, Path]) -> None:
+def forget(observer: Observer, repeats: list[IndexEntry], paths: Mapping[int, Path]) -> None:
     """Re-read the events a worker took as new that an earlier batch already had, and take
     back their observation. Such repeats are rare, so this costs little."""
-    repeats.sort(key=attrgetter("source_id", "offset"))
-    for source_id, entries in itertools.groupby(repeats, key=attrgetter("source_id")):
+    for _, event in read_back(repeats, paths, NO_LATEST):
+        if isinstance(event, Event):
+            observer.forget(event)
+
+
+def read_back(
+    entries: list[IndexEntry], paths: Mapping[int, Path], latest_us: int
+) -> Iterator[tuple[IndexEntry, Event | Rejection]]:
+    """Each entry with its line decoded again from its file, file by file in offset order."""
+    entries = sorted(entries, key=attrgetter("source_id", "offset"))
+    for source_id, some in itertools.groupby(entries, key=attrgetter("source_id")):
         with paths[source_id].open("rb") as handle:
-            for entry in entries:
+            for entry in some:
                 handle.seek(entry.offset)
-                event = decode(handle.read(entry.length))
-                if isinstance(event, Event):
-                    observer.forget(event)
+                yield entry, decode(handle.read(entry.length), latest_us)
 
 
 def read_regions(
