@@ -226,8 +226,8 @@ class RunState:
             if current is None or (explicit is not None and explicit[0] > current[0]):
                 self.workstreams[ws] = explicit
             self.dirty_workstreams.add(ws)
-        self.dirty_tasks |= other.dirty_tasks
-        self.dirty_workstreams |= other.dirty_workstreams
+        self.dirty_tasks |= other.dirty_tasks & self.tasks.keys()
+        self.dirty_workstreams |= other.dirty_workstreams & self.workstreams.keys()
 
     def mark_changed(self, other: RunState) -> None:
         """Mark the tasks and workstreams of `other` changed here, and wherever this state

@@ -523,3 +523,36 @@ def test_a_repeat_read_back_from_a_replaced_file_stops_the_replay(tmp_path: Path
     log.write_bytes(line.replace(b'"a"', b'"b"') + b"\n")
     with pytest.raises(InputError, match=r"log\.jsonl: byte 0 no longer holds the line"):
         refold([entry])
+
+
+def test_a_mangled_copy_naming_another_task_leaves_the_run_as_one_process_folds_it(
+    tmp_path: Path,
+) -> None:
+    """A late copy of an event that names another task: the worker folded (and wrote a row
+    for) a task the run never had; the merge marks for rewriting only the tasks the run has,
+    so it does not fail, and the run and its real task come out as in one process."""
+    start = 1767261600
+    first = {
+        "event_id": "r-1",
+        "event_type": "task_started",
+        "timestamp": start + 5,
+        "run_id": "run-a",
+        "task_id": "t1",
+    }
+    filler = [
+        {"event_type": "task_progress", "timestamp": start + n, "run_id": f"r{n}", "task_id": "t"}
+        for n in range(650)
+    ]
+    copy = {**first, "task_id": "t9", "event_type": "task_failed"}
+    lines = [first, *filler[:600], copy, *filler[600:]]
+    log = tmp_path / "copies.jsonl"
+    log.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+
+    replay([log], tmp_path / "one.db", Settings(), progress=False, workers=0)
+    replay([log], tmp_path / "two.db", Settings(), progress=False, workers=2, chunk_bytes=4096)
+    one, two = snapshot(tmp_path / "one.db"), snapshot(tmp_path / "two.db")
+    assert [r for r in two["runs"] if r["run_id"] == "run-a"] == [
+        r for r in one["runs"] if r["run_id"] == "run-a"
+    ]
+    real = [t for t in one["tasks"] if t["run_id"] == "run-a"]
+    assert [t for t in two["tasks"] if (t["run_id"], t["task_id"]) == ("run-a", "t1")] == real
