@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
 
 from helpers import RunwatchProcess, TailProcess
-from webcorpus import Stream, event
+from webcorpus import START, Stream, event
 
 
 def announced(process: RunwatchProcess, pattern: str) -> str:
@@ -39,7 +40,10 @@ def test_service_and_serve_push_a_new_run_live(tmp_path: Path) -> None:
                 for stream in streams:
                     stream.next(name="stats")
                 appended = time.monotonic()
-                (logs / "a.jsonl").write_bytes(event(1, "run_started", "R-web", 0) + b"\n")
+                # Stamped now: an older run would be flagged stalled at the service's next
+                # tick, a second change that may reach the stream first.
+                now = (datetime.now(UTC) - START).total_seconds()
+                (logs / "a.jsonl").write_bytes(event(1, "run_started", "R-web", now) + b"\n")
                 for stream in streams:
                     _, seq, row = stream.next(deadline_s=10)
                     assert row["run_id"] == "R-web" and row["status"] == "running"
