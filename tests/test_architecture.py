@@ -8,6 +8,8 @@
 - A service module in stream/services/ imports no other service module, except the shared
   runtime.py, lock.py, health.py, parallel.py and partitions.py.
 - Only stream/cli/ imports stream.cli; sinks/ never imports stream/.
+- Starting the CLI for `replay` loads no driver or network client it does not use
+  (ON_DEMAND): each costs every process, worker or not, megabytes and start-up time.
 - stream/ keeps at most MAX_TOP_LEVEL modules at its top level (the rest live in role
   subpackages), and no source module is longer than MAX_LINES lines.
 
@@ -20,6 +22,8 @@ rule for projections is also checked on the text (`now` is always passed in).
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -63,6 +67,7 @@ IO = DRIVERS | frozenset(
 )
 IMPURE = IO | frozenset({"random", "orjson", "yaml", "json", "uuid", "secrets"})
 SHARED_SERVICES = frozenset({"runtime", "lock", "health", "parallel", "partitions"})
+ON_DEMAND = ("psycopg", "nats", "requests", "prometheus_client", "watchdog", "asyncio")
 MAX_TOP_LEVEL = 6
 MAX_LINES = 600
 
@@ -228,6 +233,19 @@ def test_sinks_do_not_import_stream() -> None:
         if any(i.startswith("runwatch.stream") for i in imports(name))
     ]
     assert offenders == []
+
+
+def test_replay_loads_no_driver_or_client_it_does_not_use() -> None:
+    """A replay of SQLite files (and each of its forked workers) never needs PostgreSQL,
+    NATS, HTTP, Prometheus or file watching; they are imported where they are used."""
+    program = (
+        "import sys, runwatch.stream.cli.main, runwatch.stream.services.replay;"
+        f"print(sorted(m for m in {ON_DEMAND!r} if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"
 
 
 def test_stream_top_level_is_small() -> None:

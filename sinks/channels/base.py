@@ -13,16 +13,27 @@ from __future__ import annotations
 import re
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Annotated, Any, ClassVar, Final, Generic, Literal, Protocol, TextIO, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    ClassVar,
+    Final,
+    Generic,
+    Literal,
+    Protocol,
+    TextIO,
+    TypeVar,
+)
 from urllib.parse import urlsplit
 
 import orjson
-import requests
 from pydantic import AnyHttpUrl, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
 Status = Literal["delivered", "retry", "failed"]
@@ -32,6 +43,9 @@ MAX_RETRY_AFTER: Final = 3600.0
 MAX_REPLY_BYTES: Final = 64 * 1024
 USER_AGENT: Final = "runwatch"
 CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+if TYPE_CHECKING:  # loaded by the first channel that posts: most commands never do
+    import requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +117,8 @@ class Posting(Described[C]):
     """A channel that POSTs each notification over one kept-alive HTTP session."""
 
     def __init__(self, name: str, config: C) -> None:
+        import requests
+
         super().__init__(name, config)
         self.session = requests.Session()
 
@@ -140,6 +156,8 @@ def post(
     turns the first bytes of the reply body (at most MAX_REPLY_BYTES: a receiver may answer
     with a huge or endless body) into a note for the detail; without it the body is not
     read. The rest is dropped with the connection."""
+    import requests
+
     try:
         response = session.post(
             url, data=body, headers=headers, timeout=timeout, allow_redirects=False, stream=True
@@ -154,6 +172,8 @@ def post(
 
 
 def _first_bytes(response: requests.Response) -> bytes:
+    import requests
+
     head = bytearray()
     try:
         for chunk in response.iter_content(8192):
@@ -200,7 +220,7 @@ _NETWORK: Final[
     (ssl.SSLError, "retry", "TLS error"),
     (socket.gaierror, "retry", "host not found"),
     (ConnectionResetError, "retry", "connection reset"),
-    ((TimeoutError, requests.Timeout), "retry", "timeout after {} s"),
+    (TimeoutError, "retry", "timeout after {} s"),
 )
 
 
@@ -210,6 +230,9 @@ def network_outcome(error: BaseException, timeout: float) -> Outcome:
     for kinds, status, detail in _NETWORK:
         if any(isinstance(e, kinds) for e in chain):
             return Outcome(status, detail.format(timeout))
+    requests = sys.modules.get("requests")  # its timeouts are no TimeoutError
+    if requests is not None and any(isinstance(e, requests.Timeout) for e in chain):
+        return Outcome("retry", f"timeout after {timeout} s")
     return Outcome("retry", "connection failed")
 
 

@@ -1,5 +1,6 @@
 """One interface over the projection stores: SQLite (a file path, the default, embedded) and
-PostgreSQL (a `postgresql://` or `postgres://` URL, see postgres_sql).
+PostgreSQL (a `postgresql://` or `postgres://` URL, see postgres_sql), whose driver is loaded
+only when a PostgreSQL store is opened.
 
 Both keep the same tables (`schema.TABLES`) and give the same rows for the same `Changes` (one
 contract test suite runs against both). This package is the only place that speaks SQL: the
@@ -12,10 +13,8 @@ placeholders, kept portable: no `INSERT OR REPLACE` (write `ON CONFLICT (key) DO
 from __future__ import annotations
 
 import sqlite3
+import sys
 from pathlib import Path
-from typing import Final
-
-import psycopg
 
 from runwatch.sinks.store.api import (
     Connection,
@@ -24,38 +23,37 @@ from runwatch.sinks.store.api import (
     Store,
     StoreError,
 )
-from runwatch.sinks.store.postgres import PostgresStore
-from runwatch.sinks.store.postgres_sql import PgConnection, Target
 from runwatch.sinks.store.shared import transaction
 from runwatch.sinks.store.sqlite import SqliteStore
+from runwatch.sinks.store.target import Target, is_postgres
 
 __all__ = [
-    "DB_ERRORS",
     "Connection",
     "Cursor",
     "OwnershipLost",
-    "PostgresStore",
     "SqliteStore",
     "Store",
     "StoreError",
     "connect",
+    "db_errors",
     "is_postgres",
     "open_store",
     "transaction",
 ]
 
-DB_ERRORS: Final = (sqlite3.Error, psycopg.Error)
-"""What a database call may raise, whichever the backend."""
 
-
-def is_postgres(target: str | Path) -> bool:
-    """A `postgresql://` or `postgres://` URL (also as a Path, which lost a slash)."""
-    return str(target).startswith(("postgresql:/", "postgres:/"))
+def db_errors() -> tuple[type[Exception], ...]:
+    """What a database call may raise, whichever backend: psycopg's errors only once the
+    driver is loaded (no PostgreSQL call can have failed before)."""
+    psycopg = sys.modules.get("psycopg")
+    return (sqlite3.Error,) if psycopg is None else (sqlite3.Error, psycopg.Error)
 
 
 def open_store(target: str | Path, *, fast_unsafe: bool = False) -> Store:
     """The store `target` names: a PostgreSQL URL, else a SQLite file path."""
     if is_postgres(target):
+        from runwatch.sinks.store.postgres import PostgresStore  # loads psycopg
+
         return PostgresStore(_url(target), fast_unsafe=fast_unsafe)
     return SqliteStore(Path(target), fast_unsafe=fast_unsafe)
 
@@ -64,6 +62,8 @@ def connect(target: str | Path, *, timeout_s: float = 10.0) -> Connection:
     """A new plain connection to the store (for another thread or process): autocommit,
     waits up to `timeout_s` for a lock."""
     if is_postgres(target):
+        from runwatch.sinks.store.postgres_sql import PgConnection
+
         return PgConnection(Target.parse(_url(target)), lock_timeout_ms=int(timeout_s * 1000))
     db = sqlite3.connect(target, isolation_level=None, check_same_thread=False)
     db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")

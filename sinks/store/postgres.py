@@ -22,17 +22,10 @@ import psycopg
 from psycopg import sql
 
 from runwatch.sinks.store.api import Changes, StoreError, UnstorableValue
-from runwatch.sinks.store.postgres_sql import (
-    NAME,
-    PgConnection,
-    PgTransaction,
-    Target,
-    ddl,
-    to_postgres,
-    with_schema,
-)
+from runwatch.sinks.store.postgres_sql import PgConnection, PgTransaction, ddl, to_postgres
 from runwatch.sinks.store.schema import CONVERGED, SCHEMA_VERSION, TABLES, check_version
 from runwatch.sinks.store.shared import RUN_CHANGE, SharedQueries, parts
+from runwatch.sinks.store.target import NAME, Target, with_schema
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,11 +10,9 @@ from pathlib import Path
 from typing import Protocol
 
 from runwatch.sinks.atomic import fsync_path
-from runwatch.sinks.store import is_postgres
 from runwatch.sinks.store.api import Store
-from runwatch.sinks.store.postgres import PostgresStore, drop_schema, swap_schema
-from runwatch.sinks.store.postgres_sql import Target, with_schema
 from runwatch.sinks.store.sqlite import SqliteStore
+from runwatch.sinks.store.target import Target, is_postgres, with_schema
 
 JOIN_WAIT_MS = 600_000
 """How long a connection to a SQLite build waits for another writer of it."""
@@ -80,17 +78,23 @@ class PostgresScratch:
         self.scratch = f"{self.schema[:40]}_replay_{os.getpid()}"
 
     def open(self) -> Store:
-        drop_schema(with_schema(self.url, self.scratch))
-        return PostgresStore(with_schema(self.url, self.scratch), fast_unsafe=True)
+        self.discard()
+        return self.join()
 
     def join(self) -> Store:
         """Another connection to the opened build, for a worker process."""
+        from runwatch.sinks.store.postgres import PostgresStore  # loads psycopg
+
         return PostgresStore(with_schema(self.url, self.scratch), fast_unsafe=True)
 
     def publish(self) -> None:
+        from runwatch.sinks.store.postgres import swap_schema
+
         swap_schema(self.url, self.scratch, self.schema)
 
     def discard(self) -> None:
+        from runwatch.sinks.store.postgres import drop_schema
+
         drop_schema(with_schema(self.url, self.scratch))
 
 

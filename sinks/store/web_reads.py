@@ -11,12 +11,10 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
-import psycopg
-
 from runwatch.sinks.store.api import Connection, StoreError
-from runwatch.sinks.store.postgres_sql import PgConnection, Target
 from runwatch.sinks.store.schema import RUN_COLUMNS, check_version
 from runwatch.sinks.store.shared import fetch_dicts
+from runwatch.sinks.store.target import Target, is_postgres
 
 ACTIVE: Final = ("pending", "running")
 _RUNS: Final = ", ".join(f"r.{c}" for c in RUN_COLUMNS)
@@ -30,7 +28,11 @@ def open_reader(target: str | Path, *, timeout_s: float = 2.0) -> Connection:
     """A connection that cannot write, to a projection of this runwatch's schema version:
     SQLite opened read-only (by a URI any file name survives), or a PostgreSQL session whose
     transactions are read-only. StoreError says what is wrong with anything else."""
-    if str(target).startswith(("postgresql:/", "postgres:/")):
+    if is_postgres(target):
+        import psycopg
+
+        from runwatch.sinks.store.postgres_sql import PgConnection
+
         where = Target.parse(str(target))
         db: Connection = PgConnection(where, lock_timeout_ms=int(timeout_s * 1000))
         db.execute("SET default_transaction_read_only = on")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from runwatch.sinks.store.postgres_sql import Target
+from runwatch.sinks.store.target import Target
 from runwatch.stream.cli.common import Command, file_argument, json_option, print_json, say
 from runwatch.stream.errors import EXIT_OK
 from runwatch.stream.settings.service import Settings, load_settings

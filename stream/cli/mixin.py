@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from runwatch.sinks.atomic import write_atomically
-from runwatch.sinks.mixin import MixinOptions, mixin_files
 from runwatch.stream.cli.common import Command, config_option, say
 from runwatch.stream.errors import EXIT_OK, UsageError
 from runwatch.stream.settings.service import load_settings, parse_duration
@@ -39,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from runwatch.sinks.mixin import MixinOptions, mixin_files  # loads prometheus_client
+
     settings, _ = load_settings(args.config, required=args.config is not None)
     try:
         age = float(parse_duration(args.max_success_age))

@@ -8,7 +8,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from runwatch.sinks.store import DB_ERRORS, StoreError, web_reads
+from runwatch.sinks.store import StoreError, db_errors, web_reads
+from runwatch.sinks.store.target import Target
 from runwatch.stream.cli.common import Command, common_options, say, settings_from_args
 from runwatch.stream.errors import EXIT_OK, ServiceError, UsageError
 from runwatch.stream.settings.database import existing_file
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         dashboard.readers.read(web_reads.change_seq)  # a database we cannot read fails now
-    except DB_ERRORS as exc:
+    except db_errors() as exc:
         raise StoreError(
             f"{_printable(target)}: cannot read ({' '.join(str(exc).split())})"
         ) from None
@@ -80,8 +81,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _printable(target: str | Path) -> str:
-    from runwatch.sinks.store.postgres_sql import Target
-
     return str(target) if isinstance(target, Path) else Target.parse(target).printable
 
 
@@ -89,7 +88,7 @@ def _health(dashboard: Any) -> tuple[bool, dict[str, Any]]:
     """The one check that matters without the service: the database answers."""
     try:
         seq = dashboard.readers.read(web_reads.change_seq)
-    except (StoreError, *DB_ERRORS) as exc:
+    except (StoreError, *db_errors()) as exc:
         ok, detail = False, " ".join(str(exc).split())
     else:
         ok, detail = True, f"readable, change {seq}"

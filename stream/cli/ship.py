@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Final
 from urllib.parse import urlsplit
 
 from runwatch.stream.cli.common import (
@@ -16,13 +17,11 @@ from runwatch.stream.cli.common import (
     settings_from_args,
 )
 from runwatch.stream.errors import UsageError
-from runwatch.stream.services.ship import (
-    DEFAULT_DB,
-    DEFAULT_STREAM,
-    DEFAULT_URL,
-    ShipService,
-)
-from runwatch.stream.sources.nats import subject_token
+from runwatch.stream.sources.nats import STREAM, subject_token
+
+DEFAULT_URL: Final = "nats://127.0.0.1:4222"
+DEFAULT_STREAM: Final = STREAM
+DEFAULT_DB: Final = Path(".state/ship.db")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from runwatch.stream.services.ship import ShipService  # loads the NATS client
+
     settings = settings_from_args(args)
     patterns = input_patterns(args, settings, "ship")
     for url in args.nats.split(","):

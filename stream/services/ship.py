@@ -47,7 +47,6 @@ from runwatch.stream.sources.follow import Read
 from runwatch.stream.sources.nats import (
     EVENTS_PREFIX,
     PARTITIONED,
-    STREAM,
     Outgoing,
     messages,
 )
@@ -55,9 +54,6 @@ from runwatch.stream.sources.watch import FileChanges, Passes, watch_files
 
 T = TypeVar("T")
 
-DEFAULT_URL: Final = "nats://127.0.0.1:4222"
-DEFAULT_STREAM: Final = STREAM
-DEFAULT_DB: Final = Path(".state/ship.db")
 DUPLICATE_WINDOW_S: Final = 120.0
 ACK_TIMEOUT_S: Final = 5.0
 """Acks missing this long after a batch was sent (plus 1 s per MB of it) fail the batch."""
@@ -101,9 +97,9 @@ class ShipService:
         patterns: list[str],
         settings: Settings,
         *,
-        url: str = DEFAULT_URL,
-        database: Path = DEFAULT_DB,
-        stream: str = DEFAULT_STREAM,
+        url: str,
+        database: Path,
+        stream: str,
         poll: bool = False,
         out: TextIO | None = None,
     ) -> None:

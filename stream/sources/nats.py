@@ -23,7 +23,6 @@ headers are not these (`bad_headers`). Blank lines are not sent; they only move 
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -31,9 +30,6 @@ from dataclasses import dataclass
 from hashlib import sha256
 from typing import Final, NamedTuple
 from urllib.parse import quote, unquote
-
-import nats
-from nats.js.api import DeliverPolicy
 
 from runwatch.stream.core.decode import RAW_KEEP, Rejection, decode
 from runwatch.stream.core.lines import Lines
@@ -206,12 +202,17 @@ def stream_lines(nats_url: str) -> Callable[[str], list[bytes]]:
     (the shippers' files are on other hosts)."""
 
     def fetch(run_id: str) -> list[bytes]:
+        import asyncio
+
         return asyncio.run(_read_subject(nats_url, f"{STREAM}.part.*.{subject_token(run_id)}"))
 
     return fetch
 
 
 async def _read_subject(nats_url: str, subject: str) -> list[bytes]:
+    import nats  # loaded by the commands that speak to NATS, not by every command
+    from nats.js.api import DeliverPolicy
+
     client = await nats.connect(nats_url)
     try:
         js = client.jetstream()

@@ -19,9 +19,9 @@ import pytest
 from golden.test_golden import differences, portable
 
 from runwatch.sinks.store import (
-    DB_ERRORS,
     Store,
     connect,
+    db_errors,
     is_postgres,
     open_store,
     transaction,
@@ -35,8 +35,9 @@ from runwatch.sinks.store.api import (
     StoreError,
 )
 from runwatch.sinks.store.postgres import PostgresStore, drop_schema, swap_schema
-from runwatch.sinks.store.postgres_sql import Target, to_postgres
+from runwatch.sinks.store.postgres_sql import to_postgres
 from runwatch.sinks.store.schema import SCHEMA_VERSION
+from runwatch.sinks.store.target import Target
 from runwatch.stream.core.decisions import Decisions
 from runwatch.stream.core.decode import RAW_KEEP
 from runwatch.stream.core.lines import LineSplitter
@@ -189,7 +190,7 @@ def test_one_writer_at_a_time(store_target: Where) -> None:
     try:
         with transaction(first):
             first.execute("INSERT INTO counters VALUES (?, ?)", ("held", 1))
-            with pytest.raises(DB_ERRORS):
+            with pytest.raises(db_errors()):
                 second.execute("BEGIN IMMEDIATE")
         with transaction(second):
             second.execute("UPDATE counters SET value = ? WHERE name = ?", (2, "held"))
@@ -206,7 +207,7 @@ def test_commit_is_atomic(store: Store) -> None:
         raise RuntimeError("crash after the writes")
     broken = everything()
     broken.alert_states.append(("rule", "g", None))  # type: ignore[arg-type]
-    with pytest.raises(DB_ERRORS):
+    with pytest.raises(db_errors()):
         store.commit(broken, NOW)  # fails on its last table, after all the others
     assert all(not table for table in store.snapshot().values())
     assert store.counters() == {} and store.checkpoints() == {}

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from helpers import replay_into
-from runwatch.sinks.store.postgres_sql import Target
+from runwatch.sinks.store.target import Target
 from runwatch.stream.devtools.writer import simulate
 from runwatch.stream.services.replay import replay
 from runwatch.stream.settings.service import Settings
