@@ -86,9 +86,10 @@ def _printable(target: str | Path) -> str:
 
 def _health(dashboard: Any) -> tuple[bool, dict[str, Any]]:
     """The one check that matters without the service: the database answers."""
+    failures: tuple[type[Exception], ...] = (StoreError, *db_errors())
     try:
         seq = dashboard.readers.read(web_reads.change_seq)
-    except (StoreError, *db_errors()) as exc:
+    except failures as exc:
         ok, detail = False, " ".join(str(exc).split())
     else:
         ok, detail = True, f"readable, change {seq}"
