@@ -8,8 +8,9 @@
 - A service module in stream/services/ imports no other service module, except the shared
   runtime.py, lock.py, health.py, parallel.py and partitions.py.
 - Only stream/cli/ imports stream.cli; sinks/ never imports stream/.
-- Starting the CLI for `replay` loads no driver or network client it does not use
-  (ON_DEMAND): each costs every process, worker or not, megabytes and start-up time.
+- Starting the CLI for `replay` or `tail` loads no driver, network client or web framework
+  it does not use (ON_DEMAND and the like): each costs every process, worker or not,
+  megabytes and start-up time.
 - stream/ keeps at most MAX_TOP_LEVEL modules at its top level (the rest live in role
   subpackages), and no source module is longer than MAX_LINES lines.
 
@@ -235,12 +236,23 @@ def test_sinks_do_not_import_stream() -> None:
     assert offenders == []
 
 
-def test_replay_loads_no_driver_or_client_it_does_not_use() -> None:
+@pytest.mark.parametrize(
+    ("service", "unused"),
+    [
+        ("replay", ON_DEMAND),
+        ("tail", ("psycopg", "nats", "requests", "starlette", "uvicorn")),
+    ],
+)
+def test_a_service_loads_no_driver_or_client_it_does_not_use(
+    service: str, unused: tuple[str, ...]
+) -> None:
     """A replay of SQLite files (and each of its forked workers) never needs PostgreSQL,
-    NATS, HTTP, Prometheus or file watching; they are imported where they are used."""
+    NATS, HTTP, Prometheus or file watching; `tail` on files needs no PostgreSQL, NATS or
+    HTTP client, nor the web framework until `metrics_addr` is set. They are imported where
+    they are used."""
     program = (
-        "import sys, runwatch.stream.cli.main, runwatch.stream.services.replay;"
-        f"print(sorted(m for m in {ON_DEMAND!r} if m in sys.modules))"
+        f"import sys, runwatch.stream.cli.main, runwatch.stream.services.{service};"
+        f"print(sorted(m for m in {unused!r} if m in sys.modules))"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", program], capture_output=True, text=True, check=True

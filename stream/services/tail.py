@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from runwatch.projections import DerivedEvent
 from runwatch.sinks.audit import AuditLog
@@ -41,8 +41,9 @@ from runwatch.stream.settings.service import Settings, Source, parse_address
 from runwatch.stream.sources.discovery import static_prefix
 from runwatch.stream.sources.follow import FileId, Follower
 from runwatch.stream.sources.watch import FileChanges, Passes, watch_files
-from runwatch.stream.web.app import Dashboard
-from runwatch.stream.web.server import WebServer
+
+if TYPE_CHECKING:  # the web server and its framework load only with `metrics_addr`
+    from runwatch.stream.web.server import WebServer
 
 SLICE_BYTES: Final = 256 << 10
 """A read is folded this much at a time, so that a read of many new runs can be written
@@ -352,6 +353,9 @@ class TailService:
         """The metrics, the health checks and the dashboard, on `metrics_addr`."""
         if self.settings.metrics_addr is None:
             return
+        from runwatch.stream.web.app import Dashboard
+        from runwatch.stream.web.server import WebServer
+
         host, port = parse_address(self.settings.metrics_addr)
         token = self.settings.http.token
         dashboard = Dashboard(
