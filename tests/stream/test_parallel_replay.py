@@ -3,7 +3,6 @@ rows, counts and dead letters of folding everything in one process."""
 
 from __future__ import annotations
 
-import hashlib
 import sqlite3
 import zlib
 from collections.abc import Iterator
@@ -15,10 +14,11 @@ import orjson
 import pytest
 
 from helpers import snapshot
+from runwatch.projections import Event
 from runwatch.sinks.store.keys import GroupKey, IndexEntry
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import wall_clock
-from runwatch.stream.core.decode import NO_LATEST
+from runwatch.stream.core.decode import NO_LATEST, decode
 from runwatch.stream.core.groups import new_state
 from runwatch.stream.core.lines import Lines
 from runwatch.stream.core.processor import Processor
@@ -30,6 +30,8 @@ from runwatch.stream.services.partitions import PartitionedFold, partition_of, s
 from runwatch.stream.services.replay import replay
 from runwatch.stream.settings.service import Settings
 from runwatch.stream.sources.discovery import expand
+
+START = 1767261600  # 2026-01-01T10:00:00Z
 
 
 @contextmanager
@@ -379,6 +381,20 @@ def test_a_pattern_run_goes_whole_to_one_worker_whatever_run_its_lines_name(
     assert partition_of(orjson.dumps(lines[11]), 2) == partition_of(orjson.dumps(first), 2)
 
 
+def _copies_much_later(
+    path: Path, firsts: list[dict[str, Any]], copies: list[dict[str, Any]]
+) -> Path:
+    """`firsts`, then 600 lines of other runs, `copies`, and 50 more: enough batches apart
+    (at 4 KB a batch) that the first lines' runs have left their workers."""
+    filler = [
+        {"event_type": "task_progress", "timestamp": START + n, "run_id": f"r{n}", "task_id": "t"}
+        for n in range(650)
+    ]
+    lines = [*firsts, *filler[:600], *copies, *filler[600:]]
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    return path
+
+
 @pytest.mark.parametrize("workers", [2, 4])
 def test_a_mangled_copy_batches_later_changes_nothing_as_in_one_process(
     tmp_path: Path, workers: int
@@ -387,32 +403,25 @@ def test_a_mangled_copy_batches_later_changes_nothing_as_in_one_process(
     its run and its pattern run went quiet and left their workers: the part holding the copy
     repeats an event the parent has, so it is folded again without it, from the file, and
     the copy is a duplicate that changes nothing, as in one process."""
-    start = 1767261600
     run_event = {
         "event_id": "r-1",
         "event_type": "task_started",
-        "timestamp": start + 5,
+        "timestamp": START + 5,
         "run_id": "run-a",
         "task_id": "t1",
     }
     pattern_event = {
         "event_id": "p-1",
         "event_type": "pattern.selection.started",
-        "timestamp": start + 5,
+        "timestamp": START + 5,
         "pattern_run_id": "PRUN-a",
         "status": "in_progress",
     }
-    filler = [
-        {"event_type": "task_progress", "timestamp": start + n, "run_id": f"r{n}", "task_id": "t"}
-        for n in range(650)
-    ]
     mangled = [
-        {**run_event, "timestamp": start - 86_400, "event_type": "task_failed"},
-        {**pattern_event, "timestamp": start - 86_400, "status": "failed"},
+        {**run_event, "timestamp": START - 86_400, "event_type": "task_failed"},
+        {**pattern_event, "timestamp": START - 86_400, "status": "failed"},
     ]
-    lines = [run_event, pattern_event, *filler[:600], *mangled, *filler[600:]]
-    log = tmp_path / "copies.jsonl"
-    log.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    log = _copies_much_later(tmp_path / "copies.jsonl", [run_event, pattern_event], mangled)
 
     one = replay([log], tmp_path / "one.db", Settings(), progress=False, workers=0)
     many = replay(
@@ -514,9 +523,11 @@ def test_a_repeat_read_back_from_a_replaced_file_stops_the_replay(tmp_path: Path
     """Folding a part again reads its lines back from the file; if the file was replaced
     meanwhile, the replay stops naming the file and byte, rather than fold other lines."""
     log = tmp_path / "log.jsonl"
-    line = orjson.dumps({"event_type": "run_started", "timestamp": 1767261600, "run_id": "a"})
+    line = orjson.dumps({"event_type": "run_started", "timestamp": START, "run_id": "a"})
     log.write_bytes(line + b"\n")
-    entry = IndexEntry(f"h:{hashlib.blake2b(line, digest_size=16).hexdigest()}", 1, 0, len(line))
+    event = decode(line)
+    assert isinstance(event, Event)
+    entry = IndexEntry(event.id, 1, 0, len(line))
     key = GroupKey.run("a")
     refold = refolder(key, new_state(key), {1: log}, NO_LATEST)
     assert refold([entry]).seen == {entry.event_id}
@@ -531,22 +542,15 @@ def test_a_mangled_copy_naming_another_task_leaves_the_run_as_one_process_folds_
     """A late copy of an event that names another task: the worker folded (and wrote a row
     for) a task the run never had; the merge marks for rewriting only the tasks the run has,
     so it does not fail, and the run and its real task come out as in one process."""
-    start = 1767261600
     first = {
         "event_id": "r-1",
         "event_type": "task_started",
-        "timestamp": start + 5,
+        "timestamp": START + 5,
         "run_id": "run-a",
         "task_id": "t1",
     }
-    filler = [
-        {"event_type": "task_progress", "timestamp": start + n, "run_id": f"r{n}", "task_id": "t"}
-        for n in range(650)
-    ]
     copy = {**first, "task_id": "t9", "event_type": "task_failed"}
-    lines = [first, *filler[:600], copy, *filler[600:]]
-    log = tmp_path / "copies.jsonl"
-    log.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    log = _copies_much_later(tmp_path / "copies.jsonl", [first], [copy])
 
     replay([log], tmp_path / "one.db", Settings(), progress=False, workers=0)
     replay([log], tmp_path / "two.db", Settings(), progress=False, workers=2, chunk_bytes=4096)
