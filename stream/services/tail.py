@@ -246,8 +246,10 @@ class TailService:
                         )
                     )
                     due_heartbeat = now + self.intervals.heartbeat
-                self._commit(runtime, follower, notes, audit, taken, more=flight is not None)
-                collector.collect()  # also while idle: the dispatcher and web threads make garbage
+                if not self._commit(
+                    runtime, follower, notes, audit, taken, more=flight is not None
+                ):
+                    collector.collect()  # idle too: the dispatcher and web threads make garbage
                 self.last_loop = time.monotonic()
                 behind = follower.behind or flight is not None
                 if behind:
@@ -273,10 +275,10 @@ class TailService:
         taken: tuple[list[Checkpoint], list[FileId]] | None = None,
         *,
         more: bool = False,
-    ) -> None:
+    ) -> bool:
         """Commit what was folded with the checkpoints it reaches: those `taken` when a
         backlog read was, then those of what was read since, unless that read is still
-        being folded (`more`)."""
+        being folded (`more`). Whether it committed (a commit collects young garbage)."""
         processor = runtime.processor
         checkpoints, forgotten = taken or ([], [])
         if not more:
@@ -287,7 +289,7 @@ class TailService:
             notes.clear()
         now = now_us()
         if not (checkpoints or forgotten or runtime.recorded.is_set() or processor.has_work(now)):
-            return
+            return False
         evaluated = runtime.take_recorded()
         processor.forget_files(forgotten)
         derived = processor.commit(checkpoints, now=now, evaluated=evaluated)
@@ -301,6 +303,7 @@ class TailService:
         records = audit.drain()
         self.metrics.record(records)
         self.console.records(records)
+        return True
 
     def _publish(self, processor: Processor, follower: Follower) -> None:
         """Gauges and the status file: what the service is doing now, for scrapers, health
