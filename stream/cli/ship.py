@@ -20,7 +20,6 @@ from runwatch.stream.errors import UsageError
 from runwatch.stream.sources.nats import STREAM, subject_token
 
 DEFAULT_URL: Final = "nats://127.0.0.1:4222"
-DEFAULT_STREAM: Final = STREAM
 DEFAULT_DB: Final = Path(".state/ship.db")
 
 
@@ -43,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     config_option(parser)
     parser.add_argument(
         "--stream",
-        default=DEFAULT_STREAM,
+        default=STREAM,
         metavar="NAME",
         help="JetStream stream, created on runwatch.part.> if missing (default: %(default)s)",
     )
