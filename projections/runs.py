@@ -15,61 +15,15 @@ run of ten tasks and one of two hundred thousand; and its state is saved in part
 
 from __future__ import annotations
 
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from .events import DerivedEvent, Event, format_time
+from .lifecycle import KINDS, RUN_EXPLICIT_END, STEP_STATUS, classify
 from .tasks import TASK_TERMINAL, Key, TaskState
 
 RUN_TERMINAL: Final = frozenset({"succeeded", "failed", "partial", "quarantined", "canceled"})
 TASK_STATUSES: Final = ("pending", "running", "succeeded", "failed", "skipped", "canceled")
 
-# event type -> (rank, status); status None means "read payload.status" (step_completed).
-TASK_LIFECYCLE: Final[dict[str, tuple[int, str | None]]] = {
-    "task_created": (0, "pending"),
-    "task_assigned": (0, "pending"),
-    "task_started": (1, "running"),
-    "step_started": (1, "running"),
-    "task_progress": (2, "running"),
-    "task_completed": (3, "succeeded"),
-    "task_succeeded": (3, "succeeded"),
-    "task_failed": (3, "failed"),
-    "step_failed": (3, "failed"),
-    "task_skipped": (3, "skipped"),
-    "task_canceled": (3, "canceled"),
-    "task_cancelled": (3, "canceled"),
-    "step_completed": (3, None),
-}
-TASK_START: Final = frozenset({"task_started", "step_started"})
-
-# event type -> status; "" means "payload.status if valid, else derived from the tasks".
-RUN_EXPLICIT_END: Final[dict[str, str]] = {
-    "run_completed": "",
-    "run_succeeded": "succeeded",
-    "run_failed": "failed",
-    "run_quarantined": "quarantined",
-    "run_canceled": "canceled",
-    "run_cancelled": "canceled",
-}
-
-# workstream/job lifecycle suffix -> (rank, status)
-WORKSTREAM_LIFECYCLE: Final[dict[str, tuple[int, str]]] = {
-    "created": (0, "pending"),
-    "started": (1, "running"),
-    "paused": (2, "paused"),
-    "resumed": (2, "running"),
-    "completed": (3, "succeeded"),
-    "failed": (3, "failed"),
-    "cancelled": (3, "canceled"),
-    "canceled": (3, "canceled"),
-}
-
-STEP_STATUS: Final = {
-    "succeeded": "succeeded",
-    "failed": "failed",
-    "canceled": "canceled",
-    "cancelled": "canceled",
-    "skipped": "skipped",
-}
 _ERROR_SEVERITIES: Final = frozenset({"error", "critical"})
 
 
@@ -142,7 +96,7 @@ class RunState:
             self.created_at = t
         if self.last_event_at is None or t > self.last_event_at:
             self.last_event_at = t
-        kind = _KINDS.get(e.type) or _classify(e.type)
+        kind = KINDS.get(e.type) or classify(e.type)
         failed, run_level, workstream_level, lifecycle, rank, task_status, task_start = kind
         if failed or e.severity in _ERROR_SEVERITIES:
             self.errors += 1
@@ -501,40 +455,6 @@ class RunState:
         state._ended_stale = True
         state.dirty_workstreams.clear()
         return state
-
-
-class _Kind(NamedTuple):
-    """What an event type means to the run fold, worked out once per distinct type."""
-
-    failed: bool
-    run_level: bool
-    workstream_level: bool
-    workstream_lifecycle: tuple[int, str] | None
-    task_rank: int  # -1: not a task lifecycle event
-    task_status: str | None  # None: read payload.status (step_completed)
-    task_start: bool
-
-
-_KINDS: dict[str, _Kind] = {}
-
-
-def _classify(etype: str) -> _Kind:
-    lifecycle = TASK_LIFECYCLE.get(etype)
-    workstream_level = etype.startswith(("workstream_", "job_"))
-    kind = _Kind(
-        failed=etype.endswith("_failed"),
-        run_level=etype.startswith("run_"),
-        workstream_level=workstream_level,
-        workstream_lifecycle=WORKSTREAM_LIFECYCLE.get(etype.partition("_")[2])
-        if workstream_level
-        else None,
-        task_rank=lifecycle[0] if lifecycle else -1,
-        task_status=lifecycle[1] if lifecycle else None,
-        task_start=etype in TASK_START,
-    )
-    if len(_KINDS) < 10_000:  # event types are a small set; never grow without bound
-        _KINDS[etype] = kind
-    return kind
 
 
 def _min(a: int | None, b: int | None) -> int | None:

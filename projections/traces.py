@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import Any, Final, Literal
 
 from .events import to_micros
-from .runs import STEP_STATUS, TASK_LIFECYCLE, TASK_START
+from .lifecycle import STEP_STATUS, TASK_LIFECYCLE, TASK_START
 
 Attributes = dict[str, str | int | float | bool]
 Row = Mapping[str, Any]

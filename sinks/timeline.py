@@ -11,7 +11,7 @@ from html import escape
 from typing import Any
 
 from runwatch.projections import to_micros
-from runwatch.projections.runs import STEP_STATUS, TASK_LIFECYCLE, TASK_START
+from runwatch.projections.lifecycle import STEP_STATUS, TASK_LIFECYCLE, TASK_START
 from runwatch.projections.tasks import TASK_TERMINAL
 
 Row = Mapping[str, Any]
