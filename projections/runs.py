@@ -15,10 +15,17 @@ run of ten tasks and one of two hundred thousand; and its state is saved in part
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable
 from typing import Any, Final
 
 from .events import DerivedEvent, Event, format_time
-from .lifecycle import KINDS, RUN_EXPLICIT_END, STEP_STATUS, classify
+from .lifecycle import (
+    KINDS,
+    RUN_EXPLICIT_END,
+    STEP_STATUS,
+    classify,
+)
 from .tasks import TASK_TERMINAL, Key, TaskState
 
 RUN_TERMINAL: Final = frozenset({"succeeded", "failed", "partial", "quarantined", "canceled"})
@@ -46,10 +53,14 @@ class RunState:
         "last_event_at",
         "reported_events",
         "reported_status",
+        "retired_end",
+        "retired_events",
+        "retired_tasks",
         "run_id",
         "seen",
         "stalled",
         "started_at",
+        "task_events",
         "tasks",
         "workstream_counts",
         "workstreams",
@@ -81,6 +92,11 @@ class RunState:
         self.abandoned = False  # silent past forget_after; any new event clears it
         self.dirty_tasks: set[str] = set()
         self.dirty_workstreams: set[str] = set()
+        # A big run's finished tasks may leave memory (`retire`); the rows still count them.
+        self.retired_tasks = 0
+        self.retired_events = 0  # ids that left `seen` with their tasks
+        self.retired_end: int | None = None  # the latest end among the retired tasks
+        self.task_events: dict[str, list[str]] | None = None  # each task's ids, once retiring
 
     def apply(self, e: Event) -> bool:
         """Fold one orchestrator event of this run in; False (and no change) for a duplicate."""
@@ -113,6 +129,8 @@ class RunState:
                 task = self.tasks[task_id] = TaskState()
                 self.counts["pending"] += 1
             self.dirty_tasks.add(task_id)
+            if self.task_events is not None:
+                self.task_events.setdefault(task_id, []).append(eid)
             status, member = task.status, task.workstream
             key = (t, rank, eid)
             if ws is not None and (task.workstream_key is None or key > task.workstream_key):
@@ -220,10 +238,9 @@ class RunState:
 
     def _last_end(self) -> int | None:
         if self._ended_stale:
-            self._ended_max = max(
-                (t.key[0] for t in self.tasks.values() if t.key and t.status in TASK_TERMINAL),
-                default=None,
-            )
+            ends = (t.key[0] for t in self.tasks.values() if t.key and t.status in TASK_TERMINAL)
+            retired = () if self.retired_end is None else (self.retired_end,)
+            self._ended_max = max(itertools.chain(ends, retired), default=None)
             self._ended_stale = False
         return self._ended_max
 
@@ -274,6 +291,41 @@ class RunState:
                 return _derived_end_status(counts), self._last_end()
         return ("running" if self.started_at is not None else "pending"), None
 
+    @property
+    def events_total(self) -> int:
+        return len(self.seen) + self.retired_events
+
+    def retire(self, task_ids: Iterable[str]) -> list[tuple[str, int, list[Any]]]:
+        """Let finished tasks, clean since the last flush, leave memory with the ids of their
+        events: (task id, end, saved form for `page_in`) of each. Events of a retired task
+        must wait for it to come back. From now on the run keeps each task's event ids."""
+        events = self.task_events
+        if events is None:
+            events = self.task_events = {}
+        out = []
+        for task_id in task_ids:
+            task = self.tasks.pop(task_id)
+            ids = events.pop(task_id, [])
+            self.seen.difference_update(ids)
+            end = task.key[0]  # type: ignore[index]  # a finished task has a key
+            if self.retired_end is None or end > self.retired_end:
+                self.retired_end = end
+            out.append((task_id, end, [task.to_list(), ids]))
+        self.retired_tasks += len(out)
+        self.retired_events += sum(len(saved[1]) for _, _, saved in out)
+        return out
+
+    def page_in(self, task_id: str, saved: list[Any], retired_end: int | None) -> None:
+        """Take a retired task back from its saved form; `retired_end` is the latest end
+        among the tasks still retired."""
+        task, ids = saved
+        self.tasks[task_id] = TaskState.from_list(task)
+        self.task_events[task_id] = ids  # type: ignore[index]  # retiring: kept per task
+        self.seen.update(ids)
+        self.retired_tasks -= 1
+        self.retired_events -= len(ids)
+        self.retired_end = retired_end
+
     def is_terminal(self) -> bool:
         return self.status()[0] in RUN_TERMINAL
 
@@ -297,14 +349,14 @@ class RunState:
             "ended_at": format_time(ended_at),
             "last_event_at": format_time(self.last_event_at),
             "duration_s": duration,
-            "tasks_total": max(self.declared_total, len(self.tasks)),
+            "tasks_total": max(self.declared_total, len(self.tasks) + self.retired_tasks),
             "tasks_succeeded": counts["succeeded"],
             "tasks_failed": counts["failed"],
             "tasks_running": counts["running"],
             "tasks_pending": counts["pending"],
             "tasks_skipped": counts["skipped"],
             "tasks_canceled": counts["canceled"],
-            "events_total": len(self.seen),
+            "events_total": self.events_total,
             "error_events": self.errors,
             "stalled": int(self.stalled and status not in RUN_TERMINAL),
         }
@@ -353,14 +405,14 @@ class RunState:
         follow; `explicit` says whether a run-level terminal event decided the status."""
         status, ended_at = current or self.status()
         previous = self.reported_status
-        events_before, self.reported_events = self.reported_events, len(self.seen)
+        events_before, self.reported_events = self.reported_events, self.events_total
         at = ended_at if ended_at is not None else (self.last_event_at or 0)
         explicit = self.explicit_key is not None
         was_terminal = previous in RUN_TERMINAL
         if status == previous:
-            if not was_terminal or len(self.seen) == events_before:
+            if not was_terminal or self.events_total == events_before:
                 return []
-            data = {"status": status, "events_total": len(self.seen), "explicit": explicit}
+            data = {"status": status, "events_total": self.events_total, "explicit": explicit}
             return [DerivedEvent("RUN_UPDATED", at, self.run_id, data)]
         self.reported_status = status
         if status in RUN_TERMINAL and not was_terminal:

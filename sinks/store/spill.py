@@ -1,8 +1,9 @@
-"""What a replay holds back until its input is folded, kept on disk instead of in memory.
+"""What would grow with history in memory, kept on disk instead: each in a private temporary
+SQLite database (deleted when closed, its page cache bounded).
 
-A replay decides its alerts once, over every trigger in event-time order; held in memory,
-those triggers grow with history. Here they go to a private temporary SQLite database
-(deleted when closed, its page cache bounded) and come back sorted, a batch at a time.
+A replay decides its alerts once, over every trigger in event-time order; those triggers go
+to `HeldOnDisk` and come back sorted, a batch at a time. A giant run's finished tasks go to
+`TasksOnDisk` and come back one by one, when an event of one turns up again.
 """
 
 from __future__ import annotations
@@ -70,6 +71,54 @@ class HeldOnDisk:
         cursor = self._db.execute("SELECT body FROM derived ORDER BY time, seq")
         while rows := cursor.fetchmany(batch):
             yield [body for (body,) in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class TasksOnDisk:
+    """Finished tasks of big runs out of memory, each under the part number of the run's
+    state in memory that retired it (see `stream.core.retire`): until an event of one comes
+    back, or that state is dropped."""
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("", isolation_level=None)
+        self._db.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+        self._db.execute("PRAGMA journal_mode=OFF")
+        self._db.execute("PRAGMA synchronous=OFF")
+        self._db.execute(
+            "CREATE TABLE tasks (part INTEGER NOT NULL, task_id TEXT NOT NULL, "
+            "ended INTEGER NOT NULL, state BLOB NOT NULL, PRIMARY KEY (part, task_id)) "
+            "WITHOUT ROWID"
+        )
+
+    def put(self, part: int, rows: Iterable[tuple[str, int, bytes]]) -> None:
+        """Keep (task id, end, saved state) rows; one task id is kept once per part."""
+        db = self._db
+        db.execute("BEGIN")
+        db.executemany(
+            "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?)",
+            ((part, task_id, ended, state) for task_id, ended, state in rows),
+        )
+        db.execute("COMMIT")
+
+    def take(self, part: int, task_id: str) -> bytes | None:
+        """The saved state of a task, which leaves the disk (None: not kept)."""
+        rows = self._db.execute(
+            "DELETE FROM tasks WHERE part=? AND task_id=? RETURNING state", (part, task_id)
+        ).fetchall()
+        return bytes(rows[0][0]) if rows else None
+
+    def latest_end(self, part: int) -> int | None:
+        row = self._db.execute("SELECT max(ended) FROM tasks WHERE part=?", (part,)).fetchone()
+        return None if row is None else row[0]
+
+    def task_ids(self, part: int) -> Iterator[str]:
+        for (task_id,) in self._db.execute("SELECT task_id FROM tasks WHERE part=?", (part,)):
+            yield task_id
+
+    def drop(self, parts: Iterable[int]) -> None:
+        self._db.executemany("DELETE FROM tasks WHERE part=?", ((p,) for p in parts))
 
     def close(self) -> None:
         self._db.close()

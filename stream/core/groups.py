@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import orjson
 
@@ -15,6 +15,9 @@ from runwatch.sinks.store.api import Changes
 from runwatch.sinks.store.keys import PATTERN, RUN, GroupKey, IndexEntry, dump_index, index_ids
 from runwatch.stream.core.blobs import dumps_exact
 from runwatch.stream.core.tally import Tally
+
+if TYPE_CHECKING:
+    from runwatch.stream.core.retire import Retired
 
 State = RunState | PatternRunState | OrphanEvents
 Observe = Callable[[Event, str, bool], None]
@@ -74,7 +77,7 @@ class PendingIndex:
 class Group:
     """A unit of folding: one run, one pattern run, or the events that belong to neither."""
 
-    __slots__ = ("blobbed", "dirty", "index_blobs", "key", "new_index", "state")
+    __slots__ = ("blobbed", "dirty", "index_blobs", "key", "new_index", "retired", "state")
 
     def __init__(self, key: GroupKey, state: State) -> None:
         self.key = key
@@ -83,6 +86,7 @@ class Group:
         self.index_blobs: list[bytes] = []  # index entries already serialised
         self.blobbed = 0  # how many entries `index_blobs` hold
         self.dirty = False
+        self.retired: Retired | None = None  # a big run's finished tasks out of memory
 
     def take_index(self) -> bytes:
         """The index entries not yet written, serialised; the group holds none after."""
@@ -97,6 +101,21 @@ def new_state(key: GroupKey, seen: set[str] | None = None) -> State:
     if key.kind == PATTERN:
         return PatternRunState(key.name, seen)
     return OrphanEvents(seen)
+
+
+def write_run(changes: Changes, key: str, state: RunState, current: tuple[str, int | None]) -> None:
+    """Put a run's row, the rows and states of its changed tasks and workstreams, and its
+    header into `changes`; nothing is left marked changed."""
+    changes.runs.append(state.row(current))
+    dirty, tasks = state.dirty_tasks, state.tasks
+    changes.tasks.extend(state.task_rows(dirty))
+    changes.task_states.extend(
+        (key, task_id, dumps_exact(tasks[task_id].to_list())) for task_id in dirty
+    )
+    dirty.clear()
+    changes.workstreams.extend(state.workstream_rows(state.dirty_workstreams))
+    state.dirty_workstreams.clear()
+    changes.states.append((key, dumps_exact(state.header())))
 
 
 def orphan_day(time: int) -> str:

@@ -55,8 +55,10 @@ from runwatch.stream.core.groups import (
     restore,
     settled,
     write_adopted,
+    write_run,
 )
 from runwatch.stream.core.lines import Lines
+from runwatch.stream.core.retire import Retirement
 from runwatch.stream.core.tally import Tally
 from runwatch.stream.core.unstorable import drop_runs, rejections, set_aside
 
@@ -80,14 +82,16 @@ class Processor:
         decisions: Decisions | None = None,
         observe: Observe | None = None,
         latest_time: Callable[[], int] | None = None,
+        retirement: Retirement | None = None,
     ) -> None:
         """Without a store the processor only folds in memory (a replay worker's part).
         `known_groups`: every group key the store holds (spares a lookup per new group).
         `rules` make triggers of new events, `decisions` outbox entries of them at commit;
         `observe` sees every decoded event. `latest_time` (read once a batch): the latest
         event time accepted. A run silent past `forget_after_s` is abandoned. The cache holds
-        `max_groups` groups, up to `max_groups_ceiling` while evicted ones come back."""
-        self._store = store
+        `max_groups` groups, up to `max_groups_ceiling` while evicted ones come back.
+        `retirement` takes a big run's finished tasks out of memory (default: none do)."""
+        self._store, self._retirement = store, retirement or Retirement(None)
         self._rules, self._observe = rules, observe
         self._latest_time = latest_time
         self._sources: dict[int, str] = {}
@@ -170,6 +174,8 @@ class Processor:
                             cache.move_to_end(key)
                         last_key = key
                     try:
+                        if group.retired is not None and event.task is not None:
+                            self._retirement.bring_back(group, event.task)
                         fresh = group.state.apply(event)
                         found = (
                             rules.match_event(event)
@@ -362,6 +368,8 @@ class Processor:
             group = self._load(key)
         else:
             self._cache.move_to_end(key)
+        if group.retired is not None:  # a refold's tasks are among the partial's
+            self._retirement.before_merge(group, partial)  # type: ignore[arg-type]  # a run
         known, events = group.state.seen & partial.seen, len(partial.seen)
         if known:
             fresh = [entry for entry in load_index(index) if entry.event_id not in known]
@@ -464,18 +472,10 @@ class Processor:
             current = state.status()
             self._derived.extend(state.observe(current))
             self._track_open(state, current[0] in RUN_TERMINAL)
-            changes.runs.append(state.row(current))
-            dirty, tasks = state.dirty_tasks, state.tasks
-            changes.tasks.extend(state.task_rows(dirty))
-            changes.task_states.extend(
-                (key, task_id, dumps_exact(tasks[task_id].to_list())) for task_id in dirty
-            )
-            dirty.clear()
-            changes.workstreams.extend(state.workstream_rows(state.dirty_workstreams))
-            state.dirty_workstreams.clear()
             if self._store is not None:  # a store-less fold is handed over and merged
                 state.keep_error_count_only()
-            changes.states.append((key, dumps_exact(state.header())))
+            write_run(changes, key, state, current)
+            self._retirement.after_flush(group)
         elif isinstance(state, PatternRunState):
             changes.pattern_runs.append(state.row())
             changes.states.append((key, dumps_exact(state.to_dict())))

@@ -36,12 +36,14 @@ from runwatch.sinks.store.keys import (
     load_index,
 )
 from runwatch.sinks.store.scratch import Scratch
+from runwatch.sinks.store.spill import TasksOnDisk
 from runwatch.stream.console import wall_clock
 from runwatch.stream.core import collector
 from runwatch.stream.core.decode import NO_LATEST, RAW_KEEP, Rejection, decode
 from runwatch.stream.core.groups import Refold, State, from_parts, new_state
 from runwatch.stream.core.lines import Lines, LineSplitter
 from runwatch.stream.core.processor import Processor
+from runwatch.stream.core.retire import Retirement
 from runwatch.stream.core.tally import Tally
 from runwatch.stream.errors import InputError
 
@@ -290,6 +292,7 @@ def folder_for(
         rules=rules,
         observe=None if observer is None else observer.observe,
         latest_time=lambda: latest_us,
+        retirement=Retirement(TasksOnDisk),
     )
 
 

@@ -21,13 +21,14 @@ from runwatch.projections.slo import Slo, SloBook, horizon_s
 from runwatch.sinks.audit import HEAD_KEY, AuditLog
 from runwatch.sinks.store import Store
 from runwatch.sinks.store.slo_reads import announced_levels, finished_runs, finished_runs_of
-from runwatch.sinks.store.spill import HeldOnDisk
+from runwatch.sinks.store.spill import HeldOnDisk, TasksOnDisk
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.sinks.traces import OtlpTarget
 from runwatch.stream.console import wall_clock
 from runwatch.stream.core.decisions import Decisions, Policy
 from runwatch.stream.core.groups import Observe
 from runwatch.stream.core.processor import Processor
+from runwatch.stream.core.retire import Retirement
 from runwatch.stream.delivery import jobs
 from runwatch.stream.delivery.dispatcher import Dispatcher
 from runwatch.stream.delivery.handlers import build_handlers
@@ -164,6 +165,7 @@ class Runtime:
             decisions=decisions,
             observe=observe,
             latest_time=wall_clock_bound(settings.max_future_skew, fixed=replay),
+            retirement=Retirement(TasksOnDisk),
         )
         return cls(store, settings, alerts, processor, target or settings.database, traces)
 
