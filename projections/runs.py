@@ -239,7 +239,7 @@ class RunState:
     def _last_end(self) -> int | None:
         if self._ended_stale:
             ends = (t.key[0] for t in self.tasks.values() if t.key and t.status in TASK_TERMINAL)
-            retired = () if self.retired_end is None else (self.retired_end,)
+            retired = _present(self.retired_end)
             self._ended_max = max(itertools.chain(ends, retired), default=None)
             self._ended_stale = False
         return self._ended_max
@@ -302,17 +302,17 @@ class RunState:
         events = self.task_events
         if events is None:
             events = self.task_events = {}
-        out = []
+        tasks, pop_ids, out, leaving = self.tasks, events.pop, [], []
         for task_id in task_ids:
-            task = self.tasks.pop(task_id)
-            ids = events.pop(task_id, [])
-            self.seen.difference_update(ids)
-            end = task.key[0]  # type: ignore[index]  # a finished task has a key
-            if self.retired_end is None or end > self.retired_end:
-                self.retired_end = end
-            out.append((task_id, end, [task.to_list(), ids]))
+            task = tasks.pop(task_id)
+            ids = pop_ids(task_id, [])
+            leaving += ids
+            out.append((task_id, task.key[0], [task.to_list(), ids]))  # type: ignore[index]
+        self.seen.difference_update(leaving)
+        ends = (end for _, end, _ in out)
+        self.retired_end = max(itertools.chain(ends, _present(self.retired_end)), default=None)
         self.retired_tasks += len(out)
-        self.retired_events += sum(len(saved[1]) for _, _, saved in out)
+        self.retired_events += len(leaving)
         return out
 
     def page_in(self, task_id: str, saved: list[Any], retired_end: int | None) -> None:
@@ -507,6 +507,10 @@ class RunState:
         state._ended_stale = True
         state.dirty_workstreams.clear()
         return state
+
+
+def _present(value: int | None) -> tuple[int, ...]:
+    return () if value is None else (value,)
 
 
 def _min(a: int | None, b: int | None) -> int | None:

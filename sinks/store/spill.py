@@ -93,13 +93,11 @@ class TasksOnDisk:
         )
 
     def put(self, part: int, rows: Iterable[tuple[str, int, bytes]]) -> None:
-        """Keep (task id, end, saved state) rows; one task id is kept once per part."""
+        """Keep (task id, end, saved state) rows of tasks not kept under `part` now. Rows in
+        task id order go in about three times as fast as in a random one."""
         db = self._db
         db.execute("BEGIN")
-        db.executemany(
-            "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?)",
-            ((part, task_id, ended, state) for task_id, ended, state in rows),
-        )
+        db.executemany(f"INSERT INTO tasks VALUES ({part:d}, ?, ?, ?)", rows)
         db.execute("COMMIT")
 
     def take(self, part: int, task_id: str) -> bytes | None:

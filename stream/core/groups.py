@@ -11,6 +11,7 @@ import orjson
 
 from runwatch.projections import DerivedEvent, Event, OrphanEvents, PatternRunState, RunState
 from runwatch.projections.alerts import Trigger
+from runwatch.projections.events import format_time
 from runwatch.sinks.store.api import Changes
 from runwatch.sinks.store.keys import PATTERN, RUN, GroupKey, IndexEntry, dump_index, index_ids
 from runwatch.stream.core.blobs import dumps_exact
@@ -116,6 +117,26 @@ def write_run(changes: Changes, key: str, state: RunState, current: tuple[str, i
     changes.workstreams.extend(state.workstream_rows(state.dirty_workstreams))
     state.dirty_workstreams.clear()
     changes.states.append((key, dumps_exact(state.header())))
+
+
+def track_open(
+    open_runs: dict[str, tuple[int, bool]], state: RunState, terminal: bool
+) -> list[DerivedEvent]:
+    """Keep `open_runs` (last event time, stalled) in step with a run just written; a stalled
+    run that has ended is no longer stalled, and says so (RUN_RECOVERED)."""
+    if terminal:
+        open_runs.pop(state.run_id, None)
+        if state.stalled:
+            state.stalled = False
+            at = state.last_event_at
+            data = {"reason": "completed", "last_event_at": format_time(at)}
+            return [DerivedEvent("RUN_RECOVERED", at or 0, state.run_id, data)]
+    elif state.abandoned:
+        open_runs.pop(state.run_id, None)
+    else:
+        assert state.last_event_at is not None
+        open_runs[state.run_id] = (state.last_event_at, state.stalled)
+    return []
 
 
 def orphan_day(time: int) -> str:

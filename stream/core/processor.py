@@ -17,7 +17,6 @@ from runwatch.projections import (
     PatternRunState,
     RunState,
     detect_stalls,
-    format_time,
 )
 from runwatch.projections.alerts import RuleSet, Trigger
 from runwatch.sinks.store.api import (
@@ -54,6 +53,7 @@ from runwatch.stream.core.groups import (
     orphan_day,
     restore,
     settled,
+    track_open,
     write_adopted,
     write_run,
 )
@@ -173,8 +173,9 @@ class Processor:
                             group = cached
                             cache.move_to_end(key)
                         last_key = key
+                        held = None if group.retired is None else group.state.tasks  # type: ignore[union-attr]
                     try:
-                        if group.retired is not None and event.task is not None:
+                        if held is not None and event.task not in held:  # left, or new
                             self._retirement.bring_back(group, event.task)
                         fresh = group.state.apply(event)
                         found = (
@@ -471,7 +472,7 @@ class Processor:
             # Only what changed since the last flush: a commit costs the same for any run size.
             current = state.status()
             self._derived.extend(state.observe(current))
-            self._track_open(state, current[0] in RUN_TERMINAL)
+            self._derived.extend(track_open(self._open_runs, state, current[0] in RUN_TERMINAL))
             if self._store is not None:  # a store-less fold is handed over and merged
                 state.keep_error_count_only()
             write_run(changes, key, state, current)
@@ -483,20 +484,6 @@ class Processor:
             # Runless events have no rows; the empty state marks the group as stored, so
             # `load_group` brings its event ids back after an eviction or a restart.
             changes.states.append((key, b"{}"))
-
-    def _track_open(self, state: RunState, terminal: bool) -> None:
-        if terminal:
-            self._open_runs.pop(state.run_id, None)
-            if state.stalled:
-                state.stalled = False
-                at = state.last_event_at
-                data = {"reason": "completed", "last_event_at": format_time(at)}
-                self._derived.append(DerivedEvent("RUN_RECOVERED", at or 0, state.run_id, data))
-        elif state.abandoned:
-            self._open_runs.pop(state.run_id, None)
-        else:
-            assert state.last_event_at is not None
-            self._open_runs[state.run_id] = (state.last_event_at, state.stalled)
 
     def detect(self, now: int, *, bounded: bool = True) -> None:
         """Flag or clear stalls and abandon long-silent runs against `now` (event time in

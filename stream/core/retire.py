@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Final
 
 import orjson
@@ -30,6 +30,7 @@ size never reach it, and pay nothing."""
 
 _BITS_PER_TASK: Final = 16  # with 3 probes: about 1 in 200 new tasks looked up for nothing
 _FIRST_BITS: Final = 1 << 20
+_U64: Final = (1 << 64) - 1
 
 
 class Bloom:
@@ -44,24 +45,31 @@ class Bloom:
         self.capacity = bits // _BITS_PER_TASK
         self.count = 0
 
-    def add(self, key: str) -> None:
-        h, bits, mask = hash(key) & 0xFFFF_FFFF_FFFF_FFFF, self.bits, self.mask
-        step = (h >> 32) | 1
-        for _ in range(3):
+    def update(self, keys: Iterable[str]) -> None:
+        bits, mask, added = self.bits, self.mask, 0
+        for key in keys:
+            h = hash(key) & _U64
+            step = (h >> 32) | 1
             spot = h & mask
             bits[spot >> 3] |= 1 << (spot & 7)
-            h += step
-        self.count += 1
+            spot = (h + step) & mask
+            bits[spot >> 3] |= 1 << (spot & 7)
+            spot = (h + 2 * step) & mask
+            bits[spot >> 3] |= 1 << (spot & 7)
+            added += 1
+        self.count += added
 
     def __contains__(self, key: str) -> bool:
-        h, bits, mask = hash(key) & 0xFFFF_FFFF_FFFF_FFFF, self.bits, self.mask
+        h, bits, mask = hash(key) & _U64, self.bits, self.mask
         step = (h >> 32) | 1
-        for _ in range(3):
-            spot = h & mask
-            if not bits[spot >> 3] >> (spot & 7) & 1:
-                return False
-            h += step
-        return True
+        spot = h & mask
+        if not bits[spot >> 3] >> (spot & 7) & 1:
+            return False
+        spot = (h + step) & mask
+        if not bits[spot >> 3] >> (spot & 7) & 1:
+            return False
+        spot = (h + 2 * step) & mask
+        return bool(bits[spot >> 3] >> (spot & 7) & 1)
 
 
 class Retired:
@@ -110,21 +118,21 @@ class Retirement:
         if retired is None:
             retired = group.retired = Retired(next(self._parts))
             weakref.finalize(retired, self._dropped.append, retired.part)
-        leaving = state.retire(done)
+        done.sort()  # see `put`; and each row is made as it is written: orjson's result
+        leaving = state.retire(done)  # holds a buffer of some KiB while it lives
         disk.put(retired.part, ((t, end, orjson.dumps(saved)) for t, end, saved in leaving))
         bloom = retired.filter
         if bloom.count + len(leaving) > bloom.capacity:
             retired.filter = bloom = _grown(bloom.count + len(leaving), disk, retired.part)
         else:
-            for task_id in done:
-                bloom.add(task_id)
+            bloom.update(done)
 
-    def bring_back(self, group: Group, task_id: str) -> None:
+    def bring_back(self, group: Group, task_id: str | None) -> None:
         """Before an event of `task_id` is folded into `group` (which has retired tasks):
         take the task back if it left."""
         state, retired = group.state, group.retired
         assert isinstance(state, RunState) and retired is not None
-        if task_id in state.tasks or task_id not in retired.filter:
+        if task_id is None or task_id in state.tasks or task_id not in retired.filter:
             return
         disk = self._open()
         blob = disk.take(retired.part, task_id)
@@ -157,6 +165,5 @@ def _grown(members: int, disk: TaskSpill, part: int) -> Bloom:
     while bits // _BITS_PER_TASK < members * 2:
         bits *= 4
     bloom = Bloom(bits)
-    for task_id in disk.task_ids(part):
-        bloom.add(task_id)
+    bloom.update(disk.task_ids(part))
     return bloom

@@ -187,7 +187,7 @@ def test_a_bloom_filter_never_forgets_a_member_and_grows_from_disk() -> None:
     keys = [f"task-{n}" for n in range(70_000)]
     bloom = Bloom(1 << 16)
     for key in keys[:4_000]:
-        bloom.add(key)
+        bloom.update([key])
     assert all(key in bloom for key in keys[:4_000])
     strangers = sum(key in bloom for key in keys[4_000:])
     assert strangers < 66_000 * 0.01  # about 1 in 200 at capacity
