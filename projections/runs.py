@@ -159,9 +159,9 @@ class RunState:
 
     def merge(self, other: RunState) -> None:
         """Join a partial state of the same run, folded in memory from other events (not
-        restored: it brings its error ids), into this one."""
-        if other.error_ids is None:
-            raise ValueError(f"run {other.run_id}: a state restored or stored cannot be merged")
+        restored: it brings its error ids; whole: none of its tasks retired), into this one."""
+        if other.error_ids is None or other.retired_tasks:
+            raise ValueError(f"run {other.run_id}: only a whole state folded in memory merges")
         new_errors = other.error_ids - self.seen
         self.errors += len(new_errors)
         if self.error_ids is not None:

@@ -12,11 +12,12 @@ import orjson
 import pytest
 
 from helpers import snapshot
-from runwatch.projections import RunState
+from runwatch.projections import Event, RunState
 from runwatch.projections.events import format_time
 from runwatch.sinks.store.spill import TasksOnDisk
 from runwatch.sinks.store.sqlite import SqliteStore
 from runwatch.stream.console import wall_clock
+from runwatch.stream.core.decode import decode
 from runwatch.stream.core.lines import Lines
 from runwatch.stream.core.processor import Processor
 from runwatch.stream.core.retire import Bloom, Retirement, _grown
@@ -254,3 +255,32 @@ def test_late_parts_merged_into_a_run_with_retired_tasks_bring_them_back_first(
     assert merged.count(RUN) >= 4  # two late parts, each merged by both replays
     [row] = [row for row in built["kept"]["runs"] if row["run_id"] == RUN]
     assert (row["events_total"], row["error_events"], row["tasks_running"]) == (6432, 1, 430)
+
+
+def test_a_retired_task_paged_back_in_is_the_task_that_left() -> None:
+    """The pure half: `retire` takes finished tasks out of the state with their event ids
+    and gives their saved form; `page_in` puts each back; the rows never change, and a
+    state missing tasks refuses to be merged into another (its counts would be lost)."""
+    events = [decoded(line) for line in STAGES[0]]
+    whole, parted = RunState(RUN), RunState(RUN)
+    for e in events:
+        whole.apply(e)
+        parted.apply(e)
+    parted.retire(["t3", "t100"])  # tracking starts here: their ids stay in `seen`
+    parted.apply(decoded(event("task_progress", 3, "t4")))
+    whole.apply(decoded(event("task_progress", 3, "t4")))
+    left = {task_id: saved for task_id, _, saved in parted.retire(["t4", "t5"])}
+    assert left["t4"][1] and not left["t5"][1]  # only ids seen since tracking started
+    assert parted.row() == whole.row() and parted.events_total == whole.events_total
+    with pytest.raises(ValueError, match="only a whole state"):
+        RunState(RUN).merge(parted)
+    parted.page_in("t4", left["t4"], retired_end=parted.retired_end)
+    assert parted.task_rows({"t4"}) == whole.task_rows({"t4"})
+    assert parted.apply(decoded(event("task_progress", 3, "t4"))) is False  # a repeat
+    assert parted.row() == whole.row()
+
+
+def decoded(line: bytes) -> Event:
+    event = decode(line)
+    assert isinstance(event, Event)
+    return event
