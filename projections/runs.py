@@ -32,6 +32,9 @@ RUN_TERMINAL: Final = frozenset({"succeeded", "failed", "partial", "quarantined"
 TASK_STATUSES: Final = ("pending", "running", "succeeded", "failed", "skipped", "canceled")
 
 _ERROR_SEVERITIES: Final = frozenset({"error", "critical"})
+TRACK_IDS_FROM: Final = 1_000
+"""Tasks from which a run keeps each task's event ids with it, so that they can leave memory
+with the task when the run grows big (`retire`); the ids of its first tasks stay."""
 
 
 class RunState:
@@ -96,7 +99,7 @@ class RunState:
         self.retired_tasks = 0
         self.retired_events = 0  # ids that left `seen` with their tasks
         self.retired_end: int | None = None  # the latest end among the retired tasks
-        self.task_events: dict[str, list[str]] | None = None  # each task's ids, once retiring
+        self.task_events: dict[str, list[str]] | None = None  # each task's ids, once big
 
     def apply(self, e: Event) -> bool:
         """Fold one orchestrator event of this run in; False (and no change) for a duplicate."""
@@ -128,6 +131,8 @@ class RunState:
             if task is None:
                 task = self.tasks[task_id] = TaskState()
                 self.counts["pending"] += 1
+                if self.task_events is None and len(self.tasks) >= TRACK_IDS_FROM:
+                    self.task_events = {}
             self.dirty_tasks.add(task_id)
             if self.task_events is not None:
                 self.task_events.setdefault(task_id, []).append(eid)
@@ -297,8 +302,9 @@ class RunState:
 
     def retire(self, task_ids: Iterable[str]) -> list[tuple[str, int, list[Any]]]:
         """Let finished tasks, clean since the last flush, leave memory with the ids of their
-        events: (task id, end, saved form for `page_in`) of each. Events of a retired task
-        must wait for it to come back. From now on the run keeps each task's event ids."""
+        events: (task id, end, saved form as `saved_task`'s) of each. Events of a retired
+        task must wait for it to come back. From now on the run keeps each task's event ids
+        (if it did not already: see TRACK_IDS_FROM)."""
         events = self.task_events
         if events is None:
             events = self.task_events = {}
@@ -307,7 +313,7 @@ class RunState:
             task = tasks.pop(task_id)
             ids = pop_ids(task_id, [])
             leaving += ids
-            out.append((task_id, task.key[0], [task.to_list(), ids]))  # type: ignore[index]
+            out.append((task_id, task.key[0], [*task.to_list(), ids]))  # type: ignore[index]
         self.seen.difference_update(leaving)
         ends = (end for _, end, _ in out)
         self.retired_end = max(itertools.chain(ends, _present(self.retired_end)), default=None)
@@ -318,13 +324,21 @@ class RunState:
     def page_in(self, task_id: str, saved: list[Any], retired_end: int | None) -> None:
         """Take a retired task back from its saved form; `retired_end` is the latest end
         among the tasks still retired."""
-        task, ids = saved
-        self.tasks[task_id] = TaskState.from_list(task)
+        ids = saved[6]
+        self.tasks[task_id] = TaskState.from_list(saved)
         self.task_events[task_id] = ids  # type: ignore[index]  # retiring: kept per task
         self.seen.update(ids)
         self.retired_tasks -= 1
         self.retired_events -= len(ids)
         self.retired_end = retired_end
+
+    def saved_task(self, task_id: str) -> list[Any]:
+        """A task as saved: `TaskState.to_list`, then the ids of its events once the run keeps
+        them (so a big run read back from the store can let them go with the task)."""
+        saved = self.tasks[task_id].to_list()
+        if self.task_events is not None:
+            saved.append(sorted(self.task_events.get(task_id, ())))
+        return saved
 
     def is_terminal(self) -> bool:
         return self.status()[0] in RUN_TERMINAL
@@ -501,7 +515,10 @@ class RunState:
         state.workstreams = {
             ws: ((tuple(v[0]), v[1]) if v else None) for ws, v in data["workstreams"].items()
         }
-        state.tasks = {k: TaskState.from_list(v) for k, v in data.get("tasks", {}).items()}
+        saved_tasks = data.get("tasks", {})
+        state.tasks = {k: TaskState.from_list(v) for k, v in saved_tasks.items()}
+        kept = {k: v[6] for k, v in saved_tasks.items() if len(v) > 6}
+        state.task_events = kept or None
         for task in state.tasks.values():
             state._recount(None, None, task)
         state._ended_stale = True

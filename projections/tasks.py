@@ -54,8 +54,9 @@ class TaskState:
 
     @classmethod
     def from_list(cls, data: list[Any]) -> TaskState:
+        """The task of `to_list`'s value (a run may save more after it: see `saved_task`)."""
         task = cls()
-        task.status, key, task.started_at, starts, task.workstream, ws_key = data
+        task.status, key, task.started_at, starts, task.workstream, ws_key = data[:6]
         task.starts = tuple(starts)
         task.key = tuple(key) if key else None  # JSON gives lists
         task.workstream_key = tuple(ws_key) if ws_key else None

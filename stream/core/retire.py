@@ -140,7 +140,7 @@ class Retirement:
             return
         saved = orjson.loads(blob)
         latest = state.retired_end
-        if saved[0][1][0] == latest:  # its end was the latest retired one
+        if saved[1][0] == latest:  # its end (its key's time) was the latest retired one
             latest = disk.latest_end(retired.part)
         state.page_in(task_id, saved, latest)
 

@@ -270,7 +270,7 @@ def test_a_retired_task_paged_back_in_is_the_task_that_left() -> None:
     parted.apply(decoded(event("task_progress", 3, "t4")))
     whole.apply(decoded(event("task_progress", 3, "t4")))
     left = {task_id: saved for task_id, _, saved in parted.retire(["t4", "t5"])}
-    assert left["t4"][1] and not left["t5"][1]  # only ids seen since tracking started
+    assert left["t4"][6] and not left["t5"][6]  # only ids seen since tracking started
     assert parted.row() == whole.row() and parted.events_total == whole.events_total
     with pytest.raises(ValueError, match="only a whole state"):
         RunState(RUN).merge(parted)
@@ -284,3 +284,41 @@ def decoded(line: bytes) -> Event:
     event = decode(line)
     assert isinstance(event, Event)
     return event
+
+
+def test_a_big_run_read_back_after_a_restart_lets_its_finished_tasks_and_ids_go(
+    tmp_path: Path,
+) -> None:
+    """A restarted service reads the open run back whole from the store (its tasks saved
+    with their event ids once it retired some); its next commit retires the finished tasks
+    again, ids and all, and the rows are a kept fold's."""
+    first = [event("run_created", 0, payload={"total_tasks": 5000}), *finished_tasks(0, 2000)]
+    later = [event("task_started", 9000, "t3"), *finished_tasks(2000, 2100)]
+    built, held = {}, {}
+    for name, retire_from in (("kept", KEEP_ALL), ("retired", 100)):
+        store = SqliteStore(tmp_path / f"{name}.db")
+        offset = 0
+        try:
+            for lines in (first, later):  # a new processor each time: a restart
+                processor = Processor(
+                    store,
+                    stall_after_s=3600,
+                    max_line_bytes=1 << 20,
+                    wall_clock=wall_clock,
+                    retirement=Retirement(TasksOnDisk, retire_from),
+                )
+                end = offset + sum(len(line) + 1 for line in lines)
+                processor.process("big.jsonl", 1, Lines(offset, 1, lines, end, {}))
+                processor.commit([])
+                offset = end
+            state = processor._cache[("r", RUN)].state
+            assert isinstance(state, RunState)
+            held[name] = (len(state.tasks), len(state.seen))
+            built[name] = store.snapshot()
+        finally:
+            store.close()
+    assert built["retired"] == built["kept"]
+    assert held["kept"] == (2100, 4202)
+    # In memory: t3, running again; in `seen`: the run's first event, the ids of the tasks
+    # before its 1,000th (from which the run keeps ids per task), and t3's new one.
+    assert held["retired"] == (1, 1 + 2 * 999 + 1)
