@@ -1,13 +1,14 @@
 """A giant run's finished tasks leave memory, so a fold's memory follows the tasks in flight,
 not the size of the run.
 
-When a run holding `RETIRE_FROM` tasks or more is flushed, its finished tasks that the flush
-wrote leave memory with the ids of their events (`RunState.retire`) for a private file on
-disk. A Bloom filter of their ids stays: an event of a task not in memory is looked up on
-disk only when the filter says the task may have left, and the task comes back before the
-event is folded. So a repeat of a retired task's event is still applied once, and a late one
-still moves the task. Only a repeat carrying another task's id than its first copy (one id,
-two contents) is not recognised once the first copy's task has left (see the README).
+When a run holding `RETIRE_FROM` tasks or more is flushed, its finished tasks (but the
+`JUST_FINISHED` that ended last) leave memory with the ids of their events
+(`RunState.retire`) for a private file on disk. A Bloom filter of their ids stays: an event
+of a task not in memory is looked up on disk only when the filter says the task may have
+left, and the task comes back before the event is folded. So a repeat of a retired task's
+event is still applied once, and a late one still moves the task. Only a repeat carrying
+another task's id than its first copy (one id, two contents) is not recognised once the
+first copy's task has left (see the README).
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from runwatch.stream.core.groups import Group
 RETIRE_FROM: Final = 5_000
 """Tasks in memory from which a run's finished ones leave it at a flush. Runs of the usual
 size never reach it, and pay nothing."""
+JUST_FINISHED: Final = 1_000
+"""Finished tasks that stay, those that ended last: a task that has just finished often
+gets another event soon (a retry, a tool call's end), which would bring it back."""
 
 _BITS_PER_TASK: Final = 16  # with 3 probes: about 1 in 200 new tasks looked up for nothing
 _FIRST_BITS: Final = 1 << 20
@@ -88,16 +92,21 @@ class Retirement:
     a state dropped from memory leave the disk at a later call."""
 
     def __init__(
-        self, open_disk: Callable[[], TaskSpill] | None, start_from: int | None = None
+        self,
+        open_disk: Callable[[], TaskSpill] | None,
+        start_from: int | None = None,
+        just_finished: int = JUST_FINISHED,
     ) -> None:
         self._open_disk = open_disk
         self._start_from = RETIRE_FROM if start_from is None else start_from
+        self._just_finished = just_finished
         self._disk: TaskSpill | None = None
         self._parts = itertools.count(1)
         self._dropped: list[int] = []  # parts of states gone from memory, to delete
 
     def after_flush(self, group: Group) -> None:
-        """Retire the finished tasks of `group`'s run that its flush has just written."""
+        """Retire the finished tasks of `group`'s run, which its flush has just written, but
+        the `just_finished` that ended last."""
         state = group.state
         if (
             self._open_disk is None
@@ -105,12 +114,12 @@ class Retirement:
             or len(state.tasks) < self._start_from
         ):
             return
-        dirty = state.dirty_tasks  # empty after a flush
-        done = [
-            task_id
+        ended = sorted(
+            (task.key[0], task_id)  # type: ignore[index]  # a finished task has a key
             for task_id, task in state.tasks.items()
-            if task.status in TASK_TERMINAL and task_id not in dirty
-        ]
+            if task.status in TASK_TERMINAL
+        )
+        done = [task_id for _, task_id in ended[: len(ended) - self._just_finished]]
         if not done:
             return
         disk = self._open()
