@@ -281,8 +281,16 @@ def fold_batch(
 
 
 def folder_for(
-    max_line_bytes: int, rules: RuleSet | None, observer: Observer | None, latest_us: int
+    max_line_bytes: int,
+    rules: RuleSet | None,
+    observer: Observer | None,
+    latest_us: int,
+    *,
+    retire: bool = False,
 ) -> Processor:
+    """A store-less fold. `retire`: it folds on across batches, so a big run's finished
+    tasks may go to disk; a fold of one piece hands everything over at once, and must not
+    write what it would throw away."""
     return Processor(
         None,
         stall_after_s=1,
@@ -292,7 +300,7 @@ def folder_for(
         rules=rules,
         observe=None if observer is None else observer.observe,
         latest_time=lambda: latest_us,
-        retirement=Retirement(TasksOnDisk),
+        retirement=Retirement(TasksOnDisk if retire else None),
     )
 
 

@@ -103,7 +103,7 @@ def fold_partition(
     max_line_bytes, rules, latest_us, keep = settings
     try:
         rows = scratch.join()
-        folder = folder_for(max_line_bytes, rules, None, latest_us)
+        folder = folder_for(max_line_bytes, rules, None, latest_us, retire=True)
         select = functools.partial(stretches, part=part, parts=parts)
         for number, batch in enumerate(batches):
             left = 0 if number == len(batches) - 1 else keep
