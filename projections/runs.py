@@ -15,7 +15,6 @@ run of ten tasks and one of two hundred thousand; and its state is saved in part
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -134,8 +133,12 @@ class RunState:
                 if self.task_events is None and len(self.tasks) >= TRACK_IDS_FROM:
                     self.task_events = {}
             self.dirty_tasks.add(task_id)
-            if self.task_events is not None:
-                self.task_events.setdefault(task_id, []).append(eid)
+            if self.task_events is not None:  # a big run: no list made per event
+                ids = self.task_events.get(task_id)
+                if ids is None:
+                    self.task_events[task_id] = [eid]
+                else:
+                    ids.append(eid)
             status, member = task.status, task.workstream
             key = (t, rank, eid)
             if ws is not None and (task.workstream_key is None or key > task.workstream_key):
@@ -244,8 +247,7 @@ class RunState:
     def _last_end(self) -> int | None:
         if self._ended_stale:
             ends = (t.key[0] for t in self.tasks.values() if t.key and t.status in TASK_TERMINAL)
-            retired = _present(self.retired_end)
-            self._ended_max = max(itertools.chain(ends, retired), default=None)
+            self._ended_max = _max(max(ends, default=None), self.retired_end)
             self._ended_stale = False
         return self._ended_max
 
@@ -315,8 +317,7 @@ class RunState:
             leaving += ids
             out.append((task_id, task.key[0], [*task.to_list(), ids]))  # type: ignore[index]
         self.seen.difference_update(leaving)
-        ends = (end for _, end, _ in out)
-        self.retired_end = max(itertools.chain(ends, _present(self.retired_end)), default=None)
+        self.retired_end = _max(max((end for _, end, _ in out), default=None), self.retired_end)
         self.retired_tasks += len(out)
         self.retired_events += len(leaving)
         return out
@@ -526,8 +527,10 @@ class RunState:
         return state
 
 
-def _present(value: int | None) -> tuple[int, ...]:
-    return () if value is None else (value,)
+def _max(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    return a if b is None or a >= b else b
 
 
 def _min(a: int | None, b: int | None) -> int | None:

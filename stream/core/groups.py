@@ -108,11 +108,12 @@ def write_run(changes: Changes, key: str, state: RunState, current: tuple[str, i
     """Put a run's row, the rows and states of its changed tasks and workstreams, and its
     header into `changes`; nothing is left marked changed."""
     changes.runs.append(state.row(current))
-    dirty, state.dirty_tasks = state.dirty_tasks, set()
+    dirty = state.dirty_tasks
     changes.tasks.extend(state.task_rows(dirty))
     changes.task_states.extend(
         (key, task_id, dumps_exact(state.saved_task(task_id))) for task_id in dirty
     )
+    dirty.clear()
     changes.workstreams.extend(state.workstream_rows(state.dirty_workstreams))
     state.dirty_workstreams.clear()
     changes.states.append((key, dumps_exact(state.header())))
