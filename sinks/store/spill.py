@@ -103,12 +103,13 @@ class TasksOnDisk:
         db.executemany(f"INSERT INTO tasks VALUES ({part:d}, ?, ?, ?)", rows)
         db.execute("COMMIT")
 
-    def take(self, part: int, task_id: str) -> bytes | None:
-        """The saved state of a task, which leaves the disk (None: not kept)."""
+    def take(self, part: int, task_id: str) -> tuple[bytes, int] | None:
+        """The saved state and end of a task, which leaves the disk (None: not kept)."""
         rows = self._db.execute(
-            "DELETE FROM tasks WHERE part=? AND task_id=? RETURNING state", (part, task_id)
+            "DELETE FROM tasks WHERE part=? AND task_id=? RETURNING state, ended",
+            (part, task_id),
         ).fetchall()
-        return bytes(rows[0][0]) if rows else None
+        return (bytes(rows[0][0]), rows[0][1]) if rows else None
 
     def latest_end(self, part: int) -> int | None:
         row = self._db.execute("SELECT max(ended) FROM tasks WHERE part=?", (part,)).fetchone()

@@ -144,14 +144,14 @@ class Retirement:
         if task_id is None or task_id in state.tasks or task_id not in retired.filter:
             return
         disk = self._open()
-        blob = disk.take(retired.part, task_id)
-        if blob is None:  # new to the run: the filter's false "maybe"
+        taken = disk.take(retired.part, task_id)
+        if taken is None:  # new to the run: the filter's false "maybe"
             return
-        saved = orjson.loads(blob)
+        blob, end = taken
         latest = state.retired_end
-        if saved[1][0] == latest:  # its end (its key's time) was the latest retired one
+        if end == latest:  # it had the latest end among the retired
             latest = disk.latest_end(retired.part)
-        state.page_in(task_id, saved, latest)
+        state.page_in(task_id, orjson.loads(blob), latest)
 
     def before_merge(self, group: Group, partial: RunState) -> None:
         """Take back every task `partial` holds or marks changed, before it is merged."""

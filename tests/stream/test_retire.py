@@ -203,7 +203,7 @@ def test_a_bloom_filter_never_forgets_a_member_and_grows_from_disk() -> None:
         grown = _grown(len(keys), disk, 1)
         assert grown.capacity >= 2 * len(keys)
         assert all(key in grown for key in keys)
-        assert disk.take(1, "task-3") == b"[]" and disk.take(1, "task-3") is None
+        assert disk.take(1, "task-3") == (b"[]", 0) and disk.take(1, "task-3") is None
         disk.drop([1])
         assert list(disk.task_ids(1)) == [] and list(disk.task_ids(2)) == ["other"]
     finally:
