@@ -20,7 +20,7 @@ from runwatch.stream.console import wall_clock
 from runwatch.stream.core.decode import decode
 from runwatch.stream.core.lines import Lines
 from runwatch.stream.core.processor import Processor
-from runwatch.stream.core.retire import Bloom, Retirement, _grown
+from runwatch.stream.core.retire import JUST_FINISHED, Bloom, Retirement, _grown
 from runwatch.stream.services.replay import replay
 from runwatch.stream.settings.service import Settings
 
@@ -45,6 +45,30 @@ def finished_tasks(first: int, last: int, ends: dict[int, int] | None = None) ->
     return out
 
 
+def retiring(store: SqliteStore, retire_from: int, just_finished: int = JUST_FINISHED) -> Processor:
+    return Processor(
+        store,
+        stall_after_s=3600,
+        max_line_bytes=1 << 20,
+        wall_clock=wall_clock,
+        retirement=Retirement(TasksOnDisk, retire_from, just_finished),
+    )
+
+
+def commit_lines(processor: Processor, lines: list[bytes], offset: int) -> int:
+    """Fold `lines`, found at `offset` of one file, and commit; returns where they end."""
+    end = offset + sum(len(line) + 1 for line in lines)
+    processor.process("big.jsonl", 1, Lines(offset, 1, lines, end, {}))
+    processor.commit([])
+    return end
+
+
+def the_run(processor: Processor) -> RunState | None:
+    """The big run's state in memory (None: it left the cache, as a finished run does)."""
+    group = processor._cache.get(("r", RUN))
+    return group.state if group is not None and isinstance(group.state, RunState) else None
+
+
 FIRST = [
     event("run_created", 0, payload={"total_tasks": 399}),
     *finished_tasks(0, 200, ends={100: 5000, 150: 4000}),
@@ -65,26 +89,16 @@ def fold_in_stages(db: Path, retire_from: int) -> tuple[list[dict[str, Any]], li
     """The snapshot after each stage's commit, and the run's tasks in memory then (None:
     the run left the cache, as a finished one does at a commit)."""
     store = SqliteStore(db)
-    processor = Processor(
-        store,
-        stall_after_s=3600,
-        max_line_bytes=1 << 20,
-        wall_clock=wall_clock,
-        retirement=Retirement(TasksOnDisk, retire_from, just_finished=0),
-    )
-    offset, number = 0, 1
+    processor = retiring(store, retire_from, just_finished=0)
+    offset = 0
     built: list[dict[str, Any]] = []
     in_memory: list[int | None] = []
     try:
         for lines in STAGES:
-            end = offset + sum(len(line) + 1 for line in lines)
-            processor.process("big.jsonl", 1, Lines(offset, number, lines, end, {}))
-            processor.commit([])
-            offset, number = end, number + len(lines)
+            offset = commit_lines(processor, lines, offset)
             built.append(store.snapshot())
-            group = processor._cache.get(("r", RUN))
-            state = None if group is None else group.state
-            in_memory.append(state.tasks.__len__() if isinstance(state, RunState) else None)
+            state = the_run(processor)
+            in_memory.append(None if state is None else len(state.tasks))
     finally:
         store.close()
     return built, in_memory
@@ -153,13 +167,7 @@ def test_a_fold_holds_the_tasks_in_flight_not_the_tasks_of_the_run(tmp_path: Pat
     memory is the ids of the first 999 tasks, the tasks that finished last and those since
     the last commit, the same at the end as halfway through."""
     store = SqliteStore(tmp_path / "big.db")
-    processor = Processor(
-        store,
-        stall_after_s=3600,
-        max_line_bytes=1 << 20,
-        wall_clock=wall_clock,
-        retirement=Retirement(TasksOnDisk, 500),
-    )
+    processor = retiring(store, 500)
     lines = [event("run_created", 0, payload={"total_tasks": 20_000})]
     for n in range(20_000):
         lines.append(event("task_started", n, f"t{n}"))
@@ -169,13 +177,9 @@ def test_a_fold_holds_the_tasks_in_flight_not_the_tasks_of_the_run(tmp_path: Pat
     offset = 0
     try:
         for start in range(0, len(lines), 2_000):
-            part = lines[start : start + 2_000]
-            end = offset + sum(len(line) + 1 for line in part)
-            processor.process("big.jsonl", 1, Lines(offset, start + 1, part, end, {}))
-            processor.commit([])
-            offset = end
-            state = processor._cache[("r", RUN)].state
-            assert isinstance(state, RunState)
+            offset = commit_lines(processor, lines[start : start + 2_000], offset)
+            state = the_run(processor)
+            assert state is not None
             held.append(len(state.tasks) + len(state.seen))
             tasks_held = len(state.tasks)
         [run] = store.snapshot()["runs"]
@@ -304,19 +308,10 @@ def test_a_big_run_read_back_after_a_restart_lets_its_finished_tasks_and_ids_go(
         offset = 0
         try:
             for lines in (first, later):  # a new processor each time: a restart
-                processor = Processor(
-                    store,
-                    stall_after_s=3600,
-                    max_line_bytes=1 << 20,
-                    wall_clock=wall_clock,
-                    retirement=Retirement(TasksOnDisk, retire_from, just_finished=0),
-                )
-                end = offset + sum(len(line) + 1 for line in lines)
-                processor.process("big.jsonl", 1, Lines(offset, 1, lines, end, {}))
-                processor.commit([])
-                offset = end
-            state = processor._cache[("r", RUN)].state
-            assert isinstance(state, RunState)
+                processor = retiring(store, retire_from, just_finished=0)
+                offset = commit_lines(processor, lines, offset)
+            state = the_run(processor)
+            assert state is not None
             held[name] = (len(state.tasks), len(state.seen))
             built[name] = store.snapshot()
         finally:
