@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -22,6 +23,10 @@ class Lines:
     end: int
     oversize: dict[int, int] = field(default_factory=dict)
     unterminated: bool = False
+    offsets: Sequence[int] | None = None
+    """Set when `items` are some of the lines from `offset` to `end` (those one replay worker
+    folds): each item's own offset, and in `numbers` its line number."""
+    numbers: Sequence[int] | None = None
 
 
 class LineSplitter:

@@ -133,6 +133,8 @@ class Processor:
         offset = lines.offset
         number = lines.line
         oversize = lines.oversize
+        picked = lines.offsets is not None
+        offsets, numbers = lines.offsets or (), lines.numbers or ()
         tally = self._pending
         accepted_before = tally.accepted
         cache = self._cache
@@ -143,6 +145,8 @@ class Processor:
         self._sources[source_id] = source
         last_key: tuple[str, str] | None = None
         for index, line in enumerate(lines.items):
+            if picked:
+                offset, number = offsets[index], numbers[index]
             size = len(line)
             if oversize and index in oversize:
                 size = oversize[index]

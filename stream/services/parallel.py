@@ -277,7 +277,7 @@ def fold_batch(
     if this worker joined a build, and hand back the rest of what the parent needs."""
     folder = folder_for(max_line_bytes, rules, observer, latest_us)
     with collector.paused():
-        return fold_parts(folder, parts_of(batch, max_line_bytes), 0, observer, whole, _rows_store)
+        return fold_parts(folder, parts_of(batch, max_line_bytes), 0, observer, _rows_store)
 
 
 def folder_for(
@@ -304,34 +304,40 @@ def folder_for(
     )
 
 
-def whole(lines: Lines) -> Iterable[Lines]:
-    return (lines,)
+class Part(NamedTuple):
+    """Lines of one source to fold: `first` if they begin a part of the batch (a region or
+    a piece), `count` the lines they stand for (more than `lines.items` when they are the
+    share of one worker, see `partitions.deal`)."""
+
+    source: str
+    source_id: int
+    lines: Lines
+    first: bool
+    count: int
 
 
 def fold_parts(
     folder: Processor,
-    parts: Iterator[tuple[str, int, Lines, bool]],
+    parts: Iterable[Part],
     keep: int,
     observer: Observer | None,
-    select: Callable[[Lines], Iterable[Lines]],
     rows_store: Store | None,
     worker: int = 0,
 ) -> Folded:
-    """Fold the `select`-ed lines of `parts` and hand over the groups leaving `folder` (all
-    but `keep` unfinished ones), their rows written into `rows_store` if given (a worker of
-    a build), else handed back."""
+    """Fold `parts` and hand over the groups leaving `folder` (all but `keep` unfinished
+    ones), their rows written into `rows_store` if given (a worker of a build), else handed
+    back."""
     line_counts: list[int] = []
     accepted: list[int] = []
     letters: list[list[DeadLetter]] = []
-    for source, source_id, lines, first in parts:
+    for source, source_id, lines, first, count in parts:
         if first:
             line_counts.append(0)
             accepted.append(0)
             letters.append([])
         before = len(folder.dead_letters)
-        for chosen in select(lines):
-            accepted[-1] += folder.process(source, source_id, chosen)
-        line_counts[-1] += len(lines.items)
+        accepted[-1] += folder.process(source, source_id, lines)
+        line_counts[-1] += count
         letters[-1].extend(folder.dead_letters[before:])
     numbered = len(folder.dead_letters)
     handed = folder.hand_over(keep)
@@ -373,17 +379,15 @@ def fold_parts(
     )
 
 
-def parts_of(
-    batch: list[Region] | list[Piece], max_line_bytes: int
-) -> Iterator[tuple[str, int, Lines, bool]]:
-    """(source, source id, lines, starts a new part) of a batch, in order."""
+def parts_of(batch: list[Region] | list[Piece], max_line_bytes: int) -> Iterator[Part]:
+    """The parts of a batch, in order."""
     fresh = True
     for item in batch:
         if isinstance(item, Piece):
-            yield item.source, item.source_id, item.lines, True
+            yield Part(item.source, item.source_id, item.lines, True, len(item.lines.items))
             continue
         for region, lines, done in read_regions(iter([item]), max_line_bytes):
-            yield str(region.path), region.source_id, lines, fresh
+            yield Part(str(region.path), region.source_id, lines, fresh, len(lines.items))
             fresh = done
         fresh = True
 

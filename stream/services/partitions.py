@@ -1,17 +1,19 @@
-"""Replay's workers, one per partition of the runs: every worker reads every batch of the
-input and folds only the lines of its runs (a hash of the run id as written in the line), so
-a run is folded whole by one worker, which writes its rows; the parent adopts it as it is.
-A run that reaches the parent in parts anyway is merged (see `parallel`)."""
+"""Replay's workers, one per partition of the runs. Each batch of the input is read once, by
+one worker in turn, which deals its lines to all by a hash of the run id as written in the
+line; so a run is folded whole by one worker, which writes its rows, and the parent adopts
+it as it is. A run that reaches the parent in parts anyway is merged (see `parallel`)."""
 
 from __future__ import annotations
 
-import functools
 import itertools
 import multiprocessing
+import os
 import queue
 import traceback
 import zlib
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
+from itertools import compress
 from operator import attrgetter
 from typing import Any, Final, NamedTuple
 
@@ -19,13 +21,13 @@ from runwatch.projections.alerts import RuleSet
 from runwatch.sinks.store.scratch import Scratch
 from runwatch.stream.core.lines import Lines
 from runwatch.stream.core.tally import Tally
+from runwatch.stream.errors import InputError
 from runwatch.stream.services.parallel import (
     Folded,
     Region,
     fold_parts,
     folder_for,
     parts_of,
-    slice_lines,
 )
 
 _PATTERN_RUN_ID: Final = b'"pattern_run_id":'
@@ -54,23 +56,44 @@ def partition_of(line: bytes, parts: int) -> int:
     return zlib.crc32(line[at + 1 : end]) % parts if end > 0 else 0
 
 
-def stretches(lines: Lines, part: int, parts: int) -> Iterator[Lines]:
-    """The runs of consecutive lines of `lines` that partition `part` folds."""
-    if parts == 1:
-        yield lines
-        return
-    items, oversize = lines.items, lines.oversize
-    offset, start, start_offset = lines.offset, -1, 0
-    for index, line in enumerate(items):
-        if partition_of(line, parts) == part:
-            if start < 0:
-                start, start_offset = index, offset
-        elif start >= 0:
-            yield slice_lines(lines, start, index, start_offset, offset)
-            start = -1
-        offset += (oversize.get(index, len(line)) if oversize else len(line)) + 1
-    if start >= 0:
-        yield slice_lines(lines, start, len(items), start_offset, lines.end)
+def owners_of(lines: Lines, parts: int) -> array[int]:
+    """The partition of each of `lines`."""
+    return array("H", [partition_of(line, parts) for line in lines.items])
+
+
+def pick(lines: Lines, owners: Sequence[int], part: int) -> Lines:
+    """The lines of partition `part` (`owners` says each line's), each with its own offset
+    and number (`Lines.offsets`, `Lines.numbers`)."""
+    items = lines.items
+    if len(owners) != len(items):
+        raise InputError(
+            f"{len(items)} lines where {len(owners)} were read before: a file changed "
+            "during the replay"
+        )
+    sizes = list(map(len, items))
+    for index, size in lines.oversize.items():
+        sizes[index] = size
+    offsets = itertools.accumulate(map((1).__add__, sizes), initial=lines.offset)
+    numbers = range(lines.line, lines.line + len(items))
+    mine = list(map(part.__eq__, owners))
+    oversize = {}
+    if lines.oversize:
+        position = {old: new for new, old in enumerate(compress(numbers, mine))}
+        oversize = {
+            position[lines.line + index]: size
+            for index, size in lines.oversize.items()
+            if mine[index]
+        }
+    return Lines(
+        lines.offset,
+        lines.line,
+        list(compress(items, mine)),
+        lines.end,
+        oversize,
+        lines.unterminated and bool(mine) and mine[-1],
+        array("q", compress(offsets, mine)),
+        array("q", compress(numbers, mine)),
+    )
 
 
 class FoldSettings(NamedTuple):
@@ -93,27 +116,57 @@ def fold_partition(
     scratch: Scratch,
     batches: list[list[Region]],
     part: int,
-    parts: int,
     settings: FoldSettings,
+    mail: list[list[Any]],
     results: Any,
 ) -> None:
-    """A worker process of a partitioned replay: folds the lines of its partition of every
-    batch, in order, keeping the runs in flight between batches (at most `settings.keep`,
-    the rest handed over and merged later), and puts one `Folded` per batch on `results`."""
+    """A worker process of a partitioned replay. Worker k of n deals batches k, k + n, …:
+    it finds the partition of each line and sends that list to the others through
+    `mail[k][j]`. Every worker reads every batch, folds the lines of its partition in order,
+    keeping the runs in flight between batches (at most `settings.keep`, the rest handed
+    over and merged later), and puts one `Folded` per batch on `results`. It gives up if
+    the replay is gone."""
     max_line_bytes, rules, latest_us, keep = settings
+    workers, parent = len(mail), os.getppid()
+    kept: dict[int, list[array[int]]] = {}
     try:
         rows = scratch.join()
         folder = folder_for(max_line_bytes, rules, None, latest_us, retire=True)
-        select = functools.partial(stretches, part=part, parts=parts)
+        dealing = part
         for number, batch in enumerate(batches):
-            left = 0 if number == len(batches) - 1 else keep
-            results.put(
-                fold_parts(folder, parts_of(batch, max_line_bytes), left, None, select, rows, part)
+            # One batch ahead: the others never wait for the owners of the next batch.
+            while dealing < len(batches) and dealing <= number + 1:
+                owners = [
+                    owners_of(p.lines, workers) for p in parts_of(batches[dealing], max_line_bytes)
+                ]
+                for peer in range(workers):
+                    if peer == part:
+                        kept[dealing] = owners
+                    else:
+                        mail[part][peer].put(owners)
+                dealing += workers
+            dealer = number % workers
+            owners = kept.pop(number) if dealer == part else _receive(mail[dealer][part], parent)
+            share = (
+                p._replace(lines=pick(p.lines, mine, part))
+                for p, mine in zip(parts_of(batch, max_line_bytes), owners, strict=True)
             )
+            left = 0 if number == len(batches) - 1 else keep
+            results.put(fold_parts(folder, share, left, None, rows, part))
         rows.close()
     except BaseException:
         results.put(WorkerFailed(traceback.format_exc()))
         raise
+
+
+def _receive(inbox: Any, parent: int) -> list[array[int]]:
+    while True:
+        try:
+            owners: list[array[int]] = inbox.get(timeout=1)
+            return owners
+        except queue.Empty:
+            if os.getppid() != parent:
+                raise SystemExit("the replay that started this worker is gone") from None
 
 
 class PartitionedFold:
@@ -131,10 +184,11 @@ class PartitionedFold:
         context = multiprocessing.get_context("fork")
         self.batches = batches
         self.queues = [context.Queue(window) for _ in range(workers)]
+        mail = [[context.Queue() for _ in range(workers)] for _ in range(workers)]
         self.processes = [
             context.Process(
                 target=fold_partition,
-                args=(scratch, batches, part, workers, settings, self.queues[part]),
+                args=(scratch, batches, part, settings, mail, self.queues[part]),
                 daemon=True,
             )
             for part in range(workers)

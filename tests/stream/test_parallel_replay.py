@@ -24,9 +24,9 @@ from runwatch.stream.core.lines import Lines
 from runwatch.stream.core.processor import Processor
 from runwatch.stream.devtools.writer import simulate
 from runwatch.stream.errors import InputError
-from runwatch.stream.services.parallel import fold_parts, folder_for, refolder
-from runwatch.stream.services.parallel import whole as whole_lines
-from runwatch.stream.services.partitions import PartitionedFold, partition_of, stretches
+from runwatch.stream.services import partitions
+from runwatch.stream.services.parallel import Part, fold_parts, folder_for, refolder
+from runwatch.stream.services.partitions import PartitionedFold, owners_of, partition_of, pick
 from runwatch.stream.services.replay import replay
 from runwatch.stream.settings.service import Settings
 from runwatch.stream.sources.discovery import expand
@@ -195,20 +195,24 @@ def test_a_line_goes_to_exactly_one_partition_with_its_place() -> None:
     ] * 3
     end = 100 + sum(len(item) + 1 for item in items)
     lines = Lines(100, 10, items, end, {4: 5000})
-    for parts in (1, 2, 3):
-        seen: list[tuple[int, int, bytes]] = []
+    expected, offset = [], 100
+    for index, item in enumerate(items):
+        expected.append((offset, 10 + index, item, 5000 if index == 4 else None))
+        offset += (5000 if index == 4 else len(item)) + 1
+    for parts in (2, 3):
+        seen: list[tuple[int, int, bytes, int | None]] = []
+        owners = owners_of(lines, parts)
         for part in range(parts):
-            for stretch in stretches(lines, part, parts):
-                offset = stretch.offset
-                for index, item in enumerate(stretch.items):
-                    seen.append((offset, stretch.line + index, item))
-                    offset += stretch.oversize.get(index, len(item)) + 1
-                assert offset == stretch.end or stretch.end == end
-        expected, offset = [], 100
-        for index, item in enumerate(items):
-            expected.append((offset, 10 + index, item))
-            offset += (5000 if index == 4 else len(item)) + 1
+            share = pick(lines, owners, part)
+            assert share.offsets is not None and share.numbers is not None
+            for index, item in enumerate(share.items):
+                seen.append(
+                    (share.offsets[index], share.numbers[index], item, share.oversize.get(index))
+                )
+                assert partition_of(item, parts) == part
         assert sorted(seen) == expected
+    with pytest.raises(InputError, match="a file changed during the replay"):
+        pick(lines, owners_of(lines, 2)[:-1], 0)
     assert partition_of(b'{"run_id":"b"}', 7) == partition_of(b'{"run_id": "b", "x": 2}', 7)
     assert partition_of(b'{"run_id":7}', 7) == partition_of(b"garbage", 7) == 0
 
@@ -222,8 +226,32 @@ def test_a_failing_worker_stops_the_replay_with_its_error(tmp_path: Path) -> Non
     target = tmp_path / "built.db"
     replay(files, target, Settings(), progress=False, workers=0)
     before = snapshot(target)
+    fold = partitions.fold_parts
+
+    def fail_in_worker_one(*args: Any) -> Any:
+        if args[-1] == 1:
+            raise ValueError("a bug in the fold")
+        return fold(*args)
+
+    with pytest.MonkeyPatch.context() as patch:  # the forked workers inherit the patch
+        patch.setattr(partitions, "fold_parts", fail_in_worker_one)
+        with pytest.raises(RuntimeError, match=r"(?s)replay worker 1 failed.*a bug in the fold"):
+            replay(files, target, Settings(), progress=False, workers=2, chunk_bytes=4096)
+    assert snapshot(target) == before
+
+
+def test_a_file_gone_during_the_replay_stops_it_with_the_old_database_kept(
+    tmp_path: Path,
+) -> None:
+    """A file measured, then removed before the workers read it: the replay ends with an
+    error that names it, and the old database stays."""
+    corpus = tmp_path / "corpus"
+    simulate(corpus, runs=20, seed=3)
+    files = expand([str(corpus)])
+    target = tmp_path / "built.db"
+    replay(files, target, Settings(), progress=False, workers=0)
+    before = snapshot(target)
     gone = files[-1]
-    lost = gone.read_bytes()
     fold = PartitionedFold.__init__
 
     def start_then_vanish(self: PartitionedFold, *args: Any, **kwargs: Any) -> None:
@@ -232,9 +260,8 @@ def test_a_failing_worker_stops_the_replay_with_its_error(tmp_path: Path) -> Non
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(PartitionedFold, "__init__", start_then_vanish)
-        with pytest.raises(RuntimeError, match=r"replay worker \d failed"):
+        with pytest.raises(RuntimeError, match=rf"(?s)replay worker \d failed.*{gone.name}"):
             replay(files, target, Settings(), progress=False, workers=2, chunk_bytes=4096)
-    gone.write_bytes(lost)
     assert snapshot(target) == before
 
 
@@ -476,10 +503,10 @@ def test_a_part_adopted_over_a_committed_one_then_merged_gives_the_whole_run(
         for step, kind in enumerate(("task_created", "task_started", "task_failed"))
     ]
 
-    def part(start: int, stop: int) -> Iterator[tuple[str, int, Lines, bool]]:
+    def part(start: int, stop: int) -> Iterator[Part]:
         offset = sum(len(item) + 1 for item in items[:start])
         lines = Lines(offset, start + 1, items[start:stop], offset + 1)
-        yield "log.jsonl", 1, lines, True
+        yield Part("log.jsonl", 1, lines, True, stop - start)
 
     def parent(name: str) -> tuple[Processor, SqliteStore]:
         store = SqliteStore(tmp_path / f"{name}.db")
@@ -500,7 +527,7 @@ def test_a_part_adopted_over_a_committed_one_then_merged_gives_the_whole_run(
     owners: dict[str, int] = {}
 
     def send(folder: Processor, start: int, stop: int, keep: int, number: int) -> None:
-        folded = fold_parts(folder, part(start, stop), keep, None, whole_lines, None, number)
+        folded = fold_parts(folder, part(start, stop), keep, None, None, number)
         folded.merge_into(built, None, owners)
 
     with merges_counted() as merged, adoptions_counted() as adopted:
