@@ -12,7 +12,7 @@ import queue
 import traceback
 import zlib
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import compress
 from operator import attrgetter
 from typing import Any, Final, NamedTuple
@@ -24,6 +24,7 @@ from runwatch.stream.core.tally import Tally
 from runwatch.stream.errors import InputError
 from runwatch.stream.services.parallel import (
     Folded,
+    Part,
     Region,
     fold_parts,
     folder_for,
@@ -135,7 +136,7 @@ def fold_partition(
         dealing = part
         for number, batch in enumerate(batches):
             # One batch ahead: the others never wait for the owners of the next batch.
-            while dealing < len(batches) and dealing <= number + 1:
+            while workers > 1 and dealing < len(batches) and dealing <= number + 1:
                 owners = [
                     owners_of(p.lines, workers) for p in parts_of(batches[dealing], max_line_bytes)
                 ]
@@ -145,12 +146,16 @@ def fold_partition(
                     else:
                         mail[part][peer].put(owners)
                 dealing += workers
-            dealer = number % workers
-            owners = kept.pop(number) if dealer == part else _receive(mail[dealer][part], parent)
-            share = (
-                p._replace(lines=pick(p.lines, mine, part))
-                for p, mine in zip(parts_of(batch, max_line_bytes), owners, strict=True)
-            )
+            share: Iterable[Part] = parts_of(batch, max_line_bytes)
+            if workers > 1:
+                dealer = number % workers
+                owners = (
+                    kept.pop(number) if dealer == part else _receive(mail[dealer][part], parent)
+                )
+                share = (
+                    p._replace(lines=pick(p.lines, mine, part))
+                    for p, mine in zip(share, owners, strict=True)
+                )
             left = 0 if number == len(batches) - 1 else keep
             results.put(fold_parts(folder, share, left, None, rows, part))
         rows.close()
