@@ -306,14 +306,14 @@ def folder_for(
 
 class Part(NamedTuple):
     """Lines of one source to fold: `first` if they begin a part of the batch (a region or
-    a piece), `count` the lines they stand for (more than `lines.items` when they are the
-    share of one worker, see `partitions.deal`)."""
+    a piece), `read` the lines they stand for (more than `lines.items` when they are one
+    worker's share, see `partitions.pick`)."""
 
     source: str
     source_id: int
     lines: Lines
     first: bool
-    count: int
+    read: int
 
 
 def fold_parts(
@@ -330,14 +330,14 @@ def fold_parts(
     line_counts: list[int] = []
     accepted: list[int] = []
     letters: list[list[DeadLetter]] = []
-    for source, source_id, lines, first, count in parts:
+    for source, source_id, lines, first, read in parts:
         if first:
             line_counts.append(0)
             accepted.append(0)
             letters.append([])
         before = len(folder.dead_letters)
         accepted[-1] += folder.process(source, source_id, lines)
-        line_counts[-1] += count
+        line_counts[-1] += read
         letters[-1].extend(folder.dead_letters[before:])
     numbered = len(folder.dead_letters)
     handed = folder.hand_over(keep)
