@@ -71,6 +71,9 @@ class DerivedEvent:
     run_id: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
 
+    def __reduce__(self) -> tuple[type[DerivedEvent], tuple[Any, ...]]:
+        return DerivedEvent, (self.type, self.time, self.run_id, self.data)  # see Trigger's
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "event_time": format_time(self.time)}
         if self.run_id is not None:
