@@ -50,24 +50,25 @@ def merges_counted() -> Iterator[list[str]]:
 
 
 def test_workers_and_single_process_build_identical_databases(tmp_path: Path) -> None:
-    """Regions cut mid-file, many small files per task, garbage lines and duplicates across
-    files: the merged result equals the sequential one, dead-letter line numbers included."""
+    """Regions cut mid-file, many small files per task, garbage lines, a line over the
+    limit and duplicates across files: the merged result equals the sequential one,
+    dead-letter offsets and line numbers included."""
     corpus = tmp_path / "corpus"
     simulate(corpus, runs=40, seed=11)
     big = corpus / "orchestrator" / "events-000.jsonl"
     lines = big.read_bytes().splitlines(keepends=True)
     middle = len(lines) // 2
-    lines[middle:middle] = [b"not json\n", b'{"event_type": "run_started"}\n']
+    too_long = b'{"run_id": "' + b"x" * 5000 + b'"}\n'
+    lines[middle:middle] = [b"not json\n", b'{"event_type": "run_started"}\n', too_long]
     lines.append(b"\xff\xfe\n")
     big.write_bytes(b"".join(lines))
     (corpus / "copy.jsonl").write_bytes(b"".join(lines[:300]))  # duplicates, other file
     files = expand([str(corpus)])
 
     sequential, parallel = tmp_path / "one.db", tmp_path / "many.db"
-    one = replay(files, sequential, Settings(cache_groups=8), progress=False, workers=0)
-    many = replay(
-        files, parallel, Settings(cache_groups=8), progress=False, workers=2, chunk_bytes=16 * 1024
-    )
+    settings = Settings(cache_groups=8, max_line_bytes=4096)
+    one = replay(files, sequential, settings, progress=False, workers=0)
+    many = replay(files, parallel, settings, progress=False, workers=2, chunk_bytes=16 * 1024)
 
     assert snapshot(parallel) == snapshot(sequential)
     assert many.as_dict() | {"seconds": 0, "events_per_s": 0, "database": ""} == one.as_dict() | {
@@ -80,9 +81,11 @@ def test_workers_and_single_process_build_identical_databases(tmp_path: Path) ->
     assert [(d["line"], d["reason"]) for d in letters] == [
         (middle + 1, "invalid_json"),
         (middle + 2, "missing_time"),
+        (middle + 3, "line_too_long"),
         (len(lines), "invalid_utf8"),
     ]
-    assert orjson.loads(orjson.dumps(many.as_dict()))["events_rejected"] == 3
+    assert letters[2]["offset"] == sum(map(len, lines[: middle + 2]))
+    assert orjson.loads(orjson.dumps(many.as_dict()))["events_rejected"] == 4
 
 
 def _decided(db: Path) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
