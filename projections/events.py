@@ -71,7 +71,7 @@ class DerivedEvent:
     run_id: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
 
-    def __reduce__(self) -> tuple[type[DerivedEvent], tuple[Any, ...]]:
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         return DerivedEvent, (self.type, self.time, self.run_id, self.data)  # see Trigger's
 
     def to_dict(self) -> dict[str, Any]:

@@ -118,43 +118,24 @@ def fold_partition(
     batches: list[list[Region]],
     part: int,
     settings: FoldSettings,
-    mail: list[list[Any]],
+    dealing: Dealing,
     results: Any,
 ) -> None:
-    """A worker process of a partitioned replay. Worker k of n deals batches k, k + n, …:
-    it finds the partition of each line and sends that list to the others through
-    `mail[k][j]`. Every worker reads every batch, folds the lines of its partition in order,
-    keeping the runs in flight between batches (at most `settings.keep`, the rest handed
-    over and merged later), and puts one `Folded` per batch on `results`. It gives up if
-    the replay is gone."""
+    """A worker process of a partitioned replay: reads every batch, folds the lines of its
+    partition in order (`Dealing` says which), keeping the runs in flight between batches
+    (at most `settings.keep`, the rest handed over and merged later), and puts one `Folded`
+    per batch on `results`."""
     max_line_bytes, rules, latest_us, keep = settings
-    workers, parent = len(mail), os.getppid()
-    kept: dict[int, list[array[int]]] = {}
     try:
         rows = scratch.join()
         folder = folder_for(max_line_bytes, rules, None, latest_us, retire=True)
-        dealing = part
+        owners = _Owners(dealing, batches, part, max_line_bytes)
         for number, batch in enumerate(batches):
-            # One batch ahead: the others never wait for the owners of the next batch.
-            while workers > 1 and dealing < len(batches) and dealing <= number + 1:
-                owners = [
-                    owners_of(p.lines, workers) for p in parts_of(batches[dealing], max_line_bytes)
-                ]
-                for peer in range(workers):
-                    if peer == part:
-                        kept[dealing] = owners
-                    else:
-                        mail[part][peer].put(owners)
-                dealing += workers
             share: Iterable[Part] = parts_of(batch, max_line_bytes)
-            if workers > 1:
-                dealer = number % workers
-                owners = (
-                    kept.pop(number) if dealer == part else _receive(mail[dealer][part], parent)
-                )
+            if dealing.workers > 1:
                 share = (
                     p._replace(lines=pick(p.lines, mine, part))
-                    for p, mine in zip(share, owners, strict=True)
+                    for p, mine in zip(share, owners.of(number), strict=True)
                 )
             left = 0 if number == len(batches) - 1 else keep
             results.put(fold_parts(folder, share, left, None, rows, part))
@@ -164,11 +145,70 @@ def fold_partition(
         raise
 
 
-def _receive(inbox: Any, parent: int) -> list[array[int]]:
+class Dealing(NamedTuple):
+    """What the workers share to find each line's partition once: the next batch nobody
+    has taken to deal yet, and each worker's inbox for the lists the others find."""
+
+    claimed: Any  # multiprocessing.Value("i")
+    inboxes: list[Any]
+
+    @property
+    def workers(self) -> int:
+        return len(self.inboxes)
+
+
+class _Owners:
+    """The partition of each line of each batch, for one worker. Whichever worker reaches
+    a batch first finds them and mails the list (two bytes a line) to the others, one batch
+    ahead of its own folding: so a worker busy with a big run leaves that work to the others
+    and never waits for it."""
+
+    def __init__(
+        self, dealing: Dealing, batches: list[list[Region]], part: int, max_line_bytes: int
+    ) -> None:
+        self.dealing = dealing
+        self.batches = batches
+        self.part = part
+        self.max_line_bytes = max_line_bytes
+        self.parent = os.getppid()
+        self.arrived: dict[int, list[array[int]]] = {}
+
+    def of(self, number: int) -> list[array[int]]:
+        """The owners of batch `number`'s lines, after dealing every batch nobody took up
+        to the next one."""
+        workers = self.dealing.workers
+        while (taken := self._take(number + 1)) is not None:
+            owners = [
+                owners_of(p.lines, workers)
+                for p in parts_of(self.batches[taken], self.max_line_bytes)
+            ]
+            for peer, inbox in enumerate(self.dealing.inboxes):
+                if peer == self.part:
+                    self.arrived[taken] = owners
+                else:
+                    inbox.put((taken, owners))
+        while number not in self.arrived:
+            taken, owners = _receive(self.dealing.inboxes[self.part], self.parent)
+            self.arrived[taken] = owners
+        return self.arrived.pop(number)
+
+    def _take(self, last: int) -> int | None:
+        """The next batch nobody deals yet, if it is `last` or before."""
+        claimed = self.dealing.claimed
+        with claimed.get_lock():
+            taken: int = claimed.value
+            if taken > last or taken >= len(self.batches):
+                return None
+            claimed.value = taken + 1
+        return taken
+
+
+def _receive(inbox: Any, parent: int) -> tuple[int, list[array[int]]]:
+    """The next list another worker mailed; gives up if the replay is gone."""
     while True:
         try:
-            owners: list[array[int]] = inbox.get(timeout=1)
-            return owners
+            item: tuple[int, list[array[int]]] = inbox.get(timeout=1)
+            return item
         except queue.Empty:
             if os.getppid() != parent:
                 raise SystemExit("the replay that started this worker is gone") from None
@@ -189,11 +229,11 @@ class PartitionedFold:
         context = multiprocessing.get_context("fork")
         self.batches = batches
         self.queues = [context.Queue(window) for _ in range(workers)]
-        mail = [[context.Queue() for _ in range(workers)] for _ in range(workers)]
+        dealing = Dealing(context.Value("i", 0), [context.Queue() for _ in range(workers)])
         self.processes = [
             context.Process(
                 target=fold_partition,
-                args=(scratch, batches, part, settings, mail, self.queues[part]),
+                args=(scratch, batches, part, settings, dealing, self.queues[part]),
                 daemon=True,
             )
             for part in range(workers)
