@@ -1,7 +1,9 @@
-"""Replay's workers, one per partition of the runs. Each batch of the input is read once, by
-one worker in turn, which deals its lines to all by a hash of the run id as written in the
-line; so a run is folded whole by one worker, which writes its rows, and the parent adopts
-it as it is. A run that reaches the parent in parts anyway is merged (see `parallel`)."""
+"""Replay's workers, one per partition of the runs. Every worker reads every batch of the
+input (from the page cache) and folds only the lines of its runs, by a hash of the run id
+as written in the line; each line's partition is found once, by whichever worker reaches
+its batch first (`_Owners`). So a run is folded whole by one worker, which writes its rows,
+and the parent adopts it as it is. A run that reaches the parent in parts anyway is merged
+(see `parallel`)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import traceback
 import zlib
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import compress
 from operator import attrgetter
 from typing import Any, Final, NamedTuple
 
@@ -79,7 +80,7 @@ def pick(lines: Lines, owners: Sequence[int], part: int) -> Lines:
     mine = list(map(part.__eq__, owners))
     oversize = {}
     if lines.oversize:
-        position = {old: new for new, old in enumerate(compress(numbers, mine))}
+        position = {old: new for new, old in enumerate(itertools.compress(numbers, mine))}
         oversize = {
             position[lines.line + index]: size
             for index, size in lines.oversize.items()
@@ -88,12 +89,12 @@ def pick(lines: Lines, owners: Sequence[int], part: int) -> Lines:
     return Lines(
         lines.offset,
         lines.line,
-        list(compress(items, mine)),
+        list(itertools.compress(items, mine)),
         lines.end,
         oversize,
         lines.unterminated and bool(mine) and mine[-1],
-        array("q", compress(offsets, mine)),
-        array("q", compress(numbers, mine)),
+        array("q", itertools.compress(offsets, mine)),
+        array("q", itertools.compress(numbers, mine)),
     )
 
 
