@@ -14,7 +14,7 @@ from typing import Final
 
 FULL_EVERY: Final = 1_000
 """A cycle that reaches back into objects a young pass no longer walks is freed by then
-(a live service commits up to a few times a second; a replay, every 200,000 events)."""
+(a live service commits up to a few times a second; a replay, every 50,000 events)."""
 
 
 class _Passes:

@@ -48,7 +48,10 @@ from runwatch.stream.settings.service import Settings
 from runwatch.stream.sources.discovery import checkpoint_for
 
 PARALLEL_CHUNK_BYTES: Final = 8 << 20
-COMMIT_EVERY: Final = 200_000
+COMMIT_EVERY: Final = 50_000
+"""New events between a build's commits. What a commit writes (adopted runs' states and
+event index, one process's runs) is held until it: at 200,000 events a one-process replay
+of interleaved files peaked at 279 MB, at 50,000 at 189 MB, in the same time."""
 
 
 @dataclass(slots=True)
