@@ -220,15 +220,23 @@ def test_a_line_goes_to_exactly_one_partition_with_its_place() -> None:
     assert partition_of(b'{"run_id":7}', 7) == partition_of(b"garbage", 7) == 0
 
 
-def test_a_failing_worker_stops_the_replay_with_its_error(tmp_path: Path) -> None:
-    """A worker that fails does not leave the parent waiting: the replay ends with its error
-    and the old database stays."""
+@pytest.fixture
+def built(tmp_path: Path) -> tuple[list[Path], Path, dict[str, Any]]:
+    """Simulated logs, the database one process built from them, and its snapshot."""
     corpus = tmp_path / "corpus"
     simulate(corpus, runs=20, seed=3)
     files = expand([str(corpus)])
     target = tmp_path / "built.db"
     replay(files, target, Settings(), progress=False, workers=0)
-    before = snapshot(target)
+    return files, target, snapshot(target)
+
+
+def test_a_failing_worker_stops_the_replay_with_its_error(
+    built: tuple[list[Path], Path, dict[str, Any]],
+) -> None:
+    """A worker that fails does not leave the parent waiting: the replay ends with its error
+    and the old database stays."""
+    files, target, before = built
     fold = partitions.fold_parts
 
     def fail_in_worker_one(*args: Any) -> Any:
@@ -244,16 +252,11 @@ def test_a_failing_worker_stops_the_replay_with_its_error(tmp_path: Path) -> Non
 
 
 def test_a_file_gone_during_the_replay_stops_it_with_the_old_database_kept(
-    tmp_path: Path,
+    built: tuple[list[Path], Path, dict[str, Any]],
 ) -> None:
     """A file measured, then removed before the workers read it: the replay ends with an
     error that names it, and the old database stays."""
-    corpus = tmp_path / "corpus"
-    simulate(corpus, runs=20, seed=3)
-    files = expand([str(corpus)])
-    target = tmp_path / "built.db"
-    replay(files, target, Settings(), progress=False, workers=0)
-    before = snapshot(target)
+    files, target, before = built
     gone = files[-1]
     fold = PartitionedFold.__init__
 
