@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 ORCHESTRATOR: Final = "o"
 PATTERN: Final = "p"
@@ -62,6 +65,26 @@ class Event:
         return f"Event({self.type!r}, id={self.id!r}, run={self.run_id!r}, t={when})"
 
 
+_Data = TypeVar("_Data")
+
+
+def pickled_as_tuple(cls: type[_Data]) -> type[_Data]:
+    """For a frozen dataclass that processes exchange by the thousand (a replay's workers
+    and parent): it pickles as its class and a tuple of its fields, read in C, at half the
+    cost of the generic frozen-dataclass state. The fields are the dataclass's own, so one
+    added later travels too."""
+    values: Callable[[Any], tuple[Any, ...]] = operator.attrgetter(
+        *(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+    )
+
+    def __reduce__(self: Any) -> tuple[type[_Data], tuple[Any, ...]]:
+        return cls, values(self)
+
+    cls.__reduce__ = __reduce__  # type: ignore[method-assign]
+    return cls
+
+
+@pickled_as_tuple
 @dataclass(frozen=True, slots=True)
 class DerivedEvent:
     """Something processing observed (§3): depends on arrival order, not on converged state."""
@@ -70,9 +93,6 @@ class DerivedEvent:
     time: int
     run_id: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return DerivedEvent, (self.type, self.time, self.run_id, self.data)  # see Trigger's
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "event_time": format_time(self.time)}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import pickle
+
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -296,3 +299,14 @@ def test_the_due_alerts_are_the_held_ones_whose_window_is_over(
         due = book.due(now)
         assert [(n.rule, n.group_key) for n in due] == [k for _, k in expected]
         assert not book.has_due(now)
+
+
+def test_a_trigger_and_a_derived_event_cross_processes_whole() -> None:
+    """Both pickle as a tuple of their fields (a replay's workers send them by the
+    thousand): every field comes back, and equal."""
+    trigger = Trigger("rule", "run_id=r", "resolve", "h:1", 1_767_225_600_000_000, {"a": [1]})
+    derived = DerivedEvent("RUN_COMPLETED", 1_767_225_600_000_001, "r", {"status": "failed"})
+    for value in (trigger, derived):
+        back = pickle.loads(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+        assert type(back) is type(value)
+        assert dataclasses.asdict(back) == dataclasses.asdict(value)
