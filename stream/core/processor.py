@@ -128,8 +128,9 @@ class Processor:
         )
 
     def process(self, source: str, source_id: int, lines: Lines) -> int:
-        """Decode and fold a run of lines; rejected lines become dead letters. Returns how
-        many events were new."""
+        """Decode and fold a run of lines, or lines picked from one (each with its own place,
+        `Lines.offsets`); rejected lines become dead letters. Returns how many events were
+        new."""
         offset = lines.offset
         number = lines.line
         oversize = lines.oversize

@@ -162,7 +162,9 @@ class _Owners:
     """The partition of each line of each batch, for one worker. Whichever worker reaches
     a batch first finds them and mails the list (two bytes a line) to the others, one batch
     ahead of its own folding: so a worker busy with a big run leaves that work to the others
-    and never waits for it."""
+    and never waits for it. The dealer reads that batch again when it folds it: keeping its
+    lines from one batch to the next cost each worker ~25 MB, the second read (page cache)
+    about 0.2 µs a line."""
 
     def __init__(
         self, dealing: Dealing, batches: list[list[Region]], part: int, max_line_bytes: int
